@@ -1,0 +1,339 @@
+//! `add`: take an existing snapshot directory (and optionally its image's
+//! artifacts from a microsandbox cache) into the registry, through the same
+//! lease, staging, verification and journaled promotion as an import.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::db::{self, ImportFileRow, ImportState, SnapshotFileRow};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::files::{read_limited, read_logical};
+use crate::image::{CacheFile, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
+use crate::install::{StagedCacheFile, StagedSet, StagedSnapshot, install};
+use crate::layout::SnapshotName;
+use crate::lease::Lease;
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
+use crate::progress::Progress;
+use crate::registry::Registry;
+use crate::stage::{StagingFile, check_integrity};
+
+/// Options of `add`.
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// Name to install under; default: the directory's own name.
+    pub name: Option<String>,
+    /// A microsandbox cache directory to take the pinned image's artifacts from.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What `add` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddReport {
+    /// The snapshot's digest.
+    pub digest: Digest,
+    /// Its name in the registry.
+    pub name: String,
+    /// True when the snapshot was already present (nothing changed).
+    pub already_present: bool,
+    /// Files of the snapshot.
+    pub files: usize,
+    /// Logical bytes of the snapshot's files.
+    pub bytes: u64,
+    /// Cache files newly installed.
+    pub cache_files_installed: usize,
+    /// Cache files already present with the same content.
+    pub cache_files_skipped: usize,
+}
+
+/// Read and validate `<dir>/manifest.json`.
+pub fn read_manifest(dir: &Path) -> Result<ParsedManifest> {
+    let path = dir.join("manifest.json");
+    let bytes = match read_limited(&path, MAX_MANIFEST_BYTES) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound {
+                what: "manifest",
+                reference: path.display().to_string(),
+            });
+        }
+        other => other?,
+    };
+    let bytes = bytes.ok_or_else(|| Error::Manifest {
+        path: path.display().to_string(),
+        source: crate::manifest::ManifestError::TooLarge(MAX_MANIFEST_BYTES + 1),
+    })?;
+    Manifest::parse(&bytes).map_err(|source| Error::Manifest {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl Registry {
+    /// Register the snapshot directory `dir`.
+    pub fn add(
+        &mut self,
+        dir: &Path,
+        opts: &AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<AddReport> {
+        let parsed = read_manifest(dir)?;
+        let name: SnapshotName = match &opts.name {
+            Some(n) => n.parse()?,
+            None => dir
+                .canonicalize()
+                .at("resolve", dir)?
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .parse()?,
+        };
+        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)? {
+            if opts.cache_dir.is_none() {
+                let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
+                return Ok(AddReport {
+                    digest: row.digest,
+                    name: row.name,
+                    already_present: true,
+                    files: files.len(),
+                    bytes: files.iter().map(|f| f.size).sum(),
+                    cache_files_installed: 0,
+                    cache_files_skipped: 0,
+                });
+            }
+        }
+        let mut lease = Lease::acquire(self, &dir.display().to_string())?;
+        let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
+        let (state, message) = match &result {
+            Ok(_) => (ImportState::Done, None),
+            Err(e) => (ImportState::Failed, Some(e.to_string())),
+        };
+        lease.finish(self, state, message.as_deref())?;
+        result
+    }
+
+    fn add_leased(
+        &mut self,
+        lease: &mut Lease,
+        dir: &Path,
+        name: SnapshotName,
+        parsed: ParsedManifest,
+        opts: &AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<AddReport> {
+        let root = self.layout().root().to_path_buf();
+        let rel = |p: &Path| {
+            p.strip_prefix(&root)
+                .expect("staging is under the root")
+                .to_string_lossy()
+                .into_owned()
+        };
+        let staged_dir = lease.staging().join("snapshot");
+        std::fs::create_dir(&staged_dir).at("create directory", &staged_dir)?;
+
+        let mut sources: Vec<(String, PathBuf, u64)> = Vec::new();
+        for entry in std::fs::read_dir(dir).at("read directory", dir)? {
+            let entry = entry.at("read directory", dir)?;
+            let path = entry.path();
+            let meta = entry.path().symlink_metadata().at("stat", &path)?;
+            let file_name = entry.file_name().into_string().map_err(|_| {
+                Error::rejected(path.display().to_string(), "file name is not UTF-8")
+            })?;
+            if !meta.is_file() || !is_normal_file_name(&file_name) {
+                return Err(Error::rejected(
+                    path.display().to_string(),
+                    "a snapshot directory may hold only regular files",
+                ));
+            }
+            sources.push((file_name, path, meta.len()));
+        }
+        sources.sort();
+        let upper = &parsed.manifest.upper;
+        let upper_source = sources
+            .iter()
+            .find(|(n, ..)| *n == upper.file)
+            .ok_or_else(|| Error::NotFound {
+                what: "upper file",
+                reference: dir.join(&upper.file).display().to_string(),
+            })?;
+        if upper_source.2 != upper.size_bytes {
+            return Err(Error::integrity(
+                upper_source.1.display().to_string(),
+                format!(
+                    "size is {} bytes, manifest records {}",
+                    upper_source.2, upper.size_bytes
+                ),
+            ));
+        }
+
+        let total: u64 = sources.iter().map(|s| s.2).sum();
+        progress.start("add", Some(total));
+        let mut files = Vec::new();
+        let mut journal = Vec::new();
+        for (file_name, path, len) in &sources {
+            let integrity = if *file_name == upper.file {
+                upper.integrity.as_ref()
+            } else {
+                None
+            };
+            let target = staged_dir.join(file_name);
+            let staged = copy_into(path, *len, &target, integrity, progress)?;
+            if let Some(integrity) = integrity {
+                check_integrity(&path.display().to_string(), integrity, staged.integrity)?;
+            }
+            journal.push(ImportFileRow {
+                member: path.display().to_string(),
+                staged_path: rel(&target),
+                final_path: rel(&self.layout().snapshot_file(&name, file_name)),
+                kind: "snapshot".into(),
+                size: staged.size,
+                digest: staged.digest,
+                promote: true,
+            });
+            files.push(SnapshotFileRow {
+                path: file_name.clone(),
+                size: staged.size,
+                digest: staged.digest,
+            });
+        }
+
+        let mut set = StagedSet::default();
+        if let Some(cache_dir) = &opts.cache_dir {
+            let staged_cache = lease.staging().join("cache");
+            std::fs::create_dir(&staged_cache).at("create directory", &staged_cache)?;
+            let (meta, cache_files) = stage_image(cache_dir, &parsed, &staged_cache, progress)?;
+            for (file, path, bytes) in cache_files {
+                journal.push(ImportFileRow {
+                    member: cache_dir.join(file.rel_path()).display().to_string(),
+                    staged_path: rel(&path),
+                    final_path: rel(&self.layout().cache_file(&file)),
+                    kind: file.kind.as_str().into(),
+                    size: bytes.size,
+                    digest: bytes.digest,
+                    promote: true,
+                });
+                set.cache_files.push(StagedCacheFile {
+                    file,
+                    staged: rel(&path),
+                    size: bytes.size,
+                    digest: bytes.digest,
+                });
+            }
+            set.images
+                .push((meta, parsed.manifest.image.reference.clone()));
+        }
+        progress.finish();
+        {
+            let tx = self.db_mut().write()?;
+            db::imports::insert_import_files(&tx, lease.id(), &journal)?;
+            tx.commit()?;
+        }
+        let bytes = files.iter().map(|f| f.size).sum();
+        let file_count = files.len();
+        set.snapshots.push(StagedSnapshot {
+            parsed: parsed.clone(),
+            name: name.clone(),
+            staged_dir: rel(&staged_dir),
+            files,
+        });
+        let outcome = install(self, lease, &set)?;
+        let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
+            .expect("installed or already present");
+        Ok(AddReport {
+            digest: parsed.digest,
+            name: row.name,
+            already_present: outcome.imported.is_empty(),
+            files: file_count,
+            bytes,
+            cache_files_installed: outcome.cache_files_installed,
+            cache_files_skipped: outcome.cache_files_skipped,
+        })
+    }
+}
+
+/// Copy `src` into staging, sparsely, hashing on the way.
+fn copy_into(
+    src: &Path,
+    len: u64,
+    target: &Path,
+    integrity: Option<&crate::manifest::Integrity>,
+    progress: &dyn Progress,
+) -> Result<crate::stage::StagedBytes> {
+    let file = File::open(src).at("open", src)?;
+    let mut out = StagingFile::create(target, len, integrity)?;
+    read_logical(&file, len, src, |piece| {
+        if let crate::files::Piece::Data(d) = piece {
+            progress.advance(d.len() as u64);
+        }
+        out.piece(piece)
+    })?;
+    out.finish()
+}
+
+/// Stage the pinned image's metadata and artifacts from a microsandbox cache directory.
+fn stage_image(
+    cache_dir: &Path,
+    parsed: &ParsedManifest,
+    staged_cache: &Path,
+    progress: &dyn Progress,
+) -> Result<(
+    ImageMetadata,
+    Vec<(CacheFile, PathBuf, crate::stage::StagedBytes)>,
+)> {
+    let pin = &parsed.manifest.image;
+    let meta_file = CacheFile::metadata_for_ref(&pin.reference);
+    let meta_path = cache_dir.join(meta_file.rel_path());
+    if !meta_path.exists() {
+        return Err(Error::NotFound {
+            what: "image metadata",
+            reference: meta_path.display().to_string(),
+        });
+    }
+    let bytes = read_limited(&meta_path, MAX_METADATA_BYTES)?.ok_or_else(|| {
+        Error::integrity(
+            meta_path.display().to_string(),
+            "metadata is larger than 16 MiB",
+        )
+    })?;
+    let meta = ImageMetadata::parse(&bytes)
+        .map_err(|e| Error::integrity(meta_path.display().to_string(), e.to_string()))?;
+    if meta.manifest_digest != pin.manifest_digest {
+        return Err(Error::integrity(
+            meta_path.display().to_string(),
+            format!(
+                "metadata describes image {}, but the snapshot pins {}",
+                meta.manifest_digest, pin.manifest_digest
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for file in std::iter::once(meta_file).chain(meta.artifact_files()) {
+        let src = cache_dir.join(file.rel_path());
+        let m = src.symlink_metadata().map_err(|_| Error::NotFound {
+            what: "cache file",
+            reference: src.display().to_string(),
+        })?;
+        if !m.is_file() {
+            return Err(Error::rejected(
+                src.display().to_string(),
+                "not a regular file",
+            ));
+        }
+        if file.kind.is_erofs() && (m.len() == 0 || m.len() % EROFS_ALIGN != 0) {
+            return Err(Error::integrity(
+                src.display().to_string(),
+                format!(
+                    "EROFS image of {} bytes is not a non-empty multiple of 4096",
+                    m.len()
+                ),
+            ));
+        }
+        let kind_dir = staged_cache.join(file.kind.as_str());
+        std::fs::create_dir_all(&kind_dir).at("create directory", &kind_dir)?;
+        let target = kind_dir.join(file.file_name());
+        let staged = copy_into(&src, m.len(), &target, None, progress)?;
+        out.push((file, target, staged));
+    }
+    Ok((meta, out))
+}

@@ -1,0 +1,2 @@
+//! The archive format (DESIGN §2): export and import of `.tar.zst` / tar
+//! streams that interoperate with microsandbox's snapshot save/load.

@@ -1,0 +1,209 @@
+//! Command-line definitions and rendering: clap types, the text tables and
+//! the `--json` output of every report, and the terminal progress bar.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::progress::Progress;
+
+/// A registry for microsandbox VM disk snapshots.
+#[derive(Debug, Parser)]
+#[command(name = "msb-registry", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Registry root [default: $MSB_REGISTRY_ROOT, else $XDG_DATA_HOME/msb-registry]
+    #[arg(long, global = true, env = "MSB_REGISTRY_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register an existing snapshot directory (copied in, verified, hashed).
+    Add {
+        /// The snapshot directory (holding manifest.json and the upper file).
+        dir: PathBuf,
+        /// Name in the registry [default: the directory's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// A microsandbox cache directory to take the pinned image's artifacts from.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// List every snapshot, newest first.
+    List,
+    /// Show one snapshot: files, labels, image, children.
+    Show {
+        /// Name, full digest, or unique digest prefix (8+ hex digits).
+        reference: String,
+    },
+    /// Ancestors root to head, or the descendant tree.
+    Lineage {
+        /// Name, full digest, or unique digest prefix.
+        reference: String,
+        /// Show the snapshots descending from REF instead.
+        #[arg(long)]
+        descendants: bool,
+    },
+    /// Run a read-only SQL query on the index.
+    Sql {
+        /// The query (one statement).
+        query: String,
+    },
+    /// Remove a snapshot.
+    Rm {
+        /// Name, full digest, or unique digest prefix.
+        reference: String,
+        /// Remove even when other snapshots name it as parent.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rebuild the index from the artifacts on disk.
+    Reindex,
+}
+
+/// A progress bar on stderr, shown only on a terminal and without `-q`.
+pub struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl BarProgress {
+    /// A bar when stderr is a terminal and `quiet` is off, else a hidden one.
+    pub fn new(quiet: bool) -> Self {
+        let bar = if quiet || !std::io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
+        BarProgress { bar }
+    }
+}
+
+impl Progress for BarProgress {
+    fn start(&self, phase: &str, total: Option<u64>) {
+        let style = match total {
+            Some(t) => {
+                self.bar.set_length(t);
+                ProgressStyle::with_template(
+                    "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+            }
+            None => ProgressStyle::with_template("{msg:>8} {bytes} {binary_bytes_per_sec}"),
+        };
+        if let Ok(style) = style {
+            self.bar.set_style(style.progress_chars("=> "));
+        }
+        self.bar.set_position(0);
+        self.bar.set_message(phase.to_string());
+    }
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Where command output goes: stdout, JSON or aligned text.
+pub struct Printer {
+    /// Print JSON instead of text.
+    pub json: bool,
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Printer {
+    /// A printer to stdout.
+    pub fn new(json: bool) -> Self {
+        Printer {
+            json,
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    /// Write a report as pretty JSON.
+    pub fn json(&mut self, value: &impl Serialize) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut self.out, value)?;
+        writeln!(self.out)
+    }
+
+    /// Write one line of text.
+    pub fn line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
+        writeln!(self.out, "{text}")
+    }
+
+    /// Write rows as a table with aligned columns under a header.
+    pub fn table(&mut self, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for row in rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let render = |cells: Vec<&str>| -> String {
+            let n = cells.len();
+            let mut line = String::new();
+            for (i, (cell, w)) in cells.into_iter().zip(&widths).enumerate() {
+                line.push_str(cell);
+                if i + 1 < n {
+                    line.push_str(&" ".repeat(w - cell.chars().count() + 2));
+                }
+            }
+            line
+        };
+        writeln!(self.out, "{}", render(header.to_vec()))?;
+        for row in rows {
+            writeln!(
+                self.out,
+                "{}",
+                render(row.iter().map(|s| s.as_str()).collect())
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Flush stdout.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `n thing` / `n things`.
+pub fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("{n} {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// Bytes in binary units, for humans.
+pub fn human_bytes(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
+}
+
+mod run;
+
+pub use run::run;

@@ -1,0 +1,248 @@
+//! Dispatch: run one parsed command against the library and render its report.
+
+use std::path::PathBuf;
+
+use super::{BarProgress, Cli, Command, Printer, human_bytes, plural};
+use crate::add::AddOptions;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::registry::Registry;
+
+/// Outcome of rendering: an I/O error on stdout (a closed pipe ends quietly).
+type Rendered = std::io::Result<()>;
+
+fn root_of(cli: &Cli) -> Result<PathBuf> {
+    cli.global
+        .root
+        .clone()
+        .or_else(Layout::default_root)
+        .ok_or_else(|| {
+            Error::Usage("no registry root: pass --root or set MSB_REGISTRY_ROOT".into())
+        })
+}
+
+/// Run the command; `Ok(Err(io))` is a failed write to stdout.
+pub fn run(cli: Cli) -> Result<Rendered> {
+    let root = root_of(&cli)?;
+    let mut p = Printer::new(cli.global.json);
+    let progress = BarProgress::new(cli.global.quiet);
+    let rendered = match cli.command {
+        Command::Sql { query } => {
+            let result = crate::query::sql(&root, &query)?;
+            if p.json {
+                let objects: Vec<serde_json::Map<String, serde_json::Value>> = result
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        result
+                            .columns
+                            .iter()
+                            .cloned()
+                            .zip(row.iter().cloned())
+                            .collect()
+                    })
+                    .collect();
+                p.json(&objects)
+            } else {
+                let header: Vec<&str> = result.columns.iter().map(|c| c.as_str()).collect();
+                let rows: Vec<Vec<String>> = result
+                    .rows
+                    .iter()
+                    .map(|r| {
+                        r.iter()
+                            .map(|v| match v {
+                                serde_json::Value::String(s) => s.clone(),
+                                serde_json::Value::Null => "NULL".into(),
+                                other => other.to_string(),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                p.table(&header, &rows)
+            }
+        }
+        command => {
+            let mut registry = Registry::open(&root)?;
+            dispatch(&mut registry, command, &mut p, &progress)?
+        }
+    };
+    Ok(rendered.and_then(|()| p.flush()))
+}
+
+fn dispatch(
+    registry: &mut Registry,
+    command: Command,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    Ok(match command {
+        Command::Add {
+            dir,
+            name,
+            cache_dir,
+        } => {
+            let report = registry.add(&dir, &AddOptions { name, cache_dir }, progress)?;
+            if p.json {
+                p.json(&report)
+            } else if report.already_present {
+                p.line(format!(
+                    "{} ({}) is already in the registry",
+                    report.name, report.digest
+                ))
+            } else {
+                p.line(format!(
+                    "added {} ({}): {}, {}; cache: {} installed, {} already present",
+                    report.name,
+                    report.digest,
+                    plural(report.files, "file"),
+                    human_bytes(report.bytes),
+                    report.cache_files_installed,
+                    report.cache_files_skipped
+                ))
+            }
+        }
+        Command::List => {
+            let entries = registry.list()?;
+            if p.json {
+                p.json(&entries)
+            } else {
+                let rows: Vec<Vec<String>> = entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.name.clone(),
+                            e.digest.hex()[..16].to_string(),
+                            e.parent
+                                .map(|d| {
+                                    let short = d.hex()[..16].to_string();
+                                    if e.shallow {
+                                        format!("{short} (absent)")
+                                    } else {
+                                        short
+                                    }
+                                })
+                                .unwrap_or_else(|| "-".into()),
+                            e.image_ref.clone(),
+                            human_bytes(e.size_bytes),
+                            e.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                p.table(
+                    &["NAME", "DIGEST", "PARENT", "IMAGE", "SIZE", "CREATED"],
+                    &rows,
+                )
+            }
+        }
+        Command::Show { reference } => {
+            let r = registry.show(&reference)?;
+            if p.json {
+                p.json(&r)
+            } else {
+                let s = &r.snapshot;
+                let mut lines = vec![
+                    format!("name:            {}", s.name),
+                    format!("digest:          {}", s.digest),
+                    format!(
+                        "parent:          {}",
+                        match (&s.parent, r.shallow) {
+                            (Some(d), true) => format!("{d} (not in this registry)"),
+                            (Some(d), false) => d.to_string(),
+                            (None, _) => "-".into(),
+                        }
+                    ),
+                    format!("children:        {}", r.children),
+                    format!(
+                        "image:           {} @ {}",
+                        s.image_ref, s.image_manifest_digest
+                    ),
+                    format!(
+                        "image cached:    {}",
+                        if r.image_cached { "yes" } else { "no" }
+                    ),
+                    format!("format:          {} ({})", s.format, s.fstype),
+                    format!(
+                        "upper:           {} ({})",
+                        s.upper_file,
+                        human_bytes(s.size_bytes)
+                    ),
+                    format!(
+                        "integrity:       {}",
+                        match (&s.integrity_algorithm, &s.integrity_digest) {
+                            (Some(a), Some(d)) => format!("{a} {d}"),
+                            _ => "none recorded".into(),
+                        }
+                    ),
+                    format!("created:         {}", s.created_at),
+                    format!(
+                        "source sandbox:  {}",
+                        s.source_sandbox.as_deref().unwrap_or("-")
+                    ),
+                ];
+                for (k, v) in &s.labels {
+                    lines.push(format!("label:           {k}={v}"));
+                }
+                lines.push("files:".into());
+                for f in &r.files {
+                    lines.push(format!(
+                        "  {}  {}  {}",
+                        f.path,
+                        human_bytes(f.size),
+                        f.digest
+                    ));
+                }
+                lines.into_iter().try_for_each(|l| p.line(l))
+            }
+        }
+        Command::Lineage {
+            reference,
+            descendants,
+        } => {
+            let rows = registry.lineage(&reference, descendants)?;
+            if p.json {
+                p.json(&rows)
+            } else {
+                rows.iter().try_for_each(|r| {
+                    let indent = "  ".repeat(if descendants { r.depth as usize } else { 0 });
+                    let name = r.name.as_deref().unwrap_or("(missing from this registry)");
+                    if descendants {
+                        p.line(format!("{indent}{name}  {}", r.digest))
+                    } else {
+                        p.line(format!("{:>4}  {name}  {}", r.depth, r.digest))
+                    }
+                })
+            }
+        }
+        Command::Rm { reference, force } => {
+            let r = registry.remove(&reference, force)?;
+            if p.json {
+                p.json(&r)
+            } else {
+                p.line(format!("removed {} ({})", r.name, r.digest))
+            }
+        }
+        Command::Reindex => {
+            let r = registry.reindex(progress)?;
+            if p.json {
+                p.json(&r)
+            } else {
+                let mut out = vec![format!(
+                    "adopted {}, {}, {}; dropped {}; skipped {}",
+                    plural(r.adopted_snapshots.len(), "snapshot"),
+                    plural(r.adopted_cache_files.len(), "cache file"),
+                    plural(r.adopted_images.len(), "image"),
+                    r.dropped.len(),
+                    r.skipped.len()
+                )];
+                out.extend(r.dropped.iter().map(|d| format!("dropped {d}")));
+                out.extend(
+                    r.skipped
+                        .iter()
+                        .map(|s| format!("skipped {}: {}", s.path, s.reason)),
+                );
+                out.into_iter().try_for_each(|l| p.line(l))
+            }
+        }
+        Command::Sql { .. } => unreachable!("handled before the registry is opened"),
+    })
+}

@@ -1,0 +1,271 @@
+//! Queries about snapshots, their files, and their lineage.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::manifest::ParsedManifest;
+
+/// A snapshot as the index records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotRow {
+    /// Identity.
+    pub digest: Digest,
+    /// Directory name under `snapshots/`.
+    pub name: String,
+    /// Parent digest, possibly absent from the registry.
+    pub parent: Option<Digest>,
+    /// Image reference from the manifest.
+    pub image_ref: String,
+    /// Pinned image manifest digest.
+    pub image_manifest_digest: Digest,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// File system inside the upper.
+    pub fstype: String,
+    /// Upper file name.
+    pub upper_file: String,
+    /// Apparent size of the upper.
+    pub size_bytes: u64,
+    /// Recorded integrity algorithm.
+    pub integrity_algorithm: Option<String>,
+    /// Recorded integrity digest.
+    pub integrity_digest: Option<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Originating sandbox.
+    pub source_sandbox: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Unix seconds when it entered this registry.
+    pub added_at: i64,
+}
+
+/// One file of a snapshot artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotFileRow {
+    /// Path relative to the snapshot directory.
+    pub path: String,
+    /// Apparent size.
+    pub size: u64,
+    /// msb-extents-sha256-v1 content digest.
+    pub digest: Digest,
+}
+
+/// One step of a lineage walk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineageRow {
+    /// The snapshot digest.
+    pub digest: Digest,
+    /// Its name, `None` when the snapshot is absent from the registry.
+    pub name: Option<String>,
+    /// Distance from the starting snapshot.
+    pub depth: u64,
+    /// Its parent (for descendant trees).
+    pub parent: Option<Digest>,
+}
+
+const COLUMNS: &str = "digest, name, parent, image_ref, image_manifest_digest, format, fstype, \
+    upper_file, size_bytes, integrity_algorithm, integrity_digest, created_at, source_sandbox, \
+    labels, added_at";
+
+fn map_snapshot(r: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
+    let labels: String = r.get(13)?;
+    Ok(SnapshotRow {
+        digest: r.get(0)?,
+        name: r.get(1)?,
+        parent: r.get(2)?,
+        image_ref: r.get(3)?,
+        image_manifest_digest: r.get(4)?,
+        format: r.get(5)?,
+        fstype: r.get(6)?,
+        upper_file: r.get(7)?,
+        size_bytes: r.get::<_, i64>(8)? as u64,
+        integrity_algorithm: r.get(9)?,
+        integrity_digest: r.get(10)?,
+        created_at: r.get(11)?,
+        source_sandbox: r.get(12)?,
+        labels: serde_json::from_str(&labels).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        added_at: r.get(14)?,
+    })
+}
+
+fn map_file(r: &Row<'_>) -> rusqlite::Result<SnapshotFileRow> {
+    Ok(SnapshotFileRow {
+        path: r.get(0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        digest: r.get(2)?,
+    })
+}
+
+impl SnapshotRow {
+    /// The row a manifest describes, under `name`.
+    pub fn from_manifest(parsed: &ParsedManifest, name: &str, added_at: i64) -> Self {
+        let m = &parsed.manifest;
+        SnapshotRow {
+            digest: parsed.digest,
+            name: name.to_string(),
+            parent: m.parent,
+            image_ref: m.image.reference.clone(),
+            image_manifest_digest: m.image.manifest_digest,
+            format: m.format.as_str().to_string(),
+            fstype: m.fstype.clone(),
+            upper_file: m.upper.file.clone(),
+            size_bytes: m.upper.size_bytes,
+            integrity_algorithm: m.upper.integrity.as_ref().map(|i| i.algorithm.clone()),
+            integrity_digest: m.upper.integrity.as_ref().map(|i| i.digest.clone()),
+            created_at: m.created_at.clone(),
+            source_sandbox: m.source_sandbox.clone(),
+            labels: m.labels.clone(),
+            added_at,
+        }
+    }
+}
+
+/// Insert a snapshot and its files (inside the caller's transaction).
+pub fn insert_snapshot(
+    conn: &Connection,
+    row: &SnapshotRow,
+    files: &[SnapshotFileRow],
+) -> Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO snapshots ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    ))?
+    .execute(params![
+        row.digest,
+        row.name,
+        row.parent,
+        row.image_ref,
+        row.image_manifest_digest,
+        row.format,
+        row.fstype,
+        row.upper_file,
+        row.size_bytes as i64,
+        row.integrity_algorithm,
+        row.integrity_digest,
+        row.created_at,
+        row.source_sandbox,
+        serde_json::to_string(&row.labels).expect("labels serialize"),
+        row.added_at,
+    ])?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO snapshot_files (snapshot, path, size, digest) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for f in files {
+        insert.execute(params![row.digest, f.path, f.size as i64, f.digest])?;
+    }
+    Ok(())
+}
+
+/// Delete a snapshot's rows (files cascade).
+pub fn delete_snapshot(conn: &Connection, digest: &Digest) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("DELETE FROM snapshots WHERE digest = ?1")?
+        .execute([digest])?
+        > 0)
+}
+
+/// The snapshot with this digest.
+pub fn snapshot_by_digest(conn: &Connection, digest: &Digest) -> Result<Option<SnapshotRow>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM snapshots WHERE digest = ?1"
+        ))?
+        .query_row([digest], map_snapshot)
+        .optional()?)
+}
+
+/// The snapshot with this name.
+pub fn snapshot_by_name(conn: &Connection, name: &str) -> Result<Option<SnapshotRow>> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM snapshots WHERE name = ?1"))?
+        .query_row([name], map_snapshot)
+        .optional()?)
+}
+
+/// Digests starting with `sha256:<hex_prefix>`, at most `limit` of them.
+pub fn digests_with_prefix(conn: &Connection, hex_prefix: &str, limit: u32) -> Result<Vec<Digest>> {
+    let lo = format!("sha256:{hex_prefix}");
+    let hi = format!("sha256:{hex_prefix}\u{7f}");
+    let mut stmt = conn.prepare_cached(
+        "SELECT digest FROM snapshots WHERE digest >= ?1 AND digest < ?2 ORDER BY digest LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![lo, hi, limit], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Every snapshot, newest first.
+pub fn all_snapshots(conn: &Connection) -> Result<Vec<SnapshotRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM snapshots ORDER BY created_at DESC, digest"
+    ))?;
+    let rows = stmt.query_map([], map_snapshot)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The files of a snapshot, by path.
+pub fn snapshot_files(conn: &Connection, digest: &Digest) -> Result<Vec<SnapshotFileRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT path, size, digest FROM snapshot_files WHERE snapshot = ?1 ORDER BY path",
+    )?;
+    let rows = stmt.query_map([digest], map_file)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// How many snapshots name `digest` as parent.
+pub fn children_count(conn: &Connection, digest: &Digest) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM snapshots WHERE parent = ?1")?
+        .query_row([digest], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// The ancestry of `head`, root first and `head` last, in one recursive query.
+/// An ancestor absent from the index is the first row, with no name.
+pub fn ancestors(conn: &Connection, head: &Digest) -> Result<Vec<LineageRow>> {
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE chain(digest, depth) AS (
+             SELECT ?1, 0
+             UNION ALL
+             SELECT s.parent, chain.depth + 1
+             FROM chain JOIN snapshots s ON s.digest = chain.digest
+             WHERE s.parent IS NOT NULL AND chain.depth < 10000000
+         )
+         SELECT chain.digest, s.name, chain.depth, s.parent
+         FROM chain LEFT JOIN snapshots s ON s.digest = chain.digest
+         ORDER BY chain.depth DESC",
+    )?;
+    let rows = stmt.query_map([head], map_lineage)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// `root` and every snapshot descending from it, breadth first.
+pub fn descendants(conn: &Connection, root: &Digest) -> Result<Vec<LineageRow>> {
+    let mut stmt = conn.prepare_cached(
+        "WITH RECURSIVE sub(digest, depth) AS (
+             SELECT ?1, 0
+             UNION ALL
+             SELECT s.digest, sub.depth + 1
+             FROM sub JOIN snapshots s ON s.parent = sub.digest
+             WHERE sub.depth < 10000000
+         )
+         SELECT sub.digest, s.name, sub.depth, s.parent
+         FROM sub JOIN snapshots s ON s.digest = sub.digest
+         ORDER BY sub.depth, s.name",
+    )?;
+    let rows = stmt.query_map([root], map_lineage)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn map_lineage(r: &Row<'_>) -> rusqlite::Result<LineageRow> {
+    Ok(LineageRow {
+        digest: r.get(0)?,
+        name: r.get(1)?,
+        depth: r.get::<_, i64>(2)? as u64,
+        parent: r.get(3)?,
+    })
+}

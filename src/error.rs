@@ -1,0 +1,206 @@
+//! The library's one error type. Each variant names the path, digest or
+//! archive member it is about and knows the process exit code it maps to
+//! (DESIGN §7), so `main` never has to guess.
+
+use std::path::PathBuf;
+
+use crate::digest::Digest;
+use crate::manifest::ManifestError;
+
+/// Exit codes of the `msb-registry` binary (DESIGN §7).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Unexpected error (I/O, database).
+    pub const UNEXPECTED: i32 = 1;
+    /// Bad usage: unknown flag, malformed argument, ambiguous reference.
+    pub const USAGE: i32 = 2;
+    /// The named snapshot, parent or file is not in the registry.
+    pub const NOT_FOUND: i32 = 3;
+    /// Already exists with other content, or still has children.
+    pub const CONFLICT: i32 = 4;
+    /// Integrity or verification failure.
+    pub const INTEGRITY: i32 = 5;
+    /// Archive refused: grammar, unsafe path, entry type, corrupt stream.
+    pub const REJECTED: i32 = 6;
+}
+
+/// Everything that can go wrong in a registry operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command-line value that cannot be used as given.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A reference that names nothing in the registry.
+    #[error("{what} not found: {reference}")]
+    NotFound {
+        /// What was looked for ("snapshot", "parent", "cache file").
+        what: &'static str,
+        /// The reference as the user or the archive gave it.
+        reference: String,
+    },
+
+    /// A parent named by the chain is absent from the index.
+    #[error(
+        "parent {parent} of {child} is not in the registry; import or add it first, or export without --with-parents"
+    )]
+    MissingParent {
+        /// The absent ancestor.
+        parent: Digest,
+        /// The snapshot that names it.
+        child: Digest,
+    },
+
+    /// A digest prefix that matches more than one snapshot.
+    #[error("reference {reference} is ambiguous; candidates: {}", candidates.join(", "))]
+    Ambiguous {
+        /// The prefix the user gave.
+        reference: String,
+        /// Every matching digest.
+        candidates: Vec<String>,
+    },
+
+    /// Something already in the registry holds the name or path with other content.
+    #[error("conflict: {subject}: {detail}")]
+    Conflict {
+        /// The snapshot name, digest or cache path in conflict.
+        subject: String,
+        /// What differs.
+        detail: String,
+    },
+
+    /// `rm` of a snapshot that other snapshots name as parent.
+    #[error(
+        "snapshot {name} ({digest}) has {children} child snapshot(s); use --force to remove it anyway"
+    )]
+    HasChildren {
+        /// Name of the snapshot.
+        name: String,
+        /// Digest of the snapshot.
+        digest: Digest,
+        /// How many snapshots name it as parent.
+        children: u64,
+    },
+
+    /// A manifest that breaks the schema of DESIGN §1.
+    #[error("invalid manifest {path}")]
+    Manifest {
+        /// Where the manifest was read from (file or archive member).
+        path: String,
+        /// The rule it breaks.
+        #[source]
+        source: ManifestError,
+    },
+
+    /// Content that does not match what was recorded or declared.
+    #[error("integrity failure: {subject}: {detail}")]
+    Integrity {
+        /// The file, member or digest concerned.
+        subject: String,
+        /// Expected and found.
+        detail: String,
+    },
+
+    /// An archive refused before anything was installed.
+    #[error("rejected archive: {member}: {reason}")]
+    Rejected {
+        /// The member path (or "archive" for stream-level problems).
+        member: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+
+    /// A file-system operation failed.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// What was being done ("read", "create", "rename" …).
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The index database failed.
+    #[error("registry database")]
+    Db(#[from] rusqlite::Error),
+
+    /// Applying the embedded schema migrations failed.
+    #[error("registry database migration")]
+    Migration(#[from] refinery::Error),
+
+    /// A read-only SQL query that tried to write.
+    #[error("sql: the index is opened read-only; only queries that read are allowed: {0}")]
+    ReadOnlySql(String),
+
+    /// A failpoint fired (crash-injection testing only).
+    #[error("failpoint {0} fired")]
+    Failpoint(String),
+}
+
+impl Error {
+    /// The exit code the binary returns for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Ambiguous { .. } => exit::USAGE,
+            Error::NotFound { .. } | Error::MissingParent { .. } => exit::NOT_FOUND,
+            Error::Conflict { .. } | Error::HasChildren { .. } => exit::CONFLICT,
+            Error::Manifest { .. } | Error::Integrity { .. } => exit::INTEGRITY,
+            Error::Rejected { .. } => exit::REJECTED,
+            Error::ReadOnlySql(_) => exit::USAGE,
+            Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {
+                exit::UNEXPECTED
+            }
+        }
+    }
+
+    /// Shorthand for an [`Error::Io`] about `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for an [`Error::Rejected`] about `member`.
+    pub fn rejected(member: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Rejected {
+            member: member.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Integrity`] about `subject`.
+    pub fn integrity(subject: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Integrity {
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Conflict`] about `subject`.
+    pub fn conflict(subject: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Conflict {
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attach a path and an operation name to an `io::Result`.
+pub trait IoContext<T> {
+    /// Map the error into [`Error::Io`] naming `op` and `path`.
+    fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::io(op, path, source))
+    }
+}

@@ -1,0 +1,248 @@
+//! File primitives shared by add, import, export and verify: reading a file
+//! as data extents and holes (SEEK_DATA/SEEK_HOLE), writing one that keeps
+//! zero blocks as holes, and the fsyncs that make renames durable.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::digest::BLOCK;
+use crate::error::{IoContext, Result};
+
+/// Size of the buffer data is read and written in.
+pub const CHUNK: usize = 1024 * 1024;
+
+/// One piece of a file's logical content, in order.
+#[derive(Debug, Clone, Copy)]
+pub enum Piece<'a> {
+    /// Bytes read from a data extent.
+    Data(&'a [u8]),
+    /// A run of zeros (a hole) of this length.
+    Zeros(u64),
+}
+
+/// The data extents of `file` as `(offset, len)`, found with SEEK_DATA and
+/// SEEK_HOLE without reading any data. A file system that does not report
+/// holes yields one extent covering the whole file.
+pub fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < len {
+        // SAFETY: lseek on a descriptor we own; no memory is touched.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(extents),
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) if pos == 0 => Ok(vec![(0, len)]),
+                _ => Err(err),
+            };
+        }
+        let data = data as u64;
+        if data >= len {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let end = (hole as u64).min(len);
+        extents.push((data, end - data));
+        pos = end;
+    }
+    Ok(extents)
+}
+
+/// Stream the logical content of `file` (`len` bytes) to `f` as data and
+/// holes, reading each data byte exactly once.
+pub fn read_logical(
+    file: &File,
+    len: u64,
+    path: &Path,
+    mut f: impl FnMut(Piece<'_>) -> Result<()>,
+) -> Result<()> {
+    let extents = data_extents(file, len).at("seek", path)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    for (start, extent_len) in extents {
+        if start > pos {
+            f(Piece::Zeros(start - pos))?;
+        }
+        let end = start + extent_len;
+        pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], pos).at("read", path)?;
+            f(Piece::Data(&buf[..n]))?;
+            pos += n as u64;
+        }
+    }
+    if len > pos {
+        f(Piece::Zeros(len - pos))?;
+    }
+    Ok(())
+}
+
+/// Writes a file from its logical content, leaving every 4 KiB block that is
+/// all zeros (by absolute offset) as a hole.
+pub struct SparseWriter {
+    file: File,
+    pos: u64,
+}
+
+impl SparseWriter {
+    /// Write into `file`, which must be empty.
+    pub fn new(file: File) -> Self {
+        SparseWriter { file, pos: 0 }
+    }
+
+    /// Logical bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Append data, skipping whole zero blocks.
+    pub fn data(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut i = 0;
+        while i < data.len() {
+            let block_end = ((self.pos / BLOCK as u64 + 1) * BLOCK as u64 - self.pos) as usize;
+            let n = block_end.min(data.len() - i);
+            let piece = &data[i..i + n];
+            let whole_block = n == BLOCK;
+            if whole_block && is_zero(piece) {
+                self.pos += n as u64;
+                i += n;
+                continue;
+            }
+            // Gather the longest run of blocks that are not skipped, write it in one call.
+            let mut j = i + n;
+            while j < data.len() {
+                let m = BLOCK.min(data.len() - j);
+                if m == BLOCK && is_zero(&data[j..j + m]) {
+                    break;
+                }
+                j += m;
+            }
+            self.file.write_all_at(&data[i..j], self.pos)?;
+            self.pos += (j - i) as u64;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Append a run of zeros as a hole.
+    pub fn zeros(&mut self, len: u64) {
+        self.pos += len;
+    }
+
+    /// Append a piece.
+    pub fn piece(&mut self, piece: Piece<'_>) -> io::Result<()> {
+        match piece {
+            Piece::Data(d) => self.data(d),
+            Piece::Zeros(n) => {
+                self.zeros(n);
+                Ok(())
+            }
+        }
+    }
+
+    /// Fix the apparent size and hand back the file (not yet fsynced).
+    pub fn finish(self) -> io::Result<File> {
+        self.file.set_len(self.pos)?;
+        Ok(self.file)
+    }
+}
+
+/// True when every byte is zero.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(64);
+    let whole = words.by_ref().all(|c| {
+        c.chunks_exact(16).fold(0u128, |acc, w| {
+            acc | u128::from_ne_bytes(w.try_into().expect("16 bytes"))
+        }) == 0
+    });
+    whole && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// fsync a directory, making the renames and creations inside it durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)
+}
+
+/// Read a whole small file, refusing one larger than `limit` before buffering it.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    let file = File::open(path).at("open", path)?;
+    let len = file.metadata().at("stat", path)?.len();
+    if len > limit {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut out)
+        .at("read", path)?;
+    if out.len() as u64 > limit {
+        return Ok(None);
+    }
+    Ok(Some(out))
+}
+
+/// Bytes actually allocated on disk for `path`.
+pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks() * 512
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_writer_makes_holes_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut w = SparseWriter::new(File::create(&path).unwrap());
+        let mut data = vec![0u8; 64 * BLOCK];
+        data[3] = 1;
+        data[40 * BLOCK + 17] = 2;
+        w.data(&data[..10]).unwrap();
+        w.data(&data[10..]).unwrap();
+        w.zeros(1 << 30);
+        w.data(b"tail").unwrap();
+        let file = w.finish().unwrap();
+        let len = (64 * BLOCK) as u64 + (1 << 30) + 4;
+        assert_eq!(file.metadata().unwrap().len(), len);
+        assert!(allocated_bytes(&file.metadata().unwrap()) < 1 << 20);
+
+        let mut logical = Vec::new();
+        let mut zeros = 0u64;
+        read_logical(&File::open(&path).unwrap(), len, &path, |p| {
+            match p {
+                Piece::Data(d) => logical.extend_from_slice(d),
+                Piece::Zeros(n) => {
+                    zeros += n;
+                    logical.extend(std::iter::repeat_n(0, (n as usize).min(1 << 20)));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(zeros >= 1 << 30, "holes were not reported: {zeros}");
+        assert_eq!(logical[3], 1);
+        assert_eq!(logical[40 * BLOCK + 17], 2);
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0; 100]));
+        let mut v = vec![0u8; 100];
+        v[99] = 1;
+        assert!(!is_zero(&v));
+        v[99] = 0;
+        v[0] = 1;
+        assert!(!is_zero(&v));
+    }
+}

@@ -1,0 +1,172 @@
+//! The one owner of the registry's on-disk layout (DESIGN §3): every path
+//! under a root is built here, from validated names only.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::error::Error;
+use crate::image::{CacheFile, CacheKind};
+
+/// File name of the index database.
+pub const DB_FILE: &str = "registry.db";
+
+/// The paths of one registry root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `root` (nothing is created).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+
+    /// Resolve the root from `--root`, `MSB_REGISTRY_ROOT`, or the XDG data dir.
+    pub fn default_root() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return Some(PathBuf::from(dir).join("msb-registry"));
+        }
+        let home = std::env::var_os("HOME").filter(|d| !d.is_empty())?;
+        Some(PathBuf::from(home).join(".local/share/msb-registry"))
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `registry.db`.
+    pub fn db(&self) -> PathBuf {
+        self.root.join(DB_FILE)
+    }
+
+    /// `registry.lock`: held exclusively by promotions, `rm` and gc's sweep,
+    /// so a compatibility check stays true until its rows commit.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("registry.lock")
+    }
+
+    /// `snapshots/`.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// `snapshots/<name>/`.
+    pub fn snapshot(&self, name: &SnapshotName) -> PathBuf {
+        self.snapshots().join(name.as_str())
+    }
+
+    /// `snapshots/<name>/<file>`; `file` is a path relative to the snapshot directory.
+    pub fn snapshot_file(&self, name: &SnapshotName, file: &str) -> PathBuf {
+        self.snapshot(name).join(file)
+    }
+
+    /// `cache/`.
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// `cache/<kind>/`.
+    pub fn cache_kind(&self, kind: CacheKind) -> PathBuf {
+        self.cache().join(kind.as_str())
+    }
+
+    /// `cache/<kind>/<file>`.
+    pub fn cache_file(&self, file: &CacheFile) -> PathBuf {
+        self.cache_kind(file.kind).join(file.file_name())
+    }
+
+    /// `staging/`.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// `staging/<id>/`, an import's private work area.
+    pub fn import_staging(&self, id: &str) -> PathBuf {
+        self.staging().join(id)
+    }
+
+    /// `staging/<id>.lock`, held (flock) by the importing process while it lives.
+    pub fn import_lock(&self, id: &str) -> PathBuf {
+        self.staging().join(format!("{id}.lock"))
+    }
+
+    /// Map a path relative to the root (as stored in the journal) to a full path.
+    pub fn resolve(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Every directory a working registry needs.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.root.clone(), self.snapshots(), self.staging()];
+        dirs.push(self.cache());
+        dirs.extend(CacheKind::ALL.iter().map(|k| self.cache_kind(*k)));
+        dirs
+    }
+}
+
+/// A snapshot's name: its directory under `snapshots/`.
+///
+/// 1–128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit,
+/// so a name is always one safe path component.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct SnapshotName(String);
+
+impl SnapshotName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SnapshotName {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let ok = (1..=128).contains(&s.len())
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(SnapshotName(s.to_string()))
+        } else {
+            Err(Error::Usage(format!(
+                "invalid snapshot name {s:?}: use 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for SnapshotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_safe_components() {
+        for ok in ["py-app", "a", "sha256-0123456789abcdef", "v1.2_x"] {
+            ok.parse::<SnapshotName>().unwrap();
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "-x",
+            "a b",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(bad.parse::<SnapshotName>().is_err(), "{bad:?}");
+        }
+    }
+}

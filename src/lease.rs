@@ -1,0 +1,133 @@
+//! Leases of in-flight imports (DESIGN §5). An import is live exactly while
+//! its process holds an exclusive flock on `staging/<id>.lock`; its journal
+//! row is committed before the first staged byte, so gc and recovery can
+//! tell a live import's files from a dead one's debris.
+
+use std::fs::{File, TryLockError};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::db::{self, ImportState, now_unix};
+use crate::error::{IoContext, Result};
+use crate::layout::Layout;
+use crate::registry::Registry;
+
+/// A live import's lease: its id, its held lock and its staging directory.
+pub struct Lease {
+    id: String,
+    staging: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl Lease {
+    /// Take a new lease: lock file first (so nothing ever sees the row or
+    /// the staging directory without a held lock), then the staging
+    /// directory, then the committed journal row.
+    pub fn acquire(registry: &mut Registry, source: &str) -> Result<Lease> {
+        let layout = registry.layout().clone();
+        let (id, lock, lock_path) = loop {
+            let id = random_id()?;
+            let lock_path = layout.import_lock(&id);
+            let lock = File::options()
+                .create_new(true)
+                .write(true)
+                .open(&lock_path)
+                .at("create", &lock_path)?;
+            lock.lock().at("lock", &lock_path)?;
+            // A gc that saw the file before we locked it may have unlinked it.
+            let still_ours = std::fs::metadata(&lock_path)
+                .map(|m| m.ino() == lock.metadata().map(|l| l.ino()).unwrap_or(0))
+                .unwrap_or(false);
+            if still_ours {
+                break (id, lock, lock_path);
+            }
+        };
+        let staging = layout.import_staging(&id);
+        std::fs::create_dir(&staging).at("create directory", &staging)?;
+        let tx = registry.db_mut().write()?;
+        db::imports::create_import(&tx, &id, source, now_unix())?;
+        tx.commit()?;
+        crate::failpoint::hit("lease.acquired")?;
+        Ok(Lease {
+            id,
+            staging,
+            lock_path,
+            _lock: lock,
+        })
+    }
+
+    /// The import id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// `staging/<id>/`.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// End the lease: record the final state, delete the staging directory
+    /// and the lock file, then let the lock go.
+    pub fn finish(
+        self,
+        registry: &mut Registry,
+        state: ImportState,
+        error: Option<&str>,
+    ) -> Result<()> {
+        {
+            let tx = registry.db_mut().write()?;
+            db::imports::set_import_state(&tx, &self.id, state, Some(now_unix()), error)?;
+            tx.commit()?;
+        }
+        remove_dir_if_exists(&self.staging)?;
+        std::fs::remove_file(&self.lock_path).at("remove", &self.lock_path)?;
+        Ok(())
+    }
+}
+
+/// Whether the import `id` is live (its lock is held by some process).
+pub fn is_live(layout: &Layout, id: &str) -> Result<bool> {
+    let path = layout.import_lock(id);
+    let file = match File::options().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(crate::Error::io("open", path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(e)) => Err(crate::Error::io("lock", path, e)),
+    }
+}
+
+/// Remove a directory tree; absent is fine.
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(crate::Error::io("remove", dir, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// 128 random bits as hex, from the kernel.
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .at("read", "/dev/urandom")?;
+    Ok(hex::encode(bytes))
+}
+
+/// Imports in `state` whose process is gone.
+pub fn dead_imports(registry: &Registry, states: &[ImportState]) -> Result<Vec<db::ImportRow>> {
+    let mut dead = Vec::new();
+    for row in db::imports::imports_in_states(registry.db().conn(), states)? {
+        if !is_live(registry.layout(), &row.id)? {
+            dead.push(row);
+        }
+    }
+    Ok(dead)
+}

@@ -1,0 +1,30 @@
+//! The `msb-registry` binary: parse arguments, run the command, map the
+//! outcome to an exit code. Everything else lives in the library.
+
+use clap::Parser;
+use msb_registry::cli::{Cli, run};
+use msb_registry::error::exit;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(Ok(())) => exit::OK,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Ok(Err(e)) => {
+            eprintln!("error: write to stdout: {e}");
+            exit::UNEXPECTED
+        }
+        Err(e) => {
+            let mut line = format!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                line.push_str(": ");
+                line.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            eprintln!("{line}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,173 @@
+//! Read commands answered from the index alone: `list`, `show`, `lineage`
+//! and user SQL on a read-only connection.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::db::{self, Db, LineageRow, SnapshotFileRow, SnapshotRow};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::registry::Registry;
+
+/// One row of `list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListEntry {
+    /// Identity.
+    pub digest: Digest,
+    /// Name.
+    pub name: String,
+    /// Parent digest.
+    pub parent: Option<Digest>,
+    /// Image reference.
+    pub image_ref: String,
+    /// Pinned image manifest digest.
+    pub image_manifest_digest: Digest,
+    /// Apparent size of the upper.
+    pub size_bytes: u64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The parent is named but absent from the registry.
+    pub shallow: bool,
+}
+
+/// What `show` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowReport {
+    /// The snapshot row.
+    #[serde(flatten)]
+    pub snapshot: SnapshotRow,
+    /// The parent is named but absent.
+    pub shallow: bool,
+    /// Snapshots naming this one as parent.
+    pub children: u64,
+    /// Its files.
+    pub files: Vec<SnapshotFileRow>,
+    /// Whether the pinned image's metadata is in the cache.
+    pub image_cached: bool,
+}
+
+/// One row of `lineage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LineageEntry {
+    /// Digest.
+    pub digest: Digest,
+    /// Name; `None` when absent from the registry.
+    pub name: Option<String>,
+    /// Distance from the snapshot asked about.
+    pub depth: u64,
+    /// Parent digest (in descendant trees).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Digest>,
+    /// True for an ancestor absent from the registry (it ends the chain).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
+}
+
+impl From<LineageRow> for LineageEntry {
+    fn from(r: LineageRow) -> Self {
+        LineageEntry {
+            missing: r.name.is_none(),
+            digest: r.digest,
+            name: r.name,
+            depth: r.depth,
+            parent: r.parent,
+        }
+    }
+}
+
+/// The result of a user query: column names and rows of JSON values.
+#[derive(Debug, Clone, Serialize)]
+pub struct SqlResult {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// Rows, values in column order.
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+impl Registry {
+    /// Every snapshot, newest first.
+    pub fn list(&self) -> Result<Vec<ListEntry>> {
+        let conn = self.db().conn();
+        let rows = db::snapshots::all_snapshots(conn)?;
+        let present: std::collections::HashSet<Digest> = rows.iter().map(|r| r.digest).collect();
+        Ok(rows
+            .into_iter()
+            .map(|r| ListEntry {
+                shallow: r.parent.is_some_and(|p| !present.contains(&p)),
+                digest: r.digest,
+                name: r.name,
+                parent: r.parent,
+                image_ref: r.image_ref,
+                image_manifest_digest: r.image_manifest_digest,
+                size_bytes: r.size_bytes,
+                created_at: r.created_at,
+                labels: r.labels,
+            })
+            .collect())
+    }
+
+    /// One snapshot in full.
+    pub fn show(&self, reference: &str) -> Result<ShowReport> {
+        let snapshot = self.resolve(reference)?;
+        let conn = self.db().conn();
+        let shallow = match &snapshot.parent {
+            Some(p) => db::snapshots::snapshot_by_digest(conn, p)?.is_none(),
+            None => false,
+        };
+        Ok(ShowReport {
+            shallow,
+            children: db::snapshots::children_count(conn, &snapshot.digest)?,
+            files: db::snapshots::snapshot_files(conn, &snapshot.digest)?,
+            image_cached: db::images::image_by_digest(conn, &snapshot.image_manifest_digest)?
+                .is_some(),
+            snapshot,
+        })
+    }
+
+    /// Ancestors root to head, or with `descendants` the subtree below.
+    pub fn lineage(&self, reference: &str, descendants: bool) -> Result<Vec<LineageEntry>> {
+        let head = self.resolve(reference)?;
+        let conn = self.db().conn();
+        let rows = if descendants {
+            db::snapshots::descendants(conn, &head.digest)?
+        } else {
+            db::snapshots::ancestors(conn, &head.digest)?
+        };
+        Ok(rows.into_iter().map(LineageEntry::from).collect())
+    }
+}
+
+/// Run a read-only statement on the index of the registry at `root`.
+pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
+    let db = Db::open_read_only(&Layout::new(root).db())?;
+    let conn = db.conn();
+    let mut stmt = conn.prepare(query)?;
+    if !stmt.readonly() {
+        return Err(Error::ReadOnlySql(query.to_string()));
+    }
+    let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+    let n = columns.len();
+    let mut rows = Vec::new();
+    let mut cursor = stmt.query([])?;
+    while let Some(row) = cursor.next()? {
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            values.push(match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => serde_json::Value::Null,
+                rusqlite::types::ValueRef::Integer(v) => v.into(),
+                rusqlite::types::ValueRef::Real(v) => v.into(),
+                rusqlite::types::ValueRef::Text(t) => {
+                    String::from_utf8_lossy(t).into_owned().into()
+                }
+                rusqlite::types::ValueRef::Blob(b) => hex::encode(b).into(),
+            });
+        }
+        rows.push(values);
+    }
+    Ok(SqlResult { columns, rows })
+}

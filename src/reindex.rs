@@ -1,0 +1,301 @@
+//! `reindex`: rebuild the index from the artifacts on disk, after the
+//! database was lost or to adopt a microsandbox home.
+
+use std::fs::File;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::add::read_manifest;
+use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
+use crate::digest::{Digest, ExtentsSha256, LogicalSink};
+use crate::error::{Error, IoContext, Result};
+use crate::files::{Piece, read_limited, read_logical};
+use crate::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
+use crate::layout::SnapshotName;
+use crate::manifest::is_normal_file_name;
+use crate::progress::Progress;
+use crate::registry::Registry;
+use crate::stage::{IntegrityHasher, check_integrity};
+
+/// Something reindex left out, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// The path under the root.
+    pub path: String,
+    /// Why it was not adopted.
+    pub reason: String,
+}
+
+/// What `reindex` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReindexReport {
+    /// Snapshots given rows.
+    pub adopted_snapshots: Vec<Digest>,
+    /// Cache files given rows.
+    pub adopted_cache_files: Vec<String>,
+    /// Images whose metadata was recorded.
+    pub adopted_images: Vec<Digest>,
+    /// Rows dropped because their files are gone.
+    pub dropped: Vec<String>,
+    /// What was left alone.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Registry {
+    /// Rebuild rows from `snapshots/*/` and `cache/**`.
+    pub fn reindex(&mut self, progress: &dyn Progress) -> Result<ReindexReport> {
+        let _lock = self.lock()?;
+        let mut report = ReindexReport::default();
+        let now = now_unix();
+        let layout = self.layout().clone();
+
+        let mut snapshot_rows = Vec::new();
+        for (dir_name, dir) in sorted_entries(&layout.snapshots())? {
+            let skip = |reason: String| Skipped {
+                path: format!("snapshots/{dir_name}"),
+                reason,
+            };
+            if !dir.is_dir() {
+                report.skipped.push(skip("not a directory".into()));
+                continue;
+            }
+            let name: SnapshotName = match dir_name.parse() {
+                Ok(n) => n,
+                Err(e) => {
+                    report.skipped.push(skip(e.to_string()));
+                    continue;
+                }
+            };
+            match adopt_snapshot(&dir, progress) {
+                Ok((parsed, files)) => snapshot_rows.push((
+                    SnapshotRow::from_manifest(&parsed, name.as_str(), now),
+                    files,
+                )),
+                Err(e) => report.skipped.push(skip(e.to_string())),
+            }
+        }
+
+        let mut cache_rows = Vec::new();
+        let mut images = Vec::new();
+        for kind in CacheKind::ALL {
+            for (file_name, path) in sorted_entries(&layout.cache_kind(kind))? {
+                let rel = format!("cache/{kind}/{file_name}");
+                let Some(file) = CacheFile::parse(kind, &file_name) else {
+                    report.skipped.push(Skipped {
+                        path: rel,
+                        reason: "not a cache file name".into(),
+                    });
+                    continue;
+                };
+                match adopt_cache_file(&path, &file, progress) {
+                    Ok((size, digest, meta)) => {
+                        if let Some(meta) = meta {
+                            images.push(meta);
+                        }
+                        cache_rows.push((file, size, digest));
+                    }
+                    Err(e) => report.skipped.push(Skipped {
+                        path: rel,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+        }
+
+        let tx = self.db_mut().write()?;
+        for (row, files) in &snapshot_rows {
+            if let Some(existing) = db::snapshots::snapshot_by_digest(&tx, &row.digest)? {
+                if existing.name != row.name {
+                    report.skipped.push(Skipped {
+                        path: format!("snapshots/{}", row.name),
+                        reason: format!("duplicate of {} ({})", existing.name, row.digest),
+                    });
+                }
+                continue;
+            }
+            if let Some(other) = db::snapshots::snapshot_by_name(&tx, &row.name)? {
+                db::snapshots::delete_snapshot(&tx, &other.digest)?;
+                report.dropped.push(format!(
+                    "snapshot {} ({}): directory now holds {}",
+                    other.name, other.digest, row.digest
+                ));
+            }
+            db::snapshots::insert_snapshot(&tx, row, files)?;
+            report.adopted_snapshots.push(row.digest);
+        }
+        for row in db::snapshots::all_snapshots(&tx)? {
+            let on_disk = snapshot_rows.iter().any(|(r, _)| r.digest == row.digest);
+            if !on_disk {
+                db::snapshots::delete_snapshot(&tx, &row.digest)?;
+                report
+                    .dropped
+                    .push(format!("snapshot {} ({})", row.name, row.digest));
+            }
+        }
+        for (file, size, digest) in &cache_rows {
+            match db::images::cache_file(&tx, file)? {
+                Some(row) if row.digest == *digest && row.size == *size => {}
+                Some(_) => {
+                    db::images::delete_cache_file(&tx, file)?;
+                    db::images::insert_cache_file(&tx, file, *size, digest, now)?;
+                    report.adopted_cache_files.push(file.rel_path());
+                }
+                None => {
+                    db::images::insert_cache_file(&tx, file, *size, digest, now)?;
+                    report.adopted_cache_files.push(file.rel_path());
+                }
+            }
+        }
+        for row in db::images::all_cache_files(&tx)? {
+            if !cache_rows.iter().any(|(f, ..)| f.rel_path() == row.path) {
+                db::images::delete_cache_file(&tx, &row.file())?;
+                report.dropped.push(format!("cache/{}", row.path));
+            }
+        }
+        for (meta, file) in &images {
+            let reference = snapshot_rows
+                .iter()
+                .map(|(r, _)| &r.image_ref)
+                .find(|r| CacheFile::metadata_for_ref(r) == *file)
+                .map(|r| r.as_str());
+            if db::images::insert_image(&tx, meta, file, reference)? {
+                report.adopted_images.push(meta.manifest_digest);
+            }
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.at("read directory", dir)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Hash a file's extents digest (and an integrity digest) in one pass.
+fn hash_file(
+    path: &Path,
+    integrity: Option<&crate::manifest::Integrity>,
+    progress: &dyn Progress,
+) -> Result<(u64, Digest, Option<Digest>)> {
+    let file = File::open(path).at("open", path)?;
+    let len = file.metadata().at("stat", path)?.len();
+    let mut extents = ExtentsSha256::new(len);
+    let mut integrity = integrity.map(|i| IntegrityHasher::for_integrity(i, len));
+    read_logical(&file, len, path, |piece| {
+        match piece {
+            Piece::Data(d) => {
+                extents.data(d);
+                integrity.data(d);
+                progress.advance(d.len() as u64);
+            }
+            Piece::Zeros(n) => {
+                extents.zeros(n);
+                integrity.zeros(n);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((
+        len,
+        extents.finish().0,
+        integrity.map(IntegrityHasher::finish),
+    ))
+}
+
+fn adopt_snapshot(
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<(crate::manifest::ParsedManifest, Vec<SnapshotFileRow>)> {
+    let parsed = read_manifest(dir)?;
+    let upper = &parsed.manifest.upper;
+    let mut files = Vec::new();
+    let mut saw_upper = false;
+    for (file_name, path) in sorted_entries(dir)? {
+        let meta = path.symlink_metadata().at("stat", &path)?;
+        if !meta.is_file() || !is_normal_file_name(&file_name) {
+            return Err(Error::rejected(file_name, "not a regular file"));
+        }
+        let is_upper = file_name == upper.file;
+        let integrity = if is_upper {
+            upper.integrity.as_ref()
+        } else {
+            None
+        };
+        let (size, digest, found) = hash_file(&path, integrity, progress)?;
+        if is_upper {
+            saw_upper = true;
+            if size != upper.size_bytes {
+                return Err(Error::integrity(
+                    file_name,
+                    format!(
+                        "size is {size} bytes, manifest records {}",
+                        upper.size_bytes
+                    ),
+                ));
+            }
+            if let Some(i) = integrity {
+                check_integrity(&file_name, i, found)?;
+            }
+        }
+        files.push(SnapshotFileRow {
+            path: file_name,
+            size,
+            digest,
+        });
+    }
+    if !saw_upper {
+        return Err(Error::NotFound {
+            what: "upper file",
+            reference: upper.file.clone(),
+        });
+    }
+    Ok((parsed, files))
+}
+
+fn adopt_cache_file(
+    path: &Path,
+    file: &CacheFile,
+    progress: &dyn Progress,
+) -> Result<(u64, Digest, Option<(ImageMetadata, CacheFile)>)> {
+    let meta = path.symlink_metadata().at("stat", path)?;
+    if !meta.is_file() {
+        return Err(Error::rejected(
+            path.display().to_string(),
+            "not a regular file",
+        ));
+    }
+    if file.kind.is_erofs() && (meta.len() == 0 || meta.len() % EROFS_ALIGN != 0) {
+        return Err(Error::integrity(
+            path.display().to_string(),
+            format!(
+                "EROFS image of {} bytes is not a non-empty multiple of 4096",
+                meta.len()
+            ),
+        ));
+    }
+    let image = if file.kind == CacheKind::Manifests {
+        let bytes = read_limited(path, MAX_METADATA_BYTES)?
+            .ok_or_else(|| Error::integrity(path.display().to_string(), "larger than 16 MiB"))?;
+        let m = ImageMetadata::parse(&bytes)
+            .map_err(|e| Error::integrity(path.display().to_string(), e.to_string()))?;
+        Some((m, *file))
+    } else {
+        None
+    };
+    let (size, digest, _) = hash_file(path, None, progress)?;
+    Ok((size, digest, image))
+}

@@ -1,0 +1,133 @@
+//! Writing one file into staging while hashing it: the sparse writer, the
+//! extents digest every file gets, and the upper's integrity hash, all fed
+//! from the same pass so no byte is read twice.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Digest, ExtentsSha256, LogicalSink, PlainSha256, SparseSha256V1};
+use crate::error::{Error, IoContext, Result};
+use crate::files::{Piece, SparseWriter};
+use crate::manifest::{INTEGRITY_SHA256, INTEGRITY_SPARSE_SHA256_V1, Integrity};
+
+/// A running integrity hash of an upper file.
+pub enum IntegrityHasher {
+    /// `sha256`.
+    Sha256(PlainSha256),
+    /// `msb-sparse-sha256-v1`.
+    SparseV1(SparseSha256V1),
+}
+
+impl IntegrityHasher {
+    /// The hasher for a recorded integrity; the algorithm must already be validated.
+    pub fn for_integrity(integrity: &Integrity, len: u64) -> Self {
+        match integrity.algorithm.as_str() {
+            INTEGRITY_SHA256 => IntegrityHasher::Sha256(PlainSha256::default()),
+            INTEGRITY_SPARSE_SHA256_V1 => IntegrityHasher::SparseV1(SparseSha256V1::new(len)),
+            other => unreachable!("integrity algorithm {other} passed validation"),
+        }
+    }
+
+    /// The digest.
+    pub fn finish(self) -> Digest {
+        match self {
+            IntegrityHasher::Sha256(h) => h.finish(),
+            IntegrityHasher::SparseV1(h) => h.finish(),
+        }
+    }
+}
+
+impl LogicalSink for IntegrityHasher {
+    fn data(&mut self, data: &[u8]) {
+        match self {
+            IntegrityHasher::Sha256(h) => h.data(data),
+            IntegrityHasher::SparseV1(h) => h.data(data),
+        }
+    }
+    fn zeros(&mut self, len: u64) {
+        match self {
+            IntegrityHasher::Sha256(h) => h.zeros(len),
+            IntegrityHasher::SparseV1(h) => h.zeros(len),
+        }
+    }
+}
+
+/// What staging one file found.
+#[derive(Debug, Clone)]
+pub struct StagedBytes {
+    /// Logical bytes written.
+    pub size: u64,
+    /// msb-extents-sha256-v1.
+    pub digest: Digest,
+    /// The integrity digest, when one was requested.
+    pub integrity: Option<Digest>,
+}
+
+/// A file being written into staging.
+pub struct StagingFile {
+    path: PathBuf,
+    writer: SparseWriter,
+    extents: ExtentsSha256,
+    integrity: Option<IntegrityHasher>,
+}
+
+impl StagingFile {
+    /// Create `path` (which must not exist) for a file of `len` logical
+    /// bytes, hashing its integrity too when `integrity` is given.
+    pub fn create(path: &Path, len: u64, integrity: Option<&Integrity>) -> Result<Self> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .at("create", path)?;
+        Ok(StagingFile {
+            path: path.to_path_buf(),
+            writer: SparseWriter::new(file),
+            extents: ExtentsSha256::new(len),
+            integrity: integrity.map(|i| IntegrityHasher::for_integrity(i, len)),
+        })
+    }
+
+    /// Write and hash the next piece.
+    pub fn piece(&mut self, piece: Piece<'_>) -> Result<()> {
+        match piece {
+            Piece::Data(d) => {
+                self.extents.data(d);
+                self.integrity.data(d);
+            }
+            Piece::Zeros(n) => {
+                self.extents.zeros(n);
+                self.integrity.zeros(n);
+            }
+        }
+        self.writer.piece(piece).at("write", &self.path)
+    }
+
+    /// Fix the size, fsync, and return the digests.
+    pub fn finish(self) -> Result<StagedBytes> {
+        let size = self.writer.position();
+        let file = self.writer.finish().at("write", &self.path)?;
+        file.sync_all().at("fsync", &self.path)?;
+        let (digest, _) = self.extents.finish();
+        Ok(StagedBytes {
+            size,
+            digest,
+            integrity: self.integrity.map(IntegrityHasher::finish),
+        })
+    }
+}
+
+/// Compare a staged upper's integrity digest with the manifest's.
+pub fn check_integrity(subject: &str, integrity: &Integrity, found: Option<Digest>) -> Result<()> {
+    let (algorithm, expected) = integrity
+        .expected()
+        .map_err(|e| Error::integrity(subject, e.to_string()))?;
+    match found {
+        Some(found) if found == expected => Ok(()),
+        Some(found) => Err(Error::integrity(
+            subject,
+            format!("{algorithm} integrity is {found}, manifest records {expected}"),
+        )),
+        None => Err(Error::integrity(subject, "integrity was not computed")),
+    }
+}
