@@ -1,0 +1,5 @@
+//! Integration tests: the real `msb-registry` binary against temporary
+//! registries, plus library-level checks. One binary, one module per area.
+
+mod core;
+mod util;
