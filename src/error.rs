@@ -135,6 +135,13 @@ pub enum Error {
     #[error("sql: the index is opened read-only; only queries that read are allowed: {0}")]
     ReadOnlySql(String),
 
+    /// `verify` found problems (its report names each one).
+    #[error("verification failed: {problems} problem(s) found")]
+    VerifyFailed {
+        /// How many.
+        problems: usize,
+    },
+
     /// A failpoint fired (crash-injection testing only).
     #[error("failpoint {0} fired")]
     Failpoint(String),
@@ -147,7 +154,9 @@ impl Error {
             Error::Usage(_) | Error::Ambiguous { .. } => exit::USAGE,
             Error::NotFound { .. } | Error::MissingParent { .. } => exit::NOT_FOUND,
             Error::Conflict { .. } | Error::HasChildren { .. } => exit::CONFLICT,
-            Error::Manifest { .. } | Error::Integrity { .. } => exit::INTEGRITY,
+            Error::Manifest { .. } | Error::Integrity { .. } | Error::VerifyFailed { .. } => {
+                exit::INTEGRITY
+            }
             Error::Rejected { .. } => exit::REJECTED,
             Error::ReadOnlySql(_) => exit::USAGE,
             Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {

@@ -102,6 +102,38 @@ pub fn is_live(layout: &Layout, id: &str) -> Result<bool> {
     }
 }
 
+/// A dead import's lock, held while its staging entries are deleted.
+///
+/// A new importer that created a lock file just before gc listed it blocks
+/// on the lock until this guard drops, then finds its file unlinked and
+/// takes another id (see [`Lease::acquire`]).
+pub struct DeadLease {
+    _lock: Option<File>,
+}
+
+/// Claim import `id` for cleanup when it is dead: take its lock without
+/// waiting and keep it until the guard drops. `None` when it is live.
+pub fn claim_dead(layout: &Layout, id: &str) -> Result<Option<DeadLease>> {
+    let path = layout.import_lock(id);
+    let file = match File::options().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some(DeadLease { _lock: None }));
+        }
+        Err(e) => return Err(crate::Error::io("open", path, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(e)) => return Err(crate::Error::io("lock", path, e)),
+    }
+    let locked = file.metadata().at("stat", &path)?.ino();
+    match std::fs::metadata(&path) {
+        Ok(m) if m.ino() != locked => Ok(None),
+        _ => Ok(Some(DeadLease { _lock: Some(file) })),
+    }
+}
+
 /// Remove a directory tree; absent is fine.
 pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {

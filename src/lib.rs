@@ -10,6 +10,7 @@ pub mod digest;
 pub mod error;
 pub mod failpoint;
 pub mod files;
+pub mod gc;
 pub mod image;
 pub mod install;
 pub mod layout;
@@ -22,6 +23,7 @@ pub mod registry;
 pub mod reindex;
 pub mod remove;
 pub mod stage;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use registry::Registry;

@@ -83,6 +83,20 @@ pub enum Command {
     },
     /// Rebuild the index from the artifacts on disk.
     Reindex,
+    /// Remove unreferenced cache artifacts, debris and dead imports.
+    Gc {
+        /// Print what would be removed and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the index against the disk; exit 5 when anything is wrong.
+    Verify {
+        /// Check only this snapshot (name, digest or prefix) and its image.
+        reference: Option<String>,
+        /// Also re-hash every file against its recorded digest.
+        #[arg(long)]
+        content: bool,
+    },
 }
 
 /// A progress bar on stderr, shown only on a terminal and without `-q`.

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use super::{BarProgress, Cli, Command, Printer, human_bytes, plural};
 use crate::add::AddOptions;
 use crate::error::{Error, Result};
+use crate::gc::GcReport;
 use crate::layout::Layout;
 use crate::registry::Registry;
+use crate::verify::VerifyReport;
 
 /// Outcome of rendering: an I/O error on stdout (a closed pipe ends quietly).
 type Rendered = std::io::Result<()>;
@@ -243,6 +245,101 @@ fn dispatch(
                 out.into_iter().try_for_each(|l| p.line(l))
             }
         }
+        Command::Gc { dry_run } => {
+            let r = registry.gc(dry_run, progress)?;
+            if p.json { p.json(&r) } else { render_gc(p, &r) }
+        }
+        Command::Verify { reference, content } => {
+            let r = registry.verify(reference.as_deref(), content, progress)?;
+            let rendered = if p.json {
+                p.json(&r)
+            } else {
+                render_verify(p, &r)
+            };
+            if !r.ok {
+                // The report is the output; a failed write cannot make the run succeed.
+                let _ = rendered.and_then(|()| p.flush());
+                return Err(Error::VerifyFailed {
+                    problems: r.problems.len(),
+                });
+            }
+            rendered
+        }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
     })
+}
+
+fn render_gc(p: &mut Printer, r: &GcReport) -> Rendered {
+    let rows: Vec<Vec<String>> = r
+        .removed
+        .iter()
+        .map(|x| {
+            vec![
+                x.kind.as_str().to_string(),
+                x.path.clone(),
+                human_bytes(x.bytes),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        p.table(&["KIND", "PATH", "SIZE"], &rows)?;
+        p.line("")?;
+    }
+    let totals: Vec<Vec<String>> = r
+        .totals
+        .iter()
+        .map(|t| {
+            vec![
+                t.kind.as_str().to_string(),
+                t.count.to_string(),
+                human_bytes(t.bytes),
+            ]
+        })
+        .collect();
+    if !totals.is_empty() {
+        p.table(&["KIND", "COUNT", "SIZE"], &totals)?;
+    }
+    let verb = if r.dry_run { "would free" } else { "freed" };
+    p.line(format!(
+        "{verb} {} ({}){}",
+        plural(r.files, "file"),
+        human_bytes(r.bytes),
+        if r.dry_run {
+            "; dry run, nothing deleted"
+        } else {
+            ""
+        }
+    ))
+}
+
+fn render_verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
+    for x in &r.problems {
+        let digest = x.digest.map(|d| format!(" [{d}]")).unwrap_or_default();
+        p.line(format!(
+            "problem: {}: {}: {}{digest}",
+            x.kind.as_str(),
+            x.path,
+            x.detail
+        ))?;
+    }
+    for d in &r.debris {
+        p.line(format!(
+            "debris: {d} (no row; `msb-registry gc` removes it)"
+        ))?;
+    }
+    for i in &r.unfinished_imports {
+        let state = if i.live { "running" } else { "dead" };
+        p.line(format!("import {}: {} ({state})", i.id, i.state.as_str()))?;
+    }
+    p.line(format!(
+        "{}: checked {}, {}{}",
+        if r.ok { "ok" } else { "FAILED" },
+        plural(r.checked_files as usize, "file"),
+        human_bytes(r.checked_bytes),
+        if r.content { ", content re-hashed" } else { "" }
+    ))?;
+    if !r.ok {
+        p.line(plural(r.problems.len(), "problem"))?;
+    }
+    Ok(())
 }

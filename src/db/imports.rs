@@ -31,7 +31,8 @@ impl ImportState {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// The state stored as `s`.
+    pub fn parse(s: &str) -> Option<Self> {
         [Self::Staging, Self::Promoting, Self::Done, Self::Failed]
             .into_iter()
             .find(|k| k.as_str() == s)

@@ -1,6 +1,7 @@
 //! The index database: opening with the house pragmas, the embedded
 //! migrations, and (in the child modules) every SQL statement the registry runs.
 
+pub mod gc;
 pub mod images;
 pub mod imports;
 pub mod snapshots;
@@ -69,6 +70,11 @@ impl Db {
     /// The raw connection, for read queries in this module's children.
     pub fn conn(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Start a read transaction: every query in it sees the same state of the index.
+    pub fn read(&self) -> Result<Transaction<'_>> {
+        Ok(self.conn.unchecked_transaction()?)
     }
 
     /// Start a write transaction that takes the write lock at once

@@ -1,0 +1,881 @@
+//! `gc`: reclaim what nothing live uses, as a plan and then its application.
+//!
+//! [`survey`] reads the index (set-based queries in one read transaction),
+//! lists `cache/`, `snapshots/` and `staging/` once, and finds which imports
+//! are live. [`plan`] is a pure function of those inputs and `now`; `--dry-run`
+//! prints it, [`apply`] deletes exactly what it names. The whole run holds the
+//! registry lock, so no promotion or `rm` interleaves with it.
+//!
+//! Live: every image a snapshot pins (its metadata, fsmeta, vmdk and every
+//! layer it lists; a shared layer lives while any pinning image does), and
+//! every path leased by a live import (its journal's staged and final paths,
+//! its staging directory and lock). Imports left in `promoting` are never
+//! touched here: the next open rolls them back.
+//!
+//! Order: rows are deleted and committed first, files after, so a crash at
+//! any instant leaves a live artifact or debris the next gc removes, never a
+//! row without its file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::db::gc::{CacheEntry, ImageLayers, ImportEntry};
+use crate::db::{self, ImportState, now_unix};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::image::{CacheFile, CacheKind};
+use crate::layout::Layout;
+use crate::lease::{claim_dead, is_live, remove_dir_if_exists};
+use crate::progress::Progress;
+use crate::registry::{Registry, RegistryLock};
+
+/// Finished journal rows are kept this long (seconds) for `sql` queries.
+pub const JOURNAL_RETENTION_SECS: i64 = 7 * 24 * 3600;
+
+/// What a removed item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemovalKind {
+    /// An image's row (its files are counted under their own kinds).
+    Image,
+    /// An image's metadata document.
+    Metadata,
+    /// A layer EROFS.
+    Layer,
+    /// An fsmeta EROFS.
+    Fsmeta,
+    /// A VMDK descriptor.
+    Vmdk,
+    /// A file or directory under `cache/` or `snapshots/` without a row.
+    Debris,
+    /// A dead import's staging directory or lock file.
+    Staging,
+    /// An import journal row (dead, or finished more than 7 days ago).
+    Journal,
+}
+
+impl RemovalKind {
+    /// The name used in reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RemovalKind::Image => "image",
+            RemovalKind::Metadata => "metadata",
+            RemovalKind::Layer => "layer",
+            RemovalKind::Fsmeta => "fsmeta",
+            RemovalKind::Vmdk => "vmdk",
+            RemovalKind::Debris => "debris",
+            RemovalKind::Staging => "staging",
+            RemovalKind::Journal => "journal",
+        }
+    }
+
+    /// The kind of a cache file's removal.
+    pub fn of_cache(kind: CacheKind) -> Self {
+        match kind {
+            CacheKind::Manifests => RemovalKind::Metadata,
+            CacheKind::Layers => RemovalKind::Layer,
+            CacheKind::Fsmeta => RemovalKind::Fsmeta,
+            CacheKind::Vmdk => RemovalKind::Vmdk,
+        }
+    }
+
+    /// Whether removing it frees a file or directory (rather than only a row).
+    pub fn is_file(&self) -> bool {
+        !matches!(self, RemovalKind::Image | RemovalKind::Journal)
+    }
+}
+
+/// One item a gc removes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Removal {
+    /// What it is.
+    pub kind: RemovalKind,
+    /// Path relative to the root; an image's manifest digest; an import's id.
+    pub path: String,
+    /// Apparent bytes freed (0 for rows and for files already gone).
+    pub bytes: u64,
+}
+
+/// What the index says, as gc needs it.
+#[derive(Debug, Clone, Default)]
+pub struct IndexView {
+    /// Images no snapshot pins.
+    pub unpinned_images: Vec<ImageLayers>,
+    /// Cache rows no pinned image reaches.
+    pub unreachable: Vec<CacheEntry>,
+    /// Every recorded `<kind>/<file>` under `cache/`.
+    pub cache_paths: HashSet<String>,
+    /// Every snapshot name with its recorded file names.
+    pub snapshots: HashMap<String, HashSet<String>>,
+    /// Every import journal row.
+    pub imports: Vec<ImportEntry>,
+    /// Root-relative paths leased by each unfinished import.
+    pub leases: BTreeMap<String, Vec<String>>,
+}
+
+/// One entry found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskEntry {
+    /// Its file name.
+    pub name: String,
+    /// Whether it is a directory.
+    pub dir: bool,
+    /// Apparent bytes (a directory: everything under it).
+    pub bytes: u64,
+}
+
+/// One listing of `cache/<kind>/`, `snapshots/` (two levels) and `staging/`.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Entries of each `cache/<kind>/`.
+    pub cache: Vec<(CacheKind, DiskEntry)>,
+    /// Entries of `snapshots/`, each directory with its own entries.
+    pub snapshots: Vec<(DiskEntry, Vec<DiskEntry>)>,
+    /// Entries of `staging/`.
+    pub staging: Vec<DiskEntry>,
+}
+
+/// A file or directory a plan deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doomed {
+    /// Path relative to the root.
+    pub path: String,
+    /// Whether it is a directory tree.
+    pub dir: bool,
+    /// For staging entries: the import whose lock must be claimed first.
+    pub import: Option<String>,
+    /// Apparent bytes.
+    pub bytes: u64,
+}
+
+/// Exactly what a gc run deletes.
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    /// Every removal, sorted by kind and path: the report.
+    pub removals: Vec<Removal>,
+    /// Cache rows to delete (`<kind>/<file>`).
+    pub cache_rows: Vec<String>,
+    /// Image rows to delete.
+    pub image_rows: Vec<Digest>,
+    /// Import journal rows to delete.
+    pub import_rows: Vec<String>,
+    /// Files and directories to delete after the rows are committed.
+    pub files: Vec<Doomed>,
+}
+
+/// Count and bytes of one kind of removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindTotal {
+    /// The kind.
+    pub kind: RemovalKind,
+    /// How many.
+    pub count: usize,
+    /// Apparent bytes.
+    pub bytes: u64,
+}
+
+/// What gc removed (or, with `--dry-run`, would remove).
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    /// True when nothing was deleted.
+    pub dry_run: bool,
+    /// Every removed item.
+    pub removed: Vec<Removal>,
+    /// Files and directories removed.
+    pub files: usize,
+    /// Apparent bytes freed.
+    pub bytes: u64,
+    /// Counts and bytes per kind.
+    pub totals: Vec<KindTotal>,
+}
+
+impl GcReport {
+    fn new(dry_run: bool, removed: Vec<Removal>) -> Self {
+        let mut totals: BTreeMap<RemovalKind, KindTotal> = BTreeMap::new();
+        for r in &removed {
+            let t = totals.entry(r.kind).or_insert(KindTotal {
+                kind: r.kind,
+                count: 0,
+                bytes: 0,
+            });
+            t.count += 1;
+            t.bytes += r.bytes;
+        }
+        GcReport {
+            dry_run,
+            files: removed.iter().filter(|r| r.kind.is_file()).count(),
+            bytes: removed.iter().map(|r| r.bytes).sum(),
+            removed,
+            totals: totals.into_values().collect(),
+        }
+    }
+}
+
+/// Everything [`plan`] needs, read from the index and the disk.
+#[derive(Debug, Clone)]
+pub struct Survey {
+    /// The index.
+    pub index: IndexView,
+    /// The disk.
+    pub listing: Listing,
+    /// Ids of imports whose lock is held.
+    pub live: HashSet<String>,
+}
+
+impl Registry {
+    /// Reclaim unreferenced cache artifacts, debris and dead imports; with
+    /// `dry_run`, report the plan and delete nothing.
+    pub fn gc(&mut self, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
+        let lock = self.lock()?;
+        let survey = survey(self)?;
+        let plan = plan(&survey.index, &survey.listing, &survey.live, now_unix());
+        if dry_run {
+            return Ok(GcReport::new(true, plan.removals));
+        }
+        let spared = apply(self, &lock, &plan, progress)?;
+        let removed = plan
+            .removals
+            .into_iter()
+            .filter(|r| !spared.contains(&r.path))
+            .collect();
+        Ok(GcReport::new(false, removed))
+    }
+}
+
+/// Read the index (one read transaction, a fixed number of queries), list
+/// the disk, and find the live imports. The caller holds the registry lock.
+pub fn survey(registry: &Registry) -> Result<Survey> {
+    let index = {
+        let tx = registry.db().read()?;
+        let live_metadata: Vec<String> = db::gc::pinned_image_refs(&tx)?
+            .iter()
+            .map(|r| CacheFile::metadata_for_ref(r).rel_path())
+            .collect();
+        IndexView {
+            unpinned_images: db::gc::unpinned_images(&tx)?,
+            unreachable: db::gc::unreachable_cache_files(&tx, &live_metadata)?,
+            cache_paths: db::gc::cache_paths(&tx)?.into_iter().collect(),
+            snapshots: db::gc::snapshot_file_names(&tx)?
+                .into_iter()
+                .map(|(name, files)| (name, files.into_iter().collect()))
+                .collect(),
+            imports: db::gc::import_entries(&tx)?,
+            leases: db::gc::unfinished_import_paths(&tx)?,
+        }
+    };
+    let listing = list_disk(registry.layout())?;
+    let mut candidates: BTreeSet<&str> = index
+        .imports
+        .iter()
+        .filter(|i| matches!(i.state, ImportState::Staging | ImportState::Promoting))
+        .map(|i| i.id.as_str())
+        .collect();
+    candidates.extend(listing.staging.iter().map(|e| import_id_of(&e.name)));
+    let mut live = HashSet::new();
+    for id in candidates {
+        if is_live(registry.layout(), id)? {
+            live.insert(id.to_string());
+        }
+    }
+    Ok(Survey {
+        index,
+        listing,
+        live,
+    })
+}
+
+/// The import a `staging/` entry belongs to: `<id>` or `<id>.lock`.
+fn import_id_of(name: &str) -> &str {
+    name.strip_suffix(".lock").unwrap_or(name)
+}
+
+/// Decide what goes. Pure: the same inputs give the same plan.
+pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i64) -> GcPlan {
+    let protected: HashSet<&str> = index
+        .imports
+        .iter()
+        .filter(|i| i.state == ImportState::Promoting)
+        .map(|i| i.id.as_str())
+        .chain(live.iter().map(|s| s.as_str()))
+        .collect();
+    let leased: BTreeSet<&str> = index
+        .leases
+        .iter()
+        .filter(|(id, _)| protected.contains(id.as_str()))
+        .flat_map(|(_, paths)| paths.iter().map(|p| p.as_str()))
+        .collect();
+    let is_leased = |path: &str| {
+        let under = format!("{path}/");
+        leased.contains(path)
+            || leased
+                .range(under.as_str()..)
+                .next()
+                .is_some_and(|p| p.starts_with(&under))
+    };
+    let cache_rel = |f: &str| format!("cache/{f}");
+
+    let mut plan = GcPlan::default();
+    let on_disk: HashMap<String, &DiskEntry> = listing
+        .cache
+        .iter()
+        .map(|(kind, e)| (format!("{kind}/{}", e.name), e))
+        .collect();
+
+    let mut kept: HashSet<String> = HashSet::new();
+    for image in &index.unpinned_images {
+        let files = image_files(image);
+        if files.iter().any(|f| is_leased(&cache_rel(f))) {
+            kept.extend(files);
+        } else {
+            plan.image_rows.push(image.manifest_digest);
+            plan.removals.push(Removal {
+                kind: RemovalKind::Image,
+                path: image.manifest_digest.to_string(),
+                bytes: 0,
+            });
+        }
+    }
+
+    for row in &index.unreachable {
+        let Some(file) = CacheFile::parse_rel(&row.path) else {
+            continue;
+        };
+        let path = cache_rel(&row.path);
+        if kept.contains(&row.path) || is_leased(&path) {
+            continue;
+        }
+        plan.cache_rows.push(row.path.clone());
+        let entry = on_disk.get(&row.path);
+        let bytes = entry.map_or(0, |e| e.bytes);
+        if let Some(e) = entry {
+            plan.files.push(Doomed {
+                path: path.clone(),
+                dir: e.dir,
+                import: None,
+                bytes,
+            });
+        }
+        plan.removals.push(Removal {
+            kind: RemovalKind::of_cache(file.kind),
+            path,
+            bytes,
+        });
+    }
+
+    let debris = |path: String, e: &DiskEntry, plan: &mut GcPlan| {
+        if is_leased(&path) {
+            return;
+        }
+        plan.files.push(Doomed {
+            path: path.clone(),
+            dir: e.dir,
+            import: None,
+            bytes: e.bytes,
+        });
+        plan.removals.push(Removal {
+            kind: RemovalKind::Debris,
+            path,
+            bytes: e.bytes,
+        });
+    };
+    for (kind, e) in &listing.cache {
+        let rel = format!("{kind}/{}", e.name);
+        if e.dir || !index.cache_paths.contains(&rel) {
+            debris(cache_rel(&rel), e, &mut plan);
+        }
+    }
+    for (top, children) in &listing.snapshots {
+        let path = format!("snapshots/{}", top.name);
+        match index.snapshots.get(&top.name) {
+            None => debris(path, top, &mut plan),
+            Some(files) if top.dir => {
+                for c in children {
+                    if c.dir || !files.contains(&c.name) {
+                        debris(format!("{path}/{}", c.name), c, &mut plan);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    for e in &listing.staging {
+        let id = import_id_of(&e.name);
+        if protected.contains(id) {
+            continue;
+        }
+        let path = format!("staging/{}", e.name);
+        plan.files.push(Doomed {
+            path: path.clone(),
+            dir: e.dir,
+            import: Some(id.to_string()),
+            bytes: e.bytes,
+        });
+        plan.removals.push(Removal {
+            kind: RemovalKind::Staging,
+            path,
+            bytes: e.bytes,
+        });
+    }
+
+    for import in &index.imports {
+        let expired = import
+            .finished_at
+            .is_some_and(|t| t <= now - JOURNAL_RETENTION_SECS);
+        let goes = match import.state {
+            ImportState::Staging => !live.contains(&import.id),
+            ImportState::Promoting => false,
+            ImportState::Done | ImportState::Failed => expired,
+        };
+        if goes {
+            plan.import_rows.push(import.id.clone());
+            plan.removals.push(Removal {
+                kind: RemovalKind::Journal,
+                path: import.id.clone(),
+                bytes: 0,
+            });
+        }
+    }
+
+    plan.removals.sort();
+    plan.cache_rows.sort();
+    plan.image_rows.sort();
+    plan.import_rows.sort();
+    plan.files.sort_by(|a, b| a.path.cmp(&b.path));
+    plan
+}
+
+/// `<kind>/<file>` of every cache file an image owns: metadata, fsmeta, vmdk, layers.
+fn image_files(image: &ImageLayers) -> Vec<String> {
+    let mut files = vec![image.metadata_file.clone()];
+    for kind in [CacheKind::Fsmeta, CacheKind::Vmdk] {
+        files.push(
+            CacheFile {
+                kind,
+                key: image.manifest_digest,
+            }
+            .rel_path(),
+        );
+    }
+    files.extend(image.layers.iter().map(|d| {
+        CacheFile {
+            kind: CacheKind::Layers,
+            key: *d,
+        }
+        .rel_path()
+    }));
+    files
+}
+
+/// Delete what `plan` names: the rows in one committed transaction, then the
+/// files. Staging entries go only while their import's lock is claimed; an
+/// import found live by then is spared. Returns the paths spared.
+pub fn apply(
+    registry: &mut Registry,
+    _lock: &RegistryLock,
+    plan: &GcPlan,
+    progress: &dyn Progress,
+) -> Result<HashSet<String>> {
+    {
+        let tx = registry.db_mut().write()?;
+        db::gc::delete_rows(&tx, &plan.cache_rows, &plan.image_rows, &plan.import_rows)?;
+        tx.commit()?;
+    }
+    crate::failpoint::hit("gc.rows-deleted")?;
+    let layout = registry.layout();
+    progress.start("gc", Some(plan.files.iter().map(|f| f.bytes).sum()));
+    let mut staging: BTreeMap<&str, Vec<&Doomed>> = BTreeMap::new();
+    for doomed in &plan.files {
+        match &doomed.import {
+            Some(id) => staging.entry(id.as_str()).or_default().push(doomed),
+            None => {
+                remove(&layout.resolve(&doomed.path), doomed.dir)?;
+                progress.advance(doomed.bytes);
+            }
+        }
+    }
+    let mut spared = HashSet::new();
+    for (id, entries) in staging {
+        let Some(_claim) = claim_dead(layout, id)? else {
+            spared.extend(entries.iter().map(|d| d.path.clone()));
+            continue;
+        };
+        let (locks, others): (Vec<&Doomed>, Vec<&Doomed>) = entries
+            .into_iter()
+            .partition(|d| !d.dir && d.path.ends_with(".lock"));
+        for doomed in others.into_iter().chain(locks) {
+            remove(&layout.resolve(&doomed.path), doomed.dir)?;
+            progress.advance(doomed.bytes);
+        }
+    }
+    progress.finish();
+    Ok(spared)
+}
+
+fn remove(path: &Path, dir: bool) -> Result<()> {
+    if dir {
+        return remove_dir_if_exists(path);
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// List `cache/<kind>/`, `snapshots/` (and each directory in it) and
+/// `staging/`, with apparent sizes. Entries that vanish while being listed,
+/// and names that are not UTF-8, are left out.
+pub fn list_disk(layout: &Layout) -> Result<Listing> {
+    let mut listing = Listing::default();
+    for kind in CacheKind::ALL {
+        for e in entries(&layout.cache_kind(kind))? {
+            listing.cache.push((kind, e.0));
+        }
+    }
+    for (top, path) in entries(&layout.snapshots())? {
+        let children = if top.dir {
+            entries(&path)?.into_iter().map(|(e, _)| e).collect()
+        } else {
+            Vec::new()
+        };
+        listing.snapshots.push((top, children));
+    }
+    listing.staging = entries(&layout.staging())?
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    Ok(listing)
+}
+
+fn entries(dir: &Path) -> Result<Vec<(DiskEntry, std::path::PathBuf)>> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in read {
+        let entry = entry.at("read directory", dir)?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let path = entry.path();
+        let Some(meta) = stat(&path)? else {
+            continue;
+        };
+        let dir = meta.is_dir();
+        let bytes = if dir { tree_bytes(&path)? } else { meta.len() };
+        out.push((DiskEntry { name, dir, bytes }, path));
+    }
+    out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    Ok(out)
+}
+
+fn stat(path: &Path) -> Result<Option<std::fs::Metadata>> {
+    match path.symlink_metadata() {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+fn tree_bytes(dir: &Path) -> Result<u64> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    let mut total = 0;
+    for entry in read {
+        let path = entry.at("read directory", dir)?.path();
+        total += match stat(&path)? {
+            Some(m) if m.is_dir() => tree_bytes(&path)?,
+            Some(m) => m.len(),
+            None => 0,
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn layer(n: u8) -> String {
+        CacheFile {
+            kind: CacheKind::Layers,
+            key: d(n),
+        }
+        .rel_path()
+    }
+
+    fn file(name: &str, bytes: u64) -> DiskEntry {
+        DiskEntry {
+            name: name.into(),
+            dir: false,
+            bytes,
+        }
+    }
+
+    fn dir(name: &str, bytes: u64) -> DiskEntry {
+        DiskEntry {
+            name: name.into(),
+            dir: true,
+            bytes,
+        }
+    }
+
+    fn entry(path: &str, size: u64) -> CacheEntry {
+        CacheEntry {
+            path: path.into(),
+            size,
+            digest: d(0),
+        }
+    }
+
+    /// An index and listing holding the given cache rows (all present on disk).
+    fn with_cache(rows: &[&str]) -> (IndexView, Listing) {
+        let mut index = IndexView::default();
+        let mut listing = Listing::default();
+        for (i, r) in rows.iter().enumerate() {
+            index.cache_paths.insert(r.to_string());
+            let f = CacheFile::parse_rel(r).unwrap();
+            listing
+                .cache
+                .push((f.kind, file(&f.file_name(), 4096 * (i as u64 + 1))));
+        }
+        (index, listing)
+    }
+
+    fn kinds(plan: &GcPlan) -> Vec<(RemovalKind, &str)> {
+        plan.removals
+            .iter()
+            .map(|r| (r.kind, r.path.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_to_do_on_a_clean_registry() {
+        let (mut index, mut listing) = with_cache(&[&layer(1)]);
+        index
+            .snapshots
+            .insert("a".into(), ["manifest.json".to_string()].into());
+        listing
+            .snapshots
+            .push((dir("a", 10), vec![file("manifest.json", 10)]));
+        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        assert!(plan.removals.is_empty(), "{:?}", plan.removals);
+        assert!(plan.files.is_empty());
+    }
+
+    #[test]
+    fn unpinned_image_goes_with_its_unreachable_files() {
+        let meta = format!("manifests/{}.json", d(9).hex());
+        let (mut index, listing) = with_cache(&[&layer(1), &layer(2), &meta]);
+        index.unpinned_images.push(ImageLayers {
+            manifest_digest: d(5),
+            metadata_file: meta.clone(),
+            layers: vec![d(1), d(2)],
+        });
+        // layer 2 is shared with a pinned image, so SQL does not call it unreachable
+        index.unreachable = vec![entry(&layer(1), 4096), entry(&meta, 12288)];
+        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let layer1 = format!("cache/{}", layer(1));
+        let meta_path = format!("cache/{meta}");
+        let d5 = d(5).to_string();
+        assert_eq!(
+            kinds(&plan),
+            vec![
+                (RemovalKind::Image, d5.as_str()),
+                (RemovalKind::Metadata, meta_path.as_str()),
+                (RemovalKind::Layer, layer1.as_str()),
+            ]
+        );
+        assert_eq!(plan.image_rows, vec![d(5)]);
+        assert_eq!(plan.cache_rows.len(), 2);
+        assert_eq!(plan.files.len(), 2);
+        assert_eq!(
+            plan.removals.iter().map(|r| r.bytes).sum::<u64>(),
+            4096 + 12288
+        );
+    }
+
+    #[test]
+    fn a_row_whose_file_is_gone_loses_only_its_row() {
+        let (mut index, listing) = with_cache(&[]);
+        index.cache_paths.insert(layer(3));
+        index.unreachable = vec![entry(&layer(3), 4096)];
+        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        assert_eq!(plan.cache_rows, vec![layer(3)]);
+        assert!(plan.files.is_empty());
+        assert_eq!(plan.removals[0].bytes, 0);
+    }
+
+    #[test]
+    fn files_without_rows_are_debris() {
+        let (mut index, mut listing) = with_cache(&[&layer(1)]);
+        listing.cache.push((CacheKind::Layers, file("stray", 7)));
+        listing.cache.push((CacheKind::Vmdk, dir("oops", 3)));
+        index
+            .snapshots
+            .insert("a".into(), ["manifest.json".to_string()].into());
+        listing.snapshots.push((
+            dir("a", 15),
+            vec![file("manifest.json", 10), file("extra", 5)],
+        ));
+        listing.snapshots.push((dir("ghost", 100), vec![]));
+        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        assert_eq!(
+            kinds(&plan),
+            vec![
+                (RemovalKind::Debris, "cache/layers/stray"),
+                (RemovalKind::Debris, "cache/vmdk/oops"),
+                (RemovalKind::Debris, "snapshots/a/extra"),
+                (RemovalKind::Debris, "snapshots/ghost"),
+            ]
+        );
+        assert!(plan.cache_rows.is_empty());
+        assert!(
+            plan.files
+                .iter()
+                .any(|f| f.path == "snapshots/ghost" && f.dir)
+        );
+    }
+
+    #[test]
+    fn live_imports_keep_their_staging_and_leased_paths() {
+        let (mut index, mut listing) = with_cache(&[&layer(1)]);
+        index.unreachable = vec![entry(&layer(1), 4096)];
+        index.imports = vec![
+            ImportEntry {
+                id: "live".into(),
+                state: ImportState::Staging,
+                finished_at: None,
+            },
+            ImportEntry {
+                id: "dead".into(),
+                state: ImportState::Staging,
+                finished_at: None,
+            },
+        ];
+        index.leases.insert(
+            "live".into(),
+            vec![
+                "staging/live/x".into(),
+                format!("cache/{}", layer(1)),
+                "snapshots/new/upper.ext4".into(),
+            ],
+        );
+        index
+            .leases
+            .insert("dead".into(), vec!["snapshots/old/upper.ext4".into()]);
+        listing.snapshots.push((dir("new", 1), vec![]));
+        listing.snapshots.push((dir("old", 1), vec![]));
+        listing.staging = vec![
+            dir("live", 1),
+            file("live.lock", 0),
+            dir("dead", 2),
+            file("dead.lock", 0),
+            dir("rm-abc", 3),
+        ];
+        let live: HashSet<String> = ["live".to_string()].into();
+        let plan = plan(&index, &listing, &live, 0);
+        assert_eq!(
+            kinds(&plan),
+            vec![
+                (RemovalKind::Debris, "snapshots/old"),
+                (RemovalKind::Staging, "staging/dead"),
+                (RemovalKind::Staging, "staging/dead.lock"),
+                (RemovalKind::Staging, "staging/rm-abc"),
+                (RemovalKind::Journal, "dead"),
+            ]
+        );
+        let claimed: Vec<_> = plan.files.iter().filter_map(|f| f.import.clone()).collect();
+        assert_eq!(claimed, ["dead", "dead", "rm-abc"]);
+    }
+
+    #[test]
+    fn an_unpinned_image_an_import_is_installing_stays_whole() {
+        let meta = format!("manifests/{}.json", d(9).hex());
+        let (mut index, listing) = with_cache(&[&layer(1), &meta]);
+        index.unpinned_images.push(ImageLayers {
+            manifest_digest: d(5),
+            metadata_file: meta.clone(),
+            layers: vec![d(1)],
+        });
+        index.unreachable = vec![entry(&layer(1), 4096), entry(&meta, 1)];
+        index.imports = vec![ImportEntry {
+            id: "i".into(),
+            state: ImportState::Staging,
+            finished_at: None,
+        }];
+        index
+            .leases
+            .insert("i".into(), vec![format!("cache/{meta}")]);
+        let live: HashSet<String> = ["i".to_string()].into();
+        assert!(plan(&index, &listing, &live, 0).removals.is_empty());
+        let dead = plan(&index, &listing, &HashSet::new(), 0);
+        assert_eq!(dead.image_rows, vec![d(5)]);
+        assert_eq!(dead.cache_rows.len(), 2);
+    }
+
+    #[test]
+    fn promoting_imports_are_left_to_recovery() {
+        let (mut index, mut listing) = with_cache(&[]);
+        index.imports = vec![ImportEntry {
+            id: "p".into(),
+            state: ImportState::Promoting,
+            finished_at: None,
+        }];
+        index
+            .leases
+            .insert("p".into(), vec!["snapshots/half/upper.ext4".into()]);
+        listing.snapshots.push((dir("half", 1), vec![]));
+        listing.staging = vec![dir("p", 1), file("p.lock", 0)];
+        assert!(
+            plan(&index, &listing, &HashSet::new(), 0)
+                .removals
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn finished_journal_rows_expire_after_seven_days() {
+        let (mut index, listing) = with_cache(&[]);
+        let now = 100 * 24 * 3600;
+        for (id, state, age) in [
+            ("old-done", ImportState::Done, 8),
+            ("old-failed", ImportState::Failed, 7),
+            ("recent", ImportState::Done, 6),
+        ] {
+            index.imports.push(ImportEntry {
+                id: id.into(),
+                state,
+                finished_at: Some(now - age * 24 * 3600),
+            });
+        }
+        let plan = plan(&index, &listing, &HashSet::new(), now);
+        assert_eq!(plan.import_rows, ["old-done", "old-failed"]);
+        assert!(plan.files.is_empty());
+    }
+
+    #[test]
+    fn plans_are_deterministic() {
+        let (mut index, mut listing) = with_cache(&[&layer(1), &layer(2)]);
+        index.unreachable = vec![entry(&layer(2), 1), entry(&layer(1), 1)];
+        listing.cache.reverse();
+        listing.staging = vec![dir("b", 1), dir("a", 1)];
+        let a = plan(&index, &listing, &HashSet::new(), 0);
+        listing.staging.reverse();
+        index.unreachable.reverse();
+        let b = plan(&index, &listing, &HashSet::new(), 0);
+        assert_eq!(a.removals, b.removals);
+        assert_eq!(a.files, b.files);
+    }
+}

@@ -1,0 +1,484 @@
+//! `verify`: check the index against the disk. Every snapshot directory and
+//! file, every cache file and every cached image's expected artifacts must be
+//! present with their recorded sizes; with `content`, every file is re-hashed
+//! (streaming, holes not read) against its recorded digest, each upper
+//! against its manifest's integrity and each manifest against its snapshot
+//! digest. Files without rows are reported as debris and unfinished imports
+//! as such: gc's business, not corruption.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::db::gc::ImageLayers;
+use crate::db::{self, ImportState, SnapshotFileRow, SnapshotRow};
+use crate::digest::{Digest, ExtentsSha256, LogicalSink};
+use crate::error::{Error, Result};
+use crate::files::{Piece, read_limited, read_logical};
+use crate::gc::{RemovalKind, plan, survey};
+use crate::image::{CacheFile, CacheKind};
+use crate::layout::SnapshotName;
+use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
+use crate::progress::Progress;
+use crate::registry::Registry;
+use crate::stage::IntegrityHasher;
+
+/// What is wrong with one file or artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// A recorded file or directory is absent.
+    Missing,
+    /// A recorded file is a directory, symlink or special file.
+    NotAFile,
+    /// A recorded file has another size.
+    Size,
+    /// A file's content does not hash to its recorded digest.
+    Digest,
+    /// An upper does not match its manifest's integrity.
+    Integrity,
+    /// A manifest that does not parse or does not hash to its snapshot digest.
+    Manifest,
+    /// An artifact an image or snapshot needs has no row.
+    MissingRow,
+    /// A file that could not be read.
+    Unreadable,
+}
+
+impl ProblemKind {
+    /// The name used in reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProblemKind::Missing => "missing",
+            ProblemKind::NotAFile => "not-a-file",
+            ProblemKind::Size => "size",
+            ProblemKind::Digest => "digest",
+            ProblemKind::Integrity => "integrity",
+            ProblemKind::Manifest => "manifest",
+            ProblemKind::MissingRow => "missing-row",
+            ProblemKind::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What is wrong.
+    pub kind: ProblemKind,
+    /// Path relative to the root.
+    pub path: String,
+    /// The digest concerned: the recorded content digest, or the snapshot
+    /// or image the artifact belongs to.
+    pub digest: Option<Digest>,
+    /// Expected and found.
+    pub detail: String,
+}
+
+/// An import that has not finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnfinishedImport {
+    /// Its id.
+    pub id: String,
+    /// `staging` or `promoting`.
+    pub state: ImportState,
+    /// Whether its process still holds the lock.
+    pub live: bool,
+}
+
+/// What verify found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// True when there is no problem.
+    pub ok: bool,
+    /// Every problem, by path.
+    pub problems: Vec<Problem>,
+    /// Files checked.
+    pub checked_files: u64,
+    /// Their recorded bytes.
+    pub checked_bytes: u64,
+    /// Whether content was re-hashed.
+    pub content: bool,
+    /// Files and directories on disk without rows (gc removes them).
+    pub debris: Vec<String>,
+    /// Imports not finished (dead ones are cleaned by gc or the next open).
+    pub unfinished_imports: Vec<UnfinishedImport>,
+}
+
+/// One file to check.
+struct Check {
+    rel: String,
+    path: PathBuf,
+    size: u64,
+    digest: Digest,
+    integrity: Option<Integrity>,
+    manifest_of: Option<Digest>,
+}
+
+impl Registry {
+    /// Check the whole registry, or with `reference` one snapshot and its
+    /// pinned image's artifacts. Holds the registry lock so no promotion or
+    /// `rm` changes what is being compared.
+    pub fn verify(
+        &self,
+        reference: Option<&str>,
+        content: bool,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport> {
+        let _lock = self.lock()?;
+        let mut problems = Vec::new();
+        let mut checks = Vec::new();
+        let tx = self.db().read()?;
+        let (snapshots, mut files) = match reference {
+            Some(r) => {
+                let row = self.resolve(r)?;
+                let files = db::snapshots::snapshot_files(&tx, &row.digest)?;
+                let by_digest = HashMap::from([(row.digest, files)]);
+                (vec![row], by_digest)
+            }
+            None => {
+                let mut by_digest: HashMap<Digest, Vec<SnapshotFileRow>> = HashMap::new();
+                for (digest, f) in db::gc::all_snapshot_files(&tx)? {
+                    by_digest.entry(digest).or_default().push(f);
+                }
+                (db::snapshots::all_snapshots(&tx)?, by_digest)
+            }
+        };
+        for s in &snapshots {
+            self.snapshot_checks(
+                s,
+                files.remove(&s.digest).unwrap_or_default(),
+                &mut checks,
+                &mut problems,
+            );
+        }
+
+        let mut images = db::gc::images_with_layers(&tx)?;
+        let mut cache = db::gc::cache_entries(&tx)?;
+        if reference.is_some() {
+            let pinned: HashSet<Digest> =
+                snapshots.iter().map(|s| s.image_manifest_digest).collect();
+            images.retain(|i| pinned.contains(&i.manifest_digest));
+            let wanted: HashSet<String> = images
+                .iter()
+                .flat_map(image_files)
+                .map(|f| f.rel_path())
+                .collect();
+            cache.retain(|c| wanted.contains(&c.path));
+        }
+        drop(tx);
+        let recorded: HashSet<&str> = cache.iter().map(|c| c.path.as_str()).collect();
+        for image in &images {
+            for f in image_files(image) {
+                let rel = f.rel_path();
+                if !recorded.contains(rel.as_str()) {
+                    problems.push(Problem {
+                        kind: ProblemKind::MissingRow,
+                        path: format!("cache/{rel}"),
+                        digest: Some(image.manifest_digest),
+                        detail: format!(
+                            "image {} needs it but it has no row",
+                            image.manifest_digest
+                        ),
+                    });
+                }
+            }
+        }
+        for c in &cache {
+            let Some(file) = CacheFile::parse_rel(&c.path) else {
+                continue;
+            };
+            checks.push(Check {
+                rel: format!("cache/{}", c.path),
+                path: self.layout().cache_file(&file),
+                size: c.size,
+                digest: c.digest,
+                integrity: None,
+                manifest_of: None,
+            });
+        }
+
+        let mut checked_files = 0;
+        let mut checked_bytes = 0;
+        let mut to_hash = Vec::new();
+        for check in checks {
+            checked_files += 1;
+            checked_bytes += check.size;
+            if let Some(problem) = stat_problem(&check) {
+                problems.push(problem);
+            } else if content {
+                to_hash.push(check);
+            }
+        }
+        progress.start("verify", Some(to_hash.iter().map(|c| c.size).sum()));
+        for check in &to_hash {
+            problems.extend(content_problems(check, progress));
+        }
+        progress.finish();
+
+        let (debris, unfinished_imports) = if reference.is_none() {
+            let survey = survey(self)?;
+            let planned = plan(&survey.index, &survey.listing, &survey.live, db::now_unix());
+            let debris = planned
+                .removals
+                .into_iter()
+                .filter(|r| matches!(r.kind, RemovalKind::Debris | RemovalKind::Staging))
+                .map(|r| r.path)
+                .collect();
+            let unfinished = survey
+                .index
+                .imports
+                .iter()
+                .filter(|i| matches!(i.state, ImportState::Staging | ImportState::Promoting))
+                .map(|i| UnfinishedImport {
+                    id: i.id.clone(),
+                    state: i.state,
+                    live: survey.live.contains(&i.id),
+                })
+                .collect();
+            (debris, unfinished)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+
+        problems.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
+        Ok(VerifyReport {
+            ok: problems.is_empty(),
+            problems,
+            checked_files,
+            checked_bytes,
+            content,
+            debris,
+            unfinished_imports,
+        })
+    }
+
+    fn snapshot_checks(
+        &self,
+        s: &SnapshotRow,
+        files: Vec<SnapshotFileRow>,
+        checks: &mut Vec<Check>,
+        problems: &mut Vec<Problem>,
+    ) {
+        let rel_dir = format!("snapshots/{}", s.name);
+        let problem = |kind, path: String, detail: String| Problem {
+            kind,
+            path,
+            digest: Some(s.digest),
+            detail,
+        };
+        let name: SnapshotName = match s.name.parse() {
+            Ok(n) => n,
+            Err(e) => {
+                problems.push(problem(ProblemKind::Missing, rel_dir, e.to_string()));
+                return;
+            }
+        };
+        let dir = self.layout().snapshot(&name);
+        if !dir.is_dir() {
+            problems.push(problem(
+                ProblemKind::Missing,
+                rel_dir,
+                format!("directory of snapshot {} is missing", s.digest),
+            ));
+            return;
+        }
+        for required in ["manifest.json", s.upper_file.as_str()] {
+            if !files.iter().any(|f| f.path == required) {
+                problems.push(problem(
+                    ProblemKind::MissingRow,
+                    format!("{rel_dir}/{required}"),
+                    format!("snapshot {} has no row for it", s.digest),
+                ));
+            }
+        }
+        for f in files {
+            let is_upper = f.path == s.upper_file;
+            if is_upper && f.size != s.size_bytes {
+                problems.push(problem(
+                    ProblemKind::Size,
+                    format!("{rel_dir}/{}", f.path),
+                    format!(
+                        "file row records {} bytes, manifest records {}",
+                        f.size, s.size_bytes
+                    ),
+                ));
+            }
+            let integrity = match (&s.integrity_algorithm, &s.integrity_digest, is_upper) {
+                (Some(a), Some(d), true) => Some(Integrity {
+                    algorithm: a.clone(),
+                    digest: d.clone(),
+                }),
+                _ => None,
+            };
+            checks.push(Check {
+                rel: format!("{rel_dir}/{}", f.path),
+                path: self.layout().snapshot_file(&name, &f.path),
+                size: f.size,
+                digest: f.digest,
+                integrity,
+                manifest_of: (f.path == "manifest.json").then_some(s.digest),
+            });
+        }
+    }
+}
+
+/// Every cache file an image needs: metadata, fsmeta, vmdk, layers.
+fn image_files(image: &ImageLayers) -> Vec<CacheFile> {
+    let mut files: Vec<CacheFile> = CacheFile::parse_rel(&image.metadata_file)
+        .into_iter()
+        .collect();
+    files.extend([CacheKind::Fsmeta, CacheKind::Vmdk].map(|kind| CacheFile {
+        kind,
+        key: image.manifest_digest,
+    }));
+    for d in &image.layers {
+        let f = CacheFile {
+            kind: CacheKind::Layers,
+            key: *d,
+        };
+        if !files.contains(&f) {
+            files.push(f);
+        }
+    }
+    files
+}
+
+fn stat_problem(check: &Check) -> Option<Problem> {
+    let problem = |kind, detail: String| {
+        Some(Problem {
+            kind,
+            path: check.rel.clone(),
+            digest: Some(check.digest),
+            detail,
+        })
+    };
+    match check.path.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => problem(
+            ProblemKind::Missing,
+            format!("expected a file of {} bytes, found nothing", check.size),
+        ),
+        Err(e) => problem(ProblemKind::Unreadable, format!("stat: {e}")),
+        Ok(m) if !m.is_file() => problem(
+            ProblemKind::NotAFile,
+            "expected a regular file, found another kind of entry".into(),
+        ),
+        Ok(m) if m.len() != check.size => problem(
+            ProblemKind::Size,
+            format!("expected {} bytes, found {}", check.size, m.len()),
+        ),
+        Ok(_) => None,
+    }
+}
+
+fn content_problems(check: &Check, progress: &dyn Progress) -> Vec<Problem> {
+    let problem = |kind, digest, detail: String| Problem {
+        kind,
+        path: check.rel.clone(),
+        digest,
+        detail,
+    };
+    let mut problems = Vec::new();
+    let expected_integrity = match check.integrity.as_ref().map(|i| i.expected()) {
+        Some(Err(e)) => {
+            problems.push(problem(ProblemKind::Integrity, None, e.to_string()));
+            None
+        }
+        Some(Ok((algorithm, digest))) => Some((algorithm.to_string(), digest)),
+        None => None,
+    };
+    let hashed = hash_file(check, expected_integrity.is_some(), progress);
+    let (digest, integrity) = match hashed {
+        Ok(found) => found,
+        Err(e) => {
+            problems.push(problem(
+                ProblemKind::Unreadable,
+                Some(check.digest),
+                error_line(&e),
+            ));
+            return problems;
+        }
+    };
+    if digest != check.digest {
+        problems.push(problem(
+            ProblemKind::Digest,
+            Some(check.digest),
+            format!("content hashes to {digest}, index records {}", check.digest),
+        ));
+    }
+    if let (Some((algorithm, expected)), Some(found)) = (expected_integrity, integrity) {
+        if found != expected {
+            problems.push(problem(
+                ProblemKind::Integrity,
+                Some(expected),
+                format!("{algorithm} integrity is {found}, manifest records {expected}"),
+            ));
+        }
+    }
+    if let Some(snapshot) = check.manifest_of {
+        if let Some(detail) = manifest_problem(check, snapshot) {
+            problems.push(problem(ProblemKind::Manifest, Some(snapshot), detail));
+        }
+    }
+    problems
+}
+
+/// The extents digest of a file and, when asked, its upper integrity, in one
+/// streaming pass that does not read holes.
+fn hash_file(
+    check: &Check,
+    with_integrity: bool,
+    progress: &dyn Progress,
+) -> Result<(Digest, Option<Digest>)> {
+    let file = File::open(&check.path).map_err(|e| Error::io("open", &check.path, e))?;
+    let mut extents = ExtentsSha256::new(check.size);
+    let mut integrity = match (&check.integrity, with_integrity) {
+        (Some(i), true) => Some(IntegrityHasher::for_integrity(i, check.size)),
+        _ => None,
+    };
+    read_logical(&file, check.size, &check.path, |piece| {
+        match piece {
+            Piece::Data(d) => {
+                extents.data(d);
+                integrity.data(d);
+                progress.advance(d.len() as u64);
+            }
+            Piece::Zeros(n) => {
+                extents.zeros(n);
+                integrity.zeros(n);
+                progress.advance(n);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((extents.finish().0, integrity.map(IntegrityHasher::finish)))
+}
+
+fn manifest_problem(check: &Check, snapshot: Digest) -> Option<String> {
+    let bytes = match read_limited(&check.path, MAX_MANIFEST_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Some("manifest is larger than 1 MiB".into()),
+        Err(e) => return Some(error_line(&e)),
+    };
+    match Manifest::parse(&bytes) {
+        Ok(parsed) if parsed.digest == snapshot => None,
+        Ok(parsed) => Some(format!(
+            "manifest hashes to {}, but the index records it as {snapshot}",
+            parsed.digest
+        )),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+fn error_line(e: &Error) -> String {
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
