@@ -265,7 +265,7 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
             leases: db::gc::unfinished_import_paths(&tx)?,
         }
     };
-    let listing = list_disk(registry.layout())?;
+    let listing = list_disk(registry.layout(), &index)?;
     let mut candidates: BTreeSet<&str> = index
         .imports
         .iter()
@@ -307,6 +307,9 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
         .flat_map(|(_, paths)| paths.iter().map(|p| p.as_str()))
         .collect();
     let is_leased = |path: &str| {
+        if leased.is_empty() {
+            return false;
+        }
         let under = format!("{path}/");
         leased.contains(path)
             || leased
@@ -317,10 +320,10 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     let cache_rel = |f: &str| format!("cache/{f}");
 
     let mut plan = GcPlan::default();
-    let on_disk: HashMap<String, &DiskEntry> = listing
+    let on_disk: HashSet<(CacheKind, &str)> = listing
         .cache
         .iter()
-        .map(|(kind, e)| (format!("{kind}/{}", e.name), e))
+        .map(|(kind, e)| (*kind, e.name.as_str()))
         .collect();
 
     let mut kept: HashSet<String> = HashSet::new();
@@ -347,12 +350,15 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
             continue;
         }
         plan.cache_rows.push(row.path.clone());
-        let entry = on_disk.get(&row.path);
-        let bytes = entry.map_or(0, |e| e.bytes);
-        if let Some(e) = entry {
+        let present = row
+            .path
+            .split_once('/')
+            .is_some_and(|(_, name)| on_disk.contains(&(file.kind, name)));
+        let bytes = if present { row.size } else { 0 };
+        if present {
             plan.files.push(Doomed {
                 path: path.clone(),
-                dir: e.dir,
+                dir: false,
                 import: None,
                 bytes,
             });
@@ -380,8 +386,12 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
             bytes: e.bytes,
         });
     };
+    let mut rel = String::new();
     for (kind, e) in &listing.cache {
-        let rel = format!("{kind}/{}", e.name);
+        rel.clear();
+        rel.push_str(kind.as_str());
+        rel.push('/');
+        rel.push_str(&e.name);
         if e.dir || !index.cache_paths.contains(&rel) {
             debris(cache_rel(&rel), e, &mut plan);
         }
@@ -525,31 +535,68 @@ fn remove(path: &Path, dir: bool) -> Result<()> {
 }
 
 /// List `cache/<kind>/`, `snapshots/` (and each directory in it) and
-/// `staging/`, with apparent sizes. Entries that vanish while being listed,
-/// and names that are not UTF-8, are left out.
-pub fn list_disk(layout: &Layout) -> Result<Listing> {
-    let mut listing = Listing::default();
-    for kind in CacheKind::ALL {
-        for e in entries(&layout.cache_kind(kind))? {
-            listing.cache.push((kind, e.0));
-        }
-    }
-    for (top, path) in entries(&layout.snapshots())? {
-        let children = if top.dir {
-            entries(&path)?.into_iter().map(|(e, _)| e).collect()
-        } else {
-            Vec::new()
-        };
-        listing.snapshots.push((top, children));
-    }
-    listing.staging = entries(&layout.staging())?
-        .into_iter()
-        .map(|(e, _)| e)
-        .collect();
-    Ok(listing)
+/// `staging/`. Entries the index records are not measured (their rows hold
+/// their sizes); everything else is, directories recursively. Entries that
+/// vanish while being listed, and names that are not UTF-8, are left out.
+/// `cache/` and `snapshots/` are listed in parallel.
+pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
+    let (cache, snapshots) = std::thread::scope(|scope| {
+        let cache = scope.spawn(|| -> Result<Vec<(CacheKind, DiskEntry)>> {
+            let mut out = Vec::new();
+            let mut rel = String::new();
+            for kind in CacheKind::ALL {
+                let recorded = |name: &str| {
+                    rel.clear();
+                    rel.push_str(kind.as_str());
+                    rel.push('/');
+                    rel.push_str(name);
+                    index.cache_paths.contains(&rel)
+                };
+                out.extend(
+                    entries(&layout.cache_kind(kind), recorded)?
+                        .into_iter()
+                        .map(|(e, _)| (kind, e)),
+                );
+            }
+            Ok(out)
+        });
+        let snapshots = list_snapshots(layout, index);
+        let cache = cache.join().expect("cache listing thread does not panic");
+        (cache, snapshots)
+    });
+    Ok(Listing {
+        cache: cache?,
+        snapshots: snapshots?,
+        staging: entries(&layout.staging(), |_| false)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect(),
+    })
 }
 
-fn entries(dir: &Path) -> Result<Vec<(DiskEntry, std::path::PathBuf)>> {
+fn list_snapshots(layout: &Layout, index: &IndexView) -> Result<Vec<(DiskEntry, Vec<DiskEntry>)>> {
+    let mut out = Vec::new();
+    for (top, path) in entries(&layout.snapshots(), |name| {
+        index.snapshots.contains_key(name)
+    })? {
+        let children = match index.snapshots.get(&top.name) {
+            Some(files) if top.dir => entries(&path, |name| files.contains(name))?
+                .into_iter()
+                .map(|(e, _)| e)
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.push((top, children));
+    }
+    Ok(out)
+}
+
+/// The entries of `dir`, by name; those `recorded` says the index knows are
+/// not measured.
+fn entries(
+    dir: &Path,
+    mut recorded: impl FnMut(&str) -> bool,
+) -> Result<Vec<(DiskEntry, std::path::PathBuf)>> {
     let read = match std::fs::read_dir(dir) {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -562,11 +609,23 @@ fn entries(dir: &Path) -> Result<Vec<(DiskEntry, std::path::PathBuf)>> {
             continue;
         };
         let path = entry.path();
-        let Some(meta) = stat(&path)? else {
-            continue;
+        let file_type = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", path, e)),
         };
-        let dir = meta.is_dir();
-        let bytes = if dir { tree_bytes(&path)? } else { meta.len() };
+        let dir = file_type.is_dir();
+        let bytes = if recorded(&name) {
+            0
+        } else if dir {
+            tree_bytes(&path)?
+        } else {
+            match entry.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", path, e)),
+            }
+        };
         out.push((DiskEntry { name, dir, bytes }, path));
     }
     out.sort_by(|a, b| a.0.name.cmp(&b.0.name));

@@ -101,16 +101,20 @@ pub fn unreachable_cache_files(
 ) -> Result<Vec<CacheEntry>> {
     let mut stmt = conn.prepare_cached(
         "SELECT path, size, digest FROM cache_files
-         WHERE CASE kind
-           WHEN 'layers' THEN key NOT IN (
-             SELECT diff_id FROM image_layers
-             WHERE image IN (SELECT image_manifest_digest FROM snapshots))
-           WHEN 'manifests' THEN path NOT IN (SELECT value FROM json_each(?1))
-             AND path NOT IN (
-               SELECT metadata_file FROM images
-               WHERE manifest_digest IN (SELECT image_manifest_digest FROM snapshots))
-           ELSE key NOT IN (SELECT image_manifest_digest FROM snapshots)
-         END
+         WHERE kind = 'layers' AND key NOT IN (
+           SELECT diff_id FROM image_layers
+           WHERE image IN (SELECT image_manifest_digest FROM snapshots))
+         UNION ALL
+         SELECT path, size, digest FROM cache_files
+         WHERE kind IN ('fsmeta', 'vmdk')
+           AND key NOT IN (SELECT image_manifest_digest FROM snapshots)
+         UNION ALL
+         SELECT path, size, digest FROM cache_files
+         WHERE kind = 'manifests'
+           AND path NOT IN (SELECT value FROM json_each(?1))
+           AND path NOT IN (
+             SELECT metadata_file FROM images
+             WHERE manifest_digest IN (SELECT image_manifest_digest FROM snapshots))
          ORDER BY path",
     )?;
     let live = serde_json::to_string(live_metadata).expect("paths serialize");
