@@ -408,19 +408,19 @@ fn content_problems(check: &Check, progress: &dyn Progress) -> Vec<Problem> {
             format!("content hashes to {digest}, index records {}", check.digest),
         ));
     }
-    if let (Some((algorithm, expected)), Some(found)) = (expected_integrity, integrity) {
-        if found != expected {
-            problems.push(problem(
-                ProblemKind::Integrity,
-                Some(expected),
-                format!("{algorithm} integrity is {found}, manifest records {expected}"),
-            ));
-        }
+    if let (Some((algorithm, expected)), Some(found)) = (expected_integrity, integrity)
+        && found != expected
+    {
+        problems.push(problem(
+            ProblemKind::Integrity,
+            Some(expected),
+            format!("{algorithm} integrity is {found}, manifest records {expected}"),
+        ));
     }
-    if let Some(snapshot) = check.manifest_of {
-        if let Some(detail) = manifest_problem(check, snapshot) {
-            problems.push(problem(ProblemKind::Manifest, Some(snapshot), detail));
-        }
+    if let Some(snapshot) = check.manifest_of
+        && let Some(detail) = manifest_problem(check, snapshot)
+    {
+        problems.push(problem(ProblemKind::Manifest, Some(snapshot), detail));
     }
     problems
 }
