@@ -89,19 +89,19 @@ impl Registry {
                 .unwrap_or_default()
                 .parse()?,
         };
-        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)? {
-            if opts.cache_dir.is_none() {
-                let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
-                return Ok(AddReport {
-                    digest: row.digest,
-                    name: row.name,
-                    already_present: true,
-                    files: files.len(),
-                    bytes: files.iter().map(|f| f.size).sum(),
-                    cache_files_installed: 0,
-                    cache_files_skipped: 0,
-                });
-            }
+        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
+            && opts.cache_dir.is_none()
+        {
+            let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
+            return Ok(AddReport {
+                digest: row.digest,
+                name: row.name,
+                already_present: true,
+                files: files.len(),
+                bytes: files.iter().map(|f| f.size).sum(),
+                cache_files_installed: 0,
+                cache_files_skipped: 0,
+            });
         }
         let mut lease = Lease::acquire(self, &dir.display().to_string())?;
         let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
@@ -271,16 +271,16 @@ fn copy_into(
     out.finish()
 }
 
+/// Cache files staged from a directory: name, staged path, size and digests.
+type StagedCache = Vec<(CacheFile, PathBuf, crate::stage::StagedBytes)>;
+
 /// Stage the pinned image's metadata and artifacts from a microsandbox cache directory.
 fn stage_image(
     cache_dir: &Path,
     parsed: &ParsedManifest,
     staged_cache: &Path,
     progress: &dyn Progress,
-) -> Result<(
-    ImageMetadata,
-    Vec<(CacheFile, PathBuf, crate::stage::StagedBytes)>,
-)> {
+) -> Result<(ImageMetadata, StagedCache)> {
     let pin = &parsed.manifest.image;
     let meta_file = CacheFile::metadata_for_ref(&pin.reference);
     let meta_path = cache_dir.join(meta_file.rel_path());

@@ -266,11 +266,14 @@ fn adopt_snapshot(
     Ok((parsed, files))
 }
 
+/// Size, digest, and for a metadata file the parsed document and its name.
+type AdoptedCacheFile = (u64, Digest, Option<(ImageMetadata, CacheFile)>);
+
 fn adopt_cache_file(
     path: &Path,
     file: &CacheFile,
     progress: &dyn Progress,
-) -> Result<(u64, Digest, Option<(ImageMetadata, CacheFile)>)> {
+) -> Result<AdoptedCacheFile> {
     let meta = path.symlink_metadata().at("stat", path)?;
     if !meta.is_file() {
         return Err(Error::rejected(
