@@ -21,6 +21,7 @@ pub mod query;
 pub mod registry;
 pub mod reindex;
 pub mod remove;
+pub mod sample;
 pub mod stage;
 
 pub use error::{Error, Result};
