@@ -11,7 +11,7 @@ use crate::db::{self, ImportFileRow, ImportState, SnapshotFileRow};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::files::{read_limited, read_logical};
-use crate::image::{CacheFile, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
+use crate::image::{CacheFile, ImageMetadata, MAX_METADATA_BYTES};
 use crate::install::{StagedCacheFile, StagedSet, StagedSnapshot, install};
 use crate::layout::SnapshotName;
 use crate::lease::Lease;
@@ -70,6 +70,15 @@ pub fn read_manifest(dir: &Path) -> Result<ParsedManifest> {
     })
 }
 
+/// Read and check an image metadata file (size limit, self-digests).
+pub fn read_metadata(path: &Path) -> Result<ImageMetadata> {
+    let bytes = read_limited(path, MAX_METADATA_BYTES)?.ok_or_else(|| {
+        Error::integrity(path.display().to_string(), "metadata is larger than 16 MiB")
+    })?;
+    ImageMetadata::parse(&bytes)
+        .map_err(|e| Error::integrity(path.display().to_string(), e.to_string()))
+}
+
 impl Registry {
     /// Register the snapshot directory `dir`.
     pub fn add(
@@ -89,19 +98,19 @@ impl Registry {
                 .unwrap_or_default()
                 .parse()?,
         };
-        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)? {
-            if opts.cache_dir.is_none() {
-                let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
-                return Ok(AddReport {
-                    digest: row.digest,
-                    name: row.name,
-                    already_present: true,
-                    files: files.len(),
-                    bytes: files.iter().map(|f| f.size).sum(),
-                    cache_files_installed: 0,
-                    cache_files_skipped: 0,
-                });
-            }
+        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
+            && opts.cache_dir.is_none()
+        {
+            let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
+            return Ok(AddReport {
+                digest: row.digest,
+                name: row.name,
+                already_present: true,
+                files: files.len(),
+                bytes: files.iter().map(|f| f.size).sum(),
+                cache_files_installed: 0,
+                cache_files_skipped: 0,
+            });
         }
         let mut lease = Lease::acquire(self, &dir.display().to_string())?;
         let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
@@ -263,13 +272,17 @@ fn copy_into(
     let file = File::open(src).at("open", src)?;
     let mut out = StagingFile::create(target, len, integrity)?;
     read_logical(&file, len, src, |piece| {
-        if let crate::files::Piece::Data(d) = piece {
-            progress.advance(d.len() as u64);
-        }
+        progress.advance(match piece {
+            crate::files::Piece::Data(d) => d.len() as u64,
+            crate::files::Piece::Zeros(n) => n,
+        });
         out.piece(piece)
     })?;
     out.finish()
 }
+
+/// Cache files staged from a directory: name, staged path, size and digests.
+type StagedCache = Vec<(CacheFile, PathBuf, crate::stage::StagedBytes)>;
 
 /// Stage the pinned image's metadata and artifacts from a microsandbox cache directory.
 fn stage_image(
@@ -277,10 +290,7 @@ fn stage_image(
     parsed: &ParsedManifest,
     staged_cache: &Path,
     progress: &dyn Progress,
-) -> Result<(
-    ImageMetadata,
-    Vec<(CacheFile, PathBuf, crate::stage::StagedBytes)>,
-)> {
+) -> Result<(ImageMetadata, StagedCache)> {
     let pin = &parsed.manifest.image;
     let meta_file = CacheFile::metadata_for_ref(&pin.reference);
     let meta_path = cache_dir.join(meta_file.rel_path());
@@ -290,14 +300,7 @@ fn stage_image(
             reference: meta_path.display().to_string(),
         });
     }
-    let bytes = read_limited(&meta_path, MAX_METADATA_BYTES)?.ok_or_else(|| {
-        Error::integrity(
-            meta_path.display().to_string(),
-            "metadata is larger than 16 MiB",
-        )
-    })?;
-    let meta = ImageMetadata::parse(&bytes)
-        .map_err(|e| Error::integrity(meta_path.display().to_string(), e.to_string()))?;
+    let meta = read_metadata(&meta_path)?;
     if meta.manifest_digest != pin.manifest_digest {
         return Err(Error::integrity(
             meta_path.display().to_string(),
@@ -320,14 +323,8 @@ fn stage_image(
                 "not a regular file",
             ));
         }
-        if file.kind.is_erofs() && (m.len() == 0 || m.len() % EROFS_ALIGN != 0) {
-            return Err(Error::integrity(
-                src.display().to_string(),
-                format!(
-                    "EROFS image of {} bytes is not a non-empty multiple of 4096",
-                    m.len()
-                ),
-            ));
+        if let Some(problem) = file.size_problem(m.len()) {
+            return Err(Error::integrity(src.display().to_string(), problem));
         }
         let kind_dir = staged_cache.join(file.kind.as_str());
         std::fs::create_dir_all(&kind_dir).at("create directory", &kind_dir)?;

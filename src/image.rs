@@ -113,6 +113,14 @@ impl CacheFile {
         Some(CacheFile { kind, key })
     }
 
+    /// Why a file of `len` bytes cannot be this artifact, if it cannot:
+    /// EROFS images are non-empty whole multiples of 4 KiB.
+    pub fn size_problem(&self, len: u64) -> Option<String> {
+        (self.kind.is_erofs() && (len == 0 || !len.is_multiple_of(EROFS_ALIGN))).then(|| {
+            format!("EROFS image of {len} bytes is not a non-empty multiple of {EROFS_ALIGN}")
+        })
+    }
+
     /// Parse `<kind>/<file>`.
     pub fn parse_rel(rel: &str) -> Option<Self> {
         let (kind, name) = rel.split_once('/')?;

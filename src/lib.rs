@@ -22,6 +22,7 @@ pub mod query;
 pub mod registry;
 pub mod reindex;
 pub mod remove;
+pub mod sample;
 pub mod stage;
 pub mod verify;
 

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::add::read_manifest;
+use crate::add::{read_manifest, read_metadata};
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::{Digest, ExtentsSha256, LogicalSink};
 use crate::error::{Error, IoContext, Result};
-use crate::files::{Piece, read_limited, read_logical};
-use crate::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
+use crate::files::{Piece, read_logical};
+use crate::image::{CacheFile, CacheKind, ImageMetadata};
 use crate::layout::SnapshotName;
 use crate::manifest::is_normal_file_name;
 use crate::progress::Progress;
@@ -47,6 +47,7 @@ impl Registry {
     pub fn reindex(&mut self, progress: &dyn Progress) -> Result<ReindexReport> {
         let _lock = self.lock()?;
         let mut report = ReindexReport::default();
+        progress.start("reindex", None);
         let now = now_unix();
         let layout = self.layout().clone();
 
@@ -164,6 +165,7 @@ impl Registry {
             }
         }
         tx.commit()?;
+        progress.finish();
         Ok(report)
     }
 }
@@ -266,11 +268,14 @@ fn adopt_snapshot(
     Ok((parsed, files))
 }
 
+/// Size, digest, and for a metadata file the parsed document and its name.
+type AdoptedCacheFile = (u64, Digest, Option<(ImageMetadata, CacheFile)>);
+
 fn adopt_cache_file(
     path: &Path,
     file: &CacheFile,
     progress: &dyn Progress,
-) -> Result<(u64, Digest, Option<(ImageMetadata, CacheFile)>)> {
+) -> Result<AdoptedCacheFile> {
     let meta = path.symlink_metadata().at("stat", path)?;
     if !meta.is_file() {
         return Err(Error::rejected(
@@ -278,21 +283,11 @@ fn adopt_cache_file(
             "not a regular file",
         ));
     }
-    if file.kind.is_erofs() && (meta.len() == 0 || meta.len() % EROFS_ALIGN != 0) {
-        return Err(Error::integrity(
-            path.display().to_string(),
-            format!(
-                "EROFS image of {} bytes is not a non-empty multiple of 4096",
-                meta.len()
-            ),
-        ));
+    if let Some(problem) = file.size_problem(meta.len()) {
+        return Err(Error::integrity(path.display().to_string(), problem));
     }
     let image = if file.kind == CacheKind::Manifests {
-        let bytes = read_limited(path, MAX_METADATA_BYTES)?
-            .ok_or_else(|| Error::integrity(path.display().to_string(), "larger than 16 MiB"))?;
-        let m = ImageMetadata::parse(&bytes)
-            .map_err(|e| Error::integrity(path.display().to_string(), e.to_string()))?;
-        Some((m, *file))
+        Some((read_metadata(path)?, *file))
     } else {
         None
     };

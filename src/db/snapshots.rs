@@ -226,21 +226,25 @@ pub fn children_count(conn: &Connection, digest: &Digest) -> Result<u64> {
 
 /// The ancestry of `head`, root first and `head` last, in one recursive query.
 /// An ancestor absent from the index is the first row, with no name.
+///
+/// Each step carries the name and parent along, so the walk costs one
+/// primary-key lookup per generation and no sort.
 pub fn ancestors(conn: &Connection, head: &Digest) -> Result<Vec<LineageRow>> {
     let mut stmt = conn.prepare_cached(
-        "WITH RECURSIVE chain(digest, depth) AS (
-             SELECT ?1, 0
+        "WITH RECURSIVE chain(digest, name, parent, depth) AS (
+             SELECT digest, name, parent, 0 FROM snapshots WHERE digest = ?1
              UNION ALL
-             SELECT s.parent, chain.depth + 1
-             FROM chain JOIN snapshots s ON s.digest = chain.digest
-             WHERE s.parent IS NOT NULL AND chain.depth < 10000000
+             SELECT chain.parent, s.name, s.parent, chain.depth + 1
+             FROM chain LEFT JOIN snapshots s ON s.digest = chain.parent
+             WHERE chain.parent IS NOT NULL AND chain.name IS NOT NULL
+               AND chain.depth < 10000000
          )
-         SELECT chain.digest, s.name, chain.depth, s.parent
-         FROM chain LEFT JOIN snapshots s ON s.digest = chain.digest
-         ORDER BY chain.depth DESC",
+         SELECT digest, name, depth, parent FROM chain",
     )?;
     let rows = stmt.query_map([head], map_lineage)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut chain = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    chain.reverse();
+    Ok(chain)
 }
 
 /// `root` and every snapshot descending from it, breadth first.

@@ -2,5 +2,6 @@
 //! registries, plus library-level checks. One binary, one module per area.
 
 mod core;
+mod crash;
 mod gc;
 mod util;
