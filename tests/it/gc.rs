@@ -184,7 +184,7 @@ fn unpinned_image_goes_and_a_shared_layer_stays() {
     let shared = cache_path(CacheKind::Layers, a.layers[0].diff_id);
     let private = cache_path(CacheKind::Layers, b.layers[1].diff_id);
     assert_eq!(paths(&r, "image"), [b.manifest_digest.to_string()]);
-    assert_eq!(paths(&r, "layer"), [private.clone()]);
+    assert_eq!(paths(&r, "layer"), std::slice::from_ref(&private));
     assert_eq!(
         paths(&r, "fsmeta"),
         [cache_path(CacheKind::Fsmeta, b.manifest_digest)]
