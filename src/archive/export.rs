@@ -156,8 +156,7 @@ async fn write_target(
 ) -> Result<u64> {
     let path = match target {
         ExportTarget::Stdout => {
-            return write_archive(files, opts, tokio::io::stdout(), Path::new("-"), progress)
-                .await;
+            return write_archive(files, opts, tokio::io::stdout(), Path::new("-"), progress).await;
         }
         ExportTarget::File(path) => path,
     };
@@ -249,10 +248,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<W> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

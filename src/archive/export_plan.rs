@@ -119,11 +119,9 @@ impl Registry {
         lineage
             .iter()
             .map(|r| {
-                db::snapshots::snapshot_by_digest(conn, &r.digest)?.ok_or_else(|| {
-                    Error::NotFound {
-                        what: "snapshot",
-                        reference: r.digest.to_string(),
-                    }
+                db::snapshots::snapshot_by_digest(conn, &r.digest)?.ok_or_else(|| Error::NotFound {
+                    what: "snapshot",
+                    reference: r.digest.to_string(),
                 })
             })
             .collect()
@@ -169,15 +167,16 @@ impl Registry {
 
     fn image_members(&self, head: &SnapshotRow) -> Result<Vec<PlannedFile>> {
         let conn = self.db().conn();
-        let image = db::images::image_by_digest(conn, &head.image_manifest_digest)?.ok_or_else(
-            || Error::NotFound {
-                what: "image",
-                reference: format!(
-                    "{}@{} (add the snapshot with --cache-dir to cache it)",
-                    head.image_ref, head.image_manifest_digest
-                ),
-            },
-        )?;
+        let image =
+            db::images::image_by_digest(conn, &head.image_manifest_digest)?.ok_or_else(|| {
+                Error::NotFound {
+                    what: "image",
+                    reference: format!(
+                        "{}@{} (add the snapshot with --cache-dir to cache it)",
+                        head.image_ref, head.image_manifest_digest
+                    ),
+                }
+            })?;
         let mtime = created_at(head)?;
         db::images::image_cache_files(conn, &image)?
             .into_iter()

@@ -181,7 +181,11 @@ mod tests {
             header.cksum().unwrap(),
             h.iter()
                 .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 })
+                .map(|(i, &b)| if (148..156).contains(&i) {
+                    32
+                } else {
+                    b as u32
+                })
                 .sum::<u32>()
         );
         assert!(regular(&"x".repeat(101), 0, 0).is_err());
@@ -192,7 +196,11 @@ mod tests {
         let extents: Vec<(u64, u64)> = (0..30).map(|i| (i * 8192, 512)).collect();
         let real = 30 * 8192 + 100_000;
         let headers = sparse("s/upper.ext4", &extents, real, 42).unwrap();
-        assert_eq!(headers.len(), BLOCK * 3, "26 map entries need two extensions");
+        assert_eq!(
+            headers.len(),
+            BLOCK * 3,
+            "26 map entries need two extensions"
+        );
         let data: Vec<u8> = (0..30 * 512).map(|i| (i % 251) as u8 + 1).collect();
         let mut out = Vec::new();
         member(&mut out, &headers, &data);
@@ -203,16 +211,21 @@ mod tests {
         let members = read_back(out).await;
         assert_eq!(members.len(), 2);
         let (name, kind, mtime, mode, logical) = &members[0];
-        assert_eq!((name.as_str(), *kind, *mtime, *mode), ("s/upper.ext4", b'S', 42, 0o100644));
+        assert_eq!(
+            (name.as_str(), *kind, *mtime, *mode),
+            ("s/upper.ext4", b'S', 42, 0o100644)
+        );
         assert_eq!(logical.len() as u64, real);
         for (i, &(off, len)) in extents.iter().enumerate() {
             assert_eq!(
                 &logical[off as usize..(off + len) as usize],
                 &data[i * 512..(i + 1) * 512]
             );
-            assert!(logical[(off + len) as usize..(off + 8192) as usize]
-                .iter()
-                .all(|&b| b == 0));
+            assert!(
+                logical[(off + len) as usize..(off + 8192) as usize]
+                    .iter()
+                    .all(|&b| b == 0)
+            );
         }
         let mut expected = vec![0u8; 10_000];
         expected[4096..4099].copy_from_slice(b"abc");

@@ -2,4 +2,5 @@
 //! registries, plus library-level checks. One binary, one module per area.
 
 mod core;
+mod export;
 mod util;
