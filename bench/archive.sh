@@ -84,7 +84,7 @@ bench_export() {
     log "== export --with-parents --with-image vs tar --sparse | zstd -T0 -3 ($RUNS runs each)"
     local ours="'$BIN' --root '$ROOT' -q export app --with-parents --with-image -o '$WORK/ours.tar.zst'"
     local theirs="tar --sparse -cf - -C '$ROOT' snapshots/base snapshots/deps snapshots/app cache | zstd -q -T0 -3 > '$WORK/tar.tar.zst'"
-    bash -c "$ours" && bash -c "$theirs"   # warm the page cache for both
+    bash -c "$ours" >/dev/null && bash -c "$theirs"   # warm the page cache for both
     local a=() b=() r
     for r in $(seq "$RUNS"); do
         a+=("$(time_of "$ours")")
@@ -104,7 +104,7 @@ bench_export() {
 bench_sparse() {
     log "== export of a ${BIG_MIB} MiB upper holding ${BIG_DATA_MIB} MiB of data ($RUNS runs)"
     local ours="'$BIN' --root '$ROOT' -q export big -o '$WORK/big.tar.zst'"
-    bash -c "$ours"
+    bash -c "$ours" >/dev/null
     local a=() r
     for r in $(seq "$RUNS"); do
         a+=("$(time_of "$ours")")
