@@ -168,6 +168,16 @@ pub fn is_zero(bytes: &[u8]) -> bool {
     whole && words.remainder().iter().all(|&b| b == 0)
 }
 
+/// Ask the kernel to start writing `file`'s dirty pages back without waiting
+/// for them, so a later fsync finds little left to do. Best effort: a file
+/// system that does not support it is simply not hinted.
+pub fn start_writeback(file: &File) {
+    // SAFETY: sync_file_range on a descriptor we own; no memory is touched.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
 /// fsync a directory, making the renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)

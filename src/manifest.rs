@@ -192,10 +192,16 @@ impl Manifest {
 
     /// `created_at` as seconds since the Unix epoch (clamped at 0).
     pub fn created_at_unix(&self) -> Result<u64, ManifestError> {
-        let t = OffsetDateTime::parse(&self.created_at, &Rfc3339)
-            .map_err(|_| ManifestError::CreatedAt(self.created_at.clone()))?;
-        Ok(t.unix_timestamp().max(0) as u64)
+        unix_seconds(&self.created_at)
     }
+}
+
+/// An RFC 3339 timestamp as seconds since the Unix epoch (clamped at 0), for
+/// `created_at` values the index recorded from validated manifests.
+pub fn unix_seconds(rfc3339: &str) -> Result<u64, ManifestError> {
+    let t = OffsetDateTime::parse(rfc3339, &Rfc3339)
+        .map_err(|_| ManifestError::CreatedAt(rfc3339.to_string()))?;
+    Ok(t.unix_timestamp().max(0) as u64)
 }
 
 impl Integrity {

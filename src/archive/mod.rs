@@ -1,2 +1,10 @@
 //! The archive format (DESIGN §2): export and import of `.tar.zst` / tar
 //! streams that interoperate with microsandbox's snapshot save/load.
+
+pub mod export;
+pub mod export_plan;
+pub mod stream;
+pub mod tar;
+
+pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
+pub use export_plan::{ExportPlan, PlannedFile, Selection};

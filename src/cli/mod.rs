@@ -97,6 +97,32 @@ pub enum Command {
         #[arg(long)]
         content: bool,
     },
+    /// Write a snapshot (and optionally its chain and image) as an archive.
+    Export {
+        /// Name, full digest, or unique digest prefix of the head snapshot.
+        reference: String,
+        /// The archive file, or `-` for stdout.
+        #[arg(short, long, value_name = "FILE|-")]
+        output: PathBuf,
+        /// Include every ancestor, root first.
+        #[arg(long)]
+        with_parents: bool,
+        /// Include the head's image artifacts from the cache.
+        #[arg(long)]
+        with_image: bool,
+        /// Write a plain tar instead of zstd.
+        #[arg(long, conflicts_with = "level")]
+        plain_tar: bool,
+        /// Regular entries only, holes written as zeros (for older microsandbox loaders).
+        #[arg(long)]
+        dense: bool,
+        /// zstd compression level.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+        level: Option<i32>,
+        /// Export only the snapshots after REF in the chain; the receiver must hold REF.
+        #[arg(long, value_name = "REF")]
+        base: Option<String>,
+    },
 }
 
 /// A progress bar on stderr, shown only on a terminal and without `-q`.

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use super::{BarProgress, Cli, Command, Printer, human_bytes, plural};
 use crate::add::AddOptions;
+use crate::archive::export::DEFAULT_LEVEL;
+use crate::archive::{Compression, ExportOptions, ExportTarget, Selection};
 use crate::error::{Error, Result};
 use crate::gc::GcReport;
 use crate::layout::Layout;
@@ -264,6 +266,51 @@ fn dispatch(
                 });
             }
             rendered
+        }
+        Command::Export {
+            reference,
+            output,
+            with_parents,
+            with_image,
+            plain_tar,
+            dense,
+            level,
+            base,
+        } => {
+            let target = ExportTarget::from_arg(&output);
+            if p.json && target == ExportTarget::Stdout {
+                return Err(Error::Usage(
+                    "--json needs -o FILE: with -o - stdout carries the archive".into(),
+                ));
+            }
+            let opts = ExportOptions {
+                selection: Selection {
+                    with_parents,
+                    base,
+                    with_image,
+                },
+                compression: if plain_tar {
+                    Compression::None
+                } else {
+                    Compression::Zstd(level.unwrap_or(DEFAULT_LEVEL))
+                },
+                dense,
+            };
+            let r = registry.export(&reference, &opts, &target, progress)?;
+            if target == ExportTarget::Stdout {
+                Ok(())
+            } else if p.json {
+                p.json(&r)
+            } else {
+                p.line(format!(
+                    "exported {} (head {}) and {} to {}: {}",
+                    plural(r.snapshots.len(), "snapshot"),
+                    r.head,
+                    plural(r.cache_files.len(), "cache file"),
+                    r.archive,
+                    human_bytes(r.bytes)
+                ))
+            }
         }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
     })

@@ -3,5 +3,6 @@
 
 mod core;
 mod crash;
+mod export;
 mod gc;
 mod util;

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Archive benchmark: msb-registry export against `tar --sparse | zstd -T0 -3`
+# on the same files, in the same run. Prints medians, ratios and peak RSS.
+#
+#   bench/archive.sh                 # full size (a few minutes, ~3 GiB of disk)
+#   UPPER_MIB=512 DATA_MIB=64 LAYER_MIB=8 bench/archive.sh   # smaller
+#
+# Knobs (environment): UPPER_MIB (2048) logical size of each chain upper,
+# DATA_MIB (256) data in each, LAYERS (3) x LAYER_MIB (32) image layers,
+# BIG_MIB (4096) / BIG_DATA_MIB (8) the sparse-upper case, RUNS (5),
+# WORK (a temp dir; removed at the end unless KEEP=1).
+#
+# Each phase is a function; an import phase can be appended to main().
+
+set -euo pipefail
+
+UPPER_MIB=${UPPER_MIB:-2048}
+DATA_MIB=${DATA_MIB:-256}
+LAYERS=${LAYERS:-3}
+LAYER_MIB=${LAYER_MIB:-32}
+BIG_MIB=${BIG_MIB:-4096}
+BIG_DATA_MIB=${BIG_DATA_MIB:-8}
+RUNS=${RUNS:-5}
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET_DIR/release/msb-registry
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/msb-archive-bench.XXXXXX")}
+ROOT=$WORK/root
+IMAGE_REF=python:3.12
+
+cleanup() { [[ ${KEEP:-0} == 1 ]] || rm -rf "$WORK"; }
+trap cleanup EXIT
+
+log() { printf '%s\n' "$*" >&2; }
+
+build() {
+    log "== build (release)"
+    (cd "$REPO" && cargo build --release --quiet)
+}
+
+# Seconds taken by a shell command, to stdout.
+time_of() {
+    local start end
+    start=$(date +%s.%N)
+    bash -c "$1" >/dev/null
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc -l
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); if (NR % 2) print v[m]; else print (v[m] + v[m + 1]) / 2 }'; }
+
+# Peak resident set of a command, in MiB.
+peak_rss_mib() {
+    if [[ -x /usr/bin/time ]]; then
+        /usr/bin/time -v bash -c "exec $1" 2>&1 >/dev/null | awk -F': ' '/Maximum resident set size/ { printf "%.1f\n", $2 / 1024 }'
+    else
+        python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1], shell=True, check=True, stdout=subprocess.DEVNULL)
+print("%.1f" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))' "exec $1"
+    fi
+}
+
+setup_registry() {
+    log "== registry: 3 uppers of ${UPPER_MIB} MiB logical / ${DATA_MIB} MiB data, ${LAYERS} layers of ${LAYER_MIB} MiB"
+    local src=$WORK/src image parent="" digest i=0
+    image=$(python3 "$HERE/gen.py" image "$src/cache" "$IMAGE_REF" "$LAYERS" "$LAYER_MIB")
+    for name in base deps app; do
+        digest=$(python3 "$HERE/gen.py" snapshot "$src/$name" "$UPPER_MIB" "$DATA_MIB" "$i" \
+            "$IMAGE_REF" "$image" "2026-10-01T09:0${i}:00Z" $parent)
+        "$BIN" --root "$ROOT" -q add "$src/$name" --name "$name" --cache-dir "$src/cache" >/dev/null
+        parent=$digest
+        i=$((i + 1))
+    done
+    digest=$(python3 "$HERE/gen.py" snapshot "$src/big" "$BIG_MIB" "$BIG_DATA_MIB" 9 \
+        "$IMAGE_REF" "$image" "2026-10-02T09:00:00Z")
+    "$BIN" --root "$ROOT" -q add "$src/big" --name big >/dev/null
+    rm -rf "$src"
+    log "   registry: $(du -sh --apparent-size "$ROOT" | cut -f1) apparent, $(du -sh "$ROOT" | cut -f1) allocated"
+}
+
+bench_export() {
+    log "== export --with-parents --with-image vs tar --sparse | zstd -T0 -3 ($RUNS runs each)"
+    local ours="'$BIN' --root '$ROOT' -q export app --with-parents --with-image -o '$WORK/ours.tar.zst'"
+    local theirs="tar --sparse -cf - -C '$ROOT' snapshots/base snapshots/deps snapshots/app cache | zstd -q -T0 -3 > '$WORK/tar.tar.zst'"
+    bash -c "$ours" >/dev/null && bash -c "$theirs"   # warm the page cache for both
+    local a=() b=() r
+    for r in $(seq "$RUNS"); do
+        a+=("$(time_of "$ours")")
+        b+=("$(time_of "$theirs")")
+    done
+    local ma mb
+    ma=$(printf '%s\n' "${a[@]}" | median)
+    mb=$(printf '%s\n' "${b[@]}" | median)
+    printf 'export full      median %6.3f s  (runs: %s)\n' "$ma" "${a[*]}"
+    printf 'tar|zstd full    median %6.3f s  (runs: %s)\n' "$mb" "${b[*]}"
+    printf 'ratio export / tar|zstd: %.2f  (target <= 1.0)\n' "$(echo "$ma / $mb" | bc -l)"
+    printf 'archive sizes: export %s bytes, tar|zstd %s bytes\n' \
+        "$(stat -c %s "$WORK/ours.tar.zst")" "$(stat -c %s "$WORK/tar.tar.zst")"
+    printf 'peak RSS export full: %s MiB (target <= 64)\n' "$(peak_rss_mib "$ours")"
+}
+
+bench_sparse() {
+    log "== export of a ${BIG_MIB} MiB upper holding ${BIG_DATA_MIB} MiB of data ($RUNS runs)"
+    local ours="'$BIN' --root '$ROOT' -q export big -o '$WORK/big.tar.zst'"
+    bash -c "$ours" >/dev/null
+    local a=() r
+    for r in $(seq "$RUNS"); do
+        a+=("$(time_of "$ours")")
+    done
+    printf 'export sparse    median %6.3f s  (target <= 0.3; runs: %s)\n' \
+        "$(printf '%s\n' "${a[@]}" | median)" "${a[*]}"
+    printf 'peak RSS export sparse: %s MiB\n' "$(peak_rss_mib "$ours")"
+}
+
+main() {
+    build
+    setup_registry
+    bench_export
+    bench_sparse
+}
+
+main "$@"
