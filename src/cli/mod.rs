@@ -83,6 +83,14 @@ pub enum Command {
     },
     /// Rebuild the index from the artifacts on disk.
     Reindex,
+    /// Import an archive (zstd or plain tar) written by export or microsandbox's save.
+    Import {
+        /// The archive file, or - for standard input.
+        archive: String,
+        /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>].
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// A progress bar on stderr, shown only on a terminal and without `-q`.
