@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use super::import::{StreamedSnapshot, Streamed};
+use super::import::{Streamed, StreamedSnapshot};
 use crate::db::SnapshotFileRow;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -44,7 +44,9 @@ pub fn head(snapshots: &[StreamedSnapshot]) -> Result<usize> {
             if position.get(&parent).is_some_and(|&j| j > i) {
                 return Err(Error::rejected(
                     format!("{}/{MANIFEST_FILE}", s.prefix),
-                    format!("its parent {parent} comes later in the archive; parents must come first"),
+                    format!(
+                        "its parent {parent} comes later in the archive; parents must come first"
+                    ),
                 ));
             }
         }

@@ -284,7 +284,14 @@ mod tests {
             ),
             "link target",
         );
-        assert!(classify(EntryType::Regular, Some(b""), format!("{PREFIX}/x").as_bytes()).is_ok());
+        assert!(
+            classify(
+                EntryType::Regular,
+                Some(b""),
+                format!("{PREFIX}/x").as_bytes()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -292,7 +299,7 @@ mod tests {
         let mut raw = format!("{PREFIX}/").into_bytes();
         raw.extend([0xff, 0xfe, b'x']);
         refused(classify(EntryType::Regular, None, &raw), "not UTF-8");
-        assert!(utf8_path("sha256-0123456789abcdef/é").is_ok());
+        assert!(utf8_path("sha256-0123456789abcdef/é".as_bytes()).is_ok());
     }
 
     #[test]
@@ -309,7 +316,10 @@ mod tests {
         refused(file(&format!("{PREFIX}/..")), "'..'");
         refused(file(&format!("./{PREFIX}/./upper.ext4")), "'.'");
         refused(file(&format!("././{PREFIX}/upper.ext4")), "'.'");
-        refused(file(&format!("{PREFIX}//upper.ext4")), "empty path components");
+        refused(
+            file(&format!("{PREFIX}//upper.ext4")),
+            "empty path components",
+        );
         refused(file(&format!("{PREFIX}/a\\b")), "not a normal file name");
         refused(dir("cache/../"), "'..'");
     }

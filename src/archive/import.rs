@@ -139,13 +139,8 @@ impl Registry {
             .build()
             .at("start runtime for", source.label())?;
         progress.start("import", opened.len);
-        let streamed = runtime.block_on(read_archive(
-            &layout,
-            lease.id(),
-            source,
-            opened,
-            progress,
-        ));
+        let streamed =
+            runtime.block_on(read_archive(&layout, lease.id(), source, opened, progress));
         runtime.shutdown_background();
         progress.finish();
         let streamed = streamed?;
@@ -238,7 +233,7 @@ async fn read_archive(
 ) -> Result<Streamed> {
     let (tar, pump) = Pump::start(opened);
     let budget = Rc::new(Budget::default());
-    let mut archive = tokio_tar::Archive::new(Budgeted::new(tar, budget.clone()));
+    let mut reader = Budgeted::new(tar, budget.clone());
     let mut stager = Stager {
         layout,
         id,
@@ -253,11 +248,12 @@ async fn read_archive(
         buf: vec![0u8; CHUNK],
         last: None,
     };
-    let outcome = stager.run(&mut archive, &budget).await;
-    let drained = match (&outcome, archive.into_inner()) {
-        (Ok(()), Ok(mut rest)) => drain(&mut rest).await,
-        _ => Ok(()),
+    let outcome = stager.run(&mut reader, &budget).await;
+    let drained = match &outcome {
+        Ok(()) => drain(&mut reader).await,
+        Err(_) => Ok(()),
     };
+    drop(reader);
     match pump.finish().await {
         Err(PumpError::Zstd(e)) => Err(Error::rejected(
             "archive",
@@ -288,6 +284,9 @@ fn tar_error(after: &Option<String>, e: std::io::Error) -> Error {
     };
     if e.get_ref().is_some_and(|i| i.is::<OverBudget>()) {
         return Error::rejected("archive", format!("{e}{whence}"));
+    }
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return Error::rejected("archive", format!("truncated tar stream{whence}: {e}"));
     }
     Error::rejected("archive", format!("corrupt tar stream{whence}: {e}"))
 }
@@ -320,13 +319,29 @@ struct Stager<'a> {
     last: Option<String>,
 }
 
-type TarArchive = tokio_tar::Archive<Budgeted<tokio::io::DuplexStream>>;
-
 impl Stager<'_> {
-    async fn run(&mut self, archive: &mut TarArchive, budget: &Budget) -> Result<()> {
-        let mut entries = archive.entries().map_err(|e| tar_error(&None, e))?;
+    /// Read members until the end-of-archive marker.
+    ///
+    /// Each member is read through a fresh `tokio_tar::Archive` positioned
+    /// at its header: astral-tokio-tar 0.7.0 keeps the extension-header
+    /// state of a GNU sparse entry across entries, so a second sparse entry
+    /// with extension headers in the same stream would be misread. The
+    /// padding after each member is skipped here instead.
+    async fn run(
+        &mut self,
+        reader: &mut Budgeted<tokio::io::DuplexStream>,
+        budget: &Budget,
+    ) -> Result<()> {
         loop {
+            let pad = (512 - budget.position() % 512) % 512;
+            let mut skip = [0u8; 512];
+            reader
+                .read_exact(&mut skip[..pad as usize])
+                .await
+                .map_err(|e| tar_error(&self.last, e))?;
             budget.arm();
+            let mut archive = tokio_tar::Archive::new(&mut *reader);
+            let mut entries = archive.entries().map_err(|e| tar_error(&None, e))?;
             let next = entries.next().await;
             let header_bytes = budget.disarm();
             let mut entry = match next {
@@ -403,7 +418,7 @@ impl Stager<'_> {
             .take(size)
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| tar_error(&self.last, e))?;
+            .map_err(|e| Error::rejected(&member, format!("truncated or corrupt: {e}")))?;
         if (bytes.len() as u64) < size {
             return Err(truncated(&member, bytes.len() as u64, size));
         }
@@ -537,13 +552,19 @@ impl Stager<'_> {
             let want = (size - done).min(self.buf.len() as u64) as usize;
             let mut filled = 0;
             while filled < want {
-                let n = entry
-                    .read(&mut self.buf[filled..want])
-                    .await
-                    .map_err(|e| tar_error(&Some(member.to_string()), e))?;
-                if n == 0 {
-                    return Err(truncated(member, done + filled as u64, size));
-                }
+                let n = match entry.read(&mut self.buf[filled..want]).await {
+                    Ok(0) => return Err(truncated(member, done + filled as u64, size)),
+                    Ok(n) => n,
+                    Err(e) => {
+                        return Err(Error::rejected(
+                            member,
+                            format!(
+                                "truncated or corrupt after {} of {size} bytes: {e}",
+                                done + filled as u64
+                            ),
+                        ));
+                    }
+                };
                 filled += n;
             }
             let chunk = &self.buf[..filled];

@@ -210,14 +210,21 @@ impl AsyncRead for Counting {
 #[error("tar headers and extensions of one member exceed {HEADER_BUDGET} bytes")]
 pub struct OverBudget;
 
-/// Counts the bytes read since [`Budget::arm`] and refuses more than the limit while armed.
+/// Counts the bytes read since [`Budget::arm`] and refuses more than the
+/// limit while armed; also knows the stream position.
 #[derive(Debug, Default)]
 pub struct Budget {
     armed: Cell<bool>,
     used: Cell<u64>,
+    pos: Cell<u64>,
 }
 
 impl Budget {
+    /// Bytes read through the [`Budgeted`] reader so far.
+    pub fn position(&self) -> u64 {
+        self.pos.get()
+    }
+
     /// Start counting (before asking the tar reader for the next member).
     pub fn arm(&self) {
         self.armed.set(true);
@@ -251,7 +258,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for Budgeted<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if !self.budget.armed.get() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+            let n = buf.filled().len() - before;
+            self.budget.pos.set(self.budget.pos.get() + n as u64);
+            return r;
         }
         let left = HEADER_BUDGET.saturating_sub(self.budget.used.get());
         if left == 0 {
@@ -264,6 +275,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Budgeted<R> {
         if let Poll::Ready(Ok(())) = r {
             buf.advance(n);
             self.budget.used.set(self.budget.used.get() + n as u64);
+            self.budget.pos.set(self.budget.pos.get() + n as u64);
         }
         r
     }

@@ -2,4 +2,6 @@
 //! registries, plus library-level checks. One binary, one module per area.
 
 mod core;
+mod import;
+mod tarcraft;
 mod util;
