@@ -40,15 +40,13 @@ pub fn head(snapshots: &[StreamedSnapshot]) -> Result<usize> {
         .map(|(i, s)| (s.parsed.digest, i))
         .collect();
     for (i, s) in snapshots.iter().enumerate() {
-        if let Some(parent) = s.parsed.manifest.parent {
-            if position.get(&parent).is_some_and(|&j| j > i) {
-                return Err(Error::rejected(
-                    format!("{}/{MANIFEST_FILE}", s.prefix),
-                    format!(
-                        "its parent {parent} comes later in the archive; parents must come first"
-                    ),
-                ));
-            }
+        if let Some(parent) = s.parsed.manifest.parent
+            && position.get(&parent).is_some_and(|&j| j > i)
+        {
+            return Err(Error::rejected(
+                format!("{}/{MANIFEST_FILE}", s.prefix),
+                format!("its parent {parent} comes later in the archive; parents must come first"),
+            ));
         }
     }
     let parents: HashSet<Digest> = snapshots

@@ -18,6 +18,12 @@ pub const CACHE_DIR: &str = "cache";
 /// The name of a snapshot's manifest inside its directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The longest path component accepted (the usual file-system limit).
+pub const MAX_COMPONENT_BYTES: usize = 255;
+
+/// The most members an archive may hold; real ones hold a few per snapshot.
+pub const MAX_MEMBERS: usize = 65_536;
+
 /// The two shapes of entry the grammar allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -148,6 +154,12 @@ pub fn components(path: &str, kind: EntryKind) -> Result<Vec<&str>, String> {
             p if !is_normal_file_name(p) => {
                 return Err(format!("path component {p:?} is not a normal file name"));
             }
+            p if p.len() > MAX_COMPONENT_BYTES => {
+                return Err(format!(
+                    "a path component of {} bytes is longer than {MAX_COMPONENT_BYTES}",
+                    p.len()
+                ));
+            }
             _ => {}
         }
     }
@@ -217,8 +229,14 @@ pub struct MemberSet {
 }
 
 impl MemberSet {
-    /// Record `member`; a second occurrence is refused.
+    /// Record `member`; a second occurrence, or one member too many, is refused.
     pub fn insert(&mut self, member: &Member) -> Result<()> {
+        if self.seen.len() >= MAX_MEMBERS {
+            return Err(Error::rejected(
+                member.path(),
+                format!("the archive holds more than {MAX_MEMBERS} members"),
+            ));
+        }
         if self.seen.insert(member.clone()) {
             Ok(())
         } else {
@@ -322,6 +340,11 @@ mod tests {
         );
         refused(file(&format!("{PREFIX}/a\\b")), "not a normal file name");
         refused(dir("cache/../"), "'..'");
+        refused(
+            file(&format!("{PREFIX}/{}", "a".repeat(256))),
+            "longer than 255",
+        );
+        assert!(file(&format!("{PREFIX}/{}", "a".repeat(255))).is_ok());
     }
 
     #[test]
@@ -411,5 +434,19 @@ mod tests {
         let d = dir("cache").unwrap();
         set.insert(&d).unwrap();
         refused(set.insert(&dir("cache/").unwrap()).map(|()| d), "duplicate");
+    }
+
+    #[test]
+    fn member_count_is_capped() {
+        let mut set = MemberSet::default();
+        for i in 0..MAX_MEMBERS {
+            set.insert(&file(&format!("{PREFIX}/f{i}")).unwrap())
+                .unwrap();
+        }
+        let one_more = file(&format!("{PREFIX}/last")).unwrap();
+        refused(
+            set.insert(&one_more).map(|()| one_more),
+            "more than 65536 members",
+        );
     }
 }

@@ -292,7 +292,7 @@ mod tests {
         let mut r = Budgeted::new(&data[..], budget.clone());
         let mut sink = Vec::new();
         budget.arm();
-        let err = (&mut r).read_to_end(&mut sink).await.unwrap_err();
+        let err = r.read_to_end(&mut sink).await.unwrap_err();
         assert!(err.get_ref().unwrap().is::<OverBudget>());
         assert_eq!(sink.len() as u64, HEADER_BUDGET);
         assert_eq!(budget.disarm(), HEADER_BUDGET);

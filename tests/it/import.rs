@@ -834,6 +834,25 @@ fn refuses_manifests_that_break_the_schema() {
 }
 
 #[test]
+fn refuses_oversized_metadata_before_buffering_it() {
+    let reg = populated();
+    let (d, dir, _) = one_snapshot(&reg, "h");
+    let mut t = Tar::new();
+    add_snapshot(&mut t, &d, &dir, false);
+    let meta = CacheFile::metadata_for_ref("python:3.12");
+    let h = header(
+        Flavour::Gnu,
+        b'0',
+        format!("cache/{}", meta.rel_path()).as_bytes(),
+        (16 << 20) + 1,
+        b"",
+    );
+    // The header alone: the size is refused before any data is read.
+    t.raw(h, &[]);
+    refused(&reg, &t.bytes, 6, "the limit is 16 MiB");
+}
+
+#[test]
 fn refuses_a_manifest_under_the_wrong_prefix() {
     let reg = populated();
     let (_, dir, _) = one_snapshot(&reg, "h");
