@@ -89,19 +89,19 @@ impl Registry {
                 .unwrap_or_default()
                 .parse()?,
         };
-        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)? {
-            if opts.cache_dir.is_none() {
-                let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
-                return Ok(AddReport {
-                    digest: row.digest,
-                    name: row.name,
-                    already_present: true,
-                    files: files.len(),
-                    bytes: files.iter().map(|f| f.size).sum(),
-                    cache_files_installed: 0,
-                    cache_files_skipped: 0,
-                });
-            }
+        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
+            && opts.cache_dir.is_none()
+        {
+            let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
+            return Ok(AddReport {
+                digest: row.digest,
+                name: row.name,
+                already_present: true,
+                files: files.len(),
+                bytes: files.iter().map(|f| f.size).sum(),
+                cache_files_installed: 0,
+                cache_files_skipped: 0,
+            });
         }
         let mut lease = Lease::acquire(self, &dir.display().to_string())?;
         let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
@@ -272,6 +272,7 @@ fn copy_into(
 }
 
 /// Stage the pinned image's metadata and artifacts from a microsandbox cache directory.
+#[expect(clippy::type_complexity, reason = "a private helper's one tuple")]
 fn stage_image(
     cache_dir: &Path,
     parsed: &ParsedManifest,

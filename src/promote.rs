@@ -76,10 +76,10 @@ fn rename_all(registry: &Registry, moves: &[Move]) -> Result<()> {
         if i == 0 {
             failpoint::hit("promote.first-rename")?;
         }
-        if let Some(parent) = to.parent() {
-            if !dirs.contains(&parent.to_path_buf()) {
-                dirs.push(parent.to_path_buf());
-            }
+        if let Some(parent) = to.parent()
+            && !dirs.contains(&parent.to_path_buf())
+        {
+            dirs.push(parent.to_path_buf());
         }
     }
     for d in dirs {

@@ -266,6 +266,7 @@ fn adopt_snapshot(
     Ok((parsed, files))
 }
 
+#[expect(clippy::type_complexity, reason = "a private helper's one tuple")]
 fn adopt_cache_file(
     path: &Path,
     file: &CacheFile,
