@@ -826,6 +826,17 @@ fn refuses_manifests_that_break_the_schema() {
         refused(&reg, &t.finish(), 5, text);
     }
     let mut t = Tar::new();
+    t.file("sha256-0123456789abcdef/manifest.json", b"{");
+    let run = {
+        let path = write(&reg, "eof.tar", &t.finish());
+        reg.run(&["import", &path]).fails(5, "EOF while parsing")
+    };
+    assert_eq!(
+        run.stderr.matches("EOF while parsing").count(),
+        1,
+        "cause printed once"
+    );
+    let mut t = Tar::new();
     t.file(
         "sha256-0123456789abcdef/manifest.json",
         &vec![b' '; (1 << 20) + 1],
