@@ -1064,3 +1064,89 @@ fn refuses_a_directory_entry_with_data() {
     t.raw(h, &[0u8; 512]);
     refused(&reg, &t.finish(), 6, "a directory entry may not carry data");
 }
+
+/// Archives written by GNU tar itself: old-GNU sparse headers with extension
+/// blocks for several uppers in one stream, and pax headers on dense members.
+#[test]
+fn gnu_tar_sparse_and_pax_archives_import() {
+    if Command::new("tar").arg("--version").output().is_err() {
+        eprintln!("skipping: GNU tar is not installed");
+        return;
+    }
+    for format in [&["--format=gnu", "-S"][..], &["--format=pax"][..]] {
+        let reg = Reg::new();
+        let src = scattered_chain(&reg, 3);
+        let mut files = Vec::new();
+        for (d, dir) in &src.snaps {
+            let prefix = d.archive_prefix();
+            let staged = reg.path(&format!("tree/{prefix}"));
+            std::fs::create_dir_all(&staged).unwrap();
+            for f in ["manifest.json", "upper.ext4"] {
+                // cp --sparse keeps the holes GNU tar's -S looks for.
+                let ok = Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(dir.join(f))
+                    .arg(staged.join(f))
+                    .status()
+                    .unwrap();
+                assert!(ok.success());
+                files.push(format!("{prefix}/{f}"));
+            }
+        }
+        let archive = reg.path("gnu.tar");
+        let ok = Command::new("tar")
+            .args(format)
+            .arg("-C")
+            .arg(reg.path("tree"))
+            .arg("-cf")
+            .arg(&archive)
+            .args(&files)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let bytes = std::fs::read(&archive).unwrap();
+        let sparse_headers = bytes
+            .chunks(512)
+            .filter(|h| h[156] == b'S' && &h[257..263] == b"ustar ")
+            .count();
+        if format[0] == "--format=gnu" {
+            assert_eq!(sparse_headers, 3, "GNU tar wrote sparse entries");
+        }
+        let r: ImportReport = reg.json(&["import", archive.to_str().unwrap()]);
+        assert_eq!(r.imported.len(), 3, "{format:?}");
+        for (d, dir) in &src.snaps {
+            let got = reg
+                .root()
+                .join(format!("snapshots/{}/upper.ext4", d.archive_prefix()));
+            assert_eq!(
+                std::fs::read(&got).unwrap(),
+                std::fs::read(dir.join("upper.ext4")).unwrap()
+            );
+        }
+    }
+}
+
+/// A chain whose uppers hold many separate data extents, so sparse
+/// headers need extension blocks.
+fn scattered_chain(reg: &Reg, n: usize) -> Source {
+    let cache = reg.path("s-cache");
+    let image = make_image_cache(&cache, "python:3.12", 41, &[8192]);
+    let mut snaps: Vec<(Digest, PathBuf)> = Vec::new();
+    for i in 0..n {
+        let mut spec = SnapSpec::new(&image);
+        spec.created_at = format!("2026-10-01T10:{i:02}:00Z");
+        spec.data = (0..40u64)
+            .map(|k| (k * 200 * 1024, vec![(k as u8) ^ (i as u8) | 1; 4096]))
+            .collect();
+        if let Some((p, _)) = snaps.last() {
+            spec = spec.parent(*p);
+        }
+        let dir = reg.path(&format!("s/s{i}"));
+        snaps.push((make_snapshot(&dir, &spec), dir));
+    }
+    Source {
+        snaps,
+        image,
+        cache,
+    }
+}
