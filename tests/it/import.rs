@@ -153,6 +153,11 @@ fn refused(reg: &Reg, bytes: &[u8], code: i32, text: &str) {
         Vec::<String>::new(),
         "staging left behind"
     );
+    let live: Vec<serde_json::Value> = reg.json(&[
+        "sql",
+        "SELECT id FROM imports WHERE state NOT IN ('done', 'failed')",
+    ]);
+    assert!(live.is_empty(), "an import was left open: {live:?}");
 }
 
 fn list(reg: &Reg) -> Vec<ListEntry> {
@@ -402,6 +407,45 @@ fn two_imports_at_once_sharing_an_image_both_succeed() {
     assert_eq!(ra.cache_files_installed + rb.cache_files_installed, 5);
     assert_eq!(ra.cache_files_skipped + rb.cache_files_skipped, 5);
     assert_eq!(list(&reg).len(), 4);
+    assert_consistent(&reg);
+}
+
+#[test]
+fn the_same_archive_imported_twice_at_once() {
+    let reg = Reg::new();
+    reg.run(&["list"]).ok();
+    let src = source(&reg, "t", 2, 43);
+    let path = write(&reg, "t.tar", &zstd(&full_archive(&src, false).finish()));
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(bin())
+                .args([
+                    "--root",
+                    reg.root().to_str().unwrap(),
+                    "import",
+                    &path,
+                    "--json",
+                ])
+                .env_remove("MSB_FAILPOINT")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut imported = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: ImportReport = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r.imported.len() + r.skipped.len(), 2);
+        imported += r.imported.len();
+    }
+    assert_eq!(imported, 2, "each snapshot installed exactly once");
     assert_consistent(&reg);
 }
 
