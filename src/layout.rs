@@ -88,6 +88,20 @@ impl Layout {
         self.staging().join(id)
     }
 
+    /// `staging/<id>/snapshots/<dir>/`: a snapshot directory staged by an
+    /// import; `dir` is a validated archive prefix (`sha256-<16 hex>`).
+    pub fn staged_snapshot(&self, id: &str, dir: &str) -> PathBuf {
+        self.import_staging(id).join("snapshots").join(dir)
+    }
+
+    /// `staging/<id>/cache/<kind>/<file>`: a cache file staged by an import.
+    pub fn staged_cache_file(&self, id: &str, file: &CacheFile) -> PathBuf {
+        self.import_staging(id)
+            .join("cache")
+            .join(file.kind.as_str())
+            .join(file.file_name())
+    }
+
     /// `staging/<id>.lock`, held (flock) by the importing process while it lives.
     pub fn import_lock(&self, id: &str) -> PathBuf {
         self.staging().join(format!("{id}.lock"))

@@ -21,7 +21,7 @@ pub const INTEGRITY_SPARSE_SHA256_V1: &str = "msb-sparse-sha256-v1";
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Not JSON, a wrong type, an unknown or missing field.
-    #[error("{0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// `schema` other than 1.
     #[error("unsupported schema {0}; expected 1")]

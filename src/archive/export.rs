@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, BufWriter};
 
 use super::export_plan::{ExportPlan, Selection};
-use super::stream::{MemberWriter, OpenedFile};
+use super::export_stream::{MemberWriter, OpenedFile};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::files::{CHUNK, fsync_dir, start_writeback};

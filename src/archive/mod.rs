@@ -1,9 +1,13 @@
 //! The archive format (DESIGN §2): export and import of `.tar.zst` / tar
 //! streams that interoperate with microsandbox's snapshot save/load.
 
+pub mod check;
+pub mod entry;
 pub mod export;
 pub mod export_plan;
-pub mod stream;
+pub mod export_stream;
+pub mod import;
+pub mod import_source;
 pub mod tar;
 
 pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};

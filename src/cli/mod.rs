@@ -123,6 +123,14 @@ pub enum Command {
         #[arg(long, value_name = "REF")]
         base: Option<String>,
     },
+    /// Import an archive (zstd or plain tar) written by export or microsandbox's save.
+    Import {
+        /// The archive file, or - for standard input.
+        archive: String,
+        /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>].
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// A progress bar on stderr, shown only on a terminal and without `-q`.

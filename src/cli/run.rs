@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::{BarProgress, Cli, Command, Printer, human_bytes, plural};
 use crate::add::AddOptions;
 use crate::archive::export::DEFAULT_LEVEL;
+use crate::archive::import::{ImportOptions, ImportSource};
 use crate::archive::{Compression, ExportOptions, ExportTarget, Selection};
 use crate::error::{Error, Result};
 use crate::gc::GcReport;
@@ -310,6 +311,29 @@ fn dispatch(
                     r.archive,
                     human_bytes(r.bytes)
                 ))
+            }
+        }
+        Command::Import { archive, name } => {
+            let r = registry.import(
+                &ImportSource::from_arg(&archive),
+                &ImportOptions { name },
+                progress,
+            )?;
+            if p.json {
+                p.json(&r)
+            } else {
+                let mut out = vec![format!(
+                    "imported {} ({}): {} new, {} already present; cache: {} installed, {} already present",
+                    r.name,
+                    r.head,
+                    plural(r.imported.len(), "snapshot"),
+                    r.skipped.len(),
+                    r.cache_files_installed,
+                    r.cache_files_skipped
+                )];
+                out.extend(r.imported.iter().map(|d| format!("  new      {d}")));
+                out.extend(r.skipped.iter().map(|d| format!("  present  {d}")));
+                out.into_iter().try_for_each(|l| p.line(l))
             }
         }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),

@@ -5,4 +5,6 @@ mod core;
 mod crash;
 mod export;
 mod gc;
+mod import;
+mod tarcraft;
 mod util;

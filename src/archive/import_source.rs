@@ -1,0 +1,303 @@
+//! The byte stream an import reads: the source (a file or stdin), zstd told
+//! apart from plain tar by its magic bytes, decompressed on a worker task so
+//! decoding overlaps hashing, and a budget on the bytes the tar reader may
+//! consume between two members, so that extension headers (GNU long names,
+//! pax records, sparse maps) can never be buffered without bound.
+
+use std::cell::Cell;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use async_compression::tokio::bufread::ZstdDecoder;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadBuf};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, IoContext, Result};
+
+/// The zstd frame magic, `28 b5 2f fd`.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Largest zstd window accepted (2^25 = 32 MiB), which bounds the decoder's memory.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+
+/// Bytes the tar reader may consume between two members: headers, GNU long
+/// names, pax records and sparse maps together.
+pub const HEADER_BUDGET: u64 = 1024 * 1024;
+
+const PIPE_BYTES: usize = 1024 * 1024;
+
+/// Where an archive is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportSource {
+    /// An archive file.
+    Path(PathBuf),
+    /// Standard input (`-`).
+    Stdin,
+}
+
+impl ImportSource {
+    /// `-` means stdin; anything else is a path.
+    pub fn from_arg(arg: &str) -> Self {
+        if arg == "-" {
+            ImportSource::Stdin
+        } else {
+            ImportSource::Path(arg.into())
+        }
+    }
+
+    /// How the source is named in the journal and in messages.
+    pub fn label(&self) -> String {
+        match self {
+            ImportSource::Path(p) => p.display().to_string(),
+            ImportSource::Stdin => "-".into(),
+        }
+    }
+}
+
+/// An opened source, not yet read.
+pub struct OpenedSource {
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+    /// Its length in bytes when it is a regular file.
+    pub len: Option<u64>,
+}
+
+/// Open the source (outside any runtime work, so a missing file fails before a lease is taken).
+pub fn open(source: &ImportSource) -> Result<OpenedSource> {
+    match source {
+        ImportSource::Path(path) => {
+            let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => Error::NotFound {
+                    what: "archive",
+                    reference: path.display().to_string(),
+                },
+                _ => Error::io("open", path, e),
+            })?;
+            let meta = file.metadata().at("stat", path)?;
+            if meta.is_dir() {
+                return Err(Error::Usage(format!(
+                    "{} is a directory; import takes an archive file or -",
+                    path.display()
+                )));
+            }
+            Ok(OpenedSource {
+                reader: Box::new(tokio::fs::File::from_std(file)),
+                len: meta.is_file().then_some(meta.len()),
+            })
+        }
+        ImportSource::Stdin => Ok(OpenedSource {
+            reader: Box::new(tokio::io::stdin()),
+            len: None,
+        }),
+    }
+}
+
+/// Why the worker stopped.
+#[derive(Debug)]
+pub enum PumpError {
+    /// The source could not be read.
+    Read(io::Error),
+    /// The zstd stream is corrupt, truncated, or needs too large a window.
+    Zstd(io::Error),
+}
+
+/// The decompressing worker and its outcome.
+pub struct Pump {
+    /// Compressed bytes read from the source so far.
+    pub consumed: Arc<AtomicU64>,
+    handle: JoinHandle<Result<bool, PumpError>>,
+}
+
+impl Pump {
+    /// Start the worker on the current runtime; returns the pipe the tar bytes come out of.
+    pub fn start(source: OpenedSource) -> (DuplexStream, Self) {
+        let (tar, mut out) = tokio::io::duplex(PIPE_BYTES);
+        let consumed = Arc::new(AtomicU64::new(0));
+        let counting = Counting {
+            inner: source.reader,
+            count: consumed.clone(),
+        };
+        let handle = tokio::spawn(async move {
+            let mut input = BufReader::with_capacity(PIPE_BYTES, counting);
+            let mut magic = Vec::with_capacity(4);
+            while magic.len() < 4 {
+                let mut b = [0u8; 4];
+                let n = input
+                    .read(&mut b[..4 - magic.len()])
+                    .await
+                    .map_err(PumpError::Read)?;
+                if n == 0 {
+                    break;
+                }
+                magic.extend_from_slice(&b[..n]);
+            }
+            let zstd = magic == ZSTD_MAGIC;
+            let head = std::io::Cursor::new(magic);
+            let joined = BufReader::with_capacity(PIPE_BYTES, head.chain(input));
+            if zstd {
+                let mut decoder = ZstdDecoder::with_params(
+                    joined,
+                    &[async_compression::zstd::DParameter::window_log_max(
+                        ZSTD_WINDOW_LOG_MAX,
+                    )],
+                );
+                decoder.multiple_members(true);
+                copy_out(decoder, &mut out, PumpError::Zstd).await?;
+            } else {
+                copy_out(joined, &mut out, PumpError::Read).await?;
+            }
+            Ok(zstd)
+        });
+        (tar, Pump { consumed, handle })
+    }
+
+    /// Wait for the worker (after the pipe's reader is gone); `Ok(true)`
+    /// when the source was zstd. A worker cut short because the reader went
+    /// away ends without error.
+    pub async fn finish(self) -> Result<bool, PumpError> {
+        match self.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(PumpError::Read(io::Error::other(e))),
+        }
+    }
+}
+
+async fn copy_out<R: AsyncRead + Unpin>(
+    mut from: R,
+    to: &mut DuplexStream,
+    on_read: fn(io::Error) -> PumpError,
+) -> Result<(), PumpError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.map_err(on_read)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            // The reader stopped (refusal or end of archive): not our error.
+            return Ok(());
+        }
+    }
+}
+
+struct Counting {
+    inner: Box<dyn AsyncRead + Unpin + Send>,
+    count: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.count
+                .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// The error a [`Budgeted`] reader returns when the budget runs out.
+#[derive(Debug, thiserror::Error)]
+#[error("tar headers and extensions of one member exceed {HEADER_BUDGET} bytes")]
+pub struct OverBudget;
+
+/// Counts the bytes read since [`Budget::arm`] and refuses more than the
+/// limit while armed; also knows the stream position.
+#[derive(Debug, Default)]
+pub struct Budget {
+    armed: Cell<bool>,
+    used: Cell<u64>,
+    pos: Cell<u64>,
+}
+
+impl Budget {
+    /// Bytes read through the [`Budgeted`] reader so far.
+    pub fn position(&self) -> u64 {
+        self.pos.get()
+    }
+
+    /// Start counting (before asking the tar reader for the next member).
+    pub fn arm(&self) {
+        self.armed.set(true);
+        self.used.set(0);
+    }
+
+    /// Stop limiting (while a member's data is read); returns the bytes read while armed.
+    pub fn disarm(&self) -> u64 {
+        self.armed.set(false);
+        self.used.get()
+    }
+}
+
+/// A reader limited by a shared [`Budget`].
+pub struct Budgeted<R> {
+    inner: R,
+    budget: Rc<Budget>,
+}
+
+impl<R> Budgeted<R> {
+    /// Wrap `inner`.
+    pub fn new(inner: R, budget: Rc<Budget>) -> Self {
+        Budgeted { inner, budget }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Budgeted<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.budget.armed.get() {
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+            let n = buf.filled().len() - before;
+            self.budget.pos.set(self.budget.pos.get() + n as u64);
+            return r;
+        }
+        let left = HEADER_BUDGET.saturating_sub(self.budget.used.get());
+        if left == 0 {
+            return Poll::Ready(Err(io::Error::other(OverBudget)));
+        }
+        let want = (left as usize).min(buf.remaining());
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(want));
+        let r = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let n = limited.filled().len();
+        if let Poll::Ready(Ok(())) = r {
+            buf.advance(n);
+            self.budget.used.set(self.budget.used.get() + n as u64);
+            self.budget.pos.set(self.budget.pos.get() + n as u64);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn budget_limits_only_while_armed() {
+        let data = vec![7u8; (HEADER_BUDGET as usize) * 2];
+        let budget = Rc::new(Budget::default());
+        let mut r = Budgeted::new(&data[..], budget.clone());
+        let mut sink = Vec::new();
+        budget.arm();
+        let err = r.read_to_end(&mut sink).await.unwrap_err();
+        assert!(err.get_ref().unwrap().is::<OverBudget>());
+        assert_eq!(sink.len() as u64, HEADER_BUDGET);
+        assert_eq!(budget.disarm(), HEADER_BUDGET);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len() as u64, HEADER_BUDGET);
+    }
+}
