@@ -6,6 +6,7 @@ pub mod add;
 pub mod archive;
 pub mod cli;
 pub mod db;
+pub mod demo;
 pub mod digest;
 pub mod error;
 pub mod failpoint;

@@ -1,12 +1,11 @@
 //! The `msb-registry` binary: parse arguments, run the command, map the
 //! outcome to an exit code. Everything else lives in the library.
 
-use clap::Parser;
 use msb_registry::cli::{Cli, run};
 use msb_registry::error::exit;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let code = match run(cli) {
         Ok(Ok(())) => exit::OK,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,

@@ -73,7 +73,13 @@ impl SnapshotSpec {
 pub fn write_snapshot(dir: &Path, spec: &SnapshotSpec) -> Result<Digest> {
     std::fs::create_dir_all(dir).at("create directory", dir)?;
     let upper_path = dir.join("upper.ext4");
-    let upper = File::create(&upper_path).at("create", &upper_path)?;
+    let upper = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&upper_path)
+        .at("create", &upper_path)?;
     upper.set_len(spec.len).at("truncate", &upper_path)?;
     for (offset, bytes) in &spec.data {
         upper
@@ -131,25 +137,20 @@ fn hash_upper<H: LogicalSink>(file: &File, len: u64, path: &Path, mut hasher: H)
 /// Deterministic bytes: half pseudo-random, half repetitive text, like a
 /// real file system's mix of binaries and configuration.
 pub fn mixed_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
+    const BLOCK: usize = 64 * 1024;
+    const TEXT: &[u8] = b"PATH=/usr/local/bin:/usr/bin LANG=C.UTF-8 python3 -m pip install ";
+    let mut out = Vec::with_capacity(len + BLOCK);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        if (out.len() / 65536) % 2 == 0 {
-            for _ in 0..8192 {
+    for block in 0..len.div_ceil(BLOCK) {
+        if block % 2 == 0 {
+            for _ in 0..BLOCK / 8 {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 out.extend_from_slice(&x.to_le_bytes());
             }
         } else {
-            while out.len() % 65536 != 0 || (out.len() / 65536) % 2 == 1 {
-                out.extend_from_slice(
-                    b"PATH=/usr/local/bin:/usr/bin LANG=C.UTF-8 python3 -m pip install ",
-                );
-                if out.len() >= len {
-                    break;
-                }
-            }
+            out.extend(TEXT.iter().cycle().take(BLOCK));
         }
     }
     out.truncate(len);

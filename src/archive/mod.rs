@@ -12,3 +12,4 @@ pub mod tar;
 
 pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
 pub use export_plan::{ExportPlan, PlannedFile, Selection};
+pub use import::{ImportOptions, ImportReport, ImportSource};

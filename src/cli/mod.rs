@@ -4,7 +4,8 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -17,9 +18,22 @@ pub struct Cli {
     /// Global options.
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// Whether `--root` came from `MSB_REGISTRY_ROOT` rather than the command line.
+    #[arg(skip)]
+    pub root_from_env: bool,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parse the process arguments (exiting with clap's message on a usage error).
+    pub fn parse_args() -> Self {
+        let matches = Self::command().get_matches();
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.root_from_env = matches.value_source("root") == Some(ValueSource::EnvVariable);
+        cli
+    }
 }
 
 /// Options every command takes.
@@ -123,6 +137,12 @@ pub enum Command {
         #[arg(long, value_name = "REF")]
         base: Option<String>,
     },
+    /// Build a sample chain, export it, import it into a second registry, show its lineage, verify.
+    ///
+    /// Works in `--root DIR` when given on the command line (MSB_REGISTRY_ROOT is
+    /// ignored, so a real registry is never touched), else in a new directory
+    /// under the system temporary directory, which is kept for inspection.
+    Demo,
     /// Import an archive (zstd or plain tar) written by export or microsandbox's save.
     Import {
         /// The archive file, or - for standard input.

@@ -28,9 +28,14 @@ fn root_of(cli: &Cli) -> Result<PathBuf> {
 
 /// Run the command; `Ok(Err(io))` is a failed write to stdout.
 pub fn run(cli: Cli) -> Result<Rendered> {
-    let root = root_of(&cli)?;
     let mut p = Printer::new(cli.global.json);
     let progress = BarProgress::new(cli.global.quiet);
+    if let Command::Demo = cli.command {
+        let explicit = cli.global.root.filter(|_| !cli.root_from_env);
+        let rendered = demo(explicit, &mut p, &progress)?;
+        return Ok(rendered.and_then(|()| p.flush()));
+    }
+    let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => {
             let result = crate::query::sql(&root, &query)?;
@@ -337,6 +342,7 @@ fn dispatch(
             }
         }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
+        Command::Demo => unreachable!("handled before the registry root is chosen"),
     })
 }
 
@@ -413,4 +419,61 @@ fn render_verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
         p.line(plural(r.problems.len(), "problem"))?;
     }
     Ok(())
+}
+
+/// Run the demo in `dir`, or in a new kept directory under the system temp dir.
+fn demo(dir: Option<PathBuf>, p: &mut Printer, progress: &BarProgress) -> Result<Rendered> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => tempfile::Builder::new()
+            .prefix("msb-registry-demo-")
+            .tempdir()
+            .map_err(|e| Error::io("create a demo directory", std::env::temp_dir(), e))?
+            .keep(),
+    };
+    let r = crate::demo::run(&dir, progress)?;
+    if p.json {
+        return Ok(p.json(&r));
+    }
+    let mut out = vec![
+        format!("demo in {}", dir.display()),
+        format!(
+            "1. built a chain of {} (uppers {} logical, {} of data) and an image cache, added to {} in {:.2} s",
+            plural(r.snapshots.len(), "snapshot"),
+            human_bytes(r.logical_bytes),
+            human_bytes(r.data_bytes),
+            r.source_root.display(),
+            r.build_seconds
+        ),
+        format!(
+            "2. exported py-app with parents and image: {} ({}, {}) in {:.2} s",
+            r.archive.display(),
+            human_bytes(r.archive_bytes),
+            plural(r.cache_files, "cache file"),
+            r.export_seconds
+        ),
+        format!(
+            "3. imported it into {} in {:.2} s; lineage of py-app there:",
+            r.imported_root.display(),
+            r.import_seconds
+        ),
+    ];
+    for entry in &r.lineage {
+        out.push(format!(
+            "     {} {} {}",
+            entry.depth,
+            entry.name.as_deref().unwrap_or("(missing)"),
+            entry.digest
+        ));
+    }
+    out.push(format!(
+        "4. verify --content: {} ({}) re-hashed, no problems",
+        plural(r.verified_files as usize, "file"),
+        human_bytes(r.verified_bytes)
+    ));
+    out.push(format!(
+        "explore: msb-registry --root {} list",
+        r.imported_root.display()
+    ));
+    Ok(out.into_iter().try_for_each(|l| p.line(l)))
 }

@@ -3,6 +3,7 @@
 
 mod core;
 mod crash;
+mod demo;
 mod export;
 mod gc;
 mod import;
