@@ -92,7 +92,7 @@ fn add_list_show_lineage() {
     let with_prefix: serde_json::Value =
         reg.json(&["show", &format!("sha256:{}", &d[1].hex()[..8])]);
     assert_eq!(with_prefix["name"], "deps");
-    reg.run(&["verify"]);
+    reg.run(&["verify", "--content"]).ok();
 }
 
 #[test]

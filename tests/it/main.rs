@@ -7,5 +7,6 @@ mod demo;
 mod export;
 mod gc;
 mod import;
+mod roundtrip;
 mod tarcraft;
 mod util;
