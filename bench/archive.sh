@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Archive benchmark: msb-registry export against `tar --sparse | zstd -T0 -3`
-# on the same files, in the same run. Prints medians, ratios and peak RSS.
+# Archive benchmark, in one run on the same data: msb-registry export against
+# `tar --sparse | zstd -T0 -3`, and msb-registry import of that archive (and of
+# a dense one, as microsandbox's save writes) against
+# `zstd -dc | tar -xSf - && sha256sum` of the extracted files.
+# Prints medians, ratios and peak RSS.
 #
 #   bench/archive.sh                 # full size (a few minutes, ~3 GiB of disk)
 #   UPPER_MIB=512 DATA_MIB=64 LAYER_MIB=8 bench/archive.sh   # smaller
@@ -10,7 +13,7 @@
 # BIG_MIB (4096) / BIG_DATA_MIB (8) the sparse-upper case, RUNS (5),
 # WORK (a temp dir; removed at the end unless KEEP=1).
 #
-# Each phase is a function; an import phase can be appended to main().
+# Each phase is a function; main() runs them in order.
 
 set -euo pipefail
 
@@ -114,11 +117,48 @@ bench_sparse() {
     printf 'peak RSS export sparse: %s MiB\n' "$(peak_rss_mib "$ours")"
 }
 
+# Import ARCHIVE (RUNS times into a fresh registry) against the extract-and-hash pipeline.
+bench_import_of() {
+    local label=$1 archive=$2
+    log "== import of the $label archive vs zstd -dc | tar -xSf - && sha256sum ($RUNS runs each)"
+    local dst=$WORK/imported out=$WORK/extracted
+    local ours="rm -rf '$dst' && '$BIN' --root '$dst' -q import '$archive'"
+    local theirs="rm -rf '$out' && mkdir '$out' && zstd -dc '$archive' | tar -xSf - -C '$out' && find '$out' -type f -print0 | xargs -0 sha256sum"
+    local extract="rm -rf '$out' && mkdir '$out' && zstd -dc '$archive' | tar -xSf - -C '$out'"
+    local a=() b=() c=() r
+    for r in $(seq "$RUNS"); do
+        a+=("$(time_of "$ours")")
+        b+=("$(time_of "$theirs")")
+        c+=("$(time_of "$extract")")
+    done
+    local ma mb mc
+    ma=$(printf '%s\n' "${a[@]}" | median)
+    mb=$(printf '%s\n' "${b[@]}" | median)
+    mc=$(printf '%s\n' "${c[@]}" | median)
+    printf 'import %-6s    median %6.3f s  (runs: %s)\n' "$label" "$ma" "${a[*]}"
+    printf 'pipeline %-6s  median %6.3f s  (runs: %s)\n' "$label" "$mb" "${b[*]}"
+    printf 'ratio import / pipeline (%s): %.2f  (target <= 1.0)\n' "$label" "$(echo "$ma / $mb" | bc -l)"
+    printf 'for scale, extraction alone (no hashing) %s: median %.3f s\n' "$label" "$mc"
+    printf 'allocated after import %s: %s (extracted by tar: %s)\n' "$label" \
+        "$(du -sh "$dst/snapshots" | cut -f1)" "$(du -sh "$out" | cut -f1)"
+    rm -rf "$dst"
+    printf 'peak RSS import %s: %s MiB (target <= 64)\n' "$label" \
+        "$(peak_rss_mib "'$BIN' --root '$dst' -q import '$archive'")"
+    rm -rf "$dst" "$out"
+}
+
+bench_import() {
+    bench_import_of sparse "$WORK/ours.tar.zst"
+    "$BIN" --root "$ROOT" -q export app --with-parents --with-image --dense -o "$WORK/dense.tar.zst"
+    bench_import_of dense "$WORK/dense.tar.zst"
+}
+
 main() {
     build
     setup_registry
     bench_export
     bench_sparse
+    bench_import
 }
 
 main "$@"
