@@ -3,7 +3,7 @@
 //!
 //! Three steps: the plan, from the index only ([`super::export_plan`]); the
 //! opening of every planned file, which checks presence and size before any
-//! output exists; then the stream ([`super::stream`]) through zstd (or none)
+//! output exists; then the stream ([`super::export_stream`]) through zstd (or none)
 //! into a temporary file beside the target that is fsynced and renamed only
 //! when complete, or into stdout. Same snapshot, same options: same bytes —
 //! headers are fixed ([`super::tar`]) and zstd's multithreaded output does

@@ -282,6 +282,44 @@ fn exports_are_byte_identical() {
     );
 }
 
+/// zstd's multithreaded output must not depend on how many cores the
+/// exporting machine has: one CPU (taskset) and all CPUs give the same bytes
+/// for an archive spanning several compression jobs.
+#[test]
+fn exports_do_not_depend_on_the_number_of_cores() {
+    if Command::new("taskset").arg("-V").output().is_err() {
+        eprintln!("skipping: taskset is not installed");
+        return;
+    }
+    let reg = Reg::new();
+    let cache = reg.path("cache");
+    let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+    let mut spec = SnapSpec::new(&image);
+    spec.len = 64 << 20;
+    spec.data = (0..4u64)
+        .map(|i| (i << 24, msb_registry::sample::mixed_bytes(i, 4 << 20)))
+        .collect();
+    let dir = reg.path("big");
+    make_snapshot(&dir, &spec);
+    reg.run(&["add", dir.to_str().unwrap()]).ok();
+
+    let all = reg.path("all-cores.tar.zst");
+    reg.run(&["export", "big", "-o", all.to_str().unwrap()])
+        .ok();
+    let one = reg.path("one-core.tar.zst");
+    let out = Command::new("taskset")
+        .args(["-c", "0", bin(), "--root"])
+        .arg(reg.root())
+        .args(["export", "big", "-o", one.to_str().unwrap()])
+        .env_remove("MSB_REGISTRY_ROOT")
+        .output()
+        .unwrap();
+    Run::from(out).ok();
+    let (a, b) = (std::fs::read(&all).unwrap(), std::fs::read(&one).unwrap());
+    assert!(a.len() > 2 * 1024 * 1024, "spans several zstd jobs");
+    assert!(a == b, "one core and all cores wrote different archives");
+}
+
 #[test]
 fn dense_archives_hold_only_regular_entries() {
     let reg = Reg::new();
