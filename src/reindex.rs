@@ -8,15 +8,14 @@ use serde::Serialize;
 
 use crate::add::{read_manifest, read_metadata};
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
-use crate::digest::{Digest, ExtentsSha256, LogicalSink};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::files::{Piece, read_logical};
 use crate::image::{CacheFile, CacheKind, ImageMetadata};
 use crate::layout::SnapshotName;
 use crate::manifest::is_normal_file_name;
 use crate::progress::Progress;
 use crate::registry::Registry;
-use crate::stage::{IntegrityHasher, check_integrity};
+use crate::stage::{check_integrity, digest_file};
 
 /// Something reindex left out, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -195,27 +194,8 @@ fn hash_file(
 ) -> Result<(u64, Digest, Option<Digest>)> {
     let file = File::open(path).at("open", path)?;
     let len = file.metadata().at("stat", path)?.len();
-    let mut extents = ExtentsSha256::new(len);
-    let mut integrity = integrity.map(|i| IntegrityHasher::for_integrity(i, len));
-    read_logical(&file, len, path, |piece| {
-        match piece {
-            Piece::Data(d) => {
-                extents.data(d);
-                integrity.data(d);
-                progress.advance(d.len() as u64);
-            }
-            Piece::Zeros(n) => {
-                extents.zeros(n);
-                integrity.zeros(n);
-            }
-        }
-        Ok(())
-    })?;
-    Ok((
-        len,
-        extents.finish().0,
-        integrity.map(IntegrityHasher::finish),
-    ))
+    let (extents, integrity) = digest_file(&file, len, path, integrity, progress)?;
+    Ok((len, extents, integrity))
 }
 
 fn adopt_snapshot(

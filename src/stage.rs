@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, ExtentsSha256, LogicalSink, PlainSha256, SparseSha256V1};
 use crate::error::{Error, IoContext, Result};
-use crate::files::{Piece, SparseWriter};
+use crate::files::{Piece, SparseWriter, read_logical};
 use crate::manifest::{INTEGRITY_SHA256, INTEGRITY_SPARSE_SHA256_V1, Integrity};
+use crate::progress::Progress;
 
 /// A running integrity hash of an upper file.
 pub enum IntegrityHasher {
@@ -50,6 +51,35 @@ impl LogicalSink for IntegrityHasher {
             IntegrityHasher::SparseV1(h) => h.zeros(len),
         }
     }
+}
+
+/// The extents digest of a file already in place and, for an upper, its
+/// integrity digest, in one streaming pass that does not read holes.
+pub fn digest_file(
+    file: &File,
+    len: u64,
+    path: &Path,
+    integrity: Option<&Integrity>,
+    progress: &dyn Progress,
+) -> Result<(Digest, Option<Digest>)> {
+    let mut extents = ExtentsSha256::new(len);
+    let mut integrity = integrity.map(|i| IntegrityHasher::for_integrity(i, len));
+    read_logical(file, len, path, |piece| {
+        match piece {
+            Piece::Data(d) => {
+                extents.data(d);
+                integrity.data(d);
+                progress.advance(d.len() as u64);
+            }
+            Piece::Zeros(n) => {
+                extents.zeros(n);
+                integrity.zeros(n);
+                progress.advance(n);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((extents.finish().0, integrity.map(IntegrityHasher::finish)))
 }
 
 /// What staging one file found.

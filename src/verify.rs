@@ -14,16 +14,16 @@ use serde::Serialize;
 
 use crate::db::gc::ImageLayers;
 use crate::db::{self, ImportState, SnapshotFileRow, SnapshotRow};
-use crate::digest::{Digest, ExtentsSha256, LogicalSink};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::files::{Piece, read_limited, read_logical};
+use crate::files::read_limited;
 use crate::gc::{RemovalKind, plan, survey};
 use crate::image::{CacheFile, CacheKind};
 use crate::layout::SnapshotName;
 use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
-use crate::stage::IntegrityHasher;
+use crate::stage::digest_file;
 
 /// What is wrong with one file or artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -425,35 +425,14 @@ fn content_problems(check: &Check, progress: &dyn Progress) -> Vec<Problem> {
     problems
 }
 
-/// The extents digest of a file and, when asked, its upper integrity, in one
-/// streaming pass that does not read holes.
 fn hash_file(
     check: &Check,
     with_integrity: bool,
     progress: &dyn Progress,
 ) -> Result<(Digest, Option<Digest>)> {
     let file = File::open(&check.path).map_err(|e| Error::io("open", &check.path, e))?;
-    let mut extents = ExtentsSha256::new(check.size);
-    let mut integrity = match (&check.integrity, with_integrity) {
-        (Some(i), true) => Some(IntegrityHasher::for_integrity(i, check.size)),
-        _ => None,
-    };
-    read_logical(&file, check.size, &check.path, |piece| {
-        match piece {
-            Piece::Data(d) => {
-                extents.data(d);
-                integrity.data(d);
-                progress.advance(d.len() as u64);
-            }
-            Piece::Zeros(n) => {
-                extents.zeros(n);
-                integrity.zeros(n);
-                progress.advance(n);
-            }
-        }
-        Ok(())
-    })?;
-    Ok((extents.finish().0, integrity.map(IntegrityHasher::finish)))
+    let integrity = check.integrity.as_ref().filter(|_| with_integrity);
+    digest_file(&file, check.size, &check.path, integrity, progress)
 }
 
 fn manifest_problem(check: &Check, snapshot: Digest) -> Option<String> {
