@@ -7,5 +7,6 @@ mod demo;
 mod export;
 mod gc;
 mod import;
+mod soak;
 mod tarcraft;
 mod util;
