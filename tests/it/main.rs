@@ -4,6 +4,7 @@
 mod core;
 mod crash;
 mod demo;
+mod diskfull;
 mod export;
 mod gc;
 mod import;
