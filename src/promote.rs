@@ -25,13 +25,14 @@ use crate::registry::{Registry, RegistryLock};
 /// before it planned the moves) and a live lease.
 pub fn promote(
     registry: &mut Registry,
-    _lock: &RegistryLock,
+    lock: &RegistryLock,
     lease: &Lease,
     moves: &[Move],
     check: impl Fn(&Connection) -> Result<()>,
     insert: impl FnOnce(&Connection) -> Result<()>,
 ) -> Result<()> {
     let layout = registry.layout().clone();
+    recover_locked(registry, lock)?;
     {
         let tx = registry.db_mut().write()?;
         check(&tx)?;
@@ -107,7 +108,14 @@ pub fn recover(registry: &mut Registry) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
-    let _lock = registry.lock()?;
+    let lock = registry.lock()?;
+    recover_locked(registry, &lock)
+}
+
+/// [`recover`] under the registry lock the caller holds. A promotion also
+/// runs it first: an importer that opened the registry before another died
+/// mid-promotion would otherwise find that one's renamed files in its way.
+fn recover_locked(registry: &mut Registry, _lock: &RegistryLock) -> Result<()> {
     for import in dead_imports(registry, &[ImportState::Promoting])? {
         let moves = db::imports::import_moves(registry.db().conn(), &import.id)?;
         undo(registry, &moves)?;

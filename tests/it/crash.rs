@@ -718,3 +718,42 @@ impl WaitRef for Child {
         (self.wait().unwrap(), err)
     }
 }
+
+/// Regression: an import that opened the registry before another import
+/// died mid-promotion used to find the dead one's renamed files in its way
+/// (exit 4, "run gc", which leaves promotions alone); promotion now rolls
+/// dead promotions back first, under the registry lock.
+#[test]
+fn an_import_recovers_a_promotion_that_died_after_it_opened() {
+    let f = fixture();
+    let reg = Reg::new();
+    reg.run(&["list"]).ok();
+    let mut late = Command::new(bin())
+        .arg("--root")
+        .arg(reg.root())
+        .args(["import", "-", "--name", "app"])
+        .env_remove("MSB_REGISTRY_ROOT")
+        .env_remove(failpoint::ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    while dir_set(&reg.root().join("staging")).is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let moves = f.import_moves;
+    crash_at(
+        &reg,
+        &import_args(f),
+        &format!("{}@{moves}", failpoint::PROMOTE_RENAME),
+        Kill::PauseKill,
+    );
+    let mut stdin = late.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &std::fs::read(&f.main).unwrap()).unwrap();
+    drop(stdin);
+    let (status, stderr) = late.wait_with_output_ref();
+    assert!(status.success(), "{stderr}");
+    assert_clean(&reg);
+    assert_eq!(state(&reg), f.clean);
+}
