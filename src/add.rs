@@ -118,8 +118,10 @@ impl Registry {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.to_string())),
         };
-        lease.finish(self, state, message.as_deref())?;
-        result
+        let finished = lease.finish(self, state, message.as_deref());
+        let report = result?;
+        finished?;
+        Ok(report)
     }
 
     fn add_leased(
@@ -238,6 +240,7 @@ impl Registry {
             db::imports::insert_import_files(&tx, lease.id(), &journal)?;
             tx.commit()?;
         }
+        crate::failpoint::hit(crate::failpoint::ADD_STAGED)?;
         let bytes = files.iter().map(|f| f.size).sum();
         let file_count = files.len();
         set.snapshots.push(StagedSnapshot {

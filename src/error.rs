@@ -23,6 +23,9 @@ pub mod exit {
     pub const INTEGRITY: i32 = 5;
     /// Archive refused: grammar, unsafe path, entry type, corrupt stream.
     pub const REJECTED: i32 = 6;
+    /// The file system refused a write: no space left, quota exceeded, or
+    /// read-only. Nothing was changed; free space (or remount) and retry.
+    pub const STORAGE: i32 = 7;
 }
 
 /// Everything that can go wrong in a registry operation.
@@ -159,9 +162,29 @@ impl Error {
             }
             Error::Rejected { .. } => exit::REJECTED,
             Error::ReadOnlySql(_) => exit::USAGE,
+            _ if self.is_storage() => exit::STORAGE,
             Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {
                 exit::UNEXPECTED
             }
+        }
+    }
+
+    /// Whether the file system refused a write for want of space or
+    /// because it is read-only (for the files or for the index).
+    pub fn is_storage(&self) -> bool {
+        use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+        match self {
+            Error::Io { source, .. } => {
+                matches!(
+                    source.kind(),
+                    StorageFull | QuotaExceeded | ReadOnlyFilesystem
+                )
+            }
+            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
+            ),
+            _ => false,
         }
     }
 
@@ -211,5 +234,25 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, op: &'static str, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|source| Error::io(op, path, source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_or_read_only_storage_exits_7() {
+        for errno in [28, 30, 122] {
+            let e = Error::io("write", "/r/x", std::io::Error::from_raw_os_error(errno));
+            assert_eq!(e.exit_code(), exit::STORAGE, "errno {errno}");
+        }
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        assert_eq!(Error::Db(full).exit_code(), exit::STORAGE);
+        let other = Error::io("read", "/r/x", std::io::Error::from_raw_os_error(5));
+        assert_eq!(other.exit_code(), exit::UNEXPECTED);
     }
 }

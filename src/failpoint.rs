@@ -1,35 +1,122 @@
-//! Crash injection for tests: `MSB_FAILPOINT=<name>:<action>` makes the named
-//! step abort the process (`abort`), fail with an error (`error`), or pause
-//! (`pause`, sleeping until killed) so tests can kill -9 at that exact instant.
+//! Crash injection for tests: `MSB_FAILPOINT=<name>[@<n>]:<action>` makes
+//! the `n`-th arrival (default the first) at the named step abort the
+//! process (`abort`), fail with an error (`error`), or pause (`pause`,
+//! sleeping until killed) so tests can kill -9 at that exact instant.
 //! Unset, every failpoint is a no-op.
+//!
+//! [`ALL`] names every failpoint; the crash tests walk each one and fail
+//! when a name is missing from their walk or is never reached.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
 /// The environment variable naming the failpoint to trigger.
 pub const ENV: &str = "MSB_FAILPOINT";
 
-fn configured() -> Option<&'static (String, String)> {
-    static CONFIG: OnceLock<Option<(String, String)>> = OnceLock::new();
+/// Every failpoint, in the order an operation reaches them.
+pub const ALL: &[&str] = &[
+    LEASE_ACQUIRED,
+    IMPORT_MEMBER_STAGED,
+    IMPORT_STREAMED,
+    IMPORT_RECORDED,
+    IMPORT_VERIFIED,
+    ADD_STAGED,
+    PROMOTE_JOURNALED,
+    PROMOTE_RENAME,
+    PROMOTE_RENAMED,
+    PROMOTE_BEFORE_COMMIT,
+    PROMOTE_COMMITTED,
+    LEASE_STAGING_REMOVED,
+    RECOVER_UNDONE,
+    EXPORT_BEFORE_RENAME,
+    GC_PLANNED,
+    GC_ROWS_DELETED,
+    GC_FILE_REMOVED,
+    RM_BEFORE_COMMIT,
+    RM_COMMITTED,
+    RM_RENAMED,
+];
+
+/// Lease of an add or import: lock held, staging directory and journal row committed.
+pub const LEASE_ACQUIRED: &str = "lease.acquired";
+/// import: after each archive member is staged (fsynced), before the next is read.
+pub const IMPORT_MEMBER_STAGED: &str = "import.member-staged";
+/// import: the whole archive is staged, nothing recorded yet.
+pub const IMPORT_STREAMED: &str = "import.streamed";
+/// import: every staged file is recorded in the journal.
+pub const IMPORT_RECORDED: &str = "import.recorded";
+/// import: manifests, digests, integrity and the cache file set verified.
+pub const IMPORT_VERIFIED: &str = "import.verified";
+/// add: the directory (and cache) is copied into staging and recorded.
+pub const ADD_STAGED: &str = "add.staged";
+/// Promotion: the renames are committed with state `promoting`.
+pub const PROMOTE_JOURNALED: &str = "promote.journaled";
+/// Promotion: after each rename into snapshots/ or cache/.
+pub const PROMOTE_RENAME: &str = "promote.rename";
+/// Promotion: every rename done and its directory fsynced.
+pub const PROMOTE_RENAMED: &str = "promote.renamed";
+/// Promotion: rows written, transaction not yet committed.
+pub const PROMOTE_BEFORE_COMMIT: &str = "promote.before-commit";
+/// Promotion: rows and state `done` committed.
+pub const PROMOTE_COMMITTED: &str = "promote.committed";
+/// End of a lease: the staging directory is gone, the final state not yet recorded.
+pub const LEASE_STAGING_REMOVED: &str = "lease.staging-removed";
+/// Recovery: a dead promotion's renames are undone, its state not yet `failed`.
+pub const RECOVER_UNDONE: &str = "recover.undone";
+/// export: the archive is complete and fsynced, not yet renamed over the target.
+pub const EXPORT_BEFORE_RENAME: &str = "export.before-rename";
+/// gc: the plan is made, nothing deleted.
+pub const GC_PLANNED: &str = "gc.planned";
+/// gc: the rows are deleted and committed, no file deleted yet.
+pub const GC_ROWS_DELETED: &str = "gc.rows-deleted";
+/// gc: after each file or directory deleted.
+pub const GC_FILE_REMOVED: &str = "gc.file-removed";
+/// rm: the rows are deleted, the transaction not yet committed.
+pub const RM_BEFORE_COMMIT: &str = "rm.before-commit";
+/// rm: the rows are committed, the directory still in snapshots/.
+pub const RM_COMMITTED: &str = "rm.committed";
+/// rm: the directory is moved into staging, not yet deleted.
+pub const RM_RENAMED: &str = "rm.renamed";
+
+struct Config {
+    name: String,
+    nth: u64,
+    action: String,
+}
+
+fn configured() -> Option<&'static Config> {
+    static CONFIG: OnceLock<Option<Config>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
             let v = std::env::var(ENV).ok()?;
-            let (name, action) = v.split_once(':').unwrap_or((v.as_str(), "abort"));
-            Some((name.to_string(), action.to_string()))
+            let (point, action) = v.split_once(':').unwrap_or((v.as_str(), "abort"));
+            let (name, nth) = match point.split_once('@') {
+                Some((name, n)) => (name, n.parse().ok()?),
+                None => (point, 1),
+            };
+            Some(Config {
+                name: name.to_string(),
+                nth,
+                action: action.to_string(),
+            })
         })
         .as_ref()
 }
 
-/// Trigger the failpoint `name` if it is the configured one.
+/// Trigger the failpoint `name` if it is the configured one and this is
+/// the configured arrival.
 pub fn hit(name: &str) -> Result<()> {
-    let Some((wanted, action)) = configured() else {
+    static ARRIVALS: AtomicU64 = AtomicU64::new(0);
+    debug_assert!(ALL.contains(&name), "failpoint {name} is not listed in ALL");
+    let Some(config) = configured() else {
         return Ok(());
     };
-    if wanted != name {
+    if config.name != name || ARRIVALS.fetch_add(1, Ordering::SeqCst) + 1 != config.nth {
         return Ok(());
     }
-    match action.as_str() {
+    match config.action.as_str() {
         "pause" => {
             eprintln!("failpoint {name}: paused (pid {})", std::process::id());
             loop {

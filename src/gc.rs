@@ -234,6 +234,7 @@ impl Registry {
         if dry_run {
             return Ok(GcReport::new(true, plan.removals));
         }
+        crate::failpoint::hit(crate::failpoint::GC_PLANNED)?;
         let spared = apply(self, &lock, &plan, progress)?;
         let removed = plan
             .removals
@@ -493,7 +494,7 @@ pub fn apply(
         db::gc::delete_rows(&tx, &plan.cache_rows, &plan.image_rows, &plan.import_rows)?;
         tx.commit()?;
     }
-    crate::failpoint::hit("gc.rows-deleted")?;
+    crate::failpoint::hit(crate::failpoint::GC_ROWS_DELETED)?;
     let layout = registry.layout();
     progress.start("gc", Some(plan.files.iter().map(|f| f.bytes).sum()));
     let mut staging: BTreeMap<&str, Vec<&Doomed>> = BTreeMap::new();
@@ -502,6 +503,7 @@ pub fn apply(
             Some(id) => staging.entry(id.as_str()).or_default().push(doomed),
             None => {
                 remove(&layout.resolve(&doomed.path), doomed.dir)?;
+                crate::failpoint::hit(crate::failpoint::GC_FILE_REMOVED)?;
                 progress.advance(doomed.bytes);
             }
         }
@@ -517,6 +519,7 @@ pub fn apply(
             .partition(|d| !d.dir && d.path.ends_with(".lock"));
         for doomed in others.into_iter().chain(locks) {
             remove(&layout.resolve(&doomed.path), doomed.dir)?;
+            crate::failpoint::hit(crate::failpoint::GC_FILE_REMOVED)?;
             progress.advance(doomed.bytes);
         }
     }

@@ -49,7 +49,7 @@ impl Lease {
         let tx = registry.db_mut().write()?;
         db::imports::create_import(&tx, &id, source, now_unix())?;
         tx.commit()?;
-        crate::failpoint::hit("lease.acquired")?;
+        crate::failpoint::hit(crate::failpoint::LEASE_ACQUIRED)?;
         Ok(Lease {
             id,
             staging,
@@ -68,20 +68,25 @@ impl Lease {
         &self.staging
     }
 
-    /// End the lease: record the final state, delete the staging directory
-    /// and the lock file, then let the lock go.
+    /// End the lease: delete the staging directory, record the final
+    /// state, delete the lock file, then let the lock go.
+    ///
+    /// Staging goes first so that a failed import leaves nothing behind
+    /// even when the index cannot be written (a full disk frees its space
+    /// this way before the journal write needs some).
     pub fn finish(
         self,
         registry: &mut Registry,
         state: ImportState,
         error: Option<&str>,
     ) -> Result<()> {
+        remove_dir_if_exists(&self.staging)?;
+        crate::failpoint::hit(crate::failpoint::LEASE_STAGING_REMOVED)?;
         {
             let tx = registry.db_mut().write()?;
             db::imports::set_import_state(&tx, &self.id, state, Some(now_unix()), error)?;
             tx.commit()?;
         }
-        remove_dir_if_exists(&self.staging)?;
         std::fs::remove_file(&self.lock_path).at("remove", &self.lock_path)?;
         Ok(())
     }

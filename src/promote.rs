@@ -25,13 +25,14 @@ use crate::registry::{Registry, RegistryLock};
 /// before it planned the moves) and a live lease.
 pub fn promote(
     registry: &mut Registry,
-    _lock: &RegistryLock,
+    lock: &RegistryLock,
     lease: &Lease,
     moves: &[Move],
     check: impl Fn(&Connection) -> Result<()>,
     insert: impl FnOnce(&Connection) -> Result<()>,
 ) -> Result<()> {
     let layout = registry.layout().clone();
+    recover_locked(registry, lock)?;
     {
         let tx = registry.db_mut().write()?;
         check(&tx)?;
@@ -47,14 +48,14 @@ pub fn promote(
         db::imports::set_import_state(&tx, lease.id(), ImportState::Promoting, None, None)?;
         tx.commit()?;
     }
-    failpoint::hit("promote.journaled")?;
+    failpoint::hit(failpoint::PROMOTE_JOURNALED)?;
     let result = rename_all(registry, moves).and_then(|()| {
-        failpoint::hit("promote.renamed")?;
+        failpoint::hit(failpoint::PROMOTE_RENAMED)?;
         let tx = registry.db_mut().write()?;
         check(&tx)?;
         insert(&tx)?;
         db::imports::set_import_state(&tx, lease.id(), ImportState::Done, Some(now_unix()), None)?;
-        failpoint::hit("promote.before-commit")?;
+        failpoint::hit(failpoint::PROMOTE_BEFORE_COMMIT)?;
         tx.commit()?;
         Ok(())
     });
@@ -62,20 +63,18 @@ pub fn promote(
         undo(registry, moves)?;
         return Err(e);
     }
-    failpoint::hit("promote.committed")?;
+    failpoint::hit(failpoint::PROMOTE_COMMITTED)?;
     Ok(())
 }
 
 fn rename_all(registry: &Registry, moves: &[Move]) -> Result<()> {
     let layout = registry.layout();
     let mut dirs = Vec::new();
-    for (i, m) in moves.iter().enumerate() {
+    for m in moves {
         let from = layout.resolve(&m.staged);
         let to = layout.resolve(&m.target);
         std::fs::rename(&from, &to).at("rename", &from)?;
-        if i == 0 {
-            failpoint::hit("promote.first-rename")?;
-        }
+        failpoint::hit(failpoint::PROMOTE_RENAME)?;
         if let Some(parent) = to.parent()
             && !dirs.contains(&parent.to_path_buf())
         {
@@ -109,10 +108,18 @@ pub fn recover(registry: &mut Registry) -> Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
-    let _lock = registry.lock()?;
+    let lock = registry.lock()?;
+    recover_locked(registry, &lock)
+}
+
+/// [`recover`] under the registry lock the caller holds. A promotion also
+/// runs it first: an importer that opened the registry before another died
+/// mid-promotion would otherwise find that one's renamed files in its way.
+fn recover_locked(registry: &mut Registry, _lock: &RegistryLock) -> Result<()> {
     for import in dead_imports(registry, &[ImportState::Promoting])? {
         let moves = db::imports::import_moves(registry.db().conn(), &import.id)?;
         undo(registry, &moves)?;
+        failpoint::hit(failpoint::RECOVER_UNDONE)?;
         let tx = registry.db_mut().write()?;
         db::imports::set_import_state(
             &tx,

@@ -48,11 +48,13 @@ impl Registry {
         {
             let tx = self.db_mut().write()?;
             db::snapshots::delete_snapshot(&tx, &row.digest)?;
-            crate::failpoint::hit("rm.before-commit")?;
+            crate::failpoint::hit(crate::failpoint::RM_BEFORE_COMMIT)?;
             tx.commit()?;
         }
+        crate::failpoint::hit(crate::failpoint::RM_COMMITTED)?;
         if dir.exists() {
             std::fs::rename(&dir, &doomed).at("rename", &dir)?;
+            crate::failpoint::hit(crate::failpoint::RM_RENAMED)?;
             remove_dir_if_exists(&doomed)?;
         }
         Ok(RemoveReport {

@@ -44,10 +44,6 @@ pub const LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 /// stays deterministic.
 pub const ZSTD_JOB_SIZE: u32 = 3 << 20;
 
-/// The failpoint hit after the archive is complete and fsynced, just before
-/// it is renamed over the target.
-pub const FAILPOINT_BEFORE_RENAME: &str = "export.before-rename";
-
 /// How the tar stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -201,7 +197,7 @@ async fn write_target(
     )
     .await?;
     temp.as_file().sync_all().at("fsync", temp.path())?;
-    crate::failpoint::hit(FAILPOINT_BEFORE_RENAME)?;
+    crate::failpoint::hit(crate::failpoint::EXPORT_BEFORE_RENAME)?;
     temp.persist(path)
         .map_err(|e| Error::io("rename onto", path, e.error))?;
     fsync_dir(dir)?;

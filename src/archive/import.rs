@@ -114,14 +114,15 @@ impl Registry {
             .transpose()?;
         let opened = import_source::open(source)?;
         let lease = Lease::acquire(self, &source.label())?;
-        let result = failpoint::hit("import.lease")
-            .and_then(|()| self.import_leased(&lease, source, opened, head_name, progress));
+        let result = self.import_leased(&lease, source, opened, head_name, progress);
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.to_string())),
         };
-        lease.finish(self, state, message.as_deref())?;
-        result
+        let finished = lease.finish(self, state, message.as_deref());
+        let report = result?;
+        finished?;
+        Ok(report)
     }
 
     fn import_leased(
@@ -144,6 +145,7 @@ impl Registry {
         runtime.shutdown_background();
         progress.finish();
         let streamed = streamed?;
+        failpoint::hit(failpoint::IMPORT_STREAMED)?;
 
         let head = check::head(&streamed.snapshots)?;
         let names = streamed
@@ -156,10 +158,10 @@ impl Registry {
             })
             .collect::<Result<Vec<_>>>()?;
         record(self, lease, &streamed, &names)?;
-        failpoint::hit("import.staged")?;
+        failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
         let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
-        failpoint::hit("import.verified")?;
+        failpoint::hit(failpoint::IMPORT_VERIFIED)?;
 
         let outcome = install(self, lease, &checked.set)?;
         let head_row = &streamed.snapshots[head];
@@ -373,6 +375,7 @@ impl Stager<'_> {
             self.members.insert(&member)?;
             self.last = Some(member_path.clone());
             let size = entry.effective_size();
+            let is_file = matches!(member, Member::SnapshotFile { .. } | Member::CacheFile(_));
             match member {
                 Member::Root
                 | Member::SnapshotDir { .. }
@@ -395,6 +398,9 @@ impl Stager<'_> {
                 Member::CacheFile(file) => {
                     self.cache_file(&mut entry, member_path, file, size).await?;
                 }
+            }
+            if is_file {
+                failpoint::hit(failpoint::IMPORT_MEMBER_STAGED)?;
             }
             self.ticker.tick();
         }

@@ -1,10 +1,10 @@
 //! `import` through the real binary: interop with microsandbox's archives,
 //! idempotence, stdin, concurrency, one test per hostile class (refused with
-//! the right exit code and message, registry and staging unchanged), and
-//! kill -9 at every journal step.
+//! the right exit code and message, registry and staging unchanged). Crashes
+//! at every journal step are in `crash.rs`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -472,69 +472,6 @@ fn assert_consistent(reg: &Reg) {
         }
     }
     assert_eq!(files, rows, "cache files vs rows");
-}
-
-// -------------------------------------------------------------- kill -9
-
-#[test]
-fn kill_9_at_every_journal_step_leaves_all_or_nothing() {
-    for step in [
-        "import.lease",
-        "import.staged",
-        "import.verified",
-        "promote.journaled",
-        "promote.first-rename",
-        "promote.renamed",
-        "promote.before-commit",
-        "promote.committed",
-    ] {
-        let reg = Reg::new();
-        reg.run(&["list"]).ok();
-        let src = source(&reg, "k", 3, 17);
-        let path = write(&reg, "k.tar", &zstd(&full_archive(&src, false).finish()));
-        let digests: BTreeSet<Digest> = src.snaps.iter().map(|(d, _)| *d).collect();
-        let mut child = Command::new(bin())
-            .args(["--root", reg.root().to_str().unwrap(), "import", &path])
-            .env("MSB_FAILPOINT", format!("{step}:pause"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = stderr.read_line(&mut line).unwrap();
-            assert!(n > 0, "{step}: the process ended before pausing");
-            if line.contains("paused") {
-                break;
-            }
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-
-        let present: BTreeSet<Digest> = list(&reg).into_iter().map(|e| e.digest).collect();
-        if step == "promote.committed" {
-            assert_eq!(present, digests, "{step}: committed import is complete");
-        } else {
-            assert!(
-                present.is_empty(),
-                "{step}: nothing of the import is visible"
-            );
-        }
-        assert_consistent(&reg);
-
-        let r: ImportReport = reg.json(&["import", &path]);
-        assert_eq!(r.imported.len() + r.skipped.len(), 3, "{step}");
-        assert_eq!(
-            list(&reg)
-                .into_iter()
-                .map(|e| e.digest)
-                .collect::<BTreeSet<_>>(),
-            digests
-        );
-        assert_consistent(&reg);
-    }
 }
 
 // ------------------------------------------------------- hostile input

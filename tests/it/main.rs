@@ -4,9 +4,11 @@
 mod core;
 mod crash;
 mod demo;
+mod diskfull;
 mod export;
 mod gc;
 mod import;
 mod roundtrip;
+mod soak;
 mod tarcraft;
 mod util;
