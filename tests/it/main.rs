@@ -7,5 +7,6 @@ mod demo;
 mod export;
 mod gc;
 mod import;
+mod mutate;
 mod tarcraft;
 mod util;
