@@ -159,7 +159,11 @@ fn run(sandbox: &mut Sandbox, data: &[u8]) {
                 matches!(code, 4..=6),
                 "refusal with exit code {code} (expected 4, 5 or 6): {e}"
             );
-            assert!(!e.to_string().contains('\n'), "error is not one line: {e}");
+            let line = e.report_line();
+            assert!(
+                !line.chars().any(char::is_control),
+                "the error line holds control characters: {line:?}"
+            );
             assert_eq!(
                 tree(&root),
                 sandbox.baseline,
