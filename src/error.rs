@@ -188,6 +188,22 @@ impl Error {
         }
     }
 
+    /// The one line the binary prints after `error: `: the message and each
+    /// cause, joined by `: `, with control characters escaped. Member names,
+    /// manifest keys and tar reader messages come from archives, so a
+    /// newline or terminal escape in them must not break the line or forge
+    /// output.
+    pub fn report_line(&self) -> String {
+        let mut line = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            line.push_str(": ");
+            line.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        escape_controls(&line)
+    }
+
     /// Shorthand for an [`Error::Io`] about `path`.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
@@ -222,6 +238,18 @@ impl Error {
     }
 }
 
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Result alias used throughout the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -254,5 +282,22 @@ mod tests {
         assert_eq!(Error::Db(full).exit_code(), exit::STORAGE);
         let other = Error::io("read", "/r/x", std::io::Error::from_raw_os_error(5));
         assert_eq!(other.exit_code(), exit::UNEXPECTED);
+    }
+
+    #[test]
+    fn report_line_escapes_control_characters_and_joins_causes() {
+        let e = Error::rejected("\nsha256-0123456789abcdef/x\x1b[2J", "bad\r\nname\t");
+        assert_eq!(
+            e.report_line(),
+            "rejected archive: \\nsha256-0123456789abcdef/x\\u{1b}[2J: bad\\r\\nname\\t"
+        );
+        let io = Error::io(
+            "read",
+            "a\nb",
+            std::io::Error::other("cause\nwith a newline"),
+        );
+        let line = io.report_line();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.ends_with(": cause\\nwith a newline"), "{line}");
     }
 }

@@ -14,14 +14,7 @@ fn main() {
             exit::UNEXPECTED
         }
         Err(e) => {
-            let mut line = format!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                line.push_str(": ");
-                line.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("{line}");
+            eprintln!("error: {}", e.report_line());
             e.exit_code()
         }
     };

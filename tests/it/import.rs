@@ -642,6 +642,33 @@ fn refuses_bad_header_checksums() {
     refused(&reg, &bytes, 6, "checksum mismatch");
 }
 
+/// Found by the `archive` fuzz target: a member name starting with a
+/// newline came back verbatim in the tar reader's message, so the error
+/// took two lines and an archive could forge stderr output.
+#[test]
+fn regression_fuzz_control_characters_in_names_stay_on_one_line() {
+    let reg = populated();
+    let prefix = "sha256-0123456789abcdef";
+    let mut h = header(
+        Flavour::Gnu,
+        b'0',
+        format!("\n{prefix}/manifest.json").as_bytes(),
+        2,
+        b"",
+    );
+    h[148..156].copy_from_slice(b"\x01\x1b[2J\r\n ");
+    let mut bytes = h.to_vec();
+    bytes.extend_from_slice(b"{}");
+    bytes.resize(2 * 512, 0);
+    bytes.extend([0u8; 1024]);
+    refused(&reg, &bytes, 6, "cksum for \\nsha256-0123456789abcdef");
+
+    let mut t = Tar::new();
+    t.file(&format!("{prefix}/up\nper\x1b[2J"), b"x");
+    refused(&reg, &t.finish(), 6, "up\\nper\\u{1b}[2J");
+    reg.run(&["verify", "--content"]).ok();
+}
+
 #[test]
 fn refuses_extension_headers_that_desynchronise_entries() {
     let reg = populated();

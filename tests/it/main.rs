@@ -8,6 +8,7 @@ mod diskfull;
 mod export;
 mod gc;
 mod import;
+mod mutate;
 mod roundtrip;
 mod soak;
 mod tarcraft;
