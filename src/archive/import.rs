@@ -257,16 +257,27 @@ async fn read_archive(
     };
     drop(reader);
     match pump.finish().await {
-        Err(PumpError::Zstd(e)) => Err(Error::rejected(
-            "archive",
-            format!("corrupt or truncated zstd stream: {e}"),
-        )),
+        Err(PumpError::Zstd(e)) => Err(Error::rejected("archive", zstd_reason(&e))),
         Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
         Ok(_) => {
             outcome?;
             drained.map_err(|e| tar_error(&None, e))?;
             Ok(stager.streamed)
         }
+    }
+}
+
+/// Why a zstd stream was refused. zstd reports a window above the limit as
+/// a memory error; say which limit and how to meet it instead.
+fn zstd_reason(e: &std::io::Error) -> String {
+    if e.to_string().contains("too much memory") {
+        let mib = (1u64 << import_source::ZSTD_WINDOW_LOG_MAX) >> 20;
+        format!(
+            "zstd frame needs a window larger than {mib} MiB (compressed with --long?); \
+             recompress with a window of at most {mib} MiB"
+        )
+    } else {
+        format!("corrupt or truncated zstd stream: {e}")
     }
 }
 

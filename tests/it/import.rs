@@ -768,6 +768,39 @@ fn refuses_corrupt_and_truncated_zstd() {
 }
 
 #[test]
+fn refuses_a_zstd_window_over_the_limit_naming_the_limit() {
+    use async_compression::Level;
+    use async_compression::zstd::CParameter;
+    use tokio::io::AsyncWriteExt;
+    let reg = populated();
+    let (d, dir, _) = one_snapshot(&reg, "h");
+    let mut t = Tar::new();
+    add_snapshot(&mut t, &d, &dir, false);
+    let tar = t.finish();
+    // Streamed without a pledged size, the frame declares the whole 128 MiB
+    // window, as `zstd --long=27` reading a pipe does.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let long = rt.block_on(async {
+        let mut enc = async_compression::tokio::write::ZstdEncoder::with_quality_and_params(
+            Vec::new(),
+            Level::Default,
+            &[CParameter::window_log(27)],
+        );
+        enc.write_all(&tar).await.unwrap();
+        enc.shutdown().await.unwrap();
+        enc.into_inner()
+    });
+    refused(
+        &reg,
+        &long,
+        6,
+        "zstd frame needs a window larger than 32 MiB (compressed with --long?)",
+    );
+}
+
+#[test]
 fn refuses_an_archive_without_a_manifest() {
     let reg = populated();
     let src = source(&reg, "h", 1, 21);
