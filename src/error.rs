@@ -28,6 +28,10 @@ pub mod exit {
     pub const STORAGE: i32 = 7;
 }
 
+/// Placeholder member of a refusal about the whole archive, replaced by its
+/// path once the import knows it ([`Error::naming_archive`]).
+const WHOLE_ARCHIVE: &str = "\0archive";
+
 /// Everything that can go wrong in a registry operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,7 +112,7 @@ pub enum Error {
     /// An archive refused before anything was installed.
     #[error("rejected archive: {member}: {reason}")]
     Rejected {
-        /// The member path (or "archive" for stream-level problems).
+        /// The member path, or the archive's for problems of the whole stream.
         member: String,
         /// The rule it breaks.
         reason: String,
@@ -218,6 +222,25 @@ impl Error {
         Error::Rejected {
             member: member.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Rejected`] about the archive as a whole
+    /// (its stream, or what it lacks); [`Error::naming_archive`] later puts
+    /// the archive's path in place of the placeholder.
+    pub fn rejected_archive(reason: impl Into<String>) -> Self {
+        Self::rejected(WHOLE_ARCHIVE, reason)
+    }
+
+    /// This error with a whole-archive refusal naming `archive` (its path,
+    /// or "stdin").
+    pub fn naming_archive(self, archive: &str) -> Self {
+        match self {
+            Error::Rejected { member, reason } if member == WHOLE_ARCHIVE => Error::Rejected {
+                member: archive.to_string(),
+                reason,
+            },
+            e => e,
         }
     }
 

@@ -29,8 +29,7 @@ pub struct CheckedSet {
 /// snapshot that is not the parent of another one in the archive.
 pub fn head(snapshots: &[StreamedSnapshot]) -> Result<usize> {
     if snapshots.is_empty() {
-        return Err(Error::rejected(
-            "archive",
+        return Err(Error::rejected_archive(
             "no snapshot manifest found; an archive holds at least one sha256-<16 hex digits>/manifest.json",
         ));
     }

@@ -114,7 +114,9 @@ impl Registry {
             .transpose()?;
         let opened = import_source::open(source)?;
         let lease = Lease::acquire(self, &source.label())?;
-        let result = self.import_leased(&lease, source, opened, head_name, progress);
+        let result = self
+            .import_leased(&lease, source, opened, head_name, progress)
+            .map_err(|e| e.naming_archive(&source.display_name()));
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.to_string())),
@@ -257,7 +259,7 @@ async fn read_archive(
     };
     drop(reader);
     match pump.finish().await {
-        Err(PumpError::Zstd(e)) => Err(Error::rejected("archive", zstd_reason(&e))),
+        Err(PumpError::Zstd(e)) => Err(Error::rejected_archive(zstd_reason(&e))),
         Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
         Ok(_) => {
             outcome?;
@@ -296,12 +298,12 @@ fn tar_error(after: &Option<String>, e: std::io::Error) -> Error {
         None => String::new(),
     };
     if e.get_ref().is_some_and(|i| i.is::<OverBudget>()) {
-        return Error::rejected("archive", format!("{e}{whence}"));
+        return Error::rejected_archive(format!("{e}{whence}"));
     }
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return Error::rejected("archive", format!("truncated tar stream{whence}: {e}"));
+        return Error::rejected_archive(format!("truncated tar stream{whence}: {e}"));
     }
-    Error::rejected("archive", format!("corrupt tar stream{whence}: {e}"))
+    Error::rejected_archive(format!("corrupt tar stream{whence}: {e}"))
 }
 
 /// Reports compressed bytes consumed as progress.
@@ -360,16 +362,14 @@ impl Stager<'_> {
             let mut entry = match next {
                 None if header_bytes >= 512 => return Ok(()),
                 None => {
-                    return Err(Error::rejected(
-                        "archive",
-                        match &self.last {
-                            Some(m) => format!(
-                                "truncated tar stream: no end-of-archive marker after member {m}"
-                            ),
-                            None => "empty or truncated tar stream: no end-of-archive marker"
-                                .to_string(),
-                        },
-                    ));
+                    return Err(Error::rejected_archive(match &self.last {
+                        Some(m) => format!(
+                            "truncated tar stream: no end-of-archive marker after member {m}"
+                        ),
+                        None => {
+                            "empty or truncated tar stream: no end-of-archive marker".to_string()
+                        }
+                    }));
                 }
                 Some(Err(e)) => return Err(tar_error(&self.last, e)),
                 Some(Ok(entry)) => entry,

@@ -50,11 +50,19 @@ impl ImportSource {
         }
     }
 
-    /// How the source is named in the journal and in messages.
+    /// How the source is named in the journal and in I/O errors.
     pub fn label(&self) -> String {
         match self {
             ImportSource::Path(p) => p.display().to_string(),
             ImportSource::Stdin => "-".into(),
+        }
+    }
+
+    /// How refusals of the whole archive name the source: its path, or "stdin".
+    pub fn display_name(&self) -> String {
+        match self {
+            ImportSource::Path(p) => p.display().to_string(),
+            ImportSource::Stdin => "stdin".into(),
         }
     }
 }

@@ -256,6 +256,30 @@ fn stdin_import_and_named_head() {
     let sources: Vec<serde_json::Value> = reg.json(&["sql", "SELECT source, state FROM imports"]);
     assert_eq!(sources[0]["source"], "-");
     assert_eq!(sources[0]["state"], "done");
+
+    // A refusal of the whole stream names stdin as the archive.
+    let before = (reg.tree(), reg.dump());
+    let mut child = Command::new(bin())
+        .args(["--root", reg.root().to_str().unwrap(), "import", "-"])
+        .env_remove("MSB_FAILPOINT")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&bytes[..bytes.len() / 2])
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: rejected archive: stdin: corrupt or truncated zstd stream"),
+        "{stderr}"
+    );
+    assert_eq!((reg.tree(), reg.dump()), before, "registry changed");
 }
 
 // ------------------------------------------------------- own archives
@@ -796,7 +820,7 @@ fn refuses_a_zstd_window_over_the_limit_naming_the_limit() {
         &reg,
         &long,
         6,
-        "zstd frame needs a window larger than 32 MiB (compressed with --long?)",
+        "/hostile.tar: zstd frame needs a window larger than 32 MiB (compressed with --long?)",
     );
 }
 
