@@ -146,7 +146,7 @@ impl Registry {
 pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
     let db = Db::open_read_only(&Layout::new(root).db())?;
     let conn = db.conn();
-    let mut stmt = conn.prepare(query)?;
+    let mut stmt = conn.prepare(query).map_err(invalid_query)?;
     if !stmt.readonly() {
         return Err(Error::ReadOnlySql(query.to_string()));
     }
@@ -170,4 +170,16 @@ pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
         rows.push(values);
     }
     Ok(SqlResult { columns, rows })
+}
+
+/// A statement SQLite would not prepare is the user's to fix (exit 2), said
+/// in SQLite's own words without the wrapper's noise.
+fn invalid_query(e: rusqlite::Error) -> Error {
+    let why = match &e {
+        rusqlite::Error::SqlInputError { msg, offset, .. } => format!("{msg} (at offset {offset})"),
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
+        rusqlite::Error::MultipleStatement => "give one statement, not several".to_string(),
+        other => other.to_string(),
+    };
+    Error::Usage(format!("sql: invalid query: {why}"))
 }

@@ -317,12 +317,20 @@ fn sql_is_read_only_and_answers_lineage_queries() {
         "INSERT INTO images VALUES ('a','b','c','d')",
         "PRAGMA journal_mode=DELETE",
     ] {
-        let r = reg.run(&["sql", write]);
-        assert_ne!(r.code, 0, "{write} was allowed");
+        reg.run(&["sql", write]).fails(2, "sql: ");
     }
     reg.run(&["sql", "DELETE FROM snapshots"])
         .fails(2, "read-only");
-    reg.run(&["sql", "SELEC nonsense"]).fails(1, "syntax error");
+    reg.run(&["sql", "SELEC nonsense"]).fails(
+        2,
+        "error: sql: invalid query: near \"SELEC\": syntax error (at offset 0)",
+    );
+    reg.run(&["sql", "SELECT * FROM nope"])
+        .fails(2, "error: sql: invalid query: no such table: nope");
+    reg.run(&["sql", "SELECT 1; DELETE FROM snapshots"]).fails(
+        2,
+        "error: sql: invalid query: give one statement, not several",
+    );
     assert_eq!(reg.dump(), before);
     assert_eq!(d.len(), 3);
 }
