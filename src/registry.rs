@@ -73,8 +73,16 @@ impl Registry {
             return Ok(row);
         }
         let hex_prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
-        if hex_prefix.len() < MIN_PREFIX || !hex_prefix.bytes().all(is_lower_hex) {
+        if !hex_prefix.bytes().all(is_lower_hex) {
             return Err(not_found());
+        }
+        if hex_prefix.len() < MIN_PREFIX {
+            return Err(Error::NotFound {
+                what: "snapshot",
+                reference: format!(
+                    "{reference} (no snapshot has that name, and a digest prefix needs at least {MIN_PREFIX} hex digits)"
+                ),
+            });
         }
         let matches = db::snapshots::digests_with_prefix(conn, hex_prefix, 11)?;
         match matches.as_slice() {

@@ -224,38 +224,44 @@ impl Printer {
 
     /// Write rows as a table with aligned columns under a header.
     pub fn table(&mut self, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
-        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-        for row in rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let render = |cells: Vec<&str>| -> String {
-            let n = cells.len();
-            let mut line = String::new();
-            for (i, (cell, w)) in cells.into_iter().zip(&widths).enumerate() {
-                line.push_str(cell);
-                if i + 1 < n {
-                    line.push_str(&" ".repeat(w - cell.chars().count() + 2));
-                }
-            }
-            line
-        };
-        writeln!(self.out, "{}", render(header.to_vec()))?;
-        for row in rows {
-            writeln!(
-                self.out,
-                "{}",
-                render(row.iter().map(|s| s.as_str()).collect())
-            )?;
-        }
-        Ok(())
+        let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+        let all: Vec<Vec<String>> = std::iter::once(header)
+            .chain(rows.iter().cloned())
+            .collect();
+        aligned(&all).into_iter().try_for_each(|l| self.line(l))
     }
 
     /// Flush stdout.
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
+}
+
+/// Rows rendered as lines with each column padded to its widest cell and
+/// two spaces between columns (the last column is not padded).
+pub fn aligned(rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let n = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(n),
+                None => widths.push(n),
+            }
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
+                }
+            }
+            line
+        })
+        .collect()
 }
 
 /// `n thing` / `n things`.

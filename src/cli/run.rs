@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{BarProgress, Cli, Command, Printer, human_bytes, plural};
+use super::{BarProgress, Cli, Command, Printer, aligned, human_bytes, plural};
 use crate::add::AddOptions;
 use crate::archive::export::DEFAULT_LEVEL;
 use crate::archive::import::{ImportOptions, ImportSource};
@@ -10,6 +10,7 @@ use crate::archive::{Compression, ExportOptions, ExportTarget, Selection};
 use crate::error::{Error, Result};
 use crate::gc::GcReport;
 use crate::layout::Layout;
+use crate::query::LineageEntry;
 use crate::registry::Registry;
 use crate::verify::VerifyReport;
 
@@ -212,15 +213,10 @@ fn dispatch(
             if p.json {
                 p.json(&rows)
             } else {
-                rows.iter().try_for_each(|r| {
-                    let indent = "  ".repeat(if descendants { r.depth as usize } else { 0 });
-                    let name = r.name.as_deref().unwrap_or("(missing from this registry)");
-                    if descendants {
-                        p.line(format!("{indent}{name}  {}", r.digest))
-                    } else {
-                        p.line(format!("{:>4}  {name}  {}", r.depth, r.digest))
-                    }
-                })
+                p.table(
+                    &["DEPTH", "NAME", "DIGEST"],
+                    &lineage_cells(&rows, descendants),
+                )
             }
         }
         Command::Rm { reference, force } => {
@@ -458,13 +454,8 @@ fn demo(dir: Option<PathBuf>, p: &mut Printer, progress: &BarProgress) -> Result
             r.import_seconds
         ),
     ];
-    for entry in &r.lineage {
-        out.push(format!(
-            "     {} {} {}",
-            entry.depth,
-            entry.name.as_deref().unwrap_or("(missing)"),
-            entry.digest
-        ));
+    for line in aligned(&lineage_cells(&r.lineage, false)) {
+        out.push(format!("     {line}"));
     }
     out.push(format!(
         "4. verify --content: {} ({}) re-hashed, no problems",
@@ -476,4 +467,24 @@ fn demo(dir: Option<PathBuf>, p: &mut Printer, progress: &BarProgress) -> Result
         r.imported_root.display()
     ));
     Ok(out.into_iter().try_for_each(|l| p.line(l)))
+}
+
+/// Lineage rows as table cells: depth, name (indented by depth in a
+/// descendant tree), digest.
+fn lineage_cells(rows: &[LineageEntry], descendants: bool) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            let indent = if descendants {
+                "  ".repeat(r.depth as usize)
+            } else {
+                String::new()
+            };
+            let name = r.name.as_deref().unwrap_or("(missing from this registry)");
+            vec![
+                r.depth.to_string(),
+                format!("{indent}{name}"),
+                r.digest.to_string(),
+            ]
+        })
+        .collect()
 }

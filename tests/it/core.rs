@@ -53,6 +53,22 @@ fn add_list_show_lineage() {
     assert_eq!(list[0].image_ref, "python:3.12");
     assert_eq!(list[0].size_bytes, 8 << 20);
     assert_eq!(list[0].labels["stage"], "app");
+
+    // Human lineage: a header, then one aligned row per ancestor, root first.
+    let text = reg.run(&["lineage", "app"]).ok().stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("DEPTH  NAME  DIGEST"), "{text}");
+    let column = lines[0].find("DIGEST").unwrap();
+    for (line, (depth, name, digest)) in
+        lines[1..]
+            .iter()
+            .zip([(2, "base", d[0]), (1, "deps", d[1]), (0, "app", d[2])])
+    {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells, [depth.to_string(), name.into(), digest.to_string()]);
+        assert_eq!(line.find("sha256:"), Some(column), "{text}");
+    }
     assert_eq!(list[0].created_at, "2026-10-01T09:02:00Z");
 
     let lineage: Vec<LineageEntry> = reg.json(&["lineage", "app"]);
@@ -245,8 +261,12 @@ fn references_resolve_and_fail_clearly() {
         .fails(3, "snapshot not found: nope");
     reg.run(&["show", "0000000000"])
         .fails(3, "snapshot not found");
-    let short = &digests[0].hex()[..1];
-    reg.run(&["show", short]).fails(3, "snapshot not found");
+    for short in [&digests[0].hex()[..1], &digests[0].hex()[..7]] {
+        reg.run(&["show", short]).fails(
+            3,
+            &format!("snapshot not found: {short} (no snapshot has that name, and a digest prefix needs at least 8 hex digits)"),
+        );
+    }
     let common: String = digests[0]
         .hex()
         .chars()
