@@ -29,11 +29,41 @@ pub struct Cli {
 impl Cli {
     /// Parse the process arguments (exiting with clap's message on a usage error).
     pub fn parse_args() -> Self {
-        let matches = Self::command().get_matches();
-        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let matches = Self::command()
+            .try_get_matches()
+            .unwrap_or_else(|e| usage_exit(e));
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| usage_exit(e));
         cli.root_from_env = matches.value_source("root") == Some(ValueSource::EnvVariable);
         cli
     }
+}
+
+/// Help and version go out as clap prints them; a usage error becomes one
+/// line on stderr (clap's first paragraph, which names the argument) and
+/// exit 2, like every other error.
+fn usage_exit(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit()
+    }
+    eprintln!("{}; see --help", usage_line(&e.render().to_string()));
+    std::process::exit(crate::error::exit::USAGE)
+}
+
+/// The first paragraph of a rendered clap error, on one line.
+fn usage_line(rendered: &str) -> String {
+    rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Options every command takes.

@@ -428,3 +428,27 @@ fn fixture_directories_add_with_their_cache() {
         "sha256:568b10e497e962ed6382eff917cdd22c70a89d9efd091c5289ca869ea523e167"
     );
 }
+
+#[test]
+fn usage_errors_are_one_line_with_exit_2() {
+    let reg = Reg::new();
+    reg.run(&["export", "app", "--level", "25", "-o", "x"])
+        .fails(
+            2,
+            "error: invalid value '25' for '--level <N>': 25 is not in 1..=19; see --help",
+        );
+    reg.run(&["export", "app"]).fails(
+        2,
+        "error: the following required arguments were not provided: --output <FILE|->; see --help",
+    );
+    reg.run(&["--frob", "list"])
+        .fails(2, "error: unexpected argument '--frob' found; see --help");
+    reg.run(&["nosuch"])
+        .fails(2, "error: unrecognized subcommand 'nosuch'; see --help");
+    let help = reg.run(&["import", "--help"]).ok();
+    assert!(
+        help.stdout.contains("Usage: msb-registry import"),
+        "{}",
+        help.stdout
+    );
+}
