@@ -180,6 +180,18 @@ async fn write_target(
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    if path.is_dir() {
+        return Err(Error::Usage(format!(
+            "output {} is a directory; give the archive's file name",
+            path.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(Error::NotFound {
+            what: "output directory",
+            reference: dir.display().to_string(),
+        });
+    }
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{}.", file_name.to_string_lossy()))
         .suffix(".partial")

@@ -447,6 +447,34 @@ fn corruption_fails_with_exit_5_and_leaves_no_output() {
 }
 
 #[test]
+fn output_paths_are_checked_before_anything_is_written() {
+    let reg = Reg::new();
+    let image = make_image_cache(&reg.path("cache"), "python:3.12", 5, &[4096]);
+    make_snapshot(&reg.path("src/one"), &SnapSpec::new(&image));
+    reg.run(&["add", reg.path("src/one").to_str().unwrap()])
+        .ok();
+    let missing = reg.path("no/such/dir");
+    let target = missing.join("one.tar.zst");
+    reg.run(&["export", "one", "-o", target.to_str().unwrap()])
+        .fails(
+            3,
+            &format!("error: output directory not found: {}", missing.display()),
+        );
+    assert!(!reg.path("no").exists());
+    let dir = reg.path("out");
+    std::fs::create_dir(&dir).unwrap();
+    reg.run(&["export", "one", "-o", dir.to_str().unwrap()])
+        .fails(
+            2,
+            &format!(
+                "error: output {} is a directory; give the archive's file name",
+                dir.display()
+            ),
+        );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
 fn missing_parent_is_named() {
     let reg = Reg::new();
     let image = make_image_cache(&reg.path("cache"), "python:3.12", 5, &[4096]);
