@@ -387,7 +387,12 @@ fn render_gc(p: &mut Printer, r: &GcReport) -> Rendered {
 
 fn render_verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
     for x in &r.problems {
-        let digest = x.digest.map(|d| format!(" [{d}]")).unwrap_or_default();
+        let digest = x
+            .digest
+            .map(|d| d.to_string())
+            .filter(|d| !x.detail.contains(d.as_str()))
+            .map(|d| format!(" [{d}]"))
+            .unwrap_or_default();
         p.line(format!(
             "problem: {}: {}: {}{digest}",
             x.kind.as_str(),
