@@ -793,29 +793,15 @@ fn refuses_corrupt_and_truncated_zstd() {
 
 #[test]
 fn refuses_a_zstd_window_over_the_limit_naming_the_limit() {
-    use async_compression::Level;
-    use async_compression::zstd::CParameter;
-    use tokio::io::AsyncWriteExt;
     let reg = populated();
     let (d, dir, _) = one_snapshot(&reg, "h");
     let mut t = Tar::new();
     add_snapshot(&mut t, &d, &dir, false);
-    let tar = t.finish();
-    // Streamed without a pledged size, the frame declares the whole 128 MiB
-    // window, as `zstd --long=27` reading a pipe does.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let long = rt.block_on(async {
-        let mut enc = async_compression::tokio::write::ZstdEncoder::with_quality_and_params(
-            Vec::new(),
-            Level::Default,
-            &[CParameter::window_log(27)],
-        );
-        enc.write_all(&tar).await.unwrap();
-        enc.shutdown().await.unwrap();
-        enc.into_inner()
-    });
+    // A 128 MiB window, as `zstd --long=27` reading a pipe declares.
+    let long = crate::tarcraft::zstd_with(
+        &t.finish(),
+        &[async_compression::zstd::CParameter::window_log(27)],
+    );
     refused(
         &reg,
         &long,

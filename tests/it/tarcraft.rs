@@ -201,12 +201,22 @@ impl Tar {
 
 /// zstd-compress `bytes` (level 3, one frame).
 pub fn zstd(bytes: &[u8]) -> Vec<u8> {
+    zstd_with(bytes, &[])
+}
+
+/// `bytes` compressed as one streamed zstd frame with these parameters (no
+/// pledged size, so a window log set here is what the frame declares).
+pub fn zstd_with(bytes: &[u8], params: &[async_compression::zstd::CParameter]) -> Vec<u8> {
     use tokio::io::AsyncWriteExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut enc = async_compression::tokio::write::ZstdEncoder::new(Vec::new());
+        let mut enc = async_compression::tokio::write::ZstdEncoder::with_quality_and_params(
+            Vec::new(),
+            async_compression::Level::Default,
+            params,
+        );
         enc.write_all(bytes).await.unwrap();
         enc.shutdown().await.unwrap();
         enc.into_inner()
