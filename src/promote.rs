@@ -101,11 +101,13 @@ fn undo(registry: &Registry, moves: &[Move]) -> Result<()> {
     Ok(())
 }
 
-/// Roll back every promotion whose process died mid-way, and mark it failed.
-/// Runs on every open; costs one indexed query when nothing is pending.
+/// Roll back every promotion whose process died mid-way, and mark it failed;
+/// finish every `rm` that died before moving its directory away. Runs on
+/// every open; costs two indexed queries when nothing is pending.
 pub fn recover(registry: &mut Registry) -> Result<()> {
     let pending = dead_imports(registry, &[ImportState::Promoting])?;
-    if pending.is_empty() {
+    let removals = db::snapshots::pending_removals(registry.db().conn())?;
+    if pending.is_empty() && removals.is_empty() {
         return Ok(());
     }
     let lock = registry.lock()?;
@@ -116,6 +118,7 @@ pub fn recover(registry: &mut Registry) -> Result<()> {
 /// runs it first: an importer that opened the registry before another died
 /// mid-promotion would otherwise find that one's renamed files in its way.
 fn recover_locked(registry: &mut Registry, _lock: &RegistryLock) -> Result<()> {
+    crate::remove::finish_removals(registry)?;
     for import in dead_imports(registry, &[ImportState::Promoting])? {
         let moves = db::imports::import_moves(registry.db().conn(), &import.id)?;
         undo(registry, &moves)?;

@@ -23,8 +23,12 @@ pub struct RemoveReport {
 impl Registry {
     /// Remove a snapshot; refuses when it has children unless `force`.
     ///
-    /// The row goes first (in a committed transaction), then the directory:
-    /// a crash in between leaves debris for gc, never a row without files.
+    /// The rows go first, in a committed transaction that also records the
+    /// directory still to move (`pending_removals`); then the directory is
+    /// renamed out of `snapshots/` and deleted, and the record dropped. A
+    /// crash in between never leaves a row without its files, and the next
+    /// command that opens the registry finishes the move ([`finish_removals`]),
+    /// so the name is free again at once.
     pub fn remove(&mut self, reference: &str, force: bool) -> Result<RemoveReport> {
         let _lock = self.lock()?;
         let row = self.resolve(reference)?;
@@ -37,30 +41,52 @@ impl Registry {
             });
         }
         let name: SnapshotName = row.name.parse()?;
-        let dir = self.layout().snapshot(&name);
-        // After the commit the directory is renamed out of snapshots/ at once
-        // (freeing the name), then deleted at leisure.
-        let doomed = self
-            .layout()
-            .staging()
-            .join(format!("rm-{}", row.digest.hex()));
-        remove_dir_if_exists(&doomed)?;
         {
             let tx = self.db_mut().write()?;
             db::snapshots::delete_snapshot(&tx, &row.digest)?;
+            db::snapshots::insert_pending_removal(&tx, &row.digest, &row.name, db::now_unix())?;
             crate::failpoint::hit(crate::failpoint::RM_BEFORE_COMMIT)?;
             tx.commit()?;
         }
         crate::failpoint::hit(crate::failpoint::RM_COMMITTED)?;
-        if dir.exists() {
-            std::fs::rename(&dir, &doomed).at("rename", &dir)?;
-            crate::failpoint::hit(crate::failpoint::RM_RENAMED)?;
-            remove_dir_if_exists(&doomed)?;
-        }
+        finish_removal(self, &row.digest, &name)?;
         Ok(RemoveReport {
             digest: row.digest,
             name: row.name,
             orphaned_children: children,
         })
     }
+}
+
+/// Finish every removal a crashed `rm` left recorded. The caller holds the
+/// registry lock.
+pub fn finish_removals(registry: &mut Registry) -> Result<()> {
+    for (digest, name) in db::snapshots::pending_removals(registry.db().conn())? {
+        match name.parse::<SnapshotName>() {
+            Ok(name) => finish_removal(registry, &digest, &name)?,
+            // Not a name rm could have written; nothing on disk to move.
+            Err(_) => db::snapshots::delete_pending_removal(registry.db().conn(), &digest)?,
+        }
+    }
+    Ok(())
+}
+
+/// Move the removed snapshot's directory out of `snapshots/` (freeing its
+/// name at once), delete it, then drop the record. A directory that a
+/// snapshot row names again is not the removed one and stays.
+fn finish_removal(registry: &mut Registry, digest: &Digest, name: &SnapshotName) -> Result<()> {
+    let conn = registry.db().conn();
+    let dir = registry.layout().snapshot(name);
+    let doomed = registry
+        .layout()
+        .staging()
+        .join(format!("rm-{}", digest.hex()));
+    let reused = db::snapshots::snapshot_by_name(conn, name.as_str())?.is_some();
+    if !reused && dir.symlink_metadata().is_ok() {
+        remove_dir_if_exists(&doomed)?;
+        std::fs::rename(&dir, &doomed).at("rename", &dir)?;
+        crate::failpoint::hit(crate::failpoint::RM_RENAMED)?;
+    }
+    remove_dir_if_exists(&doomed)?;
+    db::snapshots::delete_pending_removal(conn, digest)
 }

@@ -273,3 +273,33 @@ fn map_lineage(r: &Row<'_>) -> rusqlite::Result<LineageRow> {
         parent: r.get(3)?,
     })
 }
+
+/// Record, in the transaction that deletes its rows, that snapshot `digest`'s
+/// directory `name` still has to be moved out of `snapshots/`.
+pub fn insert_pending_removal(
+    conn: &Connection,
+    digest: &Digest,
+    name: &str,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO pending_removals (digest, name, started_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(rusqlite::params![digest, name, now])?;
+    Ok(())
+}
+
+/// Removals whose directory move has not been confirmed, oldest first.
+pub fn pending_removals(conn: &Connection) -> Result<Vec<(Digest, String)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT digest, name FROM pending_removals ORDER BY started_at, digest")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Forget a finished removal.
+pub fn delete_pending_removal(conn: &Connection, digest: &Digest) -> Result<()> {
+    conn.prepare_cached("DELETE FROM pending_removals WHERE digest = ?1")?
+        .execute([digest])?;
+    Ok(())
+}

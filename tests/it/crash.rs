@@ -75,8 +75,8 @@ fn dir_set(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Assert every row has its file with its recorded size and nothing is
-/// left `promoting`; return the debris: paths under `snapshots/` and
+/// Assert every row has its file with its recorded size and no promotion
+/// or rm is left unfinished; return the debris: paths under `snapshots/` and
 /// `cache/` that no row names.
 pub fn rows_have_files(reg: &Reg) -> Vec<String> {
     let names = sql_set(reg, "SELECT name FROM snapshots");
@@ -132,6 +132,11 @@ pub fn rows_have_files(reg: &Reg) -> Vec<String> {
     assert!(
         promoting.is_empty(),
         "a promotion was left pending: {promoting:?}"
+    );
+    let removals = sql_set(reg, "SELECT name FROM pending_removals");
+    assert!(
+        removals.is_empty(),
+        "an rm was left unfinished: {removals:?}"
     );
     debris
 }
@@ -441,14 +446,8 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
     let committed = if redo_first && run.code == 0 {
         true
     } else {
-        // A crashed rm leaves its directory in snapshots/ as debris until
-        // gc; an import of the same name meanwhile says so.
-        let debris_in_the_way = op == Op::Rm
-            && redo_first
-            && run.code == 4
-            && run.stderr.contains("run `msb-registry gc` to clear debris");
         assert!(
-            run.code == 0 || (first == "lineage" && run.code == 3) || debris_in_the_way,
+            run.code == 0 || (first == "lineage" && run.code == 3),
             "{ctx}: exit {} {}",
             run.code,
             run.stderr
@@ -461,7 +460,8 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
         now == after
     };
     let debris = rows_have_files(&reg);
-    if matches!(op, Op::Import | Op::Add | Op::Recover) || first == "gc" {
+    // A crashed rm is finished by whatever command comes next.
+    if matches!(op, Op::Import | Op::Add | Op::Recover | Op::Rm) || first == "gc" {
         assert!(debris.is_empty(), "{ctx}: files without rows: {debris:?}");
     }
     if let (false, Op::Import | Op::Add) = (redo_first, op) {
