@@ -140,6 +140,11 @@ impl Registry {
                 .to_string_lossy()
                 .into_owned()
         };
+        db::imports::insert_pin(
+            self.db().conn(),
+            lease.id(),
+            &parsed.manifest.image.manifest_digest,
+        )?;
         let staged_dir = lease.staging().join("snapshot");
         std::fs::create_dir(&staged_dir).at("create directory", &staged_dir)?;
 

@@ -254,16 +254,23 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
             .iter()
             .map(|r| CacheFile::metadata_for_ref(r).rel_path())
             .collect();
+        let unpinned_images = db::gc::unpinned_images(&tx)?;
+        let mut leases = db::gc::unfinished_import_paths(&tx)?;
+        lease_pinned_images(
+            &mut leases,
+            &unpinned_images,
+            db::gc::unfinished_import_pins(&tx)?,
+        );
         IndexView {
-            unpinned_images: db::gc::unpinned_images(&tx)?,
             unreachable: db::gc::unreachable_cache_files(&tx, &live_metadata)?,
+            unpinned_images,
             cache_paths: db::gc::cache_paths(&tx)?.into_iter().collect(),
             snapshots: db::gc::snapshot_file_names(&tx)?
                 .into_iter()
                 .map(|(name, files)| (name, files.into_iter().collect()))
                 .collect(),
             imports: db::gc::import_entries(&tx)?,
-            leases: db::gc::unfinished_import_paths(&tx)?,
+            leases,
         }
     };
     let listing = list_disk(registry.layout(), &index)?;
@@ -285,6 +292,24 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
         listing,
         live,
     })
+}
+
+/// Add to each unfinished import's lease the files of every image its
+/// snapshots pin that no snapshot in the index pins yet: the import will
+/// pin it when it lands, so it is in use already.
+fn lease_pinned_images(
+    leases: &mut BTreeMap<String, Vec<String>>,
+    unpinned: &[ImageLayers],
+    pins: Vec<(String, Digest)>,
+) {
+    let by_digest: HashMap<Digest, &ImageLayers> =
+        unpinned.iter().map(|i| (i.manifest_digest, i)).collect();
+    for (import, digest) in pins {
+        if let Some(image) = by_digest.get(&digest) {
+            let paths = image_files(image).into_iter().map(|f| format!("cache/{f}"));
+            leases.entry(import).or_default().extend(paths);
+        }
+    }
 }
 
 /// The import a `staging/` entry belongs to: `<id>` or `<id>.lock`.
@@ -720,6 +745,32 @@ mod tests {
             .iter()
             .map(|r| (r.kind, r.path.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn images_pinned_by_unfinished_imports_join_their_leases() {
+        let image = ImageLayers {
+            manifest_digest: d(10),
+            metadata_file: "manifests/aa.json".into(),
+            layers: vec![d(1), d(2)],
+        };
+        let mut leases = BTreeMap::new();
+        leases.insert("i".to_string(), vec!["staging/i/x".to_string()]);
+        lease_pinned_images(
+            &mut leases,
+            std::slice::from_ref(&image),
+            vec![("i".into(), d(10)), ("j".into(), d(11))],
+        );
+        let mut expected = vec!["staging/i/x".to_string()];
+        expected.extend(
+            image_files(&image)
+                .into_iter()
+                .map(|f| format!("cache/{f}")),
+        );
+        assert_eq!(leases["i"], expected);
+        assert!(expected.contains(&format!("cache/{}", layer(2))));
+        // An image pinned by a snapshot already is not in `unpinned`: no lease needed.
+        assert!(!leases.contains_key("j"));
     }
 
     #[test]

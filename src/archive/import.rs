@@ -6,7 +6,7 @@
 //! hand it to [`install`], which checks compatibility and promotes under the
 //! journal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -142,8 +142,14 @@ impl Registry {
             .build()
             .at("start runtime for", source.label())?;
         progress.start("import", opened.len);
-        let streamed =
-            runtime.block_on(read_archive(&layout, lease.id(), source, opened, progress));
+        let streamed = runtime.block_on(read_archive(
+            &layout,
+            self.db().conn(),
+            lease.id(),
+            source,
+            opened,
+            progress,
+        ));
         runtime.shutdown_background();
         progress.finish();
         let streamed = streamed?;
@@ -230,6 +236,7 @@ fn record(
 /// takes precedence over the tar reader's, since it is the cause.
 async fn read_archive(
     layout: &Layout,
+    conn: &rusqlite::Connection,
     id: &str,
     source: &ImportSource,
     opened: OpenedSource,
@@ -240,7 +247,9 @@ async fn read_archive(
     let mut reader = Budgeted::new(tar, budget.clone());
     let mut stager = Stager {
         layout,
+        conn,
         id,
+        pinned: HashSet::new(),
         members: MemberSet::default(),
         streamed: Streamed::default(),
         by_prefix: HashMap::new(),
@@ -325,7 +334,11 @@ impl Ticker<'_> {
 
 struct Stager<'a> {
     layout: &'a Layout,
+    /// For recording, as each manifest arrives, the image it pins.
+    conn: &'a rusqlite::Connection,
     id: &'a str,
+    /// Images already recorded in `import_pins`.
+    pinned: HashSet<Digest>,
     members: MemberSet,
     streamed: Streamed,
     by_prefix: HashMap<String, usize>,
@@ -452,6 +465,10 @@ impl Stager<'_> {
                     parsed.digest
                 ),
             ));
+        }
+        let image = parsed.manifest.image.manifest_digest;
+        if self.pinned.insert(image) {
+            db::imports::insert_pin(self.conn, self.id, &image)?;
         }
         let dir = self.layout.staged_snapshot(self.id, &prefix);
         std::fs::create_dir_all(&dir).at("create directory", &dir)?;

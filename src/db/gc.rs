@@ -205,6 +205,17 @@ pub fn unfinished_import_paths(conn: &Connection) -> Result<BTreeMap<String, Vec
     Ok(out)
 }
 
+/// The images each unfinished import's snapshots pin, as `(import, image)`.
+pub fn unfinished_import_pins(conn: &Connection) -> Result<Vec<(String, Digest)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.import, p.image FROM import_pins p
+         JOIN imports i ON i.id = p.import WHERE i.state IN ('staging', 'promoting')
+         ORDER BY p.import, p.image",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Delete, inside the caller's transaction, the cache rows at `paths`, the
 /// images (and, by cascade, their layer rows) at `images`, and the import
 /// journal rows (with their files and moves) at `imports`.

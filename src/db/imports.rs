@@ -141,6 +141,14 @@ pub fn insert_import_files(conn: &Connection, id: &str, files: &[ImportFileRow])
     Ok(())
 }
 
+/// Record that import `id` will pin `image` (its own autocommitted
+/// transaction, so gc sees it while the import is still streaming).
+pub fn insert_pin(conn: &Connection, id: &str, image: &Digest) -> Result<()> {
+    conn.prepare_cached("INSERT OR IGNORE INTO import_pins (import, image) VALUES (?1, ?2)")?
+        .execute(params![id, image])?;
+    Ok(())
+}
+
 /// The files an import staged, in member order.
 pub fn import_files(conn: &Connection, id: &str) -> Result<Vec<ImportFileRow>> {
     let mut stmt = conn.prepare_cached(

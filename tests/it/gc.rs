@@ -436,3 +436,120 @@ fn verify_names_corrupt_and_missing_files() {
     verify_clean(&reg);
     reg.run(&["verify", "s", "--content"]).ok();
 }
+
+/// Start `args` with a failpoint that pauses it; return once it says so.
+fn paused(reg: &Reg, args: &[&str], failpoint: &str) -> std::process::Child {
+    let mut child = Command::new(bin())
+        .arg("--root")
+        .arg(reg.root())
+        .args(args)
+        .env("MSB_FAILPOINT", format!("{failpoint}:pause"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("paused") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "{args:?} ended before pausing"
+        );
+    }
+    child
+}
+
+#[test]
+fn an_image_a_live_import_will_pin_is_kept() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    // A second image, cached but pinned by nothing once `other` is removed.
+    let cache = reg.path("other-cache");
+    let other_image = make_image_cache(&cache, "alpine:3.20", 9, &[8192, 4096]);
+    let dir = reg.path("src/other");
+    let mut spec = SnapSpec::new(&other_image);
+    spec.image.0 = "alpine:3.20".into();
+    make_snapshot(&dir, &spec);
+    reg.run(&[
+        "add",
+        dir.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+    .ok();
+    let archive = reg.path("other.tar.zst");
+    reg.run(&["export", "other", "-o", archive.to_str().unwrap()])
+        .ok();
+    reg.run(&["rm", "other"]).ok();
+    let image_files: Vec<String> = other_image
+        .layers
+        .iter()
+        .map(|l| cache_path(CacheKind::Layers, l.diff_id))
+        .chain([
+            cache_path(CacheKind::Fsmeta, other_image.manifest_digest),
+            cache_path(CacheKind::Vmdk, other_image.manifest_digest),
+        ])
+        .collect();
+
+    // The archive holds no image: the import relies on the cached copy.
+    let mut child = paused(
+        &reg,
+        &["import", archive.to_str().unwrap()],
+        "import.streamed",
+    );
+    let r = gc(&reg);
+    assert!(
+        r.removed.is_empty(),
+        "gc removed what the import will pin: {:?}",
+        r.removed
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = paused(&reg, &["add", dir.to_str().unwrap()], "add.staged");
+    let r = gc(&reg);
+    let kept: Vec<&Removed> = r
+        .removed
+        .iter()
+        .filter(|x| x.kind != "staging" && x.kind != "journal")
+        .collect();
+    assert!(
+        kept.is_empty(),
+        "gc removed what the add will pin: {kept:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    reg.run(&["import", archive.to_str().unwrap(), "--name", "other"])
+        .ok();
+    let show: serde_json::Value = reg.json(&["show", "other"]);
+    assert_eq!(show["image_cached"], true, "{show}");
+    for f in &image_files {
+        assert!(reg.root().join(f).exists(), "{f} is gone");
+    }
+    let r = gc(&reg);
+    assert!(
+        r.removed
+            .iter()
+            .all(|x| x.kind == "staging" || x.kind == "journal"),
+        "{:?}",
+        r.removed
+    );
+    verify_clean(&reg);
+
+    // With no import alive, the same image goes once nothing pins it.
+    reg.run(&["rm", "other"]).ok();
+    let r = gc(&reg);
+    let mut removed: Vec<String> = r
+        .removed
+        .iter()
+        .filter(|x| matches!(x.kind.as_str(), "layer" | "fsmeta" | "vmdk"))
+        .map(|x| x.path.clone())
+        .collect();
+    removed.sort();
+    let mut expected = image_files.clone();
+    expected.sort();
+    assert_eq!(removed, expected);
+    verify_clean(&reg);
+}
