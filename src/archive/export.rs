@@ -192,12 +192,15 @@ async fn write_target(
             reference: dir.display().to_string(),
         });
     }
+    let prefix = format!(".{}.", file_name.to_string_lossy());
+    remove_stale_partials(dir, &prefix);
     let temp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name.to_string_lossy()))
-        .suffix(".partial")
+        .prefix(&prefix)
+        .suffix(PARTIAL_SUFFIX)
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .at("create temporary file in", dir)?;
+    temp.as_file().lock().at("lock", temp.path())?;
     let out = temp.as_file().try_clone().at("open", temp.path())?;
     let bytes = write_archive(
         files,
@@ -214,6 +217,51 @@ async fn write_target(
         .map_err(|e| Error::io("rename onto", path, e.error))?;
     fsync_dir(dir)?;
     Ok(bytes)
+}
+
+/// How an export's temporary file beside its target ends.
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// A temporary file left this long untouched, with no export holding its
+/// lock, was left by a killed export.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Remove what killed exports to the same target left in `dir`: files named
+/// `<prefix><6 chars>.partial` that no export holds locked (a live one locks
+/// its file for its whole run) and that nobody wrote to for a minute (which
+/// covers the instant between a file's creation and its lock). Best effort:
+/// whatever cannot be checked or removed is left alone.
+fn remove_stale_partials(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_ours = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(PARTIAL_SUFFIX))
+            .is_some_and(|random| {
+                random.len() == 6 && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+        if !is_ours {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        let stale = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if stale && file.try_lock().is_ok() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Stream the whole archive into `out`; returns the bytes written to it.

@@ -475,6 +475,46 @@ fn output_paths_are_checked_before_anything_is_written() {
 }
 
 #[test]
+fn partial_files_of_killed_exports_are_cleared_but_live_ones_stay() {
+    let reg = Reg::new();
+    let image = make_image_cache(&reg.path("cache"), "python:3.12", 5, &[4096]);
+    make_snapshot(&reg.path("src/one"), &SnapSpec::new(&image));
+    reg.run(&["add", reg.path("src/one").to_str().unwrap()])
+        .ok();
+    let out = reg.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let partial = |name: &str, age: Option<std::time::SystemTime>| {
+        let path = out.join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(1 << 20).unwrap();
+        if let Some(t) = age {
+            f.set_modified(t).unwrap();
+        }
+        (path, f)
+    };
+    let (killed, _) = partial(".one.tar.zst.aB3dE9.partial", Some(old));
+    let (locked, held) = partial(".one.tar.zst.Zz9yX8.partial", Some(old));
+    held.lock().unwrap();
+    let (fresh, _) = partial(".one.tar.zst.Qq1wE2.partial", None);
+    let (other, _) = partial(".two.tar.zst.aB3dE9.partial", Some(old));
+    let (unrelated, _) = partial(".one.tar.zst.notours", Some(old));
+
+    reg.run(&[
+        "export",
+        "one",
+        "-o",
+        out.join("one.tar.zst").to_str().unwrap(),
+    ])
+    .ok();
+    assert!(!killed.exists(), "a killed export's partial file stayed");
+    for kept in [&locked, &fresh, &other, &unrelated] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+    drop(held);
+}
+
+#[test]
 fn missing_parent_is_named() {
     let reg = Reg::new();
     let image = make_image_cache(&reg.path("cache"), "python:3.12", 5, &[4096]);
