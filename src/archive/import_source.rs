@@ -61,8 +61,8 @@ impl ImportSource {
     /// How refusals of the whole archive name the source: its path, or "stdin".
     pub fn display_name(&self) -> String {
         match self {
-            ImportSource::Path(p) => p.display().to_string(),
             ImportSource::Stdin => "stdin".into(),
+            path => path.label(),
         }
     }
 }

@@ -446,13 +446,19 @@ fn corruption_fails_with_exit_5_and_leaves_no_output() {
     assert!(!out.exists());
 }
 
-#[test]
-fn output_paths_are_checked_before_anything_is_written() {
+/// A registry holding one small snapshot named `one`.
+fn registry_with_one() -> Reg {
     let reg = Reg::new();
     let image = make_image_cache(&reg.path("cache"), "python:3.12", 5, &[4096]);
     make_snapshot(&reg.path("src/one"), &SnapSpec::new(&image));
     reg.run(&["add", reg.path("src/one").to_str().unwrap()])
         .ok();
+    reg
+}
+
+#[test]
+fn output_paths_are_checked_before_anything_is_written() {
+    let reg = registry_with_one();
     let missing = reg.path("no/such/dir");
     let target = missing.join("one.tar.zst");
     reg.run(&["export", "one", "-o", target.to_str().unwrap()])
@@ -476,11 +482,7 @@ fn output_paths_are_checked_before_anything_is_written() {
 
 #[test]
 fn partial_files_of_killed_exports_are_cleared_but_live_ones_stay() {
-    let reg = Reg::new();
-    let image = make_image_cache(&reg.path("cache"), "python:3.12", 5, &[4096]);
-    make_snapshot(&reg.path("src/one"), &SnapSpec::new(&image));
-    reg.run(&["add", reg.path("src/one").to_str().unwrap()])
-        .ok();
+    let reg = registry_with_one();
     let out = reg.path("out");
     std::fs::create_dir(&out).unwrap();
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);

@@ -298,24 +298,11 @@ fn a_live_import_keeps_its_files() {
     let (_, image) = chain_in_registry(&reg);
     let src = reg.path("src/slow");
     make_snapshot(&src, &SnapSpec::new(&image).label("slow", "yes"));
-    let mut child = Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(["add", src.to_str().unwrap(), "--name", "slow"])
-        .env("MSB_FAILPOINT", "lease.acquired:pause")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("paused") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "add ended before pausing"
-        );
-    }
+    let mut child = paused(
+        &reg,
+        &["add", src.to_str().unwrap(), "--name", "slow"],
+        "lease.acquired",
+    );
     let staging = reg.root().join("staging");
     let id = std::fs::read_dir(&staging)
         .unwrap()
