@@ -3,6 +3,8 @@
 //! cache with metadata, fsmeta, vmdk and layers. Used by `demo`, the
 //! benchmarks and the tests.
 
+pub mod ext4;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -86,13 +88,24 @@ pub fn write_snapshot(dir: &Path, spec: &SnapshotSpec) -> Result<Digest> {
             .write_all_at(bytes, *offset)
             .at("write", &upper_path)?;
     }
+    drop(upper);
+    write_manifest(dir, spec)
+}
+
+/// Write `dir/manifest.json` for the upper already at `dir/upper.ext4` (its
+/// apparent size, not `spec.len`, is recorded), computing the integrity
+/// `spec` asks for; returns the snapshot's digest.
+pub fn write_manifest(dir: &Path, spec: &SnapshotSpec) -> Result<Digest> {
+    let upper_path = dir.join("upper.ext4");
+    let upper = File::open(&upper_path).at("open", &upper_path)?;
+    let len = upper.metadata().at("stat", &upper_path)?.len();
     let integrity = match spec.integrity {
         None => None,
         Some(algorithm) => {
             let digest = if algorithm == INTEGRITY_SHA256 {
-                hash_upper(&upper, spec.len, &upper_path, PlainSha256::default())?.finish()
+                hash_upper(&upper, len, &upper_path, PlainSha256::default())?.finish()
             } else {
-                hash_upper(&upper, spec.len, &upper_path, SparseSha256V1::new(spec.len))?.finish()
+                hash_upper(&upper, len, &upper_path, SparseSha256V1::new(len))?.finish()
             };
             Some(Integrity {
                 algorithm: algorithm.into(),
@@ -113,7 +126,7 @@ pub fn write_snapshot(dir: &Path, spec: &SnapshotSpec) -> Result<Digest> {
         labels: spec.labels.clone(),
         upper: Upper {
             file: "upper.ext4".into(),
-            size_bytes: spec.len,
+            size_bytes: len,
             integrity,
         },
         source_sandbox: spec.source_sandbox.clone(),
