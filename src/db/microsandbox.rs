@@ -3,12 +3,17 @@
 //! written, never blocking microsandbox.
 //!
 //! msb.db is in WAL mode and microsandbox may be writing it while we read.
-//! The connection is opened read-only (`SQLITE_OPEN_READONLY`, `query_only`,
-//! no checkpoint on close): it reads the committed state, the `-wal` file
-//! included, through SQLite's own reader protocol, so a writer holding a
-//! write transaction neither blocks it nor is blocked by it. A read-only
-//! connection never checkpoints and never deletes the `-wal`; when no
-//! `-wal` exists SQLite reads the main file alone and creates nothing.
+//! - While microsandbox has it open (a `-wal` file exists) the connection is
+//!   opened read-only (`SQLITE_OPEN_READONLY`, `query_only`, no checkpoint
+//!   on close): it reads the committed state, the `-wal` included, through
+//!   SQLite's own reader protocol, so a writer holding a write transaction
+//!   neither blocks it nor is blocked by it, and it never checkpoints (so
+//!   never writes the main file) nor deletes the `-wal`.
+//! - When no `-wal` exists (nobody has it open), a WAL reader would create
+//!   the `-wal` and `-shm` side files. Instead the main file is read as
+//!   immutable (no locks, no side files) and the read is kept only if no
+//!   `-wal` appeared and the file did not change meanwhile; else it is
+//!   redone the first way.
 
 use std::path::Path;
 use std::time::Duration;
@@ -53,12 +58,71 @@ pub enum Unusable {
 }
 
 /// Read what microsandbox uses from the msb.db at `path`, in one read
-/// transaction.
+/// transaction, creating and writing nothing beside it when nobody has it open.
 pub fn read_use(path: &Path) -> Result<MicrosandboxUse, Unusable> {
+    let wal = side_file(path, "-wal");
+    if wal.symlink_metadata().is_err()
+        && let Some(before) = stamp(path)
+    {
+        let quiet = open_immutable(path)
+            .map_err(|e| Unusable::Unreadable(e.to_string()))
+            .and_then(|conn| read_from(&conn));
+        if wal.symlink_metadata().is_err() && stamp(path) == Some(before) {
+            return quiet;
+        }
+    }
+    let conn = open_read_only(path).map_err(|e| Unusable::Unreadable(e.to_string()))?;
+    read_from(&conn)
+}
+
+/// `<path><suffix>`: SQLite's `-wal` and `-shm` files.
+fn side_file(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    name.into()
+}
+
+/// What changes whenever the file is written or replaced.
+fn stamp(path: &Path) -> Option<(u64, u64, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
+}
+
+/// Open msb.db as immutable: no locks, no side files. Only sound while
+/// nobody writes it, which [`read_use`] checks around the read.
+fn open_immutable(path: &Path) -> rusqlite::Result<Connection> {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    let conn = Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+fn read_from(conn: &Connection) -> Result<MicrosandboxUse, Unusable> {
     let unreadable = |e: rusqlite::Error| Unusable::Unreadable(e.to_string());
-    let conn = open_read_only(path).map_err(unreadable)?;
     conn.execute_batch("BEGIN").map_err(unreadable)?;
-    check_schema(&conn)?;
+    check_schema(conn)?;
     let strings = |sql: &str| -> Result<Vec<String>, Unusable> {
         let mut stmt = conn.prepare(sql).map_err(unreadable)?;
         let rows = stmt.query_map([], |r| r.get(0)).map_err(unreadable)?;
@@ -168,10 +232,23 @@ mod tests {
         path
     }
 
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
     fn reads_images_named_by_refs_and_sandboxes_and_linked_layers() {
         let dir = tempfile::tempdir().unwrap();
-        let found = read_use(&home_db(dir.path())).unwrap();
+        let path = home_db(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let found = read_use(&path).unwrap();
+        assert_eq!(names(dir.path()), ["msb.db"], "no side file created");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
         assert_eq!(found.manifests, ["sha256:aa", "sha256:bb"]);
         assert_eq!(found.references, ["docker.io/library/python:3.12"]);
         assert_eq!(found.layers, ["sha256:22"]);
