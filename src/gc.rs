@@ -1169,6 +1169,36 @@ mod tests {
     }
 
     #[test]
+    fn apply_spares_an_artifact_whose_lock_is_taken_after_planning() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::open(dir.path()).unwrap();
+        let path = format!("cache/{}", layer(1));
+        let file = registry.layout().resolve(&path);
+        std::fs::write(&file, vec![1u8; 4096]).unwrap();
+        let lock_path = Layout::artifact_lock(&file);
+        let holder = std::fs::File::create(&lock_path).unwrap();
+        holder.lock().unwrap();
+        let plan = GcPlan {
+            files: vec![Doomed {
+                path: path.clone(),
+                dir: false,
+                import: None,
+                bytes: 4096,
+            }],
+            ..GcPlan::default()
+        };
+        let lock = registry.lock().unwrap();
+        let spared = apply(&mut registry, &lock, &plan, &crate::progress::NoProgress).unwrap();
+        assert_eq!(spared, [path.clone()].into());
+        assert!(file.exists());
+        holder.unlock().unwrap();
+        let spared = apply(&mut registry, &lock, &plan, &crate::progress::NoProgress).unwrap();
+        assert!(spared.is_empty());
+        assert!(!file.exists());
+        assert!(lock_path.exists(), "a lock file is never deleted");
+    }
+
+    #[test]
     fn live_imports_keep_their_staging_and_leased_paths() {
         let (mut index, mut listing) = with_cache(&[&layer(1)]);
         index.unreachable = vec![entry(&layer(1), 4096)];
