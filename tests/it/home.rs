@@ -611,3 +611,35 @@ fn reindex_in_a_shared_home_adopts_only_complete_unlocked_artifacts() {
     let v: Value = h.reg.json(&["verify", "--content"]);
     assert_eq!(v["ok"], true, "{v}");
 }
+
+#[test]
+fn a_held_lock_keeps_an_unused_image_whole_until_it_is_free() {
+    let h = home();
+    let root = h.reg.root();
+    let layer = rel(CacheKind::Layers, h.busybox.layers[1].diff_id);
+    let held = hold(&root.join(format!("{layer}.lock")));
+    let r: Value = h.reg.json(&["gc"]);
+    assert!(
+        !removed(&r)
+            .iter()
+            .any(|(k, p)| k == "image" || p.contains(&h.busybox.manifest_digest.hex()[..]))
+    );
+    assert!(kept(&r).contains(&(
+        h.busybox.manifest_digest.to_string(),
+        "its .lock is held (microsandbox is materializing or using it)".into()
+    )));
+    assert_all_exist(&root, &image_paths(&h.busybox, "busybox:1"));
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "a kept image keeps its rows: {v}");
+
+    drop(held);
+    let r: Value = h.reg.json(&["gc"]);
+    let gone: Vec<String> = removed(&r).into_iter().map(|(_, p)| p).collect();
+    for p in image_paths(&h.busybox, "busybox:1") {
+        assert!(gone.contains(&p), "{p} not removed: {r}");
+        assert!(!root.join(&p).exists());
+    }
+    assert!(root.join(format!("{layer}.lock")).exists());
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
