@@ -12,6 +12,14 @@
 //! its staging directory and lock). Imports left in `promoting` are never
 //! touched here: the next open rolls them back.
 //!
+//! In a microsandbox home (DESIGN §9) microsandbox's index adds roots: the
+//! images its refs and sandboxes name and the layers its manifests link
+//! stay; when `db/msb.db` cannot say, no cache artifact (and no snapshot
+//! debris) goes. Everywhere, names that are not ours ([`foreign`]) are never
+//! planned, and a cache artifact whose `.lock` is held stays: the plan is
+//! made again with those held at planning time, and apply takes each lock
+//! before unlinking.
+//!
 //! Order: rows are deleted and committed first, files after, so a crash at
 //! any instant leaves a live artifact or debris the next gc removes, never a
 //! row without its file.
