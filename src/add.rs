@@ -46,6 +46,9 @@ pub struct AddReport {
     pub cache_files_installed: usize,
     /// Cache files already present with the same content.
     pub cache_files_skipped: usize,
+    /// In a shared home whose snapshots this changed: how to refresh
+    /// microsandbox's view (`msb snapshot reindex`); null otherwise.
+    pub microsandbox_hint: Option<String>,
 }
 
 /// Read and validate `<dir>/manifest.json`.
@@ -110,6 +113,7 @@ impl Registry {
                 bytes: files.iter().map(|f| f.size).sum(),
                 cache_files_installed: 0,
                 cache_files_skipped: 0,
+                microsandbox_hint: None,
             });
         }
         let mut lease = Lease::acquire(self, &dir.display().to_string())?;
@@ -258,6 +262,11 @@ impl Registry {
         let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
             .expect("installed or already present");
         Ok(AddReport {
+            microsandbox_hint: if outcome.imported.is_empty() {
+                None
+            } else {
+                crate::shared_home::reindex_hint(self.layout())
+            },
             digest: parsed.digest,
             name: row.name,
             already_present: outcome.imported.is_empty(),

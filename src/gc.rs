@@ -12,6 +12,14 @@
 //! its staging directory and lock). Imports left in `promoting` are never
 //! touched here: the next open rolls them back.
 //!
+//! In a microsandbox home (DESIGN §9) microsandbox's index adds roots: the
+//! images its refs and sandboxes name and the layers its manifests link
+//! stay; when `db/msb.db` cannot say, no cache artifact (and no snapshot
+//! debris) goes. Everywhere, names that are not ours ([`foreign`]) are never
+//! planned, and a cache artifact whose `.lock` is held stays: the plan is
+//! made again with those held at planning time, and apply takes each lock
+//! before unlinking.
+//!
 //! Order: rows are deleted and committed first, files after, so a crash at
 //! any instant leaves a live artifact or debris the next gc removes, never a
 //! row without its file.
@@ -25,11 +33,13 @@ use crate::db::gc::{CacheEntry, ImageLayers, ImportEntry};
 use crate::db::{self, ImportState, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::foreign::{self, ArtifactLock, HELD_REASON};
 use crate::image::{CacheFile, CacheKind};
 use crate::layout::Layout;
 use crate::lease::{claim_dead, is_live, remove_dir_if_exists};
 use crate::progress::Progress;
 use crate::registry::{Registry, RegistryLock};
+use crate::shared_home::{self, HomeReport, MicrosandboxRoots};
 
 /// Finished journal rows are kept this long (seconds) for `sql` queries.
 pub const JOURNAL_RETENTION_SECS: i64 = 7 * 24 * 3600;
@@ -113,6 +123,8 @@ pub struct IndexView {
     pub imports: Vec<ImportEntry>,
     /// Root-relative paths leased by each unfinished import.
     pub leases: BTreeMap<String, Vec<String>>,
+    /// The cache artifacts microsandbox uses, in a shared home.
+    pub microsandbox: MicrosandboxRoots,
 }
 
 /// One entry found on disk.
@@ -135,6 +147,8 @@ pub struct Listing {
     pub snapshots: Vec<(DiskEntry, Vec<DiskEntry>)>,
     /// Entries of `staging/`.
     pub staging: Vec<DiskEntry>,
+    /// Root-relative paths of artifacts whose `.lock` another process holds.
+    pub held: HashSet<String>,
 }
 
 /// A file or directory a plan deletes.
@@ -163,6 +177,34 @@ pub struct GcPlan {
     pub import_rows: Vec<String>,
     /// Files and directories to delete after the rows are committed.
     pub files: Vec<Doomed>,
+    /// Cache artifacts that would go but are kept for microsandbox.
+    pub kept: Vec<Kept>,
+}
+
+/// A cache artifact gc keeps because microsandbox uses it, holds its lock,
+/// or its use cannot be known.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Kept {
+    /// Path relative to the root (an image: its manifest digest).
+    pub path: String,
+    /// Why it stays.
+    pub reason: String,
+}
+
+/// Why gc keeps what microsandbox's index names.
+pub const IN_USE_REASON: &str = "microsandbox uses it (db/msb.db)";
+
+/// Why gc keeps every cache artifact when microsandbox's use is unknown.
+pub const UNKNOWN_REASON: &str = "microsandbox's use of the cache is unknown";
+
+/// How to run gc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GcOptions {
+    /// Report the plan and delete nothing.
+    pub dry_run: bool,
+    /// In a shared home whose `db/msb.db` cannot be read: sweep the cache
+    /// as if microsandbox used nothing. Dangerous.
+    pub ignore_unreadable_msb_db: bool,
 }
 
 /// Count and bytes of one kind of removal.
@@ -189,6 +231,10 @@ pub struct GcReport {
     pub bytes: u64,
     /// Counts and bytes per kind.
     pub totals: Vec<KindTotal>,
+    /// Cache artifacts kept for microsandbox, each with its reason.
+    pub kept: Vec<Kept>,
+    /// What the root shares with microsandbox.
+    pub microsandbox: Option<HomeReport>,
 }
 
 impl GcReport {
@@ -209,6 +255,8 @@ impl GcReport {
             bytes: removed.iter().map(|r| r.bytes).sum(),
             removed,
             totals: totals.into_values().collect(),
+            kept: Vec::new(),
+            microsandbox: None,
         }
     }
 }
@@ -222,32 +270,86 @@ pub struct Survey {
     pub listing: Listing,
     /// Ids of imports whose lock is held.
     pub live: HashSet<String>,
+    /// What the root shares with microsandbox.
+    pub home: HomeReport,
 }
 
 impl Registry {
     /// Reclaim unreferenced cache artifacts, debris and dead imports; with
     /// `dry_run`, report the plan and delete nothing.
     pub fn gc(&mut self, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
+        self.gc_with(
+            &GcOptions {
+                dry_run,
+                ..GcOptions::default()
+            },
+            progress,
+        )
+    }
+
+    /// [`Registry::gc`] with every option. In a shared home the plan keeps
+    /// what microsandbox uses and every artifact whose `.lock` is held.
+    pub fn gc_with(&mut self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let lock = self.lock()?;
-        let survey = survey(self)?;
-        let plan = plan(&survey.index, &survey.listing, &survey.live, now_unix());
-        if dry_run {
-            return Ok(GcReport::new(true, plan.removals));
+        let mut survey = survey(self)?;
+        if opts.ignore_unreadable_msb_db && survey.index.microsandbox == MicrosandboxRoots::Unknown
+        {
+            survey.index.microsandbox = MicrosandboxRoots::None;
+            survey.home.overridden = true;
+        }
+        let mut plan = plan(&survey.index, &survey.listing, &survey.live, now_unix());
+        let held = held_locks(self.layout(), &plan)?;
+        if !held.is_empty() {
+            survey.listing.held = held;
+            plan = self::plan(&survey.index, &survey.listing, &survey.live, now_unix());
+        }
+        let home = survey.home.shared.then_some(survey.home);
+        if opts.dry_run {
+            let mut report = GcReport::new(true, plan.removals);
+            report.kept = plan.kept;
+            report.microsandbox = home;
+            return Ok(report);
         }
         crate::failpoint::hit(crate::failpoint::GC_PLANNED)?;
         let spared = apply(self, &lock, &plan, progress)?;
+        let mut kept = plan.kept;
+        kept.extend(
+            spared
+                .iter()
+                .filter(|p| p.starts_with("cache/"))
+                .map(|p| Kept {
+                    path: p.clone(),
+                    reason: HELD_REASON.into(),
+                }),
+        );
+        kept.sort();
         let removed = plan
             .removals
             .into_iter()
             .filter(|r| !spared.contains(&r.path))
             .collect();
-        Ok(GcReport::new(false, removed))
+        let mut report = GcReport::new(false, removed);
+        report.kept = kept;
+        report.microsandbox = home;
+        Ok(report)
     }
+}
+
+/// The cache files `plan` deletes whose `.lock` another process holds.
+fn held_locks(layout: &Layout, plan: &GcPlan) -> Result<HashSet<String>> {
+    let mut held = HashSet::new();
+    for f in plan.files.iter().filter(|f| f.path.starts_with("cache/")) {
+        if foreign::lock_held(&layout.resolve(&f.path))? {
+            held.insert(f.path.clone());
+        }
+    }
+    Ok(held)
 }
 
 /// Read the index (one read transaction, a fixed number of queries), list
 /// the disk, and find the live imports. The caller holds the registry lock.
 pub fn survey(registry: &Registry) -> Result<Survey> {
+    let (microsandbox, home) = shared_home::roots(registry.layout(), false);
     let index = {
         let tx = registry.db().read()?;
         let live_metadata: Vec<String> = db::gc::pinned_image_refs(&tx)?
@@ -271,6 +373,7 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
                 .collect(),
             imports: db::gc::import_entries(&tx)?,
             leases,
+            microsandbox,
         }
     };
     let listing = list_disk(registry.layout(), &index)?;
@@ -291,6 +394,7 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
         index,
         listing,
         live,
+        home,
     })
 }
 
@@ -344,6 +448,8 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
                 .is_some_and(|p| p.starts_with(&under))
     };
     let cache_rel = |f: &str| format!("cache/{f}");
+    let held = |path: &str| listing.held.contains(path);
+    let ms_reason = |rel: &str| microsandbox_keeps(&index.microsandbox, rel);
 
     let mut plan = GcPlan::default();
     let on_disk: HashSet<(CacheKind, &str)> = listing
@@ -355,7 +461,15 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     let mut kept: HashSet<String> = HashSet::new();
     for image in &index.unpinned_images {
         let files = image_files(image);
+        let ms = files[..3].iter().find_map(|f| ms_reason(f));
+        let held_file = files.iter().find(|f| held(&cache_rel(f)));
         if files.iter().any(|f| is_leased(&cache_rel(f))) {
+            kept.extend(files);
+        } else if let Some(reason) = ms.or(held_file.map(|_| HELD_REASON)) {
+            plan.kept.push(Kept {
+                path: image.manifest_digest.to_string(),
+                reason: reason.into(),
+            });
             kept.extend(files);
         } else {
             plan.image_rows.push(image.manifest_digest);
@@ -373,6 +487,13 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
         };
         let path = cache_rel(&row.path);
         if kept.contains(&row.path) || is_leased(&path) {
+            continue;
+        }
+        if let Some(reason) = ms_reason(&row.path).or(held(&path).then_some(HELD_REASON)) {
+            plan.kept.push(Kept {
+                path,
+                reason: reason.into(),
+            });
             continue;
         }
         plan.cache_rows.push(row.path.clone());
@@ -400,6 +521,13 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
         if is_leased(&path) {
             return;
         }
+        if held(&path) {
+            plan.kept.push(Kept {
+                path,
+                reason: HELD_REASON.into(),
+            });
+            return;
+        }
         plan.files.push(Doomed {
             path: path.clone(),
             dir: e.dir,
@@ -414,20 +542,37 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     };
     let mut rel = String::new();
     for (kind, e) in &listing.cache {
+        if !foreign::is_cache_artifact_name(*kind, &e.name) {
+            continue;
+        }
         rel.clear();
         rel.push_str(kind.as_str());
         rel.push('/');
         rel.push_str(&e.name);
         if e.dir || !index.cache_paths.contains(&rel) {
+            if let Some(reason) = ms_reason(&rel) {
+                plan.kept.push(Kept {
+                    path: cache_rel(&rel),
+                    reason: reason.into(),
+                });
+                continue;
+            }
             debris(cache_rel(&rel), e, &mut plan);
         }
     }
-    for (top, children) in &listing.snapshots {
+    let sweep_snapshots = index.microsandbox != MicrosandboxRoots::Unknown;
+    for (top, children) in listing.snapshots.iter().filter(|_| sweep_snapshots) {
+        if !foreign::is_snapshot_dir_name(&top.name) {
+            continue;
+        }
         let path = format!("snapshots/{}", top.name);
         match index.snapshots.get(&top.name) {
             None => debris(path, top, &mut plan),
             Some(files) if top.dir => {
                 for c in children {
+                    if !foreign::is_snapshot_file_name(&c.name) {
+                        continue;
+                    }
                     if c.dir || !files.contains(&c.name) {
                         debris(format!("{path}/{}", c.name), c, &mut plan);
                     }
@@ -476,6 +621,7 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     }
 
     plan.removals.sort();
+    plan.kept.sort();
     plan.cache_rows.sort();
     plan.image_rows.sort();
     plan.import_rows.sort();
@@ -483,7 +629,17 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     plan
 }
 
-/// `<kind>/<file>` of every cache file an image owns: metadata, fsmeta, vmdk, layers.
+/// Why microsandbox keeps the cache artifact `<kind>/<file>`, if it does.
+fn microsandbox_keeps(roots: &MicrosandboxRoots, rel: &str) -> Option<&'static str> {
+    match roots {
+        MicrosandboxRoots::None => None,
+        MicrosandboxRoots::InUse(paths) => paths.contains(rel).then_some(IN_USE_REASON),
+        MicrosandboxRoots::Unknown => Some(UNKNOWN_REASON),
+    }
+}
+
+/// `<kind>/<file>` of every cache file an image owns: metadata, fsmeta,
+/// vmdk (those three first, the image's own), then layers.
 fn image_files(image: &ImageLayers) -> Vec<String> {
     let mut files = vec![image.metadata_file.clone()];
     for kind in [CacheKind::Fsmeta, CacheKind::Vmdk] {
@@ -507,7 +663,9 @@ fn image_files(image: &ImageLayers) -> Vec<String> {
 
 /// Delete what `plan` names: the rows in one committed transaction, then the
 /// files. Staging entries go only while their import's lock is claimed; an
-/// import found live by then is spared. Returns the paths spared.
+/// import found live by then is spared. A cache file goes only while its
+/// `.lock` is taken; one held by then is spared (its row is gone: a later
+/// gc removes it as debris once the lock is free). Returns the paths spared.
 pub fn apply(
     registry: &mut Registry,
     _lock: &RegistryLock,
@@ -523,17 +681,27 @@ pub fn apply(
     let layout = registry.layout();
     progress.start("gc", Some(plan.files.iter().map(|f| f.bytes).sum()));
     let mut staging: BTreeMap<&str, Vec<&Doomed>> = BTreeMap::new();
+    let mut spared = HashSet::new();
     for doomed in &plan.files {
         match &doomed.import {
             Some(id) => staging.entry(id.as_str()).or_default().push(doomed),
             None => {
-                remove(&layout.resolve(&doomed.path), doomed.dir)?;
+                let path = layout.resolve(&doomed.path);
+                let _artifact = if doomed.path.starts_with("cache/") {
+                    let Some(lock) = ArtifactLock::try_take(&path)? else {
+                        spared.insert(doomed.path.clone());
+                        continue;
+                    };
+                    Some(lock)
+                } else {
+                    None
+                };
+                remove(&path, doomed.dir)?;
                 crate::failpoint::hit(crate::failpoint::GC_FILE_REMOVED)?;
                 progress.advance(doomed.bytes);
             }
         }
     }
-    let mut spared = HashSet::new();
     for (id, entries) in staging {
         let Some(_claim) = claim_dead(layout, id)? else {
             spared.extend(entries.iter().map(|d| d.path.clone()));
@@ -564,7 +732,8 @@ fn remove(path: &Path, dir: bool) -> Result<()> {
 
 /// List `cache/<kind>/`, `snapshots/` (and each directory in it) and
 /// `staging/`. Entries the index records are not measured (their rows hold
-/// their sizes); everything else is, directories recursively. Entries that
+/// their sizes), nor are names that are not ours (see [`foreign`]: plan
+/// leaves them alone); everything else is, directories recursively. Entries that
 /// vanish while being listed, and names that are not UTF-8, are left out.
 /// `cache/` and `snapshots/` are listed in parallel.
 pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
@@ -578,7 +747,7 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
                     rel.push_str(kind.as_str());
                     rel.push('/');
                     rel.push_str(name);
-                    index.cache_paths.contains(&rel)
+                    index.cache_paths.contains(&rel) || !foreign::is_cache_artifact_name(kind, name)
                 };
                 out.extend(
                     entries(&layout.cache_kind(kind), recorded)?
@@ -599,19 +768,22 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
             .into_iter()
             .map(|(e, _)| e)
             .collect(),
+        held: HashSet::new(),
     })
 }
 
 fn list_snapshots(layout: &Layout, index: &IndexView) -> Result<Vec<(DiskEntry, Vec<DiskEntry>)>> {
     let mut out = Vec::new();
     for (top, path) in entries(&layout.snapshots(), |name| {
-        index.snapshots.contains_key(name)
+        index.snapshots.contains_key(name) || !foreign::is_snapshot_dir_name(name)
     })? {
         let children = match index.snapshots.get(&top.name) {
-            Some(files) if top.dir => entries(&path, |name| files.contains(name))?
-                .into_iter()
-                .map(|(e, _)| e)
-                .collect(),
+            Some(files) if top.dir => entries(&path, |name| {
+                files.contains(name) || !foreign::is_snapshot_file_name(name)
+            })?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect(),
             _ => Vec::new(),
         };
         out.push((top, children));
@@ -833,8 +1005,15 @@ mod tests {
     #[test]
     fn files_without_rows_are_debris() {
         let (mut index, mut listing) = with_cache(&[&layer(1)]);
-        listing.cache.push((CacheKind::Layers, file("stray", 7)));
-        listing.cache.push((CacheKind::Vmdk, dir("oops", 3)));
+        let stray = layer(2);
+        let stray_name = stray.split_once('/').unwrap().1;
+        listing.cache.push((CacheKind::Layers, file(stray_name, 7)));
+        let vmdk_dir = CacheFile {
+            kind: CacheKind::Vmdk,
+            key: d(3),
+        }
+        .file_name();
+        listing.cache.push((CacheKind::Vmdk, dir(&vmdk_dir, 3)));
         index
             .snapshots
             .insert("a".into(), ["manifest.json".to_string()].into());
@@ -844,11 +1023,13 @@ mod tests {
         ));
         listing.snapshots.push((dir("ghost", 100), vec![]));
         let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let stray_path = format!("cache/{stray}");
+        let vmdk_path = format!("cache/vmdk/{vmdk_dir}");
         assert_eq!(
             kinds(&plan),
             vec![
-                (RemovalKind::Debris, "cache/layers/stray"),
-                (RemovalKind::Debris, "cache/vmdk/oops"),
+                (RemovalKind::Debris, stray_path.as_str()),
+                (RemovalKind::Debris, vmdk_path.as_str()),
                 (RemovalKind::Debris, "snapshots/a/extra"),
                 (RemovalKind::Debris, "snapshots/ghost"),
             ]
@@ -859,6 +1040,170 @@ mod tests {
                 .iter()
                 .any(|f| f.path == "snapshots/ghost" && f.dir)
         );
+    }
+
+    #[test]
+    fn names_that_are_not_ours_are_never_planned() {
+        let (mut index, mut listing) = with_cache(&[&layer(1)]);
+        let name = layer(1).split_once('/').unwrap().1.to_string();
+        let meta = format!("{}.json", d(8).hex());
+        for (kind, e) in [
+            (CacheKind::Layers, file(&format!("{name}.lock"), 0)),
+            (CacheKind::Layers, dir(&format!("{name}.work"), 9)),
+            (CacheKind::Layers, file("stray.tmp", 1)),
+            (CacheKind::Manifests, file(&format!("{meta}.part"), 5)),
+            (CacheKind::Vmdk, dir("oops", 3)),
+        ] {
+            listing.cache.push((kind, e));
+        }
+        index
+            .snapshots
+            .insert("a".into(), ["manifest.json".to_string()].into());
+        listing.snapshots.push((
+            dir("a", 15),
+            vec![file("manifest.json", 10), file("upper.ext4.part", 5)],
+        ));
+        listing.snapshots.push((file("a.lock", 0), vec![]));
+        listing.snapshots.push((dir(".tmp-x", 4), vec![]));
+        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        assert!(plan.removals.is_empty(), "{:?}", plan.removals);
+        assert!(plan.files.is_empty());
+    }
+
+    fn microsandbox_home() -> (IndexView, Listing, ImageLayers, String) {
+        let meta = format!("manifests/{}.json", d(9).hex());
+        let fsmeta = CacheFile {
+            kind: CacheKind::Fsmeta,
+            key: d(5),
+        }
+        .rel_path();
+        let (mut index, listing) = with_cache(&[&layer(1), &layer(2), &meta, &fsmeta]);
+        let image = ImageLayers {
+            manifest_digest: d(5),
+            metadata_file: meta.clone(),
+            layers: vec![d(1), d(2)],
+        };
+        index.unpinned_images.push(image.clone());
+        index.unreachable = vec![
+            entry(&layer(1), 4096),
+            entry(&layer(2), 4096),
+            entry(&meta, 1),
+            entry(&fsmeta, 8192),
+        ];
+        (index, listing, image, fsmeta)
+    }
+
+    #[test]
+    fn what_microsandbox_uses_stays() {
+        let (mut index, mut listing, image, fsmeta) = microsandbox_home();
+        // A sandbox runs on the image: it stays whole.
+        index.microsandbox = MicrosandboxRoots::InUse([fsmeta.clone()].into());
+        let kept = plan(&index, &listing, &HashSet::new(), 0);
+        assert!(kept.removals.is_empty(), "{:?}", kept.removals);
+        assert_eq!(
+            kept.kept,
+            [Kept {
+                path: image.manifest_digest.to_string(),
+                reason: IN_USE_REASON.into()
+            }]
+        );
+        // Only a layer is linked by one of microsandbox's manifests: the
+        // image goes, that layer stays, and so does a file of its without a row.
+        let unrecorded = layer(3);
+        listing.cache.push((
+            CacheKind::Layers,
+            file(unrecorded.split_once('/').unwrap().1, 4096),
+        ));
+        index.microsandbox = MicrosandboxRoots::InUse([layer(2), unrecorded.clone()].into());
+        let p = plan(&index, &listing, &HashSet::new(), 0);
+        assert_eq!(p.image_rows, [d(5)]);
+        assert!(!p.cache_rows.contains(&layer(2)));
+        assert_eq!(p.cache_rows.len(), 3);
+        let kept: Vec<&str> = p.kept.iter().map(|k| k.path.as_str()).collect();
+        let mut expected = [format!("cache/{}", layer(2)), format!("cache/{unrecorded}")];
+        expected.sort();
+        assert_eq!(kept, expected);
+    }
+
+    #[test]
+    fn unknown_microsandbox_use_keeps_every_cache_artifact_and_snapshot() {
+        let (mut index, mut listing, image, _) = microsandbox_home();
+        listing
+            .cache
+            .push((CacheKind::Layers, file(&layer(7)[7..], 4096)));
+        listing.snapshots.push((dir("ghost", 100), vec![]));
+        listing.staging = vec![dir("dead", 2)];
+        index.imports = vec![ImportEntry {
+            id: "dead".into(),
+            state: ImportState::Staging,
+            finished_at: None,
+        }];
+        index.microsandbox = MicrosandboxRoots::Unknown;
+        let p = plan(&index, &listing, &HashSet::new(), 0);
+        assert_eq!(
+            kinds(&p),
+            vec![
+                (RemovalKind::Staging, "staging/dead"),
+                (RemovalKind::Journal, "dead")
+            ]
+        );
+        assert!(p.cache_rows.is_empty() && p.image_rows.is_empty());
+        let kept: Vec<&str> = p.kept.iter().map(|k| k.path.as_str()).collect();
+        let layer7 = format!("cache/{}", layer(7));
+        let d5 = image.manifest_digest.to_string();
+        assert_eq!(kept, [layer7.as_str(), d5.as_str()]);
+        assert!(p.kept.iter().all(|k| k.reason == UNKNOWN_REASON));
+    }
+
+    #[test]
+    fn a_held_lock_keeps_its_artifact() {
+        let (mut index, mut listing, image, _) = microsandbox_home();
+        listing.held.insert(format!("cache/{}", layer(2)));
+        let p = plan(&index, &listing, &HashSet::new(), 0);
+        assert!(p.removals.is_empty(), "{:?}", p.removals);
+        assert_eq!(p.kept[0].path, image.manifest_digest.to_string());
+        assert_eq!(p.kept[0].reason, HELD_REASON);
+        // Debris whose lock is held stays too.
+        index.unpinned_images.clear();
+        index.unreachable.clear();
+        let unrecorded = layer(4);
+        listing
+            .cache
+            .push((CacheKind::Layers, file(&unrecorded[7..], 4096)));
+        listing.held = [format!("cache/{unrecorded}")].into();
+        let p = plan(&index, &listing, &HashSet::new(), 0);
+        assert!(p.removals.is_empty(), "{:?}", p.removals);
+        assert_eq!(p.kept.len(), 1);
+    }
+
+    #[test]
+    fn apply_spares_an_artifact_whose_lock_is_taken_after_planning() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::open(dir.path()).unwrap();
+        let path = format!("cache/{}", layer(1));
+        let file = registry.layout().resolve(&path);
+        std::fs::write(&file, vec![1u8; 4096]).unwrap();
+        let lock_path = Layout::artifact_lock(&file);
+        let holder = std::fs::File::create(&lock_path).unwrap();
+        holder.lock().unwrap();
+        let plan = GcPlan {
+            files: vec![Doomed {
+                path: path.clone(),
+                dir: false,
+                import: None,
+                bytes: 4096,
+            }],
+            ..GcPlan::default()
+        };
+        let lock = registry.lock().unwrap();
+        let spared = apply(&mut registry, &lock, &plan, &crate::progress::NoProgress).unwrap();
+        assert_eq!(spared, [path.clone()].into());
+        assert!(file.exists());
+        holder.unlock().unwrap();
+        let spared = apply(&mut registry, &lock, &plan, &crate::progress::NoProgress).unwrap();
+        assert!(spared.is_empty());
+        assert!(!file.exists());
+        assert!(lock_path.exists(), "a lock file is never deleted");
     }
 
     #[test]

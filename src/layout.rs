@@ -112,6 +112,31 @@ impl Layout {
         self.root.join(rel)
     }
 
+    /// `db/msb.db`: microsandbox's own index, present when the root is a
+    /// microsandbox home (DESIGN §9). Read only, never written.
+    pub fn msb_db(&self) -> PathBuf {
+        self.root.join("db").join("msb.db")
+    }
+
+    /// `sandboxes/`: microsandbox's sandboxes, present in a microsandbox home.
+    pub fn sandboxes(&self) -> PathBuf {
+        self.root.join("sandboxes")
+    }
+
+    /// Whether this root is shared with microsandbox: it holds `db/msb.db`
+    /// or `sandboxes/`.
+    pub fn is_shared_home(&self) -> bool {
+        self.msb_db().symlink_metadata().is_ok() || self.sandboxes().symlink_metadata().is_ok()
+    }
+
+    /// `<path>.lock`: the lock file microsandbox holds (flock) while it
+    /// materializes or removes the artifact at `path`.
+    pub fn artifact_lock(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
     /// Every directory a working registry needs.
     pub fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs = vec![self.root.clone(), self.snapshots(), self.staging()];

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod error;
 pub mod failpoint;
 pub mod files;
+pub mod foreign;
 pub mod gc;
 pub mod image;
 pub mod install;
@@ -24,6 +25,7 @@ pub mod registry;
 pub mod reindex;
 pub mod remove;
 pub mod sample;
+pub mod shared_home;
 pub mod stage;
 pub mod verify;
 

@@ -49,6 +49,8 @@ pub struct ShowReport {
     pub files: Vec<SnapshotFileRow>,
     /// Whether the pinned image's metadata is in the cache.
     pub image_cached: bool,
+    /// Whether the root is a microsandbox home (`db/msb.db` or `sandboxes/`).
+    pub shared_home: bool,
 }
 
 /// One row of `lineage`.
@@ -125,6 +127,7 @@ impl Registry {
             files: db::snapshots::snapshot_files(conn, &snapshot.digest)?,
             image_cached: db::images::image_by_digest(conn, &snapshot.image_manifest_digest)?
                 .is_some(),
+            shared_home: self.layout().is_shared_home(),
             snapshot,
         })
     }

@@ -1,6 +1,12 @@
 //! `reindex`: rebuild the index from the artifacts on disk, after the
 //! database was lost or to adopt a microsandbox home.
+//!
+//! Only complete artifacts are adopted: names that are not ours (lock files,
+//! `.part` files, `.work` directories) are passed over, and a cache file
+//! whose `.lock` another process holds is skipped with a reason, its row
+//! (if any) left as it was.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 
@@ -10,6 +16,7 @@ use crate::add::{read_manifest, read_metadata};
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::foreign::{self, HELD_REASON};
 use crate::image::{CacheFile, CacheKind, ImageMetadata};
 use crate::layout::SnapshotName;
 use crate::manifest::is_normal_file_name;
@@ -52,6 +59,9 @@ impl Registry {
 
         let mut snapshot_rows = Vec::new();
         for (dir_name, dir) in sorted_entries(&layout.snapshots())? {
+            if foreign::not_ours(&dir_name).is_some() {
+                continue;
+            }
             let skip = |reason: String| Skipped {
                 path: format!("snapshots/{dir_name}"),
                 reason,
@@ -78,8 +88,12 @@ impl Registry {
 
         let mut cache_rows = Vec::new();
         let mut images = Vec::new();
+        let mut held = HashSet::new();
         for kind in CacheKind::ALL {
             for (file_name, path) in sorted_entries(&layout.cache_kind(kind))? {
+                if foreign::not_ours(&file_name).is_some() {
+                    continue;
+                }
                 let rel = format!("cache/{kind}/{file_name}");
                 let Some(file) = CacheFile::parse(kind, &file_name) else {
                     report.skipped.push(Skipped {
@@ -88,6 +102,14 @@ impl Registry {
                     });
                     continue;
                 };
+                if foreign::lock_held(&path)? {
+                    held.insert(file.rel_path());
+                    report.skipped.push(Skipped {
+                        path: rel,
+                        reason: HELD_REASON.into(),
+                    });
+                    continue;
+                }
                 match adopt_cache_file(&path, &file, progress) {
                     Ok((size, digest, meta)) => {
                         if let Some(meta) = meta {
@@ -148,7 +170,9 @@ impl Registry {
             }
         }
         for row in db::images::all_cache_files(&tx)? {
-            if !cache_rows.iter().any(|(f, ..)| f.rel_path() == row.path) {
+            if !held.contains(&row.path)
+                && !cache_rows.iter().any(|(f, ..)| f.rel_path() == row.path)
+            {
                 db::images::delete_cache_file(&tx, &row.file())?;
                 report.dropped.push(format!("cache/{}", row.path));
             }

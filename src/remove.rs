@@ -18,6 +18,9 @@ pub struct RemoveReport {
     pub name: String,
     /// Children left shallow by `--force`.
     pub orphaned_children: u64,
+    /// In a shared home whose snapshots this changed: how to refresh
+    /// microsandbox's view (`msb snapshot reindex`); null otherwise.
+    pub microsandbox_hint: Option<String>,
 }
 
 impl Registry {
@@ -54,6 +57,7 @@ impl Registry {
             digest: row.digest,
             name: row.name,
             orphaned_children: children,
+            microsandbox_hint: crate::shared_home::reindex_hint(self.layout()),
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::layout::SnapshotName;
 use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
+use crate::shared_home::{self, HomeReport};
 use crate::stage::digest_file;
 
 /// What is wrong with one file or artifact.
@@ -105,6 +106,9 @@ pub struct VerifyReport {
     pub debris: Vec<String>,
     /// Imports not finished (dead ones are cleaned by gc or the next open).
     pub unfinished_imports: Vec<UnfinishedImport>,
+    /// What the root shares with microsandbox (whose work files, locks and
+    /// in-use artifacts are never debris).
+    pub microsandbox: HomeReport,
 }
 
 /// One file to check.
@@ -218,7 +222,7 @@ impl Registry {
         }
         progress.finish();
 
-        let (debris, unfinished_imports) = if reference.is_none() {
+        let (debris, unfinished_imports, home) = if reference.is_none() {
             let survey = survey(self)?;
             let planned = plan(&survey.index, &survey.listing, &survey.live, db::now_unix());
             let debris = planned
@@ -238,9 +242,10 @@ impl Registry {
                     live: survey.live.contains(&i.id),
                 })
                 .collect();
-            (debris, unfinished)
+            (debris, unfinished, survey.home)
         } else {
-            (Vec::new(), Vec::new())
+            let (_, home) = shared_home::roots(self.layout(), false);
+            (Vec::new(), Vec::new(), home)
         };
 
         problems.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
@@ -252,6 +257,7 @@ impl Registry {
             content,
             debris,
             unfinished_imports,
+            microsandbox: home,
         })
     }
 

@@ -57,6 +57,9 @@ pub struct ImportReport {
     pub cache_files_installed: usize,
     /// Cache files already present with the same content.
     pub cache_files_skipped: usize,
+    /// In a shared home whose snapshots this changed: how to refresh
+    /// microsandbox's view (`msb snapshot reindex`); null otherwise.
+    pub microsandbox_hint: Option<String>,
 }
 
 /// One archive member written into staging.
@@ -177,6 +180,11 @@ impl Registry {
             .map(|r| r.name)
             .unwrap_or_else(|| names[head].to_string());
         Ok(ImportReport {
+            microsandbox_hint: if outcome.imported.is_empty() {
+                None
+            } else {
+                crate::shared_home::reindex_hint(self.layout())
+            },
             head: head_row.parsed.digest,
             name,
             imported: outcome.imported,

@@ -132,6 +132,11 @@ pub enum Command {
         /// Print what would be removed and remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// DANGEROUS, shared microsandbox homes only: when db/msb.db cannot be
+        /// read (or has an unknown schema), sweep the cache anyway as if
+        /// microsandbox used no image; its sandboxes may lose their layers.
+        #[arg(long)]
+        unsafe_ignore_unreadable_msb_db: bool,
     },
     /// Check the index against the disk; exit 5 when anything is wrong.
     Verify {
@@ -245,6 +250,11 @@ impl Printer {
     pub fn json(&mut self, value: &impl Serialize) -> std::io::Result<()> {
         serde_json::to_writer_pretty(&mut self.out, value)?;
         writeln!(self.out)
+    }
+
+    /// Write a hint for the user on stderr (never on stdout, which carries data).
+    pub fn hint(&mut self, text: &str) {
+        eprintln!("hint: {text}");
     }
 
     /// Write one line of text.

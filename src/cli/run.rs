@@ -8,10 +8,11 @@ use crate::archive::export::DEFAULT_LEVEL;
 use crate::archive::import::{ImportOptions, ImportSource};
 use crate::archive::{Compression, ExportOptions, ExportTarget, Selection};
 use crate::error::{Error, Result};
-use crate::gc::GcReport;
+use crate::gc::{GcOptions, GcReport};
 use crate::layout::Layout;
 use crate::query::LineageEntry;
 use crate::registry::Registry;
+use crate::shared_home::HomeReport;
 use crate::verify::VerifyReport;
 
 /// Outcome of rendering: an I/O error on stdout (a closed pipe ends quietly).
@@ -93,6 +94,9 @@ fn dispatch(
             cache_dir,
         } => {
             let report = registry.add(&dir, &AddOptions { name, cache_dir }, progress)?;
+            if let Some(hint) = &report.microsandbox_hint {
+                p.hint(hint);
+            }
             if p.json {
                 p.json(&report)
             } else if report.already_present {
@@ -190,6 +194,12 @@ fn dispatch(
                         s.source_sandbox.as_deref().unwrap_or("-")
                     ),
                 ];
+                if r.shared_home {
+                    lines.push(
+                        "shared home:     yes (microsandbox's db/msb.db or sandboxes/ is here)"
+                            .into(),
+                    );
+                }
                 for (k, v) in &s.labels {
                     lines.push(format!("label:           {k}={v}"));
                 }
@@ -221,6 +231,9 @@ fn dispatch(
         }
         Command::Rm { reference, force } => {
             let r = registry.remove(&reference, force)?;
+            if let Some(hint) = &r.microsandbox_hint {
+                p.hint(hint);
+            }
             if p.json {
                 p.json(&r)
             } else {
@@ -249,8 +262,21 @@ fn dispatch(
                 out.into_iter().try_for_each(|l| p.line(l))
             }
         }
-        Command::Gc { dry_run } => {
-            let r = registry.gc(dry_run, progress)?;
+        Command::Gc {
+            dry_run,
+            unsafe_ignore_unreadable_msb_db,
+        } => {
+            let opts = GcOptions {
+                dry_run,
+                ignore_unreadable_msb_db: unsafe_ignore_unreadable_msb_db,
+            };
+            let r = registry.gc_with(&opts, progress)?;
+            if let Some(home) = r.microsandbox.as_ref().filter(|h| h.overridden) {
+                eprintln!(
+                    "warning: --unsafe-ignore-unreadable-msb-db: {}; the cache was swept as if microsandbox used no image",
+                    home.detail.as_deref().unwrap_or("db/msb.db is unusable")
+                );
+            }
             if p.json { p.json(&r) } else { render_gc(p, &r) }
         }
         Command::Verify { reference, content } => {
@@ -320,6 +346,9 @@ fn dispatch(
                 &ImportOptions { name },
                 progress,
             )?;
+            if let Some(hint) = &r.microsandbox_hint {
+                p.hint(hint);
+            }
             if p.json {
                 p.json(&r)
             } else {
@@ -372,6 +401,12 @@ fn render_gc(p: &mut Printer, r: &GcReport) -> Rendered {
     if !totals.is_empty() {
         p.table(&["KIND", "COUNT", "SIZE"], &totals)?;
     }
+    for k in &r.kept {
+        p.line(format!("kept  {}  ({})", k.path, k.reason))?;
+    }
+    if let Some(home) = &r.microsandbox {
+        p.line(home_line(home))?;
+    }
     let verb = if r.dry_run { "would free" } else { "freed" };
     p.line(format!(
         "{verb} {} ({}){}",
@@ -405,6 +440,9 @@ fn render_verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
             "debris: {d} (no row; `msb-registry gc` removes it)"
         ))?;
     }
+    if r.microsandbox.shared {
+        p.line(home_line(&r.microsandbox))?;
+    }
     for i in &r.unfinished_imports {
         let state = if i.live { "running" } else { "dead" };
         p.line(format!("import {}: {} ({state})", i.id, i.state.as_str()))?;
@@ -420,6 +458,22 @@ fn render_verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
         p.line(plural(r.problems.len(), "problem"))?;
     }
     Ok(())
+}
+
+/// One line saying what a shared home's db/msb.db told gc and verify.
+fn home_line(home: &HomeReport) -> String {
+    match (&home.detail, home.overridden) {
+        (None, _) => format!(
+            "shared microsandbox home: db/msb.db read, {} in use by microsandbox kept",
+            plural(home.in_use, "cache artifact")
+        ),
+        (Some(why), false) => format!(
+            "shared microsandbox home: every cache artifact kept: {why} (gc --unsafe-ignore-unreadable-msb-db overrides)"
+        ),
+        (Some(why), true) => format!(
+            "shared microsandbox home: {why}; OVERRIDDEN, the cache was judged as if microsandbox used nothing"
+        ),
+    }
 }
 
 /// Run the demo in `dir`, or in a new kept directory under the system temp dir.

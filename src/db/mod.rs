@@ -4,6 +4,7 @@
 pub mod gc;
 pub mod images;
 pub mod imports;
+pub mod microsandbox;
 pub mod snapshots;
 
 use std::path::Path;

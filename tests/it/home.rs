@@ -1,0 +1,645 @@
+//! Issue 16: sharing a microsandbox home. Homes are laid out the way
+//! microsandbox writes them (DESIGN §9): `db/msb.db` with its image tables
+//! and rows, `sandboxes/`, lock files (some held by a child process with
+//! flock), `.part` files, `.work/` directories and `cache/tmp/`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use msb_registry::db::microsandbox::SCHEMA_FOR_TESTS;
+use msb_registry::digest::Digest;
+use msb_registry::image::{CacheFile, CacheKind, ImageMetadata};
+use rusqlite::{Connection, params};
+use serde_json::Value;
+
+use crate::util::*;
+
+fn rel(kind: CacheKind, key: Digest) -> String {
+    format!("cache/{}", CacheFile { kind, key }.rel_path())
+}
+
+/// Every cache file an image owns, root-relative.
+fn image_paths(image: &ImageMetadata, reference: &str) -> Vec<String> {
+    let mut v = vec![
+        format!(
+            "cache/{}",
+            CacheFile::metadata_for_ref(reference).rel_path()
+        ),
+        rel(CacheKind::Fsmeta, image.manifest_digest),
+        rel(CacheKind::Vmdk, image.manifest_digest),
+    ];
+    v.extend(
+        image
+            .layers
+            .iter()
+            .map(|l| rel(CacheKind::Layers, l.diff_id)),
+    );
+    v
+}
+
+/// A process holding an exclusive flock on `path` (flock(1), the same
+/// flock(2) microsandbox takes) until dropped.
+struct Held(Child);
+
+fn hold(path: &Path) -> Held {
+    let mut child = Command::new("flock")
+        .arg(path)
+        .args(["sh", "-c", "echo held; exec cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    Held(child)
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// The digest of every file under `db/`, to prove msb.db is never written.
+fn db_bytes(root: &Path) -> BTreeMap<String, Digest> {
+    std::fs::read_dir(root.join("db"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                Digest::of(&std::fs::read(e.path()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// A home: our snapshot `app` on python (also pulled by microsandbox);
+/// alpine, whose last snapshot was removed but a sandbox runs on it;
+/// busybox, used by nobody; a layer microsandbox pulled after our last
+/// reindex; two layer files nobody references; microsandbox's work files.
+struct Home {
+    reg: Reg,
+    python: ImageMetadata,
+    alpine: ImageMetadata,
+    busybox: ImageMetadata,
+    pulled: String,
+    debris_held: String,
+    debris_free: String,
+    not_ours: Vec<String>,
+}
+
+fn add_with_image(reg: &Reg, name: &str, reference: &str, seed: u8) -> ImageMetadata {
+    let cache = reg.path(&format!("src-cache-{name}"));
+    let image = make_image_cache(&cache, reference, seed, &[4096, 8192]);
+    let dir = reg.path(&format!("src/{name}"));
+    let mut spec = SnapSpec::new(&image).label("name", name);
+    spec.image.0 = reference.into();
+    make_snapshot(&dir, &spec);
+    reg.run(&[
+        "add",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+    .ok();
+    image
+}
+
+fn home() -> Home {
+    let reg = Reg::new();
+    let python = add_with_image(&reg, "app", "python:3.12", 1);
+    let alpine = add_with_image(&reg, "a", "alpine:3.20", 2);
+    let busybox = add_with_image(&reg, "b", "busybox:1", 4);
+    reg.run(&["rm", "a"]).ok();
+    reg.run(&["rm", "b"]).ok();
+    let root = reg.root();
+    let layer_file = |seed: &[u8]| {
+        let path = rel(CacheKind::Layers, Digest::of(seed));
+        std::fs::write(root.join(&path), vec![seed[0]; 4096]).unwrap();
+        path
+    };
+    let pulled = layer_file(b"pulled");
+    let debris_held = layer_file(b"held");
+    let debris_free = layer_file(b"free");
+
+    let mut not_ours = vec![
+        format!("{}.lock", rel(CacheKind::Fsmeta, python.manifest_digest)),
+        format!("{}.lock", rel(CacheKind::Vmdk, busybox.manifest_digest)),
+        format!("{debris_held}.lock"),
+        format!("{pulled}.lock"),
+        format!(
+            "cache/{}.part",
+            CacheFile::metadata_for_ref("node:22").rel_path()
+        ),
+        "cache/tmp/sha256_0123.part".into(),
+        "cache/tmp/sha256_0123.download.lock".into(),
+        "cache/tmp/sha256_0123.work/layer.tar".into(),
+        format!("{}.work/partial", rel(CacheKind::Layers, Digest::of(b"w"))),
+        "cache/layers/stray.tmp".into(),
+        "snapshots/new-snap.part".into(),
+        "sandboxes/web/upper.ext4".into(),
+    ];
+    for f in &not_ours {
+        let path = root.join(f);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"microsandbox's").unwrap();
+    }
+    not_ours.sort();
+
+    std::fs::create_dir_all(root.join("db")).unwrap();
+    let conn = Connection::open(root.join("db/msb.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.execute_batch(SCHEMA_FOR_TESTS).unwrap();
+    let node = Digest::of(b"node manifest");
+    for (id, digest) in [
+        (1, python.manifest_digest),
+        (2, alpine.manifest_digest),
+        (3, node),
+    ] {
+        conn.execute(
+            "INSERT INTO manifest (id, digest) VALUES (?1, ?2)",
+            params![id, digest.to_string()],
+        )
+        .unwrap();
+    }
+    conn.execute_batch(
+        "INSERT INTO image_ref (reference, manifest_id) VALUES
+           ('docker.io/library/python:3.12', 1), ('docker.io/library/node:22', 3);
+         INSERT INTO sandbox (id, name, config, status) VALUES (1, 'web', '{}', 'running');
+         INSERT INTO sandbox_rootfs (sandbox_id, manifest_id, mode) VALUES (1, 2, 'oci');",
+    )
+    .unwrap();
+    let layers = python
+        .layers
+        .iter()
+        .map(|l| (1, l.diff_id))
+        .chain(alpine.layers.iter().map(|l| (2, l.diff_id)))
+        .chain([(3, Digest::of(b"pulled"))]);
+    for (i, (manifest, diff_id)) in layers.enumerate() {
+        conn.execute(
+            "INSERT INTO layer (id, diff_id, blob_digest) VALUES (?1, ?2, ?3)",
+            params![
+                i + 1,
+                diff_id.to_string(),
+                Digest::of(&[i as u8]).to_string()
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO manifest_layer (manifest_id, layer_id, position) VALUES (?1, ?2, ?3)",
+            params![manifest, i + 1, i],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    Home {
+        reg,
+        python,
+        alpine,
+        busybox,
+        pulled,
+        debris_held,
+        debris_free,
+        not_ours,
+    }
+}
+
+fn removed(r: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = r["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["kind"].as_str().unwrap().to_string(),
+                x["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn kept(r: &Value) -> Vec<(String, String)> {
+    r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["path"].as_str().unwrap().to_string(),
+                x["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_all_exist(root: &Path, paths: &[String]) {
+    for p in paths {
+        assert!(root.join(p).exists(), "{p} was removed");
+    }
+}
+
+#[test]
+fn gc_keeps_what_microsandbox_uses_its_locks_and_its_work() {
+    let h = home();
+    let root = h.reg.root();
+    let msb = db_bytes(&root);
+    let held = hold(&root.join(format!("{}.lock", h.debris_held)));
+
+    let v: Value = h.reg.json(&["verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["microsandbox"]["shared"], true);
+    assert_eq!(v["microsandbox"]["msb_db"], "readable");
+    let mut debris = vec![h.debris_free.clone(), h.debris_held.clone()];
+    debris.sort();
+    assert_eq!(strings(&v["debris"]), debris, "only nameable debris");
+    let show: Value = h.reg.json(&["show", "app"]);
+    assert_eq!(show["shared_home"], true);
+
+    let dry: Value = h.reg.json(&["gc", "--dry-run"]);
+    let mut expected: Vec<(String, String)> = vec![
+        ("image".into(), h.busybox.manifest_digest.to_string()),
+        ("debris".into(), h.debris_free.clone()),
+    ];
+    let busybox_files = image_paths(&h.busybox, "busybox:1");
+    for (i, p) in busybox_files.iter().enumerate() {
+        let kind = ["metadata", "fsmeta", "vmdk", "layer", "layer"][i];
+        expected.push((kind.into(), p.clone()));
+    }
+    expected.sort();
+    assert_eq!(removed(&dry), expected);
+    let mut expected_kept = vec![
+        (
+            h.alpine.manifest_digest.to_string(),
+            "microsandbox uses it (db/msb.db)".to_string(),
+        ),
+        (h.pulled.clone(), "microsandbox uses it (db/msb.db)".into()),
+        (
+            h.debris_held.clone(),
+            "its .lock is held (microsandbox is materializing or using it)".into(),
+        ),
+    ];
+    expected_kept.sort();
+    assert_eq!(kept(&dry), expected_kept);
+    assert_eq!(dry["microsandbox"]["msb_db"], "readable");
+    // python (2 layers, fsmeta, vmdk, metadata of its ref), alpine (2 layers,
+    // fsmeta, vmdk), node (fsmeta, vmdk, metadata, the pulled layer).
+    assert_eq!(dry["microsandbox"]["in_use"], 13);
+    let text = h.reg.run(&["gc", "--dry-run"]).ok().stdout;
+    assert!(
+        text.contains("shared microsandbox home: db/msb.db read"),
+        "{text}"
+    );
+
+    let real: Value = h.reg.json(&["gc"]);
+    assert_eq!(removed(&real), expected);
+    assert_eq!(kept(&real), expected_kept);
+    for (_, p) in expected.iter().filter(|(_, p)| p.contains('/')) {
+        assert!(!root.join(p).exists(), "{p} is still there");
+    }
+    assert_all_exist(&root, &h.not_ours);
+    assert_all_exist(&root, &image_paths(&h.alpine, "alpine:3.20"));
+    assert_all_exist(&root, &image_paths(&h.python, "python:3.12"));
+    assert_all_exist(&root, &[h.pulled.clone(), h.debris_held.clone()]);
+    let images: Vec<Value> = h
+        .reg
+        .json(&["sql", "SELECT manifest_digest FROM images ORDER BY 1"]);
+    assert_eq!(images.len(), 2, "python and alpine keep their rows");
+
+    // Once microsandbox lets go of the lock, the unreferenced layer goes.
+    drop(held);
+    let after: Value = h.reg.json(&["gc"]);
+    assert_eq!(
+        removed(&after),
+        [("debris".to_string(), h.debris_held.clone())]
+    );
+    assert!(root.join(format!("{}.lock", h.debris_held)).exists());
+    assert_all_exist(&root, &h.not_ours);
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(strings(&v["debris"]).is_empty(), "{v}");
+    assert_eq!(db_bytes(&root), msb, "msb.db changed");
+}
+
+#[test]
+fn an_unusable_msb_db_keeps_every_cache_artifact() {
+    let h = home();
+    let root = h.reg.root();
+    // A dead import: its staging and journal are ours and still go.
+    let src = h.reg.path("src/dead");
+    make_snapshot(&src, &SnapSpec::new(&h.python).label("dead", "yes"));
+    let crashed = h.reg.run_env(
+        &["add", src.to_str().unwrap()],
+        &[("MSB_FAILPOINT", "lease.acquired:abort")],
+    );
+    assert_ne!(crashed.code, 0);
+
+    let msb = root.join("db/msb.db");
+    let good = std::fs::read(&msb).unwrap();
+    let schemas: [(&str, &dyn Fn()); 3] = [
+        ("unreadable", &|| {
+            std::fs::write(&msb, vec![0x5a; 8192]).unwrap()
+        }),
+        ("unknown-schema", &|| {
+            std::fs::remove_file(&msb).unwrap();
+            Connection::open(&msb)
+                .unwrap()
+                .execute_batch("CREATE TABLE manifest (id integer, sha text);")
+                .unwrap();
+        }),
+        ("absent", &|| {
+            std::fs::remove_file(&msb).unwrap();
+        }),
+    ];
+    let cache_before = cache_listing(&root);
+    for (state, make) in schemas {
+        make();
+        let bytes_before = std::fs::read(&msb).ok();
+        let dry: Value = h.reg.json(&["gc", "--dry-run"]);
+        assert_eq!(dry["microsandbox"]["msb_db"], state, "{dry}");
+        let detail = dry["microsandbox"]["detail"].as_str().unwrap();
+        assert!(!detail.is_empty());
+        let kinds: Vec<String> = removed(&dry).into_iter().map(|(k, _)| k).collect();
+        assert!(
+            kinds.iter().all(|k| k == "staging" || k == "journal"),
+            "{state}: {kinds:?}"
+        );
+        assert!(
+            kept(&dry)
+                .iter()
+                .any(|(p, _)| *p == h.busybox.manifest_digest.to_string()),
+            "{dry}"
+        );
+        let text = h.reg.run(&["gc", "--dry-run"]).ok().stdout;
+        assert!(text.contains("every cache artifact kept"), "{text}");
+        assert_eq!(std::fs::read(&msb).ok(), bytes_before);
+    }
+    // sandboxes/ without db/msb.db: the real run removes only our staging
+    // and journal.
+    let real: Value = h.reg.json(&["gc"]);
+    let kinds: Vec<String> = removed(&real).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["journal", "staging", "staging"], "{real}");
+    assert_eq!(cache_listing(&root), cache_before);
+    assert_eq!(std::fs::read_dir(root.join("staging")).unwrap().count(), 0);
+
+    // The override sweeps the cache as if microsandbox used nothing, loudly.
+    std::fs::write(&msb, vec![0x5a; 8192]).unwrap();
+    let run = h
+        .reg
+        .run(&["gc", "--unsafe-ignore-unreadable-msb-db", "--json"])
+        .ok();
+    assert!(
+        run.stderr
+            .contains("warning: --unsafe-ignore-unreadable-msb-db"),
+        "{}",
+        run.stderr
+    );
+    let r: Value = run.json();
+    assert_eq!(r["microsandbox"]["overridden"], true);
+    let gone: Vec<String> = removed(&r).into_iter().map(|(_, p)| p).collect();
+    assert!(gone.contains(&h.alpine.manifest_digest.to_string()), "{r}");
+    assert!(gone.contains(&h.pulled), "{r}");
+    assert_all_exist(&root, &h.not_ours);
+    std::fs::write(&msb, good).unwrap();
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+fn cache_listing(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root.join("cache"), &mut out);
+    out.sort();
+    out
+}
+
+/// A microsandbox process writing msb.db: a committed sandbox row that
+/// lives only in the `-wal` (no checkpoint yet) and an open write
+/// transaction. gc reads the committed state without waiting, and the
+/// writer commits afterwards.
+#[test]
+fn gc_reads_msb_db_while_microsandbox_writes_it() {
+    let h = home();
+    let root = h.reg.root();
+    let script = r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA wal_autocheckpoint=0")
+db.execute("INSERT INTO manifest (id, digest) VALUES (4, ?)", (sys.argv[2],))
+db.execute("INSERT INTO sandbox (id, name, config, status) VALUES (2, 'box', '{}', 'running')")
+db.execute("INSERT INTO sandbox_rootfs (sandbox_id, manifest_id, mode) VALUES (2, 4, 'oci')")
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO image_ref (reference, manifest_id) VALUES ('docker.io/library/busybox:1', 4)")
+print("writing", flush=True)
+sys.stdin.readline()
+db.execute("COMMIT")
+print("committed", flush=True)
+"#;
+    let mut writer = Command::new("python3")
+        .args(["-c", script])
+        .arg(root.join("db/msb.db"))
+        .arg(h.busybox.manifest_digest.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "writing");
+    let main_file = std::fs::read(root.join("db/msb.db")).unwrap();
+    let wal = std::fs::read(root.join("db/msb.db-wal")).unwrap();
+    assert!(!wal.is_empty(), "the committed row lives in the -wal");
+
+    let r: Value = h.reg.json(&["gc"]);
+    let gone: Vec<String> = removed(&r).into_iter().map(|(_, p)| p).collect();
+    let mut debris = vec![h.debris_free.clone(), h.debris_held.clone()];
+    debris.sort();
+    assert_eq!(gone, debris, "{r}");
+    assert!(kept(&r).contains(&(
+        h.busybox.manifest_digest.to_string(),
+        "microsandbox uses it (db/msb.db)".into()
+    )));
+    assert_all_exist(&root, &image_paths(&h.busybox, "busybox:1"));
+    assert_eq!(std::fs::read(root.join("db/msb.db")).unwrap(), main_file);
+    assert_eq!(std::fs::read(root.join("db/msb.db-wal")).unwrap(), wal);
+
+    writeln!(writer.stdin.as_mut().unwrap()).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "committed");
+    assert!(writer.wait().unwrap().success());
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn import_add_and_rm_in_a_shared_home_hint_at_msb_reindex() {
+    let plain = Reg::new();
+    add_with_image(&plain, "solo", "debian:12", 9);
+    let archive = plain.path("solo.tar.zst");
+    plain
+        .run(&[
+            "export",
+            "solo",
+            "--with-image",
+            "-o",
+            archive.to_str().unwrap(),
+        ])
+        .ok();
+    let r = plain.run(&["rm", "solo", "--json"]).ok();
+    assert!(!r.stderr.contains("hint"), "{}", r.stderr);
+    assert_eq!(r.json::<Value>()["microsandbox_hint"], Value::Null);
+
+    let h = home();
+    let root = h.reg.root();
+    let msb = db_bytes(&root);
+    let run = h
+        .reg
+        .run(&["import", archive.to_str().unwrap(), "--json"])
+        .ok();
+    let hint_lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("hint:"))
+        .collect();
+    assert_eq!(hint_lines.len(), 1, "{}", run.stderr);
+    assert!(hint_lines[0].contains("msb snapshot reindex"));
+    let j: Value = run.json();
+    assert!(
+        j["microsandbox_hint"]
+            .as_str()
+            .unwrap()
+            .contains("msb snapshot reindex")
+    );
+    // The same archive again changes nothing: no hint.
+    let again = h.reg.run(&["import", archive.to_str().unwrap()]).ok();
+    assert!(!again.stderr.contains("hint"), "{}", again.stderr);
+    let rm = h.reg.run(&["rm", "app"]).ok();
+    assert_eq!(
+        rm.stderr.lines().filter(|l| l.starts_with("hint:")).count(),
+        1,
+        "{}",
+        rm.stderr
+    );
+    let src = h.reg.path("src/extra");
+    make_snapshot(&src, &SnapSpec::new(&h.python).label("extra", "1"));
+    let add = h.reg.run(&["add", src.to_str().unwrap(), "--json"]).ok();
+    assert!(
+        add.stderr.contains("msb snapshot reindex"),
+        "{}",
+        add.stderr
+    );
+    assert_eq!(db_bytes(&root), msb, "msb.db changed");
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn reindex_in_a_shared_home_adopts_only_complete_unlocked_artifacts() {
+    let h = home();
+    let root = h.reg.root();
+    let python_layer = rel(CacheKind::Layers, h.python.layers[0].diff_id);
+    let held = hold(&root.join(format!("{python_layer}.lock")));
+    for f in ["registry.db", "registry.db-wal", "registry.db-shm"] {
+        let _ = std::fs::remove_file(root.join(f));
+    }
+    let r: Value = h.reg.json(&["reindex"]);
+    let skipped: Vec<(String, String)> = r["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["path"].as_str().unwrap().to_string(),
+                s["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        skipped.contains(&(
+            python_layer.clone(),
+            "its .lock is held (microsandbox is materializing or using it)".into()
+        )),
+        "{skipped:?}"
+    );
+    for (p, _) in &skipped {
+        assert!(
+            !p.ends_with(".lock") && !p.ends_with(".part") && !p.ends_with(".work"),
+            "{p} is not ours and is not reported"
+        );
+    }
+    let adopted = strings(&r["adopted_cache_files"]);
+    assert!(!adopted.iter().any(|p| p.contains(".part")));
+    assert!(!adopted.contains(&python_layer["cache/".len()..].to_string()));
+    assert!(adopted.contains(&h.pulled["cache/".len()..].to_string()));
+    drop(held);
+    let again: Value = h.reg.json(&["reindex"]);
+    assert_eq!(
+        strings(&again["adopted_cache_files"]),
+        [python_layer["cache/".len()..].to_string()]
+    );
+    assert_all_exist(&root, &h.not_ours);
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+#[test]
+fn a_held_lock_keeps_an_unused_image_whole_until_it_is_free() {
+    let h = home();
+    let root = h.reg.root();
+    let layer = rel(CacheKind::Layers, h.busybox.layers[1].diff_id);
+    let held = hold(&root.join(format!("{layer}.lock")));
+    let r: Value = h.reg.json(&["gc"]);
+    assert!(
+        !removed(&r)
+            .iter()
+            .any(|(k, p)| k == "image" || p.contains(&h.busybox.manifest_digest.hex()[..]))
+    );
+    assert!(kept(&r).contains(&(
+        h.busybox.manifest_digest.to_string(),
+        "its .lock is held (microsandbox is materializing or using it)".into()
+    )));
+    assert_all_exist(&root, &image_paths(&h.busybox, "busybox:1"));
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "a kept image keeps its rows: {v}");
+
+    drop(held);
+    let r: Value = h.reg.json(&["gc"]);
+    let gone: Vec<String> = removed(&r).into_iter().map(|(_, p)| p).collect();
+    for p in image_paths(&h.busybox, "busybox:1") {
+        assert!(gone.contains(&p), "{p} not removed: {r}");
+        assert!(!root.join(&p).exists());
+    }
+    assert!(root.join(format!("{layer}.lock")).exists());
+    let v: Value = h.reg.json(&["verify", "--content"]);
+    assert_eq!(v["ok"], true, "{v}");
+}
