@@ -13,8 +13,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::files::{read_limited, read_logical};
 use crate::image::{CacheFile, ImageMetadata, MAX_METADATA_BYTES};
 use crate::install::{StagedCacheFile, StagedSet, StagedSnapshot, install};
+use crate::journal::Lease;
 use crate::layout::SnapshotName;
-use crate::lease::Lease;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
 use crate::progress::Progress;
 use crate::registry::Registry;
@@ -112,13 +112,14 @@ impl Registry {
                 cache_files_skipped: 0,
             });
         }
-        let mut lease = Lease::acquire(self, &dir.display().to_string())?;
+        let (layout, db) = self.parts();
+        let mut lease = Lease::acquire(layout, db, &dir.display().to_string())?;
         let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.to_string())),
         };
-        let finished = lease.finish(self, state, message.as_deref());
+        let finished = lease.finish(self.db_mut(), state, message.as_deref());
         let report = result?;
         finished?;
         Ok(report)

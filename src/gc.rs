@@ -25,11 +25,13 @@ use crate::db::gc::{CacheEntry, ImageLayers, ImportEntry};
 use crate::db::{self, ImportState, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::files::remove_dir_if_exists;
 use crate::image::{CacheFile, CacheKind};
+use crate::journal::RegistryLock;
+use crate::journal::lease::{claim_dead, is_live};
 use crate::layout::Layout;
-use crate::lease::{claim_dead, is_live, remove_dir_if_exists};
 use crate::progress::Progress;
-use crate::registry::{Registry, RegistryLock};
+use crate::registry::Registry;
 
 /// Finished journal rows are kept this long (seconds) for `sql` queries.
 pub const JOURNAL_RETENTION_SECS: i64 = 7 * 24 * 3600;

@@ -9,10 +9,10 @@ use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{CacheFile, ImageMetadata};
+use crate::journal::Lease;
+use crate::journal::promote::{Move, promote};
 use crate::layout::SnapshotName;
-use crate::lease::Lease;
 use crate::manifest::ParsedManifest;
-use crate::promote::{Move, promote};
 use crate::registry::Registry;
 
 /// A verified snapshot directory in staging.
@@ -133,8 +133,10 @@ pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Resul
         });
     }
     let now = now_unix();
+    let (layout, db) = registry.parts();
     promote(
-        registry,
+        layout,
+        db,
         &lock,
         lease,
         &moves,

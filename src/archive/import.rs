@@ -26,8 +26,8 @@ use crate::failpoint;
 use crate::files::{CHUNK, Piece, is_zero};
 use crate::image::{CacheFile, MAX_METADATA_BYTES};
 use crate::install::install;
+use crate::journal::Lease;
 use crate::layout::{Layout, SnapshotName};
-use crate::lease::Lease;
 use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest, ParsedManifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
@@ -113,7 +113,8 @@ impl Registry {
             .map(str::parse::<SnapshotName>)
             .transpose()?;
         let opened = import_source::open(source)?;
-        let lease = Lease::acquire(self, &source.label())?;
+        let (layout, db) = self.parts();
+        let lease = Lease::acquire(layout, db, &source.label())?;
         let result = self
             .import_leased(&lease, source, opened, head_name, progress)
             .map_err(|e| e.naming_archive(&source.display_name()));
@@ -121,7 +122,7 @@ impl Registry {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.to_string())),
         };
-        let finished = lease.finish(self, state, message.as_deref());
+        let finished = lease.finish(self.db_mut(), state, message.as_deref());
         let report = result?;
         finished?;
         Ok(report)
