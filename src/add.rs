@@ -12,13 +12,14 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::files::{read_limited, read_logical};
 use crate::image::{CacheFile, ImageMetadata, MAX_METADATA_BYTES};
-use crate::install::{StagedCacheFile, StagedSet, StagedSnapshot, install};
+use crate::install::install;
 use crate::journal::Lease;
 use crate::layout::SnapshotName;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::stage::{StagingFile, check_integrity};
+use crate::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
 
 /// Options of `add`.
 #[derive(Debug, Clone, Default)]

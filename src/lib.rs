@@ -24,6 +24,7 @@ pub mod reindex;
 pub mod remove;
 pub mod sample;
 pub mod stage;
+pub mod staged;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -6,15 +6,15 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use super::import::{Streamed, StreamedSnapshot};
+use super::streamed::{Streamed, StreamedSnapshot};
 use crate::db::SnapshotFileRow;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::files::read_limited;
 use crate::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
-use crate::install::{StagedCacheFile, StagedSet, StagedSnapshot};
 use crate::layout::{Layout, SnapshotName};
 use crate::stage::check_integrity;
+use crate::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
 
 use super::entry::MANIFEST_FILE;
 

@@ -7,7 +7,7 @@
 //! journal.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::check::{self, CheckedSet};
 use super::entry::{MANIFEST_FILE, Member, MemberSet, classify};
 use super::import_source::{self, Budget, Budgeted, OpenedSource, OverBudget, Pump, PumpError};
+use super::streamed::{StagedMember, Streamed, StreamedSnapshot};
 use crate::db::{self, ImportState};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -28,7 +29,7 @@ use crate::image::{CacheFile, MAX_METADATA_BYTES};
 use crate::install::install;
 use crate::journal::Lease;
 use crate::layout::{Layout, SnapshotName};
-use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest, ParsedManifest};
+use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::stage::{StagedBytes, StagingFile};
@@ -57,46 +58,6 @@ pub struct ImportReport {
     pub cache_files_installed: usize,
     /// Cache files already present with the same content.
     pub cache_files_skipped: usize,
-}
-
-/// One archive member written into staging.
-#[derive(Debug)]
-pub struct StagedMember {
-    /// Canonical member path.
-    pub member: String,
-    /// Where it is staged.
-    pub path: PathBuf,
-    /// Size and digests found while it was written.
-    pub bytes: StagedBytes,
-}
-
-/// A snapshot directory as it came out of the archive.
-#[derive(Debug)]
-pub struct StreamedSnapshot {
-    /// `sha256-<16 hex>`.
-    pub prefix: String,
-    /// The parsed manifest.
-    pub parsed: ParsedManifest,
-    /// The staged directory.
-    pub dir: PathBuf,
-    /// Its files by name, in archive order (the manifest first).
-    pub files: Vec<(String, StagedMember)>,
-}
-
-impl StreamedSnapshot {
-    /// The staged file named `name`.
-    pub fn file(&self, name: &str) -> Option<&StagedMember> {
-        self.files.iter().find(|(n, _)| n == name).map(|(_, m)| m)
-    }
-}
-
-/// Everything an archive held, staged.
-#[derive(Debug, Default)]
-pub struct Streamed {
-    /// Snapshots in the order of their manifests.
-    pub snapshots: Vec<StreamedSnapshot>,
-    /// Cache files in archive order.
-    pub cache: Vec<(CacheFile, StagedMember)>,
 }
 
 impl Registry {

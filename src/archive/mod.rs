@@ -8,6 +8,7 @@ pub mod export_plan;
 pub mod export_stream;
 pub mod import;
 pub mod import_source;
+pub mod streamed;
 pub mod tar;
 
 pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
