@@ -2,7 +2,7 @@
 //! outcome to an exit code. Everything else lives in the library.
 
 use msb_registry::cli::{Cli, run};
-use msb_registry::error::exit;
+use msb_registry::exit;
 
 fn main() {
     let cli = Cli::parse_args();

@@ -12,5 +12,5 @@ pub mod streamed;
 pub mod tar;
 
 pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
-pub use export_plan::{ExportPlan, PlannedFile, Selection};
+pub use export_plan::Selection;
 pub use import::{ImportOptions, ImportReport, ImportSource};
