@@ -76,8 +76,10 @@ pub fn read_metadata(path: &Path) -> Result<ImageMetadata> {
     let bytes = read_limited(path, MAX_METADATA_BYTES)?.ok_or_else(|| {
         Error::integrity(path.display().to_string(), "metadata is larger than 16 MiB")
     })?;
-    ImageMetadata::parse(&bytes)
-        .map_err(|e| Error::integrity(path.display().to_string(), e.to_string()))
+    ImageMetadata::parse(&bytes).map_err(|source| Error::Metadata {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 impl Registry {
@@ -118,7 +120,7 @@ impl Registry {
         let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
-            Err(e) => (ImportState::Failed, Some(e.to_string())),
+            Err(e) => (ImportState::Failed, Some(e.with_causes())),
         };
         let finished = lease.finish(self.db_mut(), state, message.as_deref());
         let report = result?;
@@ -156,10 +158,10 @@ impl Registry {
             let path = entry.path();
             let meta = entry.path().symlink_metadata().at("stat", &path)?;
             let file_name = entry.file_name().into_string().map_err(|_| {
-                Error::rejected(path.display().to_string(), "file name is not UTF-8")
+                Error::unsupported(path.display().to_string(), "file name is not UTF-8")
             })?;
             if !meta.is_file() || !is_normal_file_name(&file_name) {
-                return Err(Error::rejected(
+                return Err(Error::unsupported(
                     path.display().to_string(),
                     "a snapshot directory may hold only regular files",
                 ));
@@ -328,7 +330,7 @@ fn stage_image(
             reference: src.display().to_string(),
         })?;
         if !m.is_file() {
-            return Err(Error::rejected(
+            return Err(Error::unsupported(
                 src.display().to_string(),
                 "not a regular file",
             ));

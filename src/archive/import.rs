@@ -81,7 +81,7 @@ impl Registry {
             .map_err(|e| e.naming_archive(&source.display_name()));
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
-            Err(e) => (ImportState::Failed, Some(e.to_string())),
+            Err(e) => (ImportState::Failed, Some(e.with_causes())),
         };
         let finished = lease.finish(self.db_mut(), state, message.as_deref());
         let report = result?;
@@ -230,7 +230,7 @@ async fn read_archive(
     };
     drop(reader);
     match pump.finish().await {
-        Err(PumpError::Zstd(e)) => Err(Error::rejected_archive(zstd_reason(&e))),
+        Err(PumpError::Zstd(e)) => Err(zstd_error(e)),
         Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
         Ok(_) => {
             outcome?;
@@ -242,15 +242,15 @@ async fn read_archive(
 
 /// Why a zstd stream was refused. zstd reports a window above the limit as
 /// a memory error; say which limit and how to meet it instead.
-fn zstd_reason(e: &std::io::Error) -> String {
+fn zstd_error(e: std::io::Error) -> Error {
     if e.to_string().contains("too much memory") {
         let mib = (1u64 << import_source::ZSTD_WINDOW_LOG_MAX) >> 20;
-        format!(
+        Error::rejected_archive(format!(
             "zstd frame needs a window larger than {mib} MiB (compressed with --long?); \
              recompress with a window of at most {mib} MiB"
-        )
+        ))
     } else {
-        format!("corrupt or truncated zstd stream: {e}")
+        Error::unreadable_archive("corrupt or truncated zstd stream", e)
     }
 }
 
@@ -272,9 +272,9 @@ fn tar_error(after: &Option<String>, e: std::io::Error) -> Error {
         return Error::rejected_archive(format!("{e}{whence}"));
     }
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return Error::rejected_archive(format!("truncated tar stream{whence}: {e}"));
+        return Error::unreadable_archive(format!("truncated tar stream{whence}"), e);
     }
-    Error::rejected_archive(format!("corrupt tar stream{whence}: {e}"))
+    Error::unreadable_archive(format!("corrupt tar stream{whence}"), e)
 }
 
 /// Reports compressed bytes consumed as progress.
@@ -410,7 +410,7 @@ impl Stager<'_> {
             .take(size)
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| Error::rejected(&member, format!("truncated or corrupt: {e}")))?;
+            .map_err(|e| Error::unreadable(&member, "truncated or corrupt", e))?;
         if (bytes.len() as u64) < size {
             return Err(truncated(&member, bytes.len() as u64, size));
         }
@@ -552,12 +552,13 @@ impl Stager<'_> {
                     Ok(0) => return Err(truncated(member, done + filled as u64, size)),
                     Ok(n) => n,
                     Err(e) => {
-                        return Err(Error::rejected(
+                        return Err(Error::unreadable(
                             member,
                             format!(
-                                "truncated or corrupt after {} of {size} bytes: {e}",
+                                "truncated or corrupt after {} of {size} bytes",
                                 done + filled as u64
                             ),
+                            e,
                         ));
                     }
                 };
@@ -592,13 +593,12 @@ async fn no_pax_sparse<R: AsyncRead + Unpin>(
     let Some(records) = entry
         .pax_extensions()
         .await
-        .map_err(|e| Error::rejected(member, format!("malformed pax records: {e}")))?
+        .map_err(|e| Error::unreadable(member, "malformed pax records", e))?
     else {
         return Ok(());
     };
     for record in records {
-        let record =
-            record.map_err(|e| Error::rejected(member, format!("malformed pax records: {e}")))?;
+        let record = record.map_err(|e| Error::unreadable(member, "malformed pax records", e))?;
         if record.key_bytes().starts_with(b"GNU.sparse.") {
             return Err(Error::rejected(
                 member,
