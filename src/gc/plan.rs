@@ -1,37 +1,15 @@
-//! `gc`: reclaim what nothing live uses, as a plan and then its application.
-//!
-//! [`survey`] reads the index (set-based queries in one read transaction),
-//! lists `cache/`, `snapshots/` and `staging/` once, and finds which imports
-//! are live. [`plan`] is a pure function of those inputs and `now`; `--dry-run`
-//! prints it, [`apply`] deletes exactly what it names. The whole run holds the
-//! registry lock, so no promotion or `rm` interleaves with it.
-//!
-//! Live: every image a snapshot pins (its metadata, fsmeta, vmdk and every
-//! layer it lists; a shared layer lives while any pinning image does), and
-//! every path leased by a live import (its journal's staged and final paths,
-//! its staging directory and lock). Imports left in `promoting` are never
-//! touched here: the next open rolls them back.
-//!
-//! Order: rows are deleted and committed first, files after, so a crash at
-//! any instant leaves a live artifact or debris the next gc removes, never a
-//! row without its file.
+//! The pure half of `gc`: what the index and a disk listing say may go.
+//! [`plan`] is a function of its inputs and `now`, unit-tested below with
+//! tiny builders; nothing here reads the disk or the database.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
 
 use serde::Serialize;
 
+use crate::db::ImportState;
 use crate::db::gc::{CacheEntry, ImageLayers, ImportEntry};
-use crate::db::{self, ImportState, now_unix};
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
-use crate::files::remove_dir_if_exists;
 use crate::image::{CacheFile, CacheKind};
-use crate::journal::RegistryLock;
-use crate::journal::lease::{claim_dead, is_live};
-use crate::layout::Layout;
-use crate::progress::Progress;
-use crate::registry::Registry;
 
 /// Finished journal rows are kept this long (seconds) for `sql` queries.
 pub const JOURNAL_RETENTION_SECS: i64 = 7 * 24 * 3600;
@@ -194,7 +172,7 @@ pub struct GcReport {
 }
 
 impl GcReport {
-    fn new(dry_run: bool, removed: Vec<Removal>) -> Self {
+    pub(super) fn new(dry_run: bool, removed: Vec<Removal>) -> Self {
         let mut totals: BTreeMap<RemovalKind, KindTotal> = BTreeMap::new();
         for r in &removed {
             let t = totals.entry(r.kind).or_insert(KindTotal {
@@ -215,91 +193,10 @@ impl GcReport {
     }
 }
 
-/// Everything [`plan`] needs, read from the index and the disk.
-#[derive(Debug, Clone)]
-pub struct Survey {
-    /// The index.
-    pub index: IndexView,
-    /// The disk.
-    pub listing: Listing,
-    /// Ids of imports whose lock is held.
-    pub live: HashSet<String>,
-}
-
-impl Registry {
-    /// Reclaim unreferenced cache artifacts, debris and dead imports; with
-    /// `dry_run`, report the plan and delete nothing.
-    pub fn gc(&mut self, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
-        let lock = self.lock()?;
-        let survey = survey(self)?;
-        let plan = plan(&survey.index, &survey.listing, &survey.live, now_unix());
-        if dry_run {
-            return Ok(GcReport::new(true, plan.removals));
-        }
-        crate::failpoint::hit(crate::failpoint::GC_PLANNED)?;
-        let spared = apply(self, &lock, &plan, progress)?;
-        let removed = plan
-            .removals
-            .into_iter()
-            .filter(|r| !spared.contains(&r.path))
-            .collect();
-        Ok(GcReport::new(false, removed))
-    }
-}
-
-/// Read the index (one read transaction, a fixed number of queries), list
-/// the disk, and find the live imports. The caller holds the registry lock.
-pub fn survey(registry: &Registry) -> Result<Survey> {
-    let index = {
-        let tx = registry.db().read()?;
-        let live_metadata: Vec<String> = db::gc::pinned_image_refs(&tx)?
-            .iter()
-            .map(|r| CacheFile::metadata_for_ref(r).rel_path())
-            .collect();
-        let unpinned_images = db::gc::unpinned_images(&tx)?;
-        let mut leases = db::gc::unfinished_import_paths(&tx)?;
-        lease_pinned_images(
-            &mut leases,
-            &unpinned_images,
-            db::gc::unfinished_import_pins(&tx)?,
-        );
-        IndexView {
-            unreachable: db::gc::unreachable_cache_files(&tx, &live_metadata)?,
-            unpinned_images,
-            cache_paths: db::gc::cache_paths(&tx)?.into_iter().collect(),
-            snapshots: db::gc::snapshot_file_names(&tx)?
-                .into_iter()
-                .map(|(name, files)| (name, files.into_iter().collect()))
-                .collect(),
-            imports: db::gc::import_entries(&tx)?,
-            leases,
-        }
-    };
-    let listing = list_disk(registry.layout(), &index)?;
-    let mut candidates: BTreeSet<&str> = index
-        .imports
-        .iter()
-        .filter(|i| matches!(i.state, ImportState::Staging | ImportState::Promoting))
-        .map(|i| i.id.as_str())
-        .collect();
-    candidates.extend(listing.staging.iter().map(|e| import_id_of(&e.name)));
-    let mut live = HashSet::new();
-    for id in candidates {
-        if is_live(registry.layout(), id)? {
-            live.insert(id.to_string());
-        }
-    }
-    Ok(Survey {
-        index,
-        listing,
-        live,
-    })
-}
-
 /// Add to each unfinished import's lease the files of every image its
 /// snapshots pin that no snapshot in the index pins yet: the import will
 /// pin it when it lands, so it is in use already.
-fn lease_pinned_images(
+pub(super) fn lease_pinned_images(
     leases: &mut BTreeMap<String, Vec<String>>,
     unpinned: &[ImageLayers],
     pins: Vec<(String, Digest)>,
@@ -315,7 +212,7 @@ fn lease_pinned_images(
 }
 
 /// The import a `staging/` entry belongs to: `<id>` or `<id>.lock`.
-fn import_id_of(name: &str) -> &str {
+pub(super) fn import_id_of(name: &str) -> &str {
     name.strip_suffix(".lock").unwrap_or(name)
 }
 
@@ -328,13 +225,37 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
         .map(|i| i.id.as_str())
         .chain(live.iter().map(|s| s.as_str()))
         .collect();
-    let leased: BTreeSet<&str> = index
-        .leases
-        .iter()
-        .filter(|(id, _)| protected.contains(id.as_str()))
-        .flat_map(|(_, paths)| paths.iter().map(|p| p.as_str()))
-        .collect();
-    let is_leased = |path: &str| {
+    let leased = Leased(
+        index
+            .leases
+            .iter()
+            .filter(|(id, _)| protected.contains(id.as_str()))
+            .flat_map(|(_, paths)| paths.iter().map(|p| p.as_str()))
+            .collect(),
+    );
+
+    let mut plan = GcPlan::default();
+    let kept = plan_images(index, &leased, &mut plan);
+    plan_cache_rows(index, listing, &leased, &kept, &mut plan);
+    plan_debris(index, listing, &leased, &mut plan);
+    plan_staging(listing, &protected, &mut plan);
+    plan_journal(index, live, now, &mut plan);
+
+    plan.removals.sort();
+    plan.cache_rows.sort();
+    plan.image_rows.sort();
+    plan.import_rows.sort();
+    plan.files.sort_by(|a, b| a.path.cmp(&b.path));
+    plan
+}
+
+/// Paths leased by protected imports (live, or promoting).
+struct Leased<'a>(BTreeSet<&'a str>);
+
+impl Leased<'_> {
+    /// Whether `path` is leased, or lies under a leased directory.
+    fn covers(&self, path: &str) -> bool {
+        let leased = &self.0;
         if leased.is_empty() {
             return false;
         }
@@ -344,20 +265,20 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
                 .range(under.as_str()..)
                 .next()
                 .is_some_and(|p| p.starts_with(&under))
-    };
-    let cache_rel = |f: &str| format!("cache/{f}");
+    }
+}
 
-    let mut plan = GcPlan::default();
-    let on_disk: HashSet<(CacheKind, &str)> = listing
-        .cache
-        .iter()
-        .map(|(kind, e)| (*kind, e.name.as_str()))
-        .collect();
+fn cache_rel(f: &str) -> String {
+    format!("cache/{f}")
+}
 
+/// Unpinned images go with their rows, unless a live import leases one of
+/// their files; returns the cache files of the images kept.
+fn plan_images(index: &IndexView, leased: &Leased, plan: &mut GcPlan) -> HashSet<String> {
     let mut kept: HashSet<String> = HashSet::new();
     for image in &index.unpinned_images {
         let files = image_files(image);
-        if files.iter().any(|f| is_leased(&cache_rel(f))) {
+        if files.iter().any(|f| leased.covers(&cache_rel(f))) {
             kept.extend(files);
         } else {
             plan.image_rows.push(image.manifest_digest);
@@ -368,13 +289,28 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
             });
         }
     }
+    kept
+}
 
+/// Cache rows nothing reaches go, with their files when present.
+fn plan_cache_rows(
+    index: &IndexView,
+    listing: &Listing,
+    leased: &Leased,
+    kept: &HashSet<String>,
+    plan: &mut GcPlan,
+) {
+    let on_disk: HashSet<(CacheKind, &str)> = listing
+        .cache
+        .iter()
+        .map(|(kind, e)| (*kind, e.name.as_str()))
+        .collect();
     for row in &index.unreachable {
         let Some(file) = CacheFile::parse_rel(&row.path) else {
             continue;
         };
         let path = cache_rel(&row.path);
-        if kept.contains(&row.path) || is_leased(&path) {
+        if kept.contains(&row.path) || leased.covers(&path) {
             continue;
         }
         plan.cache_rows.push(row.path.clone());
@@ -397,9 +333,12 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
             bytes,
         });
     }
+}
 
+/// Files and directories under `cache/` and `snapshots/` without rows.
+fn plan_debris(index: &IndexView, listing: &Listing, leased: &Leased, plan: &mut GcPlan) {
     let debris = |path: String, e: &DiskEntry, plan: &mut GcPlan| {
-        if is_leased(&path) {
+        if leased.covers(&path) {
             return;
         }
         plan.files.push(Doomed {
@@ -421,24 +360,27 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
         rel.push('/');
         rel.push_str(&e.name);
         if e.dir || !index.cache_paths.contains(&rel) {
-            debris(cache_rel(&rel), e, &mut plan);
+            debris(cache_rel(&rel), e, plan);
         }
     }
     for (top, children) in &listing.snapshots {
         let path = format!("snapshots/{}", top.name);
         match index.snapshots.get(&top.name) {
-            None => debris(path, top, &mut plan),
+            None => debris(path, top, plan),
             Some(files) if top.dir => {
                 for c in children {
                     if c.dir || !files.contains(&c.name) {
-                        debris(format!("{path}/{}", c.name), c, &mut plan);
+                        debris(format!("{path}/{}", c.name), c, plan);
                     }
                 }
             }
             Some(_) => {}
         }
     }
+}
 
+/// Staging entries of imports that are neither live nor promoting.
+fn plan_staging(listing: &Listing, protected: &HashSet<&str>, plan: &mut GcPlan) {
     for e in &listing.staging {
         let id = import_id_of(&e.name);
         if protected.contains(id) {
@@ -457,7 +399,10 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
             bytes: e.bytes,
         });
     }
+}
 
+/// Journal rows of dead imports, and of finished ones past retention.
+fn plan_journal(index: &IndexView, live: &HashSet<String>, now: i64, plan: &mut GcPlan) {
     for import in &index.imports {
         let expired = import
             .finished_at
@@ -476,13 +421,6 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
             });
         }
     }
-
-    plan.removals.sort();
-    plan.cache_rows.sort();
-    plan.image_rows.sort();
-    plan.import_rows.sort();
-    plan.files.sort_by(|a, b| a.path.cmp(&b.path));
-    plan
 }
 
 /// `<kind>/<file>` of every cache file an image owns: metadata, fsmeta, vmdk, layers.
@@ -505,187 +443,6 @@ fn image_files(image: &ImageLayers) -> Vec<String> {
         .rel_path()
     }));
     files
-}
-
-/// Delete what `plan` names: the rows in one committed transaction, then the
-/// files. Staging entries go only while their import's lock is claimed; an
-/// import found live by then is spared. Returns the paths spared.
-pub fn apply(
-    registry: &mut Registry,
-    _lock: &RegistryLock,
-    plan: &GcPlan,
-    progress: &dyn Progress,
-) -> Result<HashSet<String>> {
-    {
-        let tx = registry.db_mut().write()?;
-        db::gc::delete_rows(&tx, &plan.cache_rows, &plan.image_rows, &plan.import_rows)?;
-        tx.commit()?;
-    }
-    crate::failpoint::hit(crate::failpoint::GC_ROWS_DELETED)?;
-    let layout = registry.layout();
-    progress.start("gc", Some(plan.files.iter().map(|f| f.bytes).sum()));
-    let mut staging: BTreeMap<&str, Vec<&Doomed>> = BTreeMap::new();
-    for doomed in &plan.files {
-        match &doomed.import {
-            Some(id) => staging.entry(id.as_str()).or_default().push(doomed),
-            None => {
-                remove(&layout.resolve(&doomed.path), doomed.dir)?;
-                crate::failpoint::hit(crate::failpoint::GC_FILE_REMOVED)?;
-                progress.advance(doomed.bytes);
-            }
-        }
-    }
-    let mut spared = HashSet::new();
-    for (id, entries) in staging {
-        let Some(_claim) = claim_dead(layout, id)? else {
-            spared.extend(entries.iter().map(|d| d.path.clone()));
-            continue;
-        };
-        let (locks, others): (Vec<&Doomed>, Vec<&Doomed>) = entries
-            .into_iter()
-            .partition(|d| !d.dir && d.path.ends_with(".lock"));
-        for doomed in others.into_iter().chain(locks) {
-            remove(&layout.resolve(&doomed.path), doomed.dir)?;
-            crate::failpoint::hit(crate::failpoint::GC_FILE_REMOVED)?;
-            progress.advance(doomed.bytes);
-        }
-    }
-    progress.finish();
-    Ok(spared)
-}
-
-fn remove(path: &Path, dir: bool) -> Result<()> {
-    if dir {
-        return remove_dir_if_exists(path);
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
-        _ => Ok(()),
-    }
-}
-
-/// List `cache/<kind>/`, `snapshots/` (and each directory in it) and
-/// `staging/`. Entries the index records are not measured (their rows hold
-/// their sizes); everything else is, directories recursively. Entries that
-/// vanish while being listed, and names that are not UTF-8, are left out.
-/// `cache/` and `snapshots/` are listed in parallel.
-pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
-    let (cache, snapshots) = std::thread::scope(|scope| {
-        let cache = scope.spawn(|| -> Result<Vec<(CacheKind, DiskEntry)>> {
-            let mut out = Vec::new();
-            let mut rel = String::new();
-            for kind in CacheKind::ALL {
-                let recorded = |name: &str| {
-                    rel.clear();
-                    rel.push_str(kind.as_str());
-                    rel.push('/');
-                    rel.push_str(name);
-                    index.cache_paths.contains(&rel)
-                };
-                out.extend(
-                    entries(&layout.cache_kind(kind), recorded)?
-                        .into_iter()
-                        .map(|(e, _)| (kind, e)),
-                );
-            }
-            Ok(out)
-        });
-        let snapshots = list_snapshots(layout, index);
-        let cache = cache.join().expect("cache listing thread does not panic");
-        (cache, snapshots)
-    });
-    Ok(Listing {
-        cache: cache?,
-        snapshots: snapshots?,
-        staging: entries(&layout.staging(), |_| false)?
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect(),
-    })
-}
-
-fn list_snapshots(layout: &Layout, index: &IndexView) -> Result<Vec<(DiskEntry, Vec<DiskEntry>)>> {
-    let mut out = Vec::new();
-    for (top, path) in entries(&layout.snapshots(), |name| {
-        index.snapshots.contains_key(name)
-    })? {
-        let children = match index.snapshots.get(&top.name) {
-            Some(files) if top.dir => entries(&path, |name| files.contains(name))?
-                .into_iter()
-                .map(|(e, _)| e)
-                .collect(),
-            _ => Vec::new(),
-        };
-        out.push((top, children));
-    }
-    Ok(out)
-}
-
-/// The entries of `dir`, by name; those `recorded` says the index knows are
-/// not measured.
-fn entries(
-    dir: &Path,
-    mut recorded: impl FnMut(&str) -> bool,
-) -> Result<Vec<(DiskEntry, std::path::PathBuf)>> {
-    let read = match std::fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("read directory", dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in read {
-        let entry = entry.at("read directory", dir)?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        let path = entry.path();
-        let file_type = match entry.file_type() {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("stat", path, e)),
-        };
-        let dir = file_type.is_dir();
-        let bytes = if recorded(&name) {
-            0
-        } else if dir {
-            tree_bytes(&path)?
-        } else {
-            match entry.metadata() {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("stat", path, e)),
-            }
-        };
-        out.push((DiskEntry { name, dir, bytes }, path));
-    }
-    out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    Ok(out)
-}
-
-fn stat(path: &Path) -> Result<Option<std::fs::Metadata>> {
-    match path.symlink_metadata() {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("stat", path, e)),
-    }
-}
-
-fn tree_bytes(dir: &Path) -> Result<u64> {
-    let read = match std::fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(Error::io("read directory", dir, e)),
-    };
-    let mut total = 0;
-    for entry in read {
-        let path = entry.at("read directory", dir)?.path();
-        total += match stat(&path)? {
-            Some(m) if m.is_dir() => tree_bytes(&path)?,
-            Some(m) => m.len(),
-            None => 0,
-        };
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
