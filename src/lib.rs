@@ -58,8 +58,9 @@
 //! `digest`, `error`.
 //!
 //! In particular the journal layer is handed a layout and a database, never
-//! a `Registry`, and SQL lives only under `db`. `dev/layers.py` checks the
-//! rule and reports any import loop.
+//! a `Registry`, and SQL lives only under `db`. The integration test
+//! `tests/it/layers.rs` checks the rule on the source and refuses any
+//! import loop.
 
 #![warn(missing_docs)]
 

@@ -8,6 +8,7 @@ mod diskfull;
 mod export;
 mod gc;
 mod import;
+mod layers;
 mod mutate;
 mod roundtrip;
 mod soak;
