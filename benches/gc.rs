@@ -8,10 +8,10 @@
 use std::path::Path;
 use std::time::Instant;
 
+use msb_registry::NoProgress;
 use msb_registry::db::{self, SnapshotFileRow, SnapshotRow};
 use msb_registry::digest::{Digest, ExtentsSha256, LogicalSink};
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
-use msb_registry::progress::NoProgress;
 use msb_registry::{Registry, gc};
 
 const SNAPSHOTS: usize = 10_000;

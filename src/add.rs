@@ -12,13 +12,14 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::files::{read_limited, read_logical};
 use crate::image::{CacheFile, ImageMetadata, MAX_METADATA_BYTES};
-use crate::install::{StagedCacheFile, StagedSet, StagedSnapshot, install};
+use crate::install::install;
+use crate::journal::Lease;
 use crate::layout::SnapshotName;
-use crate::lease::Lease;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::stage::{StagingFile, check_integrity};
+use crate::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
 
 /// Options of `add`.
 #[derive(Debug, Clone, Default)]
@@ -78,8 +79,10 @@ pub fn read_metadata(path: &Path) -> Result<ImageMetadata> {
     let bytes = read_limited(path, MAX_METADATA_BYTES)?.ok_or_else(|| {
         Error::integrity(path.display().to_string(), "metadata is larger than 16 MiB")
     })?;
-    ImageMetadata::parse(&bytes)
-        .map_err(|e| Error::integrity(path.display().to_string(), e.to_string()))
+    ImageMetadata::parse(&bytes).map_err(|source| Error::Metadata {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 impl Registry {
@@ -116,13 +119,14 @@ impl Registry {
                 microsandbox_hint: None,
             });
         }
-        let mut lease = Lease::acquire(self, &dir.display().to_string())?;
+        let (layout, db) = self.parts();
+        let mut lease = Lease::acquire(layout, db, &dir.display().to_string())?;
         let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
-            Err(e) => (ImportState::Failed, Some(e.to_string())),
+            Err(e) => (ImportState::Failed, Some(e.with_causes())),
         };
-        let finished = lease.finish(self, state, message.as_deref());
+        let finished = lease.finish(self.db_mut(), state, message.as_deref());
         let report = result?;
         finished?;
         Ok(report)
@@ -158,10 +162,10 @@ impl Registry {
             let path = entry.path();
             let meta = entry.path().symlink_metadata().at("stat", &path)?;
             let file_name = entry.file_name().into_string().map_err(|_| {
-                Error::rejected(path.display().to_string(), "file name is not UTF-8")
+                Error::unsupported(path.display().to_string(), "file name is not UTF-8")
             })?;
             if !meta.is_file() || !is_normal_file_name(&file_name) {
-                return Err(Error::rejected(
+                return Err(Error::unsupported(
                     path.display().to_string(),
                     "a snapshot directory may hold only regular files",
                 ));
@@ -335,7 +339,7 @@ fn stage_image(
             reference: src.display().to_string(),
         })?;
         if !m.is_file() {
-            return Err(Error::rejected(
+            return Err(Error::unsupported(
                 src.display().to_string(),
                 "not a regular file",
             ));

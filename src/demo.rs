@@ -57,47 +57,19 @@ pub struct DemoReport {
     pub verified_bytes: u64,
 }
 
+/// The demo's chain, root first: each snapshot's name and integrity algorithm.
+const STAGES: [(&str, &str); 3] = [
+    ("py-base", INTEGRITY_SPARSE_SHA256_V1),
+    ("py-deps", INTEGRITY_SHA256),
+    ("py-app", INTEGRITY_SPARSE_SHA256_V1),
+];
+
 /// Run the demo inside `dir` (created if needed).
 pub fn run(dir: &Path, progress: &dyn Progress) -> Result<DemoReport> {
     let started = Instant::now();
-    let artifacts = dir.join("artifacts");
-    let cache_dir = artifacts.join("cache");
-    let image = write_image_cache(&cache_dir, "python:3.12", 1, &[4 << 20, 2 << 20, 1 << 20])?;
-
     let source_root = dir.join("source-registry");
     let mut source = Registry::open(&source_root)?;
-    let stages = [
-        ("py-base", INTEGRITY_SPARSE_SHA256_V1),
-        ("py-deps", INTEGRITY_SHA256),
-        ("py-app", INTEGRITY_SPARSE_SHA256_V1),
-    ];
-    let mut snapshots: Vec<Digest> = Vec::new();
-    let mut data_bytes = 0;
-    for (i, (name, integrity)) in stages.iter().enumerate() {
-        let mut spec = SnapshotSpec::new(&image).label("stage", name);
-        spec.len = UPPER_LEN;
-        spec.integrity = Some(integrity);
-        spec.created_at = format!("2026-10-01T09:0{i}:00Z");
-        spec.data = (0..4u64)
-            .map(|j| {
-                (
-                    (j * 256 + i as u64 * 16) << 20,
-                    mixed_bytes(i as u64 * 10 + j, 2 << 20),
-                )
-            })
-            .collect();
-        data_bytes += spec.data.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
-        if let Some(parent) = snapshots.last() {
-            spec = spec.parent(*parent);
-        }
-        let snapshot_dir = artifacts.join(name);
-        snapshots.push(write_snapshot(&snapshot_dir, &spec)?);
-        let opts = AddOptions {
-            name: Some(name.to_string()),
-            cache_dir: (i == 0).then(|| cache_dir.clone()),
-        };
-        source.add(&snapshot_dir, &opts, progress)?;
-    }
+    let (snapshots, data_bytes) = build_chain(&mut source, &dir.join("artifacts"), progress)?;
 
     let build_seconds = started.elapsed().as_secs_f64();
 
@@ -143,7 +115,7 @@ pub fn run(dir: &Path, progress: &dyn Progress) -> Result<DemoReport> {
         imported_root,
         archive_bytes: exported.bytes,
         archive,
-        logical_bytes: UPPER_LEN * stages.len() as u64,
+        logical_bytes: UPPER_LEN * STAGES.len() as u64,
         data_bytes,
         snapshots,
         cache_files: exported.cache_files.len(),
@@ -154,4 +126,44 @@ pub fn run(dir: &Path, progress: &dyn Progress) -> Result<DemoReport> {
         verified_files: verified.checked_files,
         verified_bytes: verified.checked_bytes,
     })
+}
+
+/// Write the image cache and the sample chain under `artifacts` and add
+/// them to `source`; returns the snapshot digests, root first, and the
+/// bytes of data the uppers hold.
+fn build_chain(
+    source: &mut Registry,
+    artifacts: &Path,
+    progress: &dyn Progress,
+) -> Result<(Vec<Digest>, u64)> {
+    let cache_dir = artifacts.join("cache");
+    let image = write_image_cache(&cache_dir, "python:3.12", 1, &[4 << 20, 2 << 20, 1 << 20])?;
+    let mut snapshots: Vec<Digest> = Vec::new();
+    let mut data_bytes = 0;
+    for (i, (name, integrity)) in STAGES.iter().enumerate() {
+        let mut spec = SnapshotSpec::new(&image).label("stage", name);
+        spec.len = UPPER_LEN;
+        spec.integrity = Some(integrity);
+        spec.created_at = format!("2026-10-01T09:0{i}:00Z");
+        spec.data = (0..4u64)
+            .map(|j| {
+                (
+                    (j * 256 + i as u64 * 16) << 20,
+                    mixed_bytes(i as u64 * 10 + j, 2 << 20),
+                )
+            })
+            .collect();
+        data_bytes += spec.data.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
+        if let Some(parent) = snapshots.last() {
+            spec = spec.parent(*parent);
+        }
+        let snapshot_dir = artifacts.join(name);
+        snapshots.push(write_snapshot(&snapshot_dir, &spec)?);
+        let opts = AddOptions {
+            name: Some(name.to_string()),
+            cache_dir: (i == 0).then(|| cache_dir.clone()),
+        };
+        source.add(&snapshot_dir, &opts, progress)?;
+    }
+    Ok((snapshots, data_bytes))
 }

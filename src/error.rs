@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::digest::Digest;
+use crate::image::MetadataError;
 use crate::manifest::ManifestError;
 
 /// Exit codes of the `msb-registry` binary (DESIGN §7).
@@ -109,12 +110,58 @@ pub enum Error {
         detail: String,
     },
 
+    /// An upper whose recorded integrity cannot be checked (unknown
+    /// algorithm, malformed digest).
+    #[error("integrity failure: {subject}")]
+    UncheckableIntegrity {
+        /// The upper file or member.
+        subject: String,
+        /// What is wrong with the manifest's `upper.integrity`.
+        #[source]
+        source: ManifestError,
+    },
+
+    /// An image metadata document that is malformed or does not hash to
+    /// the digests it records.
+    #[error("integrity failure: {path}")]
+    Metadata {
+        /// The metadata file or member.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        source: MetadataError,
+    },
+
     /// An archive refused before anything was installed.
     #[error("rejected archive: {member}: {reason}")]
     Rejected {
         /// The member path, or the archive's for problems of the whole stream.
         member: String,
         /// The rule it breaks.
+        reason: String,
+    },
+
+    /// An archive refused because its stream or a member could not be read
+    /// (corrupt or truncated compression, tar framing or pax records).
+    #[error("rejected archive: {member}: {reason}")]
+    Unreadable {
+        /// The member path, or the archive's for problems of the whole stream.
+        member: String,
+        /// Where reading stopped.
+        reason: String,
+        /// What the decoder or tar reader reported.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file `add` or `reindex` cannot take: not a regular file, or a
+    /// name that is not UTF-8 or not a plain file name. It exits like a
+    /// rejected archive: the input, not the registry, is at fault.
+    #[error("unsupported file: {path}: {reason}")]
+    Unsupported {
+        /// The file.
+        path: String,
+        /// Why it cannot be taken.
         reason: String,
     },
 
@@ -161,10 +208,14 @@ impl Error {
             Error::Usage(_) | Error::Ambiguous { .. } => exit::USAGE,
             Error::NotFound { .. } | Error::MissingParent { .. } => exit::NOT_FOUND,
             Error::Conflict { .. } | Error::HasChildren { .. } => exit::CONFLICT,
-            Error::Manifest { .. } | Error::Integrity { .. } | Error::VerifyFailed { .. } => {
-                exit::INTEGRITY
+            Error::Manifest { .. }
+            | Error::Integrity { .. }
+            | Error::UncheckableIntegrity { .. }
+            | Error::Metadata { .. }
+            | Error::VerifyFailed { .. } => exit::INTEGRITY,
+            Error::Rejected { .. } | Error::Unreadable { .. } | Error::Unsupported { .. } => {
+                exit::REJECTED
             }
-            Error::Rejected { .. } => exit::REJECTED,
             Error::ReadOnlySql(_) => exit::USAGE,
             _ if self.is_storage() => exit::STORAGE,
             Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {
@@ -198,6 +249,12 @@ impl Error {
     /// newline or terminal escape in them must not break the line or forge
     /// output.
     pub fn report_line(&self) -> String {
+        escape_controls(&self.with_causes())
+    }
+
+    /// The message and each cause, joined by `: `, as recorded in the
+    /// import journal and in `reindex` skip reasons.
+    pub fn with_causes(&self) -> String {
         let mut line = self.to_string();
         let mut source = std::error::Error::source(self);
         while let Some(cause) = source {
@@ -205,7 +262,7 @@ impl Error {
             line.push_str(&cause.to_string());
             source = cause.source();
         }
-        escape_controls(&line)
+        line
     }
 
     /// Shorthand for an [`Error::Io`] about `path`.
@@ -232,6 +289,33 @@ impl Error {
         Self::rejected(WHOLE_ARCHIVE, reason)
     }
 
+    /// Shorthand for an [`Error::Unreadable`] about `member`.
+    pub fn unreadable(
+        member: impl Into<String>,
+        reason: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Unreadable {
+            member: member.into(),
+            reason: reason.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for an [`Error::Unreadable`] about the archive as a whole;
+    /// see [`Error::rejected_archive`].
+    pub fn unreadable_archive(reason: impl Into<String>, source: std::io::Error) -> Self {
+        Self::unreadable(WHOLE_ARCHIVE, reason, source)
+    }
+
+    /// Shorthand for an [`Error::Unsupported`] about `path`.
+    pub fn unsupported(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Unsupported {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
     /// This error with a whole-archive refusal naming `archive` (its path,
     /// or "stdin").
     pub fn naming_archive(self, archive: &str) -> Self {
@@ -239,6 +323,15 @@ impl Error {
             Error::Rejected { member, reason } if member == WHOLE_ARCHIVE => Error::Rejected {
                 member: archive.to_string(),
                 reason,
+            },
+            Error::Unreadable {
+                member,
+                reason,
+                source,
+            } if member == WHOLE_ARCHIVE => Error::Unreadable {
+                member: archive.to_string(),
+                reason,
+                source,
             },
             e => e,
         }
@@ -291,6 +384,20 @@ impl<T> IoContext<T> for std::io::Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_archive_keeps_its_cause_and_gets_its_name() {
+        let cause = std::io::Error::other("invalid checksum");
+        let e = Error::unreadable_archive("corrupt tar stream", cause).naming_archive("a.tar");
+        assert_eq!(e.exit_code(), exit::REJECTED);
+        assert_eq!(e.to_string(), "rejected archive: a.tar: corrupt tar stream");
+        let source = std::error::Error::source(&e).expect("the cause is kept");
+        assert_eq!(source.to_string(), "invalid checksum");
+        assert_eq!(
+            e.report_line(),
+            "rejected archive: a.tar: corrupt tar stream: invalid checksum"
+        );
+    }
 
     #[test]
     fn full_or_read_only_storage_exits_7() {

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::digest::BLOCK;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Size of the buffer data is read and written in.
 pub const CHUNK: usize = 1024 * 1024;
@@ -183,6 +183,14 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)
 }
 
+/// Remove a directory tree; absent is fine.
+pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", dir, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Read a whole small file, refusing one larger than `limit` before buffering it.
 pub fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
     let file = File::open(path).at("open", path)?;
@@ -201,6 +209,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
 }
 
 /// Bytes actually allocated on disk for `path`.
+#[cfg(test)]
 pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     meta.blocks() * 512

@@ -5,52 +5,14 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
+use crate::db::{self, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{CacheFile, ImageMetadata};
-use crate::layout::SnapshotName;
-use crate::lease::Lease;
-use crate::manifest::ParsedManifest;
-use crate::promote::{Move, promote};
+use crate::image::CacheFile;
+use crate::journal::Lease;
+use crate::journal::promote::{Move, promote};
 use crate::registry::Registry;
-
-/// A verified snapshot directory in staging.
-#[derive(Debug, Clone)]
-pub struct StagedSnapshot {
-    /// Its manifest and digest.
-    pub parsed: ParsedManifest,
-    /// The name it is installed under.
-    pub name: SnapshotName,
-    /// The staged directory, relative to the root.
-    pub staged_dir: String,
-    /// Its files (relative to the directory), hashed while staged.
-    pub files: Vec<SnapshotFileRow>,
-}
-
-/// A verified cache file in staging.
-#[derive(Debug, Clone)]
-pub struct StagedCacheFile {
-    /// Its kind and name.
-    pub file: CacheFile,
-    /// The staged file, relative to the root.
-    pub staged: String,
-    /// Apparent size.
-    pub size: u64,
-    /// msb-extents-sha256-v1 digest.
-    pub digest: Digest,
-}
-
-/// Everything one add or import installs.
-#[derive(Debug, Clone, Default)]
-pub struct StagedSet {
-    /// Snapshots, parents before children.
-    pub snapshots: Vec<StagedSnapshot>,
-    /// Cache files.
-    pub cache_files: Vec<StagedCacheFile>,
-    /// Image metadata documents being installed, with the reference they were found under.
-    pub images: Vec<(ImageMetadata, String)>,
-}
+use crate::staged::StagedSet;
 
 /// What an install did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -133,8 +95,10 @@ pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Resul
         });
     }
     let now = now_unix();
+    let (layout, db) = registry.parts();
     promote(
-        registry,
+        layout,
+        db,
         &lock,
         lease,
         &moves,

@@ -1,12 +1,12 @@
 //! The registry handle: a root directory, its index, and the reference
 //! resolution every command shares.
 
-use std::fs::File;
 use std::path::PathBuf;
 
 use crate::db::{self, Db, SnapshotRow};
 use crate::digest::{Digest, is_lower_hex};
 use crate::error::{Error, IoContext, Result};
+use crate::journal::{self, RegistryLock, lock::lock_exclusive};
 use crate::layout::Layout;
 
 /// The shortest digest prefix accepted as a reference.
@@ -18,9 +18,6 @@ pub struct Registry {
     db: Db,
 }
 
-/// The exclusive registry lock; released on drop.
-pub struct RegistryLock(#[allow(dead_code)] File);
-
 impl Registry {
     /// Open the registry at `root`, creating it when absent, and repair any
     /// promotion a crashed process left half done.
@@ -29,13 +26,12 @@ impl Registry {
         for dir in layout.dirs() {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         }
-        let db = {
+        let mut db = {
             let _first_open = lock_exclusive(&layout)?;
             Db::open(&layout.db())?
         };
-        let mut registry = Registry { layout, db };
-        crate::promote::recover(&mut registry)?;
-        Ok(registry)
+        journal::recover(&layout, &mut db)?;
+        Ok(Registry { layout, db })
     }
 
     /// The paths of this registry.
@@ -51,6 +47,11 @@ impl Registry {
     /// The index, for write transactions.
     pub fn db_mut(&mut self) -> &mut Db {
         &mut self.db
+    }
+
+    /// The paths and the index together, for the journal layer.
+    pub(crate) fn parts(&mut self) -> (&Layout, &mut Db) {
+        (&self.layout, &mut self.db)
     }
 
     /// Take the exclusive registry lock, waiting for the current holder.
@@ -94,16 +95,4 @@ impl Registry {
             }),
         }
     }
-}
-
-fn lock_exclusive(layout: &Layout) -> Result<RegistryLock> {
-    let path = layout.lock_file();
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .at("open", &path)?;
-    file.lock().at("lock", &path)?;
-    Ok(RegistryLock(file))
 }

@@ -82,7 +82,7 @@ impl Registry {
                     SnapshotRow::from_manifest(&parsed, name.as_str(), now),
                     files,
                 )),
-                Err(e) => report.skipped.push(skip(e.to_string())),
+                Err(e) => report.skipped.push(skip(e.with_causes())),
             }
         }
 
@@ -119,7 +119,7 @@ impl Registry {
                     }
                     Err(e) => report.skipped.push(Skipped {
                         path: rel,
-                        reason: e.to_string(),
+                        reason: e.with_causes(),
                     }),
                 }
             }
@@ -233,7 +233,7 @@ fn adopt_snapshot(
     for (file_name, path) in sorted_entries(dir)? {
         let meta = path.symlink_metadata().at("stat", &path)?;
         if !meta.is_file() || !is_normal_file_name(&file_name) {
-            return Err(Error::rejected(file_name, "not a regular file"));
+            return Err(Error::unsupported(file_name, "not a regular file"));
         }
         let is_upper = file_name == upper.file;
         let integrity = if is_upper {
@@ -282,7 +282,7 @@ fn adopt_cache_file(
 ) -> Result<AdoptedCacheFile> {
     let meta = path.symlink_metadata().at("stat", path)?;
     if !meta.is_file() {
-        return Err(Error::rejected(
+        return Err(Error::unsupported(
             path.display().to_string(),
             "not a regular file",
         ));

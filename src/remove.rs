@@ -4,9 +4,9 @@ use serde::Serialize;
 
 use crate::db;
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::journal::removal::finish_removal;
 use crate::layout::SnapshotName;
-use crate::lease::remove_dir_if_exists;
 use crate::registry::Registry;
 
 /// What `rm` did.
@@ -30,7 +30,7 @@ impl Registry {
     /// directory still to move (`pending_removals`); then the directory is
     /// renamed out of `snapshots/` and deleted, and the record dropped. A
     /// crash in between never leaves a row without its files, and the next
-    /// command that opens the registry finishes the move ([`finish_removals`]),
+    /// command that opens the registry finishes the move ([`crate::journal::recover`]),
     /// so the name is free again at once.
     pub fn remove(&mut self, reference: &str, force: bool) -> Result<RemoveReport> {
         let _lock = self.lock()?;
@@ -52,7 +52,8 @@ impl Registry {
             tx.commit()?;
         }
         crate::failpoint::hit(crate::failpoint::RM_COMMITTED)?;
-        finish_removal(self, &row.digest, &name)?;
+        let (layout, db) = self.parts();
+        finish_removal(layout, db, &row.digest, &name)?;
         Ok(RemoveReport {
             digest: row.digest,
             name: row.name,
@@ -60,37 +61,4 @@ impl Registry {
             microsandbox_hint: crate::shared_home::reindex_hint(self.layout()),
         })
     }
-}
-
-/// Finish every removal a crashed `rm` left recorded. The caller holds the
-/// registry lock.
-pub fn finish_removals(registry: &mut Registry) -> Result<()> {
-    for (digest, name) in db::snapshots::pending_removals(registry.db().conn())? {
-        match name.parse::<SnapshotName>() {
-            Ok(name) => finish_removal(registry, &digest, &name)?,
-            // Not a name rm could have written; nothing on disk to move.
-            Err(_) => db::snapshots::delete_pending_removal(registry.db().conn(), &digest)?,
-        }
-    }
-    Ok(())
-}
-
-/// Move the removed snapshot's directory out of `snapshots/` (freeing its
-/// name at once), delete it, then drop the record. A directory that a
-/// snapshot row names again is not the removed one and stays.
-fn finish_removal(registry: &mut Registry, digest: &Digest, name: &SnapshotName) -> Result<()> {
-    let conn = registry.db().conn();
-    let dir = registry.layout().snapshot(name);
-    let doomed = registry
-        .layout()
-        .staging()
-        .join(format!("rm-{}", digest.hex()));
-    let reused = db::snapshots::snapshot_by_name(conn, name.as_str())?.is_some();
-    if !reused && dir.symlink_metadata().is_ok() {
-        remove_dir_if_exists(&doomed)?;
-        std::fs::rename(&dir, &doomed).at("rename", &dir)?;
-        crate::failpoint::hit(crate::failpoint::RM_RENAMED)?;
-    }
-    remove_dir_if_exists(&doomed)?;
-    db::snapshots::delete_pending_removal(conn, digest)
 }

@@ -149,9 +149,13 @@ impl StagingFile {
 
 /// Compare a staged upper's integrity digest with the manifest's.
 pub fn check_integrity(subject: &str, integrity: &Integrity, found: Option<Digest>) -> Result<()> {
-    let (algorithm, expected) = integrity
-        .expected()
-        .map_err(|e| Error::integrity(subject, e.to_string()))?;
+    let (algorithm, expected) =
+        integrity
+            .expected()
+            .map_err(|source| Error::UncheckableIntegrity {
+                subject: subject.to_string(),
+                source,
+            })?;
     match found {
         Some(found) if found == expected => Ok(()),
         Some(found) => Err(Error::integrity(

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
 use msb_registry::Registry;
-use msb_registry::archive::import::{ImportOptions, ImportSource};
-use msb_registry::progress::NoProgress;
+use msb_registry::{ImportOptions, ImportSource};
+use msb_registry::NoProgress;
 
 /// The fuzz sandbox: `<dir>/input` and the registry at `<dir>/a/b/root`.
 struct Sandbox {
@@ -129,7 +129,7 @@ fn index(root: &Path) -> String {
         UNION ALL SELECT 'layer', image, position, diff_id FROM image_layers
         UNION ALL SELECT 'cache', path, size, digest FROM cache_files
         ORDER BY 1, 2, 3";
-    let rows = msb_registry::query::sql(root, query).expect("query the index");
+    let rows = msb_registry::sql(root, query).expect("query the index");
     serde_json::to_string(&rows).expect("rows serialize")
 }
 

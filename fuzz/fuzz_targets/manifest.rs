@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, ImageMetadata, normalize_ref};
-use msb_registry::layout::SnapshotName;
+use msb_registry::SnapshotName;
 use msb_registry::manifest::Manifest;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,15 +6,15 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
-use super::import::{Streamed, StreamedSnapshot};
+use super::streamed::{Streamed, StreamedSnapshot};
 use crate::db::SnapshotFileRow;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::files::read_limited;
 use crate::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
-use crate::install::{StagedCacheFile, StagedSet, StagedSnapshot};
 use crate::layout::{Layout, SnapshotName};
 use crate::stage::check_integrity;
+use crate::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
 
 use super::entry::MANIFEST_FILE;
 
@@ -161,8 +161,10 @@ pub fn check_cache(streamed: &Streamed) -> Result<Vec<(ImageMetadata, String)>> 
         let bytes = read_limited(&staged.path, MAX_METADATA_BYTES)?.ok_or_else(|| {
             Error::rejected(member, "image metadata is larger than the 16 MiB limit")
         })?;
-        let meta =
-            ImageMetadata::parse(&bytes).map_err(|e| Error::integrity(member, e.to_string()))?;
+        let meta = ImageMetadata::parse(&bytes).map_err(|source| Error::Metadata {
+            path: member.to_string(),
+            source,
+        })?;
         let Some((reference, _)) = users.iter().find(|(_, pin)| *pin == meta.manifest_digest)
         else {
             let (reference, pin) = users[0];

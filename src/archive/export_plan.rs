@@ -5,14 +5,14 @@
 //! The plan is owned data, so the database connection is never held while
 //! the archive streams.
 
-use std::path::PathBuf;
-
 use crate::db::{self, SnapshotRow};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::SnapshotName;
 use crate::manifest::unix_seconds;
 use crate::registry::Registry;
+
+pub use super::export_stream::PlannedFile;
 
 /// Name of the manifest inside a snapshot directory; always its first member.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -26,21 +26,6 @@ pub struct Selection {
     pub base: Option<String>,
     /// Add the head's pinned image artifacts.
     pub with_image: bool,
-}
-
-/// One file to archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedFile {
-    /// Archive member name (`sha256-<16 hex>/<file>` or `cache/<kind>/<file>`).
-    pub member: String,
-    /// Where the file is in the registry.
-    pub path: PathBuf,
-    /// Apparent size the index recorded.
-    pub size: u64,
-    /// msb-extents-sha256-v1 digest the index recorded.
-    pub digest: Digest,
-    /// Member mtime: the snapshot's `created_at` (the head's for cache files).
-    pub mtime: u64,
 }
 
 /// Everything an export writes, in archive order.

@@ -20,12 +20,26 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::export_plan::PlannedFile;
 use super::tar;
-use crate::digest::{ExtentsSha256, LogicalSink, zero_buffer};
+use crate::digest::{Digest, ExtentsSha256, LogicalSink, zero_buffer};
 use crate::error::{Error, IoContext, Result};
 use crate::files::{CHUNK, data_extents};
 use crate::progress::Progress;
+
+/// One file to archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFile {
+    /// Archive member name (`sha256-<16 hex>/<file>` or `cache/<kind>/<file>`).
+    pub member: String,
+    /// Where the file is in the registry.
+    pub path: PathBuf,
+    /// Apparent size the index recorded.
+    pub size: u64,
+    /// msb-extents-sha256-v1 digest the index recorded.
+    pub digest: Digest,
+    /// Member mtime: the snapshot's `created_at` (the head's for cache files).
+    pub mtime: u64,
+}
 
 /// A planned file, opened and checked against its recorded size, with its
 /// data extents found (SEEK_DATA/SEEK_HOLE).

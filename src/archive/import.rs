@@ -7,7 +7,7 @@
 //! journal.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::check::{self, CheckedSet};
 use super::entry::{MANIFEST_FILE, Member, MemberSet, classify};
 use super::import_source::{self, Budget, Budgeted, OpenedSource, OverBudget, Pump, PumpError};
+use super::streamed::{StagedMember, Streamed, StreamedSnapshot};
 use crate::db::{self, ImportState};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -26,9 +27,9 @@ use crate::failpoint;
 use crate::files::{CHUNK, Piece, is_zero};
 use crate::image::{CacheFile, MAX_METADATA_BYTES};
 use crate::install::install;
+use crate::journal::Lease;
 use crate::layout::{Layout, SnapshotName};
-use crate::lease::Lease;
-use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest, ParsedManifest};
+use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::stage::{StagedBytes, StagingFile};
@@ -62,46 +63,6 @@ pub struct ImportReport {
     pub microsandbox_hint: Option<String>,
 }
 
-/// One archive member written into staging.
-#[derive(Debug)]
-pub struct StagedMember {
-    /// Canonical member path.
-    pub member: String,
-    /// Where it is staged.
-    pub path: PathBuf,
-    /// Size and digests found while it was written.
-    pub bytes: StagedBytes,
-}
-
-/// A snapshot directory as it came out of the archive.
-#[derive(Debug)]
-pub struct StreamedSnapshot {
-    /// `sha256-<16 hex>`.
-    pub prefix: String,
-    /// The parsed manifest.
-    pub parsed: ParsedManifest,
-    /// The staged directory.
-    pub dir: PathBuf,
-    /// Its files by name, in archive order (the manifest first).
-    pub files: Vec<(String, StagedMember)>,
-}
-
-impl StreamedSnapshot {
-    /// The staged file named `name`.
-    pub fn file(&self, name: &str) -> Option<&StagedMember> {
-        self.files.iter().find(|(n, _)| n == name).map(|(_, m)| m)
-    }
-}
-
-/// Everything an archive held, staged.
-#[derive(Debug, Default)]
-pub struct Streamed {
-    /// Snapshots in the order of their manifests.
-    pub snapshots: Vec<StreamedSnapshot>,
-    /// Cache files in archive order.
-    pub cache: Vec<(CacheFile, StagedMember)>,
-}
-
 impl Registry {
     /// Import an archive: everything in it lands, or nothing does.
     pub fn import(
@@ -116,15 +77,16 @@ impl Registry {
             .map(str::parse::<SnapshotName>)
             .transpose()?;
         let opened = import_source::open(source)?;
-        let lease = Lease::acquire(self, &source.label())?;
+        let (layout, db) = self.parts();
+        let lease = Lease::acquire(layout, db, &source.label())?;
         let result = self
             .import_leased(&lease, source, opened, head_name, progress)
             .map_err(|e| e.naming_archive(&source.display_name()));
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
-            Err(e) => (ImportState::Failed, Some(e.to_string())),
+            Err(e) => (ImportState::Failed, Some(e.with_causes())),
         };
-        let finished = lease.finish(self, state, message.as_deref());
+        let finished = lease.finish(self.db_mut(), state, message.as_deref());
         let report = result?;
         finished?;
         Ok(report)
@@ -276,7 +238,7 @@ async fn read_archive(
     };
     drop(reader);
     match pump.finish().await {
-        Err(PumpError::Zstd(e)) => Err(Error::rejected_archive(zstd_reason(&e))),
+        Err(PumpError::Zstd(e)) => Err(zstd_error(e)),
         Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
         Ok(_) => {
             outcome?;
@@ -288,15 +250,15 @@ async fn read_archive(
 
 /// Why a zstd stream was refused. zstd reports a window above the limit as
 /// a memory error; say which limit and how to meet it instead.
-fn zstd_reason(e: &std::io::Error) -> String {
+fn zstd_error(e: std::io::Error) -> Error {
     if e.to_string().contains("too much memory") {
         let mib = (1u64 << import_source::ZSTD_WINDOW_LOG_MAX) >> 20;
-        format!(
+        Error::rejected_archive(format!(
             "zstd frame needs a window larger than {mib} MiB (compressed with --long?); \
              recompress with a window of at most {mib} MiB"
-        )
+        ))
     } else {
-        format!("corrupt or truncated zstd stream: {e}")
+        Error::unreadable_archive("corrupt or truncated zstd stream", e)
     }
 }
 
@@ -318,9 +280,9 @@ fn tar_error(after: &Option<String>, e: std::io::Error) -> Error {
         return Error::rejected_archive(format!("{e}{whence}"));
     }
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return Error::rejected_archive(format!("truncated tar stream{whence}: {e}"));
+        return Error::unreadable_archive(format!("truncated tar stream{whence}"), e);
     }
-    Error::rejected_archive(format!("corrupt tar stream{whence}: {e}"))
+    Error::unreadable_archive(format!("corrupt tar stream{whence}"), e)
 }
 
 /// Reports compressed bytes consumed as progress.
@@ -456,7 +418,7 @@ impl Stager<'_> {
             .take(size)
             .read_to_end(&mut bytes)
             .await
-            .map_err(|e| Error::rejected(&member, format!("truncated or corrupt: {e}")))?;
+            .map_err(|e| Error::unreadable(&member, "truncated or corrupt", e))?;
         if (bytes.len() as u64) < size {
             return Err(truncated(&member, bytes.len() as u64, size));
         }
@@ -598,12 +560,13 @@ impl Stager<'_> {
                     Ok(0) => return Err(truncated(member, done + filled as u64, size)),
                     Ok(n) => n,
                     Err(e) => {
-                        return Err(Error::rejected(
+                        return Err(Error::unreadable(
                             member,
                             format!(
-                                "truncated or corrupt after {} of {size} bytes: {e}",
+                                "truncated or corrupt after {} of {size} bytes",
                                 done + filled as u64
                             ),
+                            e,
                         ));
                     }
                 };
@@ -638,13 +601,12 @@ async fn no_pax_sparse<R: AsyncRead + Unpin>(
     let Some(records) = entry
         .pax_extensions()
         .await
-        .map_err(|e| Error::rejected(member, format!("malformed pax records: {e}")))?
+        .map_err(|e| Error::unreadable(member, "malformed pax records", e))?
     else {
         return Ok(());
     };
     for record in records {
-        let record =
-            record.map_err(|e| Error::rejected(member, format!("malformed pax records: {e}")))?;
+        let record = record.map_err(|e| Error::unreadable(member, "malformed pax records", e))?;
         if record.key_bytes().starts_with(b"GNU.sparse.") {
             return Err(Error::rejected(
                 member,

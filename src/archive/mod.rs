@@ -8,8 +8,9 @@ pub mod export_plan;
 pub mod export_stream;
 pub mod import;
 pub mod import_source;
+pub mod streamed;
 pub mod tar;
 
 pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
-pub use export_plan::{ExportPlan, PlannedFile, Selection};
+pub use export_plan::Selection;
 pub use import::{ImportOptions, ImportReport, ImportSource};

@@ -303,3 +303,96 @@ pub fn delete_pending_removal(conn: &Connection, digest: &Digest) -> Result<()> 
         .execute([digest])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    fn d(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn row(n: u8, name: &str, parent: Option<Digest>) -> SnapshotRow {
+        SnapshotRow {
+            digest: d(n),
+            name: name.into(),
+            parent,
+            image_ref: "python:3.12".into(),
+            image_manifest_digest: d(200),
+            format: "raw".into(),
+            fstype: "ext4".into(),
+            upper_file: "upper.ext4".into(),
+            size_bytes: 1 << 20,
+            integrity_algorithm: None,
+            integrity_digest: None,
+            created_at: "2026-10-01T09:00:00Z".into(),
+            source_sandbox: None,
+            labels: Default::default(),
+            added_at: 0,
+        }
+    }
+
+    /// base ← mid ← top, base ← side, and `orphan` whose parent (9) is absent.
+    fn tree() -> Db {
+        let mut db = Db::open_in_memory().unwrap();
+        let tx = db.write().unwrap();
+        for r in [
+            row(1, "base", None),
+            row(2, "mid", Some(d(1))),
+            row(3, "top", Some(d(2))),
+            row(4, "side", Some(d(1))),
+            row(5, "orphan", Some(d(9))),
+        ] {
+            insert_snapshot(&tx, &r, &[]).unwrap();
+        }
+        tx.commit().unwrap();
+        db
+    }
+
+    fn names(rows: &[LineageRow]) -> Vec<(Option<&str>, u64)> {
+        rows.iter().map(|r| (r.name.as_deref(), r.depth)).collect()
+    }
+
+    #[test]
+    fn ancestors_run_root_to_head_with_depth_from_the_head() {
+        let db = tree();
+        let chain = ancestors(db.conn(), &d(3)).unwrap();
+        assert_eq!(
+            names(&chain),
+            [(Some("base"), 2), (Some("mid"), 1), (Some("top"), 0)]
+        );
+        assert_eq!(chain[1].parent, Some(d(1)));
+    }
+
+    #[test]
+    fn an_absent_ancestor_is_the_first_row_without_a_name() {
+        let db = tree();
+        let chain = ancestors(db.conn(), &d(5)).unwrap();
+        assert_eq!(names(&chain), [(None, 1), (Some("orphan"), 0)]);
+        assert_eq!(chain[0].digest, d(9));
+    }
+
+    #[test]
+    fn descendants_are_breadth_first_and_by_name_within_a_depth() {
+        let db = tree();
+        let subtree = descendants(db.conn(), &d(1)).unwrap();
+        assert_eq!(
+            names(&subtree),
+            [
+                (Some("base"), 0),
+                (Some("mid"), 1),
+                (Some("side"), 1),
+                (Some("top"), 2)
+            ]
+        );
+        assert_eq!(subtree[3].parent, Some(d(2)));
+    }
+
+    #[test]
+    fn an_unknown_digest_has_no_lineage() {
+        let db = tree();
+        assert!(ancestors(db.conn(), &d(7)).unwrap().is_empty());
+        assert!(descendants(db.conn(), &d(7)).unwrap().is_empty());
+    }
+}

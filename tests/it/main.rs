@@ -9,6 +9,7 @@ mod export;
 mod gc;
 mod home;
 mod import;
+mod layers;
 mod mutate;
 mod roundtrip;
 mod soak;

@@ -8,10 +8,10 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::db::{self, ImportState, now_unix};
-use crate::error::{IoContext, Result};
+use crate::db::{self, Db, ImportState, now_unix};
+use crate::error::{Error, IoContext, Result};
+use crate::files::remove_dir_if_exists;
 use crate::layout::Layout;
-use crate::registry::Registry;
 
 /// A live import's lease: its id, its held lock and its staging directory.
 pub struct Lease {
@@ -25,8 +25,7 @@ impl Lease {
     /// Take a new lease: lock file first (so nothing ever sees the row or
     /// the staging directory without a held lock), then the staging
     /// directory, then the committed journal row.
-    pub fn acquire(registry: &mut Registry, source: &str) -> Result<Lease> {
-        let layout = registry.layout().clone();
+    pub fn acquire(layout: &Layout, db: &mut Db, source: &str) -> Result<Lease> {
         let (id, lock, lock_path) = loop {
             let id = random_id()?;
             let lock_path = layout.import_lock(&id);
@@ -46,7 +45,7 @@ impl Lease {
         };
         let staging = layout.import_staging(&id);
         std::fs::create_dir(&staging).at("create directory", &staging)?;
-        let tx = registry.db_mut().write()?;
+        let tx = db.write()?;
         db::imports::create_import(&tx, &id, source, now_unix())?;
         tx.commit()?;
         crate::failpoint::hit(crate::failpoint::LEASE_ACQUIRED)?;
@@ -74,16 +73,11 @@ impl Lease {
     /// Staging goes first so that a failed import leaves nothing behind
     /// even when the index cannot be written (a full disk frees its space
     /// this way before the journal write needs some).
-    pub fn finish(
-        self,
-        registry: &mut Registry,
-        state: ImportState,
-        error: Option<&str>,
-    ) -> Result<()> {
+    pub fn finish(self, db: &mut Db, state: ImportState, error: Option<&str>) -> Result<()> {
         remove_dir_if_exists(&self.staging)?;
         crate::failpoint::hit(crate::failpoint::LEASE_STAGING_REMOVED)?;
         {
-            let tx = registry.db_mut().write()?;
+            let tx = db.write()?;
             db::imports::set_import_state(&tx, &self.id, state, Some(now_unix()), error)?;
             tx.commit()?;
         }
@@ -98,12 +92,12 @@ pub fn is_live(layout: &Layout, id: &str) -> Result<bool> {
     let file = match File::options().write(true).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(crate::Error::io("open", path, e)),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
     match file.try_lock() {
         Ok(()) => Ok(false),
         Err(TryLockError::WouldBlock) => Ok(true),
-        Err(TryLockError::Error(e)) => Err(crate::Error::io("lock", path, e)),
+        Err(TryLockError::Error(e)) => Err(Error::io("lock", path, e)),
     }
 }
 
@@ -125,27 +119,17 @@ pub fn claim_dead(layout: &Layout, id: &str) -> Result<Option<DeadLease>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Some(DeadLease { _lock: None }));
         }
-        Err(e) => return Err(crate::Error::io("open", path, e)),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => return Ok(None),
-        Err(TryLockError::Error(e)) => return Err(crate::Error::io("lock", path, e)),
+        Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
     }
     let locked = file.metadata().at("stat", &path)?.ino();
     match std::fs::metadata(&path) {
         Ok(m) if m.ino() != locked => Ok(None),
         _ => Ok(Some(DeadLease { _lock: Some(file) })),
-    }
-}
-
-/// Remove a directory tree; absent is fine.
-pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(crate::Error::io("remove", dir, e))
-        }
-        _ => Ok(()),
     }
 }
 
@@ -159,10 +143,14 @@ fn random_id() -> Result<String> {
 }
 
 /// Imports in `state` whose process is gone.
-pub fn dead_imports(registry: &Registry, states: &[ImportState]) -> Result<Vec<db::ImportRow>> {
+pub fn dead_imports(
+    layout: &Layout,
+    db: &Db,
+    states: &[ImportState],
+) -> Result<Vec<db::ImportRow>> {
     let mut dead = Vec::new();
-    for row in db::imports::imports_in_states(registry.db().conn(), states)? {
-        if !is_live(registry.layout(), &row.id)? {
+    for row in db::imports::imports_in_states(db.conn(), states)? {
+        if !is_live(layout, &row.id)? {
             dead.push(row);
         }
     }

@@ -1,0 +1,192 @@
+//! The command line: clap definitions of every command and its options,
+//! and how a usage error is reported.
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::error::exit;
+
+/// A registry for microsandbox VM disk snapshots.
+#[derive(Debug, Parser)]
+#[command(name = "msb-registry", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Whether `--root` came from `MSB_REGISTRY_ROOT` rather than the command line.
+    #[arg(skip)]
+    pub root_from_env: bool,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Parse the process arguments. Help, version and usage errors come
+    /// back as clap's error, for [`report_usage`].
+    pub fn parse_args() -> Result<Self, clap::Error> {
+        let matches = Self::command().try_get_matches()?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        cli.root_from_env = matches.value_source("root") == Some(ValueSource::EnvVariable);
+        Ok(cli)
+    }
+}
+
+/// Print what stopped argument parsing and return the exit code. Help and
+/// version go out as clap prints them; a usage error becomes one line on
+/// stderr (clap's first paragraph, which names the argument) and exit 2,
+/// like every other error.
+pub fn report_usage(e: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        // Nothing useful is left to do when stdout or stderr is closed.
+        let _ = e.print();
+        return e.exit_code();
+    }
+    eprintln!("{}; see --help", usage_line(&e.render().to_string()));
+    exit::USAGE
+}
+
+/// The first paragraph of a rendered clap error, on one line.
+fn usage_line(rendered: &str) -> String {
+    rendered
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Registry root [default: $MSB_REGISTRY_ROOT, else $XDG_DATA_HOME/msb-registry]
+    #[arg(long, global = true, env = "MSB_REGISTRY_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register an existing snapshot directory (copied in, verified, hashed).
+    Add {
+        /// The snapshot directory (holding manifest.json and the upper file).
+        dir: PathBuf,
+        /// Name in the registry [default: the directory's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// A microsandbox cache directory to take the pinned image's artifacts from.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// List every snapshot, newest first.
+    List,
+    /// Show one snapshot: files, labels, image, children.
+    Show {
+        /// Name, full digest, or unique digest prefix (8+ hex digits).
+        reference: String,
+    },
+    /// Ancestors root to head, or the descendant tree.
+    Lineage {
+        /// Name, full digest, or unique digest prefix.
+        reference: String,
+        /// Show the snapshots descending from REF instead.
+        #[arg(long)]
+        descendants: bool,
+    },
+    /// Run a read-only SQL query on the index.
+    Sql {
+        /// The query (one statement).
+        query: String,
+    },
+    /// Remove a snapshot.
+    Rm {
+        /// Name, full digest, or unique digest prefix.
+        reference: String,
+        /// Remove even when other snapshots name it as parent.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Rebuild the index from the artifacts on disk.
+    Reindex,
+    /// Remove unreferenced cache artifacts, debris and dead imports.
+    Gc {
+        /// Print what would be removed and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// DANGEROUS, shared microsandbox homes only: when db/msb.db cannot be
+        /// read (or has an unknown schema), sweep the cache anyway as if
+        /// microsandbox used no image; its sandboxes may lose their layers.
+        #[arg(long)]
+        unsafe_ignore_unreadable_msb_db: bool,
+    },
+    /// Check the index against the disk; exit 5 when anything is wrong.
+    Verify {
+        /// Check only this snapshot (name, digest or prefix) and its image.
+        reference: Option<String>,
+        /// Also re-hash every file against its recorded digest.
+        #[arg(long)]
+        content: bool,
+    },
+    /// Write a snapshot (and optionally its chain and image) as an archive.
+    Export(ExportArgs),
+    /// Build a sample chain, export it, import it into a second registry, show its lineage, verify.
+    ///
+    /// Works in `--root DIR` when given on the command line (MSB_REGISTRY_ROOT is
+    /// ignored, so a real registry is never touched), else in a new directory
+    /// under the system temporary directory, which is kept for inspection.
+    Demo,
+    /// Import an archive (zstd or plain tar) written by export or microsandbox's save.
+    Import {
+        /// The archive file, or - for standard input.
+        archive: String,
+        /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>].
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// Options of `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Name, full digest, or unique digest prefix of the head snapshot.
+    pub reference: String,
+    /// The archive file, or `-` for stdout.
+    #[arg(short, long, value_name = "FILE|-")]
+    pub output: PathBuf,
+    /// Include every ancestor, root first.
+    #[arg(long)]
+    pub with_parents: bool,
+    /// Include the head's image artifacts from the cache.
+    #[arg(long)]
+    pub with_image: bool,
+    /// Write a plain tar instead of zstd.
+    #[arg(long, conflicts_with = "level")]
+    pub plain_tar: bool,
+    /// Regular entries only, holes written as zeros (for older microsandbox loaders).
+    #[arg(long)]
+    pub dense: bool,
+    /// zstd compression level.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: Option<i32>,
+    /// Export only the snapshots after REF in the chain; the receiver must hold REF.
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
+}

@@ -1,0 +1,96 @@
+//! All command output goes through [`Printer`]: JSON, or text lines and
+//! aligned tables, on stdout.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+/// Where command output goes: stdout, JSON or aligned text.
+pub struct Printer {
+    /// Print JSON instead of text.
+    pub json: bool,
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Printer {
+    /// A printer to stdout.
+    pub fn new(json: bool) -> Self {
+        Printer {
+            json,
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    /// Write a report as pretty JSON.
+    pub fn json(&mut self, value: &impl Serialize) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut self.out, value)?;
+        writeln!(self.out)
+    }
+
+    /// Write one line of text.
+    pub fn line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
+        writeln!(self.out, "{text}")
+    }
+
+    /// Write rows as a table with aligned columns under a header.
+    pub fn table(&mut self, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+        let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+        let all: Vec<Vec<String>> = std::iter::once(header)
+            .chain(rows.iter().cloned())
+            .collect();
+        aligned(&all).into_iter().try_for_each(|l| self.line(l))
+    }
+
+    /// Write a hint for the user on stderr (never on stdout, which carries data).
+    pub fn hint(&mut self, text: Option<&str>) {
+        if let Some(text) = text {
+            eprintln!("hint: {text}");
+        }
+    }
+
+    /// Flush stdout.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Rows rendered as lines with each column padded to its widest cell and
+/// two spaces between columns (the last column is not padded).
+pub fn aligned(rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let n = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(n),
+                None => widths.push(n),
+            }
+        }
+    }
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+/// `n thing` / `n things`.
+pub fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("{n} {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
+/// Bytes in binary units, for humans.
+pub fn human_bytes(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
+}

@@ -1,0 +1,404 @@
+//! Text rendering of every report, one function per command; `--json`
+//! serializes the same reports instead (see [`emit`]).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::printer::{Printer, aligned, human_bytes, plural};
+use crate::add::AddReport;
+use crate::archive::{ExportReport, ImportReport};
+use crate::demo::DemoReport;
+use crate::gc::GcReport;
+use crate::query::{LineageEntry, ListEntry, ShowReport, SqlResult};
+use crate::reindex::ReindexReport;
+use crate::remove::RemoveReport;
+use crate::shared_home::HomeReport;
+use crate::verify::VerifyReport;
+
+/// Outcome of rendering: an I/O error on stdout (a closed pipe ends quietly).
+pub type Rendered = std::io::Result<()>;
+
+/// Print `report` as JSON with `--json`, else through its text renderer.
+pub fn emit<T: Serialize>(
+    p: &mut Printer,
+    report: &T,
+    text: impl FnOnce(&mut Printer, &T) -> Rendered,
+) -> Rendered {
+    if p.json {
+        p.json(report)
+    } else {
+        text(p, report)
+    }
+}
+
+/// `sql`: one JSON object per row, or a table.
+pub fn sql(p: &mut Printer, result: &SqlResult) -> Rendered {
+    if p.json {
+        let objects: Vec<serde_json::Map<String, serde_json::Value>> = result
+            .rows
+            .iter()
+            .map(|row| {
+                result
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned())
+                    .collect()
+            })
+            .collect();
+        return p.json(&objects);
+    }
+    let header: Vec<&str> = result.columns.iter().map(|c| c.as_str()).collect();
+    let rows: Vec<Vec<String>> = result
+        .rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "NULL".into(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    p.table(&header, &rows)
+}
+
+/// `add`.
+pub fn add(p: &mut Printer, report: &AddReport) -> Rendered {
+    if report.already_present {
+        p.line(format!(
+            "{} ({}) is already in the registry",
+            report.name, report.digest
+        ))
+    } else {
+        p.line(format!(
+            "added {} ({}): {}, {}; cache: {} installed, {} already present",
+            report.name,
+            report.digest,
+            plural(report.files, "file"),
+            human_bytes(report.bytes),
+            report.cache_files_installed,
+            report.cache_files_skipped
+        ))
+    }
+}
+
+/// `list`.
+pub fn list(p: &mut Printer, entries: &[ListEntry]) -> Rendered {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                e.digest.hex()[..16].to_string(),
+                e.parent
+                    .map(|d| {
+                        let short = d.hex()[..16].to_string();
+                        if e.shallow {
+                            format!("{short} (absent)")
+                        } else {
+                            short
+                        }
+                    })
+                    .unwrap_or_else(|| "-".into()),
+                e.image_ref.clone(),
+                human_bytes(e.size_bytes),
+                e.created_at.clone(),
+            ]
+        })
+        .collect();
+    p.table(
+        &["NAME", "DIGEST", "PARENT", "IMAGE", "SIZE", "CREATED"],
+        &rows,
+    )
+}
+
+/// `show`.
+pub fn show(p: &mut Printer, r: &ShowReport) -> Rendered {
+    let s = &r.snapshot;
+    let mut lines = vec![
+        format!("name:            {}", s.name),
+        format!("digest:          {}", s.digest),
+        format!(
+            "parent:          {}",
+            match (&s.parent, r.shallow) {
+                (Some(d), true) => format!("{d} (not in this registry)"),
+                (Some(d), false) => d.to_string(),
+                (None, _) => "-".into(),
+            }
+        ),
+        format!("children:        {}", r.children),
+        format!(
+            "image:           {} @ {}",
+            s.image_ref, s.image_manifest_digest
+        ),
+        format!(
+            "image cached:    {}",
+            if r.image_cached { "yes" } else { "no" }
+        ),
+        format!("format:          {} ({})", s.format, s.fstype),
+        format!(
+            "upper:           {} ({})",
+            s.upper_file,
+            human_bytes(s.size_bytes)
+        ),
+        format!(
+            "integrity:       {}",
+            match (&s.integrity_algorithm, &s.integrity_digest) {
+                (Some(a), Some(d)) => format!("{a} {d}"),
+                _ => "none recorded".into(),
+            }
+        ),
+        format!("created:         {}", s.created_at),
+        format!(
+            "source sandbox:  {}",
+            s.source_sandbox.as_deref().unwrap_or("-")
+        ),
+    ];
+    if r.shared_home {
+        lines.push("shared home:     yes (microsandbox's db/msb.db or sandboxes/ is here)".into());
+    }
+    for (k, v) in &s.labels {
+        lines.push(format!("label:           {k}={v}"));
+    }
+    lines.push("files:".into());
+    for f in &r.files {
+        lines.push(format!(
+            "  {}  {}  {}",
+            f.path,
+            human_bytes(f.size),
+            f.digest
+        ));
+    }
+    lines.into_iter().try_for_each(|l| p.line(l))
+}
+
+/// `lineage`: ancestors, or with `descendants` the tree indented by depth.
+pub fn lineage(p: &mut Printer, rows: &[LineageEntry], descendants: bool) -> Rendered {
+    p.table(
+        &["DEPTH", "NAME", "DIGEST"],
+        &lineage_cells(rows, descendants),
+    )
+}
+
+/// `rm`.
+pub fn remove(p: &mut Printer, r: &RemoveReport) -> Rendered {
+    p.line(format!("removed {} ({})", r.name, r.digest))
+}
+
+/// `reindex`.
+pub fn reindex(p: &mut Printer, r: &ReindexReport) -> Rendered {
+    let mut out = vec![format!(
+        "adopted {}, {}, {}; dropped {}; skipped {}",
+        plural(r.adopted_snapshots.len(), "snapshot"),
+        plural(r.adopted_cache_files.len(), "cache file"),
+        plural(r.adopted_images.len(), "image"),
+        r.dropped.len(),
+        r.skipped.len()
+    )];
+    out.extend(r.dropped.iter().map(|d| format!("dropped {d}")));
+    out.extend(
+        r.skipped
+            .iter()
+            .map(|s| format!("skipped {}: {}", s.path, s.reason)),
+    );
+    out.into_iter().try_for_each(|l| p.line(l))
+}
+
+/// `export` to a file (to stdout, the archive is the output).
+pub fn export(p: &mut Printer, r: &ExportReport) -> Rendered {
+    p.line(format!(
+        "exported {} (head {}) and {} to {}: {}",
+        plural(r.snapshots.len(), "snapshot"),
+        r.head,
+        plural(r.cache_files.len(), "cache file"),
+        r.archive,
+        human_bytes(r.bytes)
+    ))
+}
+
+/// `import`.
+pub fn import(p: &mut Printer, r: &ImportReport) -> Rendered {
+    let mut out = vec![format!(
+        "imported {} ({}): {} new, {} already present; cache: {} installed, {} already present",
+        r.name,
+        r.head,
+        plural(r.imported.len(), "snapshot"),
+        r.skipped.len(),
+        r.cache_files_installed,
+        r.cache_files_skipped
+    )];
+    out.extend(r.imported.iter().map(|d| format!("  new      {d}")));
+    out.extend(r.skipped.iter().map(|d| format!("  present  {d}")));
+    out.into_iter().try_for_each(|l| p.line(l))
+}
+
+/// `gc` and `gc --dry-run`.
+pub fn gc(p: &mut Printer, r: &GcReport) -> Rendered {
+    let rows: Vec<Vec<String>> = r
+        .removed
+        .iter()
+        .map(|x| {
+            vec![
+                x.kind.as_str().to_string(),
+                x.path.clone(),
+                human_bytes(x.bytes),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        p.table(&["KIND", "PATH", "SIZE"], &rows)?;
+        p.line("")?;
+    }
+    let totals: Vec<Vec<String>> = r
+        .totals
+        .iter()
+        .map(|t| {
+            vec![
+                t.kind.as_str().to_string(),
+                t.count.to_string(),
+                human_bytes(t.bytes),
+            ]
+        })
+        .collect();
+    if !totals.is_empty() {
+        p.table(&["KIND", "COUNT", "SIZE"], &totals)?;
+    }
+    for k in &r.kept {
+        p.line(format!("kept  {}  ({})", k.path, k.reason))?;
+    }
+    if let Some(home) = &r.microsandbox {
+        p.line(home_line(home))?;
+    }
+    let verb = if r.dry_run { "would free" } else { "freed" };
+    p.line(format!(
+        "{verb} {} ({}){}",
+        plural(r.files, "file"),
+        human_bytes(r.bytes),
+        if r.dry_run {
+            "; dry run, nothing deleted"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// `verify`.
+pub fn verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
+    for x in &r.problems {
+        let digest = x
+            .digest
+            .map(|d| d.to_string())
+            .filter(|d| !x.detail.contains(d.as_str()))
+            .map(|d| format!(" [{d}]"))
+            .unwrap_or_default();
+        p.line(format!(
+            "problem: {}: {}: {}{digest}",
+            x.kind.as_str(),
+            x.path,
+            x.detail
+        ))?;
+    }
+    for d in &r.debris {
+        p.line(format!(
+            "debris: {d} (no row; `msb-registry gc` removes it)"
+        ))?;
+    }
+    if r.microsandbox.shared {
+        p.line(home_line(&r.microsandbox))?;
+    }
+    for i in &r.unfinished_imports {
+        let state = if i.live { "running" } else { "dead" };
+        p.line(format!("import {}: {} ({state})", i.id, i.state.as_str()))?;
+    }
+    p.line(format!(
+        "{}: checked {}, {}{}",
+        if r.ok { "ok" } else { "FAILED" },
+        plural(r.checked_files as usize, "file"),
+        human_bytes(r.checked_bytes),
+        if r.content { ", content re-hashed" } else { "" }
+    ))?;
+    if !r.ok {
+        p.line(plural(r.problems.len(), "problem"))?;
+    }
+    Ok(())
+}
+
+/// One line saying what a shared home's db/msb.db told gc and verify.
+fn home_line(home: &HomeReport) -> String {
+    match (&home.detail, home.overridden) {
+        (None, _) => format!(
+            "shared microsandbox home: db/msb.db read, {} in use by microsandbox kept",
+            plural(home.in_use, "cache artifact")
+        ),
+        (Some(why), false) => format!(
+            "shared microsandbox home: every cache artifact kept: {why} (gc --unsafe-ignore-unreadable-msb-db overrides)"
+        ),
+        (Some(why), true) => format!(
+            "shared microsandbox home: {why}; OVERRIDDEN, the cache was judged as if microsandbox used nothing"
+        ),
+    }
+}
+
+/// `demo`, run in `dir`.
+pub fn demo(p: &mut Printer, r: &DemoReport, dir: &Path) -> Rendered {
+    let mut out = vec![
+        format!("demo in {}", dir.display()),
+        format!(
+            "1. built a chain of {} (uppers {} logical, {} of data) and an image cache, added to {} in {:.2} s",
+            plural(r.snapshots.len(), "snapshot"),
+            human_bytes(r.logical_bytes),
+            human_bytes(r.data_bytes),
+            r.source_root.display(),
+            r.build_seconds
+        ),
+        format!(
+            "2. exported py-app with parents and image: {} ({}, {}) in {:.2} s",
+            r.archive.display(),
+            human_bytes(r.archive_bytes),
+            plural(r.cache_files, "cache file"),
+            r.export_seconds
+        ),
+        format!(
+            "3. imported it into {} in {:.2} s; lineage of py-app there:",
+            r.imported_root.display(),
+            r.import_seconds
+        ),
+    ];
+    for line in aligned(&lineage_cells(&r.lineage, false)) {
+        out.push(format!("     {line}"));
+    }
+    out.push(format!(
+        "4. verify --content: {} ({}) re-hashed, no problems",
+        plural(r.verified_files as usize, "file"),
+        human_bytes(r.verified_bytes)
+    ));
+    out.push(format!(
+        "explore: msb-registry --root {} list",
+        r.imported_root.display()
+    ));
+    out.into_iter().try_for_each(|l| p.line(l))
+}
+
+/// Lineage rows as table cells: depth, name (indented by depth in a
+/// descendant tree), digest.
+fn lineage_cells(rows: &[LineageEntry], descendants: bool) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            let indent = if descendants {
+                "  ".repeat(r.depth as usize)
+            } else {
+                String::new()
+            };
+            let name = r.name.as_deref().unwrap_or("(missing from this registry)");
+            vec![
+                r.depth.to_string(),
+                format!("{indent}{name}"),
+                r.digest.to_string(),
+            ]
+        })
+        .collect()
+}

@@ -1,0 +1,70 @@
+//! Journaled promotion (DESIGN §5): the only way files enter `snapshots/`
+//! and `cache/`. Under the registry lock, the renames are committed to the
+//! journal with state `promoting`, performed, then the rows are committed
+//! with state `done` in one transaction that re-runs the compatibility
+//! check. A crash in between is undone by [`super::recover`] on the next open, so
+//! the index never names a half-promoted snapshot and no promoted file is
+//! left without a row.
+
+use rusqlite::Connection;
+
+pub use crate::db::imports::Move;
+
+use super::lease::Lease;
+use super::lock::RegistryLock;
+use super::moves::{rename_all, undo};
+use super::recovery::recover_locked;
+use crate::db::{self, Db, ImportState, now_unix};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::layout::Layout;
+
+/// Install `moves` and commit the rows `insert` writes, all or nothing.
+///
+/// `check` runs inside both write transactions and must fail when the index
+/// no longer allows the import (same name with other content, …); `insert`
+/// runs inside the final one. The caller holds the registry lock (taken
+/// before it planned the moves) and a live lease.
+pub fn promote(
+    layout: &Layout,
+    db: &mut Db,
+    lock: &RegistryLock,
+    lease: &Lease,
+    moves: &[Move],
+    check: impl Fn(&Connection) -> Result<()>,
+    insert: impl FnOnce(&Connection) -> Result<()>,
+) -> Result<()> {
+    recover_locked(layout, db, lock)?;
+    {
+        let tx = db.write()?;
+        check(&tx)?;
+        for m in moves {
+            if layout.resolve(&m.target).symlink_metadata().is_ok() {
+                return Err(Error::conflict(
+                    m.target.clone(),
+                    "a file the index does not know is in the way; run `msb-registry gc` to clear debris",
+                ));
+            }
+        }
+        db::imports::insert_moves(&tx, lease.id(), moves)?;
+        db::imports::set_import_state(&tx, lease.id(), ImportState::Promoting, None, None)?;
+        tx.commit()?;
+    }
+    failpoint::hit(failpoint::PROMOTE_JOURNALED)?;
+    let result = rename_all(layout, moves).and_then(|()| {
+        failpoint::hit(failpoint::PROMOTE_RENAMED)?;
+        let tx = db.write()?;
+        check(&tx)?;
+        insert(&tx)?;
+        db::imports::set_import_state(&tx, lease.id(), ImportState::Done, Some(now_unix()), None)?;
+        failpoint::hit(failpoint::PROMOTE_BEFORE_COMMIT)?;
+        tx.commit()?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        undo(layout, moves)?;
+        return Err(e);
+    }
+    failpoint::hit(failpoint::PROMOTE_COMMITTED)?;
+    Ok(())
+}
