@@ -256,7 +256,13 @@ impl Registry {
         });
         let outcome = install(self, lease, &set)?;
         let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
-            .expect("installed or already present");
+            .ok_or_else(|| crate::Error::NotFound {
+                what: "snapshot",
+                reference: format!(
+                    "{} ({}): removed by another command right after it was added",
+                    name, parsed.digest
+                ),
+            })?;
         Ok(AddReport {
             digest: parsed.digest,
             name: row.name,

@@ -131,8 +131,39 @@ pub enum Error {
     },
 
     /// The index database failed.
-    #[error("registry database")]
+    #[error("registry database{}", corrupt_hint(.0))]
     Db(#[from] rusqlite::Error),
+
+    /// No registry at the root a read command was given.
+    #[error("no registry at {}", root.display())]
+    NoRegistry {
+        /// The root as given.
+        root: PathBuf,
+    },
+
+    /// The index is missing or empty while artifacts are on disk: not an
+    /// empty registry but a lost one.
+    #[error(
+        "the index {} is {state} but {artifacts} holds artifacts; run `msb-registry reindex` to rebuild it from them",
+        db.display()
+    )]
+    IndexLost {
+        /// `registry.db`.
+        db: PathBuf,
+        /// "missing" or "empty".
+        state: &'static str,
+        /// The directory found holding artifacts.
+        artifacts: String,
+    },
+
+    /// The registry lock stayed held by another command past the timeout.
+    #[error("{} is still held by another msb-registry command after {waited_secs} s; retry when it ends", path.display())]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this command waited.
+        waited_secs: u64,
+    },
 
     /// Applying the embedded schema migrations failed.
     #[error("registry database migration")]
@@ -166,6 +197,10 @@ impl Error {
             }
             Error::Rejected { .. } => exit::REJECTED,
             Error::ReadOnlySql(_) => exit::USAGE,
+            Error::NoRegistry { .. } => exit::NOT_FOUND,
+            Error::IndexLost { .. } => exit::INTEGRITY,
+            Error::LockTimeout { .. } => exit::CONFLICT,
+            Error::Db(e) if is_corrupt(e) => exit::INTEGRITY,
             _ if self.is_storage() => exit::STORAGE,
             Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {
                 exit::UNEXPECTED
@@ -258,6 +293,25 @@ impl Error {
             subject: subject.into(),
             detail: detail.into(),
         }
+    }
+}
+
+/// Whether SQLite says the index file is damaged or not a database at all.
+pub fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+        )
+    )
+}
+
+fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
+    if is_corrupt(e) {
+        " is corrupt (`msb-registry reindex` moves it aside and rebuilds the index from the files)"
+    } else {
+        ""
     }
 }
 

@@ -1,7 +1,8 @@
 //! Crash injection for tests: `MSB_FAILPOINT=<name>[@<n>]:<action>` makes
 //! the `n`-th arrival (default the first) at the named step abort the
-//! process (`abort`), fail with an error (`error`), or pause (`pause`,
-//! sleeping until killed) so tests can kill -9 at that exact instant.
+//! process (`abort`), fail with an error (`error`), pause (`pause`,
+//! sleeping until killed) so tests can kill -9 at that exact instant, or
+//! stop (`stop`, SIGSTOP) so tests can act and then resume it with SIGCONT.
 //! Unset, every failpoint is a no-op.
 //!
 //! [`ALL`] names every failpoint; the crash tests walk each one and fail
@@ -30,6 +31,7 @@ pub const ALL: &[&str] = &[
     PROMOTE_COMMITTED,
     LEASE_STAGING_REMOVED,
     RECOVER_UNDONE,
+    EXPORT_PLANNED,
     EXPORT_BEFORE_RENAME,
     GC_PLANNED,
     GC_ROWS_DELETED,
@@ -65,6 +67,8 @@ pub const PROMOTE_COMMITTED: &str = "promote.committed";
 pub const LEASE_STAGING_REMOVED: &str = "lease.staging-removed";
 /// Recovery: a dead promotion's renames are undone, its state not yet `failed`.
 pub const RECOVER_UNDONE: &str = "recover.undone";
+/// export: the plan is made from the index, no planned file opened yet.
+pub const EXPORT_PLANNED: &str = "export.planned";
 /// export: the archive is complete and fsynced, not yet renamed over the target.
 pub const EXPORT_BEFORE_RENAME: &str = "export.before-rename";
 /// gc: the plan is made, nothing deleted.
@@ -122,6 +126,14 @@ pub fn hit(name: &str) -> Result<()> {
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
+        }
+        "stop" => {
+            eprintln!("failpoint {name}: stopped (pid {})", std::process::id());
+            // SAFETY: raise has no memory effects; the test resumes us with SIGCONT.
+            unsafe {
+                libc::raise(libc::SIGSTOP);
+            }
+            Ok(())
         }
         "error" => Err(Error::Failpoint(name.to_string())),
         _ => std::process::abort(),

@@ -178,6 +178,20 @@ pub fn start_writeback(file: &File) {
     }
 }
 
+/// When `meta`'s file last changed, in Unix seconds, robust to clock
+/// skew: the modification time when it is not in the future, else the
+/// status-change time (set by this machine's clock, which no writer can
+/// forge), never later than `now`.
+pub fn changed_at(meta: &std::fs::Metadata, now: i64) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    let changed = if meta.mtime() <= now {
+        meta.mtime()
+    } else {
+        meta.ctime()
+    };
+    changed.min(now)
+}
+
 /// fsync a directory, making the renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)

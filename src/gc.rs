@@ -12,6 +12,13 @@
 //! its staging directory and lock). Imports left in `promoting` are never
 //! touched here: the next open rolls them back.
 //!
+//! What gc will not delete: a directory under `snapshots/` that holds a
+//! valid manifest but has no row is *unindexed*, not debris (a lost or
+//! damaged index looks exactly like that); it is kept and reported, for
+//! `reindex` to index or the operator to remove. Debris changed less than
+//! the grace period ago (default an hour, like git's `gc.pruneExpire`) is
+//! kept too: something may still be writing it.
+//!
 //! Order: rows are deleted and committed first, files after, so a crash at
 //! any instant leaves a live artifact or debris the next gc removes, never a
 //! row without its file.
@@ -25,11 +32,16 @@ use crate::db::gc::{CacheEntry, ImageLayers, ImportEntry};
 use crate::db::{self, ImportState, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::files::{changed_at, read_limited};
 use crate::image::{CacheFile, CacheKind};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::layout::Layout;
 use crate::lease::{claim_dead, is_live, remove_dir_if_exists};
 use crate::progress::Progress;
 use crate::registry::{Registry, RegistryLock};
+
+/// Debris changed less than this many seconds ago is left for a later gc.
+pub const DEFAULT_GRACE_SECS: u64 = 3600;
 
 /// Finished journal rows are kept this long (seconds) for `sql` queries.
 pub const JOURNAL_RETENTION_SECS: i64 = 7 * 24 * 3600;
@@ -113,6 +125,8 @@ pub struct IndexView {
     pub imports: Vec<ImportEntry>,
     /// Root-relative paths leased by each unfinished import.
     pub leases: BTreeMap<String, Vec<String>>,
+    /// Names of snapshot directories an unfinished `rm` is removing.
+    pub removing: HashSet<String>,
 }
 
 /// One entry found on disk.
@@ -124,6 +138,9 @@ pub struct DiskEntry {
     pub dir: bool,
     /// Apparent bytes (a directory: everything under it).
     pub bytes: u64,
+    /// When it (a directory: anything in it) last changed, Unix seconds
+    /// ([`crate::files::changed_at`]); 0 for entries the index records.
+    pub changed: i64,
 }
 
 /// One listing of `cache/<kind>/`, `snapshots/` (two levels) and `staging/`.
@@ -135,6 +152,9 @@ pub struct Listing {
     pub snapshots: Vec<(DiskEntry, Vec<DiskEntry>)>,
     /// Entries of `staging/`.
     pub staging: Vec<DiskEntry>,
+    /// Directories of `snapshots/` without a row that hold a valid
+    /// manifest, with the digest it hashes to.
+    pub manifests: BTreeMap<String, Digest>,
 }
 
 /// A file or directory a plan deletes.
@@ -163,6 +183,30 @@ pub struct GcPlan {
     pub import_rows: Vec<String>,
     /// Files and directories to delete after the rows are committed.
     pub files: Vec<Doomed>,
+    /// What looks unreferenced but is kept, and why.
+    pub kept: Vec<Kept>,
+}
+
+/// Why gc keeps something that has no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeptReason {
+    /// A snapshot directory holding a valid manifest the index lacks.
+    Unindexed,
+    /// Debris changed within the grace period.
+    Young,
+}
+
+/// Something gc left in place although no row names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Kept {
+    /// Why.
+    pub reason: KeptReason,
+    /// Path relative to the root.
+    pub path: String,
+    /// For an unindexed snapshot: the digest its manifest hashes to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
 }
 
 /// Count and bytes of one kind of removal.
@@ -189,10 +233,12 @@ pub struct GcReport {
     pub bytes: u64,
     /// Counts and bytes per kind.
     pub totals: Vec<KindTotal>,
+    /// What was left in place although no row names it.
+    pub kept: Vec<Kept>,
 }
 
 impl GcReport {
-    fn new(dry_run: bool, removed: Vec<Removal>) -> Self {
+    fn new(dry_run: bool, removed: Vec<Removal>, kept: Vec<Kept>) -> Self {
         let mut totals: BTreeMap<RemovalKind, KindTotal> = BTreeMap::new();
         for r in &removed {
             let t = totals.entry(r.kind).or_insert(KindTotal {
@@ -209,6 +255,7 @@ impl GcReport {
             bytes: removed.iter().map(|r| r.bytes).sum(),
             removed,
             totals: totals.into_values().collect(),
+            kept,
         }
     }
 }
@@ -225,14 +272,15 @@ pub struct Survey {
 }
 
 impl Registry {
-    /// Reclaim unreferenced cache artifacts, debris and dead imports; with
-    /// `dry_run`, report the plan and delete nothing.
-    pub fn gc(&mut self, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
+    /// Reclaim unreferenced cache artifacts, debris changed more than
+    /// `grace` seconds ago and dead imports; with `dry_run`, report the
+    /// plan and delete nothing.
+    pub fn gc(&mut self, dry_run: bool, grace: u64, progress: &dyn Progress) -> Result<GcReport> {
         let lock = self.lock()?;
         let survey = survey(self)?;
-        let plan = plan(&survey.index, &survey.listing, &survey.live, now_unix());
+        let plan = plan(&survey.index, &survey.listing, &survey.live, now_unix(), grace);
         if dry_run {
-            return Ok(GcReport::new(true, plan.removals));
+            return Ok(GcReport::new(true, plan.removals, plan.kept));
         }
         crate::failpoint::hit(crate::failpoint::GC_PLANNED)?;
         let spared = apply(self, &lock, &plan, progress)?;
@@ -241,7 +289,7 @@ impl Registry {
             .into_iter()
             .filter(|r| !spared.contains(&r.path))
             .collect();
-        Ok(GcReport::new(false, removed))
+        Ok(GcReport::new(false, removed, plan.kept))
     }
 }
 
@@ -271,6 +319,10 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
                 .collect(),
             imports: db::gc::import_entries(&tx)?,
             leases,
+            removing: db::snapshots::pending_removals(&tx)?
+                .into_iter()
+                .map(|(_, name)| name)
+                .collect(),
         }
     };
     let listing = list_disk(registry.layout(), &index)?;
@@ -318,7 +370,14 @@ fn import_id_of(name: &str) -> &str {
 }
 
 /// Decide what goes. Pure: the same inputs give the same plan.
-pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i64) -> GcPlan {
+pub fn plan(
+    index: &IndexView,
+    listing: &Listing,
+    live: &HashSet<String>,
+    now: i64,
+    grace: u64,
+) -> GcPlan {
+    let young_since = now.saturating_sub(i64::try_from(grace).unwrap_or(i64::MAX));
     let protected: HashSet<&str> = index
         .imports
         .iter()
@@ -400,6 +459,14 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
         if is_leased(&path) {
             return;
         }
+        if e.changed > young_since {
+            plan.kept.push(Kept {
+                reason: KeptReason::Young,
+                path,
+                digest: None,
+            });
+            return;
+        }
         plan.files.push(Doomed {
             path: path.clone(),
             dir: e.dir,
@@ -425,7 +492,16 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     for (top, children) in &listing.snapshots {
         let path = format!("snapshots/{}", top.name);
         match index.snapshots.get(&top.name) {
-            None => debris(path, top, &mut plan),
+            None => match listing.manifests.get(&top.name) {
+                Some(digest) if !index.removing.contains(&top.name) && !is_leased(&path) => {
+                    plan.kept.push(Kept {
+                        reason: KeptReason::Unindexed,
+                        path,
+                        digest: Some(*digest),
+                    });
+                }
+                _ => debris(path, top, &mut plan),
+            },
             Some(files) if top.dir => {
                 for c in children {
                     if c.dir || !files.contains(&c.name) {
@@ -476,6 +552,7 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     }
 
     plan.removals.sort();
+    plan.kept.sort();
     plan.cache_rows.sort();
     plan.image_rows.sort();
     plan.import_rows.sort();
@@ -568,6 +645,7 @@ fn remove(path: &Path, dir: bool) -> Result<()> {
 /// vanish while being listed, and names that are not UTF-8, are left out.
 /// `cache/` and `snapshots/` are listed in parallel.
 pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
+    let now = now_unix();
     let (cache, snapshots) = std::thread::scope(|scope| {
         let cache = scope.spawn(|| -> Result<Vec<(CacheKind, DiskEntry)>> {
             let mut out = Vec::new();
@@ -581,34 +659,67 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
                     index.cache_paths.contains(&rel)
                 };
                 out.extend(
-                    entries(&layout.cache_kind(kind), recorded)?
+                    entries(&layout.cache_kind(kind), recorded, now)?
                         .into_iter()
                         .map(|(e, _)| (kind, e)),
                 );
             }
             Ok(out)
         });
-        let snapshots = list_snapshots(layout, index);
-        let cache = cache.join().expect("cache listing thread does not panic");
+        let snapshots = list_snapshots(layout, index, now);
+        let cache = cache.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                "list",
+                layout.cache(),
+                std::io::Error::other("listing thread panicked"),
+            ))
+        });
         (cache, snapshots)
     });
+    let snapshots = snapshots?;
+    let manifests = snapshots
+        .iter()
+        .filter(|(top, _)| top.dir && !index.snapshots.contains_key(&top.name))
+        .filter_map(|(top, _)| {
+            let dir = layout.snapshots().join(&top.name);
+            valid_manifest(&dir).map(|d| (top.name.clone(), d))
+        })
+        .collect();
     Ok(Listing {
         cache: cache?,
-        snapshots: snapshots?,
-        staging: entries(&layout.staging(), |_| false)?
+        snapshots,
+        staging: entries(&layout.staging(), |_| false, now)?
             .into_iter()
             .map(|(e, _)| e)
             .collect(),
+        manifests,
     })
 }
 
-fn list_snapshots(layout: &Layout, index: &IndexView) -> Result<Vec<(DiskEntry, Vec<DiskEntry>)>> {
+/// The digest of `dir/manifest.json` when it is a regular file holding a
+/// valid manifest.
+fn valid_manifest(dir: &Path) -> Option<Digest> {
+    let path = dir.join("manifest.json");
+    if !path.symlink_metadata().ok()?.is_file() {
+        return None;
+    }
+    let bytes = read_limited(&path, MAX_MANIFEST_BYTES).ok()??;
+    Manifest::parse(&bytes).ok().map(|m| m.digest)
+}
+
+fn list_snapshots(
+    layout: &Layout,
+    index: &IndexView,
+    now: i64,
+) -> Result<Vec<(DiskEntry, Vec<DiskEntry>)>> {
     let mut out = Vec::new();
-    for (top, path) in entries(&layout.snapshots(), |name| {
-        index.snapshots.contains_key(name)
-    })? {
+    for (top, path) in entries(
+        &layout.snapshots(),
+        |name| index.snapshots.contains_key(name),
+        now,
+    )? {
         let children = match index.snapshots.get(&top.name) {
-            Some(files) if top.dir => entries(&path, |name| files.contains(name))?
+            Some(files) if top.dir => entries(&path, |name| files.contains(name), now)?
                 .into_iter()
                 .map(|(e, _)| e)
                 .collect(),
@@ -624,6 +735,7 @@ fn list_snapshots(layout: &Layout, index: &IndexView) -> Result<Vec<(DiskEntry, 
 fn entries(
     dir: &Path,
     mut recorded: impl FnMut(&str) -> bool,
+    now: i64,
 ) -> Result<Vec<(DiskEntry, std::path::PathBuf)>> {
     let read = match std::fs::read_dir(dir) {
         Ok(r) => r,
@@ -643,18 +755,27 @@ fn entries(
             Err(e) => return Err(Error::io("stat", path, e)),
         };
         let dir = file_type.is_dir();
-        let bytes = if recorded(&name) {
-            0
-        } else if dir {
-            tree_bytes(&path)?
+        let (bytes, changed) = if recorded(&name) {
+            (0, 0)
         } else {
-            match entry.metadata() {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("stat", path, e)),
+            match stat(&path)? {
+                None => continue,
+                Some(m) if dir => {
+                    let (bytes, changed) = tree_bytes(&path, now)?;
+                    (bytes, changed.max(changed_at(&m, now)))
+                }
+                Some(m) => (m.len(), changed_at(&m, now)),
             }
         };
-        out.push((DiskEntry { name, dir, bytes }, path));
+        out.push((
+            DiskEntry {
+                name,
+                dir,
+                bytes,
+                changed,
+            },
+            path,
+        ));
     }
     out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     Ok(out)
@@ -668,22 +789,31 @@ fn stat(path: &Path) -> Result<Option<std::fs::Metadata>> {
     }
 }
 
-fn tree_bytes(dir: &Path) -> Result<u64> {
+/// Apparent bytes under `dir`, and when anything in it last changed.
+fn tree_bytes(dir: &Path, now: i64) -> Result<(u64, i64)> {
     let read = match std::fs::read_dir(dir) {
         Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
         Err(e) => return Err(Error::io("read directory", dir, e)),
     };
     let mut total = 0;
+    let mut newest = 0;
     for entry in read {
         let path = entry.at("read directory", dir)?.path();
-        total += match stat(&path)? {
-            Some(m) if m.is_dir() => tree_bytes(&path)?,
-            Some(m) => m.len(),
-            None => 0,
-        };
+        match stat(&path)? {
+            Some(m) if m.is_dir() => {
+                let (bytes, changed) = tree_bytes(&path, now)?;
+                total += bytes;
+                newest = newest.max(changed).max(changed_at(&m, now));
+            }
+            Some(m) => {
+                total += m.len();
+                newest = newest.max(changed_at(&m, now));
+            }
+            None => {}
+        }
     }
-    Ok(total)
+    Ok((total, newest))
 }
 
 #[cfg(test)]
@@ -707,6 +837,7 @@ mod tests {
             name: name.into(),
             dir: false,
             bytes,
+            changed: 0,
         }
     }
 
@@ -715,6 +846,7 @@ mod tests {
             name: name.into(),
             dir: true,
             bytes,
+            changed: 0,
         }
     }
 
@@ -782,7 +914,7 @@ mod tests {
         listing
             .snapshots
             .push((dir("a", 10), vec![file("manifest.json", 10)]));
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert!(plan.removals.is_empty(), "{:?}", plan.removals);
         assert!(plan.files.is_empty());
     }
@@ -798,7 +930,7 @@ mod tests {
         });
         // layer 2 is shared with a pinned image, so SQL does not call it unreachable
         index.unreachable = vec![entry(&layer(1), 4096), entry(&meta, 12288)];
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         let layer1 = format!("cache/{}", layer(1));
         let meta_path = format!("cache/{meta}");
         let d5 = d(5).to_string();
@@ -824,7 +956,7 @@ mod tests {
         let (mut index, listing) = with_cache(&[]);
         index.cache_paths.insert(layer(3));
         index.unreachable = vec![entry(&layer(3), 4096)];
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(plan.cache_rows, vec![layer(3)]);
         assert!(plan.files.is_empty());
         assert_eq!(plan.removals[0].bytes, 0);
@@ -843,7 +975,7 @@ mod tests {
             vec![file("manifest.json", 10), file("extra", 5)],
         ));
         listing.snapshots.push((dir("ghost", 100), vec![]));
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(
             kinds(&plan),
             vec![
@@ -898,7 +1030,7 @@ mod tests {
             dir("rm-abc", 3),
         ];
         let live: HashSet<String> = ["live".to_string()].into();
-        let plan = plan(&index, &listing, &live, 0);
+        let plan = plan(&index, &listing, &live, 0, 0);
         assert_eq!(
             kinds(&plan),
             vec![
@@ -932,8 +1064,8 @@ mod tests {
             .leases
             .insert("i".into(), vec![format!("cache/{meta}")]);
         let live: HashSet<String> = ["i".to_string()].into();
-        assert!(plan(&index, &listing, &live, 0).removals.is_empty());
-        let dead = plan(&index, &listing, &HashSet::new(), 0);
+        assert!(plan(&index, &listing, &live, 0, 0).removals.is_empty());
+        let dead = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(dead.image_rows, vec![d(5)]);
         assert_eq!(dead.cache_rows.len(), 2);
     }
@@ -952,7 +1084,7 @@ mod tests {
         listing.snapshots.push((dir("half", 1), vec![]));
         listing.staging = vec![dir("p", 1), file("p.lock", 0)];
         assert!(
-            plan(&index, &listing, &HashSet::new(), 0)
+            plan(&index, &listing, &HashSet::new(), 0, 0)
                 .removals
                 .is_empty()
         );
@@ -973,7 +1105,7 @@ mod tests {
                 finished_at: Some(now - age * 24 * 3600),
             });
         }
-        let plan = plan(&index, &listing, &HashSet::new(), now);
+        let plan = plan(&index, &listing, &HashSet::new(), now, 0);
         assert_eq!(plan.import_rows, ["old-done", "old-failed"]);
         assert!(plan.files.is_empty());
     }
@@ -984,10 +1116,10 @@ mod tests {
         index.unreachable = vec![entry(&layer(2), 1), entry(&layer(1), 1)];
         listing.cache.reverse();
         listing.staging = vec![dir("b", 1), dir("a", 1)];
-        let a = plan(&index, &listing, &HashSet::new(), 0);
+        let a = plan(&index, &listing, &HashSet::new(), 0, 0);
         listing.staging.reverse();
         index.unreachable.reverse();
-        let b = plan(&index, &listing, &HashSet::new(), 0);
+        let b = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(a.removals, b.removals);
         assert_eq!(a.files, b.files);
     }

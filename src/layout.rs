@@ -42,6 +42,56 @@ impl Layout {
         self.root.join(DB_FILE)
     }
 
+    /// `registry.db-wal`, the index's write-ahead log.
+    pub fn db_wal(&self) -> PathBuf {
+        self.root.join(format!("{DB_FILE}-wal"))
+    }
+
+    /// The first of `snapshots/` and `cache/<kind>/` (relative to the
+    /// root) that holds any entry: where a lost index would show.
+    pub fn artifact_dir(&self) -> Option<String> {
+        let has_entries = |dir: &Path| {
+            std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+        };
+        if has_entries(&self.snapshots()) {
+            return Some("snapshots/".into());
+        }
+        CacheKind::ALL
+            .iter()
+            .find(|k| has_entries(&self.cache_kind(**k)))
+            .map(|k| format!("cache/{}/", k.as_str()))
+    }
+
+    /// Refuse (exit 2) an output path that resolves inside the root: an
+    /// archive written there could replace a snapshot's file or the index.
+    /// Symlinks are followed, so a link into the root is refused too.
+    pub fn refuse_output_inside(&self, output: &Path) -> Result<(), Error> {
+        let Ok(root) = self.root.canonicalize() else {
+            return Ok(());
+        };
+        let resolved = match output.canonicalize() {
+            Ok(p) => p,
+            Err(_) => {
+                let parent = match output.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                match (parent.canonicalize(), output.file_name()) {
+                    (Ok(dir), Some(name)) => dir.join(name),
+                    _ => return Ok(()),
+                }
+            }
+        };
+        if resolved.starts_with(&root) {
+            return Err(Error::Usage(format!(
+                "output {} is inside the registry root {}; write it outside the root",
+                output.display(),
+                root.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// `registry.lock`: held exclusively by promotions, `rm` and gc's sweep,
     /// so a compatibility check stays true until its rows commit.
     pub fn lock_file(&self) -> PathBuf {

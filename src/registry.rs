@@ -1,8 +1,9 @@
 //! The registry handle: a root directory, its index, and the reference
 //! resolution every command shares.
 
-use std::fs::File;
-use std::path::PathBuf;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::db::{self, Db, SnapshotRow};
 use crate::digest::{Digest, is_lower_hex};
@@ -24,8 +25,17 @@ pub struct RegistryLock(#[allow(dead_code)] File);
 impl Registry {
     /// Open the registry at `root`, creating it when absent, and repair any
     /// promotion a crashed process left half done.
+    ///
+    /// Refuses (exit 5) when the index is missing or empty while
+    /// `snapshots/` or `cache/` hold artifacts: that is a lost index, and
+    /// only `reindex` ([`Registry::open_for_reindex`]) may start a new one.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root);
+        check_index_present(&layout)?;
+        Self::open_writable(layout)
+    }
+
+    fn open_writable(layout: Layout) -> Result<Self> {
         for dir in layout.dirs() {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         }
@@ -36,6 +46,45 @@ impl Registry {
         let mut registry = Registry { layout, db };
         crate::promote::recover(&mut registry)?;
         Ok(registry)
+    }
+
+    /// Open an existing registry for reading only: nothing is created, no
+    /// lock is taken (WAL gives every read transaction a consistent
+    /// snapshot while writers work), and a read-only root works. A root
+    /// without an index is exit 3, or exit 5 when artifacts show the index
+    /// was lost. An index whose schema is behind is brought up to date
+    /// through a writable open first.
+    pub fn open_read(root: impl Into<PathBuf>) -> Result<Self> {
+        let layout = Layout::new(root);
+        check_index_present(&layout)?;
+        if !layout.db().is_file() {
+            return Err(Error::NoRegistry {
+                root: layout.root().to_path_buf(),
+            });
+        }
+        let db = Db::open_read(&layout.db())?;
+        if db.needs_migration()? {
+            drop(db);
+            return Self::open_writable(layout);
+        }
+        Ok(Registry { layout, db })
+    }
+
+    /// Open for `reindex`: a missing or empty index is started afresh, and
+    /// a corrupt one is moved aside (never deleted) to
+    /// `registry.db.corrupt-<unix seconds>` before a new one is created.
+    /// Returns the registry and where a corrupt index was moved.
+    pub fn open_for_reindex(root: impl Into<PathBuf>) -> Result<(Self, Option<PathBuf>)> {
+        let layout = Layout::new(root);
+        let mut moved = None;
+        if layout.db().is_file() {
+            std::fs::create_dir_all(layout.root()).at("create directory", layout.root())?;
+            let _lock = lock_exclusive(&layout)?;
+            if Db::is_damaged(&layout.db())? {
+                moved = Some(move_aside(&layout)?);
+            }
+        }
+        Ok((Self::open_writable(layout)?, moved))
     }
 
     /// The paths of this registry.
@@ -53,7 +102,9 @@ impl Registry {
         &mut self.db
     }
 
-    /// Take the exclusive registry lock, waiting for the current holder.
+    /// Take the exclusive registry lock, waiting for the current holder
+    /// (saying so on stderr after a second, giving up after
+    /// [`lock_timeout`]).
     pub fn lock(&self) -> Result<RegistryLock> {
         lock_exclusive(&self.layout)
     }
@@ -96,6 +147,19 @@ impl Registry {
     }
 }
 
+/// How long a command waits for the registry lock: `MSB_REGISTRY_LOCK_TIMEOUT`
+/// seconds, default ten minutes.
+pub fn lock_timeout() -> Duration {
+    let secs = std::env::var("MSB_REGISTRY_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    Duration::from_secs(secs)
+}
+
+/// After this long waiting for a lock, say so on stderr.
+const LOCK_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
 fn lock_exclusive(layout: &Layout) -> Result<RegistryLock> {
     let path = layout.lock_file();
     let file = File::options()
@@ -104,6 +168,78 @@ fn lock_exclusive(layout: &Layout) -> Result<RegistryLock> {
         .write(true)
         .open(&path)
         .at("open", &path)?;
-    file.lock().at("lock", &path)?;
+    wait_for_lock(&file, &path)?;
     Ok(RegistryLock(file))
+}
+
+/// Take `file`'s exclusive flock, polling: a notice on stderr after a
+/// second, [`Error::LockTimeout`] after [`lock_timeout`].
+fn wait_for_lock(file: &File, path: &Path) -> Result<()> {
+    let start = Instant::now();
+    let timeout = lock_timeout();
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let waited = start.elapsed();
+        if waited >= timeout {
+            return Err(Error::LockTimeout {
+                path: path.to_path_buf(),
+                waited_secs: waited.as_secs(),
+            });
+        }
+        if !told && waited >= LOCK_NOTICE_AFTER {
+            eprintln!(
+                "waiting for {}: another msb-registry command (gc, rm, import, add or reindex) holds it; giving up after {} s",
+                path.display(),
+                timeout.as_secs()
+            );
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A missing or empty index next to artifacts is a lost index.
+fn check_index_present(layout: &Layout) -> Result<()> {
+    let db = layout.db();
+    let state = match std::fs::metadata(&db) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
+        Ok(m) if m.len() == 0 && !non_empty_file(&layout.db_wal()) => "empty",
+        _ => return Ok(()),
+    };
+    match layout.artifact_dir() {
+        Some(artifacts) => Err(Error::IndexLost {
+            db,
+            state,
+            artifacts,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn non_empty_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+}
+
+/// Rename `registry.db` (and its `-wal` and `-shm`) to
+/// `registry.db.corrupt-<unix seconds>[...]`; returns the new path.
+fn move_aside(layout: &Layout) -> Result<PathBuf> {
+    let db = layout.db();
+    let aside = PathBuf::from(format!("{}.corrupt-{}", db.display(), db::now_unix()));
+    for suffix in ["-wal", "-shm", ""] {
+        let from = PathBuf::from(format!("{}{suffix}", db.display()));
+        let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+        match std::fs::rename(&from, &to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("move aside", from, e));
+            }
+            _ => {}
+        }
+    }
+    crate::files::fsync_dir(layout.root())?;
+    Ok(aside)
 }

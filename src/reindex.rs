@@ -68,10 +68,16 @@ impl Registry {
                 }
             };
             match adopt_snapshot(&dir, progress) {
-                Ok((parsed, files)) => snapshot_rows.push((
-                    SnapshotRow::from_manifest(&parsed, name.as_str(), now),
-                    files,
-                )),
+                Ok((parsed, files, extras)) => {
+                    report.skipped.extend(extras.into_iter().map(|extra| Skipped {
+                        path: format!("snapshots/{dir_name}/{extra}"),
+                        reason: "not a regular file; left alone, the snapshot is indexed without it".into(),
+                    }));
+                    snapshot_rows.push((
+                        SnapshotRow::from_manifest(&parsed, name.as_str(), now),
+                        files,
+                    ))
+                }
                 Err(e) => report.skipped.push(skip(e.to_string())),
             }
         }
@@ -149,7 +155,7 @@ impl Registry {
         }
         for row in db::images::all_cache_files(&tx)? {
             if !cache_rows.iter().any(|(f, ..)| f.rel_path() == row.path) {
-                db::images::delete_cache_file(&tx, &row.file())?;
+                db::images::delete_cache_path(&tx, &row.path)?;
                 report.dropped.push(format!("cache/{}", row.path));
             }
         }
@@ -198,18 +204,25 @@ fn hash_file(
     Ok((len, extents, integrity))
 }
 
-fn adopt_snapshot(
-    dir: &Path,
-    progress: &dyn Progress,
-) -> Result<(crate::manifest::ParsedManifest, Vec<SnapshotFileRow>)> {
+/// A snapshot directory's manifest, its files' rows, and the names of
+/// extra entries that are not regular files (left out, not fatal: a stray
+/// directory or link must not cost an intact snapshot its row).
+type AdoptedSnapshot = (crate::manifest::ParsedManifest, Vec<SnapshotFileRow>, Vec<String>);
+
+fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot> {
     let parsed = read_manifest(dir)?;
     let upper = &parsed.manifest.upper;
     let mut files = Vec::new();
+    let mut extras = Vec::new();
     let mut saw_upper = false;
     for (file_name, path) in sorted_entries(dir)? {
         let meta = path.symlink_metadata().at("stat", &path)?;
         if !meta.is_file() || !is_normal_file_name(&file_name) {
-            return Err(Error::rejected(file_name, "not a regular file"));
+            if file_name == "manifest.json" || file_name == upper.file {
+                return Err(Error::rejected(file_name, "not a regular file"));
+            }
+            extras.push(file_name);
+            continue;
         }
         let is_upper = file_name == upper.file;
         let integrity = if is_upper {
@@ -245,7 +258,7 @@ fn adopt_snapshot(
             reference: upper.file.clone(),
         });
     }
-    Ok((parsed, files))
+    Ok((parsed, files, extras))
 }
 
 /// Size, digest, and for a metadata file the parsed document and its name.

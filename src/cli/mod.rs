@@ -132,6 +132,9 @@ pub enum Command {
         /// Print what would be removed and remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Leave debris changed less than this many seconds ago (0: remove all debris).
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::gc::DEFAULT_GRACE_SECS)]
+        grace: u64,
     },
     /// Check the index against the disk; exit 5 when anything is wrong.
     Verify {
@@ -181,6 +184,22 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+}
+
+impl Command {
+    /// Commands that only read: they open the registry read-only, take no
+    /// lock and create nothing.
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Command::List
+                | Command::Show { .. }
+                | Command::Lineage { .. }
+                | Command::Sql { .. }
+                | Command::Verify { .. }
+                | Command::Export { .. }
+        )
+    }
 }
 
 /// A progress bar on stderr, shown only on a terminal and without `-q`.

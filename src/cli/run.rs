@@ -72,8 +72,22 @@ pub fn run(cli: Cli) -> Result<Rendered> {
                 p.table(&header, &rows)
             }
         }
+        Command::Reindex => {
+            let (mut registry, moved) = Registry::open_for_reindex(&root)?;
+            if let Some(aside) = moved {
+                eprintln!(
+                    "moved the corrupt index aside to {}; rebuilding from the files",
+                    aside.display()
+                );
+            }
+            dispatch(&mut registry, Command::Reindex, &mut p, &progress)?
+        }
         command => {
-            let mut registry = Registry::open(&root)?;
+            let mut registry = if command.only_reads() {
+                Registry::open_read(&root)?
+            } else {
+                Registry::open(&root)?
+            };
             dispatch(&mut registry, command, &mut p, &progress)?
         }
     };
@@ -249,8 +263,8 @@ fn dispatch(
                 out.into_iter().try_for_each(|l| p.line(l))
             }
         }
-        Command::Gc { dry_run } => {
-            let r = registry.gc(dry_run, progress)?;
+        Command::Gc { dry_run, grace } => {
+            let r = registry.gc(dry_run, grace, progress)?;
             if p.json { p.json(&r) } else { render_gc(p, &r) }
         }
         Command::Verify { reference, content } => {
@@ -371,6 +385,19 @@ fn render_gc(p: &mut Printer, r: &GcReport) -> Rendered {
         .collect();
     if !totals.is_empty() {
         p.table(&["KIND", "COUNT", "SIZE"], &totals)?;
+    }
+    for k in &r.kept {
+        p.line(match k.reason {
+            crate::gc::KeptReason::Unindexed => format!(
+                "kept {}: holds a valid manifest{} but the index has no row; run `msb-registry reindex` to index it, or remove it yourself",
+                k.path,
+                k.digest.map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
+            crate::gc::KeptReason::Young => format!(
+                "kept {}: changed within the grace period (--grace); a later gc removes it",
+                k.path
+            ),
+        })?;
     }
     let verb = if r.dry_run { "would free" } else { "freed" };
     p.line(format!(

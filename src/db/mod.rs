@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub use images::{CacheFileRow, ImageRow};
 pub use imports::{ImportFileRow, ImportRow, ImportState};
@@ -42,21 +42,67 @@ impl Db {
         Ok(Db { conn })
     }
 
-    /// Open an existing index read-only, for user queries.
-    pub fn open_read_only(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(Error::NotFound {
-                what: "registry database",
-                reference: path.display().to_string(),
-            });
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+    /// Open an existing index read-only: read commands and user queries.
+    /// Nothing is created; on a root the process cannot write, where
+    /// SQLite cannot make the WAL index, it reads the file as it stands
+    /// (no writer can be at work there).
+    pub fn open_read(path: &Path) -> Result<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
         conn.pragma_update(None, "query_only", true)?;
-        Ok(Db { conn })
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+            Ok(_) => Ok(Db { conn }),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly
+                ) =>
+            {
+                drop(conn);
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                let conn =
+                    Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
+                configure(&conn)?;
+                conn.pragma_update(None, "query_only", true)?;
+                Ok(Db { conn })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether migrations this binary embeds are not yet applied.
+    pub fn needs_migration(&self) -> Result<bool> {
+        let latest = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| m.version())
+            .max()
+            .unwrap_or(0);
+        let applied: Option<i64> = match self.conn.query_row(
+            "SELECT max(version) FROM refinery_schema_history",
+            [],
+            |r| r.get(0),
+        ) {
+            Ok(v) => v,
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(applied.unwrap_or(0) < i64::from(latest))
+    }
+
+    /// Whether the index file at `path` is damaged: not a database, or
+    /// failing SQLite's quick check.
+    pub fn is_damaged(path: &Path) -> Result<bool> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+            Ok(verdict) => Ok(verdict != "ok"),
+            Err(e) if crate::error::is_corrupt(&e) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// An in-memory index with the full schema, for unit tests and benchmarks.
@@ -84,6 +130,20 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
+}
+
+/// `path` as a URI path: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -127,7 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
         Db::open(&path).unwrap();
-        let db = Db::open_read_only(&path).unwrap();
+        let db = Db::open_read(&path).unwrap();
         assert!(db.conn().execute("DELETE FROM snapshots", []).is_err());
     }
 }
