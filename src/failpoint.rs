@@ -39,6 +39,8 @@ pub const ALL: &[&str] = &[
     RM_BEFORE_COMMIT,
     RM_COMMITTED,
     RM_RENAMED,
+    REINDEX_BEFORE_COMMIT,
+    REINDEX_REBUILT,
 ];
 
 /// Lease of an add or import: lock held, staging directory and journal row committed.
@@ -83,6 +85,11 @@ pub const RM_BEFORE_COMMIT: &str = "rm.before-commit";
 pub const RM_COMMITTED: &str = "rm.committed";
 /// rm: the directory is moved into staging, not yet deleted.
 pub const RM_RENAMED: &str = "rm.renamed";
+
+/// reindex: every row written, the transaction not yet committed.
+pub const REINDEX_BEFORE_COMMIT: &str = "reindex.before-commit";
+/// reindex of a lost index: the new index is complete, not yet renamed into place.
+pub const REINDEX_REBUILT: &str = "reindex.rebuilt";
 
 struct Config {
     name: String,

@@ -42,6 +42,12 @@ impl Layout {
         self.root.join(DB_FILE)
     }
 
+    /// `registry.db.rebuild`: where `reindex` builds a new index before
+    /// renaming it over a missing or damaged one.
+    pub fn db_rebuild(&self) -> PathBuf {
+        self.root.join(format!("{DB_FILE}.rebuild"))
+    }
+
     /// `registry.db-wal`, the index's write-ahead log.
     pub fn db_wal(&self) -> PathBuf {
         self.root.join(format!("{DB_FILE}-wal"))

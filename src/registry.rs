@@ -19,6 +19,15 @@ pub struct Registry {
     db: Db,
 }
 
+/// How [`Registry::open_for_reindex`] found the index.
+#[derive(Debug, Default)]
+pub struct Rebuild {
+    /// Where what was left of a missing, empty or damaged index was moved.
+    pub moved_aside: Option<PathBuf>,
+    /// The new index being built, when the old one was not usable.
+    building: Option<PathBuf>,
+}
+
 /// The exclusive registry lock; released on drop.
 pub struct RegistryLock(#[allow(dead_code)] File);
 
@@ -70,21 +79,61 @@ impl Registry {
         Ok(Registry { layout, db })
     }
 
-    /// Open for `reindex`: a missing or empty index is started afresh, and
-    /// a corrupt one is moved aside (never deleted) to
-    /// `registry.db.corrupt-<unix seconds>` before a new one is created.
-    /// Returns the registry and where a corrupt index was moved.
-    pub fn open_for_reindex(root: impl Into<PathBuf>) -> Result<(Self, Option<PathBuf>)> {
+    /// Open for `reindex`. A healthy index is opened as usual. Otherwise
+    /// (missing, empty or damaged) whatever is left of it is moved aside,
+    /// never deleted, to `registry.db.corrupt-<unix seconds>`, and a new
+    /// index is built in `registry.db.rebuild`, which
+    /// [`Registry::install_rebuilt`] renames into place once it holds every
+    /// row: a reindex killed half way leaves the index lost (exit 5), never
+    /// an empty one that reads as an empty registry.
+    pub fn open_for_reindex(root: impl Into<PathBuf>) -> Result<(Self, Rebuild)> {
         let layout = Layout::new(root);
-        let mut moved = None;
-        if layout.db().is_file() {
-            std::fs::create_dir_all(layout.root()).at("create directory", layout.root())?;
-            let _lock = lock_exclusive(&layout)?;
-            if Db::is_damaged(&layout.db())? {
-                moved = Some(move_aside(&layout)?);
+        for dir in layout.dirs() {
+            std::fs::create_dir_all(&dir).at("create directory", &dir)?;
+        }
+        let lock = lock_exclusive(&layout)?;
+        let healthy = index_state(&layout).is_none() && !Db::is_damaged(&layout.db())?;
+        if healthy {
+            drop(lock);
+            return Ok((Self::open_writable(layout)?, Rebuild::default()));
+        }
+        let leftovers = [layout.db(), layout.db_wal()];
+        let moved_aside = if leftovers.iter().any(|p| p.symlink_metadata().is_ok()) {
+            Some(move_aside(&layout)?)
+        } else {
+            None
+        };
+        let building = layout.db_rebuild();
+        for suffix in ["", "-wal", "-shm"] {
+            let stale = PathBuf::from(format!("{}{suffix}", building.display()));
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io("remove", stale, e));
+                }
+                _ => {}
             }
         }
-        Ok((Self::open_writable(layout)?, moved))
+        let db = Db::open(&building)?;
+        Ok((
+            Registry { layout, db },
+            Rebuild {
+                moved_aside,
+                building: Some(building),
+            },
+        ))
+    }
+
+    /// Put an index [`Registry::open_for_reindex`] built aside in place.
+    pub fn install_rebuilt(self, rebuild: Rebuild) -> Result<()> {
+        let Some(building) = rebuild.building else {
+            return Ok(());
+        };
+        let layout = self.layout.clone();
+        let _lock = lock_exclusive(&layout)?;
+        drop(self);
+        crate::failpoint::hit(crate::failpoint::REINDEX_REBUILT)?;
+        std::fs::rename(&building, layout.db()).at("rename", &building)?;
+        crate::files::fsync_dir(layout.root())
     }
 
     /// The paths of this registry.
@@ -205,19 +254,25 @@ fn wait_for_lock(file: &File, path: &Path) -> Result<()> {
 
 /// A missing or empty index next to artifacts is a lost index.
 fn check_index_present(layout: &Layout) -> Result<()> {
-    let db = layout.db();
-    let state = match std::fs::metadata(&db) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
-        Ok(m) if m.len() == 0 && !non_empty_file(&layout.db_wal()) => "empty",
-        _ => return Ok(()),
+    let Some(state) = index_state(layout) else {
+        return Ok(());
     };
     match layout.artifact_dir() {
         Some(artifacts) => Err(Error::IndexLost {
-            db,
+            db: layout.db(),
             state,
             artifacts,
         }),
         None => Ok(()),
+    }
+}
+
+/// `Some("missing")` or `Some("empty")` when there is no index to open.
+fn index_state(layout: &Layout) -> Option<&'static str> {
+    match std::fs::metadata(layout.db()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("missing"),
+        Ok(m) if m.len() == 0 && !non_empty_file(&layout.db_wal()) => Some("empty"),
+        _ => None,
     }
 }
 

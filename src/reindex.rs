@@ -169,6 +169,7 @@ impl Registry {
                 report.adopted_images.push(meta.manifest_digest);
             }
         }
+        crate::failpoint::hit(crate::failpoint::REINDEX_BEFORE_COMMIT)?;
         tx.commit()?;
         progress.finish();
         Ok(report)

@@ -73,14 +73,16 @@ pub fn run(cli: Cli) -> Result<Rendered> {
             }
         }
         Command::Reindex => {
-            let (mut registry, moved) = Registry::open_for_reindex(&root)?;
-            if let Some(aside) = moved {
+            let (mut registry, rebuild) = Registry::open_for_reindex(&root)?;
+            if let Some(aside) = &rebuild.moved_aside {
                 eprintln!(
-                    "moved the corrupt index aside to {}; rebuilding from the files",
+                    "moved what was left of the index aside to {}; rebuilding it from the files",
                     aside.display()
                 );
             }
-            dispatch(&mut registry, Command::Reindex, &mut p, &progress)?
+            let rendered = dispatch(&mut registry, Command::Reindex, &mut p, &progress)?;
+            registry.install_rebuilt(rebuild)?;
+            rendered
         }
         command => {
             let mut registry = if command.only_reads() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub use images::{CacheFileRow, ImageRow};
 pub use imports::{ImportFileRow, ImportRow, ImportState};
@@ -38,7 +38,9 @@ impl Db {
         configure(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        embedded::migrations::runner().run(&mut conn)?;
+        embedded::migrations::runner()
+            .run(&mut conn)
+            .map_err(migration_error)?;
         Ok(Db { conn })
     }
 
@@ -130,6 +132,24 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
+}
+
+/// A migration that failed because the index is corrupt is reported as
+/// corruption (exit 5, with the reindex hint), not as a migration bug.
+fn migration_error(e: refinery::Error) -> Error {
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        if let Some(db) = cause.downcast_ref::<rusqlite::Error>()
+            && crate::error::is_corrupt(db)
+        {
+            return Error::Db(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(db.to_string()),
+            ));
+        }
+        source = cause.source();
+    }
+    Error::Migration(e)
 }
 
 /// `path` as a URI path: `%`, `?` and `#` escaped.

@@ -255,7 +255,7 @@ pub fn fixture() -> &'static Fixture {
             gc_files: 0,
         };
         gc_setup(&reg, &f);
-        let r: serde_json::Value = reg.json(&["gc"]);
+        let r: serde_json::Value = reg.json(&["gc", "--grace", "0"]);
         let gc_files = r["files"].as_u64().unwrap() as usize;
         assert_eq!(state(&reg), f.clean, "the gc scenario ends clean");
         Fixture { gc_files, ..f }
@@ -471,7 +471,7 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
     let v = reg.run(&["verify"]);
     assert_eq!(v.code, 0, "{ctx}: verify: {}{}", v.stdout, v.stderr);
 
-    reg.run(&["gc"]).ok();
+    reg.run(&["gc", "--grace", "0"]).ok();
     assert_clean(&reg);
     let clean = match op {
         Op::Add => {
