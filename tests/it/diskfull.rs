@@ -121,7 +121,7 @@ fn a_promotion_refused_midway_is_undone() {
     let Some(_mount) = Mount::tmpfs(&reg.root(), "64m") else {
         return;
     };
-    reg.run(&["list"]).ok();
+    reg.run(&["gc"]).ok();
     let before = state(&reg);
     let cache = reg.root().join("cache/layers");
     let bind = Command::new("mount")
