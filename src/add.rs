@@ -255,14 +255,16 @@ impl Registry {
             files,
         });
         let outcome = install(self, lease, &set)?;
-        let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
-            .ok_or_else(|| crate::Error::NotFound {
+        crate::failpoint::hit(crate::failpoint::ADD_INSTALLED)?;
+        let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?.ok_or_else(
+            || crate::Error::NotFound {
                 what: "snapshot",
                 reference: format!(
                     "{} ({}): removed by another command right after it was added",
                     name, parsed.digest
                 ),
-            })?;
+            },
+        )?;
         Ok(AddReport {
             digest: parsed.digest,
             name: row.name,

@@ -29,6 +29,7 @@ pub const ALL: &[&str] = &[
     PROMOTE_RENAMED,
     PROMOTE_BEFORE_COMMIT,
     PROMOTE_COMMITTED,
+    ADD_INSTALLED,
     LEASE_STAGING_REMOVED,
     RECOVER_UNDONE,
     EXPORT_PLANNED,
@@ -65,6 +66,8 @@ pub const PROMOTE_RENAMED: &str = "promote.renamed";
 pub const PROMOTE_BEFORE_COMMIT: &str = "promote.before-commit";
 /// Promotion: rows and state `done` committed.
 pub const PROMOTE_COMMITTED: &str = "promote.committed";
+/// add: installed and the registry lock let go, the row not yet read back.
+pub const ADD_INSTALLED: &str = "add.installed";
 /// End of a lease: the staging directory is gone, the final state not yet recorded.
 pub const LEASE_STAGING_REMOVED: &str = "lease.staging-removed";
 /// Recovery: a dead promotion's renames are undone, its state not yet `failed`.

@@ -34,9 +34,9 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::files::{changed_at, read_limited};
 use crate::image::{CacheFile, CacheKind};
-use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::layout::Layout;
 use crate::lease::{claim_dead, is_live, remove_dir_if_exists};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::progress::Progress;
 use crate::registry::{Registry, RegistryLock};
 
@@ -127,6 +127,9 @@ pub struct IndexView {
     pub leases: BTreeMap<String, Vec<String>>,
     /// Names of snapshot directories an unfinished `rm` is removing.
     pub removing: HashSet<String>,
+    /// `<kind>/<file>` of every artifact a pinned image names: without a
+    /// row such a file is unindexed (a damaged index), not debris.
+    pub pinned_files: HashSet<String>,
 }
 
 /// One entry found on disk.
@@ -155,6 +158,8 @@ pub struct Listing {
     /// Directories of `snapshots/` without a row that hold a valid
     /// manifest, with the digest it hashes to.
     pub manifests: BTreeMap<String, Digest>,
+    /// Images those manifests pin: kept with their files, as if pinned.
+    pub unindexed_pins: HashSet<Digest>,
 }
 
 /// A file or directory a plan deletes.
@@ -278,7 +283,13 @@ impl Registry {
     pub fn gc(&mut self, dry_run: bool, grace: u64, progress: &dyn Progress) -> Result<GcReport> {
         let lock = self.lock()?;
         let survey = survey(self)?;
-        let plan = plan(&survey.index, &survey.listing, &survey.live, now_unix(), grace);
+        let plan = plan(
+            &survey.index,
+            &survey.listing,
+            &survey.live,
+            now_unix(),
+            grace,
+        );
         if dry_run {
             return Ok(GcReport::new(true, plan.removals, plan.kept));
         }
@@ -303,6 +314,12 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
             .map(|r| CacheFile::metadata_for_ref(r).rel_path())
             .collect();
         let unpinned_images = db::gc::unpinned_images(&tx)?;
+        let unpinned: HashSet<Digest> = unpinned_images.iter().map(|i| i.manifest_digest).collect();
+        let pinned_files = db::gc::images_with_layers(&tx)?
+            .iter()
+            .filter(|i| !unpinned.contains(&i.manifest_digest))
+            .flat_map(image_files)
+            .collect();
         let mut leases = db::gc::unfinished_import_paths(&tx)?;
         lease_pinned_images(
             &mut leases,
@@ -319,6 +336,7 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
                 .collect(),
             imports: db::gc::import_entries(&tx)?,
             leases,
+            pinned_files,
             removing: db::snapshots::pending_removals(&tx)?
                 .into_iter()
                 .map(|(_, name)| name)
@@ -414,7 +432,9 @@ pub fn plan(
     let mut kept: HashSet<String> = HashSet::new();
     for image in &index.unpinned_images {
         let files = image_files(image);
-        if files.iter().any(|f| is_leased(&cache_rel(f))) {
+        if files.iter().any(|f| is_leased(&cache_rel(f)))
+            || listing.unindexed_pins.contains(&image.manifest_digest)
+        {
             kept.extend(files);
         } else {
             plan.image_rows.push(image.manifest_digest);
@@ -485,7 +505,13 @@ pub fn plan(
         rel.push_str(kind.as_str());
         rel.push('/');
         rel.push_str(&e.name);
-        if e.dir || !index.cache_paths.contains(&rel) {
+        if !e.dir && !index.cache_paths.contains(&rel) && index.pinned_files.contains(&rel) {
+            plan.kept.push(Kept {
+                reason: KeptReason::Unindexed,
+                path: cache_rel(&rel),
+                digest: None,
+            });
+        } else if e.dir || !index.cache_paths.contains(&rel) {
             debris(cache_rel(&rel), e, &mut plan);
         }
     }
@@ -677,14 +703,17 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
         (cache, snapshots)
     });
     let snapshots = snapshots?;
-    let manifests = snapshots
-        .iter()
-        .filter(|(top, _)| top.dir && !index.snapshots.contains_key(&top.name))
-        .filter_map(|(top, _)| {
-            let dir = layout.snapshots().join(&top.name);
-            valid_manifest(&dir).map(|d| (top.name.clone(), d))
-        })
-        .collect();
+    let mut manifests = BTreeMap::new();
+    let mut unindexed_pins = HashSet::new();
+    for (top, _) in &snapshots {
+        if top.dir
+            && !index.snapshots.contains_key(&top.name)
+            && let Some((digest, image)) = valid_manifest(&layout.snapshots().join(&top.name))
+        {
+            manifests.insert(top.name.clone(), digest);
+            unindexed_pins.insert(image);
+        }
+    }
     Ok(Listing {
         cache: cache?,
         snapshots,
@@ -693,18 +722,21 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
             .map(|(e, _)| e)
             .collect(),
         manifests,
+        unindexed_pins,
     })
 }
 
-/// The digest of `dir/manifest.json` when it is a regular file holding a
-/// valid manifest.
-fn valid_manifest(dir: &Path) -> Option<Digest> {
+/// The digest of `dir/manifest.json` and the image it pins, when it is a
+/// regular file holding a valid manifest.
+fn valid_manifest(dir: &Path) -> Option<(Digest, Digest)> {
     let path = dir.join("manifest.json");
     if !path.symlink_metadata().ok()?.is_file() {
         return None;
     }
     let bytes = read_limited(&path, MAX_MANIFEST_BYTES).ok()??;
-    Manifest::parse(&bytes).ok().map(|m| m.digest)
+    Manifest::parse(&bytes)
+        .ok()
+        .map(|m| (m.digest, m.manifest.image.manifest_digest))
 }
 
 fn list_snapshots(

@@ -56,9 +56,8 @@ impl Layout {
     /// The first of `snapshots/` and `cache/<kind>/` (relative to the
     /// root) that holds any entry: where a lost index would show.
     pub fn artifact_dir(&self) -> Option<String> {
-        let has_entries = |dir: &Path| {
-            std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
-        };
+        let has_entries =
+            |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
         if has_entries(&self.snapshots()) {
             return Some("snapshots/".into());
         }

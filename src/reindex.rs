@@ -69,9 +69,13 @@ impl Registry {
             };
             match adopt_snapshot(&dir, progress) {
                 Ok((parsed, files, extras)) => {
-                    report.skipped.extend(extras.into_iter().map(|extra| Skipped {
-                        path: format!("snapshots/{dir_name}/{extra}"),
-                        reason: "not a regular file; left alone, the snapshot is indexed without it".into(),
+                    report.skipped.extend(extras.into_iter().map(|extra| {
+                        Skipped {
+                            path: format!("snapshots/{dir_name}/{extra}"),
+                            reason:
+                                "not a regular file; left alone, the snapshot is indexed without it"
+                                    .into(),
+                        }
                     }));
                     snapshot_rows.push((
                         SnapshotRow::from_manifest(&parsed, name.as_str(), now),
@@ -112,13 +116,37 @@ impl Registry {
         let tx = self.db_mut().write()?;
         for (row, files) in &snapshot_rows {
             if let Some(existing) = db::snapshots::snapshot_by_digest(&tx, &row.digest)? {
-                if existing.name != row.name {
+                let still_there = snapshot_rows
+                    .iter()
+                    .any(|(r, _)| r.name == existing.name && r.digest == row.digest);
+                if existing.name == row.name {
+                    let recorded = SnapshotRow {
+                        added_at: existing.added_at,
+                        ..row.clone()
+                    };
+                    if existing == recorded {
+                        continue;
+                    }
+                    // A damaged row (a parent, label or image changed by
+                    // hand): the manifest on disk is the truth.
+                    db::snapshots::delete_snapshot(&tx, &existing.digest)?;
+                    db::snapshots::insert_snapshot(&tx, &recorded, files)?;
+                    report.adopted_snapshots.push(row.digest);
+                    continue;
+                }
+                if still_there {
                     report.skipped.push(Skipped {
                         path: format!("snapshots/{}", row.name),
                         reason: format!("duplicate of {} ({})", existing.name, row.digest),
                     });
+                    continue;
                 }
-                continue;
+                // Its directory was renamed: the row follows it.
+                db::snapshots::delete_snapshot(&tx, &existing.digest)?;
+                report.dropped.push(format!(
+                    "snapshot {} ({}): its directory is now snapshots/{}",
+                    existing.name, existing.digest, row.name
+                ));
             }
             if let Some(other) = db::snapshots::snapshot_by_name(&tx, &row.name)? {
                 db::snapshots::delete_snapshot(&tx, &other.digest)?;
@@ -159,6 +187,19 @@ impl Registry {
                 report.dropped.push(format!("cache/{}", row.path));
             }
         }
+        let on_disk: Vec<String> = cache_rows.iter().map(|(f, ..)| f.rel_path()).collect();
+        let stale_images: Vec<Digest> = db::gc::images_with_layers(&tx)?
+            .into_iter()
+            .filter(|i| {
+                CacheFile::parse_rel(&i.metadata_file).is_none()
+                    || !on_disk.contains(&i.metadata_file)
+            })
+            .map(|i| i.manifest_digest)
+            .collect();
+        db::gc::delete_rows(&tx, &[], &stale_images, &[])?;
+        report
+            .dropped
+            .extend(stale_images.iter().map(|d| format!("image {d}")));
         for (meta, file) in &images {
             let reference = snapshot_rows
                 .iter()
@@ -208,7 +249,11 @@ fn hash_file(
 /// A snapshot directory's manifest, its files' rows, and the names of
 /// extra entries that are not regular files (left out, not fatal: a stray
 /// directory or link must not cost an intact snapshot its row).
-type AdoptedSnapshot = (crate::manifest::ParsedManifest, Vec<SnapshotFileRow>, Vec<String>);
+type AdoptedSnapshot = (
+    crate::manifest::ParsedManifest,
+    Vec<SnapshotFileRow>,
+    Vec<String>,
+);
 
 fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot> {
     let parsed = read_manifest(dir)?;

@@ -253,18 +253,30 @@ impl Registry {
                 db::now_unix(),
                 0,
             );
-            problems.extend(
-                planned
-                    .kept
-                    .iter()
-                    .filter(|k| k.reason == KeptReason::Unindexed)
-                    .map(|k| Problem {
-                        kind: ProblemKind::Unindexed,
-                        path: k.path.clone(),
-                        digest: k.digest,
-                        detail: "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
-                    }),
-            );
+            // An unindexed cache file is already a missing-row problem.
+            for k in planned
+                .kept
+                .iter()
+                .filter(|k| k.reason == KeptReason::Unindexed && k.path.starts_with("snapshots/"))
+            {
+                let indexed = match &k.digest {
+                    Some(d) => db::snapshots::snapshot_by_digest(self.db().conn(), d)?,
+                    None => None,
+                };
+                let detail = match indexed {
+                    Some(row) => format!(
+                        "a copy of snapshot {}, which the index holds under that name; gc keeps it: remove the copy yourself",
+                        row.name
+                    ),
+                    None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
+                };
+                problems.push(Problem {
+                    kind: ProblemKind::Unindexed,
+                    path: k.path.clone(),
+                    digest: k.digest,
+                    detail,
+                });
+            }
             let debris = planned
                 .removals
                 .into_iter()

@@ -155,9 +155,10 @@ impl Registry {
     /// writing has since been removed (a race with `rm`, not corruption).
     fn removed_while_exporting(&self, reference: &str, plan: &ExportPlan) -> Option<Error> {
         let conn = self.db().conn();
-        let gone = plan.snapshots.iter().find(|d| {
-            matches!(crate::db::snapshots::snapshot_by_digest(conn, d), Ok(None))
-        })?;
+        let gone = plan
+            .snapshots
+            .iter()
+            .find(|d| matches!(crate::db::snapshots::snapshot_by_digest(conn, d), Ok(None)))?;
         Some(Error::NotFound {
             what: "snapshot",
             reference: format!("{reference}: {gone} was removed while exporting"),

@@ -390,6 +390,10 @@ fn render_gc(p: &mut Printer, r: &GcReport) -> Rendered {
     }
     for k in &r.kept {
         p.line(match k.reason {
+            crate::gc::KeptReason::Unindexed if k.path.starts_with("cache/") => format!(
+                "kept {}: a pinned image needs it but the index has no row; run `msb-registry reindex` to index it",
+                k.path
+            ),
             crate::gc::KeptReason::Unindexed => format!(
                 "kept {}: holds a valid manifest{} but the index has no row; run `msb-registry reindex` to index it, or remove it yourself",
                 k.path,

@@ -31,7 +31,6 @@ pub struct CacheFileRow {
     pub digest: Digest,
 }
 
-
 fn map_cache_file(r: &Row<'_>) -> rusqlite::Result<CacheFileRow> {
     Ok(CacheFileRow {
         path: r.get(0)?,

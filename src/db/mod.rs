@@ -53,7 +53,9 @@ impl Db {
         let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
         conn.pragma_update(None, "query_only", true)?;
-        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
             Ok(_) => Ok(Db { conn }),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if matches!(
@@ -63,8 +65,7 @@ impl Db {
             {
                 drop(conn);
                 let uri = format!("file:{}?immutable=1", uri_path(path));
-                let conn =
-                    Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
+                let conn = Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
                 configure(&conn)?;
                 conn.pragma_update(None, "query_only", true)?;
                 Ok(Db { conn })

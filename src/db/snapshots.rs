@@ -246,7 +246,10 @@ pub fn ancestors(conn: &Connection, head: &Digest) -> Result<Vec<LineageRow>> {
     )?;
     let rows_walked = stmt.query_map(params![head, rows], map_lineage)?;
     let mut chain = rows_walked.collect::<rusqlite::Result<Vec<_>>>()?;
-    if chain.last().is_some_and(|r| r.name.is_some() && r.depth >= rows as u64) {
+    if chain
+        .last()
+        .is_some_and(|r| r.name.is_some() && r.depth >= rows as u64)
+    {
         return Err(parent_cycle(head));
     }
     chain.reverse();

@@ -457,11 +457,17 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
                 "lineage" => vec!["lineage", "app"],
                 cmd => vec![cmd],
             };
-            reg.run(&first_args)
-                .fails(5, "is missing but snapshots/ holds artifacts; run `msb-registry reindex`");
+            reg.run(&first_args).fails(
+                5,
+                "is missing but snapshots/ holds artifacts; run `msb-registry reindex`",
+            );
             assert_eq!(reg.tree(), files, "{ctx}: files changed");
             reg.run(&["reindex"]).ok();
-            assert_eq!(rows(&reg), f.clean.rows, "{ctx}: reindex restored other rows");
+            assert_eq!(
+                rows(&reg),
+                f.clean.rows,
+                "{ctx}: reindex restored other rows"
+            );
             reg.run(&["verify", "--content"]).ok();
             return;
         }
@@ -499,7 +505,10 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
         assert!(debris.is_empty(), "{ctx}: files without rows: {debris:?}");
     }
     if let (false, Op::Import | Op::Add) = (redo_first, op) {
-        let expect_committed = matches!(point, "promote.committed" | "lease.staging-removed");
+        let expect_committed = matches!(
+            point,
+            "promote.committed" | "add.installed" | "lease.staging-removed"
+        );
         assert_eq!(committed, expect_committed, "{ctx}");
     }
     let v = reg.run(&["verify"]);
@@ -567,6 +576,7 @@ fn cases(f: &Fixture) -> Vec<(Op, String, Kill)> {
         cases.push((Add, p.into(), Abort));
     }
     promotion(Add, f.add_moves, &mut cases);
+    cases.push((Add, failpoint::ADD_INSTALLED.into(), Abort));
     cases.push((Add, failpoint::LEASE_STAGING_REMOVED.into(), Abort));
     cases.push((Export, failpoint::EXPORT_PLANNED.into(), Abort));
     cases.push((Export, failpoint::EXPORT_BEFORE_RENAME.into(), Abort));
