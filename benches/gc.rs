@@ -169,7 +169,7 @@ fn main() {
     breakdown(&registry);
     for run in 1..=3 {
         let t = Instant::now();
-        let r = registry.gc(true, &NoProgress).unwrap();
+        let r = registry.gc(true, 0, &NoProgress).unwrap();
         println!(
             "gc --dry-run #{run}: {:.3?} (plan: {} removals, {} files, {} bytes)",
             t.elapsed(),
@@ -179,7 +179,7 @@ fn main() {
         );
     }
     let t = Instant::now();
-    let r = registry.gc(false, &NoProgress).unwrap();
+    let r = registry.gc(false, 0, &NoProgress).unwrap();
     println!(
         "gc (full): {:.3?} (removed {} items, {} files, {} bytes)",
         t.elapsed(),
@@ -191,7 +191,7 @@ fn main() {
         println!("  {:<8} {:>6} {:>9} B", t.kind.as_str(), t.count, t.bytes);
     }
     let t = Instant::now();
-    let again = registry.gc(false, &NoProgress).unwrap();
+    let again = registry.gc(false, 0, &NoProgress).unwrap();
     println!(
         "gc (nothing left): {:.3?} ({} removals)",
         t.elapsed(),
@@ -244,7 +244,7 @@ fn breakdown(registry: &Registry) {
         l.cache.len() + l.snapshots.len() + l.staging.len()
     });
     time("plan", &mut || {
-        gc::plan(&survey.index, &survey.listing, &survey.live, 0)
+        gc::plan(&survey.index, &survey.listing, &survey.live, 0, 0)
             .removals
             .len()
     });

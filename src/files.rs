@@ -225,6 +225,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_future_mtime_falls_back_to_the_change_time() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let now = crate::db::now_unix();
+        let day = std::time::Duration::from_secs(86400);
+        file.set_modified(std::time::SystemTime::now() - 2 * day).unwrap();
+        let past = file.metadata().unwrap();
+        assert_eq!(changed_at(&past, now), past.mtime());
+        file.set_modified(std::time::SystemTime::now() + 400 * day).unwrap();
+        let future = file.metadata().unwrap();
+        assert!(future.mtime() > now);
+        assert_eq!(changed_at(&future, now), future.ctime().min(now));
+        assert!(changed_at(&future, now) <= now);
+    }
+
+    #[test]
     fn sparse_writer_makes_holes_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");

@@ -1143,6 +1143,76 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_directory_with_a_valid_manifest_is_unindexed_not_debris() {
+        let (mut index, mut listing) = with_cache(&[]);
+        listing.snapshots.push((dir("lost", 10), vec![]));
+        listing.snapshots.push((dir("removing", 10), vec![]));
+        listing.snapshots.push((dir("junk", 10), vec![]));
+        for name in ["lost", "removing"] {
+            listing.manifests.insert(name.into(), d(1));
+        }
+        index.removing.insert("removing".into());
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
+        assert_eq!(
+            plan.kept,
+            [Kept {
+                reason: KeptReason::Unindexed,
+                path: "snapshots/lost".into(),
+                digest: Some(d(1)),
+            }]
+        );
+        assert_eq!(
+            kinds(&plan),
+            [
+                (RemovalKind::Debris, "snapshots/junk"),
+                (RemovalKind::Debris, "snapshots/removing"),
+            ]
+        );
+    }
+
+    #[test]
+    fn young_debris_is_kept_until_the_grace_period_ends() {
+        let (index, mut listing) = with_cache(&[]);
+        let now = 10_000;
+        for (name, changed) in [("old", now - 3600), ("young", now - 3599)] {
+            let mut e = file(name, 1);
+            e.changed = changed;
+            listing.cache.push((CacheKind::Layers, e));
+        }
+        let plan = plan(&index, &listing, &HashSet::new(), now, 3600);
+        assert_eq!(kinds(&plan), [(RemovalKind::Debris, "cache/layers/old")]);
+        assert_eq!(plan.kept[0].path, "cache/layers/young");
+        assert_eq!(plan.kept[0].reason, KeptReason::Young);
+    }
+
+    #[test]
+    fn a_damaged_index_costs_no_pinned_image_its_files() {
+        let meta = format!("manifests/{}.json", d(9).hex());
+        let (mut index, mut listing) = with_cache(&[&meta]);
+        // fsmeta of a pinned image whose row was lost.
+        let fsmeta = CacheFile {
+            kind: CacheKind::Fsmeta,
+            key: d(5),
+        };
+        listing
+            .cache
+            .push((CacheKind::Fsmeta, file(&fsmeta.file_name(), 8)));
+        index.pinned_files.insert(fsmeta.rel_path());
+        // An image only an unindexed snapshot pins.
+        index.unpinned_images.push(ImageLayers {
+            manifest_digest: d(6),
+            metadata_file: meta.clone(),
+            layers: vec![],
+        });
+        index.unreachable = vec![entry(&meta, 1)];
+        listing.unindexed_pins.insert(d(6));
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
+        assert!(plan.removals.is_empty(), "{:?}", plan.removals);
+        assert_eq!(plan.kept.len(), 1);
+        assert_eq!(plan.kept[0].reason, KeptReason::Unindexed);
+    }
+
+    #[test]
     fn plans_are_deterministic() {
         let (mut index, mut listing) = with_cache(&[&layer(1), &layer(2)]);
         index.unreachable = vec![entry(&layer(2), 1), entry(&layer(1), 1)];
