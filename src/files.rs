@@ -232,10 +232,12 @@ mod tests {
         let file = File::create(&path).unwrap();
         let now = crate::db::now_unix();
         let day = std::time::Duration::from_secs(86400);
-        file.set_modified(std::time::SystemTime::now() - 2 * day).unwrap();
+        file.set_modified(std::time::SystemTime::now() - 2 * day)
+            .unwrap();
         let past = file.metadata().unwrap();
         assert_eq!(changed_at(&past, now), past.mtime());
-        file.set_modified(std::time::SystemTime::now() + 400 * day).unwrap();
+        file.set_modified(std::time::SystemTime::now() + 400 * day)
+            .unwrap();
         let future = file.metadata().unwrap();
         assert!(future.mtime() > now);
         assert_eq!(changed_at(&future, now), future.ctime().min(now));

@@ -706,11 +706,14 @@ fn issue_17_list_orders_by_the_instant_created_at_names() {
     reg.run(&["verify", "--content"]).ok();
 }
 
+/// A way of damaging a registry by hand.
+type Damage = fn(&Reg);
+
 /// Every damage scenario of issue 17, each followed by gc (and by reindex
 /// and gc again): no directory with a valid manifest is ever deleted.
 #[test]
 fn issue_17_gc_after_any_damage_keeps_every_snapshot_with_a_valid_manifest() {
-    let scenarios: &[(&str, fn(&Reg))] = &[
+    let scenarios: &[(&str, Damage)] = &[
         ("stray directory", |r| {
             std::fs::create_dir(r.root().join("snapshots/deps/stray")).unwrap()
         }),
