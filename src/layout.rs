@@ -48,6 +48,22 @@ impl Layout {
         self.root.join(format!("{DB_FILE}.rebuild"))
     }
 
+    /// `registry.db.corrupt-<unix seconds>`: where `reindex` moves what is
+    /// left of an unusable index.
+    pub fn db_aside(&self, unix_seconds: i64) -> PathBuf {
+        self.root.join(format!("{DB_FILE}.corrupt-{unix_seconds}"))
+    }
+
+    /// An SQLite database file and its `-wal` and `-shm` companions.
+    pub fn with_companions(db: &Path) -> [PathBuf; 3] {
+        let with = |suffix: &str| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        [with("-wal"), with("-shm"), db.to_path_buf()]
+    }
+
     /// `registry.db-wal`, the index's write-ahead log.
     pub fn db_wal(&self) -> PathBuf {
         self.root.join(format!("{DB_FILE}-wal"))

@@ -104,8 +104,7 @@ impl Registry {
             None
         };
         let building = layout.db_rebuild();
-        for suffix in ["", "-wal", "-shm"] {
-            let stale = PathBuf::from(format!("{}{suffix}", building.display()));
+        for stale in Layout::with_companions(&building) {
             match std::fs::remove_file(&stale) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io("remove", stale, e));
@@ -283,11 +282,11 @@ fn non_empty_file(path: &Path) -> bool {
 /// Rename `registry.db` (and its `-wal` and `-shm`) to
 /// `registry.db.corrupt-<unix seconds>[...]`; returns the new path.
 fn move_aside(layout: &Layout) -> Result<PathBuf> {
-    let db = layout.db();
-    let aside = PathBuf::from(format!("{}.corrupt-{}", db.display(), db::now_unix()));
-    for suffix in ["-wal", "-shm", ""] {
-        let from = PathBuf::from(format!("{}{suffix}", db.display()));
-        let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+    let aside = layout.db_aside(db::now_unix());
+    let moves = Layout::with_companions(&layout.db())
+        .into_iter()
+        .zip(Layout::with_companions(&aside));
+    for (from, to) in moves {
         match std::fs::rename(&from, &to) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(Error::io("move aside", from, e));
