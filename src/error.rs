@@ -200,12 +200,18 @@ impl Error {
             Error::NoRegistry { .. } => exit::NOT_FOUND,
             Error::IndexLost { .. } => exit::INTEGRITY,
             Error::LockTimeout { .. } => exit::CONFLICT,
-            Error::Db(e) if is_corrupt(e) => exit::INTEGRITY,
+            Error::Db(e) if is_corrupt(e) || is_bad_value(e) => exit::INTEGRITY,
             _ if self.is_storage() => exit::STORAGE,
             Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {
                 exit::UNEXPECTED
             }
         }
+    }
+
+    /// Whether the index is corrupt or holds rows that cannot be decoded:
+    /// what `reindex` repairs by rebuilding it.
+    pub fn is_damaged_index(&self) -> bool {
+        matches!(self, Error::Db(e) if is_corrupt(e) || is_bad_value(e))
     }
 
     /// Whether the file system refused a write for want of space or
@@ -307,9 +313,22 @@ pub fn is_corrupt(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Whether a row holds a value the registry cannot have written (a
+/// digest that does not parse, labels that are not JSON, a wrong type).
+pub fn is_bad_value(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+    )
+}
+
 fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
     if is_corrupt(e) {
         " is corrupt (`msb-registry reindex` moves it aside and rebuilds the index from the files)"
+    } else if is_bad_value(e) {
+        " holds a value the registry cannot have written (`msb-registry reindex` rebuilds the index from the files)"
     } else {
         ""
     }

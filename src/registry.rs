@@ -86,13 +86,16 @@ impl Registry {
     /// [`Registry::install_rebuilt`] renames into place once it holds every
     /// row: a reindex killed half way leaves the index lost (exit 5), never
     /// an empty one that reads as an empty registry.
-    pub fn open_for_reindex(root: impl Into<PathBuf>) -> Result<(Self, Rebuild)> {
+    ///
+    /// With `rebuild`, the index is rebuilt even when SQLite finds it
+    /// sound: for one holding rows the registry cannot decode.
+    pub fn open_for_reindex(root: impl Into<PathBuf>, rebuild: bool) -> Result<(Self, Rebuild)> {
         let layout = Layout::new(root);
         for dir in layout.dirs() {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         }
         let lock = lock_exclusive(&layout)?;
-        let healthy = index_state(&layout).is_none() && !Db::is_damaged(&layout.db())?;
+        let healthy = !rebuild && index_state(&layout).is_none() && !Db::is_damaged(&layout.db())?;
         if healthy {
             drop(lock);
             return Ok((Self::open_writable(layout)?, Rebuild::default()));

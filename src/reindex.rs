@@ -124,7 +124,9 @@ impl Registry {
                         added_at: existing.added_at,
                         ..row.clone()
                     };
-                    if existing == recorded {
+                    if existing == recorded
+                        && db::snapshots::snapshot_files(&tx, &row.digest)? == *files
+                    {
                         continue;
                     }
                     // A damaged row (a parent, label or image changed by
@@ -201,6 +203,14 @@ impl Registry {
             .dropped
             .extend(stale_images.iter().map(|d| format!("image {d}")));
         for (meta, file) in &images {
+            if let Some(row) = db::images::image_by_digest(&tx, &meta.manifest_digest)?
+                && (row.config_digest != meta.config_digest
+                    || row.metadata_file != file.rel_path()
+                    || db::images::image_layers(&tx, &meta.manifest_digest)? != meta.layers)
+            {
+                // A damaged image row: its metadata file is the truth.
+                db::gc::delete_rows(&tx, &[], &[meta.manifest_digest], &[])?;
+            }
             let reference = snapshot_rows
                 .iter()
                 .map(|(r, _)| &r.image_ref)

@@ -231,7 +231,7 @@ impl Registry {
         let mut to_hash = Vec::new();
         for check in checks {
             checked_files += 1;
-            checked_bytes += check.size;
+            checked_bytes = check.size.saturating_add(checked_bytes);
             if let Some(problem) = stat_problem(&check) {
                 problems.push(problem);
             } else if content {

@@ -72,18 +72,16 @@ pub fn run(cli: Cli) -> Result<Rendered> {
                 p.table(&header, &rows)
             }
         }
-        Command::Reindex => {
-            let (mut registry, rebuild) = Registry::open_for_reindex(&root)?;
-            if let Some(aside) = &rebuild.moved_aside {
+        Command::Reindex => match reindex(&root, false, &mut p, &progress) {
+            Err(e) if e.is_damaged_index() => {
                 eprintln!(
-                    "moved what was left of the index aside to {}; rebuilding it from the files",
-                    aside.display()
+                    "the index holds rows the registry cannot decode ({}); rebuilding it",
+                    e.report_line()
                 );
+                reindex(&root, true, &mut p, &progress)?
             }
-            let rendered = dispatch(&mut registry, Command::Reindex, &mut p, &progress)?;
-            registry.install_rebuilt(rebuild)?;
-            rendered
-        }
+            other => other?,
+        },
         command => {
             let mut registry = if command.only_reads() {
                 Registry::open_read(&root)?
@@ -94,6 +92,25 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         }
     };
     Ok(rendered.and_then(|()| p.flush()))
+}
+
+/// `reindex`, in place or (`rebuild`) into a new index.
+fn reindex(
+    root: &std::path::Path,
+    rebuild: bool,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let (mut registry, rebuild) = Registry::open_for_reindex(root, rebuild)?;
+    if let Some(aside) = &rebuild.moved_aside {
+        eprintln!(
+            "moved what was left of the index aside to {}; rebuilding it from the files",
+            aside.display()
+        );
+    }
+    let rendered = dispatch(&mut registry, Command::Reindex, p, progress)?;
+    registry.install_rebuilt(rebuild)?;
+    Ok(rendered)
 }
 
 fn dispatch(

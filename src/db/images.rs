@@ -34,7 +34,7 @@ pub struct CacheFileRow {
 fn map_cache_file(r: &Row<'_>) -> rusqlite::Result<CacheFileRow> {
     Ok(CacheFileRow {
         path: r.get(0)?,
-        size: r.get::<_, i64>(1)? as u64,
+        size: r.get::<_, u64>(1)?,
         digest: r.get(2)?,
     })
 }
@@ -105,7 +105,7 @@ pub fn image_layers(conn: &Connection, image: &Digest) -> Result<Vec<LayerInfo>>
         Ok(LayerInfo {
             digest: r.get(0)?,
             media_type: r.get(1)?,
-            size_bytes: r.get::<_, i64>(2)? as u64,
+            size_bytes: r.get::<_, u64>(2)?,
             diff_id: r.get(3)?,
         })
     })?;

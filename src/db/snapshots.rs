@@ -83,7 +83,7 @@ fn map_snapshot(r: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
         format: r.get(5)?,
         fstype: r.get(6)?,
         upper_file: r.get(7)?,
-        size_bytes: r.get::<_, i64>(8)? as u64,
+        size_bytes: r.get::<_, u64>(8)?,
         integrity_algorithm: r.get(9)?,
         integrity_digest: r.get(10)?,
         created_at: r.get(11)?,
@@ -98,7 +98,7 @@ fn map_snapshot(r: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
 fn map_file(r: &Row<'_>) -> rusqlite::Result<SnapshotFileRow> {
     Ok(SnapshotFileRow {
         path: r.get(0)?,
-        size: r.get::<_, i64>(1)? as u64,
+        size: r.get::<_, u64>(1)?,
         digest: r.get(2)?,
     })
 }
@@ -299,7 +299,7 @@ fn map_lineage(r: &Row<'_>) -> rusqlite::Result<LineageRow> {
     Ok(LineageRow {
         digest: r.get(0)?,
         name: r.get(1)?,
-        depth: r.get::<_, i64>(2)? as u64,
+        depth: r.get::<_, u64>(2)?,
         parent: r.get(3)?,
     })
 }

@@ -490,6 +490,48 @@ fn issue_17_damaged_rows_are_errors_that_verify_names_and_reindex_repairs() {
 }
 
 #[test]
+fn issue_17_rows_that_cannot_be_decoded_are_corruption_and_reindex_rebuilds() {
+    for damage in [
+        "UPDATE snapshots SET labels = 'not json' WHERE name = 'deps'",
+        "UPDATE snapshots SET parent = 'sha256:zz' WHERE name = 'app'",
+        "UPDATE snapshot_files SET size = -3",
+        "UPDATE images SET config_digest = 5",
+        "INSERT INTO pending_removals VALUES ('sha256:' || hex(randomblob(32)), 'x', 0)",
+    ] {
+        let reg = Reg::new();
+        chain_in_registry(&reg);
+        let rows = crate::crash::rows(&reg);
+        sql(&reg).execute(damage, []).unwrap();
+        let mut failed = 0;
+        for args in [
+            &["list"][..],
+            &["show", "app"],
+            &["verify", "--content"],
+            &["gc", "--dry-run"],
+        ] {
+            let run = bounded(&reg, args, &[]);
+            assert!(
+                run.code == 0 || run.code == 5,
+                "{damage}: {args:?}: {}",
+                run.stderr
+            );
+            if run.code == 5 && run.stderr.contains("error: registry database") {
+                assert!(
+                    run.stderr.contains(HINT.trim_start_matches("run ")),
+                    "{}",
+                    run.stderr
+                );
+                failed += 1;
+            }
+        }
+        assert!(failed > 0, "{damage}: no command noticed");
+        bounded(&reg, &["reindex"], &[]).ok();
+        assert_eq!(crate::crash::rows(&reg), rows, "{damage}");
+        reg.run(&["verify", "--content"]).ok();
+    }
+}
+
+#[test]
 fn issue_17_add_racing_an_rm_of_its_snapshot_is_not_a_panic() {
     let reg = Reg::new();
     let (_, image) = chain_in_registry(&reg);
@@ -766,6 +808,18 @@ fn issue_17_gc_after_any_damage_keeps_every_snapshot_with_a_valid_manifest() {
         ("garbage metadata file", |r| {
             sql(r)
                 .execute("UPDATE images SET metadata_file = '/etc/passwd'", [])
+                .map(drop)
+                .unwrap()
+        }),
+        ("undecodable labels", |r| {
+            sql(r)
+                .execute("UPDATE snapshots SET labels = '{' WHERE name = 'base'", [])
+                .map(drop)
+                .unwrap()
+        }),
+        ("negative sizes", |r| {
+            sql(r)
+                .execute("UPDATE snapshot_files SET size = -1", [])
                 .map(drop)
                 .unwrap()
         }),
