@@ -201,6 +201,11 @@ impl Error {
             Error::IndexLost { .. } => exit::INTEGRITY,
             Error::LockTimeout { .. } => exit::CONFLICT,
             Error::Db(e) if is_corrupt(e) || is_bad_value(e) => exit::INTEGRITY,
+            Error::Db(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                exit::CONFLICT
+            }
             _ if self.is_storage() => exit::STORAGE,
             Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {
                 exit::UNEXPECTED
@@ -327,6 +332,9 @@ pub fn is_bad_value(e: &rusqlite::Error) -> bool {
 fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
     if is_corrupt(e) {
         " is corrupt (`msb-registry reindex` moves it aside and rebuilds the index from the files)"
+    } else if matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
+    {
+        " stayed busy: another msb-registry command kept writing it; retry when it ends"
     } else if is_bad_value(e) {
         " holds a value the registry cannot have written (`msb-registry reindex` rebuilds the index from the files)"
     } else {

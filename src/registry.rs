@@ -201,11 +201,7 @@ impl Registry {
 /// How long a command waits for the registry lock: `MSB_REGISTRY_LOCK_TIMEOUT`
 /// seconds, default ten minutes.
 pub fn lock_timeout() -> Duration {
-    let secs = std::env::var("MSB_REGISTRY_LOCK_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(600);
-    Duration::from_secs(secs)
+    db::wait_limit().unwrap_or(Duration::from_secs(600))
 }
 
 /// After this long waiting for a lock, say so on stderr.

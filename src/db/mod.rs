@@ -21,8 +21,21 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// How long a writer waits for another writer before giving up.
+/// How long a writer waits for another writer's transaction before giving
+/// up, unless `MSB_REGISTRY_LOCK_TIMEOUT` says otherwise.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `MSB_REGISTRY_LOCK_TIMEOUT` (seconds), when set: how long any wait for
+/// another msb-registry command lasts before this one gives up.
+pub fn wait_limit() -> Option<Duration> {
+    static LIMIT: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("MSB_REGISTRY_LOCK_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+    })
+}
 
 /// A connection to the index.
 pub struct Db {
@@ -100,7 +113,7 @@ impl Db {
     /// failing SQLite's quick check.
     pub fn is_damaged(path: &Path) -> Result<bool> {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
+        configure(&conn)?;
         match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
             Ok(verdict) => Ok(verdict != "ok"),
             Err(e) if crate::error::is_corrupt(&e) => Ok(true),
@@ -167,8 +180,29 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
+/// How often a connection waiting for another writer retries.
+const BUSY_POLL: Duration = Duration::from_millis(50);
+
+/// Wait for another writer's transaction, saying so on stderr after a
+/// second, and give up (SQLITE_BUSY, exit 4) after [`BUSY_TIMEOUT`].
+fn wait_for_writer(attempts: i32) -> bool {
+    let limit = wait_limit().unwrap_or(BUSY_TIMEOUT);
+    let waited = BUSY_POLL * attempts.max(0) as u32;
+    if waited >= limit {
+        return false;
+    }
+    if attempts == (Duration::from_secs(1).as_millis() / BUSY_POLL.as_millis()) as i32 {
+        eprintln!(
+            "waiting for another msb-registry command to finish writing the index; giving up after {} s",
+            limit.as_secs()
+        );
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_handler(Some(wait_for_writer))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(())
 }

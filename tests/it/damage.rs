@@ -578,7 +578,7 @@ fn issue_17_export_racing_rm_is_not_found_not_an_integrity_failure() {
 #[test]
 fn issue_17_readers_do_not_wait_for_writers_and_writers_say_they_wait() {
     let reg = Reg::new();
-    chain_in_registry(&reg);
+    let (_, image) = chain_in_registry(&reg);
     let out = reg.path("a.tar.zst");
     let out_s = out.to_str().unwrap();
     let reads: [&[&str]; 7] = [
@@ -619,6 +619,29 @@ fn issue_17_readers_do_not_wait_for_writers_and_writers_say_they_wait() {
     for args in reads {
         bounded(&reg, args, &[]).ok();
     }
+    // A writer waits for it, says so, and gives up.
+    let src = reg.path("src/new");
+    make_snapshot(&src, &SnapSpec::new(&image).label("new", "yes"));
+    let add = bounded(
+        &reg,
+        &["add", src.to_str().unwrap(), "--name", "again"],
+        &[("MSB_REGISTRY_LOCK_TIMEOUT", "2")],
+    );
+    assert_eq!(add.code, 4, "{}", add.stderr);
+    assert!(
+        add.stderr
+            .contains("waiting for another msb-registry command")
+            && add.stderr.contains("stayed busy"),
+        "{}",
+        add.stderr
+    );
+    assert!(
+        std::fs::read_dir(reg.root().join("staging"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the refused add left staging behind"
+    );
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
     reg.run(&["verify", "--content"]).ok();
