@@ -20,10 +20,12 @@ use crate::util::*;
 /// hangs, not a speed assertion).
 const HUNG: Duration = Duration::from_secs(120);
 
-/// Run the binary on `reg` and fail (rather than hang) when it does not end.
+/// Run the binary on `reg`, in its scratch directory (relative paths land
+/// there), and fail (rather than hang) when it does not end.
 fn bounded(reg: &Reg, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin());
-    cmd.arg("--root")
+    cmd.current_dir(reg.dir.path())
+        .arg("--root")
         .arg(reg.root())
         .args(args)
         .env_remove("MSB_REGISTRY_ROOT")
@@ -424,6 +426,7 @@ fn issue_17_outputs_inside_the_root_are_refused_before_anything_is_written() {
         "outside the root is fine: {}",
         relative.stderr
     );
+    assert!(reg.path("registry.db").is_file());
     reg.run(&["verify", "--content"]).ok();
 }
 
