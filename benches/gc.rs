@@ -12,7 +12,7 @@ use msb_registry::NoProgress;
 use msb_registry::db::{self, SnapshotFileRow, SnapshotRow};
 use msb_registry::digest::{Digest, ExtentsSha256, LogicalSink};
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
-use msb_registry::{Registry, gc};
+use msb_registry::{GcOptions, Registry, gc};
 
 const SNAPSHOTS: usize = 10_000;
 const IMAGES: usize = 500;
@@ -169,7 +169,7 @@ fn main() {
     breakdown(&registry);
     for run in 1..=3 {
         let t = Instant::now();
-        let r = registry.gc(true, &NoProgress).unwrap();
+        let r = registry.gc(&gc_opts(true), &NoProgress).unwrap();
         println!(
             "gc --dry-run #{run}: {:.3?} (plan: {} removals, {} files, {} bytes)",
             t.elapsed(),
@@ -179,7 +179,7 @@ fn main() {
         );
     }
     let t = Instant::now();
-    let r = registry.gc(false, &NoProgress).unwrap();
+    let r = registry.gc(&gc_opts(false), &NoProgress).unwrap();
     println!(
         "gc (full): {:.3?} (removed {} items, {} files, {} bytes)",
         t.elapsed(),
@@ -191,7 +191,7 @@ fn main() {
         println!("  {:<8} {:>6} {:>9} B", t.kind.as_str(), t.count, t.bytes);
     }
     let t = Instant::now();
-    let again = registry.gc(false, &NoProgress).unwrap();
+    let again = registry.gc(&gc_opts(false), &NoProgress).unwrap();
     println!(
         "gc (nothing left): {:.3?} ({} removals)",
         t.elapsed(),
@@ -244,8 +244,17 @@ fn breakdown(registry: &Registry) {
         l.cache.len() + l.snapshots.len() + l.staging.len()
     });
     time("plan", &mut || {
-        gc::plan(&survey.index, &survey.listing, &survey.live, 0)
+        gc::plan(&survey.index, &survey.listing, &survey.live, 0, 0)
             .removals
             .len()
     });
+}
+
+/// gc options with no grace period, so freshly written debris counts.
+fn gc_opts(dry_run: bool) -> GcOptions {
+    GcOptions {
+        dry_run,
+        grace: 0,
+        ..GcOptions::default()
+    }
 }

@@ -263,8 +263,16 @@ impl Registry {
             files,
         });
         let outcome = install(self, lease, &set)?;
-        let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
-            .expect("installed or already present");
+        crate::failpoint::hit(crate::failpoint::ADD_INSTALLED)?;
+        let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?.ok_or_else(
+            || crate::Error::NotFound {
+                what: "snapshot",
+                reference: format!(
+                    "{} ({}): removed by another command right after it was added",
+                    name, parsed.digest
+                ),
+            },
+        )?;
         Ok(AddReport {
             microsandbox_hint: if outcome.imported.is_empty() {
                 None

@@ -178,8 +178,39 @@ pub enum Error {
     },
 
     /// The index database failed.
-    #[error("registry database")]
+    #[error("registry database{}", corrupt_hint(.0))]
     Db(#[from] rusqlite::Error),
+
+    /// No registry at the root a read command was given.
+    #[error("no registry at {}", root.display())]
+    NoRegistry {
+        /// The root as given.
+        root: PathBuf,
+    },
+
+    /// The index is missing or empty while artifacts are on disk: not an
+    /// empty registry but a lost one.
+    #[error(
+        "the index {} is {state} but {artifacts} holds artifacts; run `msb-registry reindex` to rebuild it from them",
+        db.display()
+    )]
+    IndexLost {
+        /// `registry.db`.
+        db: PathBuf,
+        /// "missing" or "empty".
+        state: &'static str,
+        /// The directory found holding artifacts.
+        artifacts: String,
+    },
+
+    /// The registry lock stayed held by another command past the timeout.
+    #[error("{} is still held by another msb-registry command after {waited_secs} s; retry when it ends", path.display())]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this command waited.
+        waited_secs: u64,
+    },
 
     /// Applying the embedded schema migrations failed.
     #[error("registry database migration")]
@@ -217,11 +248,26 @@ impl Error {
                 exit::REJECTED
             }
             Error::ReadOnlySql(_) => exit::USAGE,
+            Error::NoRegistry { .. } => exit::NOT_FOUND,
+            Error::IndexLost { .. } => exit::INTEGRITY,
+            Error::LockTimeout { .. } => exit::CONFLICT,
+            Error::Db(e) if is_corrupt(e) || is_bad_value(e) => exit::INTEGRITY,
+            Error::Db(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                exit::CONFLICT
+            }
             _ if self.is_storage() => exit::STORAGE,
             Error::Io { .. } | Error::Db(_) | Error::Migration(_) | Error::Failpoint(_) => {
                 exit::UNEXPECTED
             }
         }
+    }
+
+    /// Whether the index is corrupt or holds rows that cannot be decoded:
+    /// what `reindex` repairs by rebuilding it.
+    pub fn is_damaged_index(&self) -> bool {
+        matches!(self, Error::Db(e) if is_corrupt(e) || is_bad_value(e))
     }
 
     /// Whether the file system refused a write for want of space or
@@ -351,6 +397,41 @@ impl Error {
             subject: subject.into(),
             detail: detail.into(),
         }
+    }
+}
+
+/// Whether SQLite says the index file is damaged or not a database at all.
+pub fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.code,
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+        )
+    )
+}
+
+/// Whether a row holds a value the registry cannot have written (a
+/// digest that does not parse, labels that are not JSON, a wrong type).
+pub fn is_bad_value(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+    )
+}
+
+fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
+    if is_corrupt(e) {
+        " is corrupt (`msb-registry reindex` moves it aside and rebuilds the index from the files)"
+    } else if matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
+    {
+        " stayed busy: another msb-registry command kept writing it; retry when it ends"
+    } else if is_bad_value(e) {
+        " holds a value the registry cannot have written (`msb-registry reindex` rebuilds the index from the files)"
+    } else {
+        ""
     }
 }
 

@@ -1,7 +1,8 @@
 //! Crash injection for tests: `MSB_FAILPOINT=<name>[@<n>]:<action>` makes
 //! the `n`-th arrival (default the first) at the named step abort the
-//! process (`abort`), fail with an error (`error`), or pause (`pause`,
-//! sleeping until killed) so tests can kill -9 at that exact instant.
+//! process (`abort`), fail with an error (`error`), pause (`pause`,
+//! sleeping until killed) so tests can kill -9 at that exact instant, or
+//! stop (`stop`, SIGSTOP) so tests can act and then resume it with SIGCONT.
 //! Unset, every failpoint is a no-op.
 //!
 //! [`ALL`] names every failpoint; the crash tests walk each one and fail
@@ -28,8 +29,10 @@ pub const ALL: &[&str] = &[
     PROMOTE_RENAMED,
     PROMOTE_BEFORE_COMMIT,
     PROMOTE_COMMITTED,
+    ADD_INSTALLED,
     LEASE_STAGING_REMOVED,
     RECOVER_UNDONE,
+    EXPORT_PLANNED,
     EXPORT_BEFORE_RENAME,
     GC_PLANNED,
     GC_ROWS_DELETED,
@@ -37,6 +40,8 @@ pub const ALL: &[&str] = &[
     RM_BEFORE_COMMIT,
     RM_COMMITTED,
     RM_RENAMED,
+    REINDEX_BEFORE_COMMIT,
+    REINDEX_REBUILT,
 ];
 
 /// Lease of an add or import: lock held, staging directory and journal row committed.
@@ -61,10 +66,14 @@ pub const PROMOTE_RENAMED: &str = "promote.renamed";
 pub const PROMOTE_BEFORE_COMMIT: &str = "promote.before-commit";
 /// Promotion: rows and state `done` committed.
 pub const PROMOTE_COMMITTED: &str = "promote.committed";
+/// add: installed and the registry lock let go, the row not yet read back.
+pub const ADD_INSTALLED: &str = "add.installed";
 /// End of a lease: the staging directory is gone, the final state not yet recorded.
 pub const LEASE_STAGING_REMOVED: &str = "lease.staging-removed";
 /// Recovery: a dead promotion's renames are undone, its state not yet `failed`.
 pub const RECOVER_UNDONE: &str = "recover.undone";
+/// export: the plan is made from the index, no planned file opened yet.
+pub const EXPORT_PLANNED: &str = "export.planned";
 /// export: the archive is complete and fsynced, not yet renamed over the target.
 pub const EXPORT_BEFORE_RENAME: &str = "export.before-rename";
 /// gc: the plan is made, nothing deleted.
@@ -79,6 +88,11 @@ pub const RM_BEFORE_COMMIT: &str = "rm.before-commit";
 pub const RM_COMMITTED: &str = "rm.committed";
 /// rm: the directory is moved into staging, not yet deleted.
 pub const RM_RENAMED: &str = "rm.renamed";
+
+/// reindex: every row written, the transaction not yet committed.
+pub const REINDEX_BEFORE_COMMIT: &str = "reindex.before-commit";
+/// reindex of a lost index: the new index is complete, not yet renamed into place.
+pub const REINDEX_REBUILT: &str = "reindex.rebuilt";
 
 struct Config {
     name: String,
@@ -122,6 +136,14 @@ pub fn hit(name: &str) -> Result<()> {
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
+        }
+        "stop" => {
+            eprintln!("failpoint {name}: stopped (pid {})", std::process::id());
+            // SAFETY: raise has no memory effects; the test resumes us with SIGCONT.
+            unsafe {
+                libc::raise(libc::SIGSTOP);
+            }
+            Ok(())
         }
         "error" => Err(Error::Failpoint(name.to_string())),
         _ => std::process::abort(),

@@ -178,6 +178,20 @@ pub fn start_writeback(file: &File) {
     }
 }
 
+/// When `meta`'s file last changed, in Unix seconds, robust to clock
+/// skew: the modification time when it is not in the future, else the
+/// status-change time (set by this machine's clock, which no writer can
+/// forge), never later than `now`.
+pub fn changed_at(meta: &std::fs::Metadata, now: i64) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    let changed = if meta.mtime() <= now {
+        meta.mtime()
+    } else {
+        meta.ctime()
+    };
+    changed.min(now)
+}
+
 /// fsync a directory, making the renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)
@@ -218,6 +232,26 @@ pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_future_mtime_falls_back_to_the_change_time() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        let now = crate::db::now_unix();
+        let day = std::time::Duration::from_secs(86400);
+        file.set_modified(std::time::SystemTime::now() - 2 * day)
+            .unwrap();
+        let past = file.metadata().unwrap();
+        assert_eq!(changed_at(&past, now), past.mtime());
+        file.set_modified(std::time::SystemTime::now() + 400 * day)
+            .unwrap();
+        let future = file.metadata().unwrap();
+        assert!(future.mtime() > now);
+        assert_eq!(changed_at(&future, now), future.ctime().min(now));
+        assert!(changed_at(&future, now) <= now);
+    }
 
     #[test]
     fn sparse_writer_makes_holes_and_reads_back() {

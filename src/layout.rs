@@ -42,6 +42,77 @@ impl Layout {
         self.root.join(DB_FILE)
     }
 
+    /// `registry.db.rebuild`: where `reindex` builds a new index before
+    /// renaming it over a missing or damaged one.
+    pub fn db_rebuild(&self) -> PathBuf {
+        self.root.join(format!("{DB_FILE}.rebuild"))
+    }
+
+    /// `registry.db.corrupt-<unix seconds>`: where `reindex` moves what is
+    /// left of an unusable index.
+    pub fn db_aside(&self, unix_seconds: i64) -> PathBuf {
+        self.root.join(format!("{DB_FILE}.corrupt-{unix_seconds}"))
+    }
+
+    /// An SQLite database file and its `-wal` and `-shm` companions.
+    pub fn with_companions(db: &Path) -> [PathBuf; 3] {
+        let with = |suffix: &str| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        [with("-wal"), with("-shm"), db.to_path_buf()]
+    }
+
+    /// `registry.db-wal`, the index's write-ahead log.
+    pub fn db_wal(&self) -> PathBuf {
+        self.root.join(format!("{DB_FILE}-wal"))
+    }
+
+    /// The first of `snapshots/` and `cache/<kind>/` (relative to the
+    /// root) that holds any entry: where a lost index would show.
+    pub fn artifact_dir(&self) -> Option<String> {
+        let has_entries =
+            |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+        if has_entries(&self.snapshots()) {
+            return Some("snapshots/".into());
+        }
+        CacheKind::ALL
+            .iter()
+            .find(|k| has_entries(&self.cache_kind(**k)))
+            .map(|k| format!("cache/{}/", k.as_str()))
+    }
+
+    /// Refuse (exit 2) an output path that resolves inside the root: an
+    /// archive written there could replace a snapshot's file or the index.
+    /// Symlinks are followed, so a link into the root is refused too.
+    pub fn refuse_output_inside(&self, output: &Path) -> Result<(), Error> {
+        let Ok(root) = self.root.canonicalize() else {
+            return Ok(());
+        };
+        let resolved = match output.canonicalize() {
+            Ok(p) => p,
+            Err(_) => {
+                let parent = match output.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                match (parent.canonicalize(), output.file_name()) {
+                    (Ok(dir), Some(name)) => dir.join(name),
+                    _ => return Ok(()),
+                }
+            }
+        };
+        if resolved.starts_with(&root) {
+            return Err(Error::Usage(format!(
+                "output {} is inside the registry root {}; write it outside the root",
+                output.display(),
+                root.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// `registry.lock`: held exclusively by promotions, `rm` and gc's sweep,
     /// so a compatibility check stays true until its rows commit.
     pub fn lock_file(&self) -> PathBuf {

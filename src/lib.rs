@@ -103,7 +103,7 @@ pub use archive::{
 };
 pub use digest::Digest;
 pub use error::{Error, Result, exit};
-pub use gc::{GcReport, KindTotal, Removal, RemovalKind};
+pub use gc::{GcOptions, GcReport, Kept, KeptReason, KindTotal, Removal, RemovalKind};
 pub use layout::SnapshotName;
 pub use progress::{NoProgress, Progress};
 pub use query::{LineageEntry, ListEntry, ShowReport, SqlResult, sql};

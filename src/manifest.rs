@@ -204,6 +204,14 @@ pub fn unix_seconds(rfc3339: &str) -> Result<u64, ManifestError> {
     Ok(t.unix_timestamp().max(0) as u64)
 }
 
+/// An RFC 3339 time as Unix nanoseconds, for ordering: offsets, fractions
+/// and lowercase `t`/`z` all count. `None` when it does not parse.
+pub fn unix_nanos(rfc3339: &str) -> Option<i128> {
+    OffsetDateTime::parse(&rfc3339.to_ascii_uppercase(), &Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+}
+
 impl Integrity {
     /// The algorithm, checked to be supported, and the parsed digest.
     pub fn expected(&self) -> Result<(&str, Digest), ManifestError> {

@@ -6,10 +6,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::db::{self, Db, LineageRow, SnapshotFileRow, SnapshotRow};
+use crate::db::{self, LineageRow, SnapshotFileRow, SnapshotRow};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::layout::Layout;
 use crate::registry::Registry;
 
 /// One row of `list`.
@@ -92,13 +91,20 @@ pub struct SqlResult {
 }
 
 impl Registry {
-    /// Every snapshot, newest first.
+    /// Every snapshot, newest first by the instant `created_at` names
+    /// (times that do not parse last).
     pub fn list(&self) -> Result<Vec<ListEntry>> {
         let conn = self.db().conn();
         let rows = db::snapshots::all_snapshots(conn)?;
         let present: std::collections::HashSet<Digest> = rows.iter().map(|r| r.digest).collect();
+        let mut rows: Vec<(Option<i128>, SnapshotRow)> = rows
+            .into_iter()
+            .map(|r| (crate::manifest::unix_nanos(&r.created_at), r))
+            .collect();
+        rows.sort_by(|(ta, a), (tb, b)| tb.cmp(ta).then_with(|| a.digest.cmp(&b.digest)));
         Ok(rows
             .into_iter()
+            .map(|(_, r)| r)
             .map(|r| ListEntry {
                 shallow: r.parent.is_some_and(|p| !present.contains(&p)),
                 digest: r.digest,
@@ -147,8 +153,8 @@ impl Registry {
 
 /// Run a read-only statement on the index of the registry at `root`.
 pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
-    let db = Db::open_read_only(&Layout::new(root).db())?;
-    let conn = db.conn();
+    let registry = Registry::open_read(root)?;
+    let conn = registry.db().conn();
     let mut stmt = conn.prepare(query).map_err(invalid_query)?;
     if !stmt.readonly() {
         return Err(Error::ReadOnlySql(query.to_string()));
@@ -178,6 +184,9 @@ pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
 /// A statement SQLite would not prepare is the user's to fix (exit 2), said
 /// in SQLite's own words without the wrapper's noise.
 fn invalid_query(e: rusqlite::Error) -> Error {
+    if crate::error::is_corrupt(&e) {
+        return Error::Db(e);
+    }
     let why = match &e {
         rusqlite::Error::SqlInputError { msg, offset, .. } => format!("{msg} (at offset {offset})"),
         rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),

@@ -78,10 +78,20 @@ impl Registry {
                 }
             };
             match adopt_snapshot(&dir, progress) {
-                Ok((parsed, files)) => snapshot_rows.push((
-                    SnapshotRow::from_manifest(&parsed, name.as_str(), now),
-                    files,
-                )),
+                Ok((parsed, files, extras)) => {
+                    report.skipped.extend(extras.into_iter().map(|extra| {
+                        Skipped {
+                            path: format!("snapshots/{dir_name}/{extra}"),
+                            reason:
+                                "not a regular file; left alone, the snapshot is indexed without it"
+                                    .into(),
+                        }
+                    }));
+                    snapshot_rows.push((
+                        SnapshotRow::from_manifest(&parsed, name.as_str(), now),
+                        files,
+                    ))
+                }
                 Err(e) => report.skipped.push(skip(e.with_causes())),
             }
         }
@@ -128,13 +138,39 @@ impl Registry {
         let tx = self.db_mut().write()?;
         for (row, files) in &snapshot_rows {
             if let Some(existing) = db::snapshots::snapshot_by_digest(&tx, &row.digest)? {
-                if existing.name != row.name {
+                let still_there = snapshot_rows
+                    .iter()
+                    .any(|(r, _)| r.name == existing.name && r.digest == row.digest);
+                if existing.name == row.name {
+                    let recorded = SnapshotRow {
+                        added_at: existing.added_at,
+                        ..row.clone()
+                    };
+                    if existing == recorded
+                        && db::snapshots::snapshot_files(&tx, &row.digest)? == *files
+                    {
+                        continue;
+                    }
+                    // A damaged row (a parent, label or image changed by
+                    // hand): the manifest on disk is the truth.
+                    db::snapshots::delete_snapshot(&tx, &existing.digest)?;
+                    db::snapshots::insert_snapshot(&tx, &recorded, files)?;
+                    report.adopted_snapshots.push(row.digest);
+                    continue;
+                }
+                if still_there {
                     report.skipped.push(Skipped {
                         path: format!("snapshots/{}", row.name),
                         reason: format!("duplicate of {} ({})", existing.name, row.digest),
                     });
+                    continue;
                 }
-                continue;
+                // Its directory was renamed: the row follows it.
+                db::snapshots::delete_snapshot(&tx, &existing.digest)?;
+                report.dropped.push(format!(
+                    "snapshot {} ({}): its directory is now snapshots/{}",
+                    existing.name, existing.digest, row.name
+                ));
             }
             if let Some(other) = db::snapshots::snapshot_by_name(&tx, &row.name)? {
                 db::snapshots::delete_snapshot(&tx, &other.digest)?;
@@ -173,11 +209,32 @@ impl Registry {
             if !held.contains(&row.path)
                 && !cache_rows.iter().any(|(f, ..)| f.rel_path() == row.path)
             {
-                db::images::delete_cache_file(&tx, &row.file())?;
+                db::images::delete_cache_path(&tx, &row.path)?;
                 report.dropped.push(format!("cache/{}", row.path));
             }
         }
+        let on_disk: Vec<String> = cache_rows.iter().map(|(f, ..)| f.rel_path()).collect();
+        let stale_images: Vec<Digest> = db::gc::images_with_layers(&tx)?
+            .into_iter()
+            .filter(|i| {
+                CacheFile::parse_rel(&i.metadata_file).is_none()
+                    || !on_disk.contains(&i.metadata_file)
+            })
+            .map(|i| i.manifest_digest)
+            .collect();
+        db::gc::delete_rows(&tx, &[], &stale_images, &[])?;
+        report
+            .dropped
+            .extend(stale_images.iter().map(|d| format!("image {d}")));
         for (meta, file) in &images {
+            if let Some(row) = db::images::image_by_digest(&tx, &meta.manifest_digest)?
+                && (row.config_digest != meta.config_digest
+                    || row.metadata_file != file.rel_path()
+                    || db::images::image_layers(&tx, &meta.manifest_digest)? != meta.layers)
+            {
+                // A damaged image row: its metadata file is the truth.
+                db::gc::delete_rows(&tx, &[], &[meta.manifest_digest], &[])?;
+            }
             let reference = snapshot_rows
                 .iter()
                 .map(|(r, _)| &r.image_ref)
@@ -187,6 +244,7 @@ impl Registry {
                 report.adopted_images.push(meta.manifest_digest);
             }
         }
+        crate::failpoint::hit(crate::failpoint::REINDEX_BEFORE_COMMIT)?;
         tx.commit()?;
         progress.finish();
         Ok(report)
@@ -222,18 +280,29 @@ fn hash_file(
     Ok((len, extents, integrity))
 }
 
-fn adopt_snapshot(
-    dir: &Path,
-    progress: &dyn Progress,
-) -> Result<(crate::manifest::ParsedManifest, Vec<SnapshotFileRow>)> {
+/// A snapshot directory's manifest, its files' rows, and the names of
+/// extra entries that are not regular files (left out, not fatal: a stray
+/// directory or link must not cost an intact snapshot its row).
+type AdoptedSnapshot = (
+    crate::manifest::ParsedManifest,
+    Vec<SnapshotFileRow>,
+    Vec<String>,
+);
+
+fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot> {
     let parsed = read_manifest(dir)?;
     let upper = &parsed.manifest.upper;
     let mut files = Vec::new();
+    let mut extras = Vec::new();
     let mut saw_upper = false;
     for (file_name, path) in sorted_entries(dir)? {
         let meta = path.symlink_metadata().at("stat", &path)?;
         if !meta.is_file() || !is_normal_file_name(&file_name) {
-            return Err(Error::unsupported(file_name, "not a regular file"));
+            if file_name == "manifest.json" || file_name == upper.file {
+                return Err(Error::unsupported(file_name, "not a regular file"));
+            }
+            extras.push(file_name);
+            continue;
         }
         let is_upper = file_name == upper.file;
         let integrity = if is_upper {
@@ -269,7 +338,7 @@ fn adopt_snapshot(
             reference: upper.file.clone(),
         });
     }
-    Ok((parsed, files))
+    Ok((parsed, files, extras))
 }
 
 /// Size, digest, and for a metadata file the parsed document and its name.

@@ -17,7 +17,7 @@ use crate::db::{self, ImportState, SnapshotFileRow, SnapshotRow};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::files::read_limited;
-use crate::gc::{RemovalKind, plan, survey};
+use crate::gc::{KeptReason, RemovalKind, plan, survey};
 use crate::image::{CacheFile, CacheKind};
 use crate::layout::SnapshotName;
 use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
@@ -46,6 +46,10 @@ pub enum ProblemKind {
     MissingRow,
     /// A file that could not be read.
     Unreadable,
+    /// A snapshot directory holding a valid manifest that the index lacks.
+    Unindexed,
+    /// A row whose recorded values cannot be what the registry wrote.
+    BadRow,
 }
 
 impl ProblemKind {
@@ -60,6 +64,8 @@ impl ProblemKind {
             ProblemKind::Manifest => "manifest",
             ProblemKind::MissingRow => "missing-row",
             ProblemKind::Unreadable => "unreadable",
+            ProblemKind::Unindexed => "unindexed",
+            ProblemKind::BadRow => "bad-row",
         }
     }
 }
@@ -123,15 +129,15 @@ struct Check {
 
 impl Registry {
     /// Check the whole registry, or with `reference` one snapshot and its
-    /// pinned image's artifacts. Holds the registry lock so no promotion or
-    /// `rm` changes what is being compared.
+    /// pinned image's artifacts. Takes no lock: the index is read in one
+    /// read transaction, and a snapshot removed meanwhile shows as missing
+    /// only if its row is still there when the disk is checked.
     pub fn verify(
         &self,
         reference: Option<&str>,
         content: bool,
         progress: &dyn Progress,
     ) -> Result<VerifyReport> {
-        let _lock = self.lock()?;
         let mut problems = Vec::new();
         let mut checks = Vec::new();
         let tx = self.db().read()?;
@@ -175,6 +181,17 @@ impl Registry {
         drop(tx);
         let recorded: HashSet<&str> = cache.iter().map(|c| c.path.as_str()).collect();
         for image in &images {
+            if CacheFile::parse_rel(&image.metadata_file).is_none() {
+                problems.push(Problem {
+                    kind: ProblemKind::BadRow,
+                    path: format!("images/{}", image.manifest_digest),
+                    digest: Some(image.manifest_digest),
+                    detail: format!(
+                        "metadata_file {:?} is not a cache file name; run `msb-registry reindex`",
+                        image.metadata_file
+                    ),
+                });
+            }
             for f in image_files(image) {
                 let rel = f.rel_path();
                 if !recorded.contains(rel.as_str()) {
@@ -192,6 +209,15 @@ impl Registry {
         }
         for c in &cache {
             let Some(file) = CacheFile::parse_rel(&c.path) else {
+                problems.push(Problem {
+                    kind: ProblemKind::BadRow,
+                    path: format!("cache_files/{}", c.path),
+                    digest: Some(c.digest),
+                    detail: format!(
+                        "path {:?} is not a cache file name; run `msb-registry reindex`",
+                        c.path
+                    ),
+                });
                 continue;
             };
             checks.push(Check {
@@ -209,7 +235,7 @@ impl Registry {
         let mut to_hash = Vec::new();
         for check in checks {
             checked_files += 1;
-            checked_bytes += check.size;
+            checked_bytes = check.size.saturating_add(checked_bytes);
             if let Some(problem) = stat_problem(&check) {
                 problems.push(problem);
             } else if content {
@@ -224,7 +250,37 @@ impl Registry {
 
         let (debris, unfinished_imports, home) = if reference.is_none() {
             let survey = survey(self)?;
-            let planned = plan(&survey.index, &survey.listing, &survey.live, db::now_unix());
+            let planned = plan(
+                &survey.index,
+                &survey.listing,
+                &survey.live,
+                db::now_unix(),
+                0,
+            );
+            // An unindexed cache file is already a missing-row problem.
+            for k in planned
+                .kept
+                .iter()
+                .filter(|k| k.reason == KeptReason::Unindexed && k.path.starts_with("snapshots/"))
+            {
+                let indexed = match &k.digest {
+                    Some(d) => db::snapshots::snapshot_by_digest(self.db().conn(), d)?,
+                    None => None,
+                };
+                let detail = match indexed {
+                    Some(row) => format!(
+                        "a copy of snapshot {}, which the index holds under that name; gc keeps it: remove the copy yourself",
+                        row.name
+                    ),
+                    None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
+                };
+                problems.push(Problem {
+                    kind: ProblemKind::Unindexed,
+                    path: k.path.clone(),
+                    digest: k.digest,
+                    detail,
+                });
+            }
             let debris = planned
                 .removals
                 .into_iter()

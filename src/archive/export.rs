@@ -27,7 +27,7 @@ use super::export_plan::{ExportPlan, Selection};
 use super::export_stream::{MemberWriter, OpenedFile};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::files::{CHUNK, fsync_dir, start_writeback};
+use crate::files::{CHUNK, changed_at, fsync_dir, start_writeback};
 use crate::progress::Progress;
 use crate::registry::Registry;
 
@@ -128,18 +128,41 @@ impl Registry {
                 "compression level {level} is out of range 1-19"
             )));
         }
+        if let ExportTarget::File(path) = target {
+            self.layout().refuse_output_inside(path)?;
+        }
         let plan = self.export_plan(reference, &opts.selection)?;
-        let files = plan
+        crate::failpoint::hit(crate::failpoint::EXPORT_PLANNED)?;
+        let written = plan
             .files
             .iter()
             .map(OpenedFile::open)
-            .collect::<Result<Vec<_>>>()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .at("start runtime for", target.display())?;
-        let bytes = runtime.block_on(write_target(&files, opts, target, progress))?;
-        Ok(report(plan, target, bytes))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|files| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .at("start runtime for", target.display())?;
+                runtime.block_on(write_target(&files, opts, target, progress))
+            });
+        match written {
+            Ok(bytes) => Ok(report(plan, target, bytes)),
+            Err(e) => Err(self.removed_while_exporting(reference, &plan).unwrap_or(e)),
+        }
+    }
+
+    /// When an export failed, whether that is because a snapshot it was
+    /// writing has since been removed (a race with `rm`, not corruption).
+    fn removed_while_exporting(&self, reference: &str, plan: &ExportPlan) -> Option<Error> {
+        let conn = self.db().conn();
+        let gone = plan
+            .snapshots
+            .iter()
+            .find(|d| matches!(crate::db::snapshots::snapshot_by_digest(conn, d), Ok(None)))?;
+        Some(Error::NotFound {
+            what: "snapshot",
+            reference: format!("{reference}: {gone} was removed while exporting"),
+        })
     }
 }
 
@@ -229,7 +252,8 @@ const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Remove what killed exports to the same target left in `dir`: files named
 /// `<prefix><6 chars>.partial` that no export holds locked (a live one locks
 /// its file for its whole run) and that nobody wrote to for a minute (which
-/// covers the instant between a file's creation and its lock). Best effort:
+/// covers the instant between a file's creation and its lock; a future
+/// modification time, from clock skew, falls back to the change time). Best effort:
 /// whatever cannot be checked or removed is left alone.
 fn remove_stale_partials(dir: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -251,13 +275,12 @@ fn remove_stale_partials(dir: &Path, prefix: &str) {
         let Ok(file) = File::open(&path) else {
             continue;
         };
+        let now = crate::db::now_unix();
         let stale = file
             .metadata()
             .ok()
             .filter(|m| m.is_file())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= STALE_AFTER);
+            .is_some_and(|m| now - changed_at(&m, now) >= STALE_AFTER.as_secs() as i64);
         if stale && file.try_lock().is_ok() {
             let _ = std::fs::remove_file(&path);
         }

@@ -136,6 +136,9 @@ pub enum Command {
         /// microsandbox used no image; its sandboxes may lose their layers.
         #[arg(long)]
         unsafe_ignore_unreadable_msb_db: bool,
+        /// Leave debris changed less than this many seconds ago (0: remove all debris).
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::gc::DEFAULT_GRACE_SECS)]
+        grace: u64,
     },
     /// Check the index against the disk; exit 5 when anything is wrong.
     Verify {
@@ -161,6 +164,22 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+}
+
+impl Command {
+    /// Commands that only read: they open the registry read-only, take no
+    /// lock and create nothing.
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            Command::List
+                | Command::Show { .. }
+                | Command::Lineage { .. }
+                | Command::Sql { .. }
+                | Command::Verify { .. }
+                | Command::Export(..)
+        )
+    }
 }
 
 /// Options of `export`.

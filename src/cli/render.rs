@@ -9,7 +9,7 @@ use super::printer::{Printer, aligned, human_bytes, plural};
 use crate::add::AddReport;
 use crate::archive::{ExportReport, ImportReport};
 use crate::demo::DemoReport;
-use crate::gc::GcReport;
+use crate::gc::{GcReport, Kept, KeptReason};
 use crate::query::{LineageEntry, ListEntry, ShowReport, SqlResult};
 use crate::reindex::ReindexReport;
 use crate::remove::RemoveReport;
@@ -268,7 +268,7 @@ pub fn gc(p: &mut Printer, r: &GcReport) -> Rendered {
         p.table(&["KIND", "COUNT", "SIZE"], &totals)?;
     }
     for k in &r.kept {
-        p.line(format!("kept  {}  ({})", k.path, k.reason))?;
+        p.line(kept_line(k))?;
     }
     if let Some(home) = &r.microsandbox {
         p.line(home_line(home))?;
@@ -325,6 +325,26 @@ pub fn verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
         p.line(plural(r.problems.len(), "problem"))?;
     }
     Ok(())
+}
+
+/// One line saying why gc kept `k` and what to do about it.
+fn kept_line(k: &Kept) -> String {
+    match k.reason {
+        KeptReason::Unindexed if k.path.starts_with("cache/") => format!(
+            "kept {}: a pinned image needs it but the index has no row; run `msb-registry reindex` to index it",
+            k.path
+        ),
+        KeptReason::Unindexed => format!(
+            "kept {}: holds a valid manifest{} but the index has no row; run `msb-registry reindex` to index it, or remove it yourself",
+            k.path,
+            k.digest.map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        KeptReason::Young => format!(
+            "kept {}: changed within the grace period (--grace); a later gc removes it",
+            k.path
+        ),
+        _ => format!("kept {}: {}", k.path, k.detail),
+    }
 }
 
 /// One line saying what a shared home's db/msb.db told gc and verify.

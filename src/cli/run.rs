@@ -38,12 +38,45 @@ pub fn run(cli: Cli) -> Result<Rendered> {
     let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => render::sql(&mut p, &crate::query::sql(&root, &query)?),
+        Command::Reindex => match reindex(&root, false, &mut p, &progress) {
+            Err(e) if e.is_damaged_index() => {
+                eprintln!(
+                    "the index holds rows the registry cannot decode ({}); rebuilding it",
+                    e.report_line()
+                );
+                reindex(&root, true, &mut p, &progress)?
+            }
+            other => other?,
+        },
         command => {
-            let mut registry = Registry::open(&root)?;
+            let mut registry = if command.only_reads() {
+                Registry::open_read(&root)?
+            } else {
+                Registry::open(&root)?
+            };
             dispatch(&mut registry, command, &mut p, &progress)?
         }
     };
     Ok(rendered.and_then(|()| p.flush()))
+}
+
+/// `reindex`, in place or (`rebuild`) into a new index.
+fn reindex(
+    root: &std::path::Path,
+    rebuild: bool,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let (mut registry, rebuild) = Registry::open_for_reindex(root, rebuild)?;
+    if let Some(aside) = &rebuild.moved_aside {
+        eprintln!(
+            "moved what was left of the index aside to {}; rebuilding it from the files",
+            aside.display()
+        );
+    }
+    let rendered = dispatch(&mut registry, Command::Reindex, p, progress)?;
+    registry.install_rebuilt(rebuild)?;
+    Ok(rendered)
 }
 
 fn dispatch(
@@ -80,12 +113,14 @@ fn dispatch(
         Command::Gc {
             dry_run,
             unsafe_ignore_unreadable_msb_db,
+            grace,
         } => {
             let opts = GcOptions {
                 dry_run,
                 ignore_unreadable_msb_db: unsafe_ignore_unreadable_msb_db,
+                grace,
             };
-            let r = registry.gc_with(&opts, progress)?;
+            let r = registry.gc(&opts, progress)?;
             if let Some(home) = r.microsandbox.as_ref().filter(|h| h.overridden) {
                 eprintln!(
                     "warning: --unsafe-ignore-unreadable-msb-db: {}; the cache was swept as if microsandbox used no image",

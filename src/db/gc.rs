@@ -125,7 +125,7 @@ pub fn unreachable_cache_files(
 fn map_cache_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<CacheEntry> {
     Ok(CacheEntry {
         path: r.get(0)?,
-        size: r.get::<_, i64>(1)? as u64,
+        size: r.get::<_, u64>(1)?,
         digest: r.get(2)?,
     })
 }
@@ -248,7 +248,7 @@ pub fn all_snapshot_files(conn: &Connection) -> Result<Vec<(Digest, SnapshotFile
             r.get(0)?,
             SnapshotFileRow {
                 path: r.get(1)?,
-                size: r.get::<_, i64>(2)? as u64,
+                size: r.get::<_, u64>(2)?,
                 digest: r.get(3)?,
             },
         ))

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::image::{CacheFile, ImageMetadata, LayerInfo};
 
 /// An image whose metadata is in the cache.
@@ -31,17 +31,10 @@ pub struct CacheFileRow {
     pub digest: Digest,
 }
 
-impl CacheFileRow {
-    /// The parsed name; rows are only ever written from valid names.
-    pub fn file(&self) -> CacheFile {
-        CacheFile::parse_rel(&self.path).expect("cache_files.path is validated on insert")
-    }
-}
-
 fn map_cache_file(r: &Row<'_>) -> rusqlite::Result<CacheFileRow> {
     Ok(CacheFileRow {
         path: r.get(0)?,
-        size: r.get::<_, i64>(1)? as u64,
+        size: r.get::<_, u64>(1)?,
         digest: r.get(2)?,
     })
 }
@@ -112,7 +105,7 @@ pub fn image_layers(conn: &Connection, image: &Digest) -> Result<Vec<LayerInfo>>
         Ok(LayerInfo {
             digest: r.get(0)?,
             media_type: r.get(1)?,
-            size_bytes: r.get::<_, i64>(2)? as u64,
+            size_bytes: r.get::<_, u64>(2)?,
             diff_id: r.get(3)?,
         })
     })?;
@@ -125,8 +118,15 @@ pub fn image_cache_files(
     conn: &Connection,
     image: &ImageRow,
 ) -> Result<Vec<(CacheFile, Option<CacheFileRow>)>> {
-    let meta_file = CacheFile::parse_rel(&image.metadata_file)
-        .expect("images.metadata_file is validated on insert");
+    let meta_file = CacheFile::parse_rel(&image.metadata_file).ok_or_else(|| {
+        Error::integrity(
+            format!("images row {}", image.manifest_digest),
+            format!(
+                "metadata_file {:?} is not a cache file name; the index is damaged: run `msb-registry reindex`",
+                image.metadata_file
+            ),
+        )
+    })?;
     let mut files = vec![meta_file];
     let layers = image_layers(conn, &image.manifest_digest)?;
     let artifacts = ImageMetadata::artifact_names(image.manifest_digest, &layers);
@@ -177,7 +177,12 @@ pub fn all_cache_files(conn: &Connection) -> Result<Vec<CacheFileRow>> {
 
 /// Forget a cache file's row.
 pub fn delete_cache_file(conn: &Connection, file: &CacheFile) -> Result<()> {
+    delete_cache_path(conn, &file.rel_path())
+}
+
+/// Forget the cache row at `path` (`<kind>/<file>`), valid name or not.
+pub fn delete_cache_path(conn: &Connection, path: &str) -> Result<()> {
     conn.prepare_cached("DELETE FROM cache_files WHERE path = ?1")?
-        .execute([file.rel_path()])?;
+        .execute([path])?;
     Ok(())
 }

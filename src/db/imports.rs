@@ -161,7 +161,7 @@ pub fn import_files(conn: &Connection, id: &str) -> Result<Vec<ImportFileRow>> {
             staged_path: r.get(1)?,
             final_path: r.get(2)?,
             kind: r.get(3)?,
-            size: r.get::<_, i64>(4)? as u64,
+            size: r.get::<_, u64>(4)?,
             digest: r.get(5)?,
             promote: r.get(6)?,
         })

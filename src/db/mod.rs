@@ -22,8 +22,21 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// How long a writer waits for another writer before giving up.
+/// How long a writer waits for another writer's transaction before giving
+/// up, unless `MSB_REGISTRY_LOCK_TIMEOUT` says otherwise.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `MSB_REGISTRY_LOCK_TIMEOUT` (seconds), when set: how long any wait for
+/// another msb-registry command lasts before this one gives up.
+pub fn wait_limit() -> Option<Duration> {
+    static LIMIT: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("MSB_REGISTRY_LOCK_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs)
+    })
+}
 
 /// A connection to the index.
 pub struct Db {
@@ -39,25 +52,74 @@ impl Db {
         configure(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        embedded::migrations::runner().run(&mut conn)?;
+        embedded::migrations::runner()
+            .run(&mut conn)
+            .map_err(migration_error)?;
         Ok(Db { conn })
     }
 
-    /// Open an existing index read-only, for user queries.
-    pub fn open_read_only(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(Error::NotFound {
-                what: "registry database",
-                reference: path.display().to_string(),
-            });
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+    /// Open an existing index read-only: read commands and user queries.
+    /// Nothing is created; on a root the process cannot write, where
+    /// SQLite cannot make the WAL index, it reads the file as it stands
+    /// (no writer can be at work there).
+    pub fn open_read(path: &Path) -> Result<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
         configure(&conn)?;
         conn.pragma_update(None, "query_only", true)?;
-        Ok(Db { conn })
+        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        }) {
+            Ok(_) => Ok(Db { conn }),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly
+                ) =>
+            {
+                drop(conn);
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                let conn = Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
+                configure(&conn)?;
+                conn.pragma_update(None, "query_only", true)?;
+                Ok(Db { conn })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether migrations this binary embeds are not yet applied.
+    pub fn needs_migration(&self) -> Result<bool> {
+        let latest = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| m.version())
+            .max()
+            .unwrap_or(0);
+        let applied: Option<i64> = match self.conn.query_row(
+            "SELECT max(version) FROM refinery_schema_history",
+            [],
+            |r| r.get(0),
+        ) {
+            Ok(v) => v,
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(applied.unwrap_or(0) < i64::from(latest))
+    }
+
+    /// Whether the index file at `path` is damaged: not a database, or
+    /// failing SQLite's quick check.
+    pub fn is_damaged(path: &Path) -> Result<bool> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        configure(&conn)?;
+        match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+            Ok(verdict) => Ok(verdict != "ok"),
+            Err(e) if crate::error::is_corrupt(&e) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// An in-memory index with the full schema, for unit tests and benchmarks.
@@ -87,8 +149,61 @@ impl Db {
     }
 }
 
+/// A migration that failed because the index is corrupt is reported as
+/// corruption (exit 5, with the reindex hint), not as a migration bug.
+fn migration_error(e: refinery::Error) -> Error {
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        if let Some(db) = cause.downcast_ref::<rusqlite::Error>()
+            && crate::error::is_corrupt(db)
+        {
+            return Error::Db(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(db.to_string()),
+            ));
+        }
+        source = cause.source();
+    }
+    Error::Migration(e)
+}
+
+/// `path` as a URI path: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How often a connection waiting for another writer retries.
+const BUSY_POLL: Duration = Duration::from_millis(50);
+
+/// Wait for another writer's transaction, saying so on stderr after a
+/// second, and give up (SQLITE_BUSY, exit 4) after [`BUSY_TIMEOUT`].
+fn wait_for_writer(attempts: i32) -> bool {
+    let limit = wait_limit().unwrap_or(BUSY_TIMEOUT);
+    let waited = BUSY_POLL * attempts.max(0) as u32;
+    if waited >= limit {
+        return false;
+    }
+    if attempts == (Duration::from_secs(1).as_millis() / BUSY_POLL.as_millis()) as i32 {
+        eprintln!(
+            "waiting for another msb-registry command to finish writing the index; giving up after {} s",
+            limit.as_secs()
+        );
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_handler(Some(wait_for_writer))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(())
 }
@@ -128,7 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
         Db::open(&path).unwrap();
-        let db = Db::open_read_only(&path).unwrap();
+        let db = Db::open_read(&path).unwrap();
         assert!(db.conn().execute("DELETE FROM snapshots", []).is_err());
     }
 }

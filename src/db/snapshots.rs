@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifest::ParsedManifest;
 
 /// A snapshot as the index records it.
@@ -83,7 +83,7 @@ fn map_snapshot(r: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
         format: r.get(5)?,
         fstype: r.get(6)?,
         upper_file: r.get(7)?,
-        size_bytes: r.get::<_, i64>(8)? as u64,
+        size_bytes: r.get::<_, u64>(8)?,
         integrity_algorithm: r.get(9)?,
         integrity_digest: r.get(10)?,
         created_at: r.get(11)?,
@@ -98,7 +98,7 @@ fn map_snapshot(r: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
 fn map_file(r: &Row<'_>) -> rusqlite::Result<SnapshotFileRow> {
     Ok(SnapshotFileRow {
         path: r.get(0)?,
-        size: r.get::<_, i64>(1)? as u64,
+        size: r.get::<_, u64>(1)?,
         digest: r.get(2)?,
     })
 }
@@ -228,8 +228,11 @@ pub fn children_count(conn: &Connection, digest: &Digest) -> Result<u64> {
 /// An ancestor absent from the index is the first row, with no name.
 ///
 /// Each step carries the name and parent along, so the walk costs one
-/// primary-key lookup per generation and no sort.
+/// primary-key lookup per generation and no sort. A chain cannot be longer
+/// than the index has rows, so the walk stops there: a damaged index whose
+/// parents loop is reported as corruption instead of walked for ever.
 pub fn ancestors(conn: &Connection, head: &Digest) -> Result<Vec<LineageRow>> {
+    let rows = snapshot_count(conn)?;
     let mut stmt = conn.prepare_cached(
         "WITH RECURSIVE chain(digest, name, parent, depth) AS (
              SELECT digest, name, parent, 0 FROM snapshots WHERE digest = ?1
@@ -237,39 +240,66 @@ pub fn ancestors(conn: &Connection, head: &Digest) -> Result<Vec<LineageRow>> {
              SELECT chain.parent, s.name, s.parent, chain.depth + 1
              FROM chain LEFT JOIN snapshots s ON s.digest = chain.parent
              WHERE chain.parent IS NOT NULL AND chain.name IS NOT NULL
-               AND chain.depth < 10000000
+               AND chain.depth < ?2
          )
          SELECT digest, name, depth, parent FROM chain",
     )?;
-    let rows = stmt.query_map([head], map_lineage)?;
-    let mut chain = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows_walked = stmt.query_map(params![head, rows], map_lineage)?;
+    let mut chain = rows_walked.collect::<rusqlite::Result<Vec<_>>>()?;
+    if chain
+        .last()
+        .is_some_and(|r| r.name.is_some() && r.depth >= rows as u64)
+    {
+        return Err(parent_cycle(head));
+    }
     chain.reverse();
     Ok(chain)
 }
 
-/// `root` and every snapshot descending from it, breadth first.
+/// `root` and every snapshot descending from it, breadth first. A root
+/// whose own ancestry loops would descend from itself for ever: that is
+/// reported as corruption before the walk.
 pub fn descendants(conn: &Connection, root: &Digest) -> Result<Vec<LineageRow>> {
+    ancestors(conn, root)?;
+    let rows = snapshot_count(conn)?;
     let mut stmt = conn.prepare_cached(
         "WITH RECURSIVE sub(digest, depth) AS (
              SELECT ?1, 0
              UNION ALL
              SELECT s.digest, sub.depth + 1
              FROM sub JOIN snapshots s ON s.parent = sub.digest
-             WHERE sub.depth < 10000000
+             WHERE sub.depth < ?2
          )
          SELECT sub.digest, s.name, sub.depth, s.parent
          FROM sub JOIN snapshots s ON s.digest = sub.digest
          ORDER BY sub.depth, s.name",
     )?;
-    let rows = stmt.query_map([root], map_lineage)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let walked = stmt.query_map(params![root, rows], map_lineage)?;
+    let tree = walked.collect::<rusqlite::Result<Vec<LineageRow>>>()?;
+    if tree.last().is_some_and(|r| r.depth >= rows as u64) {
+        return Err(parent_cycle(root));
+    }
+    Ok(tree)
+}
+
+fn snapshot_count(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM snapshots")?
+        .query_row([], |r| r.get(0))?)
+}
+
+fn parent_cycle(at: &Digest) -> Error {
+    Error::integrity(
+        format!("snapshots.parent of {at}"),
+        "the parent links loop back on themselves; the index is damaged: run `msb-registry reindex` to rebuild it from the manifests",
+    )
 }
 
 fn map_lineage(r: &Row<'_>) -> rusqlite::Result<LineageRow> {
     Ok(LineageRow {
         digest: r.get(0)?,
         name: r.get(1)?,
-        depth: r.get::<_, i64>(2)? as u64,
+        depth: r.get::<_, u64>(2)?,
         parent: r.get(3)?,
     })
 }

@@ -21,6 +21,13 @@
 //! made again with those held at planning time, and apply takes each lock
 //! before unlinking.
 //!
+//! What gc will not delete: a directory under `snapshots/` that holds a
+//! valid manifest but has no row is *unindexed*, not debris (a lost or
+//! damaged index looks exactly like that); it is kept and reported, for
+//! `reindex` to index or the operator to remove. Debris changed less than
+//! the grace period ago (default an hour, like git's `gc.pruneExpire`) is
+//! kept too: something may still be writing it.
+//!
 //! Order: rows are deleted and committed first, files after, so a crash at
 //! any instant leaves a live artifact or debris the next gc removes, never a
 //! row without its file.
@@ -29,7 +36,8 @@ mod plan;
 mod sweep;
 
 pub use plan::{
-    DiskEntry, Doomed, GcOptions, GcPlan, GcReport, IN_USE_REASON, IndexView,
-    JOURNAL_RETENTION_SECS, Kept, KindTotal, Listing, Removal, RemovalKind, UNKNOWN_REASON, plan,
+    DEFAULT_GRACE_SECS, DiskEntry, Doomed, GcOptions, GcPlan, GcReport, IN_USE_REASON, IndexView,
+    JOURNAL_RETENTION_SECS, Kept, KeptReason, KindTotal, Listing, Removal, RemovalKind,
+    UNKNOWN_REASON, plan,
 };
 pub use sweep::{Survey, apply, list_disk, survey};

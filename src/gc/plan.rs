@@ -97,6 +97,11 @@ pub struct IndexView {
     pub leases: BTreeMap<String, Vec<String>>,
     /// The cache artifacts microsandbox uses, in a shared home.
     pub microsandbox: MicrosandboxRoots,
+    /// Names of snapshot directories an unfinished `rm` is removing.
+    pub removing: HashSet<String>,
+    /// `<kind>/<file>` of every artifact a pinned image names: without a
+    /// row such a file is unindexed (a damaged index), not debris.
+    pub pinned_files: HashSet<String>,
 }
 
 /// One entry found on disk.
@@ -108,6 +113,9 @@ pub struct DiskEntry {
     pub dir: bool,
     /// Apparent bytes (a directory: everything under it).
     pub bytes: u64,
+    /// When it (a directory: anything in it) last changed, Unix seconds
+    /// ([`crate::files::changed_at`]); 0 for entries the index records.
+    pub changed: i64,
 }
 
 /// One listing of `cache/<kind>/`, `snapshots/` (two levels) and `staging/`.
@@ -121,6 +129,11 @@ pub struct Listing {
     pub staging: Vec<DiskEntry>,
     /// Root-relative paths of artifacts whose `.lock` another process holds.
     pub held: HashSet<String>,
+    /// Directories of `snapshots/` without a row that hold a valid
+    /// manifest, with the digest it hashes to.
+    pub manifests: BTreeMap<String, Digest>,
+    /// Images those manifests pin: kept with their files, as if pinned.
+    pub unindexed_pins: HashSet<Digest>,
 }
 
 /// A file or directory a plan deletes.
@@ -153,14 +166,60 @@ pub struct GcPlan {
     pub kept: Vec<Kept>,
 }
 
-/// A cache artifact gc keeps because microsandbox uses it, holds its lock,
-/// or its use cannot be known.
+/// Why gc keeps something that looks unreferenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeptReason {
+    /// A snapshot directory holding a valid manifest the index lacks, or a
+    /// file a pinned image names without a row: a damaged index, not debris.
+    Unindexed,
+    /// Debris changed within the grace period: something may still write it.
+    Young,
+    /// microsandbox's index (`db/msb.db`) names it.
+    InUse,
+    /// microsandbox's use of the cache cannot be known (`db/msb.db` unusable).
+    UnknownUse,
+    /// Its `.lock` is held: microsandbox is materializing or using it.
+    LockHeld,
+}
+
+impl KeptReason {
+    /// What the reason means, for people.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            KeptReason::Unindexed => "no row, but it is not debris (run `msb-registry reindex`)",
+            KeptReason::Young => "changed within the grace period (--grace)",
+            KeptReason::InUse => IN_USE_REASON,
+            KeptReason::UnknownUse => UNKNOWN_REASON,
+            KeptReason::LockHeld => HELD_REASON,
+        }
+    }
+}
+
+/// Something gc left in place although it looks unreferenced.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Kept {
     /// Path relative to the root (an image: its manifest digest).
     pub path: String,
-    /// Why it stays.
-    pub reason: String,
+    /// Why.
+    pub reason: KeptReason,
+    /// The reason in words.
+    pub detail: &'static str,
+    /// For an unindexed snapshot: the digest its manifest hashes to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+}
+
+impl Kept {
+    /// `path` kept for `reason`.
+    pub fn new(reason: KeptReason, path: String) -> Self {
+        Kept {
+            reason,
+            path,
+            detail: reason.describe(),
+            digest: None,
+        }
+    }
 }
 
 /// Why gc keeps what microsandbox's index names.
@@ -169,14 +228,29 @@ pub const IN_USE_REASON: &str = "microsandbox uses it (db/msb.db)";
 /// Why gc keeps every cache artifact when microsandbox's use is unknown.
 pub const UNKNOWN_REASON: &str = "microsandbox's use of the cache is unknown";
 
+/// Debris changed less than this many seconds ago is left for a later gc.
+pub const DEFAULT_GRACE_SECS: u64 = 3600;
+
 /// How to run gc.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct GcOptions {
     /// Report the plan and delete nothing.
     pub dry_run: bool,
     /// In a shared home whose `db/msb.db` cannot be read: sweep the cache
     /// as if microsandbox used nothing. Dangerous.
     pub ignore_unreadable_msb_db: bool,
+    /// Debris changed less than this many seconds ago stays.
+    pub grace: u64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            ignore_unreadable_msb_db: false,
+            grace: DEFAULT_GRACE_SECS,
+        }
+    }
 }
 
 /// Count and bytes of one kind of removal.
@@ -257,7 +331,14 @@ pub(super) fn import_id_of(name: &str) -> &str {
 }
 
 /// Decide what goes. Pure: the same inputs give the same plan.
-pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i64) -> GcPlan {
+pub fn plan(
+    index: &IndexView,
+    listing: &Listing,
+    live: &HashSet<String>,
+    now: i64,
+    grace: u64,
+) -> GcPlan {
+    let young_since = now.saturating_sub(i64::try_from(grace).unwrap_or(i64::MAX));
     let protected: HashSet<&str> = index
         .imports
         .iter()
@@ -277,7 +358,7 @@ pub fn plan(index: &IndexView, listing: &Listing, live: &HashSet<String>, now: i
     let mut plan = GcPlan::default();
     let kept = plan_images(index, listing, &leased, &mut plan);
     plan_cache_rows(index, listing, &leased, &kept, &mut plan);
-    plan_debris(index, listing, &leased, &mut plan);
+    plan_debris(index, listing, &leased, young_since, &mut plan);
     plan_staging(listing, &protected, &mut plan);
     plan_journal(index, live, now, &mut plan);
 
@@ -314,11 +395,11 @@ fn cache_rel(f: &str) -> String {
 }
 
 /// Why microsandbox keeps the cache artifact `<kind>/<file>`, if it does.
-fn microsandbox_keeps(roots: &MicrosandboxRoots, rel: &str) -> Option<&'static str> {
+fn microsandbox_keeps(roots: &MicrosandboxRoots, rel: &str) -> Option<KeptReason> {
     match roots {
         MicrosandboxRoots::None => None,
-        MicrosandboxRoots::InUse(paths) => paths.contains(rel).then_some(IN_USE_REASON),
-        MicrosandboxRoots::Unknown => Some(UNKNOWN_REASON),
+        MicrosandboxRoots::InUse(paths) => paths.contains(rel).then_some(KeptReason::InUse),
+        MicrosandboxRoots::Unknown => Some(KeptReason::UnknownUse),
     }
 }
 
@@ -337,13 +418,13 @@ fn plan_images(
             .iter()
             .find_map(|f| microsandbox_keeps(&index.microsandbox, f));
         let held_file = files.iter().find(|f| listing.held.contains(&cache_rel(f)));
-        if files.iter().any(|f| leased.covers(&cache_rel(f))) {
+        if files.iter().any(|f| leased.covers(&cache_rel(f)))
+            || listing.unindexed_pins.contains(&image.manifest_digest)
+        {
             kept.extend(files);
-        } else if let Some(reason) = ms.or(held_file.map(|_| HELD_REASON)) {
-            plan.kept.push(Kept {
-                path: image.manifest_digest.to_string(),
-                reason: reason.into(),
-            });
+        } else if let Some(reason) = ms.or(held_file.map(|_| KeptReason::LockHeld)) {
+            plan.kept
+                .push(Kept::new(reason, image.manifest_digest.to_string()));
             kept.extend(files);
         } else {
             plan.image_rows.push(image.manifest_digest);
@@ -378,12 +459,9 @@ fn plan_cache_rows(
         if kept.contains(&row.path) || leased.covers(&path) {
             continue;
         }
-        let held = listing.held.contains(&path).then_some(HELD_REASON);
+        let held = listing.held.contains(&path).then_some(KeptReason::LockHeld);
         if let Some(reason) = microsandbox_keeps(&index.microsandbox, &row.path).or(held) {
-            plan.kept.push(Kept {
-                path,
-                reason: reason.into(),
-            });
+            plan.kept.push(Kept::new(reason, path));
             continue;
         }
         plan.cache_rows.push(row.path.clone());
@@ -409,16 +487,23 @@ fn plan_cache_rows(
 }
 
 /// Files and directories under `cache/` and `snapshots/` without rows.
-fn plan_debris(index: &IndexView, listing: &Listing, leased: &Leased, plan: &mut GcPlan) {
+fn plan_debris(
+    index: &IndexView,
+    listing: &Listing,
+    leased: &Leased,
+    young_since: i64,
+    plan: &mut GcPlan,
+) {
     let debris = |path: String, e: &DiskEntry, plan: &mut GcPlan| {
         if leased.covers(&path) {
             return;
         }
         if listing.held.contains(&path) {
-            plan.kept.push(Kept {
-                path,
-                reason: HELD_REASON.into(),
-            });
+            plan.kept.push(Kept::new(KeptReason::LockHeld, path));
+            return;
+        }
+        if e.changed > young_since {
+            plan.kept.push(Kept::new(KeptReason::Young, path));
             return;
         }
         plan.files.push(Doomed {
@@ -442,12 +527,12 @@ fn plan_debris(index: &IndexView, listing: &Listing, leased: &Leased, plan: &mut
         rel.push_str(kind.as_str());
         rel.push('/');
         rel.push_str(&e.name);
-        if e.dir || !index.cache_paths.contains(&rel) {
+        if !e.dir && !index.cache_paths.contains(&rel) && index.pinned_files.contains(&rel) {
+            plan.kept
+                .push(Kept::new(KeptReason::Unindexed, cache_rel(&rel)));
+        } else if e.dir || !index.cache_paths.contains(&rel) {
             if let Some(reason) = microsandbox_keeps(&index.microsandbox, &rel) {
-                plan.kept.push(Kept {
-                    path: cache_rel(&rel),
-                    reason: reason.into(),
-                });
+                plan.kept.push(Kept::new(reason, cache_rel(&rel)));
                 continue;
             }
             debris(cache_rel(&rel), e, plan);
@@ -460,7 +545,15 @@ fn plan_debris(index: &IndexView, listing: &Listing, leased: &Leased, plan: &mut
         }
         let path = format!("snapshots/{}", top.name);
         match index.snapshots.get(&top.name) {
-            None => debris(path, top, plan),
+            None => match listing.manifests.get(&top.name) {
+                Some(digest) if !index.removing.contains(&top.name) && !leased.covers(&path) => {
+                    plan.kept.push(Kept {
+                        digest: Some(*digest),
+                        ..Kept::new(KeptReason::Unindexed, path)
+                    });
+                }
+                _ => debris(path, top, plan),
+            },
             Some(files) if top.dir => {
                 for c in children {
                     if !foreign::is_snapshot_file_name(&c.name) {
@@ -522,7 +615,7 @@ fn plan_journal(index: &IndexView, live: &HashSet<String>, now: i64, plan: &mut 
 
 /// `<kind>/<file>` of every cache file an image owns: metadata, fsmeta,
 /// vmdk (those three first, the image's own), then layers.
-fn image_files(image: &ImageLayers) -> Vec<String> {
+pub(super) fn image_files(image: &ImageLayers) -> Vec<String> {
     let mut files = vec![image.metadata_file.clone()];
     for kind in [CacheKind::Fsmeta, CacheKind::Vmdk] {
         files.push(
@@ -564,6 +657,7 @@ mod tests {
             name: name.into(),
             dir: false,
             bytes,
+            changed: 0,
         }
     }
 
@@ -572,6 +666,7 @@ mod tests {
             name: name.into(),
             dir: true,
             bytes,
+            changed: 0,
         }
     }
 
@@ -639,7 +734,7 @@ mod tests {
         listing
             .snapshots
             .push((dir("a", 10), vec![file("manifest.json", 10)]));
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert!(plan.removals.is_empty(), "{:?}", plan.removals);
         assert!(plan.files.is_empty());
     }
@@ -655,7 +750,7 @@ mod tests {
         });
         // layer 2 is shared with a pinned image, so SQL does not call it unreachable
         index.unreachable = vec![entry(&layer(1), 4096), entry(&meta, 12288)];
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         let layer1 = format!("cache/{}", layer(1));
         let meta_path = format!("cache/{meta}");
         let d5 = d(5).to_string();
@@ -681,7 +776,7 @@ mod tests {
         let (mut index, listing) = with_cache(&[]);
         index.cache_paths.insert(layer(3));
         index.unreachable = vec![entry(&layer(3), 4096)];
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(plan.cache_rows, vec![layer(3)]);
         assert!(plan.files.is_empty());
         assert_eq!(plan.removals[0].bytes, 0);
@@ -707,7 +802,7 @@ mod tests {
             vec![file("manifest.json", 10), file("extra", 5)],
         ));
         listing.snapshots.push((dir("ghost", 100), vec![]));
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         let stray_path = format!("cache/{stray}");
         let vmdk_path = format!("cache/vmdk/{vmdk_dir}");
         assert_eq!(
@@ -750,7 +845,7 @@ mod tests {
         ));
         listing.snapshots.push((file("a.lock", 0), vec![]));
         listing.snapshots.push((dir(".tmp-x", 4), vec![]));
-        let plan = plan(&index, &listing, &HashSet::new(), 0);
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert!(plan.removals.is_empty(), "{:?}", plan.removals);
         assert!(plan.files.is_empty());
     }
@@ -783,14 +878,14 @@ mod tests {
         let (mut index, mut listing, image, fsmeta) = microsandbox_home();
         // A sandbox runs on the image: it stays whole.
         index.microsandbox = MicrosandboxRoots::InUse([fsmeta.clone()].into());
-        let kept = plan(&index, &listing, &HashSet::new(), 0);
+        let kept = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert!(kept.removals.is_empty(), "{:?}", kept.removals);
         assert_eq!(
             kept.kept,
-            [Kept {
-                path: image.manifest_digest.to_string(),
-                reason: IN_USE_REASON.into()
-            }]
+            [Kept::new(
+                KeptReason::InUse,
+                image.manifest_digest.to_string()
+            )]
         );
         // Only a layer is linked by one of microsandbox's manifests: the
         // image goes, that layer stays, and so does a file of its without a row.
@@ -800,7 +895,7 @@ mod tests {
             file(unrecorded.split_once('/').unwrap().1, 4096),
         ));
         index.microsandbox = MicrosandboxRoots::InUse([layer(2), unrecorded.clone()].into());
-        let p = plan(&index, &listing, &HashSet::new(), 0);
+        let p = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(p.image_rows, [d(5)]);
         assert!(!p.cache_rows.contains(&layer(2)));
         assert_eq!(p.cache_rows.len(), 3);
@@ -824,7 +919,7 @@ mod tests {
             finished_at: None,
         }];
         index.microsandbox = MicrosandboxRoots::Unknown;
-        let p = plan(&index, &listing, &HashSet::new(), 0);
+        let p = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(
             kinds(&p),
             vec![
@@ -837,17 +932,17 @@ mod tests {
         let layer7 = format!("cache/{}", layer(7));
         let d5 = image.manifest_digest.to_string();
         assert_eq!(kept, [layer7.as_str(), d5.as_str()]);
-        assert!(p.kept.iter().all(|k| k.reason == UNKNOWN_REASON));
+        assert!(p.kept.iter().all(|k| k.reason == KeptReason::UnknownUse));
     }
 
     #[test]
     fn a_held_lock_keeps_its_artifact() {
         let (mut index, mut listing, image, _) = microsandbox_home();
         listing.held.insert(format!("cache/{}", layer(2)));
-        let p = plan(&index, &listing, &HashSet::new(), 0);
+        let p = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert!(p.removals.is_empty(), "{:?}", p.removals);
         assert_eq!(p.kept[0].path, image.manifest_digest.to_string());
-        assert_eq!(p.kept[0].reason, HELD_REASON);
+        assert_eq!(p.kept[0].reason, KeptReason::LockHeld);
         // Debris whose lock is held stays too.
         index.unpinned_images.clear();
         index.unreachable.clear();
@@ -856,7 +951,7 @@ mod tests {
             .cache
             .push((CacheKind::Layers, file(&unrecorded[7..], 4096)));
         listing.held = [format!("cache/{unrecorded}")].into();
-        let p = plan(&index, &listing, &HashSet::new(), 0);
+        let p = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert!(p.removals.is_empty(), "{:?}", p.removals);
         assert_eq!(p.kept.len(), 1);
     }
@@ -898,7 +993,7 @@ mod tests {
             dir("rm-abc", 3),
         ];
         let live: HashSet<String> = ["live".to_string()].into();
-        let plan = plan(&index, &listing, &live, 0);
+        let plan = plan(&index, &listing, &live, 0, 0);
         assert_eq!(
             kinds(&plan),
             vec![
@@ -932,8 +1027,8 @@ mod tests {
             .leases
             .insert("i".into(), vec![format!("cache/{meta}")]);
         let live: HashSet<String> = ["i".to_string()].into();
-        assert!(plan(&index, &listing, &live, 0).removals.is_empty());
-        let dead = plan(&index, &listing, &HashSet::new(), 0);
+        assert!(plan(&index, &listing, &live, 0, 0).removals.is_empty());
+        let dead = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(dead.image_rows, vec![d(5)]);
         assert_eq!(dead.cache_rows.len(), 2);
     }
@@ -952,7 +1047,7 @@ mod tests {
         listing.snapshots.push((dir("half", 1), vec![]));
         listing.staging = vec![dir("p", 1), file("p.lock", 0)];
         assert!(
-            plan(&index, &listing, &HashSet::new(), 0)
+            plan(&index, &listing, &HashSet::new(), 0, 0)
                 .removals
                 .is_empty()
         );
@@ -973,9 +1068,80 @@ mod tests {
                 finished_at: Some(now - age * 24 * 3600),
             });
         }
-        let plan = plan(&index, &listing, &HashSet::new(), now);
+        let plan = plan(&index, &listing, &HashSet::new(), now, 0);
         assert_eq!(plan.import_rows, ["old-done", "old-failed"]);
         assert!(plan.files.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_directory_with_a_valid_manifest_is_unindexed_not_debris() {
+        let (mut index, mut listing) = with_cache(&[]);
+        listing.snapshots.push((dir("lost", 10), vec![]));
+        listing.snapshots.push((dir("removing", 10), vec![]));
+        listing.snapshots.push((dir("junk", 10), vec![]));
+        for name in ["lost", "removing"] {
+            listing.manifests.insert(name.into(), d(1));
+        }
+        index.removing.insert("removing".into());
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
+        assert_eq!(
+            plan.kept,
+            [Kept {
+                digest: Some(d(1)),
+                ..Kept::new(KeptReason::Unindexed, "snapshots/lost".into())
+            }]
+        );
+        assert_eq!(
+            kinds(&plan),
+            [
+                (RemovalKind::Debris, "snapshots/junk"),
+                (RemovalKind::Debris, "snapshots/removing"),
+            ]
+        );
+    }
+
+    #[test]
+    fn young_debris_is_kept_until_the_grace_period_ends() {
+        let (index, mut listing) = with_cache(&[]);
+        let now = 10_000;
+        let (old, young) = (layer(1), layer(2));
+        for (rel, changed) in [(&old, now - 3600), (&young, now - 3599)] {
+            let mut e = file(rel.split_once('/').unwrap().1, 1);
+            e.changed = changed;
+            listing.cache.push((CacheKind::Layers, e));
+        }
+        let plan = plan(&index, &listing, &HashSet::new(), now, 3600);
+        let old_path = format!("cache/{old}");
+        assert_eq!(kinds(&plan), [(RemovalKind::Debris, old_path.as_str())]);
+        assert_eq!(plan.kept[0].path, format!("cache/{young}"));
+        assert_eq!(plan.kept[0].reason, KeptReason::Young);
+    }
+
+    #[test]
+    fn a_damaged_index_costs_no_pinned_image_its_files() {
+        let meta = format!("manifests/{}.json", d(9).hex());
+        let (mut index, mut listing) = with_cache(&[&meta]);
+        // fsmeta of a pinned image whose row was lost.
+        let fsmeta = CacheFile {
+            kind: CacheKind::Fsmeta,
+            key: d(5),
+        };
+        listing
+            .cache
+            .push((CacheKind::Fsmeta, file(&fsmeta.file_name(), 8)));
+        index.pinned_files.insert(fsmeta.rel_path());
+        // An image only an unindexed snapshot pins.
+        index.unpinned_images.push(ImageLayers {
+            manifest_digest: d(6),
+            metadata_file: meta.clone(),
+            layers: vec![],
+        });
+        index.unreachable = vec![entry(&meta, 1)];
+        listing.unindexed_pins.insert(d(6));
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
+        assert!(plan.removals.is_empty(), "{:?}", plan.removals);
+        assert_eq!(plan.kept.len(), 1);
+        assert_eq!(plan.kept[0].reason, KeptReason::Unindexed);
     }
 
     #[test]
@@ -984,10 +1150,10 @@ mod tests {
         index.unreachable = vec![entry(&layer(2), 1), entry(&layer(1), 1)];
         listing.cache.reverse();
         listing.staging = vec![dir("b", 1), dir("a", 1)];
-        let a = plan(&index, &listing, &HashSet::new(), 0);
+        let a = plan(&index, &listing, &HashSet::new(), 0, 0);
         listing.staging.reverse();
         index.unreachable.reverse();
-        let b = plan(&index, &listing, &HashSet::new(), 0);
+        let b = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert_eq!(a.removals, b.removals);
         assert_eq!(a.files, b.files);
     }

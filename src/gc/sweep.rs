@@ -5,17 +5,19 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use super::plan::{
-    DiskEntry, Doomed, GcOptions, GcPlan, GcReport, IndexView, Kept, Listing, import_id_of,
-    lease_pinned_images, plan,
+    DiskEntry, Doomed, GcOptions, GcPlan, GcReport, IndexView, Kept, KeptReason, Listing,
+    image_files, import_id_of, lease_pinned_images, plan,
 };
 use crate::db::{self, ImportState, now_unix};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::files::remove_dir_if_exists;
-use crate::foreign::{self, ArtifactLock, HELD_REASON};
+use crate::files::{changed_at, read_limited, remove_dir_if_exists};
+use crate::foreign::{self, ArtifactLock};
 use crate::image::{CacheFile, CacheKind};
 use crate::journal::RegistryLock;
 use crate::journal::lease::{claim_dead, is_live};
 use crate::layout::Layout;
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::shared_home::{self, HomeReport, MicrosandboxRoots};
@@ -35,20 +37,12 @@ pub struct Survey {
 
 impl Registry {
     /// Reclaim unreferenced cache artifacts, debris and dead imports; with
-    /// `dry_run`, report the plan and delete nothing.
-    pub fn gc(&mut self, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
-        self.gc_with(
-            &GcOptions {
-                dry_run,
-                ..GcOptions::default()
-            },
-            progress,
-        )
-    }
-
-    /// [`Registry::gc`] with every option. In a shared home the plan keeps
-    /// what microsandbox uses and every artifact whose `.lock` is held.
-    pub fn gc_with(&mut self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
+    /// `opts.dry_run`, report the plan and delete nothing.
+    ///
+    /// In a shared home the plan keeps what microsandbox uses and every
+    /// artifact whose `.lock` is held; debris changed within `opts.grace`
+    /// seconds and unindexed snapshot directories are kept everywhere.
+    pub fn gc(&mut self, opts: &GcOptions, progress: &dyn Progress) -> Result<GcReport> {
         let lock = self.lock()?;
         let mut survey = survey(self)?;
         if opts.ignore_unreadable_msb_db && survey.index.microsandbox == MicrosandboxRoots::Unknown
@@ -56,11 +50,24 @@ impl Registry {
             survey.index.microsandbox = MicrosandboxRoots::None;
             survey.home.overridden = true;
         }
-        let mut plan = plan(&survey.index, &survey.listing, &survey.live, now_unix());
+        let now = now_unix();
+        let mut plan = plan(
+            &survey.index,
+            &survey.listing,
+            &survey.live,
+            now,
+            opts.grace,
+        );
         let held = held_locks(self.layout(), &plan)?;
         if !held.is_empty() {
             survey.listing.held = held;
-            plan = super::plan(&survey.index, &survey.listing, &survey.live, now_unix());
+            plan = super::plan(
+                &survey.index,
+                &survey.listing,
+                &survey.live,
+                now,
+                opts.grace,
+            );
         }
         let home = survey.home.shared.then_some(survey.home);
         if opts.dry_run {
@@ -76,10 +83,7 @@ impl Registry {
             spared
                 .iter()
                 .filter(|p| p.starts_with("cache/"))
-                .map(|p| Kept {
-                    path: p.clone(),
-                    reason: HELD_REASON.into(),
-                }),
+                .map(|p| Kept::new(KeptReason::LockHeld, p.clone())),
         );
         kept.sort();
         let removed = plan
@@ -116,6 +120,12 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
             .map(|r| CacheFile::metadata_for_ref(r).rel_path())
             .collect();
         let unpinned_images = db::gc::unpinned_images(&tx)?;
+        let unpinned: HashSet<Digest> = unpinned_images.iter().map(|i| i.manifest_digest).collect();
+        let pinned_files = db::gc::images_with_layers(&tx)?
+            .iter()
+            .filter(|i| !unpinned.contains(&i.manifest_digest))
+            .flat_map(image_files)
+            .collect();
         let mut leases = db::gc::unfinished_import_paths(&tx)?;
         lease_pinned_images(
             &mut leases,
@@ -132,6 +142,11 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
                 .collect(),
             imports: db::gc::import_entries(&tx)?,
             leases,
+            pinned_files,
+            removing: db::snapshots::pending_removals(&tx)?
+                .into_iter()
+                .map(|(_, name)| name)
+                .collect(),
             microsandbox,
         }
     };
@@ -233,6 +248,7 @@ fn remove(path: &Path, dir: bool) -> Result<()> {
 /// vanish while being listed, and names that are not UTF-8, are left out.
 /// `cache/` and `snapshots/` are listed in parallel.
 pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
+    let now = now_unix();
     let (cache, snapshots) = std::thread::scope(|scope| {
         let cache = scope.spawn(|| -> Result<Vec<(CacheKind, DiskEntry)>> {
             let mut out = Vec::new();
@@ -246,37 +262,78 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
                     index.cache_paths.contains(&rel) || !foreign::is_cache_artifact_name(kind, name)
                 };
                 out.extend(
-                    entries(&layout.cache_kind(kind), recorded)?
+                    entries(&layout.cache_kind(kind), recorded, now)?
                         .into_iter()
                         .map(|(e, _)| (kind, e)),
                 );
             }
             Ok(out)
         });
-        let snapshots = list_snapshots(layout, index);
-        let cache = cache.join().expect("cache listing thread does not panic");
+        let snapshots = list_snapshots(layout, index, now);
+        let cache = cache.join().unwrap_or_else(|_| {
+            Err(Error::io(
+                "list",
+                layout.cache(),
+                std::io::Error::other("listing thread panicked"),
+            ))
+        });
         (cache, snapshots)
     });
+    let snapshots = snapshots?;
+    let mut manifests = BTreeMap::new();
+    let mut unindexed_pins = HashSet::new();
+    for (top, _) in &snapshots {
+        if top.dir
+            && !index.snapshots.contains_key(&top.name)
+            && let Some((digest, image)) = valid_manifest(&layout.snapshots().join(&top.name))
+        {
+            manifests.insert(top.name.clone(), digest);
+            unindexed_pins.insert(image);
+        }
+    }
     Ok(Listing {
         cache: cache?,
-        snapshots: snapshots?,
-        staging: entries(&layout.staging(), |_| false)?
+        snapshots,
+        staging: entries(&layout.staging(), |_| false, now)?
             .into_iter()
             .map(|(e, _)| e)
             .collect(),
         held: HashSet::new(),
+        manifests,
+        unindexed_pins,
     })
 }
 
-fn list_snapshots(layout: &Layout, index: &IndexView) -> Result<Vec<(DiskEntry, Vec<DiskEntry>)>> {
+/// The digest of `dir/manifest.json` and the image it pins, when it is a
+/// regular file holding a valid manifest.
+fn valid_manifest(dir: &Path) -> Option<(Digest, Digest)> {
+    let path = dir.join("manifest.json");
+    if !path.symlink_metadata().ok()?.is_file() {
+        return None;
+    }
+    let bytes = read_limited(&path, MAX_MANIFEST_BYTES).ok()??;
+    Manifest::parse(&bytes)
+        .ok()
+        .map(|m| (m.digest, m.manifest.image.manifest_digest))
+}
+
+fn list_snapshots(
+    layout: &Layout,
+    index: &IndexView,
+    now: i64,
+) -> Result<Vec<(DiskEntry, Vec<DiskEntry>)>> {
     let mut out = Vec::new();
-    for (top, path) in entries(&layout.snapshots(), |name| {
-        index.snapshots.contains_key(name) || !foreign::is_snapshot_dir_name(name)
-    })? {
+    for (top, path) in entries(
+        &layout.snapshots(),
+        |name| index.snapshots.contains_key(name) || !foreign::is_snapshot_dir_name(name),
+        now,
+    )? {
         let children = match index.snapshots.get(&top.name) {
-            Some(files) if top.dir => entries(&path, |name| {
-                files.contains(name) || !foreign::is_snapshot_file_name(name)
-            })?
+            Some(files) if top.dir => entries(
+                &path,
+                |name| files.contains(name) || !foreign::is_snapshot_file_name(name),
+                now,
+            )?
             .into_iter()
             .map(|(e, _)| e)
             .collect(),
@@ -292,6 +349,7 @@ fn list_snapshots(layout: &Layout, index: &IndexView) -> Result<Vec<(DiskEntry, 
 fn entries(
     dir: &Path,
     mut recorded: impl FnMut(&str) -> bool,
+    now: i64,
 ) -> Result<Vec<(DiskEntry, std::path::PathBuf)>> {
     let read = match std::fs::read_dir(dir) {
         Ok(r) => r,
@@ -311,18 +369,27 @@ fn entries(
             Err(e) => return Err(Error::io("stat", path, e)),
         };
         let dir = file_type.is_dir();
-        let bytes = if recorded(&name) {
-            0
-        } else if dir {
-            tree_bytes(&path)?
+        let (bytes, changed) = if recorded(&name) {
+            (0, 0)
         } else {
-            match entry.metadata() {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io("stat", path, e)),
+            match stat(&path)? {
+                None => continue,
+                Some(m) if dir => {
+                    let (bytes, changed) = tree_bytes(&path, now)?;
+                    (bytes, changed.max(changed_at(&m, now)))
+                }
+                Some(m) => (m.len(), changed_at(&m, now)),
             }
         };
-        out.push((DiskEntry { name, dir, bytes }, path));
+        out.push((
+            DiskEntry {
+                name,
+                dir,
+                bytes,
+                changed,
+            },
+            path,
+        ));
     }
     out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     Ok(out)
@@ -336,22 +403,31 @@ fn stat(path: &Path) -> Result<Option<std::fs::Metadata>> {
     }
 }
 
-fn tree_bytes(dir: &Path) -> Result<u64> {
+/// Apparent bytes under `dir`, and when anything in it last changed.
+fn tree_bytes(dir: &Path, now: i64) -> Result<(u64, i64)> {
     let read = match std::fs::read_dir(dir) {
         Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
         Err(e) => return Err(Error::io("read directory", dir, e)),
     };
     let mut total = 0;
+    let mut newest = 0;
     for entry in read {
         let path = entry.at("read directory", dir)?.path();
-        total += match stat(&path)? {
-            Some(m) if m.is_dir() => tree_bytes(&path)?,
-            Some(m) => m.len(),
-            None => 0,
-        };
+        match stat(&path)? {
+            Some(m) if m.is_dir() => {
+                let (bytes, changed) = tree_bytes(&path, now)?;
+                total += bytes;
+                newest = newest.max(changed).max(changed_at(&m, now));
+            }
+            Some(m) => {
+                total += m.len();
+                newest = newest.max(changed_at(&m, now));
+            }
+            None => {}
+        }
     }
-    Ok(total)
+    Ok((total, newest))
 }
 
 #[cfg(test)]

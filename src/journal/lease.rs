@@ -44,10 +44,20 @@ impl Lease {
             }
         };
         let staging = layout.import_staging(&id);
-        std::fs::create_dir(&staging).at("create directory", &staging)?;
-        let tx = db.write()?;
-        db::imports::create_import(&tx, &id, source, now_unix())?;
-        tx.commit()?;
+        let journaled = std::fs::create_dir(&staging)
+            .at("create directory", &staging)
+            .and_then(|()| {
+                let tx = db.write()?;
+                db::imports::create_import(&tx, &id, source, now_unix())?;
+                Ok(tx.commit()?)
+            });
+        if let Err(e) = journaled {
+            // No row names this id: take back what was made, so a refused
+            // write (read-only index, full disk) leaves nothing behind.
+            let _ = remove_dir_if_exists(&staging);
+            let _ = std::fs::remove_file(&lock_path);
+            return Err(e);
+        }
         crate::failpoint::hit(crate::failpoint::LEASE_ACQUIRED)?;
         Ok(Lease {
             id,
@@ -89,7 +99,7 @@ impl Lease {
 /// Whether the import `id` is live (its lock is held by some process).
 pub fn is_live(layout: &Layout, id: &str) -> Result<bool> {
     let path = layout.import_lock(id);
-    let file = match File::options().write(true).open(&path) {
+    let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(Error::io("open", path, e)),

@@ -152,7 +152,7 @@ fn add_refuses_bad_artifacts_and_changes_nothing() {
     let reg = Reg::new();
     let cache = reg.path("cache");
     let image = make_image_cache(&cache, "python:3.12", 1, &[4096]);
-    reg.run(&["list"]).ok();
+    reg.run(&["gc"]).ok();
     let before = (reg.tree(), reg.dump());
 
     let wrong_integrity = reg.path("bad1");

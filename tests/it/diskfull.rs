@@ -10,10 +10,10 @@ use crate::crash::{Rng, State, assert_clean, fixture, state};
 use crate::util::*;
 
 /// A tmpfs mounted for the test's lifetime, unmounted on drop.
-struct Mount(PathBuf);
+pub(crate) struct Mount(pub(crate) PathBuf);
 
 impl Mount {
-    fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    pub(crate) fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
         let uid = Command::new("id").arg("-u").output().ok()?;
         if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
             eprintln!("skipping: mounting a small tmpfs needs root");
@@ -32,7 +32,7 @@ impl Mount {
         Some(Mount(dir.to_path_buf()))
     }
 
-    fn remount(&self, dir: &Path, opts: &str) {
+    pub(crate) fn remount(&self, dir: &Path, opts: &str) {
         let status = Command::new("mount")
             .args(["-o", opts])
             .arg(dir)
@@ -121,7 +121,7 @@ fn a_promotion_refused_midway_is_undone() {
     let Some(_mount) = Mount::tmpfs(&reg.root(), "64m") else {
         return;
     };
-    reg.run(&["list"]).ok();
+    reg.run(&["gc"]).ok();
     let before = state(&reg);
     let cache = reg.root().join("cache/layers");
     let bind = Command::new("mount")

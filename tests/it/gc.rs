@@ -56,17 +56,18 @@ fn cache_path(kind: CacheKind, key: Digest) -> String {
 }
 
 /// Run gc (after a dry run that must change nothing and announce exactly
-/// what the real run then removes); returns the real run's report.
+/// what the real run then removes); returns the real run's report. No
+/// grace period: the debris these tests make is seconds old.
 fn gc(reg: &Reg) -> GcJson {
     let before = (reg.tree(), reg.dump());
-    let dry: GcJson = reg.json(&["gc", "--dry-run"]);
+    let dry: GcJson = reg.json(&["gc", "--dry-run", "--grace", "0"]);
     assert!(dry.dry_run);
     assert_eq!(
         (reg.tree(), reg.dump()),
         before,
         "a dry run deleted something"
     );
-    let real: GcJson = reg.json(&["gc"]);
+    let real: GcJson = reg.json(&["gc", "--grace", "0"]);
     assert!(!real.dry_run);
     assert_eq!(
         real.removed, dry.removed,

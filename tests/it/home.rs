@@ -237,7 +237,7 @@ fn kept(r: &Value) -> Vec<(String, String)> {
         .map(|x| {
             (
                 x["path"].as_str().unwrap().to_string(),
-                x["reason"].as_str().unwrap().to_string(),
+                x["detail"].as_str().unwrap().to_string(),
             )
         })
         .collect()
@@ -274,7 +274,7 @@ fn gc_keeps_what_microsandbox_uses_its_locks_and_its_work() {
     let show: Value = h.reg.json(&["show", "app"]);
     assert_eq!(show["shared_home"], true);
 
-    let dry: Value = h.reg.json(&["gc", "--dry-run"]);
+    let dry: Value = h.reg.json(&["gc", "--dry-run", "--grace", "0"]);
     let mut expected: Vec<(String, String)> = vec![
         ("image".into(), h.busybox.manifest_digest.to_string()),
         ("debris".into(), h.debris_free.clone()),
@@ -303,13 +303,13 @@ fn gc_keeps_what_microsandbox_uses_its_locks_and_its_work() {
     // python (2 layers, fsmeta, vmdk, metadata of its ref), alpine (2 layers,
     // fsmeta, vmdk), node (fsmeta, vmdk, metadata, the pulled layer).
     assert_eq!(dry["microsandbox"]["in_use"], 13);
-    let text = h.reg.run(&["gc", "--dry-run"]).ok().stdout;
+    let text = h.reg.run(&["gc", "--dry-run", "--grace", "0"]).ok().stdout;
     assert!(
         text.contains("shared microsandbox home: db/msb.db read"),
         "{text}"
     );
 
-    let real: Value = h.reg.json(&["gc"]);
+    let real: Value = h.reg.json(&["gc", "--grace", "0"]);
     assert_eq!(removed(&real), expected);
     assert_eq!(kept(&real), expected_kept);
     for (_, p) in expected.iter().filter(|(_, p)| p.contains('/')) {
@@ -326,7 +326,7 @@ fn gc_keeps_what_microsandbox_uses_its_locks_and_its_work() {
 
     // Once microsandbox lets go of the lock, the unreferenced layer goes.
     drop(held);
-    let after: Value = h.reg.json(&["gc"]);
+    let after: Value = h.reg.json(&["gc", "--grace", "0"]);
     assert_eq!(
         removed(&after),
         [("debris".to_string(), h.debris_held.clone())]
@@ -373,7 +373,7 @@ fn an_unusable_msb_db_keeps_every_cache_artifact() {
     for (state, make) in schemas {
         make();
         let bytes_before = std::fs::read(&msb).ok();
-        let dry: Value = h.reg.json(&["gc", "--dry-run"]);
+        let dry: Value = h.reg.json(&["gc", "--dry-run", "--grace", "0"]);
         assert_eq!(dry["microsandbox"]["msb_db"], state, "{dry}");
         let detail = dry["microsandbox"]["detail"].as_str().unwrap();
         assert!(!detail.is_empty());
@@ -388,13 +388,13 @@ fn an_unusable_msb_db_keeps_every_cache_artifact() {
                 .any(|(p, _)| *p == h.busybox.manifest_digest.to_string()),
             "{dry}"
         );
-        let text = h.reg.run(&["gc", "--dry-run"]).ok().stdout;
+        let text = h.reg.run(&["gc", "--dry-run", "--grace", "0"]).ok().stdout;
         assert!(text.contains("every cache artifact kept"), "{text}");
         assert_eq!(std::fs::read(&msb).ok(), bytes_before);
     }
     // sandboxes/ without db/msb.db: the real run removes only our staging
     // and journal.
-    let real: Value = h.reg.json(&["gc"]);
+    let real: Value = h.reg.json(&["gc", "--grace", "0"]);
     let kinds: Vec<String> = removed(&real).into_iter().map(|(k, _)| k).collect();
     assert_eq!(kinds, ["journal", "staging", "staging"], "{real}");
     assert_eq!(cache_listing(&root), cache_before);
@@ -404,7 +404,13 @@ fn an_unusable_msb_db_keeps_every_cache_artifact() {
     std::fs::write(&msb, vec![0x5a; 8192]).unwrap();
     let run = h
         .reg
-        .run(&["gc", "--unsafe-ignore-unreadable-msb-db", "--json"])
+        .run(&[
+            "gc",
+            "--unsafe-ignore-unreadable-msb-db",
+            "--grace",
+            "0",
+            "--json",
+        ])
         .ok();
     assert!(
         run.stderr
@@ -479,7 +485,7 @@ print("committed", flush=True)
     let wal = std::fs::read(root.join("db/msb.db-wal")).unwrap();
     assert!(!wal.is_empty(), "the committed row lives in the -wal");
 
-    let r: Value = h.reg.json(&["gc"]);
+    let r: Value = h.reg.json(&["gc", "--grace", "0"]);
     let gone: Vec<String> = removed(&r).into_iter().map(|(_, p)| p).collect();
     let mut debris = vec![h.debris_free.clone(), h.debris_held.clone()];
     debris.sort();
@@ -618,7 +624,7 @@ fn a_held_lock_keeps_an_unused_image_whole_until_it_is_free() {
     let root = h.reg.root();
     let layer = rel(CacheKind::Layers, h.busybox.layers[1].diff_id);
     let held = hold(&root.join(format!("{layer}.lock")));
-    let r: Value = h.reg.json(&["gc"]);
+    let r: Value = h.reg.json(&["gc", "--grace", "0"]);
     assert!(
         !removed(&r)
             .iter()
@@ -633,7 +639,7 @@ fn a_held_lock_keeps_an_unused_image_whole_until_it_is_free() {
     assert_eq!(v["ok"], true, "a kept image keeps its rows: {v}");
 
     drop(held);
-    let r: Value = h.reg.json(&["gc"]);
+    let r: Value = h.reg.json(&["gc", "--grace", "0"]);
     let gone: Vec<String> = removed(&r).into_iter().map(|(_, p)| p).collect();
     for p in image_paths(&h.busybox, "busybox:1") {
         assert!(gone.contains(&p), "{p} not removed: {r}");

@@ -390,7 +390,7 @@ fn leading_dot_slash_and_directory_entries_are_accepted() {
 #[test]
 fn two_imports_at_once_sharing_an_image_both_succeed() {
     let reg = Reg::new();
-    reg.run(&["list"]).ok();
+    reg.run(&["gc"]).ok();
     let a = source(&reg, "a", 2, 13);
     let mut b = source(&reg, "b", 2, 13);
     b.cache = a.cache.clone();
@@ -437,7 +437,7 @@ fn two_imports_at_once_sharing_an_image_both_succeed() {
 #[test]
 fn the_same_archive_imported_twice_at_once() {
     let reg = Reg::new();
-    reg.run(&["list"]).ok();
+    reg.run(&["gc"]).ok();
     let src = source(&reg, "t", 2, 43);
     let path = write(&reg, "t.tar", &zstd(&full_archive(&src, false).finish()));
     let children: Vec<_> = (0..2)

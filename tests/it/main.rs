@@ -3,6 +3,7 @@
 
 mod core;
 mod crash;
+mod damage;
 mod demo;
 mod diskfull;
 mod export;

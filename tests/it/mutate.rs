@@ -543,7 +543,7 @@ fn check(fx: &Fixture, case: &Case, tally: &Tally) -> Result<(), TestCaseError> 
     if case.into_populated {
         copy_tree(&fx.populated.root(), &reg.root());
     } else {
-        reg.run(&["list"]).ok();
+        reg.run(&["gc"]).ok();
     }
     let archive = reg.path("mutated.archive");
     std::fs::write(&archive, &bytes).unwrap();
