@@ -9,6 +9,7 @@ pub mod export_stream;
 pub mod import;
 pub mod import_source;
 pub mod tar;
+pub mod tar_reader;
 
 pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
 pub use export_plan::{ExportPlan, PlannedFile, Selection};

@@ -314,10 +314,17 @@ fn dispatch(
                 ))
             }
         }
-        Command::Import { archive, name } => {
+        Command::Import {
+            archive,
+            name,
+            max_file_size,
+        } => {
             let r = registry.import(
                 &ImportSource::from_arg(&archive),
-                &ImportOptions { name },
+                &ImportOptions {
+                    name,
+                    max_file_bytes: max_file_size,
+                },
                 progress,
             )?;
             if p.json {
