@@ -454,21 +454,10 @@ mod tests {
     #[test]
     fn link_names_are_refused() {
         refused(
-            classify(
-                b'0',
-                Some(b"/etc/passwd"),
-                format!("{PREFIX}/x").as_bytes(),
-            ),
+            classify(b'0', Some(b"/etc/passwd"), format!("{PREFIX}/x").as_bytes()),
             "link target",
         );
-        assert!(
-            classify(
-                b'0',
-                Some(b""),
-                format!("{PREFIX}/x").as_bytes()
-            )
-            .is_ok()
-        );
+        assert!(classify(b'0', Some(b""), format!("{PREFIX}/x").as_bytes()).is_ok());
     }
 
     #[test]
@@ -617,7 +606,9 @@ mod tests {
         );
         assert_eq!(
             manifest_first(PREFIX, false).unwrap_err().to_string(),
-            format!("comes before {PREFIX}/manifest.json; the manifest must be the first member of its snapshot directory")
+            format!(
+                "comes before {PREFIX}/manifest.json; the manifest must be the first member of its snapshot directory"
+            )
         );
     }
 

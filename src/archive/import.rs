@@ -361,11 +361,7 @@ impl Stager<'_> {
     /// against the grammar ([`super::entry`]) before its data is read.
     async fn run(&mut self, reader: &mut Reader) -> Result<()> {
         loop {
-            let Some(header) = reader
-                .next()
-                .await
-                .map_err(|e| tar_error(&self.last, e))?
-            else {
+            let Some(header) = reader.next().await.map_err(|e| tar_error(&self.last, e))? else {
                 return Ok(());
             };
             let member = classify(header.typeflag, Some(&header.link), &header.path)?;

@@ -147,9 +147,9 @@ impl fmt::Display for ReadError {
                 f,
                 "tar headers and extensions of one member exceed {MAX_EXTENSION_BYTES} bytes"
             ),
-            ReadError::LoneZeroBlock => {
-                f.write_str("corrupt tar stream: a lone zero block inside the archive (GNU tar stops there)")
-            }
+            ReadError::LoneZeroBlock => f.write_str(
+                "corrupt tar stream: a lone zero block inside the archive (GNU tar stops there)",
+            ),
             ReadError::TrailingData => {
                 f.write_str("non-zero bytes after the end-of-archive marker")
             }
@@ -454,9 +454,7 @@ impl MapBuilder {
             return Err(ReadError::SparseMap("an entry follows the empty final one"));
         }
         if off < self.end {
-            return Err(ReadError::SparseMap(
-                "extents out of order or overlapping",
-            ));
+            return Err(ReadError::SparseMap("extents out of order or overlapping"));
         }
         let end = off
             .checked_add(len)
@@ -571,9 +569,7 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
                 self.position += buf.len() as u64;
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(ReadError::Truncated(inside))
-            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ReadError::Truncated(inside)),
             Err(e) => Err(ReadError::Io(e)),
         }
     }
@@ -756,7 +752,9 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
             let mut next = [0u8; BLOCK];
             self.fill(&mut next, "a sparse extension block").await?;
             if next[504..].iter().skip(1).any(|&b| b != 0) {
-                return Err(ReadError::SparseMap("an extension block's padding holds bytes"));
+                return Err(ReadError::SparseMap(
+                    "an extension block's padding holds bytes",
+                ));
             }
             current = next;
             in_header = false;

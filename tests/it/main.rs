@@ -1,9 +1,12 @@
 //! Integration tests: the real `msb-registry` binary against temporary
 //! registries, plus library-level checks. One binary, one module per area.
 
+mod chaos;
 mod core;
+mod corpus;
 mod crash;
 mod demo;
+mod differential;
 mod diskfull;
 mod export;
 mod gc;
