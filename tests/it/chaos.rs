@@ -368,3 +368,35 @@ fn regression_import_from_a_stalling_pipe() {
     let chaos = import_outcome(work.path(), reader_of(&bytes, Some(Pattern::Seeded(3)))).unwrap();
     assert_eq!(chaos, content_tree(&reg.root()));
 }
+
+/// Run `import <archive> --json` and return its outcome and its peak RSS
+/// in KiB, measured by GNU time (`None` when /usr/bin/time is missing). The
+/// binary is not waited for directly: a child spawned from this large test
+/// process inherits its RSS high-water mark.
+pub fn import_measuring_rss(reg: &Reg, archive: &Path) -> (crate::util::Run, Option<u64>) {
+    let time = Path::new("/usr/bin/time");
+    let rss_file = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = if time.exists() {
+        let mut c = Command::new(time);
+        c.arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(rss_file.path())
+            .arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    cmd.arg("--root")
+        .arg(reg.root())
+        .arg("import")
+        .arg(archive)
+        .arg("--json")
+        .env_remove("MSB_REGISTRY_ROOT")
+        .env_remove("MSB_FAILPOINT");
+    let run = crate::util::Run::from(cmd.output().unwrap());
+    let rss = std::fs::read_to_string(rss_file.path())
+        .ok()
+        .and_then(|s| s.trim().lines().last().and_then(|l| l.parse().ok()));
+    (run, rss)
+}

@@ -12,6 +12,7 @@ mod export;
 mod gc;
 mod import;
 mod mutate;
+mod reader;
 mod roundtrip;
 mod soak;
 mod tarcraft;
