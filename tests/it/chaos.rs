@@ -332,12 +332,12 @@ pub fn import_through_stalling_pipe(
         let mut pos = first;
         while pos < data.len() {
             let r = rng.next();
-            let n = (1 + (r % 20_000) as usize).min(data.len() - pos);
+            let n = (1 + (r % 200_000) as usize).min(data.len() - pos);
             if stdin.write_all(&data[pos..pos + n]).is_err() {
                 return;
             }
             pos += n;
-            if r % 7 == 0 {
+            if r % 8 == 0 {
                 std::thread::sleep(Duration::from_millis(1 + (r >> 32) % 20));
             }
         }
