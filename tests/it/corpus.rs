@@ -134,8 +134,8 @@ pub fn forged_header(path: &str, size: u64) -> [u8; 512] {
 
 /// The smuggling archive: GNU tar's archive of two snapshots, the second
 /// an upper of 30 extents (so its sparse map needs extension blocks) whose
-/// every extent starts with a forged header for `<first prefix>/evil.sh`
-/// and its data. GNU tar extracts the two manifests and uppers only; a
+/// data is forged headers for `<first prefix>/evil.sh`, each followed by
+/// its data, at every 1 KiB. GNU tar extracts the two manifests and uppers only; a
 /// reader that loses its place in the extension blocks reads the forged
 /// member. Returns the archive and the first snapshot's prefix.
 pub fn smuggling(work: &Path) -> (Archive, String) {
@@ -146,9 +146,11 @@ pub fn smuggling(work: &Path) -> (Archive, String) {
     let b = work.join("smuggle-b");
     let db = extents_snapshot_with(&b, 30, 4096, 8192, true, |i, len| {
         let mut v = extent_bytes(i, len);
-        v[..512].copy_from_slice(&forged_header(&format!("{target}/evil.sh"), 11));
-        v[512..1024].fill(0);
-        v[512..523].copy_from_slice(b"echo pwned\n");
+        for pair in v.chunks_mut(1024) {
+            pair[..512].copy_from_slice(&forged_header(&format!("{target}/evil.sh"), 11));
+            pair[512..].fill(0);
+            pair[512..523].copy_from_slice(b"echo pwned\n");
+        }
         v
     });
     let b = under_prefix(&b, &db);

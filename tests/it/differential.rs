@@ -103,6 +103,12 @@ fn agrees_with_gnu_tar(work: &Path, tag: &str, a: &Archive) -> bool {
 fn import_refuses_or_agrees_with_gnu_tar_on_the_corpus() {
     let work = tempfile::tempdir().unwrap();
     let archives = corpus::corpus(work.path(), true);
+    if let Some(dump) = std::env::var_os("MSB_CORPUS_DUMP") {
+        std::fs::create_dir_all(&dump).unwrap();
+        for a in &archives {
+            std::fs::write(Path::new(&dump).join(a.name.replace(':', "-")), &a.bytes).unwrap();
+        }
+    }
     let mut accepted = Vec::new();
     for (i, a) in archives.iter().enumerate() {
         let ok = agrees_with_gnu_tar(work.path(), &i.to_string(), a);
