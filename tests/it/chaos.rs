@@ -337,7 +337,7 @@ pub fn import_through_stalling_pipe(
                 return;
             }
             pos += n;
-            if r % 8 == 0 {
+            if r.is_multiple_of(8) {
                 std::thread::sleep(Duration::from_millis(1 + (r >> 32) % 20));
             }
         }

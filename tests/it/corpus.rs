@@ -350,7 +350,7 @@ fn files_in(dir: &Path, prefix: &str) -> Vec<Archive> {
     };
     let mut out: Vec<Archive> = entries
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && !p.extension().is_some_and(|e| e == "md"))
+        .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "md"))
         .map(|p| Archive {
             name: format!("{prefix}{}", p.file_name().unwrap().to_string_lossy()),
             bytes: std::fs::read(&p).unwrap(),
