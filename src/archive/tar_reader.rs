@@ -883,6 +883,50 @@ mod tests {
         assert_eq!(number(&odd), Err(NumberProblem::NotANumber));
     }
 
+    fn block(magic: &[u8], name: &[u8], prefix: &[u8]) -> [u8; BLOCK] {
+        let mut b = [0u8; BLOCK];
+        b[..name.len()].copy_from_slice(name);
+        b[124..136].copy_from_slice(b"00000000012\0");
+        b[156] = b'0';
+        b[257..257 + magic.len()].copy_from_slice(magic);
+        b[345..345 + prefix.len()].copy_from_slice(prefix);
+        b[148..156].fill(b' ');
+        let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
+        b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        b
+    }
+
+    #[test]
+    fn headers_join_the_ustar_prefix_as_gnu_tar_does() {
+        let ustar = decode_header(&block(b"ustar\x0000", b"file", b"dir")).unwrap();
+        assert_eq!(
+            (ustar.name.as_slice(), ustar.size, ustar.gnu),
+            (&b"dir/file"[..], 10, false)
+        );
+        // In a GNU header those bytes are other fields, never a prefix.
+        let gnu = decode_header(&block(GNU_MAGIC, b"file", b"dir")).unwrap();
+        assert_eq!((gnu.name.as_slice(), gnu.gnu), (&b"file"[..], true));
+        let v7 = decode_header(&block(b"", b"file", b"")).unwrap();
+        assert_eq!(v7.name, b"file");
+        assert!(matches!(
+            decode_header(&block(b"tarxx\0", b"file", b"")),
+            Err(ReadError::Magic)
+        ));
+        let mut bad = block(GNU_MAGIC, b"file", b"");
+        bad[0] ^= 1;
+        assert!(matches!(decode_header(&bad), Err(ReadError::Checksum)));
+    }
+
+    #[test]
+    fn sparse_slots_end_at_an_empty_length() {
+        let mut slot = [0u8; 24];
+        assert!(sparse_slot(&slot).unwrap().is_none());
+        slot[..12].copy_from_slice(b"00000001000\0");
+        assert!(matches!(sparse_slot(&slot), Err(ReadError::SparseMap(_))));
+        slot[12..].copy_from_slice(b"00000000100\0");
+        assert_eq!(sparse_slot(&slot).unwrap(), Some((0o1000, 0o100)));
+    }
+
     #[test]
     fn pax_records_parse_strictly() {
         let p = pax_records(b"16 path=a/b/cde\n11 size=42\n20 mtime=1700000000\n").unwrap();
