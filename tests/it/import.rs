@@ -716,7 +716,7 @@ fn refuses_extension_headers_that_desynchronise_entries() {
         &reg,
         &t.finish(),
         6,
-        "corrupt tar stream after member cache/vmdk/",
+        "corrupt tar stream: checksum field is not an octal or base-256 number after member cache/vmdk/",
     );
 
     // A GNU long name that is never followed by a member.
