@@ -491,7 +491,7 @@ fn realistic_ext4_uppers_round_trip() {
         128 << 20,
         &Round {
             max_file: 16 << 10,
-            ..Round::new(1, 30, 80)
+            ..Round::new(1, 40, 100)
         },
     )
     .unwrap();
