@@ -98,8 +98,8 @@ mod verify;
 
 pub use add::{AddOptions, AddReport};
 pub use archive::{
-    Compression, ExportOptions, ExportReport, ExportTarget, ImportOptions, ImportReport,
-    ImportSource, Selection,
+    Chunk, Compression, ExportOptions, ExportReport, ExportTarget, ImportOptions, ImportReport,
+    ImportSource, OpenedSource, ReadError, Selection, TarReader,
 };
 pub use digest::Digest;
 pub use error::{Error, Result, exit};

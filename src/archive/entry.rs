@@ -1,16 +1,15 @@
-//! The closed member grammar of an archive (DESIGN §2). Every header is
-//! classified here before a byte of its data is written: each rule is a
-//! small named function, and each refusal is a specific
-//! [`Error::Rejected`] naming the member.
+//! The closed member grammar of an archive (DESIGN §2), in one place. Every
+//! header is classified here before a byte of its data is written: which
+//! entry types and paths may appear, and what each may claim about its size.
+//! Each rule is a small named function; each refusal is a [`Refusal`],
+//! turned into an [`Error::Rejected`] naming the member.
 
 use std::collections::HashSet;
 
-use tokio_tar::EntryType;
-
 use crate::digest::is_lower_hex;
 use crate::error::{Error, Result};
-use crate::image::{CacheFile, CacheKind};
-use crate::manifest::is_normal_file_name;
+use crate::image::{CacheFile, CacheKind, MAX_METADATA_BYTES};
+use crate::manifest::{MAX_MANIFEST_BYTES, is_normal_file_name};
 
 /// The directory of cache members.
 pub const CACHE_DIR: &str = "cache";
@@ -23,6 +22,138 @@ pub const MAX_COMPONENT_BYTES: usize = 255;
 
 /// The most members an archive may hold; real ones hold a few per snapshot.
 pub const MAX_MEMBERS: usize = 65_536;
+
+/// The largest logical size of one file an import accepts unless told
+/// otherwise (`import --max-file-size`): 1 TiB. A sparse member's real size
+/// costs no archive bytes, so without a limit a header could claim a hole
+/// that takes years to hash.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 40;
+
+/// Why a member is refused: the grammar's rules, one variant each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Type `2`.
+    #[error("symbolic links are not allowed")]
+    Symlink,
+    /// Type `1`.
+    #[error("hard links are not allowed")]
+    HardLink,
+    /// Type `3`.
+    #[error("character devices are not allowed")]
+    CharDevice,
+    /// Type `4`.
+    #[error("block devices are not allowed")]
+    BlockDevice,
+    /// Type `6`.
+    #[error("FIFOs are not allowed")]
+    Fifo,
+    /// Type `g`.
+    #[error("pax global headers are not allowed")]
+    GlobalPax,
+    /// Any other type.
+    #[error(
+        "entry type {0:?} is not allowed; only regular files, directories and GNU sparse files are"
+    )]
+    EntryType(char),
+    /// A link name on an entry that is not a link.
+    #[error("a link target on a non-link entry is not allowed")]
+    LinkTarget,
+    /// Raw path bytes that are not UTF-8.
+    #[error("path is not UTF-8")]
+    NotUtf8,
+    /// A leading `/`.
+    #[error("absolute paths are not allowed")]
+    Absolute,
+    /// A `..` component.
+    #[error("'..' components are not allowed")]
+    DotDot,
+    /// A `.` component (other than one leading `./`).
+    #[error("'.' components are not allowed")]
+    Dot,
+    /// `a//b`.
+    #[error("empty path components are not allowed")]
+    EmptyComponent,
+    /// A component with bytes a file name may not hold.
+    #[error("path component {0:?} is not a normal file name")]
+    NotNormal(String),
+    /// A component over [`MAX_COMPONENT_BYTES`].
+    #[error("a path component of {0} bytes is longer than {MAX_COMPONENT_BYTES}")]
+    ComponentTooLong(usize),
+    /// A file path ending in `/`.
+    #[error("a file path may not end in '/'")]
+    FileEndsInSlash,
+    /// A top-level directory other than a snapshot's or `cache`.
+    #[error("top-level directories are sha256-<16 hex digits>/ or cache/")]
+    TopLevelDirectory,
+    /// A directory deeper than the grammar allows.
+    #[error("directories are allowed only at depth 1 and as cache/<kind>/")]
+    DeepDirectory,
+    /// A file at the top level.
+    #[error("files at the top level are not allowed")]
+    TopLevelFile,
+    /// `sha256-…/a/b`.
+    #[error("snapshot members are sha256-<16 hex digits>/<file>; nesting is not allowed")]
+    NestedSnapshotFile,
+    /// `cache/x` or `cache/k/a/b`.
+    #[error("cache members are cache/<kind>/<file>")]
+    CacheShape,
+    /// Anything outside `sha256-…/` and `cache/`.
+    #[error("members live under sha256-<16 hex digits>/ or cache/")]
+    Outside,
+    /// `cache/<unknown>/`.
+    #[error("unknown cache kind {0:?}; expected manifests, layers, fsmeta or vmdk")]
+    UnknownCacheKind(String),
+    /// A cache file name not valid for its kind.
+    #[error("file name {name:?} is not valid in cache/{kind}/; expected {expected}")]
+    CacheFileName {
+        /// The name.
+        name: String,
+        /// Its kind directory.
+        kind: CacheKind,
+        /// The shape expected there.
+        expected: &'static str,
+    },
+    /// The second member of one path.
+    #[error("duplicate member")]
+    Duplicate,
+    /// One member over [`MAX_MEMBERS`].
+    #[error("the archive holds more than {MAX_MEMBERS} members")]
+    TooManyMembers,
+    /// A directory entry with a size.
+    #[error("a directory entry may not carry data")]
+    DirectoryWithData,
+    /// A snapshot file before its directory's manifest.
+    #[error(
+        "comes before {prefix}/{MANIFEST_FILE}; the manifest must be the first member of its snapshot directory"
+    )]
+    BeforeManifest {
+        /// The snapshot directory.
+        prefix: String,
+    },
+    /// A manifest over [`MAX_MANIFEST_BYTES`].
+    #[error("manifest is {0} bytes; the limit is 1 MiB")]
+    ManifestTooLarge(u64),
+    /// Image metadata over [`MAX_METADATA_BYTES`].
+    #[error("image metadata is {0} bytes; the limit is 16 MiB")]
+    MetadataTooLarge(u64),
+    /// A file whose logical size is over the import's limit.
+    #[error(
+        "logical size of {size} bytes is over the limit of {limit} bytes per file (raise it with --max-file-size)"
+    )]
+    FileTooLarge {
+        /// The size the header claims.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl Refusal {
+    /// The error refusing `member` for this reason.
+    pub fn of(self, member: impl Into<String>) -> Error {
+        Error::rejected(member, self.to_string())
+    }
+}
 
 /// The two shapes of entry the grammar allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,11 +203,12 @@ impl Member {
     }
 }
 
-/// Check one header: its entry type, link name and path. Returns the member it names.
-pub fn classify(entry_type: EntryType, link_name: Option<&[u8]>, path: &[u8]) -> Result<Member> {
+/// Check one header: its entry type (the tar type flag byte), link name and
+/// path. Returns the member it names.
+pub fn classify(typeflag: u8, link_name: Option<&[u8]>, path: &[u8]) -> Result<Member> {
     let shown = String::from_utf8_lossy(path).into_owned();
-    let reject = |reason: String| Error::rejected(shown.clone(), reason);
-    let kind = entry_kind(entry_type).map_err(reject)?;
+    let reject = |reason: Refusal| reason.of(shown.clone());
+    let kind = entry_kind(typeflag).map_err(reject)?;
     no_link_name(link_name).map_err(reject)?;
     let text = utf8_path(path).map_err(reject)?;
     not_absolute(text).map_err(reject)?;
@@ -89,41 +221,39 @@ pub fn classify(entry_type: EntryType, link_name: Option<&[u8]>, path: &[u8]) ->
     .map_err(reject)
 }
 
-/// Entry types: regular files, directories and GNU sparse files only.
-pub fn entry_kind(entry_type: EntryType) -> Result<EntryKind, String> {
-    match entry_type {
-        EntryType::Regular | EntryType::GNUSparse => Ok(EntryKind::File),
-        EntryType::Directory => Ok(EntryKind::Directory),
-        EntryType::Symlink => Err("symbolic links are not allowed".into()),
-        EntryType::Link => Err("hard links are not allowed".into()),
-        EntryType::Char => Err("character devices are not allowed".into()),
-        EntryType::Block => Err("block devices are not allowed".into()),
-        EntryType::Fifo => Err("FIFOs are not allowed".into()),
-        EntryType::XGlobalHeader => Err("pax global headers are not allowed".into()),
-        other => Err(format!(
-            "entry type {:?} is not allowed; only regular files, directories and GNU sparse files are",
-            other.as_byte() as char
-        )),
+/// Entry types: regular files (`0`, or NUL as old tars wrote it),
+/// directories and GNU sparse files only.
+pub fn entry_kind(typeflag: u8) -> Result<EntryKind, Refusal> {
+    match typeflag {
+        b'0' | 0 | b'S' => Ok(EntryKind::File),
+        b'5' => Ok(EntryKind::Directory),
+        b'2' => Err(Refusal::Symlink),
+        b'1' => Err(Refusal::HardLink),
+        b'3' => Err(Refusal::CharDevice),
+        b'4' => Err(Refusal::BlockDevice),
+        b'6' => Err(Refusal::Fifo),
+        b'g' => Err(Refusal::GlobalPax),
+        other => Err(Refusal::EntryType(other as char)),
     }
 }
 
 /// No entry the grammar allows carries a link target.
-pub fn no_link_name(link_name: Option<&[u8]>) -> Result<(), String> {
+pub fn no_link_name(link_name: Option<&[u8]>) -> Result<(), Refusal> {
     match link_name {
-        Some(l) if !l.is_empty() => Err("a link target on a non-link entry is not allowed".into()),
+        Some(l) if !l.is_empty() => Err(Refusal::LinkTarget),
         _ => Ok(()),
     }
 }
 
 /// Paths are UTF-8, checked on the raw bytes.
-pub fn utf8_path(path: &[u8]) -> Result<&str, String> {
-    std::str::from_utf8(path).map_err(|_| "path is not UTF-8".into())
+pub fn utf8_path(path: &[u8]) -> Result<&str, Refusal> {
+    std::str::from_utf8(path).map_err(|_| Refusal::NotUtf8)
 }
 
 /// No absolute paths.
-pub fn not_absolute(path: &str) -> Result<(), String> {
+pub fn not_absolute(path: &str) -> Result<(), Refusal> {
     if path.starts_with('/') {
-        Err("absolute paths are not allowed".into())
+        Err(Refusal::Absolute)
     } else {
         Ok(())
     }
@@ -136,10 +266,10 @@ pub fn strip_current_dir(path: &str) -> &str {
 
 /// Split into components: none empty, none `.` or `..`, no NUL or
 /// backslash; only a directory may end in `/`.
-pub fn components(path: &str, kind: EntryKind) -> Result<Vec<&str>, String> {
+pub fn components(path: &str, kind: EntryKind) -> Result<Vec<&str>, Refusal> {
     let trimmed = match (kind, path.strip_suffix('/')) {
         (EntryKind::Directory, Some(t)) => t,
-        (EntryKind::File, Some(_)) => return Err("a file path may not end in '/'".into()),
+        (EntryKind::File, Some(_)) => return Err(Refusal::FileEndsInSlash),
         (_, None) => path,
     };
     if trimmed.is_empty() {
@@ -148,18 +278,11 @@ pub fn components(path: &str, kind: EntryKind) -> Result<Vec<&str>, String> {
     let parts: Vec<&str> = trimmed.split('/').collect();
     for part in &parts {
         match *part {
-            ".." => return Err("'..' components are not allowed".into()),
-            "." => return Err("'.' components are not allowed".into()),
-            "" => return Err("empty path components are not allowed".into()),
-            p if !is_normal_file_name(p) => {
-                return Err(format!("path component {p:?} is not a normal file name"));
-            }
-            p if p.len() > MAX_COMPONENT_BYTES => {
-                return Err(format!(
-                    "a path component of {} bytes is longer than {MAX_COMPONENT_BYTES}",
-                    p.len()
-                ));
-            }
+            ".." => return Err(Refusal::DotDot),
+            "." => return Err(Refusal::Dot),
+            "" => return Err(Refusal::EmptyComponent),
+            p if !is_normal_file_name(p) => return Err(Refusal::NotNormal(p.to_string())),
+            p if p.len() > MAX_COMPONENT_BYTES => return Err(Refusal::ComponentTooLong(p.len())),
             _ => {}
         }
     }
@@ -173,7 +296,7 @@ pub fn is_snapshot_prefix(name: &str) -> bool {
 }
 
 /// Directory entries: the root, `sha256-…/`, `cache/` and `cache/<kind>/`.
-pub fn directory_member(parts: &[&str]) -> Result<Member, String> {
+pub fn directory_member(parts: &[&str]) -> Result<Member, Refusal> {
     match parts {
         [] => Ok(Member::Root),
         [prefix] if is_snapshot_prefix(prefix) => Ok(Member::SnapshotDir {
@@ -181,44 +304,44 @@ pub fn directory_member(parts: &[&str]) -> Result<Member, String> {
         }),
         [CACHE_DIR] => Ok(Member::CacheDir),
         [CACHE_DIR, kind] => cache_kind(kind).map(Member::CacheKindDir),
-        [_] => Err("top-level directories are sha256-<16 hex digits>/ or cache/".into()),
-        _ => Err("directories are allowed only at depth 1 and as cache/<kind>/".into()),
+        [_] => Err(Refusal::TopLevelDirectory),
+        _ => Err(Refusal::DeepDirectory),
     }
 }
 
 /// File entries: `sha256-…/<file>` and `cache/<kind>/<file>`.
-pub fn file_member(parts: &[&str]) -> Result<Member, String> {
+pub fn file_member(parts: &[&str]) -> Result<Member, Refusal> {
     match parts {
         [prefix, file] if is_snapshot_prefix(prefix) => Ok(Member::SnapshotFile {
             prefix: prefix.to_string(),
             file: file.to_string(),
         }),
         [CACHE_DIR, kind, file] => cache_file(cache_kind(kind)?, file).map(Member::CacheFile),
-        [] | [_] => Err("files at the top level are not allowed".into()),
-        [first, ..] if is_snapshot_prefix(first) => {
-            Err("snapshot members are sha256-<16 hex digits>/<file>; nesting is not allowed".into())
-        }
-        [CACHE_DIR, ..] => Err("cache members are cache/<kind>/<file>".into()),
-        _ => Err("members live under sha256-<16 hex digits>/ or cache/".into()),
+        [] | [_] => Err(Refusal::TopLevelFile),
+        [first, ..] if is_snapshot_prefix(first) => Err(Refusal::NestedSnapshotFile),
+        [CACHE_DIR, ..] => Err(Refusal::CacheShape),
+        _ => Err(Refusal::Outside),
     }
 }
 
 /// A cache kind directory: manifests, layers, fsmeta or vmdk.
-pub fn cache_kind(name: &str) -> Result<CacheKind, String> {
-    CacheKind::from_dir(name).ok_or_else(|| {
-        format!("unknown cache kind {name:?}; expected manifests, layers, fsmeta or vmdk")
-    })
+pub fn cache_kind(name: &str) -> Result<CacheKind, Refusal> {
+    CacheKind::from_dir(name).ok_or_else(|| Refusal::UnknownCacheKind(name.to_string()))
 }
 
 /// A cache file name valid for its kind (digest-named, right extension).
-pub fn cache_file(kind: CacheKind, name: &str) -> Result<CacheFile, String> {
+pub fn cache_file(kind: CacheKind, name: &str) -> Result<CacheFile, Refusal> {
     CacheFile::parse(kind, name).ok_or_else(|| {
         let expected = match kind {
             CacheKind::Manifests => "<64 hex>.json",
             CacheKind::Layers | CacheKind::Fsmeta => "sha256_<64 hex>.erofs",
             CacheKind::Vmdk => "sha256_<64 hex>.vmdk",
         };
-        format!("file name {name:?} is not valid in cache/{kind}/; expected {expected}")
+        Refusal::CacheFileName {
+            name: name.to_string(),
+            kind,
+            expected,
+        }
     })
 }
 
@@ -232,16 +355,52 @@ impl MemberSet {
     /// Record `member`; a second occurrence, or one member too many, is refused.
     pub fn insert(&mut self, member: &Member) -> Result<()> {
         if self.seen.len() >= MAX_MEMBERS {
-            return Err(Error::rejected(
-                member.path(),
-                format!("the archive holds more than {MAX_MEMBERS} members"),
-            ));
+            return Err(Refusal::TooManyMembers.of(member.path()));
         }
         if self.seen.insert(member.clone()) {
             Ok(())
         } else {
-            Err(Error::rejected(member.path(), "duplicate member"))
+            Err(Refusal::Duplicate.of(member.path()))
         }
+    }
+}
+
+/// What a member's header claims about its data, checked against the
+/// grammar before any byte of it is read: directories carry none,
+/// manifests and image metadata have their own small limits, and no file's
+/// logical size exceeds `max_file_bytes`.
+pub fn check_size(member: &Member, size: u64, max_file_bytes: u64) -> Result<(), Refusal> {
+    match member {
+        Member::Root | Member::SnapshotDir { .. } | Member::CacheDir | Member::CacheKindDir(_) => {
+            if size == 0 {
+                Ok(())
+            } else {
+                Err(Refusal::DirectoryWithData)
+            }
+        }
+        Member::SnapshotFile { file, .. } if file == MANIFEST_FILE && size > MAX_MANIFEST_BYTES => {
+            Err(Refusal::ManifestTooLarge(size))
+        }
+        Member::CacheFile(f) if f.kind == CacheKind::Manifests && size > MAX_METADATA_BYTES => {
+            Err(Refusal::MetadataTooLarge(size))
+        }
+        _ if size > max_file_bytes => Err(Refusal::FileTooLarge {
+            size,
+            limit: max_file_bytes,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A snapshot file other than the manifest must follow its directory's
+/// manifest: `known` says whether that manifest was seen.
+pub fn manifest_first(prefix: &str, known: bool) -> Result<(), Refusal> {
+    if known {
+        Ok(())
+    } else {
+        Err(Refusal::BeforeManifest {
+            prefix: prefix.to_string(),
+        })
     }
 }
 
@@ -253,11 +412,11 @@ mod tests {
     const PREFIX: &str = "sha256-0123456789abcdef";
 
     fn file(path: &str) -> Result<Member> {
-        classify(EntryType::Regular, None, path.as_bytes())
+        classify(b'0', None, path.as_bytes())
     }
 
     fn dir(path: &str) -> Result<Member> {
-        classify(EntryType::Directory, None, path.as_bytes())
+        classify(b'5', None, path.as_bytes())
     }
 
     #[track_caller]
@@ -273,19 +432,19 @@ mod tests {
 
     #[test]
     fn entry_types() {
-        assert_eq!(entry_kind(EntryType::Regular), Ok(EntryKind::File));
-        assert_eq!(entry_kind(EntryType::new(0)), Ok(EntryKind::File));
-        assert_eq!(entry_kind(EntryType::GNUSparse), Ok(EntryKind::File));
-        assert_eq!(entry_kind(EntryType::Directory), Ok(EntryKind::Directory));
+        assert_eq!(entry_kind(b'0'), Ok(EntryKind::File));
+        assert_eq!(entry_kind(0), Ok(EntryKind::File));
+        assert_eq!(entry_kind(b'S'), Ok(EntryKind::File));
+        assert_eq!(entry_kind(b'5'), Ok(EntryKind::Directory));
         for (ty, text) in [
-            (EntryType::Symlink, "symbolic links"),
-            (EntryType::Link, "hard links"),
-            (EntryType::Char, "character devices"),
-            (EntryType::Block, "block devices"),
-            (EntryType::Fifo, "FIFOs"),
-            (EntryType::XGlobalHeader, "pax global headers"),
-            (EntryType::Continuous, "entry type '7'"),
-            (EntryType::new(b'V'), "entry type 'V'"),
+            (b'2', "symbolic links"),
+            (b'1', "hard links"),
+            (b'3', "character devices"),
+            (b'4', "block devices"),
+            (b'6', "FIFOs"),
+            (b'g', "pax global headers"),
+            (b'7', "entry type '7'"),
+            (b'V', "entry type 'V'"),
         ] {
             let path = format!("{PREFIX}/upper.ext4");
             refused(classify(ty, None, path.as_bytes()), text);
@@ -295,28 +454,17 @@ mod tests {
     #[test]
     fn link_names_are_refused() {
         refused(
-            classify(
-                EntryType::Regular,
-                Some(b"/etc/passwd"),
-                format!("{PREFIX}/x").as_bytes(),
-            ),
+            classify(b'0', Some(b"/etc/passwd"), format!("{PREFIX}/x").as_bytes()),
             "link target",
         );
-        assert!(
-            classify(
-                EntryType::Regular,
-                Some(b""),
-                format!("{PREFIX}/x").as_bytes()
-            )
-            .is_ok()
-        );
+        assert!(classify(b'0', Some(b""), format!("{PREFIX}/x").as_bytes()).is_ok());
     }
 
     #[test]
     fn utf8_is_checked_on_raw_bytes() {
         let mut raw = format!("{PREFIX}/").into_bytes();
         raw.extend([0xff, 0xfe, b'x']);
-        refused(classify(EntryType::Regular, None, &raw), "not UTF-8");
+        refused(classify(b'0', None, &raw), "not UTF-8");
         assert!(utf8_path("sha256-0123456789abcdef/é".as_bytes()).is_ok());
     }
 
@@ -434,6 +582,34 @@ mod tests {
         let d = dir("cache").unwrap();
         set.insert(&d).unwrap();
         refused(set.insert(&dir("cache/").unwrap()).map(|()| d), "duplicate");
+    }
+
+    #[test]
+    fn sizes_are_checked_at_the_header() {
+        let upper = file(&format!("{PREFIX}/upper.ext4")).unwrap();
+        let manifest = file(&format!("{PREFIX}/manifest.json")).unwrap();
+        assert_eq!(check_size(&upper, 1 << 40, 1 << 40), Ok(()));
+        assert_eq!(
+            check_size(&upper, (1 << 40) + 1, 1 << 40),
+            Err(Refusal::FileTooLarge {
+                size: (1 << 40) + 1,
+                limit: 1 << 40
+            })
+        );
+        assert_eq!(
+            check_size(&manifest, MAX_MANIFEST_BYTES + 1, u64::MAX),
+            Err(Refusal::ManifestTooLarge(MAX_MANIFEST_BYTES + 1))
+        );
+        assert_eq!(
+            check_size(&dir("cache/").unwrap(), 1, u64::MAX),
+            Err(Refusal::DirectoryWithData)
+        );
+        assert_eq!(
+            manifest_first(PREFIX, false).unwrap_err().to_string(),
+            format!(
+                "comes before {PREFIX}/manifest.json; the manifest must be the first member of its snapshot directory"
+            )
+        );
     }
 
     #[test]

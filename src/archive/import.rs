@@ -8,28 +8,28 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::check::{self, CheckedSet};
-use super::entry::{MANIFEST_FILE, Member, MemberSet, classify};
-use super::import_source::{self, Budget, Budgeted, OpenedSource, OverBudget, Pump, PumpError};
+use super::entry::{
+    DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, check_size, classify, manifest_first,
+};
+use super::import_source::{self, OpenedSource, Pump, PumpError};
 use super::streamed::{StagedMember, Streamed, StreamedSnapshot};
+use super::tar_reader::{Chunk, ReadError, TarReader};
 use crate::db::{self, ImportState};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
 use crate::files::{CHUNK, Piece, is_zero};
-use crate::image::{CacheFile, MAX_METADATA_BYTES};
+use crate::image::CacheFile;
 use crate::install::install;
 use crate::journal::Lease;
 use crate::layout::{Layout, SnapshotName};
-use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
+use crate::manifest::{Integrity, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::stage::{StagedBytes, StagingFile};
@@ -41,6 +41,9 @@ pub use super::import_source::ImportSource;
 pub struct ImportOptions {
     /// Name for the head snapshot; the others are named by their archive prefix.
     pub name: Option<String>,
+    /// Largest logical size of one file; `None` means
+    /// [`DEFAULT_MAX_FILE_BYTES`] (1 TiB).
+    pub max_file_bytes: Option<u64>,
 }
 
 /// What `import` did.
@@ -71,16 +74,29 @@ impl Registry {
         opts: &ImportOptions,
         progress: &dyn Progress,
     ) -> Result<ImportReport> {
+        let opened = import_source::open(source)?;
+        self.import_from(source, opened, opts, progress)
+    }
+
+    /// Import from a source already opened, which `source` names (the
+    /// journal's label, error messages). [`OpenedSource::from_reader`] makes
+    /// one of any byte stream.
+    pub fn import_from(
+        &mut self,
+        source: &ImportSource,
+        opened: OpenedSource,
+        opts: &ImportOptions,
+        progress: &dyn Progress,
+    ) -> Result<ImportReport> {
         let head_name = opts
             .name
             .as_deref()
             .map(str::parse::<SnapshotName>)
             .transpose()?;
-        let opened = import_source::open(source)?;
         let (layout, db) = self.parts();
         let lease = Lease::acquire(layout, db, &source.label())?;
         let result = self
-            .import_leased(&lease, source, opened, head_name, progress)
+            .import_leased(&lease, source, opened, head_name, opts, progress)
             .map_err(|e| e.naming_archive(&source.display_name()));
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
@@ -98,6 +114,7 @@ impl Registry {
         source: &ImportSource,
         opened: OpenedSource,
         head_name: Option<SnapshotName>,
+        opts: &ImportOptions,
         progress: &dyn Progress,
     ) -> Result<ImportReport> {
         let layout = self.layout().clone();
@@ -113,6 +130,7 @@ impl Registry {
             lease.id(),
             source,
             opened,
+            opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
             progress,
         ));
         runtime.shutdown_background();
@@ -210,15 +228,16 @@ async fn read_archive(
     id: &str,
     source: &ImportSource,
     opened: OpenedSource,
+    max_file_bytes: u64,
     progress: &dyn Progress,
 ) -> Result<Streamed> {
     let (tar, pump) = Pump::start(opened);
-    let budget = Rc::new(Budget::default());
-    let mut reader = Budgeted::new(tar, budget.clone());
+    let mut reader = TarReader::new(tar, &layout.import_staging(id));
     let mut stager = Stager {
         layout,
         conn,
         id,
+        max_file_bytes,
         pinned: HashSet::new(),
         members: MemberSet::default(),
         streamed: Streamed::default(),
@@ -231,9 +250,9 @@ async fn read_archive(
         buf: vec![0u8; CHUNK],
         last: None,
     };
-    let outcome = stager.run(&mut reader, &budget).await;
-    let drained = match &outcome {
-        Ok(()) => drain(&mut reader).await,
+    let outcome = stager.run(&mut reader).await;
+    let trailing = match &outcome {
+        Ok(()) => reader.finish().await,
         Err(_) => Ok(()),
     };
     drop(reader);
@@ -242,7 +261,7 @@ async fn read_archive(
         Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
         Ok(_) => {
             outcome?;
-            drained.map_err(|e| tar_error(&None, e))?;
+            trailing.map_err(|e| tar_error(&None, e))?;
             Ok(stager.streamed)
         }
     }
@@ -262,27 +281,14 @@ fn zstd_error(e: std::io::Error) -> Error {
     }
 }
 
-/// Read what follows the end-of-archive marker, so a corrupt compressed
-/// tail is noticed too.
-async fn drain(rest: &mut (impl AsyncRead + Unpin)) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    while rest.read(&mut buf).await? > 0 {}
-    Ok(())
-}
-
-/// Map a tar reader failure to a refusal of the archive.
-fn tar_error(after: &Option<String>, e: std::io::Error) -> Error {
+/// Map a tar reader failure to a refusal of the archive, naming the last
+/// member read before the stream broke.
+fn tar_error(after: &Option<String>, e: ReadError) -> Error {
     let whence = match after {
         Some(m) => format!(" after member {m}"),
         None => String::new(),
     };
-    if e.get_ref().is_some_and(|i| i.is::<OverBudget>()) {
-        return Error::rejected_archive(format!("{e}{whence}"));
-    }
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return Error::unreadable_archive(format!("truncated tar stream{whence}"), e);
-    }
-    Error::unreadable_archive(format!("corrupt tar stream{whence}"), e)
+    Error::rejected_archive(format!("{e}{whence}"))
 }
 
 /// Reports compressed bytes consumed as progress.
@@ -302,11 +308,14 @@ impl Ticker<'_> {
     }
 }
 
+type Reader = TarReader<tokio::io::DuplexStream>;
+
 struct Stager<'a> {
     layout: &'a Layout,
     /// For recording, as each manifest arrives, the image it pins.
     conn: &'a rusqlite::Connection,
     id: &'a str,
+    max_file_bytes: u64,
     /// Images already recorded in `import_pins`.
     pinned: HashSet<Digest>,
     members: MemberSet,
@@ -318,79 +327,34 @@ struct Stager<'a> {
 }
 
 impl Stager<'_> {
-    /// Read members until the end-of-archive marker.
-    ///
-    /// Each member is read through a fresh `tokio_tar::Archive` positioned
-    /// at its header: astral-tokio-tar 0.7.0 keeps the extension-header
-    /// state of a GNU sparse entry across entries, so a second sparse entry
-    /// with extension headers in the same stream would be misread. The
-    /// padding after each member is skipped here instead.
-    async fn run(
-        &mut self,
-        reader: &mut Budgeted<tokio::io::DuplexStream>,
-        budget: &Budget,
-    ) -> Result<()> {
+    /// Read members until the end-of-archive marker; every header is checked
+    /// against the grammar ([`super::entry`]) before its data is read.
+    async fn run(&mut self, reader: &mut Reader) -> Result<()> {
         loop {
-            let pad = (512 - budget.position() % 512) % 512;
-            let mut skip = [0u8; 512];
-            reader
-                .read_exact(&mut skip[..pad as usize])
-                .await
-                .map_err(|e| tar_error(&self.last, e))?;
-            budget.arm();
-            let mut archive = tokio_tar::Archive::new(&mut *reader);
-            let mut entries = archive.entries().map_err(|e| tar_error(&None, e))?;
-            let next = entries.next().await;
-            let header_bytes = budget.disarm();
-            let mut entry = match next {
-                None if header_bytes >= 512 => return Ok(()),
-                None => {
-                    return Err(Error::rejected_archive(match &self.last {
-                        Some(m) => format!(
-                            "truncated tar stream: no end-of-archive marker after member {m}"
-                        ),
-                        None => {
-                            "empty or truncated tar stream: no end-of-archive marker".to_string()
-                        }
-                    }));
-                }
-                Some(Err(e)) => return Err(tar_error(&self.last, e)),
-                Some(Ok(entry)) => entry,
+            let Some(header) = reader.next().await.map_err(|e| tar_error(&self.last, e))? else {
+                return Ok(());
             };
-            let member = {
-                let path = entry.path_bytes().map_err(|e| tar_error(&self.last, e))?;
-                let link = entry
-                    .link_name_bytes()
-                    .map_err(|e| tar_error(&self.last, e))?;
-                classify(entry.header().entry_type(), link.as_deref(), &path)?
-            };
+            let member = classify(header.typeflag, Some(&header.link), &header.path)?;
             let member_path = member.path();
-            no_pax_sparse(&mut entry, &member_path).await?;
             self.members.insert(&member)?;
             self.last = Some(member_path.clone());
-            let size = entry.effective_size();
+            let size = header.size;
+            check_size(&member, size, self.max_file_bytes).map_err(|r| r.of(&member_path))?;
             let is_file = matches!(member, Member::SnapshotFile { .. } | Member::CacheFile(_));
             match member {
                 Member::Root
                 | Member::SnapshotDir { .. }
                 | Member::CacheDir
-                | Member::CacheKindDir(_) => {
-                    if size != 0 {
-                        return Err(Error::rejected(
-                            member_path,
-                            "a directory entry may not carry data",
-                        ));
-                    }
-                }
+                | Member::CacheKindDir(_) => {}
                 Member::SnapshotFile { prefix, file } if file == MANIFEST_FILE => {
-                    self.manifest(&mut entry, member_path, prefix, size).await?;
+                    self.manifest(reader, member_path, prefix, size).await?;
                 }
                 Member::SnapshotFile { prefix, file } => {
-                    self.snapshot_file(&mut entry, member_path, prefix, file, size)
+                    self.snapshot_file(reader, member_path, prefix, file, size)
                         .await?;
                 }
                 Member::CacheFile(file) => {
-                    self.cache_file(&mut entry, member_path, file, size).await?;
+                    self.cache_file(reader, member_path, file, size).await?;
                 }
             }
             if is_file {
@@ -402,25 +366,22 @@ impl Stager<'_> {
 
     async fn manifest(
         &mut self,
-        entry: &mut (impl AsyncRead + Unpin),
+        reader: &mut Reader,
         member: String,
         prefix: String,
         size: u64,
     ) -> Result<()> {
-        if size > MAX_MANIFEST_BYTES {
-            return Err(Error::rejected(
-                member,
-                format!("manifest is {size} bytes; the limit is 1 MiB"),
-            ));
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        (&mut *entry)
-            .take(size)
-            .read_to_end(&mut bytes)
+        let mut bytes = vec![0u8; size as usize];
+        let mut filled = 0;
+        while let Some(chunk) = reader
+            .read_data(&mut bytes[filled..])
             .await
-            .map_err(|e| Error::unreadable(&member, "truncated or corrupt", e))?;
-        if (bytes.len() as u64) < size {
-            return Err(truncated(&member, bytes.len() as u64, size));
+            .map_err(|e| Error::rejected(&member, e.to_string()))?
+        {
+            match chunk {
+                Chunk::Data(n) => filled += n,
+                Chunk::Zeros(n) => filled += n as usize,
+            }
         }
         let parsed = Manifest::parse(&bytes).map_err(|source| Error::Manifest {
             path: member.clone(),
@@ -466,20 +427,15 @@ impl Stager<'_> {
 
     async fn snapshot_file(
         &mut self,
-        entry: &mut (impl AsyncRead + Unpin),
+        reader: &mut Reader,
         member: String,
         prefix: String,
         file: String,
         size: u64,
     ) -> Result<()> {
-        let Some(&index) = self.by_prefix.get(&prefix) else {
-            return Err(Error::rejected(
-                member,
-                format!(
-                    "comes before {prefix}/{MANIFEST_FILE}; the manifest must be the first member of its snapshot directory"
-                ),
-            ));
-        };
+        let index = self.by_prefix.get(&prefix).copied();
+        manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
+        let index = index.expect("checked by manifest_first");
         let snapshot = &self.streamed.snapshots[index];
         let upper = &snapshot.parsed.manifest.upper;
         let integrity = if file == upper.file {
@@ -498,7 +454,7 @@ impl Stager<'_> {
         };
         let path = snapshot.dir.join(&file);
         let bytes = self
-            .stage(entry, &member, &path, size, integrity.as_ref())
+            .stage(reader, &member, &path, size, integrity.as_ref())
             .await?;
         self.streamed.snapshots[index].files.push((
             file,
@@ -513,22 +469,16 @@ impl Stager<'_> {
 
     async fn cache_file(
         &mut self,
-        entry: &mut (impl AsyncRead + Unpin),
+        reader: &mut Reader,
         member: String,
         file: CacheFile,
         size: u64,
     ) -> Result<()> {
-        if file.kind == crate::image::CacheKind::Manifests && size > MAX_METADATA_BYTES {
-            return Err(Error::rejected(
-                member,
-                format!("image metadata is {size} bytes; the limit is 16 MiB"),
-            ));
-        }
         let path = self.layout.staged_cache_file(self.id, &file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at("create directory", parent)?;
         }
-        let bytes = self.stage(entry, &member, &path, size, None).await?;
+        let bytes = self.stage(reader, &member, &path, size, None).await?;
         self.streamed.cache.push((
             file,
             StagedMember {
@@ -540,79 +490,29 @@ impl Stager<'_> {
         Ok(())
     }
 
-    /// Stream one member's data into `path`, hashing it on the way; runs of
-    /// zeros become holes.
+    /// Stream one member's data into `path`, hashing it on the way; holes
+    /// and runs of zeros become holes.
     async fn stage(
         &mut self,
-        entry: &mut (impl AsyncRead + Unpin),
+        reader: &mut Reader,
         member: &str,
         path: &Path,
         size: u64,
         integrity: Option<&Integrity>,
     ) -> Result<StagedBytes> {
         let mut out = StagingFile::create(path, size, integrity)?;
-        let mut done = 0u64;
-        while done < size {
-            let want = (size - done).min(self.buf.len() as u64) as usize;
-            let mut filled = 0;
-            while filled < want {
-                let n = match entry.read(&mut self.buf[filled..want]).await {
-                    Ok(0) => return Err(truncated(member, done + filled as u64, size)),
-                    Ok(n) => n,
-                    Err(e) => {
-                        return Err(Error::unreadable(
-                            member,
-                            format!(
-                                "truncated or corrupt after {} of {size} bytes",
-                                done + filled as u64
-                            ),
-                            e,
-                        ));
-                    }
-                };
-                filled += n;
-            }
-            let chunk = &self.buf[..filled];
-            out.piece(if is_zero(chunk) {
-                Piece::Zeros(filled as u64)
-            } else {
-                Piece::Data(chunk)
+        while let Some(chunk) = reader
+            .read_data(&mut self.buf)
+            .await
+            .map_err(|e| Error::rejected(member, e.to_string()))?
+        {
+            out.piece(match chunk {
+                Chunk::Zeros(n) => Piece::Zeros(n),
+                Chunk::Data(n) if is_zero(&self.buf[..n]) => Piece::Zeros(n as u64),
+                Chunk::Data(n) => Piece::Data(&self.buf[..n]),
             })?;
-            done += filled as u64;
             self.ticker.tick();
         }
         out.finish()
     }
-}
-
-fn truncated(member: &str, got: u64, size: u64) -> Error {
-    Error::rejected(
-        member,
-        format!("truncated: the stream ends after {got} of {size} bytes"),
-    )
-}
-
-/// pax `GNU.sparse.*` records (sparse formats 0.x/1.0) are not part of the
-/// format: export writes old GNU sparse headers, which the reader decodes.
-async fn no_pax_sparse<R: AsyncRead + Unpin>(
-    entry: &mut tokio_tar::Entry<R>,
-    member: &str,
-) -> Result<()> {
-    let Some(records) = entry
-        .pax_extensions()
-        .await
-        .map_err(|e| Error::unreadable(member, "malformed pax records", e))?
-    else {
-        return Ok(());
-    };
-    for record in records {
-        let record = record.map_err(|e| Error::unreadable(member, "malformed pax records", e))?;
-        if record.key_bytes().starts_with(b"GNU.sparse.") {
-            return Err(Error::rejected(
-                member,
-                "pax GNU.sparse records are not supported; use GNU sparse ('S') entries",
-            ));
-        }
-    }
-    Ok(())
 }

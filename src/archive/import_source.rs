@@ -1,14 +1,10 @@
-//! The byte stream an import reads: the source (a file or stdin), zstd told
-//! apart from plain tar by its magic bytes, decompressed on a worker task so
-//! decoding overlaps hashing, and a budget on the bytes the tar reader may
-//! consume between two members, so that extension headers (GNU long names,
-//! pax records, sparse maps) can never be buffered without bound.
+//! The byte stream an import reads: the source (a file, stdin, or any
+//! reader), zstd told apart from plain tar by its magic bytes, decompressed
+//! on a worker task so decoding overlaps hashing.
 
-use std::cell::Cell;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -24,10 +20,6 @@ pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Largest zstd window accepted (2^25 = 32 MiB), which bounds the decoder's memory.
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 25;
-
-/// Bytes the tar reader may consume between two members: headers, GNU long
-/// names, pax records and sparse maps together.
-pub const HEADER_BUDGET: u64 = 1024 * 1024;
 
 const PIPE_BYTES: usize = 1024 * 1024;
 
@@ -72,6 +64,13 @@ pub struct OpenedSource {
     reader: Box<dyn AsyncRead + Unpin + Send>,
     /// Its length in bytes when it is a regular file.
     pub len: Option<u64>,
+}
+
+impl OpenedSource {
+    /// Any byte stream as a source (tests drive import through chaos readers this way).
+    pub fn from_reader(reader: Box<dyn AsyncRead + Unpin + Send>, len: Option<u64>) -> Self {
+        OpenedSource { reader, len }
+    }
 }
 
 /// Open the source (outside any runtime work, so a missing file fails before a lease is taken).
@@ -210,102 +209,5 @@ impl AsyncRead for Counting {
                 .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
         }
         r
-    }
-}
-
-/// The error a [`Budgeted`] reader returns when the budget runs out.
-#[derive(Debug, thiserror::Error)]
-#[error("tar headers and extensions of one member exceed {HEADER_BUDGET} bytes")]
-pub struct OverBudget;
-
-/// Counts the bytes read since [`Budget::arm`] and refuses more than the
-/// limit while armed; also knows the stream position.
-#[derive(Debug, Default)]
-pub struct Budget {
-    armed: Cell<bool>,
-    used: Cell<u64>,
-    pos: Cell<u64>,
-}
-
-impl Budget {
-    /// Bytes read through the [`Budgeted`] reader so far.
-    pub fn position(&self) -> u64 {
-        self.pos.get()
-    }
-
-    /// Start counting (before asking the tar reader for the next member).
-    pub fn arm(&self) {
-        self.armed.set(true);
-        self.used.set(0);
-    }
-
-    /// Stop limiting (while a member's data is read); returns the bytes read while armed.
-    pub fn disarm(&self) -> u64 {
-        self.armed.set(false);
-        self.used.get()
-    }
-}
-
-/// A reader limited by a shared [`Budget`].
-pub struct Budgeted<R> {
-    inner: R,
-    budget: Rc<Budget>,
-}
-
-impl<R> Budgeted<R> {
-    /// Wrap `inner`.
-    pub fn new(inner: R, budget: Rc<Budget>) -> Self {
-        Budgeted { inner, budget }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Budgeted<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.budget.armed.get() {
-            let before = buf.filled().len();
-            let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-            let n = buf.filled().len() - before;
-            self.budget.pos.set(self.budget.pos.get() + n as u64);
-            return r;
-        }
-        let left = HEADER_BUDGET.saturating_sub(self.budget.used.get());
-        if left == 0 {
-            return Poll::Ready(Err(io::Error::other(OverBudget)));
-        }
-        let want = (left as usize).min(buf.remaining());
-        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(want));
-        let r = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
-        let n = limited.filled().len();
-        if let Poll::Ready(Ok(())) = r {
-            buf.advance(n);
-            self.budget.used.set(self.budget.used.get() + n as u64);
-            self.budget.pos.set(self.budget.pos.get() + n as u64);
-        }
-        r
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn budget_limits_only_while_armed() {
-        let data = vec![7u8; (HEADER_BUDGET as usize) * 2];
-        let budget = Rc::new(Budget::default());
-        let mut r = Budgeted::new(&data[..], budget.clone());
-        let mut sink = Vec::new();
-        budget.arm();
-        let err = r.read_to_end(&mut sink).await.unwrap_err();
-        assert!(err.get_ref().unwrap().is::<OverBudget>());
-        assert_eq!(sink.len() as u64, HEADER_BUDGET);
-        assert_eq!(budget.disarm(), HEADER_BUDGET);
-        let mut rest = Vec::new();
-        r.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest.len() as u64, HEADER_BUDGET);
     }
 }

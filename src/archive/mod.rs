@@ -10,7 +10,10 @@ pub mod import;
 pub mod import_source;
 pub mod streamed;
 pub mod tar;
+pub mod tar_reader;
 
 pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
 pub use export_plan::Selection;
 pub use import::{ImportOptions, ImportReport, ImportSource};
+pub use import_source::OpenedSource;
+pub use tar_reader::{Chunk, ReadError, TarReader};

@@ -163,6 +163,10 @@ pub enum Command {
         /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>].
         #[arg(long)]
         name: Option<String>,
+        /// Largest logical size of one file in bytes; a header claiming more is refused before
+        /// any data is read [default: 1099511627776, 1 TiB].
+        #[arg(long, value_name = "BYTES")]
+        max_file_size: Option<u64>,
     },
 }
 

@@ -142,9 +142,17 @@ fn dispatch(
             rendered
         }
         Command::Export(args) => export(registry, args, p, progress)?,
-        Command::Import { archive, name } => {
+        Command::Import {
+            archive,
+            name,
+            max_file_size,
+        } => {
             let source = ImportSource::from_arg(&archive);
-            let r = registry.import(&source, &ImportOptions { name }, progress)?;
+            let opts = ImportOptions {
+                name,
+                max_file_bytes: max_file_size,
+            };
+            let r = registry.import(&source, &opts, progress)?;
             p.hint(r.microsandbox_hint.as_deref());
             emit(p, &r, render::import)
         }

@@ -685,7 +685,12 @@ fn regression_fuzz_control_characters_in_names_stay_on_one_line() {
     bytes.extend_from_slice(b"{}");
     bytes.resize(2 * 512, 0);
     bytes.extend([0u8; 1024]);
-    refused(&reg, &bytes, 6, "cksum for \\nsha256-0123456789abcdef");
+    refused(
+        &reg,
+        &bytes,
+        6,
+        "corrupt tar stream: checksum field is not an octal or base-256 number",
+    );
 
     let mut t = Tar::new();
     t.file(&format!("{prefix}/up\nper\x1b[2J"), b"x");
@@ -711,7 +716,7 @@ fn refuses_extension_headers_that_desynchronise_entries() {
         &reg,
         &t.finish(),
         6,
-        "corrupt tar stream after member cache/vmdk/",
+        "corrupt tar stream: checksum field is not an octal or base-256 number after member cache/vmdk/",
     );
 
     // A GNU long name that is never followed by a member.

@@ -1,10 +1,13 @@
 //! Integration tests: the real `msb-registry` binary against temporary
 //! registries, plus library-level checks. One binary, one module per area.
 
+mod chaos;
 mod core;
+mod corpus;
 mod crash;
 mod damage;
 mod demo;
+mod differential;
 mod diskfull;
 mod export;
 mod gc;
@@ -12,6 +15,7 @@ mod home;
 mod import;
 mod layers;
 mod mutate;
+mod reader;
 mod roundtrip;
 mod soak;
 mod tarcraft;
