@@ -25,6 +25,7 @@ pub mod reindex;
 pub mod remove;
 pub mod sample;
 pub mod stage;
+pub mod text;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -38,40 +38,7 @@ pub fn run(cli: Cli) -> Result<Rendered> {
     }
     let root = root_of(&cli)?;
     let rendered = match cli.command {
-        Command::Sql { query } => {
-            let result = crate::query::sql(&root, &query)?;
-            if p.json {
-                let objects: Vec<serde_json::Map<String, serde_json::Value>> = result
-                    .rows
-                    .iter()
-                    .map(|row| {
-                        result
-                            .columns
-                            .iter()
-                            .cloned()
-                            .zip(row.iter().cloned())
-                            .collect()
-                    })
-                    .collect();
-                p.json(&objects)
-            } else {
-                let header: Vec<&str> = result.columns.iter().map(|c| c.as_str()).collect();
-                let rows: Vec<Vec<String>> = result
-                    .rows
-                    .iter()
-                    .map(|r| {
-                        r.iter()
-                            .map(|v| match v {
-                                serde_json::Value::String(s) => s.clone(),
-                                serde_json::Value::Null => "NULL".into(),
-                                other => other.to_string(),
-                            })
-                            .collect()
-                    })
-                    .collect();
-                p.table(&header, &rows)
-            }
-        }
+        Command::Sql { query } => super::sql::run(&root, &query, &mut p)?,
         command => {
             let mut registry = Registry::open(&root)?;
             dispatch(&mut registry, command, &mut p, &progress)?
