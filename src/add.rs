@@ -2,7 +2,6 @@
 //! artifacts from a microsandbox cache) into the registry, through the same
 //! lease, staging, verification and journaled promotion as an import.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -272,7 +271,7 @@ fn copy_into(
     integrity: Option<&crate::manifest::Integrity>,
     progress: &dyn Progress,
 ) -> Result<crate::stage::StagedBytes> {
-    let file = File::open(src).at("open", src)?;
+    let file = crate::files::open_regular(src)?;
     let mut out = StagingFile::create(target, len, integrity)?;
     read_logical(&file, len, src, |piece| {
         progress.advance(match piece {

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::digest::BLOCK;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Size of the buffer data is read and written in.
 pub const CHUNK: usize = 1024 * 1024;
@@ -183,9 +183,51 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)
 }
 
+/// Open `path` for reading only if it is a regular file, without following
+/// a symbolic link and without blocking: a FIFO, device, socket or symlink
+/// put where a registry or snapshot file belongs is an integrity error
+/// naming it, found by `fstat` on the opened descriptor (O_NONBLOCK makes
+/// opening a FIFO return at once instead of waiting for a writer). A file
+/// that is absent stays an I/O error of kind `NotFound`.
+pub fn open_regular(path: &Path) -> Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::integrity(
+                path.display().to_string(),
+                "is a symbolic link, not a regular file",
+            ));
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let kind = file.metadata().at("stat", path)?.file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    };
+    Err(Error::integrity(
+        path.display().to_string(),
+        format!("is {what}, not a regular file"),
+    ))
+}
+
 /// Read a whole small file, refusing one larger than `limit` before buffering it.
 pub fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
-    let file = File::open(path).at("open", path)?;
+    let file = open_regular(path)?;
     let len = file.metadata().at("stat", path)?.len();
     if len > limit {
         return Ok(None);

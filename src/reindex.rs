@@ -1,7 +1,6 @@
 //! `reindex`: rebuild the index from the artifacts on disk, after the
 //! database was lost or to adopt a microsandbox home.
 
-use std::fs::File;
 use std::path::Path;
 
 use serde::Serialize;
@@ -192,7 +191,7 @@ fn hash_file(
     integrity: Option<&crate::manifest::Integrity>,
     progress: &dyn Progress,
 ) -> Result<(u64, Digest, Option<Digest>)> {
-    let file = File::open(path).at("open", path)?;
+    let file = crate::files::open_regular(path)?;
     let len = file.metadata().at("stat", path)?.len();
     let (extents, integrity) = digest_file(&file, len, path, integrity, progress)?;
     Ok((len, extents, integrity))

@@ -23,7 +23,7 @@ use async_compression::zstd::CParameter;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, BufWriter};
 
-use super::export_plan::{ExportPlan, Selection};
+use super::export_plan::{ExportPlan, PlannedFile, Selection};
 use super::export_stream::{MemberWriter, OpenedFile};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -129,11 +129,17 @@ impl Registry {
             )));
         }
         let plan = self.export_plan(reference, &opts.selection)?;
-        let files = plan
-            .files
-            .iter()
-            .map(OpenedFile::open)
-            .collect::<Result<Vec<_>>>()?;
+        // Every file is checked (type, presence, size) before the first byte
+        // is written, then closed: only the file being written is held open,
+        // so a chain of any length fits in a small descriptor limit.
+        let mut total = 0;
+        for p in &plan.files {
+            total += OpenedFile::open(p)?.content_bytes(opts.dense);
+        }
+        let files = Files {
+            planned: &plan.files,
+            total,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -153,8 +159,15 @@ fn report(plan: ExportPlan, target: &ExportTarget, bytes: u64) -> ExportReport {
     }
 }
 
+/// The planned files of an export and their content bytes, opened one at a
+/// time as they are written.
+struct Files<'a> {
+    planned: &'a [PlannedFile],
+    total: u64,
+}
+
 async fn write_target(
-    files: &[OpenedFile],
+    files: &Files<'_>,
     opts: &ExportOptions,
     target: &ExportTarget,
     progress: &dyn Progress,
@@ -266,7 +279,7 @@ fn remove_stale_partials(dir: &Path, prefix: &str) {
 
 /// Stream the whole archive into `out`; returns the bytes written to it.
 async fn write_archive<W: AsyncWrite + Unpin + Send>(
-    files: &[OpenedFile],
+    files: &Files<'_>,
     opts: &ExportOptions,
     out: W,
     writeback: Option<&File>,
@@ -291,11 +304,10 @@ async fn write_archive<W: AsyncWrite + Unpin + Send>(
             ],
         )),
     };
-    let total = files.iter().map(|f| f.content_bytes(opts.dense)).sum();
-    progress.start("export", Some(total));
+    progress.start("export", Some(files.total));
     let mut writer = MemberWriter::new(sink, out_name, opts.dense, progress);
-    for f in files {
-        writer.member(f).await?;
+    for p in files.planned {
+        writer.member(&OpenedFile::open(p)?).await?;
     }
     writer.finish().await?;
     progress.finish();

@@ -423,3 +423,144 @@ fn sql_stops_on_sigint() {
         drain.join().unwrap().unwrap();
     }
 }
+
+/// An archive of a chain of `n` snapshots with 4 KiB uppers and no
+/// integrity, parents first; returns it and the digests, root first.
+pub fn chain_archive(n: usize) -> (Vec<u8>, Vec<Digest>) {
+    use msb_registry::manifest::{Format, ImagePin, Manifest, Upper};
+    let mut t = Tar::new();
+    let mut digests: Vec<Digest> = Vec::new();
+    for i in 0..n {
+        let manifest = Manifest {
+            schema: 1,
+            format: Format::Raw,
+            fstype: "ext4".into(),
+            image: ImagePin {
+                reference: "python:3.12".into(),
+                manifest_digest: Digest::of(b"an image this registry does not cache"),
+            },
+            parent: digests.last().copied(),
+            created_at: "2026-10-01T09:00:00Z".into(),
+            labels: [("step".to_string(), i.to_string())].into(),
+            upper: Upper {
+                file: "upper.ext4".into(),
+                size_bytes: 4096,
+                integrity: None,
+            },
+            source_sandbox: None,
+        };
+        let d = manifest.digest();
+        let prefix = d.archive_prefix();
+        t.file(
+            &format!("{prefix}/manifest.json"),
+            &manifest.canonical_bytes(),
+        );
+        let mut upper = vec![0x5au8; 4096];
+        upper[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        t.file(&format!("{prefix}/upper.ext4"), &upper);
+        digests.push(d);
+    }
+    (t.finish(), digests)
+}
+
+/// Run the binary under `sh -c 'ulimit -n LIMIT; exec …'`.
+fn run_with_fd_limit(reg: &Reg, limit: u32, args: &[&str]) -> Run {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(bin())
+        .arg("--root")
+        .arg(reg.root())
+        .args(args)
+        .env_remove("MSB_REGISTRY_ROOT");
+    Run::from(cmd.output().unwrap())
+}
+
+#[test]
+fn export_of_a_long_chain_holds_only_the_file_being_written() {
+    let reg = Reg::new();
+    let n = 2000;
+    let (bytes, digests) = chain_archive(n);
+    let tar = write(&reg, "chain.tar", &bytes);
+    run_with_fd_limit(&reg, 64, &["import", &tar, "--name", "head"]).ok();
+    let out = reg.path("out.tar.zst");
+    let run = run_with_fd_limit(
+        &reg,
+        64,
+        &[
+            "export",
+            "head",
+            "--with-parents",
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    let report: serde_json::Value = run.json();
+    assert_eq!(report["snapshots"].as_array().unwrap().len(), n);
+    let other = Reg::new();
+    other
+        .run(&["import", out.to_str().unwrap(), "--name", "head"])
+        .ok();
+    let head: serde_json::Value = other.json(&["show", "head"]);
+    assert_eq!(head["digest"], digests[n - 1].to_string());
+    reg.run(&["verify", "--content"]).ok();
+    other.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_registry_file_replaced_by_a_fifo_device_or_symlink_is_refused_without_blocking() {
+    let reg = Reg::new();
+    let img = image(&reg);
+    let dir = reg.path("s");
+    make_snapshot(&dir, &SnapSpec::new(&img));
+    reg.run(&["add", dir.to_str().unwrap(), "--name", "s"]).ok();
+    let upper = reg.root().join("snapshots/s/upper.ext4");
+    let saved = reg.path("upper.saved");
+    std::fs::rename(&upper, &saved).unwrap();
+    let out = reg.path("out.tar");
+    let out = out.to_str().unwrap();
+    let shown = upper.display().to_string();
+    for (make, what) in [
+        (
+            Box::new(|p: &Path| {
+                let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+                // SAFETY: mkfifo on a NUL-terminated path we own.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            }) as Box<dyn Fn(&Path)>,
+            "is a FIFO, not a regular file",
+        ),
+        (
+            Box::new(|p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),
+            "is a symbolic link, not a regular file",
+        ),
+        (
+            Box::new(|p: &Path| std::fs::create_dir(p).unwrap()),
+            "is a directory, not a regular file",
+        ),
+    ] {
+        make(&upper);
+        let before = (reg.tree(), reg.dump());
+        reg.run(&["export", "s", "-o", out])
+            .fails(5, &format!("{shown}: {what}"));
+        let verify = reg.run(&["verify", "--content"]);
+        assert_eq!(verify.code, 5, "{}", verify.stderr);
+        assert!(
+            verify
+                .stdout
+                .contains("problem: not-a-file: snapshots/s/upper.ext4"),
+            "{}",
+            verify.stdout
+        );
+        assert_eq!((reg.tree(), reg.dump()), before, "registry changed");
+        assert!(!Path::new(out).exists());
+        if upper.is_dir() {
+            std::fs::remove_dir(&upper).unwrap();
+        } else {
+            std::fs::remove_file(&upper).unwrap();
+        }
+    }
+    std::fs::rename(&saved, &upper).unwrap();
+    reg.run(&["verify", "--content"]).ok();
+}
