@@ -178,6 +178,18 @@ pub fn start_writeback(file: &File) {
     }
 }
 
+/// Flush the whole file system holding `path` (syncfs(2)): every file
+/// written and every directory entry created on it so far is durable when
+/// this returns, in one flush however many files there are.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).at("open", path)?;
+    // SAFETY: syncfs on a descriptor we own; no memory is touched.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(Error::io("syncfs", path, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// fsync a directory, making the renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)

@@ -13,7 +13,7 @@ pub use crate::db::imports::Move;
 use crate::db::{self, ImportState, now_unix};
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
-use crate::files::fsync_dir;
+use crate::files::{fsync_dir, sync_filesystem};
 use crate::lease::{Lease, dead_imports, remove_dir_if_exists};
 use crate::registry::{Registry, RegistryLock};
 
@@ -33,6 +33,9 @@ pub fn promote(
 ) -> Result<()> {
     let layout = registry.layout().clone();
     recover_locked(registry, lock)?;
+    // Staged files are written without fsync; one syncfs makes them all
+    // durable before the journal names them.
+    sync_filesystem(layout.root())?;
     {
         let tx = registry.db_mut().write()?;
         check(&tx)?;

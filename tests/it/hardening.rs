@@ -564,3 +564,71 @@ fn a_registry_file_replaced_by_a_fifo_device_or_symlink_is_refused_without_block
     std::fs::rename(&saved, &upper).unwrap();
     reg.run(&["verify", "--content"]).ok();
 }
+
+/// Flushes (fsync, fdatasync, syncfs) the binary makes running `args`,
+/// counted by strace; `None` when strace is not installed.
+fn flushes(reg: &Reg, args: &[&str]) -> Option<u64> {
+    let log = reg.path("strace.txt");
+    let status = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync,syncfs", "-o"])
+        .arg(&log)
+        .arg(bin())
+        .arg("--root")
+        .arg(reg.root())
+        .args(args)
+        .env_remove("MSB_REGISTRY_ROOT")
+        .stdout(Stdio::null())
+        .status();
+    match status {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        other => assert!(other.unwrap().success(), "{args:?} failed under strace"),
+    }
+    let summary = std::fs::read_to_string(&log).unwrap();
+    Some(
+        summary
+            .lines()
+            .find(|l| l.trim_end().ends_with("total"))
+            .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+            .unwrap_or(0),
+    )
+}
+
+#[test]
+fn the_flushes_of_an_import_or_add_do_not_grow_with_its_files() {
+    let mut counts = Vec::new();
+    for n in [10, 200] {
+        let reg = Reg::new();
+        reg.run(&["list"]).ok();
+        let tar = write(&reg, "chain.tar", &chain_archive(n).0);
+        let Some(count) = flushes(&reg, &["import", &tar]) else {
+            eprintln!("skipping: strace is not installed, so flushes cannot be counted");
+            return;
+        };
+        assert_eq!(reg.json::<Vec<serde_json::Value>>(&["list"]).len(), n);
+        reg.run(&["verify", "--content"]).ok();
+        counts.push(count);
+    }
+    // Each of an import's commits may cross SQLite's WAL auto-checkpoint
+    // threshold once (two flushes); the two that grow with the archive are
+    // the staged-file journal and the promotion's rows.
+    assert!(
+        counts[1] <= counts[0] + 4,
+        "flushes grew with the number of files: {counts:?} for 10 and 200 snapshots"
+    );
+    assert!(counts[0] >= 1, "no flush at all: {counts:?}");
+
+    // add: a directory of 2 files or of 200 takes the same flushes.
+    let reg = Reg::new();
+    let img = image(&reg);
+    let mut adds = Vec::new();
+    for (name, extra) in [("few", 0), ("many", 198)] {
+        let dir = reg.path(name);
+        make_snapshot(&dir, &SnapSpec::new(&img).label("n", name));
+        for i in 0..extra {
+            std::fs::write(dir.join(format!("note{i}.txt")), format!("{i}")).unwrap();
+        }
+        adds.push(flushes(&reg, &["add", dir.to_str().unwrap()]).unwrap());
+    }
+    assert!(adds[1] <= adds[0] + 4, "add flushes grew: {adds:?}");
+    reg.run(&["verify", "--content"]).ok();
+}
