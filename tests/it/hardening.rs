@@ -563,6 +563,22 @@ fn a_registry_file_replaced_by_a_fifo_device_or_symlink_is_refused_without_block
     }
     std::fs::rename(&saved, &upper).unwrap();
     reg.run(&["verify", "--content"]).ok();
+
+    // add reads the source directory the same way: a FIFO manifest does not block it.
+    let src = reg.path("fifo-src");
+    make_snapshot(&src, &SnapSpec::new(&img).label("k", "fifo"));
+    let manifest = src.join("manifest.json");
+    std::fs::remove_file(&manifest).unwrap();
+    let c = std::ffi::CString::new(manifest.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    refused(
+        &reg,
+        &["add", src.to_str().unwrap()],
+        5,
+        &format!("{}: is a FIFO, not a regular file", manifest.display()),
+    );
+    reg.run(&["verify", "--content"]).ok();
 }
 
 /// Flushes (fsync, fdatasync, syncfs) the binary makes running `args`,
