@@ -3,7 +3,11 @@
 as `export --with-parents` writes it: the many-small-files case of
 bench/chain.sh. Writes plain tar to stdout; pipe it through zstd.
 
-  chain.py N [UPPER_BYTES]
+  chain.py N [FROM]
+
+With FROM, only snapshots FROM..N-1 of that same chain are written (the
+first names its parent, snapshot FROM-1, which the registry must hold):
+import caps an archive at 65,536 members, so a longer chain goes in parts.
 """
 
 import hashlib
@@ -15,7 +19,8 @@ import tarfile
 
 def main():
     n = int(sys.argv[1])
-    size = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
+    start = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    size = 4096
     out = tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.GNU_FORMAT)
     parent = None
     for i in range(n):
@@ -33,11 +38,13 @@ def main():
         body = json.dumps(manifest, separators=(",", ":")).encode()
         digest = hashlib.sha256(body).hexdigest()
         upper = i.to_bytes(8, "little") + b"\x5a" * (size - 8)
+        parent = "sha256:" + digest
+        if i < start:
+            continue
         for name, data in (("manifest.json", body), ("upper.ext4", upper)):
             info = tarfile.TarInfo(f"sha256-{digest[:16]}/{name}")
             info.size = len(data)
             out.addfile(info, io.BytesIO(data))
-        parent = "sha256:" + digest
     out.close()
 
 
