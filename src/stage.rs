@@ -93,6 +93,9 @@ pub struct StagedBytes {
     pub integrity: Option<Digest>,
 }
 
+/// Staged files of at least this many bytes are handed to writeback at once.
+const WRITEBACK_FROM: u64 = 1 << 20;
+
 /// A file being written into staging.
 pub struct StagingFile {
     path: PathBuf,
@@ -141,7 +144,11 @@ impl StagingFile {
     pub fn finish(self) -> Result<StagedBytes> {
         let size = self.writer.position();
         let file = self.writer.finish().at("write", &self.path)?;
-        start_writeback(&file);
+        // Large files start writing back now so the syncfs finds little
+        // left; small ones are left for it to write in one batch.
+        if size >= WRITEBACK_FROM {
+            start_writeback(&file);
+        }
         let (digest, _) = self.extents.finish();
         Ok(StagedBytes {
             size,
