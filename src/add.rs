@@ -2,7 +2,6 @@
 //! artifacts from a microsandbox cache) into the registry, through the same
 //! lease, staging, verification and journaled promotion as an import.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -104,21 +103,6 @@ impl Registry {
                 .unwrap_or_default()
                 .parse()?,
         };
-        if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
-            && opts.cache_dir.is_none()
-        {
-            let files = db::snapshots::snapshot_files(self.db().conn(), &row.digest)?;
-            return Ok(AddReport {
-                digest: row.digest,
-                name: row.name,
-                already_present: true,
-                files: files.len(),
-                bytes: files.iter().map(|f| f.size).sum(),
-                cache_files_installed: 0,
-                cache_files_skipped: 0,
-                microsandbox_hint: None,
-            });
-        }
         let (layout, db) = self.parts();
         let mut lease = Lease::acquire(layout, db, &dir.display().to_string())?;
         let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
@@ -202,7 +186,16 @@ impl Registry {
                 None
             };
             let target = staged_dir.join(file_name);
-            let staged = copy_into(path, *len, &target, integrity, progress)?;
+            let staged = if file_name == "manifest.json" {
+                // The canonical bytes, whatever spacing the source used: the
+                // stored manifest always hashes to the snapshot digest.
+                let canonical = parsed.manifest.canonical_bytes();
+                let mut out = StagingFile::create(&target, canonical.len() as u64, None)?;
+                out.piece(crate::files::Piece::Data(&canonical))?;
+                out.finish()?
+            } else {
+                copy_into(path, *len, &target, integrity, progress)?
+            };
             if let Some(integrity) = integrity {
                 check_integrity(&path.display().to_string(), integrity, staged.integrity)?;
             }
@@ -298,7 +291,7 @@ fn copy_into(
     integrity: Option<&crate::manifest::Integrity>,
     progress: &dyn Progress,
 ) -> Result<crate::stage::StagedBytes> {
-    let file = File::open(src).at("open", src)?;
+    let file = crate::files::open_regular(src)?;
     let mut out = StagingFile::create(target, len, integrity)?;
     read_logical(&file, len, src, |piece| {
         progress.advance(match piece {

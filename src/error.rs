@@ -436,15 +436,7 @@ fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
 }
 
 fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::text::escape(text).into_owned()
 }
 
 /// Result alias used throughout the library.

@@ -192,6 +192,18 @@ pub fn changed_at(meta: &std::fs::Metadata, now: i64) -> i64 {
     changed.min(now)
 }
 
+/// Flush the whole file system holding `path` (syncfs(2)): every file
+/// written and every directory entry created on it so far is durable when
+/// this returns, in one flush however many files there are.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).at("open", path)?;
+    // SAFETY: syncfs on a descriptor we own; no memory is touched.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(Error::io("syncfs", path, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// fsync a directory, making the renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)
@@ -205,9 +217,51 @@ pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
     }
 }
 
+/// Open `path` for reading only if it is a regular file, without following
+/// a symbolic link and without blocking: a FIFO, device, socket or symlink
+/// put where a registry or snapshot file belongs is an integrity error
+/// naming it, found by `fstat` on the opened descriptor (O_NONBLOCK makes
+/// opening a FIFO return at once instead of waiting for a writer). A file
+/// that is absent stays an I/O error of kind `NotFound`.
+pub fn open_regular(path: &Path) -> Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::integrity(
+                path.display().to_string(),
+                "is a symbolic link, not a regular file",
+            ));
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let kind = file.metadata().at("stat", path)?.file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    };
+    Err(Error::integrity(
+        path.display().to_string(),
+        format!("is {what}, not a regular file"),
+    ))
+}
+
 /// Read a whole small file, refusing one larger than `limit` before buffering it.
 pub fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
-    let file = File::open(path).at("open", path)?;
+    let file = open_regular(path)?;
     let len = file.metadata().at("stat", path)?.len();
     if len > limit {
         return Ok(None);

@@ -5,12 +5,13 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::db::{self, SnapshotRow, now_unix};
+use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::CacheFile;
 use crate::journal::Lease;
 use crate::journal::promote::{Move, promote};
+use crate::layout::SnapshotName;
 use crate::registry::Registry;
 use crate::staged::StagedSet;
 
@@ -38,8 +39,11 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
         new_snapshots: Vec::new(),
         new_cache_files: Vec::new(),
     };
+    let mut named: std::collections::HashMap<&SnapshotName, usize> =
+        std::collections::HashMap::new();
     for (i, s) in set.snapshots.iter().enumerate() {
-        if db::snapshots::snapshot_by_digest(conn, &s.parsed.digest)?.is_some() {
+        if let Some(present) = db::snapshots::snapshot_by_digest(conn, &s.parsed.digest)? {
+            same_files(conn, &present.name, &s.parsed.digest, &s.files)?;
             continue;
         }
         if let Some(other) = db::snapshots::snapshot_by_name(conn, s.name.as_str())? {
@@ -48,6 +52,16 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
                 format!("already names {}, not {}", other.digest, s.parsed.digest),
             ));
         }
+        if let Some(&j) = named.get(&s.name) {
+            return Err(Error::conflict(
+                format!("snapshot name {}", s.name),
+                format!(
+                    "would name both {} and {}; choose another --name",
+                    set.snapshots[j].parsed.digest, s.parsed.digest
+                ),
+            ));
+        }
+        named.insert(&s.name, i);
         plan.new_snapshots.push(i);
     }
     for (i, c) in set.cache_files.iter().enumerate() {
@@ -66,6 +80,51 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
         }
     }
     Ok(plan)
+}
+
+/// A snapshot already present is identified by its manifest alone, which
+/// may record no integrity: its incoming files must be the stored ones, file
+/// for file, or the first copy to arrive would win unchecked.
+fn same_files(
+    conn: &Connection,
+    name: &str,
+    digest: &Digest,
+    incoming: &[SnapshotFileRow],
+) -> Result<()> {
+    let stored = db::snapshots::snapshot_files(conn, digest)?;
+    let subject = |path: &str| format!("snapshots/{name}/{path}");
+    for f in incoming {
+        match stored.iter().find(|s| s.path == f.path) {
+            Some(s) if s.digest == f.digest && s.size == f.size => {}
+            Some(s) => {
+                return Err(Error::conflict(
+                    subject(&f.path),
+                    format!(
+                        "snapshot {digest} is already present with this file at digest {} ({} bytes); incoming has {} ({} bytes)",
+                        s.digest, s.size, f.digest, f.size
+                    ),
+                ));
+            }
+            None => {
+                return Err(Error::conflict(
+                    subject(&f.path),
+                    format!("snapshot {digest} is already present without this file"),
+                ));
+            }
+        }
+    }
+    if let Some(s) = stored
+        .iter()
+        .find(|s| !incoming.iter().any(|f| f.path == s.path))
+    {
+        return Err(Error::conflict(
+            subject(&s.path),
+            format!(
+                "snapshot {digest} is already present with this file; the incoming copy lacks it"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Check `set` against the index and install what is new, all or nothing.

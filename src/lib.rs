@@ -94,6 +94,7 @@ pub mod sample;
 mod shared_home;
 mod stage;
 mod staged;
+mod text;
 mod verify;
 
 pub use add::{AddOptions, AddReport};

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::digest::{Digest, DigestError};
+use crate::text::{escape, has_terminal_control};
 
 /// The largest manifest accepted; anything bigger is refused before it is buffered.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -44,6 +45,14 @@ pub enum ManifestError {
     /// `upper.integrity.digest` is malformed.
     #[error("field upper.integrity.digest: {0}")]
     IntegrityDigest(DigestError),
+    /// A text field holds a character a terminal would interpret.
+    #[error(
+        "field {0} holds a control character (C0, DEL, C1 or a bidirectional override); names, labels and file names may not"
+    )]
+    ControlCharacter(String),
+    /// A JSON object names the same key twice.
+    #[error("key {0:?} appears twice in {1}; a manifest names each key once")]
+    DuplicateKey(String, &'static str),
     /// The document is larger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest is {0} bytes; the limit is 1 MiB")]
     TooLarge(u64),
@@ -121,6 +130,7 @@ pub struct Manifest {
     /// RFC 3339 creation time.
     pub created_at: String,
     /// Free-form labels, serialized with keys sorted.
+    #[serde(deserialize_with = "unique_keys")]
     pub labels: BTreeMap<String, String>,
     /// The upper file.
     pub upper: Upper,
@@ -137,6 +147,38 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d)
+}
+
+/// A map whose keys must be unique: a repeated label would otherwise
+/// silently keep the last value, so two documents with different bytes
+/// (and meanings to another reader) would share one digest.
+fn unique_keys<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of string labels")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(ManifestError::DuplicateKey(
+                        k, "labels",
+                    )));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// A manifest together with its digest, the pair every other module uses.
@@ -170,6 +212,7 @@ impl Manifest {
         if self.image.reference.is_empty() {
             return Err(ManifestError::EmptyImageRef);
         }
+        self.no_control_characters()?;
         if !is_normal_file_name(&self.upper.file) || self.upper.file == "manifest.json" {
             return Err(ManifestError::UpperFile(self.upper.file.clone()));
         }
@@ -178,6 +221,36 @@ impl Manifest {
             integrity.expected()?;
         }
         Ok(())
+    }
+
+    fn no_control_characters(&self) -> Result<(), ManifestError> {
+        let bad = |field: String, text: &str| {
+            has_terminal_control(text)
+                .then(|| ManifestError::ControlCharacter(escape(&field).into_owned()))
+        };
+        let fields = [
+            ("fstype".to_string(), self.fstype.as_str()),
+            ("image.ref".to_string(), self.image.reference.as_str()),
+            ("upper.file".to_string(), self.upper.file.as_str()),
+            (
+                "source_sandbox".to_string(),
+                self.source_sandbox.as_deref().unwrap_or(""),
+            ),
+        ];
+        let labels = self.labels.iter().flat_map(|(k, v)| {
+            [
+                (format!("labels key {k:?}"), k.as_str()),
+                (format!("labels.{k}"), v.as_str()),
+            ]
+        });
+        match fields
+            .into_iter()
+            .chain(labels)
+            .find_map(|(f, t)| bad(f, t))
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// The canonical bytes: compact JSON, fields in schema order, labels sorted.
@@ -236,6 +309,7 @@ pub fn is_normal_file_name(name: &str) -> bool {
         && !name.contains('/')
         && !name.contains('\0')
         && !name.contains('\\')
+        && !has_terminal_control(name)
 }
 
 #[cfg(test)]
@@ -367,6 +441,64 @@ mod tests {
         let p = parse_value(&v).unwrap();
         assert_eq!(p.manifest.parent.unwrap().to_string(), VECTOR_DIGEST);
         assert!(p.manifest.upper.integrity.is_none());
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_at_every_level() {
+        let dup = |from: &str, to: &str| {
+            let doc = VECTOR.replacen(from, to, 1);
+            assert_ne!(doc, VECTOR);
+            Manifest::parse(doc.as_bytes()).unwrap_err().to_string()
+        };
+        assert!(
+            dup(r#"{"schema":1,"#, r#"{"schema":1,"schema":1,"#)
+                .contains("duplicate field `schema`")
+        );
+        assert!(
+            dup(r#""fstype":"ext4","#, r#""fstype":"ext4","fstype":"xfs","#)
+                .contains("duplicate field `fstype`")
+        );
+        assert!(
+            dup(
+                r#""file":"upper.ext4","#,
+                r#""file":"upper.ext4","file":"x","#
+            )
+            .contains("duplicate field `file`")
+        );
+        let e = dup(
+            r#""owner":"alice","#,
+            r#""owner":"alice","owner":"mallory","#,
+        );
+        assert!(e.contains(r#"key "owner" appears twice in labels"#), "{e}");
+    }
+
+    #[test]
+    fn refuses_control_characters_in_text_fields() {
+        rejects(
+            |v| v["labels"]["owner"] = "al\x1b[2Jice".into(),
+            "field labels.owner holds a control character",
+        );
+        rejects(
+            |v| v["labels"]["x\u{202e}y"] = "v".into(),
+            "holds a control character",
+        );
+        rejects(
+            |v| v["source_sandbox"] = "a\nb".into(),
+            "field source_sandbox holds a control character",
+        );
+        rejects(
+            |v| v["upper"]["file"] = "up\u{7f}per".into(),
+            "field upper.file holds",
+        );
+        rejects(
+            |v| v["image"]["ref"] = "python\u{9b}".into(),
+            "field image.ref holds",
+        );
+        let mut v = value();
+        v["labels"]["note"] = "a tab\tis refused".into();
+        assert!(parse_value(&v).is_err());
+        v["labels"]["note"] = "unicode is fine: é ✓".into();
+        parse_value(&v).unwrap();
     }
 
     #[test]

@@ -81,13 +81,40 @@ impl From<LineageRow> for LineageEntry {
     }
 }
 
-/// The result of a user query: column names and rows of JSON values.
-#[derive(Debug, Clone, Serialize)]
+/// Where the rows of a user query go, one at a time as SQLite produces
+/// them, so a query of any length runs in constant memory. A write error
+/// (a closed pipe) stops the query.
+pub trait SqlSink {
+    /// The column names, once, before the first row.
+    fn columns(&mut self, columns: &[String]) -> std::io::Result<()>;
+    /// One row, values in column order.
+    fn row(&mut self, values: Vec<serde_json::Value>) -> std::io::Result<()>;
+    /// After the last row.
+    fn finish(&mut self) -> std::io::Result<()>;
+}
+
+/// The result of a user query collected whole: column names and rows of
+/// JSON values (for library callers that want every row).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SqlResult {
     /// Column names, in order.
     pub columns: Vec<String>,
     /// Rows, values in column order.
     pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+impl SqlSink for SqlResult {
+    fn columns(&mut self, columns: &[String]) -> std::io::Result<()> {
+        self.columns = columns.to_vec();
+        Ok(())
+    }
+    fn row(&mut self, values: Vec<serde_json::Value>) -> std::io::Result<()> {
+        self.rows.push(values);
+        Ok(())
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Registry {
@@ -151,8 +178,10 @@ impl Registry {
     }
 }
 
-/// Run a read-only statement on the index of the registry at `root`.
-pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
+/// Run a read-only statement on the index of the registry at `root`,
+/// handing each row to `sink` as it comes. The outer error is the query's;
+/// the inner one is the sink's write error, which ends the query early.
+pub fn sql(root: &Path, query: &str, sink: &mut dyn SqlSink) -> Result<std::io::Result<()>> {
     let registry = Registry::open_read(root)?;
     let conn = registry.db().conn();
     let mut stmt = conn.prepare(query).map_err(invalid_query)?;
@@ -161,7 +190,9 @@ pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
     }
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let n = columns.len();
-    let mut rows = Vec::new();
+    if let Err(e) = sink.columns(&columns) {
+        return Ok(Err(e));
+    }
     let mut cursor = stmt.query([])?;
     while let Some(row) = cursor.next()? {
         let mut values = Vec::with_capacity(n);
@@ -176,9 +207,11 @@ pub fn sql(root: &Path, query: &str) -> Result<SqlResult> {
                 rusqlite::types::ValueRef::Blob(b) => hex::encode(b).into(),
             });
         }
-        rows.push(values);
+        if let Err(e) = sink.row(values) {
+            return Ok(Err(e));
+        }
     }
-    Ok(SqlResult { columns, rows })
+    Ok(sink.finish())
 }
 
 /// A statement SQLite would not prepare is the user's to fix (exit 2), said

@@ -7,7 +7,6 @@
 //! (if any) left as it was.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::Path;
 
 use serde::Serialize;
@@ -274,7 +273,7 @@ fn hash_file(
     integrity: Option<&crate::manifest::Integrity>,
     progress: &dyn Progress,
 ) -> Result<(u64, Digest, Option<Digest>)> {
-    let file = File::open(path).at("open", path)?;
+    let file = crate::files::open_regular(path)?;
     let len = file.metadata().at("stat", path)?.len();
     let (extents, integrity) = digest_file(&file, len, path, integrity, progress)?;
     Ok((len, extents, integrity))

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, ExtentsSha256, LogicalSink, PlainSha256, SparseSha256V1};
 use crate::error::{Error, IoContext, Result};
-use crate::files::{Piece, SparseWriter, read_logical};
+use crate::files::{Piece, SparseWriter, read_logical, start_writeback};
 use crate::manifest::{INTEGRITY_SHA256, INTEGRITY_SPARSE_SHA256_V1, Integrity};
 use crate::progress::Progress;
 
@@ -93,6 +93,9 @@ pub struct StagedBytes {
     pub integrity: Option<Digest>,
 }
 
+/// Staged files of at least this many bytes are handed to writeback at once.
+const WRITEBACK_FROM: u64 = 1 << 20;
+
 /// A file being written into staging.
 pub struct StagingFile {
     path: PathBuf,
@@ -133,11 +136,19 @@ impl StagingFile {
         self.writer.piece(piece).at("write", &self.path)
     }
 
-    /// Fix the size, fsync, and return the digests.
+    /// Fix the size, start writing the file back, and return the digests.
+    ///
+    /// No fsync here: promotion makes every staged file durable with one
+    /// `syncfs` before the journal names it ([`crate::promote::promote`]),
+    /// so an import's flushes do not grow with its number of files.
     pub fn finish(self) -> Result<StagedBytes> {
         let size = self.writer.position();
         let file = self.writer.finish().at("write", &self.path)?;
-        file.sync_all().at("fsync", &self.path)?;
+        // Large files start writing back now so the syncfs finds little
+        // left; small ones are left for it to write in one batch.
+        if size >= WRITEBACK_FROM {
+            start_writeback(&file);
+        }
         let (digest, _) = self.extents.finish();
         Ok(StagedBytes {
             size,

@@ -7,7 +7,6 @@
 //! as such: gc's business, not corruption.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -492,7 +491,7 @@ fn hash_file(
     with_integrity: bool,
     progress: &dyn Progress,
 ) -> Result<(Digest, Option<Digest>)> {
-    let file = File::open(&check.path).map_err(|e| Error::io("open", &check.path, e))?;
+    let file = crate::files::open_regular(&check.path)?;
     let integrity = check.integrity.as_ref().filter(|_| with_integrity);
     digest_file(&file, check.size, &check.path, integrity, progress)
 }

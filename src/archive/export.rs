@@ -23,7 +23,7 @@ use async_compression::zstd::CParameter;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, BufWriter};
 
-use super::export_plan::{ExportPlan, Selection};
+use super::export_plan::{ExportPlan, PlannedFile, Selection};
 use super::export_stream::{MemberWriter, OpenedFile};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -133,22 +133,37 @@ impl Registry {
         }
         let plan = self.export_plan(reference, &opts.selection)?;
         crate::failpoint::hit(crate::failpoint::EXPORT_PLANNED)?;
-        let written = plan
-            .files
-            .iter()
-            .map(OpenedFile::open)
-            .collect::<Result<Vec<_>>>()
-            .and_then(|files| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .at("start runtime for", target.display())?;
-                runtime.block_on(write_target(&files, opts, target, progress))
-            });
+        let written = self.write_plan(&plan, opts, target, progress);
         match written {
             Ok(bytes) => Ok(report(plan, target, bytes)),
             Err(e) => Err(self.removed_while_exporting(reference, &plan).unwrap_or(e)),
         }
+    }
+
+    /// Write the files `plan` names to `target`. Every file is checked (type,
+    /// presence, size) before the first byte is written, then closed: only
+    /// the file being written is held open, so a chain of any length fits in
+    /// a small descriptor limit.
+    fn write_plan(
+        &self,
+        plan: &ExportPlan,
+        opts: &ExportOptions,
+        target: &ExportTarget,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let mut total = 0;
+        for p in &plan.files {
+            total += OpenedFile::open(p)?.content_bytes(opts.dense);
+        }
+        let files = Files {
+            planned: &plan.files,
+            total,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .at("start runtime for", target.display())?;
+        runtime.block_on(write_target(&files, opts, target, progress))
     }
 
     /// When an export failed, whether that is because a snapshot it was
@@ -176,8 +191,15 @@ fn report(plan: ExportPlan, target: &ExportTarget, bytes: u64) -> ExportReport {
     }
 }
 
+/// The planned files of an export and their content bytes, opened one at a
+/// time as they are written.
+struct Files<'a> {
+    planned: &'a [PlannedFile],
+    total: u64,
+}
+
 async fn write_target(
-    files: &[OpenedFile],
+    files: &Files<'_>,
     opts: &ExportOptions,
     target: &ExportTarget,
     progress: &dyn Progress,
@@ -289,7 +311,7 @@ fn remove_stale_partials(dir: &Path, prefix: &str) {
 
 /// Stream the whole archive into `out`; returns the bytes written to it.
 async fn write_archive<W: AsyncWrite + Unpin + Send>(
-    files: &[OpenedFile],
+    files: &Files<'_>,
     opts: &ExportOptions,
     out: W,
     writeback: Option<&File>,
@@ -314,11 +336,10 @@ async fn write_archive<W: AsyncWrite + Unpin + Send>(
             ],
         )),
     };
-    let total = files.iter().map(|f| f.content_bytes(opts.dense)).sum();
-    progress.start("export", Some(total));
+    progress.start("export", Some(files.total));
     let mut writer = MemberWriter::new(sink, out_name, opts.dense, progress);
-    for f in files {
-        writer.member(f).await?;
+    for p in files.planned {
+        writer.member(&OpenedFile::open(p)?).await?;
     }
     writer.finish().await?;
     progress.finish();

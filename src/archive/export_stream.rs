@@ -23,7 +23,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::tar;
 use crate::digest::{Digest, ExtentsSha256, LogicalSink, zero_buffer};
 use crate::error::{Error, IoContext, Result};
-use crate::files::{CHUNK, data_extents};
+use crate::files::{CHUNK, data_extents, open_regular};
 use crate::progress::Progress;
 
 /// One file to archive.
@@ -55,15 +55,15 @@ impl OpenedFile {
     /// index is an integrity error naming it.
     pub fn open(planned: &PlannedFile) -> Result<Self> {
         let path = &planned.path;
-        let file = match File::open(path) {
+        let file = match open_regular(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::integrity(
                     path.display().to_string(),
                     "recorded in the index but missing from disk",
                 ));
             }
-            Err(e) => return Err(Error::io("open", path, e)),
+            Err(e) => return Err(e),
         };
         let len = file.metadata().at("stat", path)?.len();
         if len != planned.size {

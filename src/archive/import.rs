@@ -404,8 +404,10 @@ impl Stager<'_> {
         let dir = self.layout.staged_snapshot(self.id, &prefix);
         std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         let path = dir.join(MANIFEST_FILE);
-        let mut out = StagingFile::create(&path, size, None)?;
-        out.piece(Piece::Data(&bytes))?;
+        // Stored as its canonical bytes, so the file hashes to the snapshot digest.
+        let canonical = parsed.manifest.canonical_bytes();
+        let mut out = StagingFile::create(&path, canonical.len() as u64, None)?;
+        out.piece(Piece::Data(&canonical))?;
         let staged = out.finish()?;
         self.by_prefix
             .insert(prefix.clone(), self.streamed.snapshots.len());

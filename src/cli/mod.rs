@@ -7,6 +7,7 @@ mod printer;
 mod progress;
 mod render;
 mod run;
+mod sql;
 
 pub use args::{Cli, Command, ExportArgs, GlobalArgs, report_usage};
 pub use run::run;

@@ -9,7 +9,7 @@ use serde::Serialize;
 pub struct Printer {
     /// Print JSON instead of text.
     pub json: bool,
-    out: std::io::BufWriter<std::io::Stdout>,
+    pub(super) out: std::io::BufWriter<std::io::Stdout>,
 }
 
 impl Printer {
@@ -27,9 +27,10 @@ impl Printer {
         writeln!(self.out)
     }
 
-    /// Write one line of text.
+    /// Write one line of text, every character a terminal would interpret
+    /// escaped (names and labels in the index may predate their refusal).
     pub fn line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
-        writeln!(self.out, "{text}")
+        writeln!(self.out, "{}", crate::text::escape(&text.to_string()))
     }
 
     /// Write rows as a table with aligned columns under a header.
@@ -37,6 +38,11 @@ impl Printer {
         let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
         let all: Vec<Vec<String>> = std::iter::once(header)
             .chain(rows.iter().cloned())
+            .map(|row| {
+                row.iter()
+                    .map(|c| crate::text::escape(c).into_owned())
+                    .collect()
+            })
             .collect();
         aligned(&all).into_iter().try_for_each(|l| self.line(l))
     }

@@ -10,7 +10,7 @@ use crate::add::AddReport;
 use crate::archive::{ExportReport, ImportReport};
 use crate::demo::DemoReport;
 use crate::gc::{GcReport, Kept, KeptReason};
-use crate::query::{LineageEntry, ListEntry, ShowReport, SqlResult};
+use crate::query::{LineageEntry, ListEntry, ShowReport};
 use crate::reindex::ReindexReport;
 use crate::remove::RemoveReport;
 use crate::shared_home::HomeReport;
@@ -30,40 +30,6 @@ pub fn emit<T: Serialize>(
     } else {
         text(p, report)
     }
-}
-
-/// `sql`: one JSON object per row, or a table.
-pub fn sql(p: &mut Printer, result: &SqlResult) -> Rendered {
-    if p.json {
-        let objects: Vec<serde_json::Map<String, serde_json::Value>> = result
-            .rows
-            .iter()
-            .map(|row| {
-                result
-                    .columns
-                    .iter()
-                    .cloned()
-                    .zip(row.iter().cloned())
-                    .collect()
-            })
-            .collect();
-        return p.json(&objects);
-    }
-    let header: Vec<&str> = result.columns.iter().map(|c| c.as_str()).collect();
-    let rows: Vec<Vec<String>> = result
-        .rows
-        .iter()
-        .map(|r| {
-            r.iter()
-                .map(|v| match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Null => "NULL".into(),
-                    other => other.to_string(),
-                })
-                .collect()
-        })
-        .collect();
-    p.table(&header, &rows)
 }
 
 /// `add`.

@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> Result<Rendered> {
     }
     let root = root_of(&cli)?;
     let rendered = match cli.command {
-        Command::Sql { query } => render::sql(&mut p, &crate::query::sql(&root, &query)?),
+        Command::Sql { query } => super::sql::run(&root, &query, &mut p)?,
         Command::Reindex => match reindex(&root, false, &mut p, &progress) {
             Err(e) if e.is_damaged_index() => {
                 eprintln!(

@@ -17,6 +17,7 @@ use super::recovery::recover_locked;
 use crate::db::{self, Db, ImportState, now_unix};
 use crate::error::{Error, Result};
 use crate::failpoint;
+use crate::files::sync_filesystem;
 use crate::layout::Layout;
 
 /// Install `moves` and commit the rows `insert` writes, all or nothing.
@@ -35,6 +36,9 @@ pub fn promote(
     insert: impl FnOnce(&Connection) -> Result<()>,
 ) -> Result<()> {
     recover_locked(layout, db, lock)?;
+    // Staged files are written without fsync; one syncfs makes them all
+    // durable before the journal names them.
+    sync_filesystem(layout.root())?;
     {
         let tx = db.write()?;
         check(&tx)?;

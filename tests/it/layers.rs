@@ -53,6 +53,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "image",
             "digest",
             "error",
+            "text",
             "progress",
             "failpoint",
         ],

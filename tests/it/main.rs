@@ -11,6 +11,7 @@ mod differential;
 mod diskfull;
 mod export;
 mod gc;
+mod hardening;
 mod home;
 mod import;
 mod layers;

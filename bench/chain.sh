@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Many small snapshots: import of an N-snapshot chain of 4 KiB uppers (one
+# archive) against `zstd -dc | tar -x && sync` of the same archive, medians
+# of RUNS runs each, as a ratio (target <= 2). Then the flushes one import
+# makes (strace), and, with FLEET=N, `export --with-parents` of an N-snapshot
+# chain under `ulimit -n 1024`.
+#
+#   bench/chain.sh                  # 10,000 snapshots, 5 runs
+#   N=2000 RUNS=3 bench/chain.sh    # smaller
+#   FLEET=100000 bench/chain.sh     # also the fleet-scale export (N=0: only that)
+#
+# The disk of a shared machine swings widely; compare the ratio, not the times.
+
+set -euo pipefail
+
+N=${N:-10000}
+RUNS=${RUNS:-5}
+FLEET=${FLEET:-0}
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET_DIR/release/msb-registry
+WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/msb-chain-bench.XXXXXX")}
+
+cleanup() { [[ ${KEEP:-0} == 1 ]] || rm -rf "$WORK"; }
+trap cleanup EXIT
+
+log() { printf '%s\n' "$*" >&2; }
+
+time_of() {
+    local start end
+    start=$(date +%s.%N)
+    bash -c "$1" >/dev/null
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc -l
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); if (NR % 2) print v[m]; else print (v[m] + v[m + 1]) / 2 }'; }
+
+flushes() {
+    strace -f -c -e trace=fsync,fdatasync,syncfs -o "$WORK/strace.txt" bash -c "exec $1" >/dev/null
+    awk '$NF == "total" { print $4; found = 1 } END { if (!found) print 0 }' "$WORK/strace.txt"
+}
+
+main() {
+    log "== build (release)"
+    (cd "$REPO" && cargo build --release --quiet)
+    local dst=$WORK/imported out=$WORK/extracted
+    [[ $N -gt 0 ]] && bench_import
+    fleet
+}
+
+bench_import() {
+    log "== archive: a chain of $N snapshots with 4 KiB uppers"
+    python3 "$HERE/chain.py" "$N" | zstd -q -3 > "$WORK/chain.tar.zst"
+    local ours="rm -rf '$dst' && '$BIN' --root '$dst' -q import '$WORK/chain.tar.zst'"
+    local theirs="rm -rf '$out' && mkdir '$out' && zstd -dc '$WORK/chain.tar.zst' | tar -xf - -C '$out' && sync"
+    log "== import vs zstd -dc | tar -x && sync ($RUNS runs each, alternating)"
+    local a=() b=() r
+    for r in $(seq "$RUNS"); do
+        a+=("$(time_of "$ours")")
+        b+=("$(time_of "$theirs")")
+    done
+    local ma mb
+    ma=$(printf '%s\n' "${a[@]}" | median)
+    mb=$(printf '%s\n' "${b[@]}" | median)
+    printf 'import %d-chain        median %7.3f s  (runs: %s)\n' "$N" "$ma" "${a[*]}"
+    printf 'tar -x && sync         median %7.3f s  (runs: %s)\n' "$mb" "${b[*]}"
+    printf 'ratio import / tar -x && sync: %.2f  (target <= 2)\n' "$(echo "$ma / $mb" | bc -l)"
+    rm -rf "$dst" "$out"
+    if command -v strace >/dev/null; then
+        printf 'flushes (fsync, fdatasync, syncfs) of one import of %d snapshots: %s\n' \
+            "$N" "$(flushes "'$BIN' --root '$dst' -q import '$WORK/chain.tar.zst'")"
+        rm -rf "$dst"
+    fi
+}
+
+fleet() {
+    if [[ $FLEET -gt 0 ]]; then
+        log "== export --with-parents of a $FLEET-snapshot chain under ulimit -n 1024"
+        # Imported in parts of 30,000 snapshots (an archive holds at most 65,536 members).
+        local from t=0 part
+        rm -rf "$dst"
+        for ((from = 0; from < FLEET; from += 30000)); do
+            python3 "$HERE/chain.py" "$((from + 30000 < FLEET ? from + 30000 : FLEET))" "$from" |
+                zstd -q -3 > "$WORK/part.tar.zst"
+            part=$(time_of "'$BIN' --root '$dst' -q import '$WORK/part.tar.zst'")
+            t=$(echo "$t + $part" | bc -l)
+        done
+        printf 'import of the %d-chain in parts of 30,000: %.1f s\n' "$FLEET" "$t"
+        local head
+        head=$("$BIN" --root "$dst" sql "SELECT name FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent = s.digest)" | tail -1)
+        t=$(time_of "ulimit -n 1024 && '$BIN' --root '$dst' -q export '$head' --with-parents -o '$WORK/fleet-out.tar.zst'")
+        printf 'export --with-parents %d-chain under ulimit -n 1024: %.1f s, %s bytes, %s members\n' \
+            "$FLEET" "$t" "$(stat -c %s "$WORK/fleet-out.tar.zst")" \
+            "$(zstd -dc "$WORK/fleet-out.tar.zst" | tar -tf - | wc -l)"
+    fi
+}
+
+main "$@"
