@@ -186,6 +186,7 @@ impl Registry {
         let total: u64 = sources.iter().map(|s| s.2).sum();
         progress.start("add", Some(total));
         let mut files = Vec::new();
+        let mut chunks = Vec::new();
         let mut journal = Vec::new();
         for (file_name, path, len) in &sources {
             let integrity = if *file_name == upper.file {
@@ -194,7 +195,7 @@ impl Registry {
                 None
             };
             let target = staged_dir.join(file_name);
-            let staged = copy_into(path, *len, &target, integrity, progress)?;
+            let mut staged = copy_into(path, *len, &target, integrity, true, progress)?;
             if let Some(integrity) = integrity {
                 check_integrity(&path.display().to_string(), integrity, staged.integrity)?;
             }
@@ -212,6 +213,9 @@ impl Registry {
                 size: staged.size,
                 digest: staged.digest,
             });
+            if let Some(list) = staged.chunks.take() {
+                chunks.push((file_name.clone(), list));
+            }
         }
 
         let mut set = StagedSet::default();
@@ -253,6 +257,7 @@ impl Registry {
             name: name.clone(),
             staged_dir: rel(&staged_dir),
             files,
+            chunks,
         });
         let outcome = install(self, lease, &set)?;
         let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
@@ -269,16 +274,20 @@ impl Registry {
     }
 }
 
-/// Copy `src` into staging, sparsely, hashing on the way.
+/// Copy `src` into staging, sparsely, hashing (and with `chunked` cutting) on the way.
 fn copy_into(
     src: &Path,
     len: u64,
     target: &Path,
     integrity: Option<&crate::manifest::Integrity>,
+    chunked: bool,
     progress: &dyn Progress,
 ) -> Result<crate::stage::StagedBytes> {
     let file = File::open(src).at("open", src)?;
     let mut out = StagingFile::create(target, len, integrity)?;
+    if chunked {
+        out = out.chunked();
+    }
     read_logical(&file, len, src, |piece| {
         progress.advance(match piece {
             crate::files::Piece::Data(d) => d.len() as u64,
@@ -337,7 +346,7 @@ fn stage_image(
         let kind_dir = staged_cache.join(file.kind.as_str());
         std::fs::create_dir_all(&kind_dir).at("create directory", &kind_dir)?;
         let target = kind_dir.join(file.file_name());
-        let staged = copy_into(&src, m.len(), &target, None, progress)?;
+        let staged = copy_into(&src, m.len(), &target, None, false, progress)?;
         out.push((file, target, staged));
     }
     Ok((meta, out))

@@ -5,6 +5,7 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
+use crate::chunk::ChunkList;
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -26,6 +27,8 @@ pub struct StagedSnapshot {
     pub staged_dir: String,
     /// Its files (relative to the directory), hashed while staged.
     pub files: Vec<SnapshotFileRow>,
+    /// The chunk list of each file, by file name, cut in the same pass.
+    pub chunks: Vec<(String, ChunkList)>,
 }
 
 /// A verified cache file in staging.
@@ -152,6 +155,9 @@ pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Resul
                 let s = &set.snapshots[i];
                 let row = SnapshotRow::from_manifest(&s.parsed, s.name.as_str(), now);
                 db::snapshots::insert_snapshot(conn, &row, &s.files)?;
+                for (path, list) in &s.chunks {
+                    db::chunks::insert_chunk_list(conn, &row.digest, path, list)?;
+                }
             }
             for &i in &planned.new_cache_files {
                 let c = &set.cache_files[i];

@@ -4,10 +4,12 @@
 
 pub mod add;
 pub mod archive;
+pub mod chunk;
 pub mod cli;
 pub mod db;
 pub mod demo;
 pub mod digest;
+pub mod du;
 pub mod error;
 pub mod failpoint;
 pub mod files;

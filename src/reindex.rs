@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::add::{read_manifest, read_metadata};
+use crate::chunk::ChunkList;
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -15,7 +16,7 @@ use crate::layout::SnapshotName;
 use crate::manifest::is_normal_file_name;
 use crate::progress::Progress;
 use crate::registry::Registry;
-use crate::stage::{check_integrity, digest_file};
+use crate::stage::{check_integrity, digest_file, digest_file_chunked};
 
 /// Something reindex left out, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +38,9 @@ pub struct ReindexReport {
     pub adopted_images: Vec<Digest>,
     /// Rows dropped because their files are gone.
     pub dropped: Vec<String>,
+    /// Snapshots already indexed whose chunk lists were computed now (they
+    /// entered the registry before the chunk index existed).
+    pub chunk_lists_backfilled: Vec<Digest>,
     /// What was left alone.
     pub skipped: Vec<Skipped>,
 }
@@ -68,9 +72,10 @@ impl Registry {
                 }
             };
             match adopt_snapshot(&dir, progress) {
-                Ok((parsed, files)) => snapshot_rows.push((
+                Ok((parsed, files, chunks)) => snapshot_rows.push((
                     SnapshotRow::from_manifest(&parsed, name.as_str(), now),
                     files,
+                    chunks,
                 )),
                 Err(e) => report.skipped.push(skip(e.to_string())),
             }
@@ -104,13 +109,15 @@ impl Registry {
         }
 
         let tx = self.db_mut().write()?;
-        for (row, files) in &snapshot_rows {
+        for (row, files, chunks) in &snapshot_rows {
             if let Some(existing) = db::snapshots::snapshot_by_digest(&tx, &row.digest)? {
                 if existing.name != row.name {
                     report.skipped.push(Skipped {
                         path: format!("snapshots/{}", row.name),
                         reason: format!("duplicate of {} ({})", existing.name, row.digest),
                     });
+                } else if backfill_chunk_lists(&tx, &row.digest, files, chunks)? {
+                    report.chunk_lists_backfilled.push(row.digest);
                 }
                 continue;
             }
@@ -122,10 +129,13 @@ impl Registry {
                 ));
             }
             db::snapshots::insert_snapshot(&tx, row, files)?;
+            for (path, list) in chunks {
+                db::chunks::insert_chunk_list(&tx, &row.digest, path, list)?;
+            }
             report.adopted_snapshots.push(row.digest);
         }
         for row in db::snapshots::all_snapshots(&tx)? {
-            let on_disk = snapshot_rows.iter().any(|(r, _)| r.digest == row.digest);
+            let on_disk = snapshot_rows.iter().any(|(r, ..)| r.digest == row.digest);
             if !on_disk {
                 db::snapshots::delete_snapshot(&tx, &row.digest)?;
                 report
@@ -156,7 +166,7 @@ impl Registry {
         for (meta, file) in &images {
             let reference = snapshot_rows
                 .iter()
-                .map(|(r, _)| &r.image_ref)
+                .map(|(r, ..)| &r.image_ref)
                 .find(|r| CacheFile::metadata_for_ref(r) == *file)
                 .map(|r| r.as_str());
             if db::images::insert_image(&tx, meta, file, reference)? {
@@ -186,6 +196,31 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
     Ok(out)
 }
 
+/// Record the chunk lists of an indexed snapshot's files that have none yet,
+/// when the files hashed now are the ones its rows record; whether it did.
+fn backfill_chunk_lists(
+    conn: &rusqlite::Connection,
+    snapshot: &Digest,
+    files: &[SnapshotFileRow],
+    chunks: &[(String, ChunkList)],
+) -> Result<bool> {
+    let recorded = db::snapshots::snapshot_files(conn, snapshot)?;
+    let mut any = false;
+    for (path, list) in chunks {
+        let same = recorded.iter().any(|r| {
+            r.path == *path
+                && files
+                    .iter()
+                    .any(|f| f.path == *path && f.digest == r.digest)
+        });
+        if same && db::chunks::chunk_list(conn, snapshot, path)?.is_none() {
+            db::chunks::insert_chunk_list(conn, snapshot, path, list)?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
 /// Hash a file's extents digest (and an integrity digest) in one pass.
 fn hash_file(
     path: &Path,
@@ -198,13 +233,18 @@ fn hash_file(
     Ok((len, extents, integrity))
 }
 
-fn adopt_snapshot(
-    dir: &Path,
-    progress: &dyn Progress,
-) -> Result<(crate::manifest::ParsedManifest, Vec<SnapshotFileRow>)> {
+/// A snapshot's manifest, file rows and chunk lists, hashed from its directory.
+type AdoptedSnapshot = (
+    crate::manifest::ParsedManifest,
+    Vec<SnapshotFileRow>,
+    Vec<(String, ChunkList)>,
+);
+
+fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot> {
     let parsed = read_manifest(dir)?;
     let upper = &parsed.manifest.upper;
     let mut files = Vec::new();
+    let mut chunks = Vec::new();
     let mut saw_upper = false;
     for (file_name, path) in sorted_entries(dir)? {
         let meta = path.symlink_metadata().at("stat", &path)?;
@@ -217,7 +257,10 @@ fn adopt_snapshot(
         } else {
             None
         };
-        let (size, digest, found) = hash_file(&path, integrity, progress)?;
+        let file = File::open(&path).at("open", &path)?;
+        let size = file.metadata().at("stat", &path)?.len();
+        let (digest, found, list) = digest_file_chunked(&file, size, &path, integrity, progress)?;
+        chunks.push((file_name.clone(), list));
         if is_upper {
             saw_upper = true;
             if size != upper.size_bytes {
@@ -245,7 +288,7 @@ fn adopt_snapshot(
             reference: upper.file.clone(),
         });
     }
-    Ok((parsed, files))
+    Ok((parsed, files, chunks))
 }
 
 /// Size, digest, and for a metadata file the parsed document and its name.

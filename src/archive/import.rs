@@ -473,7 +473,7 @@ impl Stager<'_> {
         let dir = self.layout.staged_snapshot(self.id, &prefix);
         std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         let path = dir.join(MANIFEST_FILE);
-        let mut out = StagingFile::create(&path, size, None)?;
+        let mut out = StagingFile::create(&path, size, None)?.chunked();
         out.piece(Piece::Data(&bytes))?;
         let staged = out.finish()?;
         self.by_prefix
@@ -528,7 +528,7 @@ impl Stager<'_> {
         };
         let path = snapshot.dir.join(&file);
         let bytes = self
-            .stage(entry, &member, &path, size, integrity.as_ref())
+            .stage(entry, &member, &path, size, integrity.as_ref(), true)
             .await?;
         self.streamed.snapshots[index].files.push((
             file,
@@ -558,7 +558,7 @@ impl Stager<'_> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at("create directory", parent)?;
         }
-        let bytes = self.stage(entry, &member, &path, size, None).await?;
+        let bytes = self.stage(entry, &member, &path, size, None, false).await?;
         self.streamed.cache.push((
             file,
             StagedMember {
@@ -570,8 +570,8 @@ impl Stager<'_> {
         Ok(())
     }
 
-    /// Stream one member's data into `path`, hashing it on the way; runs of
-    /// zeros become holes.
+    /// Stream one member's data into `path`, hashing it (and with `chunked`
+    /// cutting it into chunks) on the way; runs of zeros become holes.
     async fn stage(
         &mut self,
         entry: &mut (impl AsyncRead + Unpin),
@@ -579,8 +579,12 @@ impl Stager<'_> {
         path: &Path,
         size: u64,
         integrity: Option<&Integrity>,
+        chunked: bool,
     ) -> Result<StagedBytes> {
         let mut out = StagingFile::create(path, size, integrity)?;
+        if chunked {
+            out = out.chunked();
+        }
         let mut done = 0u64;
         while done < size {
             let want = (size - done).min(self.buf.len() as u64) as usize;

@@ -127,6 +127,11 @@ pub enum Command {
     },
     /// Rebuild the index from the artifacts on disk.
     Reindex,
+    /// What each snapshot costs: data, bytes unique to it, bytes new beyond its parent.
+    Du {
+        /// Snapshots to show (name, digest or prefix) [default: all].
+        references: Vec<String>,
+    },
     /// Remove unreferenced cache artifacts, debris and dead imports.
     Gc {
         /// Print what would be removed and remove nothing.
@@ -308,6 +313,7 @@ pub fn human_bytes(n: u64) -> String {
     indicatif::BinaryBytes(n).to_string()
 }
 
+mod du;
 mod run;
 
 pub use run::run;

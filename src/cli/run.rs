@@ -249,6 +249,10 @@ fn dispatch(
                 out.into_iter().try_for_each(|l| p.line(l))
             }
         }
+        Command::Du { references } => {
+            let r = registry.du(&references)?;
+            super::du::render(p, &r)
+        }
         Command::Gc { dry_run } => {
             let r = registry.gc(dry_run, progress)?;
             if p.json { p.json(&r) } else { render_gc(p, &r) }
