@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::add::{read_manifest, read_metadata};
-use crate::chunk::ChunkList;
+use crate::chunk::{CHUNK_SIZE, ChunkList};
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -259,7 +259,8 @@ fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot
         };
         let file = File::open(&path).at("open", &path)?;
         let size = file.metadata().at("stat", &path)?.len();
-        let (digest, found, list) = digest_file_chunked(&file, size, &path, integrity, progress)?;
+        let (digest, found, list) =
+            digest_file_chunked(&file, size, &path, integrity, CHUNK_SIZE, progress)?;
         chunks.push((file_name.clone(), list));
         if is_upper {
             saw_upper = true;

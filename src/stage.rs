@@ -66,15 +66,17 @@ pub fn digest_file(
     digest_file_into(file, len, path, integrity, &mut None::<ChunkSink>, progress)
 }
 
-/// [`digest_file`] that also cuts the file into its chunk list, in the same pass.
+/// [`digest_file`] that also cuts the file into its chunk list at
+/// `chunk_size`, in the same pass.
 pub fn digest_file_chunked(
     file: &File,
     len: u64,
     path: &Path,
     integrity: Option<&Integrity>,
+    chunk_size: u64,
     progress: &dyn Progress,
 ) -> Result<(Digest, Option<Digest>, ChunkList)> {
-    let mut chunks = ChunkSink::new();
+    let mut chunks = ChunkSink::with_size(chunk_size);
     let (digest, integrity) = digest_file_into(file, len, path, integrity, &mut chunks, progress)?;
     Ok((digest, integrity, chunks.finish()))
 }
