@@ -6,7 +6,8 @@
 //! rounds; every chunk and the floor are zstd-compressed (level 3) as push
 //! would send them. Prints a table; asserts nothing.
 //!
-//! Run: `cargo bench --bench chunks` (MSB_BENCH_ROUNDS, MSB_BENCH_UPPER_MIB scale it).
+//! Run: `cargo bench --bench chunks` (MSB_BENCH_ROUNDS, MSB_BENCH_UPPER_MIB scale it;
+//! MSB_BENCH_SEED picks another tree of files).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -91,7 +92,8 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = |i: usize| dir.path().join(format!("u{i}.ext4"));
 
-    let base = make_upper(&path(0), upper, &Round::new(1, 16, 40)).expect("parent upper");
+    let seed = env_or("MSB_BENCH_SEED", 1) as u64;
+    let base = make_upper(&path(0), upper, &Round::new(seed, 16, 40)).expect("parent upper");
     println!(
         "parent: {} MiB upper, {} MiB data in {} extents",
         base.len >> 20,
@@ -101,7 +103,7 @@ fn main() {
     let mut totals = vec![Cost::default(); SIZES.len()];
     let (mut floor_total, mut differing_total, mut data_total) = (0u64, 0u64, 0u64);
     for r in 1..=rounds {
-        let mut round = Round::new(1 + r as u64, 3, 20);
+        let mut round = Round::new(seed + r as u64, 3, 20);
         round.rewrites = 20;
         let child = make_child(&path(r - 1), &path(r), &round, &format!("r{r}")).expect("child");
         let (parent_bytes, child_bytes) = (read(&path(r - 1)), read(&path(r)));

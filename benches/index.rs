@@ -156,14 +156,14 @@ fn main() {
 }
 
 /// `du` over a registry of MSB_BENCH_DU_SNAPSHOTS (10,000) snapshots in chains
-/// of 10, each upper holding MSB_BENCH_DU_CHUNKS (200) data chunks of 256 KiB
+/// of 10, each upper holding MSB_BENCH_DU_CHUNKS (400) data chunks of 128 KiB
 /// (50 MiB of data), each child sharing 95% of its parent's chunks; and the
 /// size the chunk index adds to the database per GiB of snapshot data.
 fn du_scale() {
     use msb_registry::chunk::{CHUNK_SIZE, Chunk, ChunkList};
 
     let total = env_or("MSB_BENCH_DU_SNAPSHOTS", 10_000);
-    let per = env_or("MSB_BENCH_DU_CHUNKS", 200);
+    let per = env_or("MSB_BENCH_DU_CHUNKS", 400);
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("root");
     let mut registry = Registry::open(&root).expect("open registry");

@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::digest::{Digest, LogicalSink, PlainSha256};
 use crate::files::is_zero;
 
-/// The registry's chunk size: 256 KiB, chosen by `cargo bench --bench chunks`
+/// The registry's chunk size: 128 KiB, chosen by `cargo bench --bench chunks`
 /// (README "Chunk index"). Recorded per file, so it can change later.
-pub const CHUNK_SIZE: u64 = 256 * 1024;
+pub const CHUNK_SIZE: u64 = 128 * 1024;
 
 /// One data chunk of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

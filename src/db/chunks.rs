@@ -1,6 +1,8 @@
 //! The chunk index (migration V4): chunk lists of snapshot files, and the
 //! set-based queries `du` is built on.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::chunk::{Chunk, ChunkList};
@@ -22,7 +24,7 @@ pub fn insert_chunk_list(
     let list_id = conn.last_insert_rowid();
     let mut chunk_id = conn.prepare_cached(
         "INSERT INTO chunks (digest, length) VALUES (?1, ?2)
-         ON CONFLICT (digest) DO UPDATE SET length = excluded.length
+         ON CONFLICT (digest) DO UPDATE SET length = length
          RETURNING id",
     )?;
     let mut entry =
@@ -95,66 +97,106 @@ pub struct UsageRow {
     pub new: u64,
 }
 
-/// Per-snapshot usage of every snapshot, by name, in a handful of set-based
-/// passes over the index (no query per snapshot).
+/// Per-snapshot usage of every snapshot, by name.
+///
+/// Set-based: five whole-table scans, none per snapshot. The chunk entries
+/// are read in the order of the `file_chunks(chunk, list)` index, so every
+/// chunk arrives with all the files holding it, and each figure is settled
+/// chunk by chunk in one pass (no sort, no per-row lookup).
 pub fn usage(conn: &Connection) -> Result<Vec<UsageRow>> {
-    let mut stmt = conn.prepare(
-        "WITH sc AS MATERIALIZED (
-             SELECT DISTINCT l.snapshot AS snapshot, f.chunk AS chunk
-             FROM chunk_lists l JOIN file_chunks f ON f.list = l.id
-         ),
-         refs AS MATERIALIZED (
-             SELECT chunk, count(*) AS n FROM sc GROUP BY chunk
-         ),
-         per AS (
-             SELECT sc.snapshot AS snapshot,
-                    sum(CASE WHEN refs.n = 1 THEN c.length ELSE 0 END) AS unique_bytes,
-                    sum(CASE WHEN EXISTS (
-                            SELECT 1 FROM chunk_lists pl JOIN file_chunks pf ON pf.list = pl.id
-                            WHERE pl.snapshot = s.parent AND pf.chunk = sc.chunk
-                        ) THEN 0 ELSE c.length END) AS new_bytes
-             FROM sc
-             JOIN refs ON refs.chunk = sc.chunk
-             JOIN chunks c ON c.id = sc.chunk
-             JOIN snapshots s ON s.digest = sc.snapshot
-             GROUP BY sc.snapshot
-         ),
-         data AS (
-             SELECT l.snapshot AS snapshot, sum(c.length) AS data_bytes
-             FROM chunk_lists l JOIN file_chunks f ON f.list = l.id JOIN chunks c ON c.id = f.chunk
-             GROUP BY l.snapshot
-         ),
-         files AS (
-             SELECT f.snapshot AS snapshot, sum(f.size) AS logical, count(*) AS n,
-                    count(l.id) AS listed
-             FROM snapshot_files f
+    let mut rows: Vec<UsageRow> = conn
+        .prepare(
+            "SELECT s.digest, s.name, p.digest, coalesce(sum(f.size), 0),
+                    count(f.path) = count(l.id)
+             FROM snapshots s
+             LEFT JOIN snapshots p ON p.digest = s.parent
+             LEFT JOIN snapshot_files f ON f.snapshot = s.digest
              LEFT JOIN chunk_lists l ON l.snapshot = f.snapshot AND l.path = f.path
-             GROUP BY f.snapshot
-         )
-         SELECT s.digest, s.name, p.digest, coalesce(files.logical, 0),
-                coalesce(files.n = files.listed, 1),
-                coalesce(data.data_bytes, 0), coalesce(per.unique_bytes, 0),
-                coalesce(per.new_bytes, 0)
-         FROM snapshots s
-         LEFT JOIN snapshots p ON p.digest = s.parent
-         LEFT JOIN files ON files.snapshot = s.digest
-         LEFT JOIN data ON data.snapshot = s.digest
-         LEFT JOIN per ON per.snapshot = s.digest
-         ORDER BY s.name",
+             GROUP BY s.digest ORDER BY s.name",
+        )?
+        .query_map([], |r| {
+            Ok(UsageRow {
+                digest: r.get(0)?,
+                name: r.get(1)?,
+                parent: r.get(2)?,
+                logical: r.get::<_, i64>(3)? as u64,
+                indexed: r.get(4)?,
+                data: 0,
+                unique: 0,
+                new: 0,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let index: HashMap<Digest, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.digest, i))
+        .collect();
+    let parent: Vec<Option<usize>> = rows
+        .iter()
+        .map(|r| r.parent.and_then(|p| index.get(&p).copied()))
+        .collect();
+    // List ids are dense (INTEGER PRIMARY KEY), so a vector maps them to snapshots.
+    let mut owner: Vec<usize> = Vec::new();
+    let mut lists = conn.prepare("SELECT id, snapshot FROM chunk_lists")?;
+    let mut lists = lists.query([])?;
+    while let Some(r) = lists.next()? {
+        let id = r.get::<_, i64>(0)? as usize;
+        let snapshot: Digest = r.get(1)?;
+        if owner.len() <= id {
+            owner.resize(id + 1, usize::MAX);
+        }
+        owner[id] = index[&snapshot];
+    }
+    let mut lengths = conn.prepare("SELECT id, length FROM chunks ORDER BY id")?;
+    let mut lengths = lengths.query([])?;
+    let mut length_of = |chunk: i64| -> Result<u64> {
+        while let Some(r) = lengths.next()? {
+            if r.get::<_, i64>(0)? == chunk {
+                return Ok(r.get::<_, i64>(1)? as u64);
+            }
+        }
+        Err(rusqlite::Error::QueryReturnedNoRows.into())
+    };
+    let mut entries = conn.prepare(
+        "SELECT chunk, list FROM file_chunks INDEXED BY file_chunks_chunk ORDER BY chunk, list",
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(UsageRow {
-            digest: r.get(0)?,
-            name: r.get(1)?,
-            parent: r.get(2)?,
-            logical: r.get::<_, i64>(3)? as u64,
-            indexed: r.get(4)?,
-            data: r.get::<_, i64>(5)? as u64,
-            unique: r.get::<_, i64>(6)? as u64,
-            new: r.get::<_, i64>(7)? as u64,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let mut entries = entries.query([])?;
+    let mut current: Option<i64> = None;
+    let mut holders: Vec<usize> = Vec::new();
+    let mut settle = |chunk: i64, holders: &mut Vec<usize>, rows: &mut [UsageRow]| -> Result<()> {
+        let length = length_of(chunk)?;
+        for &s in holders.iter() {
+            rows[s].data += length;
+        }
+        holders.sort_unstable();
+        holders.dedup();
+        if let [only] = holders[..] {
+            rows[only].unique += length;
+        }
+        for &s in holders.iter() {
+            if parent[s].is_none_or(|p| holders.binary_search(&p).is_err()) {
+                rows[s].new += length;
+            }
+        }
+        holders.clear();
+        Ok(())
+    };
+    while let Some(r) = entries.next()? {
+        let chunk: i64 = r.get(0)?;
+        let list: i64 = r.get(1)?;
+        if current != Some(chunk) {
+            if let Some(done) = current {
+                settle(done, &mut holders, &mut rows)?;
+            }
+            current = Some(chunk);
+        }
+        holders.push(owner[list as usize]);
+    }
+    if let Some(done) = current {
+        settle(done, &mut holders, &mut rows)?;
+    }
+    Ok(rows)
 }
 
 /// Bytes of the distinct chunks of the whole registry, and how many there are.
