@@ -25,12 +25,14 @@ cleanup() { [[ ${KEEP:-0} == 1 ]] || rm -rf "$WORK"; }
 trap cleanup EXIT
 log() { printf '%s\n' "$*" >&2; }
 
+# Wall and CPU (user + system) seconds of a shell command, as "WALL CPU". CPU time
+# is the steadier figure on a shared machine.
 time_of() {
-    local start end
-    start=$(date +%s.%N)
-    bash -c "$1" >/dev/null
-    end=$(date +%s.%N)
-    echo "$end - $start" | bc -l
+    local out
+    out=$(mktemp)
+    /usr/bin/time -f '%e %U %S' -o "$out" bash -c "$1" >/dev/null
+    awk '{ printf "%s %.2f\n", $1, $2 + $3 }' "$out"
+    rm -f "$out"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); if (NR % 2) print v[m]; else print (v[m] + v[m + 1]) / 2 }'; }
@@ -48,7 +50,7 @@ setup() {
     "$AFTER" --root "$WORK/seed" -q add "$src/base" --name base >/dev/null
     "$AFTER" --root "$WORK/seed" -q add "$src/deps" --name deps >/dev/null
     "$AFTER" --root "$WORK/seed" -q add "$src/app" --name app >/dev/null
-    "$AFTER" --root "$WORK/seed" -q export app --with-parents -o "$WORK/chain.tar.zst"
+    "$AFTER" --root "$WORK/seed" -q export app --with-parents -o "$WORK/chain.tar.zst" >/dev/null
 }
 
 add_cmd() {
@@ -69,12 +71,17 @@ compare() {
         before+=("$(time_of "$($make "$BEFORE")")")
         after+=("$(time_of "$($make "$AFTER")")")
     done
-    local mb ma
-    mb=$(printf '%s\n' "${before[@]}" | median)
-    ma=$(printf '%s\n' "${after[@]}" | median)
-    printf '%-7s before median %6.3f s (runs: %s)\n' "$label" "$mb" "${before[*]}"
-    printf '%-7s after  median %6.3f s (runs: %s)\n' "$label" "$ma" "${after[*]}"
-    printf '%-7s after / before: %.3f  (target <= 1.10)\n' "$label" "$(echo "$ma / $mb" | bc -l)"
+    local col name mb ma
+    for col in 1 2; do
+        name=$([[ $col == 1 ]] && echo wall || echo cpu)
+        mb=$(printf '%s\n' "${before[@]}" | cut -d' ' -f"$col" | median)
+        ma=$(printf '%s\n' "${after[@]}" | cut -d' ' -f"$col" | median)
+        printf '%-7s %-4s before median %6.3f s (runs: %s)\n' "$label" "$name" "$mb" \
+            "$(printf '%s\n' "${before[@]}" | cut -d' ' -f"$col" | tr '\n' ' ')"
+        printf '%-7s %-4s after  median %6.3f s (runs: %s)\n' "$label" "$name" "$ma" \
+            "$(printf '%s\n' "${after[@]}" | cut -d' ' -f"$col" | tr '\n' ' ')"
+        printf '%-7s %-4s after / before: %.3f  (target <= 1.10)\n' "$label" "$name" "$(echo "$ma / $mb" | bc -l)"
+    done
 }
 
 main() {

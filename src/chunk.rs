@@ -171,7 +171,7 @@ mod tests {
         bytes[4 * size - 1] = 9;
         bytes[10 * size + 122] = 3;
         let expected = reference(&bytes, size);
-        assert_eq!(expected.len(), 4);
+        assert_eq!(expected.len(), 3);
         assert_eq!(expected.last().unwrap().length, 123);
 
         let dense = {

@@ -449,7 +449,9 @@ fn content_problems(
     {
         problems.push(problem(ProblemKind::Manifest, Some(snapshot), detail));
     }
-    if let (Some(recorded), Some(found)) = (recorded, chunks)
+    // A file whose content changed is reported as such; its chunk list is
+    // checked when the content is the recorded one, to catch a wrong index.
+    if let (Some(recorded), Some(found), true) = (recorded, chunks, digest == check.digest)
         && let Some(detail) = chunks_problem(recorded.as_ref(), &found)
     {
         problems.push(problem(ProblemKind::Chunks, check.chunks_of, detail));
