@@ -454,3 +454,78 @@ fn verify_content_detects_a_tampered_chunk_row() {
         problems[0]["detail"]
     );
 }
+
+#[test]
+fn du_of_a_real_ext4_parent_and_child_matches_their_bytes() {
+    use msb_registry::sample::ext4::{Round, make_child, make_upper, tools_available};
+    use msb_registry::sample::{SnapshotSpec, write_manifest};
+    if !tools_available() {
+        eprintln!("skipping: mkfs.ext4 and debugfs are needed");
+        return;
+    }
+    let reg = Reg::new();
+    let image = make_image_cache(&reg.path("cache"), "python:3.12", 5, &[8192]);
+    let (pdir, cdir) = (reg.path("src/parent"), reg.path("src/child"));
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::create_dir_all(&cdir).unwrap();
+    make_upper(&pdir.join("upper.ext4"), 64 << 20, &Round::new(11, 4, 20)).unwrap();
+    let mut round = Round::new(12, 1, 10);
+    round.rewrites = 5;
+    make_child(
+        &pdir.join("upper.ext4"),
+        &cdir.join("upper.ext4"),
+        &round,
+        "r1",
+    )
+    .unwrap();
+    let p = write_manifest(&pdir, &SnapshotSpec::new(&image)).unwrap();
+    let mut child_spec = SnapshotSpec::new(&image).parent(p);
+    child_spec.created_at = "2026-10-02T09:00:00Z".into();
+    write_manifest(&cdir, &child_spec).unwrap();
+    for dir in [&pdir, &cdir] {
+        reg.run(&["add", dir.to_str().unwrap()]).ok();
+    }
+
+    // Chunk digest → length for each snapshot's files, from their bytes.
+    let read = |name: &str, file: &str| {
+        std::fs::read(reg.root().join("snapshots").join(name).join(file)).unwrap()
+    };
+    let data_of = |name: &str| -> u64 {
+        ["upper.ext4", "manifest.json"]
+            .iter()
+            .flat_map(|f| expected_chunks(&read(name, f)))
+            .map(|(_, l, _)| l)
+            .sum()
+    };
+    let set_of = |name: &str| -> HashMap<String, u64> {
+        let mut set = chunk_set(&read(name, "upper.ext4"));
+        set.extend(chunk_set(&read(name, "manifest.json")));
+        set
+    };
+    let (ps, cs) = (set_of("parent"), set_of("child"));
+    let only = |a: &HashMap<String, u64>, b: &HashMap<String, u64>| -> u64 {
+        a.iter()
+            .filter(|(d, _)| !b.contains_key(*d))
+            .map(|(_, l)| l)
+            .sum()
+    };
+    let du: DuReport = reg.json(&["du"]);
+    let by_name: HashMap<&str, &Usage> =
+        du.snapshots.iter().map(|s| (s.name.as_str(), s)).collect();
+    let (pu, cu) = (by_name["parent"], by_name["child"]);
+    assert_eq!(pu.data_bytes, data_of("parent"));
+    assert_eq!(cu.data_bytes, data_of("child"));
+    assert_eq!(pu.unique_bytes, only(&ps, &cs));
+    assert_eq!(cu.unique_bytes, only(&cs, &ps));
+    assert_eq!(pu.new_bytes, ps.values().sum::<u64>());
+    assert_eq!(cu.new_bytes, only(&cs, &ps));
+    assert!(
+        cu.new_bytes * 2 < cu.data_bytes,
+        "the child shares most of its parent: new {} of {}",
+        cu.new_bytes,
+        cu.data_bytes
+    );
+    let distinct: HashSet<&String> = ps.keys().chain(cs.keys()).collect();
+    assert_eq!(du.totals.unique_chunks, distinct.len() as u64);
+    reg.run(&["verify", "--content"]).ok();
+}
