@@ -178,6 +178,7 @@ impl Registry {
         let total: u64 = sources.iter().map(|s| s.2).sum();
         progress.start("add", Some(total));
         let mut files = Vec::new();
+        let mut chunks = Vec::new();
         let mut journal = Vec::new();
         for (file_name, path, len) in &sources {
             let integrity = if *file_name == upper.file {
@@ -186,15 +187,15 @@ impl Registry {
                 None
             };
             let target = staged_dir.join(file_name);
-            let staged = if file_name == "manifest.json" {
+            let mut staged = if file_name == "manifest.json" {
                 // The canonical bytes, whatever spacing the source used: the
                 // stored manifest always hashes to the snapshot digest.
                 let canonical = parsed.manifest.canonical_bytes();
-                let mut out = StagingFile::create(&target, canonical.len() as u64, None)?;
+                let mut out = StagingFile::create(&target, canonical.len() as u64, None)?.chunked();
                 out.piece(crate::files::Piece::Data(&canonical))?;
                 out.finish()?
             } else {
-                copy_into(path, *len, &target, integrity, progress)?
+                copy_into(path, *len, &target, integrity, true, progress)?
             };
             if let Some(integrity) = integrity {
                 check_integrity(&path.display().to_string(), integrity, staged.integrity)?;
@@ -213,6 +214,9 @@ impl Registry {
                 size: staged.size,
                 digest: staged.digest,
             });
+            if let Some(list) = staged.chunks.take() {
+                chunks.push((file_name.clone(), list));
+            }
         }
 
         let mut set = StagedSet::default();
@@ -254,6 +258,7 @@ impl Registry {
             name: name.clone(),
             staged_dir: rel(&staged_dir),
             files,
+            chunks,
         });
         let outcome = install(self, lease, &set)?;
         crate::failpoint::hit(crate::failpoint::ADD_INSTALLED)?;
@@ -283,16 +288,20 @@ impl Registry {
     }
 }
 
-/// Copy `src` into staging, sparsely, hashing on the way.
+/// Copy `src` into staging, sparsely, hashing (and with `chunked` cutting) on the way.
 fn copy_into(
     src: &Path,
     len: u64,
     target: &Path,
     integrity: Option<&crate::manifest::Integrity>,
+    chunked: bool,
     progress: &dyn Progress,
 ) -> Result<crate::stage::StagedBytes> {
     let file = crate::files::open_regular(src)?;
     let mut out = StagingFile::create(target, len, integrity)?;
+    if chunked {
+        out = out.chunked();
+    }
     read_logical(&file, len, src, |piece| {
         progress.advance(match piece {
             crate::files::Piece::Data(d) => d.len() as u64,
@@ -351,7 +360,7 @@ fn stage_image(
         let kind_dir = staged_cache.join(file.kind.as_str());
         std::fs::create_dir_all(&kind_dir).at("create directory", &kind_dir)?;
         let target = kind_dir.join(file.file_name());
-        let staged = copy_into(&src, m.len(), &target, None, progress)?;
+        let staged = copy_into(&src, m.len(), &target, None, false, progress)?;
         out.push((file, target, staged));
     }
     Ok((meta, out))

@@ -277,7 +277,6 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
 }
 
 /// Bytes actually allocated on disk for `path`.
-#[cfg(test)]
 pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     meta.blocks() * 512

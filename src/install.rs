@@ -175,6 +175,9 @@ pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Resul
                 let s = &set.snapshots[i];
                 let row = SnapshotRow::from_manifest(&s.parsed, s.name.as_str(), now);
                 db::snapshots::insert_snapshot(conn, &row, &s.files)?;
+                for (path, list) in &s.chunks {
+                    db::chunks::insert_chunk_list(conn, &row.digest, path, list)?;
+                }
             }
             for &i in &planned.new_cache_files {
                 let c = &set.cache_files[i];

@@ -66,12 +66,14 @@
 
 mod add;
 mod archive;
+pub mod chunk;
 #[doc(hidden)]
 pub mod cli;
 #[doc(hidden)]
 pub mod db;
 mod demo;
 pub mod digest;
+mod du;
 mod error;
 #[doc(hidden)]
 pub mod failpoint;
@@ -99,8 +101,8 @@ mod verify;
 
 pub use add::{AddOptions, AddReport};
 pub use archive::{
-    Chunk, Compression, ExportOptions, ExportReport, ExportTarget, ImportOptions, ImportReport,
-    ImportSource, OpenedSource, ReadError, Selection, TarReader,
+    Chunk as TarChunk, Compression, ExportOptions, ExportReport, ExportTarget, ImportOptions,
+    ImportReport, ImportSource, OpenedSource, ReadError, Selection, TarReader,
 };
 pub use digest::Digest;
 pub use error::{Error, Result, exit};

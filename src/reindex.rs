@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::add::{read_manifest, read_metadata};
+use crate::chunk::{CHUNK_SIZE, ChunkList};
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -21,7 +22,7 @@ use crate::layout::SnapshotName;
 use crate::manifest::is_normal_file_name;
 use crate::progress::Progress;
 use crate::registry::Registry;
-use crate::stage::{check_integrity, digest_file};
+use crate::stage::{check_integrity, digest_file, digest_file_chunked};
 
 /// Something reindex left out, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +44,9 @@ pub struct ReindexReport {
     pub adopted_images: Vec<Digest>,
     /// Rows dropped because their files are gone.
     pub dropped: Vec<String>,
+    /// Snapshots already indexed whose chunk lists were computed now (they
+    /// entered the registry before the chunk index existed).
+    pub chunk_lists_backfilled: Vec<Digest>,
     /// What was left alone.
     pub skipped: Vec<Skipped>,
 }
@@ -77,7 +81,7 @@ impl Registry {
                 }
             };
             match adopt_snapshot(&dir, progress) {
-                Ok((parsed, files, extras)) => {
+                Ok((parsed, files, extras, chunks)) => {
                     report.skipped.extend(extras.into_iter().map(|extra| {
                         Skipped {
                             path: format!("snapshots/{dir_name}/{extra}"),
@@ -89,6 +93,7 @@ impl Registry {
                     snapshot_rows.push((
                         SnapshotRow::from_manifest(&parsed, name.as_str(), now),
                         files,
+                        chunks,
                     ))
                 }
                 Err(e) => report.skipped.push(skip(e.with_causes())),
@@ -135,11 +140,11 @@ impl Registry {
         }
 
         let tx = self.db_mut().write()?;
-        for (row, files) in &snapshot_rows {
+        for (row, files, chunks) in &snapshot_rows {
             if let Some(existing) = db::snapshots::snapshot_by_digest(&tx, &row.digest)? {
                 let still_there = snapshot_rows
                     .iter()
-                    .any(|(r, _)| r.name == existing.name && r.digest == row.digest);
+                    .any(|(r, ..)| r.name == existing.name && r.digest == row.digest);
                 if existing.name == row.name {
                     let recorded = SnapshotRow {
                         added_at: existing.added_at,
@@ -148,12 +153,18 @@ impl Registry {
                     if existing == recorded
                         && db::snapshots::snapshot_files(&tx, &row.digest)? == *files
                     {
+                        if backfill_chunk_lists(&tx, &row.digest, files, chunks)? {
+                            report.chunk_lists_backfilled.push(row.digest);
+                        }
                         continue;
                     }
                     // A damaged row (a parent, label or image changed by
                     // hand): the manifest on disk is the truth.
                     db::snapshots::delete_snapshot(&tx, &existing.digest)?;
                     db::snapshots::insert_snapshot(&tx, &recorded, files)?;
+                    for (path, list) in chunks {
+                        db::chunks::insert_chunk_list(&tx, &row.digest, path, list)?;
+                    }
                     report.adopted_snapshots.push(row.digest);
                     continue;
                 }
@@ -179,10 +190,13 @@ impl Registry {
                 ));
             }
             db::snapshots::insert_snapshot(&tx, row, files)?;
+            for (path, list) in chunks {
+                db::chunks::insert_chunk_list(&tx, &row.digest, path, list)?;
+            }
             report.adopted_snapshots.push(row.digest);
         }
         for row in db::snapshots::all_snapshots(&tx)? {
-            let on_disk = snapshot_rows.iter().any(|(r, _)| r.digest == row.digest);
+            let on_disk = snapshot_rows.iter().any(|(r, ..)| r.digest == row.digest);
             if !on_disk {
                 db::snapshots::delete_snapshot(&tx, &row.digest)?;
                 report
@@ -236,7 +250,7 @@ impl Registry {
             }
             let reference = snapshot_rows
                 .iter()
-                .map(|(r, _)| &r.image_ref)
+                .map(|(r, ..)| &r.image_ref)
                 .find(|r| CacheFile::metadata_for_ref(r) == *file)
                 .map(|r| r.as_str());
             if db::images::insert_image(&tx, meta, file, reference)? {
@@ -267,6 +281,31 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
     Ok(out)
 }
 
+/// Record the chunk lists of an indexed snapshot's files that have none yet,
+/// when the files hashed now are the ones its rows record; whether it did.
+fn backfill_chunk_lists(
+    conn: &rusqlite::Connection,
+    snapshot: &Digest,
+    files: &[SnapshotFileRow],
+    chunks: &[(String, ChunkList)],
+) -> Result<bool> {
+    let recorded = db::snapshots::snapshot_files(conn, snapshot)?;
+    let mut any = false;
+    for (path, list) in chunks {
+        let same = recorded.iter().any(|r| {
+            r.path == *path
+                && files
+                    .iter()
+                    .any(|f| f.path == *path && f.digest == r.digest)
+        });
+        if same && db::chunks::chunk_list(conn, snapshot, path)?.is_none() {
+            db::chunks::insert_chunk_list(conn, snapshot, path, list)?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
 /// Hash a file's extents digest (and an integrity digest) in one pass.
 fn hash_file(
     path: &Path,
@@ -279,13 +318,15 @@ fn hash_file(
     Ok((len, extents, integrity))
 }
 
-/// A snapshot directory's manifest, its files' rows, and the names of
-/// extra entries that are not regular files (left out, not fatal: a stray
-/// directory or link must not cost an intact snapshot its row).
+/// A snapshot directory's manifest, its files' rows, the names of extra
+/// entries that are not regular files (left out, not fatal: a stray
+/// directory or link must not cost an intact snapshot its row), and the
+/// chunk lists of its files, hashed from the directory in one pass.
 type AdoptedSnapshot = (
     crate::manifest::ParsedManifest,
     Vec<SnapshotFileRow>,
     Vec<String>,
+    Vec<(String, ChunkList)>,
 );
 
 fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot> {
@@ -293,6 +334,7 @@ fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot
     let upper = &parsed.manifest.upper;
     let mut files = Vec::new();
     let mut extras = Vec::new();
+    let mut chunks = Vec::new();
     let mut saw_upper = false;
     for (file_name, path) in sorted_entries(dir)? {
         let meta = path.symlink_metadata().at("stat", &path)?;
@@ -309,7 +351,11 @@ fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot
         } else {
             None
         };
-        let (size, digest, found) = hash_file(&path, integrity, progress)?;
+        let file = crate::files::open_regular(&path)?;
+        let size = file.metadata().at("stat", &path)?.len();
+        let (digest, found, list) =
+            digest_file_chunked(&file, size, &path, integrity, CHUNK_SIZE, progress)?;
+        chunks.push((file_name.clone(), list));
         if is_upper {
             saw_upper = true;
             if size != upper.size_bytes {
@@ -337,7 +383,7 @@ fn adopt_snapshot(dir: &Path, progress: &dyn Progress) -> Result<AdoptedSnapshot
             reference: upper.file.clone(),
         });
     }
-    Ok((parsed, files, extras))
+    Ok((parsed, files, extras, chunks))
 }
 
 /// Size, digest, and for a metadata file the parsed document and its name.

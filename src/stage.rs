@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::chunk::{ChunkList, ChunkSink};
 use crate::digest::{Digest, ExtentsSha256, LogicalSink, PlainSha256, SparseSha256V1};
 use crate::error::{Error, IoContext, Result};
 use crate::files::{Piece, SparseWriter, read_logical, start_writeback};
@@ -62,6 +63,32 @@ pub fn digest_file(
     integrity: Option<&Integrity>,
     progress: &dyn Progress,
 ) -> Result<(Digest, Option<Digest>)> {
+    digest_file_into(file, len, path, integrity, &mut None::<ChunkSink>, progress)
+}
+
+/// [`digest_file`] that also cuts the file into its chunk list at
+/// `chunk_size`, in the same pass.
+pub fn digest_file_chunked(
+    file: &File,
+    len: u64,
+    path: &Path,
+    integrity: Option<&Integrity>,
+    chunk_size: u64,
+    progress: &dyn Progress,
+) -> Result<(Digest, Option<Digest>, ChunkList)> {
+    let mut chunks = ChunkSink::with_size(chunk_size);
+    let (digest, integrity) = digest_file_into(file, len, path, integrity, &mut chunks, progress)?;
+    Ok((digest, integrity, chunks.finish()))
+}
+
+fn digest_file_into(
+    file: &File,
+    len: u64,
+    path: &Path,
+    integrity: Option<&Integrity>,
+    extra: &mut impl LogicalSink,
+    progress: &dyn Progress,
+) -> Result<(Digest, Option<Digest>)> {
     let mut extents = ExtentsSha256::new(len);
     let mut integrity = integrity.map(|i| IntegrityHasher::for_integrity(i, len));
     read_logical(file, len, path, |piece| {
@@ -69,11 +96,13 @@ pub fn digest_file(
             Piece::Data(d) => {
                 extents.data(d);
                 integrity.data(d);
+                extra.data(d);
                 progress.advance(d.len() as u64);
             }
             Piece::Zeros(n) => {
                 extents.zeros(n);
                 integrity.zeros(n);
+                extra.zeros(n);
                 progress.advance(n);
             }
         }
@@ -91,6 +120,8 @@ pub struct StagedBytes {
     pub digest: Digest,
     /// The integrity digest, when one was requested.
     pub integrity: Option<Digest>,
+    /// The chunk list, when one was requested ([`StagingFile::chunked`]).
+    pub chunks: Option<ChunkList>,
 }
 
 /// Staged files of at least this many bytes are handed to writeback at once.
@@ -102,6 +133,7 @@ pub struct StagingFile {
     writer: SparseWriter,
     extents: ExtentsSha256,
     integrity: Option<IntegrityHasher>,
+    chunks: Option<ChunkSink>,
 }
 
 impl StagingFile {
@@ -118,7 +150,14 @@ impl StagingFile {
             writer: SparseWriter::new(file),
             extents: ExtentsSha256::new(len),
             integrity: integrity.map(|i| IntegrityHasher::for_integrity(i, len)),
+            chunks: None,
         })
+    }
+
+    /// Also cut the file into its chunk list (snapshot files are; cache files are not).
+    pub fn chunked(mut self) -> Self {
+        self.chunks = Some(ChunkSink::new());
+        self
     }
 
     /// Write and hash the next piece.
@@ -127,10 +166,12 @@ impl StagingFile {
             Piece::Data(d) => {
                 self.extents.data(d);
                 self.integrity.data(d);
+                self.chunks.data(d);
             }
             Piece::Zeros(n) => {
                 self.extents.zeros(n);
                 self.integrity.zeros(n);
+                self.chunks.zeros(n);
             }
         }
         self.writer.piece(piece).at("write", &self.path)
@@ -154,6 +195,7 @@ impl StagingFile {
             size,
             digest,
             integrity: self.integrity.map(IntegrityHasher::finish),
+            chunks: self.chunks.map(ChunkSink::finish),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! cache files in staging, with the rows to write for them. Built by `add`
 //! and by the archive check, consumed by `install`.
 
+use crate::chunk::ChunkList;
 use crate::db::SnapshotFileRow;
 use crate::digest::Digest;
 use crate::image::{CacheFile, ImageMetadata};
@@ -19,6 +20,8 @@ pub struct StagedSnapshot {
     pub staged_dir: String,
     /// Its files (relative to the directory), hashed while staged.
     pub files: Vec<SnapshotFileRow>,
+    /// The chunk list of each file, by file name, cut in the same pass.
+    pub chunks: Vec<(String, ChunkList)>,
 }
 
 /// A verified cache file in staging.

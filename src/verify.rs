@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::chunk::{CHUNK_SIZE, ChunkList};
 use crate::db::gc::ImageLayers;
 use crate::db::{self, ImportState, SnapshotFileRow, SnapshotRow};
 use crate::digest::Digest;
@@ -23,7 +24,7 @@ use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::shared_home::{self, HomeReport};
-use crate::stage::digest_file;
+use crate::stage::{digest_file, digest_file_chunked};
 
 /// What is wrong with one file or artifact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -49,6 +50,8 @@ pub enum ProblemKind {
     Unindexed,
     /// A row whose recorded values cannot be what the registry wrote.
     BadRow,
+    /// A snapshot file's chunk list is absent or does not match its content.
+    Chunks,
 }
 
 impl ProblemKind {
@@ -65,6 +68,7 @@ impl ProblemKind {
             ProblemKind::Unreadable => "unreadable",
             ProblemKind::Unindexed => "unindexed",
             ProblemKind::BadRow => "bad-row",
+            ProblemKind::Chunks => "chunks",
         }
     }
 }
@@ -124,6 +128,9 @@ struct Check {
     digest: Digest,
     integrity: Option<Integrity>,
     manifest_of: Option<Digest>,
+    /// The snapshot whose chunk list of this file is checked too.
+    chunks_of: Option<Digest>,
+    file: String,
 }
 
 impl Registry {
@@ -226,6 +233,8 @@ impl Registry {
                 digest: c.digest,
                 integrity: None,
                 manifest_of: None,
+                chunks_of: None,
+                file: String::new(),
             });
         }
 
@@ -243,7 +252,15 @@ impl Registry {
         }
         progress.start("verify", Some(to_hash.iter().map(|c| c.size).sum()));
         for check in &to_hash {
-            problems.extend(content_problems(check, progress));
+            let recorded = match check.chunks_of {
+                Some(snapshot) => Some(db::chunks::chunk_list(
+                    self.db().conn(),
+                    &snapshot,
+                    &check.file,
+                )?),
+                None => None,
+            };
+            problems.extend(content_problems(check, recorded, progress));
         }
         progress.finish();
 
@@ -381,6 +398,8 @@ impl Registry {
                 digest: f.digest,
                 integrity,
                 manifest_of: (f.path == "manifest.json").then_some(s.digest),
+                chunks_of: Some(s.digest),
+                file: f.path.clone(),
             });
         }
     }
@@ -434,7 +453,12 @@ fn stat_problem(check: &Check) -> Option<Problem> {
     }
 }
 
-fn content_problems(check: &Check, progress: &dyn Progress) -> Vec<Problem> {
+/// `recorded` is `Some` for a snapshot file: its chunk list in the index, if any.
+fn content_problems(
+    check: &Check,
+    recorded: Option<Option<ChunkList>>,
+    progress: &dyn Progress,
+) -> Vec<Problem> {
     let problem = |kind, digest, detail: String| Problem {
         kind,
         path: check.rel.clone(),
@@ -450,8 +474,11 @@ fn content_problems(check: &Check, progress: &dyn Progress) -> Vec<Problem> {
         Some(Ok((algorithm, digest))) => Some((algorithm.to_string(), digest)),
         None => None,
     };
-    let hashed = hash_file(check, expected_integrity.is_some(), progress);
-    let (digest, integrity) = match hashed {
+    let chunk_size = recorded
+        .as_ref()
+        .map(|r| r.as_ref().map_or(CHUNK_SIZE, |l| l.chunk_size));
+    let hashed = hash_file(check, expected_integrity.is_some(), chunk_size, progress);
+    let (digest, integrity, chunks) = match hashed {
         Ok(found) => found,
         Err(e) => {
             problems.push(problem(
@@ -483,17 +510,58 @@ fn content_problems(check: &Check, progress: &dyn Progress) -> Vec<Problem> {
     {
         problems.push(problem(ProblemKind::Manifest, Some(snapshot), detail));
     }
+    // A file whose content changed is reported as such; its chunk list is
+    // checked when the content is the recorded one, to catch a wrong index.
+    if let (Some(recorded), Some(found), true) = (recorded, chunks, digest == check.digest)
+        && let Some(detail) = chunks_problem(recorded.as_ref(), &found)
+    {
+        problems.push(problem(ProblemKind::Chunks, check.chunks_of, detail));
+    }
     problems
+}
+
+/// How a recorded chunk list differs from the one the content gives (cut
+/// at the recorded list's size).
+fn chunks_problem(recorded: Option<&ChunkList>, found: &ChunkList) -> Option<String> {
+    let Some(recorded) = recorded else {
+        return Some(
+            "no chunk list (recorded before the chunk index); `reindex` computes it".into(),
+        );
+    };
+    let differs = recorded
+        .chunks
+        .iter()
+        .zip(&found.chunks)
+        .find(|(r, f)| r != f)
+        .map(|(r, f)| r.offset.min(f.offset));
+    match differs {
+        Some(offset) => Some(format!(
+            "chunk list differs from the content from offset {offset}"
+        )),
+        None if recorded.chunks.len() != found.chunks.len() => Some(format!(
+            "index lists {} data chunks, content has {}",
+            recorded.chunks.len(),
+            found.chunks.len()
+        )),
+        None => None,
+    }
 }
 
 fn hash_file(
     check: &Check,
     with_integrity: bool,
+    chunk_size: Option<u64>,
     progress: &dyn Progress,
-) -> Result<(Digest, Option<Digest>)> {
+) -> Result<(Digest, Option<Digest>, Option<ChunkList>)> {
     let file = crate::files::open_regular(&check.path)?;
     let integrity = check.integrity.as_ref().filter(|_| with_integrity);
-    digest_file(&file, check.size, &check.path, integrity, progress)
+    if let Some(size) = chunk_size {
+        let (d, i, c) =
+            digest_file_chunked(&file, check.size, &check.path, integrity, size, progress)?;
+        return Ok((d, i, Some(c)));
+    }
+    let (d, i) = digest_file(&file, check.size, &check.path, integrity, progress)?;
+    Ok((d, i, None))
 }
 
 fn manifest_problem(check: &Check, snapshot: Digest) -> Option<String> {

@@ -88,6 +88,11 @@ pub fn verify(layout: &Layout, streamed: &Streamed, names: &[SnapshotName]) -> R
                     digest: m.bytes.digest,
                 })
                 .collect(),
+            chunks: s
+                .files
+                .iter()
+                .filter_map(|(file, m)| Some((file.clone(), m.bytes.chunks.clone()?)))
+                .collect(),
         })
         .collect();
     let cache_files = streamed

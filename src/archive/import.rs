@@ -406,7 +406,7 @@ impl Stager<'_> {
         let path = dir.join(MANIFEST_FILE);
         // Stored as its canonical bytes, so the file hashes to the snapshot digest.
         let canonical = parsed.manifest.canonical_bytes();
-        let mut out = StagingFile::create(&path, canonical.len() as u64, None)?;
+        let mut out = StagingFile::create(&path, canonical.len() as u64, None)?.chunked();
         out.piece(Piece::Data(&canonical))?;
         let staged = out.finish()?;
         self.by_prefix
@@ -456,7 +456,7 @@ impl Stager<'_> {
         };
         let path = snapshot.dir.join(&file);
         let bytes = self
-            .stage(reader, &member, &path, size, integrity.as_ref())
+            .stage(reader, &member, &path, size, integrity.as_ref(), true)
             .await?;
         self.streamed.snapshots[index].files.push((
             file,
@@ -480,7 +480,9 @@ impl Stager<'_> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at("create directory", parent)?;
         }
-        let bytes = self.stage(reader, &member, &path, size, None).await?;
+        let bytes = self
+            .stage(reader, &member, &path, size, None, false)
+            .await?;
         self.streamed.cache.push((
             file,
             StagedMember {
@@ -492,8 +494,8 @@ impl Stager<'_> {
         Ok(())
     }
 
-    /// Stream one member's data into `path`, hashing it on the way; holes
-    /// and runs of zeros become holes.
+    /// Stream one member's data into `path`, hashing it (and with `chunked`
+    /// cutting it into chunks) on the way; runs of zeros become holes.
     async fn stage(
         &mut self,
         reader: &mut Reader,
@@ -501,8 +503,12 @@ impl Stager<'_> {
         path: &Path,
         size: u64,
         integrity: Option<&Integrity>,
+        chunked: bool,
     ) -> Result<StagedBytes> {
         let mut out = StagingFile::create(path, size, integrity)?;
+        if chunked {
+            out = out.chunked();
+        }
         while let Some(chunk) = reader
             .read_data(&mut self.buf)
             .await

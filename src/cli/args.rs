@@ -126,6 +126,11 @@ pub enum Command {
     },
     /// Rebuild the index from the artifacts on disk.
     Reindex,
+    /// What each snapshot costs: data, bytes unique to it, bytes new beyond its parent.
+    Du {
+        /// Snapshots to show (name, digest or prefix) [default: all].
+        references: Vec<String>,
+    },
     /// Remove unreferenced cache artifacts, debris and dead imports.
     Gc {
         /// Print what would be removed and remove nothing.
@@ -181,6 +186,7 @@ impl Command {
                 | Command::Lineage { .. }
                 | Command::Sql { .. }
                 | Command::Verify { .. }
+                | Command::Du { .. }
                 | Command::Export(..)
         )
     }

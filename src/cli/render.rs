@@ -9,6 +9,7 @@ use super::printer::{Printer, aligned, human_bytes, plural};
 use crate::add::AddReport;
 use crate::archive::{ExportReport, ImportReport};
 use crate::demo::DemoReport;
+use crate::du::DuReport;
 use crate::gc::{GcReport, Kept, KeptReason};
 use crate::query::{LineageEntry, ListEntry, ShowReport};
 use crate::reindex::ReindexReport;
@@ -327,6 +328,49 @@ fn home_line(home: &HomeReport) -> String {
             "shared microsandbox home: {why}; OVERRIDDEN, the cache was judged as if microsandbox used nothing"
         ),
     }
+}
+
+/// `du`: a table and a totals line.
+pub fn du(p: &mut Printer, r: &DuReport) -> Rendered {
+    let rows: Vec<Vec<String>> = r
+        .snapshots
+        .iter()
+        .map(|s| {
+            let chunked = |n: u64| {
+                if s.indexed {
+                    human_bytes(n)
+                } else {
+                    "?".into()
+                }
+            };
+            vec![
+                s.name.clone(),
+                s.digest.hex()[..16].to_string(),
+                human_bytes(s.logical_bytes),
+                chunked(s.data_bytes),
+                chunked(s.unique_bytes),
+                chunked(s.new_bytes),
+                human_bytes(s.rm_frees_bytes),
+            ]
+        })
+        .collect();
+    p.table(
+        &[
+            "NAME", "DIGEST", "LOGICAL", "DATA", "UNIQUE", "NEW", "RM FREES",
+        ],
+        &rows,
+    )?;
+    let t = &r.totals;
+    p.line(format!(
+        "total: {}, logical {}, data {}, unique chunks {} ({}), on disk {}, dedup ratio {:.2}",
+        plural(t.snapshots as usize, "snapshot"),
+        human_bytes(t.logical_bytes),
+        human_bytes(t.data_bytes),
+        human_bytes(t.unique_chunk_bytes),
+        plural(t.unique_chunks as usize, "chunk"),
+        human_bytes(t.allocated_bytes),
+        t.dedup_ratio
+    ))
 }
 
 /// `demo`, run in `dir`.

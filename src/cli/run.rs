@@ -129,6 +129,16 @@ fn dispatch(
             }
             emit(p, &r, render::gc)
         }
+        Command::Du { references } => {
+            let r = registry.du(&references)?;
+            if r.unindexed > 0 {
+                p.hint(Some(&format!(
+                    "{} predate the chunk index; `msb-registry reindex` computes their chunk lists",
+                    super::printer::plural(r.unindexed as usize, "snapshot")
+                )));
+            }
+            emit(p, &r, render::du)
+        }
         Command::Verify { reference, content } => {
             let r = registry.verify(reference.as_deref(), content, progress)?;
             let rendered = emit(p, &r, render::verify);

@@ -1,6 +1,7 @@
 //! The index database: opening with the house pragmas, the embedded
 //! migrations, and (in the child modules) every SQL statement the registry runs.
 
+pub mod chunks;
 pub mod gc;
 pub mod images;
 pub mod imports;

@@ -18,8 +18,8 @@ use msb_registry::NoProgress;
 use msb_registry::OpenedSource;
 use msb_registry::Registry;
 use msb_registry::digest::Digest;
-use msb_registry::{Chunk, TarReader};
 use msb_registry::{ImportOptions, ImportSource};
+use msb_registry::{TarChunk as Chunk, TarReader};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::corpus::{self, Archive};

@@ -2,6 +2,7 @@
 //! registries, plus library-level checks. One binary, one module per area.
 
 mod chaos;
+mod chunks;
 mod core;
 mod corpus;
 mod crash;

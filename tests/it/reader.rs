@@ -161,7 +161,7 @@ fn many_extents_archive(n: u64, len: usize, stride: u64) -> (Vec<u8>, String) {
 /// bytes at its offset, the holes between them as zeros.
 #[test]
 fn a_100k_extent_map_streams_through_the_reader() {
-    use msb_registry::{Chunk, TarReader};
+    use msb_registry::{TarChunk as Chunk, TarReader};
     let (n, len, stride) = (100_000u64, 512usize, 4096u64);
     let (bytes, _) = many_extents_archive(n, len, stride);
     let spill = tempfile::tempdir().unwrap();
