@@ -94,15 +94,15 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<AddReport> {
         let parsed = read_manifest(dir)?;
-        let name: SnapshotName = match &opts.name {
-            Some(n) => n.parse()?,
-            None => dir
-                .canonicalize()
-                .at("resolve", dir)?
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .parse()?,
+        let name = match &opts.name {
+            Some(n) => SnapshotName::chosen(n)?,
+            None => SnapshotName::chosen(
+                dir.canonicalize()
+                    .at("resolve", dir)?
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default(),
+            )?,
         };
         if let Some(row) = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?
             && opts.cache_dir.is_none()

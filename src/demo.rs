@@ -99,6 +99,7 @@ pub fn run(dir: &Path, progress: &dyn Progress) -> Result<DemoReport> {
         &ImportSource::Path(archive.clone()),
         &ImportOptions {
             name: Some("py-app".into()),
+            allow_shallow: false,
         },
         progress,
     )?;

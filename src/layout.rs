@@ -155,6 +155,19 @@ impl Layout {
 pub struct SnapshotName(String);
 
 impl SnapshotName {
+    /// A name a person chose for a snapshot (`add`, `import --name`,
+    /// `rename`): a valid name that is not 8 or more hex digits, which would
+    /// shadow the digest prefix it spells in every reference.
+    pub fn chosen(s: &str) -> Result<Self, Error> {
+        let name: SnapshotName = s.parse()?;
+        if s.len() >= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Usage(format!(
+                "invalid snapshot name {s:?}: 8 or more hex digits read as a digest prefix; add a letter outside a-f or a separator"
+            )));
+        }
+        Ok(name)
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0

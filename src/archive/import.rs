@@ -39,8 +39,13 @@ pub use super::import_source::ImportSource;
 /// Options of `import`.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Name for the head snapshot; the others are named by their archive prefix.
+    /// Name for the head snapshot; the others are named by their archive
+    /// prefix. A head already present under another name is renamed to it.
     pub name: Option<String>,
+    /// Accept an archive whose first snapshot's parent is neither in the
+    /// archive nor in the registry (the snapshots land shallow); refused
+    /// otherwise, naming the missing base.
+    pub allow_shallow: bool,
 }
 
 /// What `import` did.
@@ -74,13 +79,20 @@ impl Registry {
         let head_name = opts
             .name
             .as_deref()
-            .map(str::parse::<SnapshotName>)
+            .map(SnapshotName::chosen)
             .transpose()?;
         let opened = import_source::open(source)?;
         let (layout, db) = self.parts();
         let lease = Lease::acquire(layout, db, &source.label())?;
         let result = self
-            .import_leased(&lease, source, opened, head_name, progress)
+            .import_leased(
+                &lease,
+                source,
+                opened,
+                head_name,
+                opts.allow_shallow,
+                progress,
+            )
             .map_err(|e| e.naming_archive(&source.display_name()));
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
@@ -98,6 +110,7 @@ impl Registry {
         source: &ImportSource,
         opened: OpenedSource,
         head_name: Option<SnapshotName>,
+        allow_shallow: bool,
         progress: &dyn Progress,
     ) -> Result<ImportReport> {
         let layout = self.layout().clone();
@@ -121,6 +134,9 @@ impl Registry {
         failpoint::hit(failpoint::IMPORT_STREAMED)?;
 
         let head = check::head(&streamed.snapshots)?;
+        if !allow_shallow {
+            check::base_present(self.db().conn(), &streamed.snapshots)?;
+        }
         let names = streamed
             .snapshots
             .iter()
@@ -136,8 +152,24 @@ impl Registry {
         let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
 
-        let outcome = install(self, lease, &checked.set)?;
         let head_row = &streamed.snapshots[head];
+        let present = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?;
+        let rename_to = head_name.filter(|n| present.is_some_and(|r| r.name != n.as_str()));
+        if let Some(wanted) = &rename_to
+            && let Some(other) = db::snapshots::snapshot_by_name(self.db().conn(), wanted.as_str())?
+        {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: format!(
+                    "the head {} is already here under another name, and the name is taken by snapshot {}",
+                    head_row.parsed.digest, other.digest
+                ),
+            });
+        }
+        let outcome = install(self, lease, &checked.set)?;
+        if let Some(wanted) = &rename_to {
+            self.rename(&head_row.parsed.digest.to_string(), wanted.as_str())?;
+        }
         let name = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?
             .map(|r| r.name)
             .unwrap_or_else(|| names[head].to_string());
