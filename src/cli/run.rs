@@ -91,7 +91,11 @@ fn dispatch(
         Command::Rm { references, force } => {
             let r = registry.remove_all(&references, force)?;
             p.hint(r.first().and_then(|r| r.microsandbox_hint.as_deref()));
-            summary(p, &r, |p, r| r.iter().try_for_each(|r| render::remove(p, r)))
+            match r.as_slice() {
+                // One REF keeps the single-object shape scripts already read.
+                [one] => summary(p, one, render::remove),
+                all => summary(p, &all, |p, r| r.iter().try_for_each(|r| render::remove(p, r))),
+            }
         }
         Command::Rename {
             reference,

@@ -358,6 +358,8 @@ enum Op {
     Add,
     Gc,
     Rm,
+    /// `rename app web`; the redo (`import --name app`) renames it back.
+    Rename,
     Export,
     /// An import crashed mid-promotion, then the recovery of it crashed too.
     Recover,
@@ -407,6 +409,15 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
             other.run(&["rm", "app"]).ok();
             (before, rows(&other))
         }
+        Op::Rename => {
+            reg.run(main).ok();
+            let before = rows(&reg);
+            crash_at(&reg, &["rename", "app", "web"], point, kill);
+            let other = Reg::new();
+            other.run(main).ok();
+            other.run(&["rename", "app", "web"]).ok();
+            (before, rows(&other))
+        }
         Op::Export => {
             reg.run(main).ok();
             let out = reg.path("out.tar.zst");
@@ -439,6 +450,7 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
     let (first_args, redo_first): (Vec<&str>, bool) = match first {
         "import" if op != Op::Add => (main.to_vec(), true),
         "import" => (add_args(&f.base_dir, &f.base_cache), true),
+        "lineage" if op == Op::Rename => (vec!["lineage", "web"], false),
         "lineage" => (vec!["lineage", "app"], false),
         cmd => (vec![cmd], false),
     };
@@ -460,8 +472,8 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
         now == after
     };
     let debris = rows_have_files(&reg);
-    // A crashed rm is finished by whatever command comes next.
-    if matches!(op, Op::Import | Op::Add | Op::Recover | Op::Rm) || first == "gc" {
+    // A crashed rm or rename is finished by whatever command comes next.
+    if matches!(op, Op::Import | Op::Add | Op::Recover | Op::Rm | Op::Rename) || first == "gc" {
         assert!(debris.is_empty(), "{ctx}: files without rows: {debris:?}");
     }
     if let (false, Op::Import | Op::Add) = (redo_first, op) {
@@ -549,6 +561,14 @@ fn cases(f: &Fixture) -> Vec<(Op, String, Kill)> {
     ] {
         cases.push((Rm, p.into(), Abort));
     }
+    for p in [
+        failpoint::RENAME_BEFORE_COMMIT,
+        failpoint::RENAME_COMMITTED,
+        failpoint::RENAME_MOVED,
+    ] {
+        cases.push((Rename, p.into(), Abort));
+        cases.push((Rename, p.into(), PauseKill));
+    }
     cases
 }
 
@@ -600,6 +620,11 @@ fn add_survives_a_crash_at_every_step() {
 #[test]
 fn gc_rm_and_export_survive_a_crash_at_every_step() {
     walk(&[Op::Gc, Op::Rm, Op::Export]);
+}
+
+#[test]
+fn rename_survives_a_crash_at_every_step() {
+    walk(&[Op::Rename]);
 }
 
 // ------------------------------------------------------- random kills

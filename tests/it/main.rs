@@ -5,6 +5,7 @@ mod core;
 mod crash;
 mod demo;
 mod diskfull;
+mod everyday;
 mod export;
 mod gc;
 mod home;
