@@ -447,8 +447,25 @@ fn import_name_renames_a_head_already_present() {
 /// Two snapshots whose digests share their first 8 hex digits (found by
 /// trying labels), added to `reg` as `twin-a` and `twin-b`; returns the prefix.
 fn add_twins(reg: &Reg) -> String {
+    let manifest = |n: u32| plain_manifest(n, 4096);
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0u32..)
+        .find_map(|n| {
+            let prefix = manifest(n).digest().hex()[..8].to_string();
+            seen.insert(prefix, n).map(|m| (m, n))
+        })
+        .unwrap();
+    for (n, name) in [(a, "twin-a"), (b, "twin-b")] {
+        add_hollow(reg, name, &manifest(n));
+    }
+    manifest(a).digest().hex()[..8].to_string()
+}
+
+/// A root snapshot's manifest with label `n`, a raw upper of `size` bytes
+/// and no integrity recorded.
+fn plain_manifest(n: u32, size: u64) -> msb_registry::manifest::Manifest {
     use msb_registry::manifest::{Format, ImagePin, Manifest, Upper};
-    let manifest = |n: u32| Manifest {
+    Manifest {
         schema: 1,
         format: Format::Raw,
         fstype: "ext4".into(),
@@ -461,29 +478,23 @@ fn add_twins(reg: &Reg) -> String {
         labels: [("n".to_string(), n.to_string())].into(),
         upper: Upper {
             file: "upper.ext4".into(),
-            size_bytes: 4096,
+            size_bytes: size,
             integrity: None,
         },
         source_sandbox: None,
-    };
-    let mut seen = std::collections::HashMap::new();
-    let (a, b) = (0u32..)
-        .find_map(|n| {
-            let prefix = manifest(n).digest().hex()[..8].to_string();
-            seen.insert(prefix, n).map(|m| (m, n))
-        })
-        .unwrap();
-    for (n, name) in [(a, "twin-a"), (b, "twin-b")] {
-        let dir = reg.path(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::File::create(dir.join("upper.ext4"))
-            .unwrap()
-            .set_len(4096)
-            .unwrap();
-        std::fs::write(dir.join("manifest.json"), manifest(n).canonical_bytes()).unwrap();
-        reg.run(&["add", dir.to_str().unwrap()]).ok();
     }
-    manifest(a).digest().hex()[..8].to_string()
+}
+
+/// Add a snapshot of `manifest` whose upper is one hole, named `name`.
+fn add_hollow(reg: &Reg, name: &str, manifest: &msb_registry::manifest::Manifest) {
+    let dir = reg.path(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join("upper.ext4"))
+        .unwrap()
+        .set_len(manifest.upper.size_bytes)
+        .unwrap();
+    std::fs::write(dir.join("manifest.json"), manifest.canonical_bytes()).unwrap();
+    reg.run(&["add", dir.to_str().unwrap()]).ok();
 }
 
 #[test]
@@ -638,4 +649,81 @@ fn archives_are_never_written_to_or_read_from_a_terminal() {
     Run::from(import).ok();
     reg.run(&["verify", "--content"]).ok();
     dst.run(&["verify", "--content"]).ok();
+}
+
+// ------------------------------------------------------------ progress
+
+/// Every report a progress bar would get.
+#[derive(Default)]
+struct Recorder {
+    events: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+impl msb_registry::Progress for Recorder {
+    fn start(&self, phase: &str, total: Option<u64>) {
+        let total = total.expect("export and verify know their total");
+        self.events.lock().unwrap().push((format!("start {phase}"), total));
+    }
+    fn advance(&self, bytes: u64) {
+        self.events.lock().unwrap().push(("advance".into(), bytes));
+    }
+    fn finish(&self) {
+        self.events.lock().unwrap().push(("finish".into(), 0));
+    }
+}
+
+impl Recorder {
+    /// The total announced, and the steps reported after it.
+    fn phase(&self) -> (u64, Vec<u64>) {
+        let events = self.events.lock().unwrap();
+        let total = events[0].1;
+        assert!(events[0].0.starts_with("start"), "{:?}", events[0]);
+        assert_eq!(events.last().unwrap().0, "finish");
+        let steps = events[1..events.len() - 1].iter().map(|e| e.1).collect();
+        (total, steps)
+    }
+}
+
+/// Export and `verify --content` announce the bytes they will process and
+/// then report them in steps of at most 8 MiB (holes included for verify,
+/// which hashes them), adding up exactly to the total: a bar is steady
+/// from its first frame and ends full.
+#[test]
+fn export_and_verify_progress_counts_the_bytes_processed_in_small_steps() {
+    let reg = Reg::new();
+    let (chain, _) = chain_in_registry(&reg);
+    // A 64 MiB hole: hashed by verify, reported as it goes.
+    add_hollow(&reg, "hollow", &plain_manifest(0, 64 << 20));
+    let registry = msb_registry::Registry::open(reg.root()).unwrap();
+
+    let rec = Recorder::default();
+    let report = registry.verify(None, true, &rec).unwrap();
+    assert!(report.ok);
+    let (total, steps) = rec.phase();
+    assert_eq!(steps.iter().sum::<u64>(), total);
+    assert!(total >= 64 << 20, "uppers, holes included: {total}");
+    assert!(steps.iter().all(|&s| s > 0 && s <= 8 << 20), "{steps:?}");
+
+    let rec = Recorder::default();
+    let archive = reg.path("app.tar");
+    let opts = msb_registry::ExportOptions {
+        selection: msb_registry::Selection {
+            with_parents: true,
+            base: None,
+            with_image: false,
+        },
+        compression: msb_registry::Compression::None,
+        dense: true,
+    };
+    let target = msb_registry::ExportTarget::File(archive);
+    let exported = registry
+        .export(&chain[2].to_string(), &opts, &target, &rec)
+        .unwrap();
+    let (total, steps) = rec.phase();
+    assert_eq!(steps.iter().sum::<u64>(), total);
+    assert!(total >= 3 * (8 << 20), "dense: every logical byte: {total}");
+    assert!(exported.bytes >= total);
+    assert!(steps.iter().all(|&s| s > 0 && s <= 8 << 20), "{steps:?}");
+    drop(registry);
+    reg.run(&["verify", "--content"]).ok();
 }
