@@ -166,6 +166,14 @@ impl Registry {
                 ),
             });
         }
+        if let Some(wanted) = &rename_to
+            && layout.snapshot(wanted).symlink_metadata().is_ok()
+        {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: "snapshots/ holds a directory of that name without a row (debris; `gc` removes it)".into(),
+            });
+        }
         let outcome = install(self, lease, &checked.set)?;
         if let Some(wanted) = &rename_to {
             self.rename(&head_row.parsed.digest.to_string(), wanted.as_str())?;
