@@ -53,7 +53,10 @@ impl Registry {
         let mut rows = Vec::new();
         for reference in references {
             let row = self.resolve(reference)?;
-            if !rows.iter().any(|r: &crate::db::SnapshotRow| r.digest == row.digest) {
+            if !rows
+                .iter()
+                .any(|r: &crate::db::SnapshotRow| r.digest == row.digest)
+            {
                 rows.push(row);
             }
         }
@@ -62,8 +65,10 @@ impl Registry {
         for row in &rows {
             let conn = self.db().conn();
             let children = db::snapshots::children(conn, &row.digest)?;
-            let staying: Vec<&(Digest, String)> =
-                children.iter().filter(|(d, _)| !doomed.contains(d)).collect();
+            let staying: Vec<&(Digest, String)> = children
+                .iter()
+                .filter(|(d, _)| !doomed.contains(d))
+                .collect();
             if !staying.is_empty() && !force {
                 return Err(Error::HasChildren {
                     name: row.name.clone(),

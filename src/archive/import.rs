@@ -76,11 +76,7 @@ impl Registry {
         opts: &ImportOptions,
         progress: &dyn Progress,
     ) -> Result<ImportReport> {
-        let head_name = opts
-            .name
-            .as_deref()
-            .map(SnapshotName::chosen)
-            .transpose()?;
+        let head_name = opts.name.as_deref().map(SnapshotName::chosen).transpose()?;
         let opened = import_source::open(source)?;
         let (layout, db) = self.parts();
         let lease = Lease::acquire(layout, db, &source.label())?;

@@ -209,7 +209,10 @@ pub fn rename(p: &mut Printer, r: &RenameReport) -> Rendered {
     if r.old_name == r.name {
         p.line(format!("{} ({}) already has that name", r.name, r.digest))
     } else {
-        p.line(format!("renamed {} to {} ({})", r.old_name, r.name, r.digest))
+        p.line(format!(
+            "renamed {} to {} ({})",
+            r.old_name, r.name, r.digest
+        ))
     }
 }
 

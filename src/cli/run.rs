@@ -94,7 +94,9 @@ fn dispatch(
             match r.as_slice() {
                 // One REF keeps the single-object shape scripts already read.
                 [one] => summary(p, one, render::remove),
-                all => summary(p, &all, |p, r| r.iter().try_for_each(|r| render::remove(p, r))),
+                all => summary(p, &all, |p, r| {
+                    r.iter().try_for_each(|r| render::remove(p, r))
+                }),
             }
         }
         Command::Rename {
@@ -205,7 +207,10 @@ fn export(
             "warning: the archive is not self-contained: {} names parent {missing}, which is not in it; \
              it imports only where that parent is present (or with import --allow-shallow); \
              use --with-parents for a self-contained archive",
-            r.snapshots.first().map(|d| d.to_string()).unwrap_or_default()
+            r.snapshots
+                .first()
+                .map(|d| d.to_string())
+                .unwrap_or_default()
         );
     }
     if target == ExportTarget::Stdout {

@@ -348,8 +348,8 @@ pub fn delete_pending_rename(conn: &Connection, digest: &Digest) -> Result<()> {
 
 /// The snapshots naming `digest` as parent, `(digest, name)` by name.
 pub fn children(conn: &Connection, digest: &Digest) -> Result<Vec<(Digest, String)>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT digest, name FROM snapshots WHERE parent = ?1 ORDER BY name")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT digest, name FROM snapshots WHERE parent = ?1 ORDER BY name")?;
     let rows = stmt.query_map([digest], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

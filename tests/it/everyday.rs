@@ -83,7 +83,11 @@ fn readme_blocks(text: &str) -> Vec<Block> {
             }
             i += 1;
         }
-        assert!(current.is_none(), "README line {}: unclosed quote", block.line);
+        assert!(
+            current.is_none(),
+            "README line {}: unclosed quote",
+            block.line
+        );
         blocks.push(block);
         i += 1;
     }
@@ -110,8 +114,8 @@ fn strip_comment(cmd: &str) -> Option<String> {
 /// `<!-- not run: … -->` are skipped, and there must be a reason).
 #[test]
 fn every_readme_command_runs_against_the_demo_registry() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let blocks = readme_blocks(&readme);
     let scratch = Reg::new();
     let work = scratch.path("work");
@@ -210,7 +214,9 @@ fn version_names_the_git_commit() {
         .args(["rev-parse", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output();
-    if let Ok(git) = git && git.status.success() {
+    if let Ok(git) = git
+        && git.status.success()
+    {
         let head = String::from_utf8(git.stdout).unwrap();
         let commit = line
             .strip_prefix(&expected)
@@ -267,7 +273,10 @@ fn completions_and_man_page_are_generated() {
 #[test]
 fn help_texts_say_what_a_person_needs() {
     let export = run_bin(&["export", "--help"], &[]).ok().stdout;
-    assert!(export.contains("1 (fastest) to 19 (smallest) [default: 3]"), "{export}");
+    assert!(
+        export.contains("1 (fastest) to 19 (smallest) [default: 3]"),
+        "{export}"
+    );
     let demo = run_bin(&["demo", "--help"], &[]).ok().stdout;
     assert!(!demo.contains("MSB_REGISTRY_ROOT"), "{demo}");
     assert!(demo.contains("must not be a registry"), "{demo}");
@@ -313,7 +322,10 @@ fn quiet_silences_summaries_not_data_or_errors() {
     assert_eq!(reg.run(&["import", a, "-q"]).ok().stdout, "");
     assert_eq!(reg.run(&["verify", "-q"]).ok().stdout, "");
     assert!(reg.run(&["list", "-q"]).ok().stdout.contains("web"));
-    let json: Value = reg.run(&["rename", "web", "app", "-q", "--json"]).ok().json();
+    let json: Value = reg
+        .run(&["rename", "web", "app", "-q", "--json"])
+        .ok()
+        .json();
     assert_eq!(json["name"], "app");
     reg.run(&["rm", "nothing-here", "-q"])
         .fails(3, "snapshot not found: nothing-here");
@@ -352,7 +364,8 @@ fn rename_moves_row_and_directory_and_refuses_a_taken_name() {
     assert_eq!(dirs(&reg), ["base", "deps", "web"]);
     let shown: Value = reg.json(&["show", "web"]);
     assert_eq!(shown["digest"], chain[2].to_string());
-    reg.run(&["show", "app"]).fails(3, "snapshot not found: app");
+    reg.run(&["show", "app"])
+        .fails(3, "snapshot not found: app");
 
     // A taken name: exit 4, nothing changes.
     let before = reg.tree();
@@ -367,7 +380,8 @@ fn rename_moves_row_and_directory_and_refuses_a_taken_name() {
     // Its own name is a no-op; an unknown reference is exit 3.
     reg.run(&["rename", "web", "web"]).ok();
     reg.run(&["rename", "nope", "x"]).fails(3, "not found");
-    reg.run(&["rename", &chain[2].to_string()[..19], "app"]).ok();
+    reg.run(&["rename", &chain[2].to_string()[..19], "app"])
+        .ok();
     assert_eq!(names(&reg), ["app", "base", "deps"]);
     assert_eq!(dirs(&reg), ["app", "base", "deps"]);
     reg.run(&["verify", "--content"]).ok();
@@ -514,12 +528,14 @@ fn rm_names_children_and_takes_several_references_all_or_nothing() {
     let reg = Reg::new();
     let (chain, _) = chain_in_registry(&reg);
     let before = reg.tree();
-    reg.run(&["rm", "deps"])
-        .fails(4, "has 1 child snapshot(s): app; remove them with it (rm deps app)");
+    reg.run(&["rm", "deps"]).fails(
+        4,
+        "has 1 child snapshot(s): app; remove them with it (rm deps app)",
+    );
     // One bad reference, or one refused snapshot, removes nothing.
-    reg.run(&["rm", "app", "nope"]).fails(3, "snapshot not found: nope");
-    reg.run(&["rm", "app", "base"])
-        .fails(4, "snapshot base");
+    reg.run(&["rm", "app", "nope"])
+        .fails(3, "snapshot not found: nope");
+    reg.run(&["rm", "app", "base"]).fails(4, "snapshot base");
     assert_eq!(reg.tree(), before);
     // The whole chain, in any order, a reference given twice counting once.
     let r: Vec<Value> = reg.json(&["rm", "base", "app", "deps", &chain[2].to_string()]);
@@ -557,13 +573,27 @@ fn a_head_alone_export_warns_and_its_import_needs_the_base() {
     // Self-contained and --base exports say nothing.
     let full = reg.path("full.tar.zst");
     let out = reg
-        .run(&["export", "app", "--with-parents", "-o", full.to_str().unwrap(), "--json"])
+        .run(&[
+            "export",
+            "app",
+            "--with-parents",
+            "-o",
+            full.to_str().unwrap(),
+            "--json",
+        ])
         .ok();
     assert_eq!(out.stderr, "");
     assert_eq!(out.json::<Value>()["missing_parent"], Value::Null);
     let rest = reg.path("rest.tar.zst");
     let out = reg
-        .run(&["export", "app", "--base", "deps", "-o", rest.to_str().unwrap()])
+        .run(&[
+            "export",
+            "app",
+            "--base",
+            "deps",
+            "-o",
+            rest.to_str().unwrap(),
+        ])
         .ok();
     assert_eq!(out.stderr, "");
 
@@ -576,8 +606,14 @@ fn a_head_alone_export_warns_and_its_import_needs_the_base() {
             .fails(3, &format!("base not found: {}", chain[1]));
         assert_eq!(dst.tree(), empty);
     }
-    dst.run(&["import", rest.to_str().unwrap(), "--allow-shallow", "--name", "app"])
-        .ok();
+    dst.run(&[
+        "import",
+        rest.to_str().unwrap(),
+        "--allow-shallow",
+        "--name",
+        "app",
+    ])
+    .ok();
     assert_eq!(dst.json::<Vec<Value>>(&["list"])[0]["shallow"], true);
     dst.run(&["verify", "--content"]).ok();
     // Where the base is present the same archive imports as it is.
@@ -635,7 +671,7 @@ fn archives_are_never_written_to_or_read_from_a_terminal() {
     assert_eq!(reg.tree(), before);
     // The same commands in a pipe still work: export -o - | import -.
     let dst = Reg::new();
-    let export = Command::new(bin())
+    let mut export = Command::new(bin())
         .args(["--root", reg.root().to_str().unwrap()])
         .args(["export", "app", "--with-parents", "-o", "-"])
         .stdout(Stdio::piped())
@@ -643,9 +679,10 @@ fn archives_are_never_written_to_or_read_from_a_terminal() {
         .unwrap();
     let import = Command::new(bin())
         .args(["--root", dst.root().to_str().unwrap(), "import", "-"])
-        .stdin(export.stdout.unwrap())
+        .stdin(export.stdout.take().unwrap())
         .output()
         .unwrap();
+    assert!(export.wait().unwrap().success());
     Run::from(import).ok();
     reg.run(&["verify", "--content"]).ok();
     dst.run(&["verify", "--content"]).ok();
@@ -662,7 +699,10 @@ struct Recorder {
 impl msb_registry::Progress for Recorder {
     fn start(&self, phase: &str, total: Option<u64>) {
         let total = total.expect("export and verify know their total");
-        self.events.lock().unwrap().push((format!("start {phase}"), total));
+        self.events
+            .lock()
+            .unwrap()
+            .push((format!("start {phase}"), total));
     }
     fn advance(&self, bytes: u64) {
         self.events.lock().unwrap().push(("advance".into(), bytes));
