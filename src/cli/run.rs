@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         }
         _ => {}
     }
+    refuse_terminals(&cli.command)?;
     let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => render::sql(&mut p, &crate::query::sql(&root, &query)?),
@@ -61,6 +62,27 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         }
     };
     Ok(rendered.and_then(|()| p.flush()))
+}
+
+/// An archive is never written to a terminal nor read from one (as zstd
+/// and tar refuse): checked before the registry is opened.
+fn refuse_terminals(command: &Command) -> Result<()> {
+    match command {
+        Command::Export(args)
+            if args.output.as_os_str() == "-" && std::io::stdout().is_terminal() =>
+        {
+            Err(Error::Usage(
+                "export -o -: standard output is a terminal; redirect it to a file or a pipe"
+                    .into(),
+            ))
+        }
+        Command::Import { archive, .. } if archive == "-" && std::io::stdin().is_terminal() => {
+            Err(Error::Usage(
+                "import -: standard input is a terminal; pipe an archive in or name a file".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn dispatch(
@@ -148,12 +170,6 @@ fn dispatch(
             allow_shallow,
         } => {
             let source = ImportSource::from_arg(&archive);
-            if source == ImportSource::Stdin && std::io::stdin().is_terminal() {
-                return Err(Error::Usage(
-                    "import -: standard input is a terminal; pipe an archive in or name a file"
-                        .into(),
-                ));
-            }
             let opts = ImportOptions {
                 name,
                 allow_shallow,
@@ -176,11 +192,6 @@ fn export(
     progress: &BarProgress,
 ) -> Result<Rendered> {
     let target = ExportTarget::from_arg(&args.output);
-    if target == ExportTarget::Stdout && std::io::stdout().is_terminal() {
-        return Err(Error::Usage(
-            "export -o -: standard output is a terminal; redirect it to a file or a pipe".into(),
-        ));
-    }
     if p.json && target == ExportTarget::Stdout {
         return Err(Error::Usage(
             "--json needs -o FILE: with -o - stdout carries the archive".into(),

@@ -656,6 +656,15 @@ fn on_a_terminal(reg: &Reg, args: &[&str]) -> Option<(i32, String)> {
 
 #[test]
 fn archives_are_never_written_to_or_read_from_a_terminal() {
+    // Refused before anything is opened: no registry appears.
+    let fresh = Reg::new();
+    if let Some((code, _)) = on_a_terminal(&fresh, &["import", "-"]) {
+        assert_eq!(code, 2);
+        assert!(
+            !fresh.root().exists(),
+            "import - on a terminal created a registry"
+        );
+    }
     let reg = Reg::new();
     chain_in_registry(&reg);
     let before = reg.tree();
