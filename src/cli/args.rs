@@ -151,13 +151,6 @@ pub enum Command {
         /// The new name.
         new_name: String,
     },
-    /// Print a shell completion script on stdout.
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Print the man page (roff) on stdout.
-    Man,
     /// Rebuild the index from the artifacts on disk.
     Reindex,
     /// Remove unreferenced cache artifacts, debris and dead imports.
@@ -201,6 +194,13 @@ pub enum Command {
         #[arg(long)]
         allow_shallow: bool,
     },
+    /// Print a shell completion script on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    Man,
 }
 
 /// Options of `export`.
