@@ -203,6 +203,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn chosen_names_never_read_as_digest_prefixes() {
+        for ok in [
+            "1234567",
+            "deadbeef-1",
+            "cafe.babe",
+            "sha256-0123456789abcdef",
+            "g0123456789",
+        ] {
+            SnapshotName::chosen(ok).unwrap();
+        }
+        for bad in ["deadbeef", "0123456789", "DEADBEEF00", &"a".repeat(64)] {
+            let e = SnapshotName::chosen(bad).unwrap_err();
+            assert!(e.to_string().contains("8 or more hex digits"), "{bad}: {e}");
+        }
+        // Names already in a registry still parse, whatever made them.
+        "deadbeef".parse::<SnapshotName>().unwrap();
+    }
+
+    #[test]
     fn names_are_single_safe_components() {
         for ok in ["py-app", "a", "sha256-0123456789abcdef", "v1.2_x"] {
             ok.parse::<SnapshotName>().unwrap();
