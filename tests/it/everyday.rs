@@ -776,3 +776,23 @@ fn export_and_verify_progress_counts_the_bytes_processed_in_small_steps() {
     drop(registry);
     reg.run(&["verify", "--content"]).ok();
 }
+
+/// On a terminal the bar's first frame is already the phase's own bar: no
+/// default-style frame (`█… 0/0`) flickers by before it.
+#[test]
+fn the_first_progress_frame_on_a_terminal_is_the_phase_bar() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let Some((code, shown)) = on_a_terminal(&reg, &["verify", "--content"]) else {
+        return;
+    };
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        !shown.contains('█'),
+        "a default-style frame was drawn: {shown:?}"
+    );
+    let first = shown.trim_start();
+    assert!(first.starts_with("verify ["), "first frame: {first:?}");
+    assert!(shown.contains("ok: checked"), "{shown:?}");
+    reg.run(&["verify", "--content"]).ok();
+}
