@@ -93,15 +93,15 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<AddReport> {
         let parsed = read_manifest(dir)?;
-        let name: SnapshotName = match &opts.name {
-            Some(n) => n.parse()?,
-            None => dir
-                .canonicalize()
-                .at("resolve", dir)?
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .parse()?,
+        let name = match &opts.name {
+            Some(n) => SnapshotName::chosen(n)?,
+            None => SnapshotName::chosen(
+                dir.canonicalize()
+                    .at("resolve", dir)?
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default(),
+            )?,
         };
         let (layout, db) = self.parts();
         let mut lease = Lease::acquire(layout, db, &dir.display().to_string())?;

@@ -80,7 +80,11 @@ pub enum Error {
 
     /// `rm` of a snapshot that other snapshots name as parent.
     #[error(
-        "snapshot {name} ({digest}) has {children} child snapshot(s); use --force to remove it anyway"
+        "snapshot {name} ({digest}) has {children} child snapshot(s): {}{}; remove them with it (rm {name} {}{}) or use --force to leave them shallow",
+        named.join(", "),
+        if (named.len() as u64) < *children { ", …" } else { "" },
+        named.join(" "),
+        if (named.len() as u64) < *children { " …" } else { "" }
     )]
     HasChildren {
         /// Name of the snapshot.
@@ -89,6 +93,8 @@ pub enum Error {
         digest: Digest,
         /// How many snapshots name it as parent.
         children: u64,
+        /// The first few of them, by name.
+        named: Vec<String>,
     },
 
     /// A manifest that breaks the schema of DESIGN §1.

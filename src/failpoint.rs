@@ -42,6 +42,9 @@ pub const ALL: &[&str] = &[
     RM_RENAMED,
     REINDEX_BEFORE_COMMIT,
     REINDEX_REBUILT,
+    RENAME_BEFORE_COMMIT,
+    RENAME_COMMITTED,
+    RENAME_MOVED,
 ];
 
 /// Lease of an add or import: lock held, staging directory and journal row committed.
@@ -88,6 +91,12 @@ pub const RM_BEFORE_COMMIT: &str = "rm.before-commit";
 pub const RM_COMMITTED: &str = "rm.committed";
 /// rm: the directory is moved into staging, not yet deleted.
 pub const RM_RENAMED: &str = "rm.renamed";
+/// rename: the row has its new name, the transaction not yet committed.
+pub const RENAME_BEFORE_COMMIT: &str = "rename.before-commit";
+/// rename: the new name is committed, the directory not yet moved.
+pub const RENAME_COMMITTED: &str = "rename.committed";
+/// rename: the directory is moved, the journal record not yet dropped.
+pub const RENAME_MOVED: &str = "rename.moved";
 
 /// reindex: every row written, the transaction not yet committed.
 pub const REINDEX_BEFORE_COMMIT: &str = "reindex.before-commit";

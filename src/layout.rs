@@ -226,6 +226,19 @@ impl Layout {
 pub struct SnapshotName(String);
 
 impl SnapshotName {
+    /// A name a person chose for a snapshot (`add`, `import --name`,
+    /// `rename`): a valid name that is not 8 or more hex digits, which would
+    /// shadow the digest prefix it spells in every reference.
+    pub fn chosen(s: &str) -> Result<Self, Error> {
+        let name: SnapshotName = s.parse()?;
+        if s.len() >= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Usage(format!(
+                "invalid snapshot name {s:?}: 8 or more hex digits read as a digest prefix; add a letter outside a-f or a separator"
+            )));
+        }
+        Ok(name)
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -259,6 +272,25 @@ impl fmt::Display for SnapshotName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chosen_names_never_read_as_digest_prefixes() {
+        for ok in [
+            "1234567",
+            "deadbeef-1",
+            "cafe.babe",
+            "sha256-0123456789abcdef",
+            "g0123456789",
+        ] {
+            SnapshotName::chosen(ok).unwrap();
+        }
+        for bad in ["deadbeef", "0123456789", "DEADBEEF00", &"a".repeat(64)] {
+            let e = SnapshotName::chosen(bad).unwrap_err();
+            assert!(e.to_string().contains("8 or more hex digits"), "{bad}: {e}");
+        }
+        // Names already in a registry still parse, whatever made them.
+        "deadbeef".parse::<SnapshotName>().unwrap();
+    }
 
     #[test]
     fn names_are_single_safe_components() {

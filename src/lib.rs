@@ -91,6 +91,7 @@ mod query;
 mod registry;
 mod reindex;
 mod remove;
+mod rename;
 #[doc(hidden)]
 pub mod sample;
 mod shared_home;
@@ -113,4 +114,5 @@ pub use query::{LineageEntry, ListEntry, ShowReport, SqlResult, sql};
 pub use registry::Registry;
 pub use reindex::{ReindexReport, Skipped};
 pub use remove::RemoveReport;
+pub use rename::RenameReport;
 pub use verify::{Problem, ProblemKind, UnfinishedImport, VerifyReport};

@@ -192,7 +192,13 @@ impl Registry {
             [one] => db::snapshots::snapshot_by_digest(conn, one)?.ok_or_else(not_found),
             many => Err(Error::Ambiguous {
                 reference: reference.to_string(),
-                candidates: many.iter().map(|d| d.to_string()).collect(),
+                candidates: many
+                    .iter()
+                    .map(|d| {
+                        let name = db::snapshots::snapshot_by_digest(conn, d)?.map(|r| r.name);
+                        Ok(format!("{} ({d})", name.unwrap_or_default()))
+                    })
+                    .collect::<Result<_>>()?,
             }),
         }
     }

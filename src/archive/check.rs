@@ -58,6 +58,27 @@ pub fn head(snapshots: &[StreamedSnapshot]) -> Result<usize> {
         .expect("with parents first, the last snapshot is no other's parent"))
 }
 
+/// Every parent a snapshot of the archive names is in the archive or in
+/// the registry; otherwise the archive's base is missing (exit 3).
+pub fn base_present(conn: &rusqlite::Connection, snapshots: &[StreamedSnapshot]) -> Result<()> {
+    let inside: HashSet<Digest> = snapshots.iter().map(|s| s.parsed.digest).collect();
+    for s in snapshots {
+        if let Some(parent) = s.parsed.manifest.parent
+            && !inside.contains(&parent)
+            && crate::db::snapshots::snapshot_by_digest(conn, &parent)?.is_none()
+        {
+            return Err(Error::NotFound {
+                what: "base",
+                reference: format!(
+                    "{parent}, the parent of {} (archive directory {}): the archive is not self-contained; import its base first, or pass --allow-shallow to import it shallow",
+                    s.parsed.digest, s.prefix
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Verify the staged archive and turn it into the set to install, each
 /// snapshot under its name in `names`.
 pub fn verify(layout: &Layout, streamed: &Streamed, names: &[SnapshotName]) -> Result<CheckedSet> {

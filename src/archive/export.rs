@@ -110,6 +110,10 @@ pub struct ExportReport {
     pub head: Digest,
     /// Cache files in the archive, as `<kind>/<file>`.
     pub cache_files: Vec<String>,
+    /// The parent the archive's first snapshot names but does not hold: the
+    /// archive is not self-contained and imports only where that parent is
+    /// (a `--base` export) or shallow; null when self-contained.
+    pub missing_parent: Option<Digest>,
 }
 
 impl Registry {
@@ -188,6 +192,7 @@ fn report(plan: ExportPlan, target: &ExportTarget, bytes: u64) -> ExportReport {
         snapshots: plan.snapshots,
         head: plan.head,
         cache_files: plan.cache_files,
+        missing_parent: plan.missing_parent,
     }
 }
 

@@ -39,6 +39,9 @@ pub struct ExportPlan {
     pub files: Vec<PlannedFile>,
     /// The cache files included, as `<kind>/<file>`.
     pub cache_files: Vec<String>,
+    /// The parent the first exported snapshot names, which the archive does
+    /// not hold; `None` when the archive is self-contained.
+    pub missing_parent: Option<Digest>,
 }
 
 impl Registry {
@@ -63,7 +66,9 @@ impl Registry {
                 files.push(file);
             }
         }
+        let missing_parent = chain.first().and_then(|s| s.parent);
         Ok(ExportPlan {
+            missing_parent,
             head: head.digest,
             snapshots: chain.iter().map(|s| s.digest).collect(),
             files,

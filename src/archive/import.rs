@@ -39,11 +39,16 @@ pub use super::import_source::ImportSource;
 /// Options of `import`.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Name for the head snapshot; the others are named by their archive prefix.
+    /// Name for the head snapshot; the others are named by their archive
+    /// prefix. A head already present under another name is renamed to it.
     pub name: Option<String>,
     /// Largest logical size of one file; `None` means
     /// [`DEFAULT_MAX_FILE_BYTES`] (1 TiB).
     pub max_file_bytes: Option<u64>,
+    /// Accept an archive whose first snapshot's parent is neither in the
+    /// archive nor in the registry (the snapshots land shallow); refused
+    /// otherwise, naming the missing base.
+    pub allow_shallow: bool,
 }
 
 /// What `import` did.
@@ -88,11 +93,7 @@ impl Registry {
         opts: &ImportOptions,
         progress: &dyn Progress,
     ) -> Result<ImportReport> {
-        let head_name = opts
-            .name
-            .as_deref()
-            .map(str::parse::<SnapshotName>)
-            .transpose()?;
+        let head_name = opts.name.as_deref().map(SnapshotName::chosen).transpose()?;
         let (layout, db) = self.parts();
         let lease = Lease::acquire(layout, db, &source.label())?;
         let result = self
@@ -139,6 +140,9 @@ impl Registry {
         failpoint::hit(failpoint::IMPORT_STREAMED)?;
 
         let head = check::head(&streamed.snapshots)?;
+        if !opts.allow_shallow {
+            check::base_present(self.db().conn(), &streamed.snapshots)?;
+        }
         let names = streamed
             .snapshots
             .iter()
@@ -154,8 +158,32 @@ impl Registry {
         let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
 
-        let outcome = install(self, lease, &checked.set)?;
         let head_row = &streamed.snapshots[head];
+        let present = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?;
+        let rename_to = head_name.filter(|n| present.is_some_and(|r| r.name != n.as_str()));
+        if let Some(wanted) = &rename_to
+            && let Some(other) = db::snapshots::snapshot_by_name(self.db().conn(), wanted.as_str())?
+        {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: format!(
+                    "the head {} is already here under another name, and the name is taken by snapshot {}",
+                    head_row.parsed.digest, other.digest
+                ),
+            });
+        }
+        if let Some(wanted) = &rename_to
+            && layout.snapshot(wanted).symlink_metadata().is_ok()
+        {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: "snapshots/ holds a directory of that name without a row (debris; `gc` removes it)".into(),
+            });
+        }
+        let outcome = install(self, lease, &checked.set)?;
+        if let Some(wanted) = &rename_to {
+            self.rename(&head_row.parsed.digest.to_string(), wanted.as_str())?;
+        }
         let name = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?
             .map(|r| r.name)
             .unwrap_or_else(|| names[head].to_string());

@@ -8,9 +8,20 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::error::exit;
 
+/// The environment variable naming the registry root.
+const ROOT_ENV: &str = "MSB_REGISTRY_ROOT";
+
 /// A registry for microsandbox VM disk snapshots.
 #[derive(Debug, Parser)]
-#[command(name = "msb-registry", version, about, propagate_version = true)]
+#[command(
+    name = "msb-registry",
+    version = env!("MSB_REGISTRY_VERSION"),
+    about,
+    propagate_version = true,
+    after_help = "Environment: MSB_REGISTRY_ROOT names the registry root when --root is not given \
+                  (empty means unset); else $XDG_DATA_HOME/msb-registry, else \
+                  ~/.local/share/msb-registry."
+)]
 pub struct Cli {
     /// Global options.
     #[command(flatten)]
@@ -27,7 +38,12 @@ impl Cli {
     /// Parse the process arguments. Help, version and usage errors come
     /// back as clap's error, for [`report_usage`].
     pub fn parse_args() -> Result<Self, clap::Error> {
-        let matches = Self::command().try_get_matches()?;
+        let mut command = Self::command();
+        // An empty `MSB_REGISTRY_ROOT=` means unset, as for XDG_DATA_HOME.
+        if std::env::var_os(ROOT_ENV).is_some_and(|v| v.is_empty()) {
+            command = command.mut_arg("root", |a| a.env(clap::builder::Resettable::Reset));
+        }
+        let matches = command.try_get_matches()?;
         let mut cli = Self::from_arg_matches(&matches)?;
         cli.root_from_env = matches.value_source("root") == Some(ValueSource::EnvVariable);
         Ok(cli)
@@ -68,18 +84,21 @@ fn usage_line(rendered: &str) -> String {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Registry root [default: $MSB_REGISTRY_ROOT, else $XDG_DATA_HOME/msb-registry]
-    #[arg(long, global = true, env = "MSB_REGISTRY_ROOT", value_name = "DIR")]
+    /// Registry root (`demo`: its work directory) [default: see `msb-registry --help`]
+    #[arg(
+        long,
+        global = true,
+        env = "MSB_REGISTRY_ROOT",
+        hide_env = true,
+        value_name = "DIR"
+    )]
     pub root: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
-    /// No progress bars.
+    /// No progress bars and no summary lines; errors and data (list, show, sql…) still print.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// More detail on stderr.
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
 }
 
 /// The subcommands.
@@ -116,13 +135,21 @@ pub enum Command {
         /// The query (one statement).
         query: String,
     },
-    /// Remove a snapshot.
+    /// Remove snapshots: every reference is checked before any is removed.
     Rm {
-        /// Name, full digest, or unique digest prefix.
-        reference: String,
-        /// Remove even when other snapshots name it as parent.
+        /// Names, full digests, or unique digest prefixes.
+        #[arg(required = true, num_args = 1.., value_name = "REF")]
+        references: Vec<String>,
+        /// Remove even when other snapshots name them as parent.
         #[arg(long)]
         force: bool,
+    },
+    /// Give a snapshot a new name (its directory moves with it); exit 4 if the name is taken.
+    Rename {
+        /// Name, full digest, or unique digest prefix.
+        reference: String,
+        /// The new name.
+        new_name: String,
     },
     /// Rebuild the index from the artifacts on disk.
     Reindex,
@@ -157,22 +184,35 @@ pub enum Command {
     Export(ExportArgs),
     /// Build a sample chain, export it, import it into a second registry, show its lineage, verify.
     ///
-    /// Works in `--root DIR` when given on the command line (MSB_REGISTRY_ROOT is
-    /// ignored, so a real registry is never touched), else in a new directory
-    /// under the system temporary directory, which is kept for inspection.
+    /// Works in the work directory `--root DIR` when given on the command line
+    /// (it must not be a registry), else in a new directory under the system
+    /// temporary directory, which is kept for inspection. It never touches the
+    /// default registry.
     Demo,
     /// Import an archive (zstd or plain tar) written by export or microsandbox's save.
     Import {
         /// The archive file, or - for standard input.
         archive: String,
-        /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>].
+        /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>];
+        /// a head already present under another name is renamed to it.
         #[arg(long)]
         name: Option<String>,
         /// Largest logical size of one file in bytes; a header claiming more is refused before
         /// any data is read [default: 1099511627776, 1 TiB].
         #[arg(long, value_name = "BYTES")]
         max_file_size: Option<u64>,
+        /// Accept an archive whose base (the parent of its first snapshot) is not
+        /// in this registry: the snapshots arrive shallow.
+        #[arg(long)]
+        allow_shallow: bool,
     },
+    /// Print a shell completion script on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout.
+    Man,
 }
 
 impl Command {
@@ -212,10 +252,16 @@ pub struct ExportArgs {
     /// Regular entries only, holes written as zeros (for older microsandbox loaders).
     #[arg(long)]
     pub dense: bool,
-    /// zstd compression level.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
-    pub level: Option<i32>,
-    /// Export only the snapshots after REF in the chain; the receiver must hold REF.
+    /// zstd compression level, 1 (fastest) to 19 (smallest).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(i32).range(1..=19),
+        default_value_t = crate::archive::export::DEFAULT_LEVEL
+    )]
+    pub level: i32,
+    /// Export only the snapshots after REF in the chain, for a receiver that
+    /// holds REF (its import refuses the archive otherwise).
     #[arg(long, value_name = "REF")]
     pub base: Option<String>,
 }

@@ -9,14 +9,17 @@ use serde::Serialize;
 pub struct Printer {
     /// Print JSON instead of text.
     pub json: bool,
+    /// `-q`: leave out summary lines (data and JSON still print).
+    pub quiet: bool,
     pub(super) out: std::io::BufWriter<std::io::Stdout>,
 }
 
 impl Printer {
     /// A printer to stdout.
-    pub fn new(json: bool) -> Self {
+    pub fn new(json: bool, quiet: bool) -> Self {
         Printer {
             json,
+            quiet,
             out: std::io::BufWriter::new(std::io::stdout()),
         }
     }
@@ -25,6 +28,11 @@ impl Printer {
     pub fn json(&mut self, value: &impl Serialize) -> std::io::Result<()> {
         serde_json::to_writer_pretty(&mut self.out, value)?;
         writeln!(self.out)
+    }
+
+    /// Write bytes as they are (completion scripts, the man page).
+    pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)
     }
 
     /// Write one line of text, every character a terminal would interpret

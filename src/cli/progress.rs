@@ -25,20 +25,26 @@ impl BarProgress {
 
 impl Progress for BarProgress {
     fn start(&self, phase: &str, total: Option<u64>) {
-        let style = match total {
-            Some(t) => {
-                self.bar.set_length(t);
-                ProgressStyle::with_template(
-                    "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-            }
-            None => ProgressStyle::with_template("{msg:>8} {bytes} {binary_bytes_per_sec}"),
+        let template = match total {
+            Some(_) => "{msg:>8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            None => "{msg:>8} {bytes} {binary_bytes_per_sec}",
         };
-        if let Ok(style) = style {
+        // Style and message before anything that draws, so the first frame
+        // is already the phase's bar (no default-style frame flickers by).
+        if let Ok(style) = ProgressStyle::with_template(template) {
             self.bar.set_style(style.progress_chars("=> "));
         }
-        self.bar.set_position(0);
         self.bar.set_message(phase.to_string());
+        // Each phase starts its own rate and ETA estimate, and the bar
+        // redraws on a steady tick, not only when bytes arrive.
+        self.bar.reset();
+        if let Some(t) = total {
+            self.bar.set_length(t);
+        }
+        if !self.bar.is_hidden() {
+            self.bar
+                .enable_steady_tick(std::time::Duration::from_millis(100));
+        }
     }
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);

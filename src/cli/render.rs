@@ -14,6 +14,7 @@ use crate::gc::{GcReport, Kept, KeptReason};
 use crate::query::{LineageEntry, ListEntry, ShowReport};
 use crate::reindex::ReindexReport;
 use crate::remove::RemoveReport;
+use crate::rename::RenameReport;
 use crate::shared_home::HomeReport;
 use crate::verify::VerifyReport;
 
@@ -30,6 +31,20 @@ pub fn emit<T: Serialize>(
         p.json(report)
     } else {
         text(p, report)
+    }
+}
+
+/// Like [`emit`], for the summary a command that acts prints: `-q` leaves
+/// the text out (JSON, which was asked for, still prints).
+pub fn summary<T: Serialize>(
+    p: &mut Printer,
+    report: &T,
+    text: impl FnOnce(&mut Printer, &T) -> Rendered,
+) -> Rendered {
+    if p.quiet && !p.json {
+        Ok(())
+    } else {
+        emit(p, report, text)
     }
 }
 
@@ -154,6 +169,18 @@ pub fn lineage(p: &mut Printer, rows: &[LineageEntry], descendants: bool) -> Ren
 /// `rm`.
 pub fn remove(p: &mut Printer, r: &RemoveReport) -> Rendered {
     p.line(format!("removed {} ({})", r.name, r.digest))
+}
+
+/// `rename`.
+pub fn rename(p: &mut Printer, r: &RenameReport) -> Rendered {
+    if r.old_name == r.name {
+        p.line(format!("{} ({}) already has that name", r.name, r.digest))
+    } else {
+        p.line(format!(
+            "renamed {} to {} ({})",
+            r.old_name, r.name, r.digest
+        ))
+    }
 }
 
 /// `reindex`.

@@ -1,14 +1,16 @@
 //! Dispatch: run one parsed command against the library and hand its
 //! report to the renderer ([`super::render`]).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+
+use clap::CommandFactory;
 
 use super::args::{Cli, Command, ExportArgs};
 use super::printer::Printer;
 use super::progress::BarProgress;
-use super::render::{self, Rendered, emit};
+use super::render::{self, Rendered, emit, summary};
 use crate::add::AddOptions;
-use crate::archive::export::DEFAULT_LEVEL;
 use crate::archive::import::{ImportOptions, ImportSource};
 use crate::archive::{Compression, ExportOptions, ExportTarget, Selection};
 use crate::error::{Error, Result};
@@ -28,13 +30,29 @@ fn root_of(cli: &Cli) -> Result<PathBuf> {
 
 /// Run the command; `Ok(Err(io))` is a failed write to stdout.
 pub fn run(cli: Cli) -> Result<Rendered> {
-    let mut p = Printer::new(cli.global.json);
+    let mut p = Printer::new(cli.global.json, cli.global.quiet);
     let progress = BarProgress::new(cli.global.quiet);
-    if let Command::Demo = cli.command {
-        let explicit = cli.global.root.filter(|_| !cli.root_from_env);
-        let rendered = demo(explicit, &mut p, &progress)?;
-        return Ok(rendered.and_then(|()| p.flush()));
+    match cli.command {
+        Command::Demo => {
+            let explicit = cli.global.root.filter(|_| !cli.root_from_env);
+            let rendered = demo(explicit, &mut p, &progress)?;
+            return Ok(rendered.and_then(|()| p.flush()));
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "msb-registry", &mut out);
+            return Ok(p.raw(&out).and_then(|()| p.flush()));
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::io("render the man page", "-", e))?;
+            return Ok(p.raw(&out).and_then(|()| p.flush()));
+        }
+        _ => {}
     }
+    refuse_terminals(&cli.command)?;
     let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => super::sql::run(&root, &query, &mut p)?,
@@ -79,6 +97,27 @@ fn reindex(
     Ok(rendered)
 }
 
+/// An archive is never written to a terminal nor read from one (as zstd
+/// and tar refuse): checked before the registry is opened.
+fn refuse_terminals(command: &Command) -> Result<()> {
+    match command {
+        Command::Export(args)
+            if args.output.as_os_str() == "-" && std::io::stdout().is_terminal() =>
+        {
+            Err(Error::Usage(
+                "export -o -: standard output is a terminal; redirect it to a file or a pipe"
+                    .into(),
+            ))
+        }
+        Command::Import { archive, .. } if archive == "-" && std::io::stdin().is_terminal() => {
+            Err(Error::Usage(
+                "import -: standard input is a terminal; pipe an archive in or name a file".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn dispatch(
     registry: &mut Registry,
     command: Command,
@@ -93,7 +132,7 @@ fn dispatch(
         } => {
             let report = registry.add(&dir, &AddOptions { name, cache_dir }, progress)?;
             p.hint(report.microsandbox_hint.as_deref());
-            emit(p, &report, render::add)
+            summary(p, &report, render::add)
         }
         Command::List => emit(p, &registry.list()?, |p, e| render::list(p, e)),
         Command::Show { reference } => emit(p, &registry.show(&reference)?, render::show),
@@ -104,12 +143,26 @@ fn dispatch(
             let rows = registry.lineage(&reference, descendants)?;
             emit(p, &rows, |p, rows| render::lineage(p, rows, descendants))
         }
-        Command::Rm { reference, force } => {
-            let r = registry.remove(&reference, force)?;
-            p.hint(r.microsandbox_hint.as_deref());
-            emit(p, &r, render::remove)
+        Command::Rm { references, force } => {
+            let r = registry.remove_all(&references, force)?;
+            p.hint(r.first().and_then(|r| r.microsandbox_hint.as_deref()));
+            match r.as_slice() {
+                // One REF keeps the single-object shape scripts already read.
+                [one] => summary(p, one, render::remove),
+                all => summary(p, &all, |p, r| {
+                    r.iter().try_for_each(|r| render::remove(p, r))
+                }),
+            }
         }
-        Command::Reindex => emit(p, &registry.reindex(progress)?, render::reindex),
+        Command::Rename {
+            reference,
+            new_name,
+        } => {
+            let r = registry.rename(&reference, &new_name)?;
+            p.hint(r.microsandbox_hint.as_deref());
+            summary(p, &r, render::rename)
+        }
+        Command::Reindex => summary(p, &registry.reindex(progress)?, render::reindex),
         Command::Gc {
             dry_run,
             unsafe_ignore_unreadable_msb_db,
@@ -127,7 +180,7 @@ fn dispatch(
                     home.detail.as_deref().unwrap_or("db/msb.db is unusable")
                 );
             }
-            emit(p, &r, render::gc)
+            summary(p, &r, render::gc)
         }
         Command::Du { references } => {
             let r = registry.du(&references)?;
@@ -141,7 +194,11 @@ fn dispatch(
         }
         Command::Verify { reference, content } => {
             let r = registry.verify(reference.as_deref(), content, progress)?;
-            let rendered = emit(p, &r, render::verify);
+            let rendered = if r.ok {
+                summary(p, &r, render::verify)
+            } else {
+                emit(p, &r, render::verify)
+            };
             if !r.ok {
                 // The report is the output; a failed write cannot make the run succeed.
                 let _ = rendered.and_then(|()| p.flush());
@@ -156,18 +213,22 @@ fn dispatch(
             archive,
             name,
             max_file_size,
+            allow_shallow,
         } => {
             let source = ImportSource::from_arg(&archive);
             let opts = ImportOptions {
                 name,
                 max_file_bytes: max_file_size,
+                allow_shallow,
             };
             let r = registry.import(&source, &opts, progress)?;
             p.hint(r.microsandbox_hint.as_deref());
-            emit(p, &r, render::import)
+            summary(p, &r, render::import)
         }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
-        Command::Demo => unreachable!("handled before the registry root is chosen"),
+        Command::Demo | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before the registry root is chosen")
+        }
     })
 }
 
@@ -192,20 +253,39 @@ fn export(
         compression: if args.plain_tar {
             Compression::None
         } else {
-            Compression::Zstd(args.level.unwrap_or(DEFAULT_LEVEL))
+            Compression::Zstd(args.level)
         },
         dense: args.dense,
     };
     let r = registry.export(&args.reference, &opts, &target, progress)?;
+    if let Some(missing) = &r.missing_parent
+        && opts.selection.base.is_none()
+    {
+        eprintln!(
+            "warning: the archive is not self-contained: {} names parent {missing}, which is not in it; \
+             it imports only where that parent is present (or with import --allow-shallow); \
+             use --with-parents for a self-contained archive",
+            r.snapshots
+                .first()
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        );
+    }
     if target == ExportTarget::Stdout {
         return Ok(Ok(()));
     }
-    Ok(emit(p, &r, render::export))
+    Ok(summary(p, &r, render::export))
 }
 
 /// Run the demo in `dir`, or in a new kept directory under the system temp dir.
 fn demo(dir: Option<PathBuf>, p: &mut Printer, progress: &BarProgress) -> Result<Rendered> {
     let dir = match dir {
+        Some(dir) if Layout::new(dir.clone()).db().exists() => {
+            return Err(Error::Usage(format!(
+                "demo --root {}: that directory is a registry; demo needs a work directory of its own (it creates source-registry/ and registry/ in it)",
+                dir.display()
+            )));
+        }
         Some(dir) => dir,
         None => tempfile::Builder::new()
             .prefix("msb-registry-demo-")
@@ -214,5 +294,5 @@ fn demo(dir: Option<PathBuf>, p: &mut Printer, progress: &BarProgress) -> Result
             .keep(),
     };
     let r = crate::demo::run(&dir, progress)?;
-    Ok(emit(p, &r, |p, r| render::demo(p, r, &dir)))
+    Ok(summary(p, &r, |p, r| render::demo(p, r, &dir)))
 }

@@ -334,6 +334,56 @@ pub fn delete_pending_removal(conn: &Connection, digest: &Digest) -> Result<()> 
     Ok(())
 }
 
+/// Give snapshot `digest` the name `name`; false when no row has that digest.
+pub fn set_name(conn: &Connection, digest: &Digest, name: &str) -> Result<bool> {
+    let n = conn
+        .prepare_cached("UPDATE snapshots SET name = ?2 WHERE digest = ?1")?
+        .execute(rusqlite::params![digest, name])?;
+    Ok(n == 1)
+}
+
+/// Record, in the transaction that renames its row, that snapshot
+/// `digest`'s directory still has to move from `old` to `new`.
+pub fn insert_pending_rename(
+    conn: &Connection,
+    digest: &Digest,
+    old: &str,
+    new: &str,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO pending_renames (digest, old_name, new_name, started_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(rusqlite::params![digest, old, new, now])?;
+    Ok(())
+}
+
+/// Renames whose directory move has not been confirmed, oldest first:
+/// `(digest, old name, new name)`.
+pub fn pending_renames(conn: &Connection) -> Result<Vec<(Digest, String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT digest, old_name, new_name FROM pending_renames ORDER BY started_at, digest",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Forget a finished rename.
+pub fn delete_pending_rename(conn: &Connection, digest: &Digest) -> Result<()> {
+    conn.prepare_cached("DELETE FROM pending_renames WHERE digest = ?1")?
+        .execute([digest])?;
+    Ok(())
+}
+
+/// The snapshots naming `digest` as parent, `(digest, name)` by name.
+pub fn children(conn: &Connection, digest: &Digest) -> Result<Vec<(Digest, String)>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT digest, name FROM snapshots WHERE parent = ?1 ORDER BY name")?;
+    let rows = stmt.query_map([digest], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! The journals that make crash safety work (DESIGN §5): import leases,
-//! journaled promotion, pending removals, the registry lock, and the one
+//! journaled promotion, pending removals and renames, the registry lock, and the one
 //! recovery pass that reads them all. This layer is handed a [`Layout`]
 //! and a [`Db`]; it never reaches up for a `Registry`.
 //!
@@ -12,6 +12,7 @@ mod moves;
 pub mod promote;
 pub mod recovery;
 pub mod removal;
+pub mod renaming;
 
 pub use lease::Lease;
 pub use lock::RegistryLock;

@@ -8,6 +8,7 @@ use super::lease::dead_imports;
 use super::lock::{RegistryLock, lock_exclusive};
 use super::moves::undo;
 use super::removal::finish_removals;
+use super::renaming::finish_renames;
 use crate::db::{self, Db, ImportState, now_unix};
 use crate::error::{IoContext, Result};
 use crate::failpoint;
@@ -15,12 +16,13 @@ use crate::files::remove_dir_if_exists;
 use crate::layout::Layout;
 
 /// Roll back every promotion whose process died mid-way, and mark it failed;
-/// finish every `rm` that died before moving its directory away. Runs on
-/// every open; costs two indexed queries when nothing is pending.
+/// finish every `rm` or `rename` that died before moving its directory. Runs
+/// on every open; costs three indexed queries when nothing is pending.
 pub fn recover(layout: &Layout, db: &mut Db) -> Result<()> {
     let pending = dead_imports(layout, db, &[ImportState::Promoting])?;
     let removals = db::snapshots::pending_removals(db.conn())?;
-    if pending.is_empty() && removals.is_empty() {
+    let renames = db::snapshots::pending_renames(db.conn())?;
+    if pending.is_empty() && removals.is_empty() && renames.is_empty() {
         return Ok(());
     }
     let lock = lock_exclusive(layout)?;
@@ -32,6 +34,7 @@ pub fn recover(layout: &Layout, db: &mut Db) -> Result<()> {
 /// mid-promotion would otherwise find that one's renamed files in its way.
 pub(super) fn recover_locked(layout: &Layout, db: &mut Db, _lock: &RegistryLock) -> Result<()> {
     finish_removals(layout, db)?;
+    finish_renames(layout, db)?;
     for import in dead_imports(layout, db, &[ImportState::Promoting])? {
         let moves = db::imports::import_moves(db.conn(), &import.id)?;
         undo(layout, &moves)?;

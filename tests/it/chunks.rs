@@ -127,6 +127,7 @@ fn downgrade_to_v3(reg: &Reg) {
          DROP TABLE file_chunks;
          DROP TABLE chunk_lists;
          DROP TABLE chunks;
+         DROP TABLE pending_renames;
          DELETE FROM refinery_schema_history WHERE version >= 4;",
     )
     .unwrap();

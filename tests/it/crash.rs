@@ -367,6 +367,8 @@ enum Op {
     Add,
     Gc,
     Rm,
+    /// `rename app web`; the redo (`import --name app`) renames it back.
+    Rename,
     Export,
     /// An import crashed mid-promotion, then the recovery of it crashed too.
     Recover,
@@ -416,6 +418,15 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
             let other = Reg::new();
             other.run(main).ok();
             other.run(&["rm", "app"]).ok();
+            (before, rows(&other))
+        }
+        Op::Rename => {
+            reg.run(main).ok();
+            let before = rows(&reg);
+            crash_at(&reg, &["rename", "app", "web"], point, kill);
+            let other = Reg::new();
+            other.run(main).ok();
+            other.run(&["rename", "app", "web"]).ok();
             (before, rows(&other))
         }
         Op::Export => {
@@ -476,6 +487,7 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
     let (first_args, redo_first): (Vec<&str>, bool) = match first {
         "import" if op != Op::Add => (main.to_vec(), true),
         "import" => (add_args(&f.base_dir, &f.base_cache), true),
+        "lineage" if op == Op::Rename => (vec!["lineage", "web"], false),
         "lineage" => (vec!["lineage", "app"], false),
         "gc" => (vec!["gc", "--grace", "0"], false),
         cmd => (vec![cmd], false),
@@ -499,9 +511,11 @@ fn walk_one(f: &Fixture, op: Op, point: &str, kill: Kill, first: &str) {
     };
     let writes = matches!(first, "gc" | "import");
     let debris = rows_have_files_settled(&reg, writes);
-    // A crashed promotion or rm is finished by the next command that writes;
+    // A crashed promotion, rm or rename is finished by the next command that writes;
     // read commands (list, verify, lineage) take no lock and leave it to that.
-    if matches!(op, Op::Import | Op::Add | Op::Recover | Op::Rm) && writes || first == "gc" {
+    if matches!(op, Op::Import | Op::Add | Op::Recover | Op::Rm | Op::Rename) && writes
+        || first == "gc"
+    {
         assert!(debris.is_empty(), "{ctx}: files without rows: {debris:?}");
     }
     if let (false, Op::Import | Op::Add) = (redo_first, op) {
@@ -598,6 +612,14 @@ fn cases(f: &Fixture) -> Vec<(Op, String, Kill)> {
         cases.push((Reindex, p.into(), Abort));
         cases.push((Reindex, p.into(), PauseKill));
     }
+    for p in [
+        failpoint::RENAME_BEFORE_COMMIT,
+        failpoint::RENAME_COMMITTED,
+        failpoint::RENAME_MOVED,
+    ] {
+        cases.push((Rename, p.into(), Abort));
+        cases.push((Rename, p.into(), PauseKill));
+    }
     cases
 }
 
@@ -657,6 +679,11 @@ fn gc_rm_and_export_survive_a_crash_at_every_step() {
 #[test]
 fn reindex_survives_a_crash_at_every_step() {
     walk(&[Op::Reindex]);
+}
+
+#[test]
+fn rename_survives_a_crash_at_every_step() {
+    walk(&[Op::Rename]);
 }
 
 // ------------------------------------------------------- random kills

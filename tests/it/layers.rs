@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "verify",
             "reindex",
             "remove",
+            "rename",
             "query",
             "demo",
             "du",

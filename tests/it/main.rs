@@ -10,6 +10,7 @@ mod damage;
 mod demo;
 mod differential;
 mod diskfull;
+mod everyday;
 mod export;
 mod gc;
 mod hardening;

@@ -140,7 +140,7 @@ fn incremental_bundle_applies_on_top_of_its_base() {
 }
 
 #[test]
-fn incremental_bundle_without_its_base_lands_shallow_and_heals_later() {
+fn incremental_bundle_without_its_base_is_refused_or_lands_shallow_and_heals_later() {
     let src = Reg::new();
     let (chain, _) = chain_in_registry(&src);
     let first = src.path("first.tar.zst");
@@ -154,8 +154,18 @@ fn incremental_bundle_without_its_base_lands_shallow_and_heals_later() {
     );
 
     let dst = Reg::new();
+    // Without its base the archive is refused, naming the base, and nothing lands.
     dst.run(&["import", rest.to_str().unwrap(), "--name", "app"])
-        .ok();
+        .fails(3, &chain[1].to_string());
+    assert!(dst.json::<Vec<Value>>(&["list"]).is_empty());
+    dst.run(&[
+        "import",
+        rest.to_str().unwrap(),
+        "--name",
+        "app",
+        "--allow-shallow",
+    ])
+    .ok();
     let listed: Vec<Value> = dst.json(&["list"]);
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["shallow"], true);

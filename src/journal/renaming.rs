@@ -1,0 +1,40 @@
+//! The `pending_renames` journal: a snapshot whose row `rename` has given
+//! a new name but whose directory has not yet moved to it.
+
+use crate::db::{self, Db};
+use crate::digest::Digest;
+use crate::error::{IoContext, Result};
+use crate::layout::{Layout, SnapshotName};
+
+/// Finish every rename a crashed `rename` left recorded. The caller holds
+/// the registry lock.
+pub fn finish_renames(layout: &Layout, db: &Db) -> Result<()> {
+    for (digest, old, new) in db::snapshots::pending_renames(db.conn())? {
+        match (old.parse::<SnapshotName>(), new.parse::<SnapshotName>()) {
+            (Ok(old), Ok(new)) => finish_rename(layout, db, &digest, &old, &new)?,
+            // Not names rename could have written; nothing on disk to move.
+            _ => db::snapshots::delete_pending_rename(db.conn(), &digest)?,
+        }
+    }
+    Ok(())
+}
+
+/// Move the directory from `old` to `new` unless that already happened,
+/// then drop the record. The row already carries `new`, so the move only
+/// ever goes forward; a directory at `new` is never replaced.
+pub fn finish_rename(
+    layout: &Layout,
+    db: &Db,
+    digest: &Digest,
+    old: &SnapshotName,
+    new: &SnapshotName,
+) -> Result<()> {
+    let from = layout.snapshot(old);
+    let to = layout.snapshot(new);
+    if to.symlink_metadata().is_err() && from.symlink_metadata().is_ok() {
+        std::fs::rename(&from, &to).at("rename", &from)?;
+        crate::files::fsync_dir(&layout.snapshots())?;
+        crate::failpoint::hit(crate::failpoint::RENAME_MOVED)?;
+    }
+    db::snapshots::delete_pending_rename(db.conn(), digest)
+}
