@@ -9,18 +9,9 @@ use std::process::{Command, Stdio};
 
 use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata};
-use serde::Deserialize;
 
+use crate::reports::ExportReport;
 use crate::util::*;
-
-#[derive(Debug, Deserialize)]
-struct ExportReport {
-    archive: String,
-    bytes: u64,
-    snapshots: Vec<Digest>,
-    head: Digest,
-    cache_files: Vec<String>,
-}
 
 /// One member as its header describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

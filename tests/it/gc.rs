@@ -7,49 +7,9 @@ use std::process::{Command, Stdio};
 
 use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
-use serde::Deserialize;
 
+use crate::reports::{GcReport, Removed, VerifyReport};
 use crate::util::*;
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-struct Removed {
-    kind: String,
-    path: String,
-    bytes: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct GcJson {
-    dry_run: bool,
-    removed: Vec<Removed>,
-    files: usize,
-    bytes: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct ProblemJson {
-    kind: String,
-    path: String,
-    digest: Option<Digest>,
-    detail: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Unfinished {
-    id: String,
-    state: String,
-    live: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct VerifyJson {
-    ok: bool,
-    problems: Vec<ProblemJson>,
-    checked_files: u64,
-    checked_bytes: u64,
-    debris: Vec<String>,
-    unfinished_imports: Vec<Unfinished>,
-}
 
 fn cache_path(kind: CacheKind, key: Digest) -> String {
     format!("cache/{}", CacheFile { kind, key }.rel_path())
@@ -58,16 +18,16 @@ fn cache_path(kind: CacheKind, key: Digest) -> String {
 /// Run gc (after a dry run that must change nothing and announce exactly
 /// what the real run then removes); returns the real run's report. No
 /// grace period: the debris these tests make is seconds old.
-fn gc(reg: &Reg) -> GcJson {
+fn gc(reg: &Reg) -> GcReport {
     let before = (reg.tree(), reg.dump());
-    let dry: GcJson = reg.json(&["gc", "--dry-run", "--grace", "0"]);
+    let dry: GcReport = reg.json(&["gc", "--dry-run", "--grace", "0"]);
     assert!(dry.dry_run);
     assert_eq!(
         (reg.tree(), reg.dump()),
         before,
         "a dry run deleted something"
     );
-    let real: GcJson = reg.json(&["gc", "--grace", "0"]);
+    let real: GcReport = reg.json(&["gc", "--grace", "0"]);
     assert!(!real.dry_run);
     assert_eq!(
         real.removed, dry.removed,
@@ -86,14 +46,14 @@ fn gc(reg: &Reg) -> GcJson {
 
 /// `verify --content` passes with nothing left over.
 fn verify_clean(reg: &Reg) {
-    let v: VerifyJson = reg.json(&["verify", "--content"]);
+    let v: VerifyReport = reg.json(&["verify", "--content"]);
     assert!(v.ok, "{:?}", v.problems);
     assert!(v.debris.is_empty(), "{:?}", v.debris);
     assert!(v.unfinished_imports.is_empty());
     assert_eq!(v.checked_files == 0, v.checked_bytes == 0);
 }
 
-fn paths(r: &GcJson, kind: &str) -> Vec<String> {
+fn paths(r: &GcReport, kind: &str) -> Vec<String> {
     let mut v: Vec<String> = r
         .removed
         .iter()
@@ -258,7 +218,7 @@ fn debris_and_dead_imports_go() {
         .unwrap()
         .clone();
 
-    let before: VerifyJson = reg.json(&["verify"]);
+    let before: VerifyReport = reg.json(&["verify"]);
     assert!(before.ok, "debris is not corruption: {:?}", before.problems);
     // stray.tmp is outside the artifact grammar: not ours, so not debris (issue 16).
     assert_eq!(before.debris.len(), 5, "{:?}", before.debris);
@@ -319,7 +279,7 @@ fn a_live_import_keeps_its_files() {
     assert!(r.removed.is_empty(), "{:?}", r.removed);
     assert!(staged.exists());
     assert!(staging.join(format!("{id}.lock")).exists());
-    let v: VerifyJson = reg.json(&["verify"]);
+    let v: VerifyReport = reg.json(&["verify"]);
     assert!(v.ok);
     assert!(v.debris.is_empty(), "{:?}", v.debris);
     assert_eq!(v.unfinished_imports.len(), 1);
@@ -356,7 +316,7 @@ fn a_crash_after_the_rows_leaves_only_debris() {
     assert_ne!(crashed.code, 0);
     let rows: Vec<serde_json::Value> = reg.json(&["sql", "SELECT path FROM cache_files"]);
     assert!(rows.is_empty(), "rows were committed before the files went");
-    let v: VerifyJson = reg.json(&["verify"]);
+    let v: VerifyReport = reg.json(&["verify"]);
     assert!(v.ok, "{:?}", v.problems);
     assert_eq!(v.debris.len(), 4, "{:?}", v.debris);
     let r = gc(&reg);
@@ -389,7 +349,7 @@ fn verify_names_corrupt_and_missing_files() {
     assert!(run.stdout.contains(&layer), "{}", run.stdout);
     let json = reg.run(&["verify", "--content", "--json"]);
     assert_eq!(json.code, 5);
-    let v: VerifyJson = json.json();
+    let v: VerifyReport = json.json();
     assert!(!v.ok);
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert_eq!(v.problems[0].kind, "digest");
@@ -410,7 +370,7 @@ fn verify_names_corrupt_and_missing_files() {
         "{}",
         run.stdout
     );
-    let v: VerifyJson = reg.run(&["verify", "--json"]).json();
+    let v: VerifyReport = reg.run(&["verify", "--json"]).json();
     assert_eq!(v.problems.len(), 1);
     assert_eq!(v.problems[0].kind, "missing");
     assert_eq!(v.problems[0].path, "snapshots/s/upper.ext4");
@@ -419,7 +379,7 @@ fn verify_names_corrupt_and_missing_files() {
     let manifest = reg.root().join("snapshots/s/manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("\"name\":\"s\"", "\"name\":\"t\"")).unwrap();
-    let v: VerifyJson = reg.run(&["verify", "--content", "--json"]).json();
+    let v: VerifyReport = reg.run(&["verify", "--content", "--json"]).json();
     let kinds: Vec<&str> = v.problems.iter().map(|p| p.kind.as_str()).collect();
     assert_eq!(kinds, ["digest", "manifest"], "{:?}", v.problems);
     std::fs::write(&manifest, text).unwrap();
