@@ -313,13 +313,8 @@ pub enum Kill {
 /// it died there: SIGABRT, or the pause line and then our SIGKILL.
 pub fn crash_at(reg: &Reg, args: &[&str], point: &str, kill: Kill) {
     let name = point.split('@').next().unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.arg("--root")
-        .arg(reg.root())
-        .args(args)
-        .env_remove("MSB_REGISTRY_ROOT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = reg.command(args);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     match kill {
         Kill::Abort => {
             let out = cmd
@@ -711,12 +706,7 @@ impl Rng {
 }
 
 fn spawn(reg: &Reg, args: &[&str]) -> Child {
-    Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(args)
-        .env_remove("MSB_REGISTRY_ROOT")
-        .env_remove(failpoint::ENV)
+    reg.command(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -813,12 +803,8 @@ fn an_import_recovers_a_promotion_that_died_after_it_opened() {
     let f = fixture();
     let reg = Reg::new();
     reg.run(&["gc"]).ok();
-    let mut late = Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(["import", "-", "--name", "app"])
-        .env_remove("MSB_REGISTRY_ROOT")
-        .env_remove(failpoint::ENV)
+    let mut late = reg
+        .command(&["import", "-", "--name", "app"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

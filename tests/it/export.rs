@@ -574,10 +574,8 @@ fn stdout_streams_the_same_bytes() {
     let reg = Reg::new();
     chain_in_registry(&reg);
     let (_, file_bytes) = export(&reg, &["app", "--with-parents", "--with-image"]);
-    let out = Command::new(bin())
-        .args(["--root", reg.root().to_str().unwrap()])
-        .args(["export", "app", "--with-parents", "--with-image", "-o", "-"])
-        .env_remove("MSB_FAILPOINT")
+    let out = reg
+        .command(&["export", "app", "--with-parents", "--with-image", "-o", "-"])
         .stderr(Stdio::piped())
         .output()
         .unwrap();

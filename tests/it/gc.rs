@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
@@ -389,10 +389,8 @@ fn verify_names_corrupt_and_missing_files() {
 
 /// Start `args` with a failpoint that pauses it; return once it says so.
 fn paused(reg: &Reg, args: &[&str], failpoint: &str) -> std::process::Child {
-    let mut child = Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(args)
+    let mut child = reg
+        .command(args)
         .env("MSB_FAILPOINT", format!("{failpoint}:pause"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
