@@ -231,7 +231,7 @@ fn record_snapshot(
             other.name, other.digest, row.digest
         ));
     }
-    insert_snapshot(conn, row, files, chunks)?;
+    db::chunks::insert_snapshot_with_chunks(conn, row, files, chunks)?;
     report.adopted_snapshots.push(row.digest);
     Ok(())
 }
@@ -258,22 +258,8 @@ fn record_indexed_snapshot(
         return Ok(());
     }
     db::snapshots::delete_snapshot(conn, &existing.digest)?;
-    insert_snapshot(conn, &recorded, files, chunks)?;
+    db::chunks::insert_snapshot_with_chunks(conn, &recorded, files, chunks)?;
     report.adopted_snapshots.push(row.digest);
-    Ok(())
-}
-
-/// Insert a snapshot's row, its files' rows and their chunk lists.
-fn insert_snapshot(
-    conn: &Connection,
-    row: &SnapshotRow,
-    files: &[SnapshotFileRow],
-    chunks: &[(String, ChunkList)],
-) -> Result<()> {
-    db::snapshots::insert_snapshot(conn, row, files)?;
-    for (path, list) in chunks {
-        db::chunks::insert_chunk_list(conn, &row.digest, path, list)?;
-    }
     Ok(())
 }
 
