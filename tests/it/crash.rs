@@ -6,7 +6,6 @@
 //! that gc plus redoing the operation give exactly the clean result.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -312,12 +311,12 @@ pub enum Kill {
 /// Run the binary on `reg` with `point` (`name[@n]`) armed and assert that
 /// it died there: SIGABRT, or the pause line and then our SIGKILL.
 pub fn crash_at(reg: &Reg, args: &[&str], point: &str, kill: Kill) {
-    let name = point.split('@').next().unwrap();
-    let mut cmd = reg.command(args);
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     match kill {
         Kill::Abort => {
-            let out = cmd
+            let out = reg
+                .command(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
                 .env(failpoint::ENV, format!("{point}:abort"))
                 .output()
                 .unwrap();
@@ -330,24 +329,7 @@ pub fn crash_at(reg: &Reg, args: &[&str], point: &str, kill: Kill) {
             );
         }
         Kill::PauseKill => {
-            let mut child = cmd
-                .env(failpoint::ENV, format!("{point}:pause"))
-                .spawn()
-                .unwrap();
-            let mut stderr = BufReader::new(child.stderr.take().unwrap());
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = stderr.read_line(&mut line).unwrap();
-                assert!(
-                    n > 0,
-                    "{point}: {args:?} ended before pausing: {:?}",
-                    child.wait()
-                );
-                if line.starts_with(&format!("failpoint {name}: paused")) {
-                    break;
-                }
-            }
+            let mut child = reg.held_at(args, point, Hold::Pause).child;
             child.kill().unwrap();
             let status = child.wait().unwrap();
             assert_eq!(status.signal(), Some(SIGKILL), "{point}");

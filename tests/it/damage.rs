@@ -5,7 +5,7 @@
 //! lost, nothing panics or hangs, and every refusal says what to do.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -50,23 +50,7 @@ struct Stopped {
 
 impl Stopped {
     fn at(reg: &Reg, args: &[&str], failpoint: &str) -> Stopped {
-        let mut child = reg
-            .command(args)
-            .env("MSB_FAILPOINT", format!("{failpoint}:stop"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("stopped") {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "{args:?} ended before {failpoint}: {:?}",
-                child.wait()
-            );
-        }
+        let Held { child, stderr } = reg.held_at(args, failpoint, Hold::Stop);
         Stopped { child, stderr }
     }
 

@@ -1,9 +1,7 @@
 //! gc and verify through the binary: what lives, what goes, live imports,
 //! dry runs, crash order, and corruption found by verify.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
 
 use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
@@ -389,23 +387,7 @@ fn verify_names_corrupt_and_missing_files() {
 
 /// Start `args` with a failpoint that pauses it; return once it says so.
 fn paused(reg: &Reg, args: &[&str], failpoint: &str) -> std::process::Child {
-    let mut child = reg
-        .command(args)
-        .env("MSB_FAILPOINT", format!("{failpoint}:pause"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("paused") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "{args:?} ended before pausing"
-        );
-    }
-    child
+    reg.held_at(args, failpoint, Hold::Pause).child
 }
 
 #[test]

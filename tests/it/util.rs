@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
 use msb_registry::digest::Digest;
 use msb_registry::image::{ImageMetadata, LayerInfo};
@@ -37,6 +37,21 @@ pub fn command_at(root: &Path, args: &[&str]) -> Command {
     cmd.env_remove("MSB_REGISTRY_ROOT")
         .env_remove("MSB_FAILPOINT");
     cmd
+}
+
+/// How a failpoint holds the binary.
+#[derive(Debug, Clone, Copy)]
+pub enum Hold {
+    /// Sleeps until killed.
+    Pause,
+    /// Raises SIGSTOP; SIGCONT resumes it.
+    Stop,
+}
+
+/// A run of the binary held at a failpoint, and the rest of its stderr.
+pub struct Held {
+    pub child: Child,
+    pub stderr: BufReader<ChildStderr>,
 }
 
 /// The outcome of one run of the binary.
@@ -154,6 +169,35 @@ impl Reg {
             assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
         }
         Run::from(out)
+    }
+
+    /// Start `args` with the failpoint `point` (`name[@n]`) armed to hold
+    /// the binary there, and return once its stderr says it is held.
+    #[track_caller]
+    pub fn held_at(&self, args: &[&str], point: &str, hold: Hold) -> Held {
+        let name = point.split('@').next().unwrap();
+        let (action, said) = match hold {
+            Hold::Pause => ("pause", "paused"),
+            Hold::Stop => ("stop", "stopped"),
+        };
+        let mut child = self
+            .command(args)
+            .env("MSB_FAILPOINT", format!("{point}:{action}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with(&format!("failpoint {name}: {said}")) {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "{args:?} ended before {point}: {:?}",
+                child.wait()
+            );
+        }
+        Held { child, stderr }
     }
 
     /// The binary as a [`Command`] with `--root` set to this registry, for
