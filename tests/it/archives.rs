@@ -8,7 +8,7 @@ use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, ImageMetadata};
 
 use crate::reports::ListEntry;
-use crate::tarcraft::Tar;
+use crate::tarcraft::{Tar, data_extents};
 use crate::util::*;
 
 /// Snapshot directories and an image cache to build archives from.
@@ -56,13 +56,7 @@ pub fn add_snapshot(t: &mut Tar, digest: &Digest, dir: &Path, sparse: bool) {
     let upper = std::fs::read(dir.join("upper.ext4")).unwrap();
     let path = format!("{prefix}/upper.ext4");
     if sparse {
-        let extents: Vec<(u64, Vec<u8>)> = upper
-            .chunks(4096)
-            .enumerate()
-            .filter(|(_, c)| c.iter().any(|&b| b != 0))
-            .map(|(i, c)| ((i * 4096) as u64, c.to_vec()))
-            .collect();
-        t.sparse(&path, upper.len() as u64, &extents);
+        t.sparse(&path, upper.len() as u64, &data_extents(&upper));
     } else {
         t.file(&path, &upper);
     }

@@ -99,22 +99,6 @@ fn image_sharing(
     write_image_metadata(dir, reference, seed, layers)
 }
 
-fn add_snapshot(reg: &Reg, name: &str, image: &ImageMetadata, reference: &str, cache: &Path) {
-    let dir = reg.path(&format!("src/{name}"));
-    let mut spec = SnapSpec::new(image).label("name", name);
-    spec.image.0 = reference.into();
-    make_snapshot(&dir, &spec);
-    reg.run(&[
-        "add",
-        dir.to_str().unwrap(),
-        "--name",
-        name,
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ])
-    .ok();
-}
-
 #[test]
 fn unpinned_image_goes_and_a_shared_layer_stays() {
     let reg = Reg::new();
@@ -122,9 +106,9 @@ fn unpinned_image_goes_and_a_shared_layer_stays() {
     let a = make_image_cache(&cache_a, "python:3.12", 1, &[4096, 8192]);
     let cache_b = reg.path("cache-b");
     let b = image_sharing(&cache_b, &cache_a, "alpine:3", 2, &a.layers[..1], 12288);
-    add_snapshot(&reg, "a", &a, "python:3.12", &cache_a);
-    add_snapshot(&reg, "b1", &b, "alpine:3", &cache_b);
-    add_snapshot(&reg, "b2", &b, "alpine:3", &cache_b);
+    add_pinned(&reg, "a", &a, "python:3.12", &cache_a);
+    add_pinned(&reg, "b1", &b, "alpine:3", &cache_b);
+    add_pinned(&reg, "b2", &b, "alpine:3", &cache_b);
 
     let nothing = gc(&reg);
     assert!(nothing.removed.is_empty(), "{:?}", nothing.removed);
@@ -308,7 +292,7 @@ fn a_crash_after_the_rows_leaves_only_debris() {
     let reg = Reg::new();
     let cache = reg.path("cache");
     let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
-    add_snapshot(&reg, "only", &image, "python:3.12", &cache);
+    add_pinned(&reg, "only", &image, "python:3.12", &cache);
     reg.run(&["rm", "only"]).ok();
     let crashed = reg.run_env(&["gc"], &[("MSB_FAILPOINT", "gc.rows-deleted:abort")]);
     assert_ne!(crashed.code, 0);
@@ -331,7 +315,7 @@ fn verify_names_corrupt_and_missing_files() {
     let reg = Reg::new();
     let cache = reg.path("cache");
     let image = make_image_cache(&cache, "python:3.12", 4, &[8192]);
-    add_snapshot(&reg, "s", &image, "python:3.12", &cache);
+    add_pinned(&reg, "s", &image, "python:3.12", &cache);
     verify_clean(&reg);
     let layer = cache_path(CacheKind::Layers, image.layers[0].diff_id);
     let layer_file = reg.root().join(&layer);

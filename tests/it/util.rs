@@ -297,6 +297,24 @@ pub fn write_image_metadata(
     sample::write_image_metadata(cache_dir, reference, seed, layers).unwrap()
 }
 
+/// Add a sample snapshot `name` (labelled with its name) pinned to `image`
+/// under `reference`, taking the image's artifacts from `cache`.
+pub fn add_pinned(reg: &Reg, name: &str, image: &ImageMetadata, reference: &str, cache: &Path) {
+    let dir = reg.path(&format!("src/{name}"));
+    let mut spec = SnapSpec::new(image).label("name", name);
+    spec.image.0 = reference.into();
+    make_snapshot(&dir, &spec);
+    reg.run(&[
+        "add",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+    .ok();
+}
+
 /// A three-snapshot chain (base → deps → app) and its image cache, added to
 /// `reg` under those names. Returns the digests root first, and the image.
 pub fn chain_in_registry(reg: &Reg) -> (Vec<Digest>, ImageMetadata) {
