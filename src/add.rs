@@ -14,7 +14,7 @@ use crate::image::{CacheFile, ImageMetadata, MAX_METADATA_BYTES};
 use crate::install::install;
 use crate::journal::Lease;
 use crate::layout::SnapshotName;
-use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, Upper, is_normal_file_name};
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::stage::{StagingFile, check_integrity};
@@ -125,124 +125,19 @@ impl Registry {
         opts: &AddOptions,
         progress: &dyn Progress,
     ) -> Result<AddReport> {
-        let root = self.layout().root().to_path_buf();
-        let rel = |p: &Path| {
-            p.strip_prefix(&root)
-                .expect("staging is under the root")
-                .to_string_lossy()
-                .into_owned()
-        };
         db::imports::insert_pin(
             self.db().conn(),
             lease.id(),
             &parsed.manifest.image.manifest_digest,
         )?;
-        let staged_dir = lease.staging().join("snapshot");
-        std::fs::create_dir(&staged_dir).at("create directory", &staged_dir)?;
-
-        let mut sources: Vec<(String, PathBuf, u64)> = Vec::new();
-        for entry in std::fs::read_dir(dir).at("read directory", dir)? {
-            let entry = entry.at("read directory", dir)?;
-            let path = entry.path();
-            let meta = entry.path().symlink_metadata().at("stat", &path)?;
-            let file_name = entry.file_name().into_string().map_err(|_| {
-                Error::unsupported(path.display().to_string(), "file name is not UTF-8")
-            })?;
-            if !meta.is_file() || !is_normal_file_name(&file_name) {
-                return Err(Error::unsupported(
-                    path.display().to_string(),
-                    "a snapshot directory may hold only regular files",
-                ));
-            }
-            sources.push((file_name, path, meta.len()));
-        }
-        sources.sort();
-        let upper = &parsed.manifest.upper;
-        let upper_source = sources
-            .iter()
-            .find(|(n, ..)| *n == upper.file)
-            .ok_or_else(|| Error::NotFound {
-                what: "upper file",
-                reference: dir.join(&upper.file).display().to_string(),
-            })?;
-        if upper_source.2 != upper.size_bytes {
-            return Err(Error::integrity(
-                upper_source.1.display().to_string(),
-                format!(
-                    "size is {} bytes, manifest records {}",
-                    upper_source.2, upper.size_bytes
-                ),
-            ));
-        }
-
-        let total: u64 = sources.iter().map(|s| s.2).sum();
-        progress.start("add", Some(total));
-        let mut files = Vec::new();
-        let mut chunks = Vec::new();
+        let sources = source_files(dir, &parsed.manifest.upper)?;
+        progress.start("add", Some(sources.iter().map(|s| s.len).sum()));
         let mut journal = Vec::new();
-        for (file_name, path, len) in &sources {
-            let integrity = if *file_name == upper.file {
-                upper.integrity.as_ref()
-            } else {
-                None
-            };
-            let target = staged_dir.join(file_name);
-            let mut staged = if file_name == "manifest.json" {
-                // The canonical bytes, whatever spacing the source used: the
-                // stored manifest always hashes to the snapshot digest.
-                let canonical = parsed.manifest.canonical_bytes();
-                let mut out = StagingFile::create(&target, canonical.len() as u64, None)?.chunked();
-                out.piece(crate::files::Piece::Data(&canonical))?;
-                out.finish()?
-            } else {
-                copy_into(path, *len, &target, integrity, true, progress)?
-            };
-            if let Some(integrity) = integrity {
-                check_integrity(&path.display().to_string(), integrity, staged.integrity)?;
-            }
-            journal.push(ImportFileRow {
-                member: path.display().to_string(),
-                staged_path: rel(&target),
-                final_path: rel(&self.layout().snapshot_file(&name, file_name)),
-                kind: "snapshot".into(),
-                size: staged.size,
-                digest: staged.digest,
-                promote: true,
-            });
-            files.push(SnapshotFileRow {
-                path: file_name.clone(),
-                size: staged.size,
-                digest: staged.digest,
-            });
-            if let Some(list) = staged.chunks.take() {
-                chunks.push((file_name.clone(), list));
-            }
-        }
-
+        let snapshot =
+            self.stage_snapshot(lease, &sources, &parsed, &name, progress, &mut journal)?;
         let mut set = StagedSet::default();
         if let Some(cache_dir) = &opts.cache_dir {
-            let staged_cache = lease.staging().join("cache");
-            std::fs::create_dir(&staged_cache).at("create directory", &staged_cache)?;
-            let (meta, cache_files) = stage_image(cache_dir, &parsed, &staged_cache, progress)?;
-            for (file, path, bytes) in cache_files {
-                journal.push(ImportFileRow {
-                    member: cache_dir.join(file.rel_path()).display().to_string(),
-                    staged_path: rel(&path),
-                    final_path: rel(&self.layout().cache_file(&file)),
-                    kind: file.kind.as_str().into(),
-                    size: bytes.size,
-                    digest: bytes.digest,
-                    promote: true,
-                });
-                set.cache_files.push(StagedCacheFile {
-                    file,
-                    staged: rel(&path),
-                    size: bytes.size,
-                    digest: bytes.digest,
-                });
-            }
-            set.images
-                .push((meta, parsed.manifest.image.reference.clone()));
+            self.stage_cache(lease, cache_dir, &parsed, progress, &mut journal, &mut set)?;
         }
         progress.finish();
         {
@@ -251,15 +146,9 @@ impl Registry {
             tx.commit()?;
         }
         crate::failpoint::hit(crate::failpoint::ADD_STAGED)?;
-        let bytes = files.iter().map(|f| f.size).sum();
-        let file_count = files.len();
-        set.snapshots.push(StagedSnapshot {
-            parsed: parsed.clone(),
-            name: name.clone(),
-            staged_dir: rel(&staged_dir),
-            files,
-            chunks,
-        });
+        let bytes = snapshot.files.iter().map(|f| f.size).sum();
+        let file_count = snapshot.files.len();
+        set.snapshots.push(snapshot);
         let outcome = install(self, lease, &set)?;
         crate::failpoint::hit(crate::failpoint::ADD_INSTALLED)?;
         let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?.ok_or_else(
@@ -286,6 +175,171 @@ impl Registry {
             cache_files_skipped: outcome.cache_files_skipped,
         })
     }
+
+    /// Copy the snapshot's files into the lease's staging directory, hashing
+    /// and cutting chunks on the way (the manifest as its canonical bytes),
+    /// and journal each; returns the staged snapshot.
+    fn stage_snapshot(
+        &self,
+        lease: &Lease,
+        sources: &[SourceFile],
+        parsed: &ParsedManifest,
+        name: &SnapshotName,
+        progress: &dyn Progress,
+        journal: &mut Vec<ImportFileRow>,
+    ) -> Result<StagedSnapshot> {
+        let root = self.layout().root();
+        let staged_dir = lease.staging().join("snapshot");
+        std::fs::create_dir(&staged_dir).at("create directory", &staged_dir)?;
+        let upper = &parsed.manifest.upper;
+        let mut files = Vec::new();
+        let mut chunks = Vec::new();
+        for SourceFile {
+            name: file_name,
+            path,
+            len,
+        } in sources
+        {
+            let integrity = if *file_name == upper.file {
+                upper.integrity.as_ref()
+            } else {
+                None
+            };
+            let target = staged_dir.join(file_name);
+            let mut staged = if file_name == "manifest.json" {
+                // The canonical bytes, whatever spacing the source used: the
+                // stored manifest always hashes to the snapshot digest.
+                let canonical = parsed.manifest.canonical_bytes();
+                let mut out = StagingFile::create(&target, canonical.len() as u64, None)?.chunked();
+                out.piece(crate::files::Piece::Data(&canonical))?;
+                out.finish()?
+            } else {
+                copy_into(path, *len, &target, integrity, true, progress)?
+            };
+            if let Some(integrity) = integrity {
+                check_integrity(&path.display().to_string(), integrity, staged.integrity)?;
+            }
+            journal.push(ImportFileRow {
+                member: path.display().to_string(),
+                staged_path: under_root(root, &target),
+                final_path: under_root(root, &self.layout().snapshot_file(name, file_name)),
+                kind: "snapshot".into(),
+                size: staged.size,
+                digest: staged.digest,
+                promote: true,
+            });
+            files.push(SnapshotFileRow {
+                path: file_name.clone(),
+                size: staged.size,
+                digest: staged.digest,
+            });
+            if let Some(list) = staged.chunks.take() {
+                chunks.push((file_name.clone(), list));
+            }
+        }
+        Ok(StagedSnapshot {
+            parsed: parsed.clone(),
+            name: name.clone(),
+            staged_dir: under_root(root, &staged_dir),
+            files,
+            chunks,
+        })
+    }
+
+    /// Stage the pinned image's artifacts from `cache_dir` into the lease's
+    /// staging directory, journal each, and add them to `set`.
+    fn stage_cache(
+        &self,
+        lease: &Lease,
+        cache_dir: &Path,
+        parsed: &ParsedManifest,
+        progress: &dyn Progress,
+        journal: &mut Vec<ImportFileRow>,
+        set: &mut StagedSet,
+    ) -> Result<()> {
+        let root = self.layout().root();
+        let staged_cache = lease.staging().join("cache");
+        std::fs::create_dir(&staged_cache).at("create directory", &staged_cache)?;
+        let (meta, cache_files) = stage_image(cache_dir, parsed, &staged_cache, progress)?;
+        for (file, path, bytes) in cache_files {
+            journal.push(ImportFileRow {
+                member: cache_dir.join(file.rel_path()).display().to_string(),
+                staged_path: under_root(root, &path),
+                final_path: under_root(root, &self.layout().cache_file(&file)),
+                kind: file.kind.as_str().into(),
+                size: bytes.size,
+                digest: bytes.digest,
+                promote: true,
+            });
+            set.cache_files.push(StagedCacheFile {
+                file,
+                staged: under_root(root, &path),
+                size: bytes.size,
+                digest: bytes.digest,
+            });
+        }
+        set.images
+            .push((meta, parsed.manifest.image.reference.clone()));
+        Ok(())
+    }
+}
+
+/// `path` relative to the registry root (staging is under the root).
+fn under_root(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .expect("staging is under the root")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A regular file of a snapshot directory to add.
+struct SourceFile {
+    name: String,
+    path: PathBuf,
+    len: u64,
+}
+
+/// The files of the snapshot directory `dir`, sorted by name: regular files
+/// only, the upper among them with the size its manifest records.
+fn source_files(dir: &Path, upper: &Upper) -> Result<Vec<SourceFile>> {
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(dir).at("read directory", dir)? {
+        let entry = entry.at("read directory", dir)?;
+        let path = entry.path();
+        let meta = entry.path().symlink_metadata().at("stat", &path)?;
+        let file_name = entry.file_name().into_string().map_err(|_| {
+            Error::unsupported(path.display().to_string(), "file name is not UTF-8")
+        })?;
+        if !meta.is_file() || !is_normal_file_name(&file_name) {
+            return Err(Error::unsupported(
+                path.display().to_string(),
+                "a snapshot directory may hold only regular files",
+            ));
+        }
+        sources.push(SourceFile {
+            name: file_name,
+            path,
+            len: meta.len(),
+        });
+    }
+    sources.sort_by(|a, b| a.name.cmp(&b.name));
+    let upper_source = sources
+        .iter()
+        .find(|s| s.name == upper.file)
+        .ok_or_else(|| Error::NotFound {
+            what: "upper file",
+            reference: dir.join(&upper.file).display().to_string(),
+        })?;
+    if upper_source.len != upper.size_bytes {
+        return Err(Error::integrity(
+            upper_source.path.display().to_string(),
+            format!(
+                "size is {} bytes, manifest records {}",
+                upper_source.len, upper.size_bytes
+            ),
+        ));
+    }
+    Ok(sources)
 }
 
 /// Copy `src` into staging, sparsely, hashing (and with `chunked` cutting) on the way.

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::image::CacheFile;
 use crate::journal::Lease;
 use crate::journal::promote::{Move, promote};
-use crate::layout::SnapshotName;
+use crate::layout::{Layout, SnapshotName};
 use crate::registry::Registry;
 use crate::staged::StagedSet;
 
@@ -131,7 +131,47 @@ fn same_files(
 pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Result<InstallOutcome> {
     let lock = registry.lock()?;
     let planned = plan(registry.db().conn(), set)?;
-    let layout = registry.layout().clone();
+    let moves = moves(registry.layout(), set, &planned);
+    let now = now_unix();
+    let (layout, db) = registry.parts();
+    promote(
+        layout,
+        db,
+        &lock,
+        lease,
+        &moves,
+        |conn| {
+            if plan(conn, set)? != planned {
+                return Err(Error::conflict(
+                    "registry",
+                    "changed while the import was being checked; retry",
+                ));
+            }
+            Ok(())
+        },
+        |conn| insert_rows(conn, set, &planned, now),
+    )?;
+    Ok(InstallOutcome {
+        imported: planned
+            .new_snapshots
+            .iter()
+            .map(|&i| set.snapshots[i].parsed.digest)
+            .collect(),
+        skipped: set
+            .snapshots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !planned.new_snapshots.contains(i))
+            .map(|(_, s)| s.parsed.digest)
+            .collect(),
+        cache_files_installed: planned.new_cache_files.len(),
+        cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len(),
+    })
+}
+
+/// The moves from staging to their places under the root of what `planned`
+/// installs, both relative to the root.
+fn moves(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
     let rel = |p: std::path::PathBuf| -> String {
         p.strip_prefix(layout.root())
             .expect("layout paths are under the root")
@@ -153,61 +193,28 @@ pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Resul
             target: rel(layout.cache_file(&c.file)),
         });
     }
-    let now = now_unix();
-    let (layout, db) = registry.parts();
-    promote(
-        layout,
-        db,
-        &lock,
-        lease,
-        &moves,
-        |conn| {
-            if plan(conn, set)? != planned {
-                return Err(Error::conflict(
-                    "registry",
-                    "changed while the import was being checked; retry",
-                ));
-            }
-            Ok(())
-        },
-        |conn| {
-            for &i in &planned.new_snapshots {
-                let s = &set.snapshots[i];
-                let row = SnapshotRow::from_manifest(&s.parsed, s.name.as_str(), now);
-                db::snapshots::insert_snapshot(conn, &row, &s.files)?;
-                for (path, list) in &s.chunks {
-                    db::chunks::insert_chunk_list(conn, &row.digest, path, list)?;
-                }
-            }
-            for &i in &planned.new_cache_files {
-                let c = &set.cache_files[i];
-                db::images::insert_cache_file(conn, &c.file, c.size, &c.digest, now)?;
-            }
-            for (meta, reference) in &set.images {
-                db::images::insert_image(
-                    conn,
-                    meta,
-                    &CacheFile::metadata_for_ref(reference),
-                    Some(reference),
-                )?;
-            }
-            Ok(())
-        },
-    )?;
-    Ok(InstallOutcome {
-        imported: planned
-            .new_snapshots
-            .iter()
-            .map(|&i| set.snapshots[i].parsed.digest)
-            .collect(),
-        skipped: set
-            .snapshots
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !planned.new_snapshots.contains(i))
-            .map(|(_, s)| s.parsed.digest)
-            .collect(),
-        cache_files_installed: planned.new_cache_files.len(),
-        cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len(),
-    })
+    moves
+}
+
+/// The rows of what `planned` installs, inserted in the promotion's
+/// transaction.
+fn insert_rows(conn: &Connection, set: &StagedSet, planned: &Plan, now: i64) -> Result<()> {
+    for &i in &planned.new_snapshots {
+        let s = &set.snapshots[i];
+        let row = SnapshotRow::from_manifest(&s.parsed, s.name.as_str(), now);
+        db::chunks::insert_snapshot_with_chunks(conn, &row, &s.files, &s.chunks)?;
+    }
+    for &i in &planned.new_cache_files {
+        let c = &set.cache_files[i];
+        db::images::insert_cache_file(conn, &c.file, c.size, &c.digest, now)?;
+    }
+    for (meta, reference) in &set.images {
+        db::images::insert_image(
+            conn,
+            meta,
+            &CacheFile::metadata_for_ref(reference),
+            Some(reference),
+        )?;
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::add::{read_manifest, read_metadata};
@@ -18,7 +19,7 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::foreign::{self, HELD_REASON};
 use crate::image::{CacheFile, CacheKind, ImageMetadata};
-use crate::layout::SnapshotName;
+use crate::layout::{Layout, SnapshotName};
 use crate::manifest::is_normal_file_name;
 use crate::progress::Progress;
 use crate::registry::Registry;
@@ -59,30 +60,74 @@ impl Registry {
         progress.start("reindex", None);
         let now = now_unix();
         let layout = self.layout().clone();
+        let snapshots = scan_snapshots(&layout, now, progress, &mut report)?;
+        let cache = scan_cache(&layout, progress, &mut report)?;
 
-        let mut snapshot_rows = Vec::new();
-        for (dir_name, dir) in sorted_entries(&layout.snapshots())? {
-            if foreign::not_ours(&dir_name).is_some() {
+        let tx = self.db_mut().write()?;
+        for found in &snapshots {
+            record_snapshot(&tx, found, &snapshots, &mut report)?;
+        }
+        drop_missing_snapshots(&tx, &snapshots, &mut report)?;
+        record_cache_files(&tx, &cache, now, &mut report)?;
+        drop_stale_images(&tx, &cache.rows, &mut report)?;
+        record_images(&tx, &cache.images, &snapshots, &mut report)?;
+        crate::failpoint::hit(crate::failpoint::REINDEX_BEFORE_COMMIT)?;
+        tx.commit()?;
+        progress.finish();
+        Ok(report)
+    }
+}
+
+/// A snapshot directory on disk, hashed: its row, its files' rows and their
+/// chunk lists.
+struct FoundSnapshot {
+    row: SnapshotRow,
+    files: Vec<SnapshotFileRow>,
+    chunks: Vec<(String, ChunkList)>,
+}
+
+/// The cache files on disk, hashed, with the image metadata among them and
+/// the files another process holds (their rows are left alone).
+#[derive(Default)]
+struct CacheScan {
+    rows: Vec<(CacheFile, u64, Digest)>,
+    images: Vec<(ImageMetadata, CacheFile)>,
+    held: HashSet<String>,
+}
+
+/// Hash every snapshot directory that is ours and complete; the rest goes
+/// into `report.skipped` with its reason.
+fn scan_snapshots(
+    layout: &Layout,
+    now: i64,
+    progress: &dyn Progress,
+    report: &mut ReindexReport,
+) -> Result<Vec<FoundSnapshot>> {
+    let mut found = Vec::new();
+    for (dir_name, dir) in sorted_entries(&layout.snapshots())? {
+        if foreign::not_ours(&dir_name).is_some() {
+            continue;
+        }
+        let skip = |reason: String| Skipped {
+            path: format!("snapshots/{dir_name}"),
+            reason,
+        };
+        if !dir.is_dir() {
+            report.skipped.push(skip("not a directory".into()));
+            continue;
+        }
+        let name: SnapshotName = match dir_name.parse() {
+            Ok(n) => n,
+            Err(e) => {
+                report.skipped.push(skip(e.to_string()));
                 continue;
             }
-            let skip = |reason: String| Skipped {
-                path: format!("snapshots/{dir_name}"),
-                reason,
-            };
-            if !dir.is_dir() {
-                report.skipped.push(skip("not a directory".into()));
-                continue;
-            }
-            let name: SnapshotName = match dir_name.parse() {
-                Ok(n) => n,
-                Err(e) => {
-                    report.skipped.push(skip(e.to_string()));
-                    continue;
-                }
-            };
-            match adopt_snapshot(&dir, progress) {
-                Ok((parsed, files, extras, chunks)) => {
-                    report.skipped.extend(extras.into_iter().map(|extra| {
+        };
+        match adopt_snapshot(&dir, progress) {
+            Ok((parsed, files, extras, chunks)) => {
+                report
+                    .skipped
+                    .extend(extras.into_iter().map(|extra| {
                         Skipped {
                             path: format!("snapshots/{dir_name}/{extra}"),
                             reason:
@@ -90,178 +135,231 @@ impl Registry {
                                     .into(),
                         }
                     }));
-                    snapshot_rows.push((
-                        SnapshotRow::from_manifest(&parsed, name.as_str(), now),
-                        files,
-                        chunks,
-                    ))
-                }
-                Err(e) => report.skipped.push(skip(e.with_causes())),
+                found.push(FoundSnapshot {
+                    row: SnapshotRow::from_manifest(&parsed, name.as_str(), now),
+                    files,
+                    chunks,
+                })
             }
+            Err(e) => report.skipped.push(skip(e.with_causes())),
         }
-
-        let mut cache_rows = Vec::new();
-        let mut images = Vec::new();
-        let mut held = HashSet::new();
-        for kind in CacheKind::ALL {
-            for (file_name, path) in sorted_entries(&layout.cache_kind(kind))? {
-                if foreign::not_ours(&file_name).is_some() {
-                    continue;
-                }
-                let rel = format!("cache/{kind}/{file_name}");
-                let Some(file) = CacheFile::parse(kind, &file_name) else {
-                    report.skipped.push(Skipped {
-                        path: rel,
-                        reason: "not a cache file name".into(),
-                    });
-                    continue;
-                };
-                if foreign::lock_held(&path)? {
-                    held.insert(file.rel_path());
-                    report.skipped.push(Skipped {
-                        path: rel,
-                        reason: HELD_REASON.into(),
-                    });
-                    continue;
-                }
-                match adopt_cache_file(&path, &file, progress) {
-                    Ok((size, digest, meta)) => {
-                        if let Some(meta) = meta {
-                            images.push(meta);
-                        }
-                        cache_rows.push((file, size, digest));
-                    }
-                    Err(e) => report.skipped.push(Skipped {
-                        path: rel,
-                        reason: e.with_causes(),
-                    }),
-                }
-            }
-        }
-
-        let tx = self.db_mut().write()?;
-        for (row, files, chunks) in &snapshot_rows {
-            if let Some(existing) = db::snapshots::snapshot_by_digest(&tx, &row.digest)? {
-                let still_there = snapshot_rows
-                    .iter()
-                    .any(|(r, ..)| r.name == existing.name && r.digest == row.digest);
-                if existing.name == row.name {
-                    let recorded = SnapshotRow {
-                        added_at: existing.added_at,
-                        ..row.clone()
-                    };
-                    if existing == recorded
-                        && db::snapshots::snapshot_files(&tx, &row.digest)? == *files
-                    {
-                        if backfill_chunk_lists(&tx, &row.digest, files, chunks)? {
-                            report.chunk_lists_backfilled.push(row.digest);
-                        }
-                        continue;
-                    }
-                    // A damaged row (a parent, label or image changed by
-                    // hand): the manifest on disk is the truth.
-                    db::snapshots::delete_snapshot(&tx, &existing.digest)?;
-                    db::snapshots::insert_snapshot(&tx, &recorded, files)?;
-                    for (path, list) in chunks {
-                        db::chunks::insert_chunk_list(&tx, &row.digest, path, list)?;
-                    }
-                    report.adopted_snapshots.push(row.digest);
-                    continue;
-                }
-                if still_there {
-                    report.skipped.push(Skipped {
-                        path: format!("snapshots/{}", row.name),
-                        reason: format!("duplicate of {} ({})", existing.name, row.digest),
-                    });
-                    continue;
-                }
-                // Its directory was renamed: the row follows it.
-                db::snapshots::delete_snapshot(&tx, &existing.digest)?;
-                report.dropped.push(format!(
-                    "snapshot {} ({}): its directory is now snapshots/{}",
-                    existing.name, existing.digest, row.name
-                ));
-            }
-            if let Some(other) = db::snapshots::snapshot_by_name(&tx, &row.name)? {
-                db::snapshots::delete_snapshot(&tx, &other.digest)?;
-                report.dropped.push(format!(
-                    "snapshot {} ({}): directory now holds {}",
-                    other.name, other.digest, row.digest
-                ));
-            }
-            db::snapshots::insert_snapshot(&tx, row, files)?;
-            for (path, list) in chunks {
-                db::chunks::insert_chunk_list(&tx, &row.digest, path, list)?;
-            }
-            report.adopted_snapshots.push(row.digest);
-        }
-        for row in db::snapshots::all_snapshots(&tx)? {
-            let on_disk = snapshot_rows.iter().any(|(r, ..)| r.digest == row.digest);
-            if !on_disk {
-                db::snapshots::delete_snapshot(&tx, &row.digest)?;
-                report
-                    .dropped
-                    .push(format!("snapshot {} ({})", row.name, row.digest));
-            }
-        }
-        for (file, size, digest) in &cache_rows {
-            match db::images::cache_file(&tx, file)? {
-                Some(row) if row.digest == *digest && row.size == *size => {}
-                Some(_) => {
-                    db::images::delete_cache_file(&tx, file)?;
-                    db::images::insert_cache_file(&tx, file, *size, digest, now)?;
-                    report.adopted_cache_files.push(file.rel_path());
-                }
-                None => {
-                    db::images::insert_cache_file(&tx, file, *size, digest, now)?;
-                    report.adopted_cache_files.push(file.rel_path());
-                }
-            }
-        }
-        for row in db::images::all_cache_files(&tx)? {
-            if !held.contains(&row.path)
-                && !cache_rows.iter().any(|(f, ..)| f.rel_path() == row.path)
-            {
-                db::images::delete_cache_path(&tx, &row.path)?;
-                report.dropped.push(format!("cache/{}", row.path));
-            }
-        }
-        let on_disk: Vec<String> = cache_rows.iter().map(|(f, ..)| f.rel_path()).collect();
-        let stale_images: Vec<Digest> = db::gc::images_with_layers(&tx)?
-            .into_iter()
-            .filter(|i| {
-                CacheFile::parse_rel(&i.metadata_file).is_none()
-                    || !on_disk.contains(&i.metadata_file)
-            })
-            .map(|i| i.manifest_digest)
-            .collect();
-        db::gc::delete_rows(&tx, &[], &stale_images, &[])?;
-        report
-            .dropped
-            .extend(stale_images.iter().map(|d| format!("image {d}")));
-        for (meta, file) in &images {
-            if let Some(row) = db::images::image_by_digest(&tx, &meta.manifest_digest)?
-                && (row.config_digest != meta.config_digest
-                    || row.metadata_file != file.rel_path()
-                    || db::images::image_layers(&tx, &meta.manifest_digest)? != meta.layers)
-            {
-                // A damaged image row: its metadata file is the truth.
-                db::gc::delete_rows(&tx, &[], &[meta.manifest_digest], &[])?;
-            }
-            let reference = snapshot_rows
-                .iter()
-                .map(|(r, ..)| &r.image_ref)
-                .find(|r| CacheFile::metadata_for_ref(r) == *file)
-                .map(|r| r.as_str());
-            if db::images::insert_image(&tx, meta, file, reference)? {
-                report.adopted_images.push(meta.manifest_digest);
-            }
-        }
-        crate::failpoint::hit(crate::failpoint::REINDEX_BEFORE_COMMIT)?;
-        tx.commit()?;
-        progress.finish();
-        Ok(report)
     }
+    Ok(found)
+}
+
+/// Hash every cache file that is ours, named as the layout names it, and
+/// not held by another process.
+fn scan_cache(
+    layout: &Layout,
+    progress: &dyn Progress,
+    report: &mut ReindexReport,
+) -> Result<CacheScan> {
+    let mut scan = CacheScan::default();
+    for kind in CacheKind::ALL {
+        for (file_name, path) in sorted_entries(&layout.cache_kind(kind))? {
+            if foreign::not_ours(&file_name).is_some() {
+                continue;
+            }
+            let rel = format!("cache/{kind}/{file_name}");
+            let Some(file) = CacheFile::parse(kind, &file_name) else {
+                report.skipped.push(Skipped {
+                    path: rel,
+                    reason: "not a cache file name".into(),
+                });
+                continue;
+            };
+            if foreign::lock_held(&path)? {
+                scan.held.insert(file.rel_path());
+                report.skipped.push(Skipped {
+                    path: rel,
+                    reason: HELD_REASON.into(),
+                });
+                continue;
+            }
+            match adopt_cache_file(&path, &file, progress) {
+                Ok((size, digest, meta)) => {
+                    if let Some(meta) = meta {
+                        scan.images.push(meta);
+                    }
+                    scan.rows.push((file, size, digest));
+                }
+                Err(e) => report.skipped.push(Skipped {
+                    path: rel,
+                    reason: e.with_causes(),
+                }),
+            }
+        }
+    }
+    Ok(scan)
+}
+
+/// Give one snapshot found on disk its row: kept when the recorded one
+/// matches, repaired when it was damaged, moved when its directory was
+/// renamed, skipped when it duplicates another directory.
+fn record_snapshot(
+    conn: &Connection,
+    found: &FoundSnapshot,
+    all: &[FoundSnapshot],
+    report: &mut ReindexReport,
+) -> Result<()> {
+    let FoundSnapshot { row, files, chunks } = found;
+    if let Some(existing) = db::snapshots::snapshot_by_digest(conn, &row.digest)? {
+        if existing.name == row.name {
+            return record_indexed_snapshot(conn, found, existing, report);
+        }
+        let still_there = all
+            .iter()
+            .any(|f| f.row.name == existing.name && f.row.digest == row.digest);
+        if still_there {
+            report.skipped.push(Skipped {
+                path: format!("snapshots/{}", row.name),
+                reason: format!("duplicate of {} ({})", existing.name, row.digest),
+            });
+            return Ok(());
+        }
+        // Its directory was renamed: the row follows it.
+        db::snapshots::delete_snapshot(conn, &existing.digest)?;
+        report.dropped.push(format!(
+            "snapshot {} ({}): its directory is now snapshots/{}",
+            existing.name, existing.digest, row.name
+        ));
+    }
+    if let Some(other) = db::snapshots::snapshot_by_name(conn, &row.name)? {
+        db::snapshots::delete_snapshot(conn, &other.digest)?;
+        report.dropped.push(format!(
+            "snapshot {} ({}): directory now holds {}",
+            other.name, other.digest, row.digest
+        ));
+    }
+    db::chunks::insert_snapshot_with_chunks(conn, row, files, chunks)?;
+    report.adopted_snapshots.push(row.digest);
+    Ok(())
+}
+
+/// A snapshot whose row already names its directory: an intact row keeps
+/// its `added_at` and gains any missing chunk lists; a damaged one (a
+/// parent, label or image changed by hand) is rewritten from the manifest
+/// on disk, which is the truth.
+fn record_indexed_snapshot(
+    conn: &Connection,
+    found: &FoundSnapshot,
+    existing: SnapshotRow,
+    report: &mut ReindexReport,
+) -> Result<()> {
+    let FoundSnapshot { row, files, chunks } = found;
+    let recorded = SnapshotRow {
+        added_at: existing.added_at,
+        ..row.clone()
+    };
+    if existing == recorded && db::snapshots::snapshot_files(conn, &row.digest)? == *files {
+        if backfill_chunk_lists(conn, &row.digest, files, chunks)? {
+            report.chunk_lists_backfilled.push(row.digest);
+        }
+        return Ok(());
+    }
+    db::snapshots::delete_snapshot(conn, &existing.digest)?;
+    db::chunks::insert_snapshot_with_chunks(conn, &recorded, files, chunks)?;
+    report.adopted_snapshots.push(row.digest);
+    Ok(())
+}
+
+/// Drop the rows of snapshots whose directories are gone.
+fn drop_missing_snapshots(
+    conn: &Connection,
+    found: &[FoundSnapshot],
+    report: &mut ReindexReport,
+) -> Result<()> {
+    for row in db::snapshots::all_snapshots(conn)? {
+        if !found.iter().any(|f| f.row.digest == row.digest) {
+            db::snapshots::delete_snapshot(conn, &row.digest)?;
+            report
+                .dropped
+                .push(format!("snapshot {} ({})", row.name, row.digest));
+        }
+    }
+    Ok(())
+}
+
+/// Give each cache file on disk a row that matches it, and drop the rows of
+/// files that are gone (held files keep theirs).
+fn record_cache_files(
+    conn: &Connection,
+    cache: &CacheScan,
+    now: i64,
+    report: &mut ReindexReport,
+) -> Result<()> {
+    for (file, size, digest) in &cache.rows {
+        match db::images::cache_file(conn, file)? {
+            Some(row) if row.digest == *digest && row.size == *size => {}
+            Some(_) => {
+                db::images::delete_cache_file(conn, file)?;
+                db::images::insert_cache_file(conn, file, *size, digest, now)?;
+                report.adopted_cache_files.push(file.rel_path());
+            }
+            None => {
+                db::images::insert_cache_file(conn, file, *size, digest, now)?;
+                report.adopted_cache_files.push(file.rel_path());
+            }
+        }
+    }
+    for row in db::images::all_cache_files(conn)? {
+        if !cache.held.contains(&row.path)
+            && !cache.rows.iter().any(|(f, ..)| f.rel_path() == row.path)
+        {
+            db::images::delete_cache_path(conn, &row.path)?;
+            report.dropped.push(format!("cache/{}", row.path));
+        }
+    }
+    Ok(())
+}
+
+/// Drop the images whose metadata file is gone.
+fn drop_stale_images(
+    conn: &Connection,
+    cache_rows: &[(CacheFile, u64, Digest)],
+    report: &mut ReindexReport,
+) -> Result<()> {
+    let on_disk: Vec<String> = cache_rows.iter().map(|(f, ..)| f.rel_path()).collect();
+    let stale_images: Vec<Digest> = db::gc::images_with_layers(conn)?
+        .into_iter()
+        .filter(|i| {
+            CacheFile::parse_rel(&i.metadata_file).is_none() || !on_disk.contains(&i.metadata_file)
+        })
+        .map(|i| i.manifest_digest)
+        .collect();
+    db::gc::delete_rows(conn, &[], &stale_images, &[])?;
+    report
+        .dropped
+        .extend(stale_images.iter().map(|d| format!("image {d}")));
+    Ok(())
+}
+
+/// Record each image whose metadata file is on disk, rewriting a damaged
+/// image row from its metadata file, which is the truth.
+fn record_images(
+    conn: &Connection,
+    images: &[(ImageMetadata, CacheFile)],
+    snapshots: &[FoundSnapshot],
+    report: &mut ReindexReport,
+) -> Result<()> {
+    for (meta, file) in images {
+        if let Some(row) = db::images::image_by_digest(conn, &meta.manifest_digest)?
+            && (row.config_digest != meta.config_digest
+                || row.metadata_file != file.rel_path()
+                || db::images::image_layers(conn, &meta.manifest_digest)? != meta.layers)
+        {
+            db::gc::delete_rows(conn, &[], &[meta.manifest_digest], &[])?;
+        }
+        let reference = snapshots
+            .iter()
+            .map(|f| &f.row.image_ref)
+            .find(|r| CacheFile::metadata_for_ref(r) == *file)
+            .map(|r| r.as_str());
+        if db::images::insert_image(conn, meta, file, reference)? {
+            report.adopted_images.push(meta.manifest_digest);
+        }
+    }
+    Ok(())
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
@@ -284,7 +382,7 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, std::path::PathBuf)>> {
 /// Record the chunk lists of an indexed snapshot's files that have none yet,
 /// when the files hashed now are the ones its rows record; whether it did.
 fn backfill_chunk_lists(
-    conn: &rusqlite::Connection,
+    conn: &Connection,
     snapshot: &Digest,
     files: &[SnapshotFileRow],
     chunks: &[(String, ChunkList)],

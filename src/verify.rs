@@ -9,15 +9,16 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::chunk::{CHUNK_SIZE, ChunkList};
-use crate::db::gc::ImageLayers;
+use crate::db::gc::{CacheEntry, ImageLayers};
 use crate::db::{self, ImportState, SnapshotFileRow, SnapshotRow};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::files::read_limited;
-use crate::gc::{KeptReason, RemovalKind, plan, survey};
+use crate::gc::{Kept, KeptReason, RemovalKind, plan, survey};
 use crate::image::{CacheFile, CacheKind};
 use crate::layout::SnapshotName;
 use crate::manifest::{Integrity, MAX_MANIFEST_BYTES, Manifest};
@@ -147,73 +148,77 @@ impl Registry {
         let mut problems = Vec::new();
         let mut checks = Vec::new();
         let tx = self.db().read()?;
+        let snapshots = self.indexed_snapshots(&tx, reference, &mut checks, &mut problems)?;
+        let (images, cache) = indexed_cache(&tx, reference.is_some(), &snapshots)?;
+        drop(tx);
+        problems.extend(image_problems(&images, &cache));
+        self.cache_checks(&cache, &mut checks, &mut problems);
+        let (checked_files, checked_bytes) =
+            self.run_checks(checks, content, progress, &mut problems)?;
+        let (debris, unfinished_imports, home) = if reference.is_none() {
+            self.survey_disk(&mut problems)?
+        } else {
+            let (_, home) = shared_home::roots(self.layout(), false);
+            (Vec::new(), Vec::new(), home)
+        };
+
+        problems.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
+        Ok(VerifyReport {
+            ok: problems.is_empty(),
+            problems,
+            checked_files,
+            checked_bytes,
+            content,
+            debris,
+            unfinished_imports,
+            microsandbox: home,
+        })
+    }
+
+    /// The snapshots to check (`reference` alone, or all), with a check
+    /// for each of their files.
+    fn indexed_snapshots(
+        &self,
+        conn: &Connection,
+        reference: Option<&str>,
+        checks: &mut Vec<Check>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<Vec<SnapshotRow>> {
         let (snapshots, mut files) = match reference {
             Some(r) => {
                 let row = self.resolve(r)?;
-                let files = db::snapshots::snapshot_files(&tx, &row.digest)?;
+                let files = db::snapshots::snapshot_files(conn, &row.digest)?;
                 let by_digest = HashMap::from([(row.digest, files)]);
                 (vec![row], by_digest)
             }
             None => {
                 let mut by_digest: HashMap<Digest, Vec<SnapshotFileRow>> = HashMap::new();
-                for (digest, f) in db::gc::all_snapshot_files(&tx)? {
+                for (digest, f) in db::gc::all_snapshot_files(conn)? {
                     by_digest.entry(digest).or_default().push(f);
                 }
-                (db::snapshots::all_snapshots(&tx)?, by_digest)
+                (db::snapshots::all_snapshots(conn)?, by_digest)
             }
         };
         for s in &snapshots {
             self.snapshot_checks(
                 s,
                 files.remove(&s.digest).unwrap_or_default(),
-                &mut checks,
-                &mut problems,
+                checks,
+                problems,
             );
         }
+        Ok(snapshots)
+    }
 
-        let mut images = db::gc::images_with_layers(&tx)?;
-        let mut cache = db::gc::cache_entries(&tx)?;
-        if reference.is_some() {
-            let pinned: HashSet<Digest> =
-                snapshots.iter().map(|s| s.image_manifest_digest).collect();
-            images.retain(|i| pinned.contains(&i.manifest_digest));
-            let wanted: HashSet<String> = images
-                .iter()
-                .flat_map(image_files)
-                .map(|f| f.rel_path())
-                .collect();
-            cache.retain(|c| wanted.contains(&c.path));
-        }
-        drop(tx);
-        let recorded: HashSet<&str> = cache.iter().map(|c| c.path.as_str()).collect();
-        for image in &images {
-            if CacheFile::parse_rel(&image.metadata_file).is_none() {
-                problems.push(Problem {
-                    kind: ProblemKind::BadRow,
-                    path: format!("images/{}", image.manifest_digest),
-                    digest: Some(image.manifest_digest),
-                    detail: format!(
-                        "metadata_file {:?} is not a cache file name; run `msb-registry reindex`",
-                        image.metadata_file
-                    ),
-                });
-            }
-            for f in image_files(image) {
-                let rel = f.rel_path();
-                if !recorded.contains(rel.as_str()) {
-                    problems.push(Problem {
-                        kind: ProblemKind::MissingRow,
-                        path: format!("cache/{rel}"),
-                        digest: Some(image.manifest_digest),
-                        detail: format!(
-                            "image {} needs it but it has no row",
-                            image.manifest_digest
-                        ),
-                    });
-                }
-            }
-        }
-        for c in &cache {
+    /// A check for each recorded cache file; a row whose path is not a
+    /// cache file name is a problem instead.
+    fn cache_checks(
+        &self,
+        cache: &[CacheEntry],
+        checks: &mut Vec<Check>,
+        problems: &mut Vec<Problem>,
+    ) {
+        for c in cache {
             let Some(file) = CacheFile::parse_rel(&c.path) else {
                 problems.push(Problem {
                     kind: ProblemKind::BadRow,
@@ -237,7 +242,17 @@ impl Registry {
                 file: String::new(),
             });
         }
+    }
 
+    /// Stat every check, and with `content` re-hash those that stat clean;
+    /// the number of files and their recorded bytes.
+    fn run_checks(
+        &self,
+        checks: Vec<Check>,
+        content: bool,
+        progress: &dyn Progress,
+        problems: &mut Vec<Problem>,
+    ) -> Result<(u64, u64)> {
         let mut checked_files = 0;
         let mut checked_bytes = 0;
         let mut to_hash = Vec::new();
@@ -263,73 +278,71 @@ impl Registry {
             problems.extend(content_problems(check, recorded, progress));
         }
         progress.finish();
+        Ok((checked_files, checked_bytes))
+    }
 
-        let (debris, unfinished_imports, home) = if reference.is_none() {
-            let survey = survey(self)?;
-            let planned = plan(
-                &survey.index,
-                &survey.listing,
-                &survey.live,
-                db::now_unix(),
-                0,
-            );
-            // An unindexed cache file is already a missing-row problem.
-            for k in planned
-                .kept
-                .iter()
-                .filter(|k| k.reason == KeptReason::Unindexed && k.path.starts_with("snapshots/"))
-            {
-                let indexed = match &k.digest {
-                    Some(d) => db::snapshots::snapshot_by_digest(self.db().conn(), d)?,
-                    None => None,
-                };
-                let detail = match indexed {
-                    Some(row) => format!(
-                        "a copy of snapshot {}, which the index holds under that name; gc keeps it: remove the copy yourself",
-                        row.name
-                    ),
-                    None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
-                };
-                problems.push(Problem {
-                    kind: ProblemKind::Unindexed,
-                    path: k.path.clone(),
-                    digest: k.digest,
-                    detail,
-                });
-            }
-            let debris = planned
-                .removals
-                .into_iter()
-                .filter(|r| matches!(r.kind, RemovalKind::Debris | RemovalKind::Staging))
-                .map(|r| r.path)
-                .collect();
-            let unfinished = survey
-                .index
-                .imports
-                .iter()
-                .filter(|i| matches!(i.state, ImportState::Staging | ImportState::Promoting))
-                .map(|i| UnfinishedImport {
-                    id: i.id.clone(),
-                    state: i.state,
-                    live: survey.live.contains(&i.id),
-                })
-                .collect();
-            (debris, unfinished, survey.home)
-        } else {
-            let (_, home) = shared_home::roots(self.layout(), false);
-            (Vec::new(), Vec::new(), home)
+    /// Survey the whole disk as gc does: unindexed snapshot directories are
+    /// problems; returns the debris, the unfinished imports and what the
+    /// root shares with microsandbox.
+    fn survey_disk(
+        &self,
+        problems: &mut Vec<Problem>,
+    ) -> Result<(Vec<String>, Vec<UnfinishedImport>, HomeReport)> {
+        let survey = survey(self)?;
+        let planned = plan(
+            &survey.index,
+            &survey.listing,
+            &survey.live,
+            db::now_unix(),
+            0,
+        );
+        // An unindexed cache file is already a missing-row problem.
+        for k in planned
+            .kept
+            .iter()
+            .filter(|k| k.reason == KeptReason::Unindexed && k.path.starts_with("snapshots/"))
+        {
+            problems.push(self.unindexed_problem(k)?);
+        }
+        let debris = planned
+            .removals
+            .into_iter()
+            .filter(|r| matches!(r.kind, RemovalKind::Debris | RemovalKind::Staging))
+            .map(|r| r.path)
+            .collect();
+        let unfinished = survey
+            .index
+            .imports
+            .iter()
+            .filter(|i| matches!(i.state, ImportState::Staging | ImportState::Promoting))
+            .map(|i| UnfinishedImport {
+                id: i.id.clone(),
+                state: i.state,
+                live: survey.live.contains(&i.id),
+            })
+            .collect();
+        Ok((debris, unfinished, survey.home))
+    }
+
+    /// The problem of a snapshot directory gc keeps because it has no row:
+    /// a copy of an indexed snapshot, or one `reindex` would adopt.
+    fn unindexed_problem(&self, kept: &Kept) -> Result<Problem> {
+        let indexed = match &kept.digest {
+            Some(d) => db::snapshots::snapshot_by_digest(self.db().conn(), d)?,
+            None => None,
         };
-
-        problems.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
-        Ok(VerifyReport {
-            ok: problems.is_empty(),
-            problems,
-            checked_files,
-            checked_bytes,
-            content,
-            debris,
-            unfinished_imports,
-            microsandbox: home,
+        let detail = match indexed {
+            Some(row) => format!(
+                "a copy of snapshot {}, which the index holds under that name; gc keeps it: remove the copy yourself",
+                row.name
+            ),
+            None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
+        };
+        Ok(Problem {
+            kind: ProblemKind::Unindexed,
+            path: kept.path.clone(),
+            digest: kept.digest,
+            detail,
         })
     }
 
@@ -403,6 +416,60 @@ impl Registry {
             });
         }
     }
+}
+
+/// The cached images and cache rows to check: all of them, or with
+/// `one_snapshot` only those of the images `snapshots` pin.
+fn indexed_cache(
+    conn: &Connection,
+    one_snapshot: bool,
+    snapshots: &[SnapshotRow],
+) -> Result<(Vec<ImageLayers>, Vec<CacheEntry>)> {
+    let mut images = db::gc::images_with_layers(conn)?;
+    let mut cache = db::gc::cache_entries(conn)?;
+    if one_snapshot {
+        let pinned: HashSet<Digest> = snapshots.iter().map(|s| s.image_manifest_digest).collect();
+        images.retain(|i| pinned.contains(&i.manifest_digest));
+        let wanted: HashSet<String> = images
+            .iter()
+            .flat_map(image_files)
+            .map(|f| f.rel_path())
+            .collect();
+        cache.retain(|c| wanted.contains(&c.path));
+    }
+    Ok((images, cache))
+}
+
+/// Image rows whose metadata file is not a cache file name, and files an
+/// image needs that have no cache row.
+fn image_problems(images: &[ImageLayers], cache: &[CacheEntry]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let recorded: HashSet<&str> = cache.iter().map(|c| c.path.as_str()).collect();
+    for image in images {
+        if CacheFile::parse_rel(&image.metadata_file).is_none() {
+            problems.push(Problem {
+                kind: ProblemKind::BadRow,
+                path: format!("images/{}", image.manifest_digest),
+                digest: Some(image.manifest_digest),
+                detail: format!(
+                    "metadata_file {:?} is not a cache file name; run `msb-registry reindex`",
+                    image.metadata_file
+                ),
+            });
+        }
+        for f in image_files(image) {
+            let rel = f.rel_path();
+            if !recorded.contains(rel.as_str()) {
+                problems.push(Problem {
+                    kind: ProblemKind::MissingRow,
+                    path: format!("cache/{rel}"),
+                    digest: Some(image.manifest_digest),
+                    detail: format!("image {} needs it but it has no row", image.manifest_digest),
+                });
+            }
+        }
+    }
+    problems
 }
 
 /// Every cache file an image needs: metadata, fsmeta, vmdk, layers.

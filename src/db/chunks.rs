@@ -5,9 +5,25 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::snapshots::{SnapshotFileRow, SnapshotRow};
 use crate::chunk::{Chunk, ChunkList};
 use crate::digest::Digest;
 use crate::error::Result;
+
+/// Record a snapshot's row, its files' rows and their chunk lists (inside
+/// the caller's transaction).
+pub fn insert_snapshot_with_chunks(
+    conn: &Connection,
+    row: &SnapshotRow,
+    files: &[SnapshotFileRow],
+    chunks: &[(String, ChunkList)],
+) -> Result<()> {
+    super::snapshots::insert_snapshot(conn, row, files)?;
+    for (path, list) in chunks {
+        insert_chunk_list(conn, &row.digest, path, list)?;
+    }
+    Ok(())
+}
 
 /// Record the chunk list of `path` of `snapshot`, whose file row must exist
 /// (inside the caller's transaction).
@@ -104,7 +120,54 @@ pub struct UsageRow {
 /// chunk arrives with all the files holding it, and each figure is settled
 /// chunk by chunk in one pass (no sort, no per-row lookup).
 pub fn usage(conn: &Connection) -> Result<Vec<UsageRow>> {
-    let mut rows: Vec<UsageRow> = conn
+    let mut rows = usage_rows(conn)?;
+    let index: HashMap<Digest, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.digest, i))
+        .collect();
+    let parent: Vec<Option<usize>> = rows
+        .iter()
+        .map(|r| r.parent.and_then(|p| index.get(&p).copied()))
+        .collect();
+    let owner = list_owners(conn, &index)?;
+    let mut lengths = conn.prepare("SELECT id, length FROM chunks ORDER BY id")?;
+    let mut lengths = lengths.query([])?;
+    let mut length_of = |chunk: i64| -> Result<u64> {
+        while let Some(r) = lengths.next()? {
+            if r.get::<_, i64>(0)? == chunk {
+                return Ok(r.get::<_, i64>(1)? as u64);
+            }
+        }
+        Err(rusqlite::Error::QueryReturnedNoRows.into())
+    };
+    let mut entries = conn.prepare(
+        "SELECT chunk, list FROM file_chunks INDEXED BY file_chunks_chunk ORDER BY chunk, list",
+    )?;
+    let mut entries = entries.query([])?;
+    let mut current: Option<i64> = None;
+    let mut holders: Vec<usize> = Vec::new();
+    while let Some(r) = entries.next()? {
+        let chunk: i64 = r.get(0)?;
+        let list: i64 = r.get(1)?;
+        if current != Some(chunk) {
+            if let Some(done) = current {
+                settle(length_of(done)?, &mut holders, &parent, &mut rows);
+            }
+            current = Some(chunk);
+        }
+        holders.push(owner[list as usize]);
+    }
+    if let Some(done) = current {
+        settle(length_of(done)?, &mut holders, &parent, &mut rows);
+    }
+    Ok(rows)
+}
+
+/// Every snapshot by name with its logical bytes and whether all its files
+/// have chunk lists; the chunk figures still zero.
+fn usage_rows(conn: &Connection) -> Result<Vec<UsageRow>> {
+    Ok(conn
         .prepare(
             "SELECT s.digest, s.name, p.digest, coalesce(sum(f.size), 0),
                     count(f.path) = count(l.id)
@@ -126,17 +189,12 @@ pub fn usage(conn: &Connection) -> Result<Vec<UsageRow>> {
                 new: 0,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
-    let index: HashMap<Digest, usize> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.digest, i))
-        .collect();
-    let parent: Vec<Option<usize>> = rows
-        .iter()
-        .map(|r| r.parent.and_then(|p| index.get(&p).copied()))
-        .collect();
-    // List ids are dense (INTEGER PRIMARY KEY), so a vector maps them to snapshots.
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// For each chunk list id, the position in `index` of the snapshot that
+/// owns it. List ids are dense (INTEGER PRIMARY KEY), so a vector maps them.
+fn list_owners(conn: &Connection, index: &HashMap<Digest, usize>) -> Result<Vec<usize>> {
     let mut owner: Vec<usize> = Vec::new();
     let mut lists = conn.prepare("SELECT id, snapshot FROM chunk_lists")?;
     let mut lists = lists.query([])?;
@@ -148,55 +206,27 @@ pub fn usage(conn: &Connection) -> Result<Vec<UsageRow>> {
         }
         owner[id] = index[&snapshot];
     }
-    let mut lengths = conn.prepare("SELECT id, length FROM chunks ORDER BY id")?;
-    let mut lengths = lengths.query([])?;
-    let mut length_of = |chunk: i64| -> Result<u64> {
-        while let Some(r) = lengths.next()? {
-            if r.get::<_, i64>(0)? == chunk {
-                return Ok(r.get::<_, i64>(1)? as u64);
-            }
-        }
-        Err(rusqlite::Error::QueryReturnedNoRows.into())
-    };
-    let mut entries = conn.prepare(
-        "SELECT chunk, list FROM file_chunks INDEXED BY file_chunks_chunk ORDER BY chunk, list",
-    )?;
-    let mut entries = entries.query([])?;
-    let mut current: Option<i64> = None;
-    let mut holders: Vec<usize> = Vec::new();
-    let mut settle = |chunk: i64, holders: &mut Vec<usize>, rows: &mut [UsageRow]| -> Result<()> {
-        let length = length_of(chunk)?;
-        for &s in holders.iter() {
-            rows[s].data += length;
-        }
-        holders.sort_unstable();
-        holders.dedup();
-        if let [only] = holders[..] {
-            rows[only].unique += length;
-        }
-        for &s in holders.iter() {
-            if parent[s].is_none_or(|p| holders.binary_search(&p).is_err()) {
-                rows[s].new += length;
-            }
-        }
-        holders.clear();
-        Ok(())
-    };
-    while let Some(r) = entries.next()? {
-        let chunk: i64 = r.get(0)?;
-        let list: i64 = r.get(1)?;
-        if current != Some(chunk) {
-            if let Some(done) = current {
-                settle(done, &mut holders, &mut rows)?;
-            }
-            current = Some(chunk);
-        }
-        holders.push(owner[list as usize]);
+    Ok(owner)
+}
+
+/// Count one chunk of `length` bytes for the snapshots holding it (one
+/// entry per file that holds it): data for each, unique for a sole holder,
+/// new for each whose parent does not hold it. Empties `holders`.
+fn settle(length: u64, holders: &mut Vec<usize>, parent: &[Option<usize>], rows: &mut [UsageRow]) {
+    for &s in holders.iter() {
+        rows[s].data += length;
     }
-    if let Some(done) = current {
-        settle(done, &mut holders, &mut rows)?;
+    holders.sort_unstable();
+    holders.dedup();
+    if let [only] = holders[..] {
+        rows[only].unique += length;
     }
-    Ok(rows)
+    for &s in holders.iter() {
+        if parent[s].is_none_or(|p| holders.binary_search(&p).is_err()) {
+            rows[s].new += length;
+        }
+    }
+    holders.clear();
 }
 
 /// Bytes of the distinct chunks of the whole registry, and how many there are.

@@ -494,15 +494,36 @@ fn plan_debris(
     young_since: i64,
     plan: &mut GcPlan,
 ) {
-    let debris = |path: String, e: &DiskEntry, plan: &mut GcPlan| {
-        if leased.covers(&path) {
+    let rule = Debris {
+        listing,
+        leased,
+        young_since,
+    };
+    plan_cache_debris(index, listing, &rule, plan);
+    if index.microsandbox != MicrosandboxRoots::Unknown {
+        plan_snapshot_debris(index, listing, &rule, plan);
+    }
+}
+
+/// What decides whether an entry without a row goes: not while an import
+/// holds it, its lock is held, or it is young.
+struct Debris<'a> {
+    listing: &'a Listing,
+    leased: &'a Leased<'a>,
+    young_since: i64,
+}
+
+impl Debris<'_> {
+    /// Remove `path` (entry `e`) as debris, or keep it with the reason.
+    fn take(&self, path: String, e: &DiskEntry, plan: &mut GcPlan) {
+        if self.leased.covers(&path) {
             return;
         }
-        if listing.held.contains(&path) {
+        if self.listing.held.contains(&path) {
             plan.kept.push(Kept::new(KeptReason::LockHeld, path));
             return;
         }
-        if e.changed > young_since {
+        if e.changed > self.young_since {
             plan.kept.push(Kept::new(KeptReason::Young, path));
             return;
         }
@@ -517,7 +538,12 @@ fn plan_debris(
             path,
             bytes: e.bytes,
         });
-    };
+    }
+}
+
+/// Cache artifacts without rows: kept when an image pins them (a missing
+/// row, not debris) or microsandbox may use them, removed otherwise.
+fn plan_cache_debris(index: &IndexView, listing: &Listing, rule: &Debris, plan: &mut GcPlan) {
     let mut rel = String::new();
     for (kind, e) in &listing.cache {
         if !foreign::is_cache_artifact_name(*kind, &e.name) {
@@ -535,24 +561,30 @@ fn plan_debris(
                 plan.kept.push(Kept::new(reason, cache_rel(&rel)));
                 continue;
             }
-            debris(cache_rel(&rel), e, plan);
+            rule.take(cache_rel(&rel), e, plan);
         }
     }
-    let sweep_snapshots = index.microsandbox != MicrosandboxRoots::Unknown;
-    for (top, children) in listing.snapshots.iter().filter(|_| sweep_snapshots) {
+}
+
+/// Snapshot directories without rows (kept when they hold a valid manifest:
+/// `reindex` adopts them) and files without rows inside indexed ones.
+fn plan_snapshot_debris(index: &IndexView, listing: &Listing, rule: &Debris, plan: &mut GcPlan) {
+    for (top, children) in &listing.snapshots {
         if !foreign::is_snapshot_dir_name(&top.name) {
             continue;
         }
         let path = format!("snapshots/{}", top.name);
         match index.snapshots.get(&top.name) {
             None => match listing.manifests.get(&top.name) {
-                Some(digest) if !index.removing.contains(&top.name) && !leased.covers(&path) => {
+                Some(digest)
+                    if !index.removing.contains(&top.name) && !rule.leased.covers(&path) =>
+                {
                     plan.kept.push(Kept {
                         digest: Some(*digest),
                         ..Kept::new(KeptReason::Unindexed, path)
                     });
                 }
-                _ => debris(path, top, plan),
+                _ => rule.take(path, top, plan),
             },
             Some(files) if top.dir => {
                 for c in children {
@@ -560,7 +592,7 @@ fn plan_debris(
                         continue;
                     }
                     if c.dir || !files.contains(&c.name) {
-                        debris(format!("{path}/{}", c.name), c, plan);
+                        rule.take(format!("{path}/{}", c.name), c, plan);
                     }
                 }
             }

@@ -308,12 +308,8 @@ pub fn import_through_stalling_pipe(
     first_stall: Duration,
     seed: u64,
 ) -> crate::util::Run {
-    let mut child = Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(["import", "-", "--json"])
-        .env_remove("MSB_REGISTRY_ROOT")
-        .env_remove("MSB_FAILPOINT")
+    let mut child = reg
+        .command(&["import", "-", "--json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

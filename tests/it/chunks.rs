@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 
 use msb_registry::chunk::CHUNK_SIZE;
 use msb_registry::digest::Digest;
-use serde::Deserialize;
 
+use crate::reports::{DuReport, Usage};
 use crate::util::{
     Reg, SnapSpec, chain_in_registry, logical_bytes, make_image_cache, make_snapshot,
 };
@@ -139,37 +139,6 @@ fn downgrade_to_v3(reg: &Reg) {
         )
         .unwrap();
     assert_eq!(version, 3);
-}
-
-#[derive(Debug, Deserialize)]
-struct DuReport {
-    snapshots: Vec<Usage>,
-    totals: Totals,
-    unindexed: u64,
-}
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-struct Usage {
-    name: String,
-    digest: Digest,
-    parent: Option<Digest>,
-    logical_bytes: u64,
-    data_bytes: u64,
-    unique_bytes: u64,
-    new_bytes: u64,
-    rm_frees_bytes: u64,
-    indexed: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct Totals {
-    snapshots: u64,
-    logical_bytes: u64,
-    data_bytes: u64,
-    unique_chunks: u64,
-    unique_chunk_bytes: u64,
-    allocated_bytes: u64,
-    dedup_ratio: f64,
 }
 
 #[test]

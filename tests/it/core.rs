@@ -1,43 +1,9 @@
 //! Registry core through the binary: add, list, show, lineage, sql, rm, reindex.
 
-use std::collections::BTreeMap;
-
 use msb_registry::digest::Digest;
-use serde::Deserialize;
 
+use crate::reports::{AddReport, LineageEntry, ListEntry};
 use crate::util::*;
-
-#[derive(Debug, Deserialize)]
-struct ListEntry {
-    digest: Digest,
-    name: String,
-    parent: Option<Digest>,
-    image_ref: String,
-    image_manifest_digest: Digest,
-    size_bytes: u64,
-    created_at: String,
-    labels: BTreeMap<String, String>,
-    shallow: bool,
-}
-
-#[derive(Debug, Deserialize, PartialEq)]
-struct LineageEntry {
-    digest: Digest,
-    name: Option<String>,
-    depth: u64,
-    #[serde(default)]
-    missing: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct AddReport {
-    digest: Digest,
-    name: String,
-    already_present: bool,
-    files: usize,
-    cache_files_installed: usize,
-    cache_files_skipped: usize,
-}
 
 #[test]
 fn add_list_show_lineage() {

@@ -16,7 +16,7 @@ use std::process::Command;
 use msb_registry::digest::Digest;
 use msb_registry::sample::{SnapshotSpec, write_manifest};
 
-use crate::tarcraft::{Flavour, Tar, header, seal};
+use crate::tarcraft::{Flavour, Tar, data_extents, header, seal};
 use crate::util::{Reg, chain_in_registry};
 
 /// One archive of the corpus.
@@ -231,12 +231,7 @@ pub fn handmade(work: &Path) -> Vec<Archive> {
     t.file(&format!("{prefix}/upper.ext4"), &upper);
     push("handmade-lone-zero-block", t.finish());
 
-    let extents: Vec<(u64, Vec<u8>)> = upper
-        .chunks(4096)
-        .enumerate()
-        .filter(|(_, c)| c.iter().any(|&b| b != 0))
-        .map(|(i, c)| ((i * 4096) as u64, c.to_vec()))
-        .collect();
+    let extents = data_extents(&upper);
     let mut t = base();
     t.sparse(
         &format!("{prefix}/upper.ext4"),

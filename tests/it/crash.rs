@@ -6,7 +6,6 @@
 //! that gc plus redoing the operation give exactly the clean result.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -312,17 +311,12 @@ pub enum Kill {
 /// Run the binary on `reg` with `point` (`name[@n]`) armed and assert that
 /// it died there: SIGABRT, or the pause line and then our SIGKILL.
 pub fn crash_at(reg: &Reg, args: &[&str], point: &str, kill: Kill) {
-    let name = point.split('@').next().unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.arg("--root")
-        .arg(reg.root())
-        .args(args)
-        .env_remove("MSB_REGISTRY_ROOT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
     match kill {
         Kill::Abort => {
-            let out = cmd
+            let out = reg
+                .command(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
                 .env(failpoint::ENV, format!("{point}:abort"))
                 .output()
                 .unwrap();
@@ -335,24 +329,7 @@ pub fn crash_at(reg: &Reg, args: &[&str], point: &str, kill: Kill) {
             );
         }
         Kill::PauseKill => {
-            let mut child = cmd
-                .env(failpoint::ENV, format!("{point}:pause"))
-                .spawn()
-                .unwrap();
-            let mut stderr = BufReader::new(child.stderr.take().unwrap());
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = stderr.read_line(&mut line).unwrap();
-                assert!(
-                    n > 0,
-                    "{point}: {args:?} ended before pausing: {:?}",
-                    child.wait()
-                );
-                if line.starts_with(&format!("failpoint {name}: paused")) {
-                    break;
-                }
-            }
+            let mut child = reg.held_at(args, point, Hold::Pause).child;
             child.kill().unwrap();
             let status = child.wait().unwrap();
             assert_eq!(status.signal(), Some(SIGKILL), "{point}");
@@ -711,12 +688,7 @@ impl Rng {
 }
 
 fn spawn(reg: &Reg, args: &[&str]) -> Child {
-    Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(args)
-        .env_remove("MSB_REGISTRY_ROOT")
-        .env_remove(failpoint::ENV)
+    reg.command(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -813,12 +785,8 @@ fn an_import_recovers_a_promotion_that_died_after_it_opened() {
     let f = fixture();
     let reg = Reg::new();
     reg.run(&["gc"]).ok();
-    let mut late = Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(["import", "-", "--name", "app"])
-        .env_remove("MSB_REGISTRY_ROOT")
-        .env_remove(failpoint::ENV)
+    let mut late = reg
+        .command(&["import", "-", "--name", "app"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

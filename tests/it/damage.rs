@@ -5,7 +5,7 @@
 //! lost, nothing panics or hangs, and every refusal says what to do.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -23,13 +23,8 @@ const HUNG: Duration = Duration::from_secs(120);
 /// Run the binary on `reg`, in its scratch directory (relative paths land
 /// there), and fail (rather than hang) when it does not end.
 fn bounded(reg: &Reg, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(bin());
+    let mut cmd = reg.command(args);
     cmd.current_dir(reg.dir.path())
-        .arg("--root")
-        .arg(reg.root())
-        .args(args)
-        .env_remove("MSB_REGISTRY_ROOT")
-        .env_remove("MSB_FAILPOINT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
@@ -55,26 +50,7 @@ struct Stopped {
 
 impl Stopped {
     fn at(reg: &Reg, args: &[&str], failpoint: &str) -> Stopped {
-        let mut child = Command::new(bin())
-            .arg("--root")
-            .arg(reg.root())
-            .args(args)
-            .env_remove("MSB_REGISTRY_ROOT")
-            .env("MSB_FAILPOINT", format!("{failpoint}:stop"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        while !line.contains("stopped") {
-            line.clear();
-            assert!(
-                stderr.read_line(&mut line).unwrap() > 0,
-                "{args:?} ended before {failpoint}: {:?}",
-                child.wait()
-            );
-        }
+        let Held { child, stderr } = reg.held_at(args, failpoint, Hold::Stop);
         Stopped { child, stderr }
     }
 
@@ -670,28 +646,12 @@ fn issue_12_read_commands_create_nothing() {
         &["verify"],
         &["export", "x", "-o", reg.path("x.tar").to_str().unwrap()],
     ] {
-        let run = Run::from(
-            Command::new(bin())
-                .arg("--root")
-                .arg(&typo)
-                .args(args)
-                .env_remove("MSB_REGISTRY_ROOT")
-                .output()
-                .unwrap(),
-        );
+        let run = Run::from(command_at(&typo, args).output().unwrap());
         run.fails(3, &format!("no registry at {}", typo.display()));
         assert!(!typo.exists(), "{args:?} created the root");
     }
     std::fs::create_dir(&typo).unwrap();
-    let run = Run::from(
-        Command::new(bin())
-            .arg("--root")
-            .arg(&typo)
-            .arg("list")
-            .env_remove("MSB_REGISTRY_ROOT")
-            .output()
-            .unwrap(),
-    );
+    let run = Run::from(command_at(&typo, &["list"]).output().unwrap());
     run.fails(3, "no registry at");
     assert_eq!(std::fs::read_dir(&typo).unwrap().count(), 0);
 }

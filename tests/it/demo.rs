@@ -1,10 +1,11 @@
 //! `demo`: the main job end to end through the binary.
 
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::{Reg, Run, bin};
+use crate::util::{Reg, Run, bin, command_at};
 
 /// Without `--root` on the command line the demo works in a new directory
 /// under TMPDIR and never touches the registry MSB_REGISTRY_ROOT names; the
@@ -36,16 +37,8 @@ fn demo_builds_exports_imports_and_verifies_away_from_the_env_registry() {
     assert_eq!(lineage_digests, snapshots.iter().collect::<Vec<_>>());
     assert_eq!(report["logical_bytes"], 3u64 << 30);
 
-    let there = |args: &[&str]| {
-        let out = Command::new(bin())
-            .arg("--root")
-            .arg(imported)
-            .args(args)
-            .env_remove("MSB_REGISTRY_ROOT")
-            .output()
-            .unwrap();
-        Run::from(out).ok()
-    };
+    let there =
+        |args: &[&str]| Run::from(command_at(Path::new(imported), args).output().unwrap()).ok();
     let listed: Vec<Value> = there(&["list", "--json"]).json();
     assert_eq!(listed.len(), 3);
     assert!(listed.iter().all(|s| s["shallow"] == false));

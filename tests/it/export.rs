@@ -9,18 +9,9 @@ use std::process::{Command, Stdio};
 
 use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata};
-use serde::Deserialize;
 
+use crate::reports::ExportReport;
 use crate::util::*;
-
-#[derive(Debug, Deserialize)]
-struct ExportReport {
-    archive: String,
-    bytes: u64,
-    snapshots: Vec<Digest>,
-    head: Digest,
-    cache_files: Vec<String>,
-}
 
 /// One member as its header describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -583,10 +574,8 @@ fn stdout_streams_the_same_bytes() {
     let reg = Reg::new();
     chain_in_registry(&reg);
     let (_, file_bytes) = export(&reg, &["app", "--with-parents", "--with-image"]);
-    let out = Command::new(bin())
-        .args(["--root", reg.root().to_str().unwrap()])
-        .args(["export", "app", "--with-parents", "--with-image", "-o", "-"])
-        .env_remove("MSB_FAILPOINT")
+    let out = reg
+        .command(&["export", "app", "--with-parents", "--with-image", "-o", "-"])
         .stderr(Stdio::piped())
         .output()
         .unwrap();

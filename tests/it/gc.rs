@@ -1,55 +1,13 @@
 //! gc and verify through the binary: what lives, what goes, live imports,
 //! dry runs, crash order, and corruption found by verify.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use msb_registry::digest::Digest;
 use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
-use serde::Deserialize;
 
+use crate::reports::{GcReport, Removed, VerifyReport};
 use crate::util::*;
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-struct Removed {
-    kind: String,
-    path: String,
-    bytes: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct GcJson {
-    dry_run: bool,
-    removed: Vec<Removed>,
-    files: usize,
-    bytes: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct ProblemJson {
-    kind: String,
-    path: String,
-    digest: Option<Digest>,
-    detail: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Unfinished {
-    id: String,
-    state: String,
-    live: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct VerifyJson {
-    ok: bool,
-    problems: Vec<ProblemJson>,
-    checked_files: u64,
-    checked_bytes: u64,
-    debris: Vec<String>,
-    unfinished_imports: Vec<Unfinished>,
-}
 
 fn cache_path(kind: CacheKind, key: Digest) -> String {
     format!("cache/{}", CacheFile { kind, key }.rel_path())
@@ -58,16 +16,16 @@ fn cache_path(kind: CacheKind, key: Digest) -> String {
 /// Run gc (after a dry run that must change nothing and announce exactly
 /// what the real run then removes); returns the real run's report. No
 /// grace period: the debris these tests make is seconds old.
-fn gc(reg: &Reg) -> GcJson {
+fn gc(reg: &Reg) -> GcReport {
     let before = (reg.tree(), reg.dump());
-    let dry: GcJson = reg.json(&["gc", "--dry-run", "--grace", "0"]);
+    let dry: GcReport = reg.json(&["gc", "--dry-run", "--grace", "0"]);
     assert!(dry.dry_run);
     assert_eq!(
         (reg.tree(), reg.dump()),
         before,
         "a dry run deleted something"
     );
-    let real: GcJson = reg.json(&["gc", "--grace", "0"]);
+    let real: GcReport = reg.json(&["gc", "--grace", "0"]);
     assert!(!real.dry_run);
     assert_eq!(
         real.removed, dry.removed,
@@ -86,14 +44,14 @@ fn gc(reg: &Reg) -> GcJson {
 
 /// `verify --content` passes with nothing left over.
 fn verify_clean(reg: &Reg) {
-    let v: VerifyJson = reg.json(&["verify", "--content"]);
+    let v: VerifyReport = reg.json(&["verify", "--content"]);
     assert!(v.ok, "{:?}", v.problems);
     assert!(v.debris.is_empty(), "{:?}", v.debris);
     assert!(v.unfinished_imports.is_empty());
     assert_eq!(v.checked_files == 0, v.checked_bytes == 0);
 }
 
-fn paths(r: &GcJson, kind: &str) -> Vec<String> {
+fn paths(r: &GcReport, kind: &str) -> Vec<String> {
     let mut v: Vec<String> = r
         .removed
         .iter()
@@ -141,22 +99,6 @@ fn image_sharing(
     write_image_metadata(dir, reference, seed, layers)
 }
 
-fn add_snapshot(reg: &Reg, name: &str, image: &ImageMetadata, reference: &str, cache: &Path) {
-    let dir = reg.path(&format!("src/{name}"));
-    let mut spec = SnapSpec::new(image).label("name", name);
-    spec.image.0 = reference.into();
-    make_snapshot(&dir, &spec);
-    reg.run(&[
-        "add",
-        dir.to_str().unwrap(),
-        "--name",
-        name,
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ])
-    .ok();
-}
-
 #[test]
 fn unpinned_image_goes_and_a_shared_layer_stays() {
     let reg = Reg::new();
@@ -164,9 +106,9 @@ fn unpinned_image_goes_and_a_shared_layer_stays() {
     let a = make_image_cache(&cache_a, "python:3.12", 1, &[4096, 8192]);
     let cache_b = reg.path("cache-b");
     let b = image_sharing(&cache_b, &cache_a, "alpine:3", 2, &a.layers[..1], 12288);
-    add_snapshot(&reg, "a", &a, "python:3.12", &cache_a);
-    add_snapshot(&reg, "b1", &b, "alpine:3", &cache_b);
-    add_snapshot(&reg, "b2", &b, "alpine:3", &cache_b);
+    add_pinned(&reg, "a", &a, "python:3.12", &cache_a);
+    add_pinned(&reg, "b1", &b, "alpine:3", &cache_b);
+    add_pinned(&reg, "b2", &b, "alpine:3", &cache_b);
 
     let nothing = gc(&reg);
     assert!(nothing.removed.is_empty(), "{:?}", nothing.removed);
@@ -258,7 +200,7 @@ fn debris_and_dead_imports_go() {
         .unwrap()
         .clone();
 
-    let before: VerifyJson = reg.json(&["verify"]);
+    let before: VerifyReport = reg.json(&["verify"]);
     assert!(before.ok, "debris is not corruption: {:?}", before.problems);
     // stray.tmp is outside the artifact grammar: not ours, so not debris (issue 16).
     assert_eq!(before.debris.len(), 5, "{:?}", before.debris);
@@ -319,7 +261,7 @@ fn a_live_import_keeps_its_files() {
     assert!(r.removed.is_empty(), "{:?}", r.removed);
     assert!(staged.exists());
     assert!(staging.join(format!("{id}.lock")).exists());
-    let v: VerifyJson = reg.json(&["verify"]);
+    let v: VerifyReport = reg.json(&["verify"]);
     assert!(v.ok);
     assert!(v.debris.is_empty(), "{:?}", v.debris);
     assert_eq!(v.unfinished_imports.len(), 1);
@@ -350,13 +292,13 @@ fn a_crash_after_the_rows_leaves_only_debris() {
     let reg = Reg::new();
     let cache = reg.path("cache");
     let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
-    add_snapshot(&reg, "only", &image, "python:3.12", &cache);
+    add_pinned(&reg, "only", &image, "python:3.12", &cache);
     reg.run(&["rm", "only"]).ok();
     let crashed = reg.run_env(&["gc"], &[("MSB_FAILPOINT", "gc.rows-deleted:abort")]);
     assert_ne!(crashed.code, 0);
     let rows: Vec<serde_json::Value> = reg.json(&["sql", "SELECT path FROM cache_files"]);
     assert!(rows.is_empty(), "rows were committed before the files went");
-    let v: VerifyJson = reg.json(&["verify"]);
+    let v: VerifyReport = reg.json(&["verify"]);
     assert!(v.ok, "{:?}", v.problems);
     assert_eq!(v.debris.len(), 4, "{:?}", v.debris);
     let r = gc(&reg);
@@ -373,7 +315,7 @@ fn verify_names_corrupt_and_missing_files() {
     let reg = Reg::new();
     let cache = reg.path("cache");
     let image = make_image_cache(&cache, "python:3.12", 4, &[8192]);
-    add_snapshot(&reg, "s", &image, "python:3.12", &cache);
+    add_pinned(&reg, "s", &image, "python:3.12", &cache);
     verify_clean(&reg);
     let layer = cache_path(CacheKind::Layers, image.layers[0].diff_id);
     let layer_file = reg.root().join(&layer);
@@ -389,7 +331,7 @@ fn verify_names_corrupt_and_missing_files() {
     assert!(run.stdout.contains(&layer), "{}", run.stdout);
     let json = reg.run(&["verify", "--content", "--json"]);
     assert_eq!(json.code, 5);
-    let v: VerifyJson = json.json();
+    let v: VerifyReport = json.json();
     assert!(!v.ok);
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert_eq!(v.problems[0].kind, "digest");
@@ -410,7 +352,7 @@ fn verify_names_corrupt_and_missing_files() {
         "{}",
         run.stdout
     );
-    let v: VerifyJson = reg.run(&["verify", "--json"]).json();
+    let v: VerifyReport = reg.run(&["verify", "--json"]).json();
     assert_eq!(v.problems.len(), 1);
     assert_eq!(v.problems[0].kind, "missing");
     assert_eq!(v.problems[0].path, "snapshots/s/upper.ext4");
@@ -419,7 +361,7 @@ fn verify_names_corrupt_and_missing_files() {
     let manifest = reg.root().join("snapshots/s/manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("\"name\":\"s\"", "\"name\":\"t\"")).unwrap();
-    let v: VerifyJson = reg.run(&["verify", "--content", "--json"]).json();
+    let v: VerifyReport = reg.run(&["verify", "--content", "--json"]).json();
     let kinds: Vec<&str> = v.problems.iter().map(|p| p.kind.as_str()).collect();
     assert_eq!(kinds, ["digest", "manifest"], "{:?}", v.problems);
     std::fs::write(&manifest, text).unwrap();
@@ -429,25 +371,7 @@ fn verify_names_corrupt_and_missing_files() {
 
 /// Start `args` with a failpoint that pauses it; return once it says so.
 fn paused(reg: &Reg, args: &[&str], failpoint: &str) -> std::process::Child {
-    let mut child = Command::new(bin())
-        .arg("--root")
-        .arg(reg.root())
-        .args(args)
-        .env("MSB_FAILPOINT", format!("{failpoint}:pause"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("paused") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "{args:?} ended before pausing"
-        );
-    }
-    child
+    reg.held_at(args, failpoint, Hold::Pause).child
 }
 
 #[test]

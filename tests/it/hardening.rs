@@ -358,13 +358,12 @@ const ENDLESS: &str =
 
 fn endless_sql(reg: &Reg, json: bool) -> std::process::Child {
     reg.run(&["gc"]).ok();
-    let mut cmd = Command::new(bin());
-    cmd.arg("--root").arg(reg.root());
-    if json {
-        cmd.arg("--json");
-    }
-    cmd.args(["sql", ENDLESS])
-        .env_remove("MSB_REGISTRY_ROOT")
+    let args: &[&str] = if json {
+        &["--json", "sql", ENDLESS]
+    } else {
+        &["sql", ENDLESS]
+    };
+    reg.command(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -98,19 +98,7 @@ struct Home {
 fn add_with_image(reg: &Reg, name: &str, reference: &str, seed: u8) -> ImageMetadata {
     let cache = reg.path(&format!("src-cache-{name}"));
     let image = make_image_cache(&cache, reference, seed, &[4096, 8192]);
-    let dir = reg.path(&format!("src/{name}"));
-    let mut spec = SnapSpec::new(&image).label("name", name);
-    spec.image.0 = reference.into();
-    make_snapshot(&dir, &spec);
-    reg.run(&[
-        "add",
-        dir.to_str().unwrap(),
-        "--name",
-        name,
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ])
-    .ok();
+    add_pinned(reg, name, &image, reference, &cache);
     image
 }
 

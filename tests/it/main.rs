@@ -1,6 +1,7 @@
 //! Integration tests: the real `msb-registry` binary against temporary
 //! registries, plus library-level checks. One binary, one module per area.
 
+mod archives;
 mod chaos;
 mod chunks;
 mod core;
@@ -15,10 +16,12 @@ mod export;
 mod gc;
 mod hardening;
 mod home;
-mod import;
+mod import_hostile;
+mod import_ok;
 mod layers;
 mod mutate;
 mod reader;
+mod reports;
 mod roundtrip;
 mod soak;
 mod tarcraft;

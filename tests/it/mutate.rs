@@ -28,31 +28,12 @@ use msb_registry::image::CacheFile;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
-use serde::Deserialize;
 
+use crate::reports::{ImportReport, ListEntry, VerifyReport};
 use crate::tarcraft::{Tar, seal, zstd};
 use crate::util::*;
 
 const BLOCK: usize = 512;
-
-#[derive(Debug, Deserialize)]
-struct ImportReport {
-    head: Digest,
-    imported: Vec<Digest>,
-    skipped: Vec<Digest>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListEntry {
-    digest: Digest,
-}
-
-#[derive(Debug, Deserialize)]
-struct VerifyReport {
-    ok: bool,
-    debris: Vec<String>,
-    unfinished_imports: Vec<serde_json::Value>,
-}
 
 /// One export of the chain.
 struct Variant {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use msb_registry::digest::Digest;
 use serde_json::Value;
@@ -182,19 +182,13 @@ fn export_to_stdout_pipes_into_import_from_stdin() {
     let src = Reg::new();
     chain_in_registry(&src);
     let dst = Reg::new();
-    let mut exporter = Command::new(bin())
-        .arg("--root")
-        .arg(src.root())
-        .args(["export", "app", "-o", "-", "--with-parents", "--with-image"])
-        .env_remove("MSB_REGISTRY_ROOT")
+    let mut exporter = src
+        .command(&["export", "app", "-o", "-", "--with-parents", "--with-image"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let importer = Command::new(bin())
-        .arg("--root")
-        .arg(dst.root())
-        .args(["import", "-", "--name", "app", "--json"])
-        .env_remove("MSB_REGISTRY_ROOT")
+    let importer = dst
+        .command(&["import", "-", "--name", "app", "--json"])
         .stdin(exporter.stdout.take().unwrap())
         .output()
         .unwrap();

@@ -105,16 +105,7 @@ fn assert_pinned_images_whole(reg: &Reg) {
 }
 
 fn run_in(root: &Path, args: &[&str]) -> Run {
-    Run::from(
-        Command::new(bin())
-            .arg("--root")
-            .arg(root)
-            .args(args)
-            .env_remove("MSB_REGISTRY_ROOT")
-            .env_remove("MSB_FAILPOINT")
-            .output()
-            .unwrap(),
-    )
+    Run::from(command_at(root, args).output().unwrap())
 }
 
 #[test]

@@ -199,6 +199,16 @@ impl Tar {
     }
 }
 
+/// The 4 KiB blocks of `bytes` that hold data, as sparse extents.
+pub fn data_extents(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    bytes
+        .chunks(4096)
+        .enumerate()
+        .filter(|(_, c)| c.iter().any(|&b| b != 0))
+        .map(|(i, c)| ((i * 4096) as u64, c.to_vec()))
+        .collect()
+}
+
 /// zstd-compress `bytes` (level 3, one frame).
 pub fn zstd(bytes: &[u8]) -> Vec<u8> {
     zstd_with(bytes, &[])

@@ -4,14 +4,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
-use msb_registry::digest::{Digest, LogicalSink, PlainSha256, SparseSha256V1};
-use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
-use msb_registry::manifest::{Format, ImagePin, Integrity, Manifest, Upper};
+use msb_registry::digest::Digest;
+use msb_registry::image::{ImageMetadata, LayerInfo};
+use msb_registry::sample;
 use serde::de::DeserializeOwned;
 
 /// Path of the binary under test.
@@ -28,6 +27,31 @@ pub fn fixtures() -> Option<PathBuf> {
         eprintln!("skipping: ../shared/fixtures is absent (only a full checkout has it)");
         None
     }
+}
+
+/// The binary as a [`Command`] with `--root` set to `root` and the
+/// environment that steers it (`MSB_REGISTRY_ROOT`, `MSB_FAILPOINT`) cleared.
+pub fn command_at(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg("--root").arg(root).args(args);
+    cmd.env_remove("MSB_REGISTRY_ROOT")
+        .env_remove("MSB_FAILPOINT");
+    cmd
+}
+
+/// How a failpoint holds the binary.
+#[derive(Debug, Clone, Copy)]
+pub enum Hold {
+    /// Sleeps until killed.
+    Pause,
+    /// Raises SIGSTOP; SIGCONT resumes it.
+    Stop,
+}
+
+/// A run of the binary held at a failpoint, and the rest of its stderr.
+pub struct Held {
+    pub child: Child,
+    pub stderr: BufReader<ChildStderr>,
 }
 
 /// The outcome of one run of the binary.
@@ -114,15 +138,72 @@ impl Reg {
         self.run_env(args, &[])
     }
 
+    /// Run the binary with `--root` set to this registry and `env` added.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::new(bin());
-        cmd.arg("--root").arg(self.root()).args(args);
-        cmd.env_remove("MSB_REGISTRY_ROOT")
-            .env_remove("MSB_FAILPOINT");
+        let mut cmd = self.command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
         Run::from(cmd.output().unwrap())
+    }
+
+    /// Run the binary with `--root` set to this registry and `input` on its
+    /// stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let (written, out) = std::thread::scope(|s| {
+            let writer = s.spawn(move || stdin.write_all(input));
+            let out = child.wait_with_output().unwrap();
+            (writer.join().unwrap(), out)
+        });
+        // The binary may stop reading early (a refusal): a broken pipe then
+        // is the expected end of the write, not a failure of the test.
+        if let Err(e) = written {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
+        Run::from(out)
+    }
+
+    /// Start `args` with the failpoint `point` (`name[@n]`) armed to hold
+    /// the binary there, and return once its stderr says it is held.
+    #[track_caller]
+    pub fn held_at(&self, args: &[&str], point: &str, hold: Hold) -> Held {
+        let name = point.split('@').next().unwrap();
+        let (action, said) = match hold {
+            Hold::Pause => ("pause", "paused"),
+            Hold::Stop => ("stop", "stopped"),
+        };
+        let mut child = self
+            .command(args)
+            .env("MSB_FAILPOINT", format!("{point}:{action}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with(&format!("failpoint {name}: {said}")) {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "{args:?} ended before {point}: {:?}",
+                child.wait()
+            );
+        }
+        Held { child, stderr }
+    }
+
+    /// The binary as a [`Command`] with `--root` set to this registry, for
+    /// tests that need pipes, signals or a child they wait on themselves.
+    pub fn command(&self, args: &[&str]) -> Command {
+        command_at(&self.root(), args)
     }
 
     /// Run and decode `--json` output.
@@ -173,95 +254,14 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) {
     }
 }
 
-/// How to build a test snapshot.
-#[derive(Clone)]
-pub struct SnapSpec {
-    pub parent: Option<Digest>,
-    /// Apparent size of the upper.
-    pub len: u64,
-    /// Data written at offsets; the rest is holes.
-    pub data: Vec<(u64, Vec<u8>)>,
-    /// `None`, `Some("sha256")` or `Some("msb-sparse-sha256-v1")`.
-    pub integrity: Option<&'static str>,
-    pub image: (String, Digest),
-    pub created_at: String,
-    pub labels: BTreeMap<String, String>,
-}
+/// How to build a test snapshot: the library's own sample builder.
+pub use msb_registry::sample::SnapshotSpec as SnapSpec;
 
-impl SnapSpec {
-    pub fn new(image: &ImageMetadata) -> Self {
-        SnapSpec {
-            parent: None,
-            len: 8 << 20,
-            data: vec![
-                (0, b"ext4 superblock".to_vec()),
-                (1 << 20, vec![0xab; 64 * 1024]),
-            ],
-            integrity: Some("msb-sparse-sha256-v1"),
-            image: ("python:3.12".into(), image.manifest_digest),
-            created_at: "2026-10-01T09:00:00Z".into(),
-            labels: BTreeMap::new(),
-        }
-    }
-
-    pub fn parent(mut self, d: Digest) -> Self {
-        self.parent = Some(d);
-        self
-    }
-
-    pub fn label(mut self, k: &str, v: &str) -> Self {
-        self.labels.insert(k.into(), v.into());
-        self
-    }
-}
-
-/// Write a snapshot directory `dir` from `spec`; returns its digest.
+/// Write a snapshot directory `dir` from `spec` with the library's sample
+/// builder; returns its digest.
+#[track_caller]
 pub fn make_snapshot(dir: &Path, spec: &SnapSpec) -> Digest {
-    std::fs::create_dir_all(dir).unwrap();
-    let upper = File::create(dir.join("upper.ext4")).unwrap();
-    upper.set_len(spec.len).unwrap();
-    for (off, bytes) in &spec.data {
-        upper.write_all_at(bytes, *off).unwrap();
-    }
-    let integrity = spec.integrity.map(|alg| {
-        let logical = logical_bytes(spec);
-        let digest = match alg {
-            "sha256" => {
-                let mut h = PlainSha256::default();
-                h.data(&logical);
-                h.finish()
-            }
-            _ => {
-                let mut h = SparseSha256V1::new(spec.len);
-                h.data(&logical);
-                h.finish()
-            }
-        };
-        Integrity {
-            algorithm: alg.into(),
-            digest: digest.to_string(),
-        }
-    });
-    let manifest = Manifest {
-        schema: 1,
-        format: Format::Raw,
-        fstype: "ext4".into(),
-        image: ImagePin {
-            reference: spec.image.0.clone(),
-            manifest_digest: spec.image.1,
-        },
-        parent: spec.parent,
-        created_at: spec.created_at.clone(),
-        labels: spec.labels.clone(),
-        upper: Upper {
-            file: "upper.ext4".into(),
-            size_bytes: spec.len,
-            integrity,
-        },
-        source_sandbox: Some("test".into()),
-    };
-    std::fs::write(dir.join("manifest.json"), manifest.canonical_bytes()).unwrap();
-    manifest.digest()
+    sample::write_snapshot(dir, spec).unwrap()
 }
 
 /// The logical bytes of a spec's upper (tests use small uppers).
@@ -275,96 +275,44 @@ pub fn logical_bytes(spec: &SnapSpec) -> Vec<u8> {
 
 /// Write a microsandbox-style image cache under `cache_dir` for `reference`
 /// with layers of the given sizes (multiples of 4096); returns its metadata.
+#[track_caller]
 pub fn make_image_cache(
     cache_dir: &Path,
     reference: &str,
     seed: u8,
     layer_sizes: &[u64],
 ) -> ImageMetadata {
-    for k in CacheKind::ALL {
-        std::fs::create_dir_all(cache_dir.join(k.as_str())).unwrap();
-    }
-    let mut layers = Vec::new();
-    for (i, size) in layer_sizes.iter().enumerate() {
-        let content: Vec<u8> = (0..*size)
-            .map(|j| (j as u8) ^ seed ^ (i as u8 * 31) | 1)
-            .collect();
-        let diff_id = Digest::of(&content);
-        let file = CacheFile {
-            kind: CacheKind::Layers,
-            key: diff_id,
-        };
-        std::fs::write(cache_dir.join(file.rel_path()), &content).unwrap();
-        layers.push(LayerInfo {
-            digest: Digest::of(&[seed, i as u8, 1]),
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            size_bytes: *size / 2,
-            diff_id,
-        });
-    }
-    write_image_metadata(cache_dir, reference, seed, layers)
+    sample::write_image_cache(cache_dir, reference, seed, layer_sizes).unwrap()
 }
 
 /// Write metadata (and fsmeta + vmdk) for an image with the given layers,
 /// whose layer files must already be in `cache_dir`.
+#[track_caller]
 pub fn write_image_metadata(
     cache_dir: &Path,
     reference: &str,
     seed: u8,
     layers: Vec<LayerInfo>,
 ) -> ImageMetadata {
-    let raw_config = format!(
-        "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":{}}}}}",
-        serde_json::to_string(
-            &layers
-                .iter()
-                .map(|l| l.diff_id.to_string())
-                .collect::<Vec<_>>()
-        )
-        .unwrap()
-    );
-    let raw_manifest = format!(
-        "{{\"schemaVersion\":2,\"config\":{{\"digest\":\"{}\"}},\"layers\":{}}}",
-        Digest::of(raw_config.as_bytes()),
-        serde_json::to_string(
-            &layers
-                .iter()
-                .map(|l| l.digest.to_string())
-                .collect::<Vec<_>>()
-        )
-        .unwrap()
-    );
-    let meta = ImageMetadata {
-        manifest_digest: Digest::of(raw_manifest.as_bytes()),
-        config_digest: Digest::of(raw_config.as_bytes()),
-        raw_manifest_json: raw_manifest,
-        raw_config_json: raw_config,
-        config: serde_json::Map::new(),
-        layers,
-    };
-    for k in CacheKind::ALL {
-        std::fs::create_dir_all(cache_dir.join(k.as_str())).unwrap();
-    }
-    std::fs::write(
-        cache_dir.join(CacheFile::metadata_for_ref(reference).rel_path()),
-        serde_json::to_vec(&meta).unwrap(),
-    )
-    .unwrap();
-    let fsmeta = CacheFile {
-        kind: CacheKind::Fsmeta,
-        key: meta.manifest_digest,
-    };
-    std::fs::write(cache_dir.join(fsmeta.rel_path()), vec![seed | 0x40; 8192]).unwrap();
-    let vmdk = CacheFile {
-        kind: CacheKind::Vmdk,
-        key: meta.manifest_digest,
-    };
-    std::fs::write(
-        cache_dir.join(vmdk.rel_path()),
-        format!("# Disk DescriptorFile seed {seed}\n"),
-    )
-    .unwrap();
-    meta
+    sample::write_image_metadata(cache_dir, reference, seed, layers).unwrap()
+}
+
+/// Add a sample snapshot `name` (labelled with its name) pinned to `image`
+/// under `reference`, taking the image's artifacts from `cache`.
+pub fn add_pinned(reg: &Reg, name: &str, image: &ImageMetadata, reference: &str, cache: &Path) {
+    let dir = reg.path(&format!("src/{name}"));
+    let mut spec = SnapSpec::new(image).label("name", name);
+    spec.image.0 = reference.into();
+    make_snapshot(&dir, &spec);
+    reg.run(&[
+        "add",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+    .ok();
 }
 
 /// A three-snapshot chain (base → deps → app) and its image cache, added to
