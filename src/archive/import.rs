@@ -15,8 +15,10 @@ use serde::Serialize;
 
 use super::check::{self, CheckedSet};
 use super::entry::{
-    DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, check_size, classify, manifest_first,
+    DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, carried_name, check_size, classify,
+    manifest_first,
 };
+use super::names::{self, NameFallback};
 use super::import_source::{self, OpenedSource, Pump, PumpError};
 use super::streamed::{StagedMember, Streamed, StreamedSnapshot};
 use super::tar_reader::{Chunk, ReadError, TarReader};
@@ -39,8 +41,10 @@ pub use super::import_source::ImportSource;
 /// Options of `import`.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Name for the head snapshot; the others are named by their archive
-    /// prefix. A head already present under another name is renamed to it.
+    /// Name for the head snapshot, over the name the archive carries; the
+    /// others take the names the archive carries when those are free, else
+    /// their archive prefix. A head already present under another name is
+    /// renamed to it.
     pub name: Option<String>,
     /// Largest logical size of one file; `None` means
     /// [`DEFAULT_MAX_FILE_BYTES`] (1 TiB).
@@ -66,6 +70,9 @@ pub struct ImportReport {
     pub cache_files_installed: usize,
     /// Cache files already present with the same content.
     pub cache_files_skipped: usize,
+    /// Names the archive carried that were not used (taken here, or not
+    /// valid names): those snapshots landed under their archive prefix.
+    pub name_fallbacks: Vec<NameFallback>,
     /// In a shared home whose snapshots this changed: how to refresh
     /// microsandbox's view (`msb snapshot reindex`); null otherwise.
     pub microsandbox_hint: Option<String>,
@@ -143,15 +150,15 @@ impl Registry {
         if !opts.allow_shallow {
             check::base_present(self.db().conn(), &streamed.snapshots)?;
         }
-        let names = streamed
-            .snapshots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match (&head_name, i == head) {
-                (Some(n), true) => Ok(n.clone()),
-                _ => s.prefix.parse::<SnapshotName>(),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let conn = self.db().conn();
+        let (names, name_fallbacks) = names::decide(
+            conn,
+            &layout,
+            &streamed.snapshots,
+            head,
+            head_name.as_ref(),
+            |d| Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some()),
+        )?;
         record(self, lease, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
@@ -199,6 +206,7 @@ impl Registry {
             skipped: outcome.skipped,
             cache_files_installed: outcome.cache_files_installed,
             cache_files_skipped: outcome.cache_files_skipped,
+            name_fallbacks,
         })
     }
 }
@@ -375,7 +383,10 @@ impl Stager<'_> {
                 | Member::CacheDir
                 | Member::CacheKindDir(_) => {}
                 Member::SnapshotFile { prefix, file } if file == MANIFEST_FILE => {
-                    self.manifest(reader, member_path, prefix, size).await?;
+                    let carried = header.comment.as_deref().and_then(carried_name);
+                    let carried = carried.map(<[u8]>::to_vec);
+                    self.manifest(reader, member_path, prefix, size, carried)
+                        .await?;
                 }
                 Member::SnapshotFile { prefix, file } => {
                     self.snapshot_file(reader, member_path, prefix, file, size)
@@ -398,6 +409,7 @@ impl Stager<'_> {
         member: String,
         prefix: String,
         size: u64,
+        carried_name: Option<Vec<u8>>,
     ) -> Result<()> {
         let mut bytes = vec![0u8; size as usize];
         let mut filled = 0;
@@ -451,6 +463,7 @@ impl Stager<'_> {
                     bytes: staged,
                 },
             )],
+            carried_name,
         });
         Ok(())
     }

@@ -222,6 +222,12 @@ fn dispatch(
                 allow_shallow,
             };
             let r = registry.import(&source, &opts, progress)?;
+            for f in &r.name_fallbacks {
+                eprintln!(
+                    "warning: {} came named {:?}, but {}; it is named {}",
+                    f.digest, f.carried, f.reason, f.name
+                );
+            }
             p.hint(r.microsandbox_hint.as_deref());
             summary(p, &r, render::import)
         }
