@@ -236,6 +236,15 @@ pub enum Error {
     /// A failpoint fired (crash-injection testing only).
     #[error("failpoint {0} fired")]
     Failpoint(String),
+
+    /// SIGINT or SIGTERM stopped an import or export (see `interrupt`).
+    #[error("interrupted by {}{}", crate::interrupt::name(*signal), if cleaned.is_empty() { String::new() } else { format!("; {cleaned}") })]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// What was removed on the way out, for the message.
+        cleaned: String,
+    },
 }
 
 impl Error {
@@ -254,6 +263,7 @@ impl Error {
                 exit::REJECTED
             }
             Error::ReadOnlySql(_) => exit::USAGE,
+            Error::Interrupted { signal, .. } => 128 + signal,
             Error::NoRegistry { .. } => exit::NOT_FOUND,
             Error::IndexLost { .. } => exit::INTEGRITY,
             Error::LockTimeout { .. } => exit::CONFLICT,

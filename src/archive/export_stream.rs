@@ -125,7 +125,12 @@ impl<'a, W: AsyncWrite + Unpin> MemberWriter<'a, W> {
         let p = &f.planned;
         let sparse = !self.dense && f.has_holes();
         if let Some(name) = p.carried_name.as_deref().filter(|_| !self.dense) {
-            let pax = tar::pax(&p.member, "comment", &format!("{NAME_COMMENT}{name}"), p.mtime)?;
+            let pax = tar::pax(
+                &p.member,
+                "comment",
+                &format!("{NAME_COMMENT}{name}"),
+                p.mtime,
+            )?;
             self.put(&pax).await?;
         }
         let headers = if sparse {

@@ -18,18 +18,19 @@ use super::entry::{
     DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, carried_name, check_size, classify,
     manifest_first,
 };
-use super::names::{self, NameFallback};
 use super::import_source::{self, OpenedSource, Pump, PumpError};
+use super::names::{self, NameFallback};
 use super::streamed::{StagedMember, Streamed, StreamedSnapshot};
 use super::tar_reader::{Chunk, ReadError, TarReader};
 use crate::db::{self, ImportState};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
-use crate::files::{CHUNK, Piece, is_zero};
+use crate::files::{CHUNK, Piece, is_zero, tree_allocated_bytes};
 use crate::image::CacheFile;
 use crate::install::install;
 use crate::journal::Lease;
+use crate::journal::lease::clear_dead_staging;
 use crate::layout::{Layout, SnapshotName};
 use crate::manifest::{Integrity, Manifest};
 use crate::progress::Progress;
@@ -102,10 +103,22 @@ impl Registry {
     ) -> Result<ImportReport> {
         let head_name = opts.name.as_deref().map(SnapshotName::chosen).transpose()?;
         let (layout, db) = self.parts();
+        clear_dead_staging(layout, db)?;
         let lease = Lease::acquire(layout, db, &source.label())?;
-        let result = self
+        let mut result = self
             .import_leased(&lease, source, opened, head_name, opts, progress)
             .map_err(|e| e.naming_archive(&source.display_name()));
+        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
+            let staging = lease.staging();
+            *cleaned = format!(
+                "removed this import's staging {} ({} bytes on disk); the registry is unchanged",
+                staging
+                    .strip_prefix(self.layout().root())
+                    .unwrap_or(staging)
+                    .display(),
+                tree_allocated_bytes(staging)
+            );
+        }
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.with_causes())),
@@ -164,6 +177,7 @@ impl Registry {
 
         let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
+        crate::interrupt::check()?;
 
         let head_row = &streamed.snapshots[head];
         let present = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?;
@@ -286,7 +300,15 @@ async fn read_archive(
         buf: vec![0u8; CHUNK],
         last: None,
     };
-    let outcome = stager.run(&mut reader).await;
+    let outcome = tokio::select! {
+        r = stager.run(&mut reader) => r,
+        e = crate::interrupt::wait() => Err(e),
+    };
+    if let Err(e @ Error::Interrupted { .. }) = outcome {
+        // The source may block for ever (a silent pipe): do not wait for it.
+        pump.abort();
+        return Err(e);
+    }
     let trailing = match &outcome {
         Ok(()) => reader.finish().await,
         Err(_) => Ok(()),

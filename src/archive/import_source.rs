@@ -162,6 +162,11 @@ impl Pump {
         (tar, Pump { consumed, handle })
     }
 
+    /// Stop the worker without waiting for it (an interrupted import).
+    pub fn abort(self) {
+        self.handle.abort();
+    }
+
     /// Wait for the worker (after the pipe's reader is gone); `Ok(true)`
     /// when the source was zstd. A worker cut short because the reader went
     /// away ends without error.

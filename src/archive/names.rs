@@ -97,7 +97,7 @@ fn refusal(
     }
     if layout.snapshot(&name).symlink_metadata().is_ok() {
         return Ok(Err(
-            "snapshots/ holds a directory of that name without a row".into()
+            "snapshots/ holds a directory of that name without a row".into(),
         ));
     }
     Ok(Ok(name))

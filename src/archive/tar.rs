@@ -220,7 +220,13 @@ mod tests {
         // Record lengths around 10 and 100 change the length's own digits.
         for n in 0..120 {
             let value = "v".repeat(n);
-            let p = pax("sha256-0123456789abcdef/manifest.json", "comment", &value, 7).unwrap();
+            let p = pax(
+                "sha256-0123456789abcdef/manifest.json",
+                "comment",
+                &value,
+                7,
+            )
+            .unwrap();
             let header = Header::from_byte_slice(&p[..BLOCK]);
             assert_eq!(header.entry_type(), EntryType::XHeader);
             assert_eq!(

@@ -208,7 +208,10 @@ fn dispatch(
             }
             rendered
         }
-        Command::Export(args) => export(registry, args, p, progress)?,
+        Command::Export(args) => {
+            crate::interrupt::install();
+            export(registry, args, p, progress)?
+        }
         Command::Import {
             archive,
             name,
@@ -216,6 +219,7 @@ fn dispatch(
             allow_shallow,
         } => {
             let source = ImportSource::from_arg(&archive);
+            crate::interrupt::install();
             let opts = ImportOptions {
                 name,
                 max_file_bytes: max_file_size,

@@ -227,9 +227,7 @@ pub fn content_tree(root: &Path) -> BTreeMap<String, Digest> {
             let renamed = path
                 .strip_prefix("snapshots/")
                 .and_then(|p| p.split_once('/'))
-                .and_then(|(dir, file)| {
-                    Some(format!("snapshots/{}/{file}", prefixes.get(dir)?))
-                });
+                .and_then(|(dir, file)| Some(format!("snapshots/{}/{file}", prefixes.get(dir)?)));
             (renamed.unwrap_or(path), digest)
         })
         .collect()

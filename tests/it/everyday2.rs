@@ -150,7 +150,9 @@ fn headers(bytes: &[u8]) -> Vec<&[u8]> {
     while at + 512 <= bytes.len() && bytes[at..at + 512].iter().any(|&b| b != 0) {
         let h = &bytes[at..at + 512];
         let size = u64::from_str_radix(
-            std::str::from_utf8(&h[124..135]).unwrap().trim_matches('\0'),
+            std::str::from_utf8(&h[124..135])
+                .unwrap()
+                .trim_matches('\0'),
             8,
         )
         .unwrap();
@@ -184,9 +186,14 @@ fn a_carried_name_taken_by_other_content_falls_back_to_the_prefix_and_says_so() 
         .ok();
     let before = listed(&dst);
 
-    let r = dst.run(&["import", archive.to_str().unwrap(), "--json"]).ok();
+    let r = dst
+        .run(&["import", archive.to_str().unwrap(), "--json"])
+        .ok();
     let report: Value = r.json();
-    let prefix = format!("sha256-{}", &digests[1].to_string()["sha256:".len()..][..16]);
+    let prefix = format!(
+        "sha256-{}",
+        &digests[1].to_string()["sha256:".len()..][..16]
+    );
     let fallbacks = report["name_fallbacks"].as_array().unwrap();
     assert_eq!(fallbacks.len(), 1, "{report}");
     assert_eq!(fallbacks[0]["digest"], digests[1].to_string());
@@ -205,7 +212,10 @@ fn a_carried_name_taken_by_other_content_falls_back_to_the_prefix_and_says_so() 
         r.stderr
     );
     let after = listed(&dst);
-    assert!(before.iter().all(|x| after.contains(x)), "deps kept its name");
+    assert!(
+        before.iter().all(|x| after.contains(x)),
+        "deps kept its name"
+    );
     assert!(after.contains(&(prefix, digests[1].to_string())));
     assert!(after.contains(&("base".into(), digests[0].to_string())));
     assert!(after.contains(&("app".into(), digests[2].to_string())));
@@ -242,7 +252,9 @@ fn hostile_carried_names_are_ignored_with_a_warning() {
         let archive = work.path("hostile.tar");
         std::fs::write(&archive, t.finish()).unwrap();
         let reg = Reg::new();
-        let r = reg.run(&["import", archive.to_str().unwrap(), "--json"]).ok();
+        let r = reg
+            .run(&["import", archive.to_str().unwrap(), "--json"])
+            .ok();
         let report: Value = r.json();
         assert_eq!(report["name"], prefix.as_str(), "{carried:?}");
         let f = &report["name_fallbacks"][0];
@@ -256,4 +268,206 @@ fn hostile_carried_names_are_ignored_with_a_warning() {
         assert_eq!(listed(&reg), [(prefix.clone(), digest.to_string())]);
         reg.run(&["verify", "--content"]).ok();
     }
+}
+
+// ------------------------------------------------------------ interrupts
+
+/// A registry holding one snapshot (`keep`), and a plain-tar archive of
+/// another with 24 MiB of data, large enough to be caught mid-stream.
+fn registry_and_sizable_archive() -> (Reg, Vec<u8>) {
+    let reg = Reg::new();
+    let image = make_image_cache(&reg.path("cache"), "python:3.12", 3, &[8192]);
+    make_snapshot(&reg.path("keep"), &SnapSpec::new(&image));
+    reg.run(&["add", reg.path("keep").to_str().unwrap()]).ok();
+
+    let src = Reg::new();
+    let mut spec = SnapSpec::new(&image).label("big", "yes");
+    spec.len = 64 << 20;
+    spec.data = (0..6u64)
+        .map(|i| {
+            let bytes: Vec<u8> = (0..4 << 20)
+                .map(|j| (j % 241) as u8 + 1 + i as u8)
+                .collect();
+            (i * (8 << 20), bytes)
+        })
+        .collect();
+    make_snapshot(&src.path("big"), &spec);
+    src.run(&["add", src.path("big").to_str().unwrap()]).ok();
+    let archive = src.path("big.tar");
+    src.run(&[
+        "export",
+        "big",
+        "--plain-tar",
+        "-o",
+        archive.to_str().unwrap(),
+    ])
+    .ok();
+    (reg, std::fs::read(archive).unwrap())
+}
+
+/// Bytes in regular files under `dir` (staged data), 0 when it is gone.
+fn file_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                file_bytes(&e.path())
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+#[test]
+fn a_signal_during_import_removes_its_staging_and_exits_128_plus_the_signal() {
+    use std::io::Write;
+    let (reg, archive) = registry_and_sizable_archive();
+    let before = (reg.tree(), listed(&reg));
+    for (sig, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let mut child = Command::new(bin())
+            .arg("--root")
+            .arg(reg.root())
+            .args(["import", "-"])
+            .env_remove("MSB_REGISTRY_ROOT")
+            .env_remove("MSB_FAILPOINT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Half the archive, then a pipe that stays open and silent.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&archive[..archive.len() / 2]).unwrap();
+        let staging = reg.root().join("staging");
+        let mut polls = 0;
+        while file_bytes(&staging) < 4 << 20 {
+            polls += 1;
+            assert!(polls < 6000, "the import never staged 4 MiB");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        signal(child.id(), sig);
+        let out = Run::from(child.wait_with_output().unwrap());
+        drop(stdin);
+        assert_eq!(out.code, code, "{name}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "interrupted by {name}; removed this import's staging staging/"
+            )) && out.stderr.contains("the registry is unchanged"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(
+            std::fs::read_dir(&staging).unwrap().count(),
+            0,
+            "staging is empty"
+        );
+        assert_eq!((reg.tree(), listed(&reg)), before, "{name}");
+        reg.run(&["verify", "--content"]).ok();
+    }
+}
+
+#[test]
+fn a_signal_during_export_removes_its_partial_file() {
+    let (reg, archive) = registry_and_sizable_archive();
+    let file = reg.path("big.tar");
+    std::fs::write(&file, &archive).unwrap();
+    reg.run(&["import", file.to_str().unwrap()]).ok();
+    let out_dir = reg.path("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.join("big.tar.zst");
+    let mut child = Command::new(bin())
+        .arg("--root")
+        .arg(reg.root())
+        .args(["export", "big", "-o", target.to_str().unwrap()])
+        .env_remove("MSB_REGISTRY_ROOT")
+        .env("MSB_FAILPOINT", "export.before-rename:stop")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("stopped") {
+        line.clear();
+        use std::io::BufRead;
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "export ended early"
+        );
+    }
+    let partials: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().collect();
+    assert_eq!(partials.len(), 1, "the partial archive is there");
+    signal(child.id(), libc::SIGTERM);
+    signal(child.id(), libc::SIGCONT);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(143), "{rest}");
+    assert_eq!(rest.lines().count(), 1, "{rest}");
+    assert!(
+        rest.contains("interrupted by SIGTERM; removed the partial archive ")
+            && rest.contains(".partial")
+            && rest.contains("was not written"),
+        "{rest}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out_dir).unwrap().count(),
+        0,
+        "nothing left"
+    );
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_later_import_clears_the_staging_of_an_import_that_died() {
+    let (reg, archive) = registry_and_sizable_archive();
+    let file = reg.path("big.tar");
+    std::fs::write(&file, &archive).unwrap();
+    let killed = reg.run_env(
+        &["import", file.to_str().unwrap()],
+        &[("MSB_FAILPOINT", "import.member-staged@2:abort")],
+    );
+    assert_ne!(killed.code, 0);
+    let staging = reg.root().join("staging");
+    assert!(file_bytes(&staging) > 0, "the dead import left its staging");
+
+    // Any later import clears it, whatever it imports.
+    let src = Reg::new();
+    chain_in_registry(&src);
+    let small = src.path("base.tar.zst");
+    src.run(&["export", "base", "-o", small.to_str().unwrap()])
+        .ok();
+    reg.run(&["import", small.to_str().unwrap()]).ok();
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging is empty"
+    );
+    let states: Vec<Value> = reg.json(&[
+        "sql",
+        "SELECT state, error FROM imports ORDER BY started_at",
+    ]);
+    assert_eq!(states.len(), 3, "{states:?}");
+    assert_eq!(states[1]["state"], "failed");
+    assert!(
+        states[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("died while staging")
+    );
+    reg.run(&["verify", "--content"]).ok();
 }

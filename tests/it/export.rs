@@ -85,10 +85,7 @@ fn members(tar: &[u8]) -> Vec<Member> {
             let next = &tar[pos + (m.stored as usize).div_ceil(512) * 512..][..100];
             assert!(next.starts_with(format!("{dir}/manifest.json\0").as_bytes()));
             let record = String::from_utf8_lossy(&tar[pos..pos + m.stored as usize]);
-            assert!(
-                record.contains(" comment=msb-registry.name="),
-                "{record}"
-            );
+            assert!(record.contains(" comment=msb-registry.name="), "{record}");
             pos += (m.stored as usize).div_ceil(512) * 512;
             continue;
         }
