@@ -182,19 +182,30 @@ impl Registry {
 /// handing each row to `sink` as it comes. The outer error is the query's;
 /// the inner one is the sink's write error, which ends the query early.
 pub fn sql(root: &Path, query: &str, sink: &mut dyn SqlSink) -> Result<std::io::Result<()>> {
+    if first_keyword(query).is_none() {
+        return Err(Error::Usage(
+            "sql: the query is empty; give one statement, e.g. sql 'SELECT name FROM snapshots'"
+                .into(),
+        ));
+    }
     let registry = Registry::open_read(root)?;
     let conn = registry.db().conn();
     let mut stmt = conn.prepare(query).map_err(invalid_query)?;
     if !stmt.readonly() {
         return Err(Error::ReadOnlySql(query.to_string()));
     }
+    if let Some(k) = first_keyword(query).filter(|k| matches!(k.as_str(), "ATTACH" | "DETACH")) {
+        return Err(Error::Usage(format!(
+            "sql: {k} is not allowed; queries read this registry's index only"
+        )));
+    }
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let n = columns.len();
     if let Err(e) = sink.columns(&columns) {
         return Ok(Err(e));
     }
-    let mut cursor = stmt.query([])?;
-    while let Some(row) = cursor.next()? {
+    let mut cursor = stmt.query([]).map_err(failed_query)?;
+    while let Some(row) = cursor.next().map_err(failed_query)? {
         let mut values = Vec::with_capacity(n);
         for i in 0..n {
             values.push(match row.get_ref(i)? {
@@ -212,6 +223,56 @@ pub fn sql(root: &Path, query: &str, sink: &mut dyn SqlSink) -> Result<std::io::
         }
     }
     Ok(sink.finish())
+}
+
+/// The statement's first keyword, upper-cased, past whitespace and
+/// comments; `None` when the text holds no statement at all.
+fn first_keyword(query: &str) -> Option<String> {
+    let mut rest = query;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    match (
+        word.is_empty(),
+        rest.trim_start_matches(';').trim().is_empty(),
+    ) {
+        (_, true) => None,
+        _ => Some(word.to_ascii_uppercase()),
+    }
+}
+
+/// A statement that failed while running because of what it asked for
+/// (SQLite's generic error, a refused function such as `load_extension`)
+/// is a usage error; a damaged or unreadable index is not.
+fn failed_query(e: rusqlite::Error) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::Unknown | rusqlite::ErrorCode::AuthorizationForStatementDenied
+            ) && !crate::error::is_corrupt(&e) =>
+        {
+            let msg = msg.clone().unwrap_or_else(|| f.to_string());
+            let hint = if msg.contains("not authorized") {
+                " (loading extensions is not allowed)"
+            } else {
+                ""
+            };
+            Error::Usage(format!("sql: the query was refused: {msg}{hint}"))
+        }
+        _ => Error::Db(e),
+    }
 }
 
 /// A statement SQLite would not prepare is the user's to fix (exit 2), said

@@ -164,14 +164,10 @@ impl Registry {
             check::base_present(self.db().conn(), &streamed.snapshots)?;
         }
         let conn = self.db().conn();
-        let (names, name_fallbacks) = names::decide(
-            conn,
-            &layout,
-            &streamed.snapshots,
-            head,
-            head_name.as_ref(),
-            |d| Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some()),
-        )?;
+        let (names, name_fallbacks) =
+            names::decide(conn, &streamed.snapshots, head, head_name.as_ref(), |d| {
+                Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some())
+            })?;
         record(self, lease, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
@@ -317,6 +313,21 @@ async fn read_archive(
     match pump.finish().await {
         Err(PumpError::Zstd(e)) => Err(zstd_error(e)),
         Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
+        Err(PumpError::NotAnArchive(what)) => Err(Error::rejected_archive(format!(
+            "{}; import takes a tar archive, zstd-compressed (as export writes it) or plain{}",
+            match what {
+                "empty" => "it is empty".to_string(),
+                _ => format!("it is {what}, not a tar archive"),
+            },
+            match what {
+                "a gzip-compressed file" =>
+                    " (for a .tar.gz: gzip -dc FILE | msb-registry import -)",
+                "an xz-compressed file" => " (for a .tar.xz: xz -dc FILE | msb-registry import -)",
+                "a bzip2-compressed file" =>
+                    " (for a .tar.bz2: bzip2 -dc FILE | msb-registry import -)",
+                _ => "",
+            }
+        ))),
         Ok(_) => {
             outcome?;
             trailing.map_err(|e| tar_error(&None, e))?;

@@ -13,7 +13,7 @@ use super::streamed::StreamedSnapshot;
 use crate::db;
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::layout::{Layout, SnapshotName};
+use crate::layout::SnapshotName;
 
 /// Longest part of a refused carried name repeated in a message.
 const SHOWN_NAME_CHARS: usize = 64;
@@ -36,7 +36,6 @@ pub struct NameFallback {
 /// the name they have, so their carried names are not looked at.
 pub fn decide(
     conn: &rusqlite::Connection,
-    layout: &Layout,
     snapshots: &[StreamedSnapshot],
     head: usize,
     head_name: Option<&SnapshotName>,
@@ -51,7 +50,7 @@ pub fn decide(
         let name = match (head_name, i == head, &s.carried_name) {
             (Some(n), true, _) => n.clone(),
             (_, _, Some(carried)) if !present(&digest)? => {
-                match refusal(conn, layout, &digest, carried, &used)? {
+                match refusal(conn, &digest, carried, &used)? {
                     Ok(name) => name,
                     Err(reason) => {
                         fallbacks.push(NameFallback {
@@ -75,7 +74,6 @@ pub fn decide(
 /// The carried name as a usable name, or why it is not one.
 fn refusal(
     conn: &rusqlite::Connection,
-    layout: &Layout,
     digest: &Digest,
     carried: &[u8],
     used: &HashSet<String>,
@@ -95,11 +93,10 @@ fn refusal(
     {
         return Ok(Err(format!("it is taken by snapshot {}", other.digest)));
     }
-    if layout.snapshot(&name).symlink_metadata().is_ok() {
-        return Ok(Err(
-            "snapshots/ holds a directory of that name without a row".into(),
-        ));
-    }
+    // A directory of that name without a row is not looked at: it may be a
+    // dead promotion's, which this import's promotion rolls back first;
+    // real debris stops the promotion with a pointer to `gc`, as it does
+    // for a prefix name.
     Ok(Ok(name))
 }
 

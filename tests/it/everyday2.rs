@@ -409,6 +409,19 @@ fn a_signal_during_export_removes_its_partial_file() {
             "export ended early"
         );
     }
+    // The line comes just before SIGSTOP: wait until it is stopped, or the
+    // SIGCONT below could come first and leave it stopped for ever.
+    let stat = format!("/proc/{}/stat", child.id());
+    let mut polls = 0;
+    while std::fs::read_to_string(&stat)
+        .unwrap()
+        .rsplit_once(')')
+        .is_none_or(|(_, rest)| !rest.trim_start().starts_with('T'))
+    {
+        polls += 1;
+        assert!(polls < 6000, "the export never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let partials: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().collect();
     assert_eq!(partials.len(), 1, "the partial archive is there");
     signal(child.id(), libc::SIGTERM);
@@ -470,4 +483,97 @@ fn a_later_import_clears_the_staging_of_an_import_that_died() {
             .contains("died while staging")
     );
     reg.run(&["verify", "--content"]).ok();
+}
+
+// ------------------------------------------------------------ errors a person can act on
+
+#[test]
+fn import_says_what_a_file_is_when_it_is_not_an_archive() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let before = (reg.tree(), listed(&reg));
+    let work = reg.path("inputs");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("notes.txt"), "hello, this is not a tar archive\n").unwrap();
+    std::fs::write(work.join("empty"), b"").unwrap();
+    let made = sh(&format!(
+        "cd {w} && tar czf a.tgz notes.txt && tar cJf a.txz notes.txt && tar cjf a.tbz notes.txt",
+        w = work.display()
+    ));
+    made.ok();
+    let mut zip = b"PK\x03\x04".to_vec();
+    zip.extend_from_slice(&[0u8; 100]);
+    std::fs::write(work.join("a.zip"), zip).unwrap();
+    for (file, says) in [
+        ("a.tgz", "it is a gzip-compressed file, not a tar archive"),
+        ("a.txz", "it is an xz-compressed file, not a tar archive"),
+        ("a.tbz", "it is a bzip2-compressed file, not a tar archive"),
+        ("a.zip", "it is a zip file, not a tar archive"),
+        ("notes.txt", "it is a text file, not a tar archive"),
+        ("empty", "it is empty"),
+    ] {
+        let path = work.join(file);
+        let r = reg.run(&["import", path.to_str().unwrap()]).fails(6, says);
+        assert!(
+            r.stderr.contains("import takes a tar archive"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(path.to_str().unwrap()), "{}", r.stderr);
+    }
+    let piped = sh(&format!(
+        "{} --root {} import - < {}",
+        bin(),
+        reg.root().display(),
+        work.join("a.tgz").display()
+    ))
+    .fails(6, "stdin: it is a gzip-compressed file");
+    assert!(
+        piped
+            .stderr
+            .contains("gzip -dc FILE | msb-registry import -")
+    );
+    assert_eq!((reg.tree(), listed(&reg)), before);
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn sql_refuses_empty_queries_attach_and_extensions_as_usage_errors() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let attached = reg.path("other.db");
+    for (query, says) in [
+        ("", "the query is empty"),
+        ("  -- just a comment\n", "the query is empty"),
+        (";", "the query is empty"),
+        (
+            &format!("ATTACH DATABASE '{}' AS x", attached.display()),
+            "ATTACH is not allowed",
+        ),
+        ("/* c */ detach main", "DETACH is not allowed"),
+        (
+            "SELECT load_extension('/nonexistent/x')",
+            "loading extensions is not allowed",
+        ),
+    ] {
+        reg.run(&["sql", query]).fails(2, says);
+    }
+    assert!(!attached.exists(), "ATTACH created nothing");
+    let rows: Vec<Value> = reg.json(&["sql", "SELECT count(*) AS n FROM snapshots"]);
+    assert_eq!(rows[0]["n"], 3);
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_root_that_is_a_file_is_a_usage_error() {
+    let work = Reg::new();
+    let file = work.path("afile");
+    std::fs::write(&file, b"not a registry").unwrap();
+    for args in [&["list"][..], &["gc"], &["import", "-"], &["reindex"]] {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--root").arg(&file).args(args).stdin(Stdio::null());
+        cmd.env_remove("MSB_REGISTRY_ROOT");
+        Run::from(cmd.output().unwrap()).fails(2, "the root must be a directory");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a registry");
 }
