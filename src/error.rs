@@ -33,6 +33,15 @@ pub mod exit {
 /// path once the import knows it ([`Error::naming_archive`]).
 const WHOLE_ARCHIVE: &str = "\0archive";
 
+/// A signal's name for messages.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
 /// Everything that can go wrong in a registry operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -238,7 +247,7 @@ pub enum Error {
     Failpoint(String),
 
     /// SIGINT or SIGTERM stopped an import or export (see `interrupt`).
-    #[error("interrupted by {}{}", crate::interrupt::name(*signal), if cleaned.is_empty() { String::new() } else { format!("; {cleaned}") })]
+    #[error("interrupted by {}{}", signal_name(*signal), if cleaned.is_empty() { String::new() } else { format!("; {cleaned}") })]
     Interrupted {
         /// The signal number.
         signal: i32,

@@ -68,12 +68,3 @@ pub async fn wait() -> Error {
         tokio::time::sleep(POLL).await;
     }
 }
-
-/// The signal's name for messages.
-pub fn name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "a signal",
-    }
-}
