@@ -26,6 +26,8 @@ pub struct ListEntry {
     pub image_manifest_digest: Digest,
     /// Apparent size of the upper.
     pub size_bytes: u64,
+    /// Bytes the snapshot's files take on disk (a sparse upper's data only).
+    pub allocated_bytes: u64,
     /// RFC 3339.
     pub created_at: String,
     /// Labels.
@@ -44,6 +46,8 @@ pub struct ShowReport {
     pub shallow: bool,
     /// Snapshots naming this one as parent.
     pub children: u64,
+    /// Bytes the snapshot's files take on disk (a sparse upper's data only).
+    pub allocated_bytes: u64,
     /// Its files.
     pub files: Vec<SnapshotFileRow>,
     /// Whether the pinned image's metadata is in the cache.
@@ -133,6 +137,7 @@ impl Registry {
             .into_iter()
             .map(|(_, r)| r)
             .map(|r| ListEntry {
+                allocated_bytes: self.allocated(&r.name),
                 shallow: r.parent.is_some_and(|p| !present.contains(&p)),
                 digest: r.digest,
                 name: r.name,
@@ -146,6 +151,14 @@ impl Registry {
             .collect())
     }
 
+    /// Bytes allocated on disk under `snapshots/<name>/`; 0 for a name
+    /// that is not a valid directory name.
+    fn allocated(&self, name: &str) -> u64 {
+        name.parse::<crate::layout::SnapshotName>().map_or(0, |n| {
+            crate::files::tree_allocated_bytes(&self.layout().snapshot(&n))
+        })
+    }
+
     /// One snapshot in full.
     pub fn show(&self, reference: &str) -> Result<ShowReport> {
         let snapshot = self.resolve(reference)?;
@@ -155,6 +168,7 @@ impl Registry {
             None => false,
         };
         Ok(ShowReport {
+            allocated_bytes: self.allocated(&snapshot.name),
             shallow,
             children: db::snapshots::children_count(conn, &snapshot.digest)?,
             files: db::snapshots::snapshot_files(conn, &snapshot.digest)?,

@@ -577,3 +577,35 @@ fn a_root_that_is_a_file_is_a_usage_error() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not a registry");
 }
+
+// ------------------------------------------------------------ disk usage
+
+#[test]
+fn list_and_show_give_allocated_bytes_next_to_apparent_size() {
+    let reg = Reg::new();
+    let image = make_image_cache(&reg.path("cache"), "python:3.12", 3, &[8192]);
+    let mut spec = SnapSpec::new(&image);
+    spec.len = 256 << 20;
+    spec.data = vec![(1 << 20, vec![7u8; 1 << 20])];
+    make_snapshot(&reg.path("sparse"), &spec);
+    reg.run(&["add", reg.path("sparse").to_str().unwrap()]).ok();
+    let dir = reg.root().join("snapshots/sparse");
+    let on_disk: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::os::unix::fs::MetadataExt::blocks(&e.unwrap().metadata().unwrap()) * 512)
+        .sum();
+
+    let list: Vec<Value> = reg.json(&["list"]);
+    assert_eq!(list[0]["size_bytes"], 256u64 << 20);
+    assert_eq!(list[0]["allocated_bytes"], on_disk);
+    assert!(on_disk >= 1 << 20 && on_disk < 8 << 20, "sparse: {on_disk}");
+    let show: Value = reg.json(&["show", "sparse"]);
+    assert_eq!(show["allocated_bytes"], on_disk);
+
+    let text = reg.run(&["list"]).ok().stdout;
+    assert!(text.lines().next().unwrap().contains("ON DISK"), "{text}");
+    assert!(text.contains("256.00 MiB"), "{text}");
+    let shown = reg.run(&["show", "sparse"]).ok().stdout;
+    assert!(shown.contains("on disk:"), "{shown}");
+    reg.run(&["verify", "--content"]).ok();
+}
