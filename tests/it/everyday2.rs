@@ -598,7 +598,7 @@ fn list_and_show_give_allocated_bytes_next_to_apparent_size() {
     let list: Vec<Value> = reg.json(&["list"]);
     assert_eq!(list[0]["size_bytes"], 256u64 << 20);
     assert_eq!(list[0]["allocated_bytes"], on_disk);
-    assert!(on_disk >= 1 << 20 && on_disk < 8 << 20, "sparse: {on_disk}");
+    assert!((1 << 20..8 << 20).contains(&on_disk), "sparse: {on_disk}");
     let show: Value = reg.json(&["show", "sparse"]);
     assert_eq!(show["allocated_bytes"], on_disk);
 
