@@ -33,6 +33,15 @@ pub mod exit {
 /// path once the import knows it ([`Error::naming_archive`]).
 const WHOLE_ARCHIVE: &str = "\0archive";
 
+/// A signal's name for messages.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
 /// Everything that can go wrong in a registry operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -236,6 +245,15 @@ pub enum Error {
     /// A failpoint fired (crash-injection testing only).
     #[error("failpoint {0} fired")]
     Failpoint(String),
+
+    /// SIGINT or SIGTERM stopped an import or export (see `interrupt`).
+    #[error("interrupted by {}{}", signal_name(*signal), if cleaned.is_empty() { String::new() } else { format!("; {cleaned}") })]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// What was removed on the way out, for the message.
+        cleaned: String,
+    },
 }
 
 impl Error {
@@ -254,6 +272,7 @@ impl Error {
                 exit::REJECTED
             }
             Error::ReadOnlySql(_) => exit::USAGE,
+            Error::Interrupted { signal, .. } => 128 + signal,
             Error::NoRegistry { .. } => exit::NOT_FOUND,
             Error::IndexLost { .. } => exit::INTEGRITY,
             Error::LockTimeout { .. } => exit::CONFLICT,

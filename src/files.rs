@@ -282,6 +282,22 @@ pub fn allocated_bytes(meta: &std::fs::Metadata) -> u64 {
     meta.blocks() * 512
 }
 
+/// Bytes allocated on disk for the regular files under `dir`, walked
+/// without following links; entries that vanish or cannot be read count 0.
+pub fn tree_allocated_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_allocated_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| allocated_bytes(&m)),
+            _ => 0,
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,7 @@ mod foreign;
 pub mod gc;
 pub mod image;
 mod install;
+mod interrupt;
 mod journal;
 mod layout;
 pub mod manifest;

@@ -26,6 +26,8 @@ pub struct ListEntry {
     pub image_manifest_digest: Digest,
     /// Apparent size of the upper.
     pub size_bytes: u64,
+    /// Bytes the snapshot's files take on disk (a sparse upper's data only).
+    pub allocated_bytes: u64,
     /// RFC 3339.
     pub created_at: String,
     /// Labels.
@@ -44,6 +46,8 @@ pub struct ShowReport {
     pub shallow: bool,
     /// Snapshots naming this one as parent.
     pub children: u64,
+    /// Bytes the snapshot's files take on disk (a sparse upper's data only).
+    pub allocated_bytes: u64,
     /// Its files.
     pub files: Vec<SnapshotFileRow>,
     /// Whether the pinned image's metadata is in the cache.
@@ -133,6 +137,7 @@ impl Registry {
             .into_iter()
             .map(|(_, r)| r)
             .map(|r| ListEntry {
+                allocated_bytes: self.allocated(&r.name),
                 shallow: r.parent.is_some_and(|p| !present.contains(&p)),
                 digest: r.digest,
                 name: r.name,
@@ -146,6 +151,14 @@ impl Registry {
             .collect())
     }
 
+    /// Bytes allocated on disk under `snapshots/<name>/`; 0 for a name
+    /// that is not a valid directory name.
+    fn allocated(&self, name: &str) -> u64 {
+        name.parse::<crate::layout::SnapshotName>().map_or(0, |n| {
+            crate::files::tree_allocated_bytes(&self.layout().snapshot(&n))
+        })
+    }
+
     /// One snapshot in full.
     pub fn show(&self, reference: &str) -> Result<ShowReport> {
         let snapshot = self.resolve(reference)?;
@@ -155,6 +168,7 @@ impl Registry {
             None => false,
         };
         Ok(ShowReport {
+            allocated_bytes: self.allocated(&snapshot.name),
             shallow,
             children: db::snapshots::children_count(conn, &snapshot.digest)?,
             files: db::snapshots::snapshot_files(conn, &snapshot.digest)?,
@@ -182,19 +196,30 @@ impl Registry {
 /// handing each row to `sink` as it comes. The outer error is the query's;
 /// the inner one is the sink's write error, which ends the query early.
 pub fn sql(root: &Path, query: &str, sink: &mut dyn SqlSink) -> Result<std::io::Result<()>> {
+    if first_keyword(query).is_none() {
+        return Err(Error::Usage(
+            "sql: the query is empty; give one statement, e.g. sql 'SELECT name FROM snapshots'"
+                .into(),
+        ));
+    }
     let registry = Registry::open_read(root)?;
     let conn = registry.db().conn();
     let mut stmt = conn.prepare(query).map_err(invalid_query)?;
     if !stmt.readonly() {
         return Err(Error::ReadOnlySql(query.to_string()));
     }
+    if let Some(k) = first_keyword(query).filter(|k| matches!(k.as_str(), "ATTACH" | "DETACH")) {
+        return Err(Error::Usage(format!(
+            "sql: {k} is not allowed; queries read this registry's index only"
+        )));
+    }
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let n = columns.len();
     if let Err(e) = sink.columns(&columns) {
         return Ok(Err(e));
     }
-    let mut cursor = stmt.query([])?;
-    while let Some(row) = cursor.next()? {
+    let mut cursor = stmt.query([]).map_err(failed_query)?;
+    while let Some(row) = cursor.next().map_err(failed_query)? {
         let mut values = Vec::with_capacity(n);
         for i in 0..n {
             values.push(match row.get_ref(i)? {
@@ -212,6 +237,56 @@ pub fn sql(root: &Path, query: &str, sink: &mut dyn SqlSink) -> Result<std::io::
         }
     }
     Ok(sink.finish())
+}
+
+/// The statement's first keyword, upper-cased, past whitespace and
+/// comments; `None` when the text holds no statement at all.
+fn first_keyword(query: &str) -> Option<String> {
+    let mut rest = query;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    match (
+        word.is_empty(),
+        rest.trim_start_matches(';').trim().is_empty(),
+    ) {
+        (_, true) => None,
+        _ => Some(word.to_ascii_uppercase()),
+    }
+}
+
+/// A statement that failed while running because of what it asked for
+/// (SQLite's generic error, a refused function such as `load_extension`)
+/// is a usage error; a damaged or unreadable index is not.
+fn failed_query(e: rusqlite::Error) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::Unknown | rusqlite::ErrorCode::AuthorizationForStatementDenied
+            ) && !crate::error::is_corrupt(&e) =>
+        {
+            let msg = msg.clone().unwrap_or_else(|| f.to_string());
+            let hint = if msg.contains("not authorized") {
+                " (loading extensions is not allowed)"
+            } else {
+                ""
+            };
+            Error::Usage(format!("sql: the query was refused: {msg}{hint}"))
+        }
+        _ => Error::Db(e),
+    }
 }
 
 /// A statement SQLite would not prepare is the user's to fix (exit 2), said

@@ -36,6 +36,7 @@ impl Registry {
     /// only `reindex` ([`Registry::open_for_reindex`]) may start a new one.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root);
+        check_root_is_directory(&layout)?;
         check_index_present(&layout)?;
         Self::open_writable(layout)
     }
@@ -60,6 +61,7 @@ impl Registry {
     /// through a writable open first.
     pub fn open_read(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root);
+        check_root_is_directory(&layout)?;
         check_index_present(&layout)?;
         if !layout.db().is_file() {
             return Err(Error::NoRegistry {
@@ -86,6 +88,7 @@ impl Registry {
     /// sound: for one holding rows the registry cannot decode.
     pub fn open_for_reindex(root: impl Into<PathBuf>, rebuild: bool) -> Result<(Self, Rebuild)> {
         let layout = Layout::new(root);
+        check_root_is_directory(&layout)?;
         for dir in layout.dirs() {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         }
@@ -249,4 +252,16 @@ fn move_aside(layout: &Layout) -> Result<PathBuf> {
     }
     crate::files::fsync_dir(layout.root())?;
     Ok(aside)
+}
+
+/// A root that exists must be a directory (a missing one is created by the
+/// commands that write): a file there is a usage error, said plainly.
+fn check_root_is_directory(layout: &Layout) -> Result<()> {
+    match std::fs::metadata(layout.root()) {
+        Ok(m) if !m.is_dir() => Err(Error::Usage(format!(
+            "registry root {} is not a directory; the root must be a directory (a missing one is created)",
+            layout.root().display()
+        ))),
+        _ => Ok(()),
+    }
 }

@@ -17,6 +17,18 @@ pub const CACHE_DIR: &str = "cache";
 /// The name of a snapshot's manifest inside its directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The value prefix of the pax `comment` record that carries a snapshot's
+/// name on its manifest member: `comment=msb-registry.name=<name>`.
+/// `comment` is the POSIX keyword every reader ignores (GNU tar without a
+/// word), so the name travels in archives other tools read unchanged.
+pub const NAME_COMMENT: &str = "msb-registry.name=";
+
+/// The name a pax `comment` record carries, if it is one of ours. The name
+/// is not validated here: import treats it like a name a person chose.
+pub fn carried_name(comment: &[u8]) -> Option<&[u8]> {
+    comment.strip_prefix(NAME_COMMENT.as_bytes())
+}
+
 /// The longest path component accepted (the usual file-system limit).
 pub const MAX_COMPONENT_BYTES: usize = 255;
 

@@ -211,15 +211,18 @@ async fn write_target(
 ) -> Result<u64> {
     let path = match target {
         ExportTarget::Stdout => {
-            return write_archive(
+            let written = write_archive(
                 files,
                 opts,
                 tokio::io::stdout(),
                 None,
                 Path::new("-"),
                 progress,
-            )
-            .await;
+            );
+            return tokio::select! {
+                r = written => r,
+                e = crate::interrupt::wait() => Err(e),
+            };
         }
         ExportTarget::File(path) => path,
     };
@@ -252,21 +255,44 @@ async fn write_target(
         .at("create temporary file in", dir)?;
     temp.as_file().lock().at("lock", temp.path())?;
     let out = temp.as_file().try_clone().at("open", temp.path())?;
-    let bytes = write_archive(
+    let written = write_archive(
         files,
         opts,
         tokio::fs::File::from_std(out),
         Some(temp.as_file()),
         temp.path(),
         progress,
-    )
-    .await?;
+    );
+    let bytes = match tokio::select! {
+        r = written => r,
+        e = crate::interrupt::wait() => Err(e),
+    } {
+        Err(Error::Interrupted { signal, .. }) => return Err(interrupted(temp, path, signal)),
+        r => r?,
+    };
     temp.as_file().sync_all().at("fsync", temp.path())?;
     crate::failpoint::hit(crate::failpoint::EXPORT_BEFORE_RENAME)?;
+    if let Some(signal) = crate::interrupt::pending() {
+        return Err(interrupted(temp, path, signal));
+    }
     temp.persist(path)
         .map_err(|e| Error::io("rename onto", path, e.error))?;
     fsync_dir(dir)?;
     Ok(bytes)
+}
+
+/// Remove the partial archive of an export stopped by `signal`, and say so.
+fn interrupted(temp: tempfile::NamedTempFile, target: &Path, signal: i32) -> Error {
+    let partial = temp.path().display().to_string();
+    let size = temp.as_file().metadata().map_or(0, |m| m.len());
+    let cleaned = match temp.close() {
+        Ok(()) => format!(
+            "removed the partial archive {partial} ({size} bytes written); {} was not written",
+            target.display()
+        ),
+        Err(e) => format!("could not remove the partial archive {partial}: {e}"),
+    };
+    Error::Interrupted { signal, cleaned }
 }
 
 /// How an export's temporary file beside its target ends.

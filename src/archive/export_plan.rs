@@ -146,6 +146,7 @@ impl Registry {
         Ok(rows
             .into_iter()
             .map(|r| PlannedFile {
+                carried_name: (r.path == MANIFEST_FILE).then(|| name.to_string()),
                 member: format!("{prefix}/{}", r.path),
                 path: self.layout().snapshot_file(&name, &r.path),
                 size: r.size,
@@ -181,6 +182,7 @@ impl Registry {
                     size: row.size,
                     digest: row.digest,
                     mtime,
+                    carried_name: None,
                 })
             })
             .collect()

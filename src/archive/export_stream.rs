@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::entry::NAME_COMMENT;
 use super::tar;
 use crate::digest::{Digest, ExtentsSha256, LogicalSink, zero_buffer};
 use crate::error::{Error, IoContext, Result};
@@ -39,6 +40,9 @@ pub struct PlannedFile {
     pub digest: Digest,
     /// Member mtime: the snapshot's `created_at` (the head's for cache files).
     pub mtime: u64,
+    /// On a manifest member: the snapshot's name, carried in a pax `comment`
+    /// record before it unless the archive is dense.
+    pub carried_name: Option<String>,
 }
 
 /// A planned file, opened and checked against its recorded size, with its
@@ -120,6 +124,15 @@ impl<'a, W: AsyncWrite + Unpin> MemberWriter<'a, W> {
     pub async fn member(&mut self, f: &OpenedFile) -> Result<()> {
         let p = &f.planned;
         let sparse = !self.dense && f.has_holes();
+        if let Some(name) = p.carried_name.as_deref().filter(|_| !self.dense) {
+            let pax = tar::pax(
+                &p.member,
+                "comment",
+                &format!("{NAME_COMMENT}{name}"),
+                p.mtime,
+            )?;
+            self.put(&pax).await?;
+        }
         let headers = if sparse {
             tar::sparse(&p.member, &f.extents, p.size, p.mtime)?
         } else {

@@ -15,19 +15,22 @@ use serde::Serialize;
 
 use super::check::{self, CheckedSet};
 use super::entry::{
-    DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, check_size, classify, manifest_first,
+    DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, carried_name, check_size, classify,
+    manifest_first,
 };
 use super::import_source::{self, OpenedSource, Pump, PumpError};
+use super::names::{self, NameFallback};
 use super::streamed::{StagedMember, Streamed, StreamedSnapshot};
 use super::tar_reader::{Chunk, ReadError, TarReader};
 use crate::db::{self, ImportState};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::failpoint;
-use crate::files::{CHUNK, Piece, is_zero};
+use crate::files::{CHUNK, Piece, is_zero, tree_allocated_bytes};
 use crate::image::CacheFile;
 use crate::install::install;
 use crate::journal::Lease;
+use crate::journal::lease::clear_dead_staging;
 use crate::layout::{Layout, SnapshotName};
 use crate::manifest::{Integrity, Manifest};
 use crate::progress::Progress;
@@ -39,8 +42,10 @@ pub use super::import_source::ImportSource;
 /// Options of `import`.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
-    /// Name for the head snapshot; the others are named by their archive
-    /// prefix. A head already present under another name is renamed to it.
+    /// Name for the head snapshot, over the name the archive carries; the
+    /// others take the names the archive carries when those are free, else
+    /// their archive prefix. A head already present under another name is
+    /// renamed to it.
     pub name: Option<String>,
     /// Largest logical size of one file; `None` means
     /// [`DEFAULT_MAX_FILE_BYTES`] (1 TiB).
@@ -66,6 +71,9 @@ pub struct ImportReport {
     pub cache_files_installed: usize,
     /// Cache files already present with the same content.
     pub cache_files_skipped: usize,
+    /// Names the archive carried that were not used (taken here, or not
+    /// valid names): those snapshots landed under their archive prefix.
+    pub name_fallbacks: Vec<NameFallback>,
     /// In a shared home whose snapshots this changed: how to refresh
     /// microsandbox's view (`msb snapshot reindex`); null otherwise.
     pub microsandbox_hint: Option<String>,
@@ -95,10 +103,22 @@ impl Registry {
     ) -> Result<ImportReport> {
         let head_name = opts.name.as_deref().map(SnapshotName::chosen).transpose()?;
         let (layout, db) = self.parts();
+        clear_dead_staging(layout, db)?;
         let lease = Lease::acquire(layout, db, &source.label())?;
-        let result = self
+        let mut result = self
             .import_leased(&lease, source, opened, head_name, opts, progress)
             .map_err(|e| e.naming_archive(&source.display_name()));
+        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
+            let staging = lease.staging();
+            *cleaned = format!(
+                "removed this import's staging {} ({} bytes on disk); the registry is unchanged",
+                staging
+                    .strip_prefix(self.layout().root())
+                    .unwrap_or(staging)
+                    .display(),
+                tree_allocated_bytes(staging)
+            );
+        }
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.with_causes())),
@@ -143,20 +163,17 @@ impl Registry {
         if !opts.allow_shallow {
             check::base_present(self.db().conn(), &streamed.snapshots)?;
         }
-        let names = streamed
-            .snapshots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match (&head_name, i == head) {
-                (Some(n), true) => Ok(n.clone()),
-                _ => s.prefix.parse::<SnapshotName>(),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let conn = self.db().conn();
+        let (names, name_fallbacks) =
+            names::decide(conn, &streamed.snapshots, head, head_name.as_ref(), |d| {
+                Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some())
+            })?;
         record(self, lease, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
         let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
+        crate::interrupt::check()?;
 
         let head_row = &streamed.snapshots[head];
         let present = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?;
@@ -199,6 +216,7 @@ impl Registry {
             skipped: outcome.skipped,
             cache_files_installed: outcome.cache_files_installed,
             cache_files_skipped: outcome.cache_files_skipped,
+            name_fallbacks,
         })
     }
 }
@@ -278,7 +296,15 @@ async fn read_archive(
         buf: vec![0u8; CHUNK],
         last: None,
     };
-    let outcome = stager.run(&mut reader).await;
+    let outcome = tokio::select! {
+        r = stager.run(&mut reader) => r,
+        e = crate::interrupt::wait() => Err(e),
+    };
+    if let Err(e @ Error::Interrupted { .. }) = outcome {
+        // The source may block for ever (a silent pipe): do not wait for it.
+        pump.abort();
+        return Err(e);
+    }
     let trailing = match &outcome {
         Ok(()) => reader.finish().await,
         Err(_) => Ok(()),
@@ -287,6 +313,21 @@ async fn read_archive(
     match pump.finish().await {
         Err(PumpError::Zstd(e)) => Err(zstd_error(e)),
         Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
+        Err(PumpError::NotAnArchive(what)) => Err(Error::rejected_archive(format!(
+            "{}; import takes a tar archive, zstd-compressed (as export writes it) or plain{}",
+            match what {
+                "empty" => "it is empty".to_string(),
+                _ => format!("it is {what}, not a tar archive"),
+            },
+            match what {
+                "a gzip-compressed file" =>
+                    " (for a .tar.gz: gzip -dc FILE | msb-registry import -)",
+                "an xz-compressed file" => " (for a .tar.xz: xz -dc FILE | msb-registry import -)",
+                "a bzip2-compressed file" =>
+                    " (for a .tar.bz2: bzip2 -dc FILE | msb-registry import -)",
+                _ => "",
+            }
+        ))),
         Ok(_) => {
             outcome?;
             trailing.map_err(|e| tar_error(&None, e))?;
@@ -375,7 +416,10 @@ impl Stager<'_> {
                 | Member::CacheDir
                 | Member::CacheKindDir(_) => {}
                 Member::SnapshotFile { prefix, file } if file == MANIFEST_FILE => {
-                    self.manifest(reader, member_path, prefix, size).await?;
+                    let carried = header.comment.as_deref().and_then(carried_name);
+                    let carried = carried.map(<[u8]>::to_vec);
+                    self.manifest(reader, member_path, prefix, size, carried)
+                        .await?;
                 }
                 Member::SnapshotFile { prefix, file } => {
                     self.snapshot_file(reader, member_path, prefix, file, size)
@@ -398,6 +442,7 @@ impl Stager<'_> {
         member: String,
         prefix: String,
         size: u64,
+        carried_name: Option<Vec<u8>>,
     ) -> Result<()> {
         let mut bytes = vec![0u8; size as usize];
         let mut filled = 0;
@@ -451,6 +496,7 @@ impl Stager<'_> {
                     bytes: staged,
                 },
             )],
+            carried_name,
         });
         Ok(())
     }

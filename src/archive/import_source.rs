@@ -110,6 +110,53 @@ pub enum PumpError {
     Read(io::Error),
     /// The zstd stream is corrupt, truncated, or needs too large a window.
     Zstd(io::Error),
+    /// The source starts like something other than a tar or zstd stream;
+    /// what it looks like.
+    NotAnArchive(&'static str),
+}
+
+/// Bytes read before deciding what the source is: one tar header.
+const SNIFF_BYTES: usize = 512;
+
+/// Formats a person may hand to import by mistake, by their magic bytes.
+const FOREIGN_MAGICS: &[(&[u8], &str)] = &[
+    (&[0x1f, 0x8b], "a gzip-compressed file"),
+    (
+        &[0xfd, b'7', b'z', b'X', b'Z', 0x00],
+        "an xz-compressed file",
+    ),
+    (b"BZh", "a bzip2-compressed file"),
+    (b"PK\x03\x04", "a zip file"),
+    (b"PK\x05\x06", "a zip file"),
+    (&[0x04, 0x22, 0x4d, 0x18], "an lz4-compressed file"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-zip file"),
+];
+
+/// What the first bytes of a source say it is when that is not an archive
+/// import takes: empty, a known other format, or text (no tar header is
+/// free of NUL bytes). `None` for anything that may be tar or zstd.
+pub fn not_an_archive(head: &[u8]) -> Option<&'static str> {
+    if head.is_empty() {
+        return Some("empty");
+    }
+    if let Some((_, what)) = FOREIGN_MAGICS.iter().find(|(m, _)| head.starts_with(m)) {
+        return Some(what);
+    }
+    let text = !head.contains(&0)
+        && std::str::from_utf8(head)
+            .or_else(|e| {
+                // A multi-byte character cut at the end of the head is still text.
+                if e.error_len().is_none() {
+                    std::str::from_utf8(&head[..e.valid_up_to()])
+                } else {
+                    Err(e)
+                }
+            })
+            .is_ok_and(|t| {
+                t.chars()
+                    .all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t' | '\x0c'))
+            });
+    text.then_some("a text file")
 }
 
 /// The decompressing worker and its outcome.
@@ -130,20 +177,23 @@ impl Pump {
         };
         let handle = tokio::spawn(async move {
             let mut input = BufReader::with_capacity(PIPE_BYTES, counting);
-            let mut magic = Vec::with_capacity(4);
-            while magic.len() < 4 {
-                let mut b = [0u8; 4];
+            let mut head = Vec::with_capacity(SNIFF_BYTES);
+            while head.len() < SNIFF_BYTES {
+                let mut b = [0u8; SNIFF_BYTES];
                 let n = input
-                    .read(&mut b[..4 - magic.len()])
+                    .read(&mut b[..SNIFF_BYTES - head.len()])
                     .await
                     .map_err(PumpError::Read)?;
                 if n == 0 {
                     break;
                 }
-                magic.extend_from_slice(&b[..n]);
+                head.extend_from_slice(&b[..n]);
             }
-            let zstd = magic == ZSTD_MAGIC;
-            let head = std::io::Cursor::new(magic);
+            if let Some(what) = not_an_archive(&head) {
+                return Err(PumpError::NotAnArchive(what));
+            }
+            let zstd = head.starts_with(&ZSTD_MAGIC);
+            let head = std::io::Cursor::new(head);
             let joined = BufReader::with_capacity(PIPE_BYTES, head.chain(input));
             if zstd {
                 let mut decoder = ZstdDecoder::with_params(
@@ -160,6 +210,11 @@ impl Pump {
             Ok(zstd)
         });
         (tar, Pump { consumed, handle })
+    }
+
+    /// Stop the worker without waiting for it (an interrupted import).
+    pub fn abort(self) {
+        self.handle.abort();
     }
 
     /// Wait for the worker (after the pipe's reader is gone); `Ok(true)`

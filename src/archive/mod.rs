@@ -8,6 +8,7 @@ pub mod export_plan;
 pub mod export_stream;
 pub mod import;
 pub mod import_source;
+pub mod names;
 pub mod streamed;
 pub mod tar;
 pub mod tar_reader;

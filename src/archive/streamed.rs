@@ -30,6 +30,8 @@ pub struct StreamedSnapshot {
     pub dir: PathBuf,
     /// Its files by name, in archive order (the manifest first).
     pub files: Vec<(String, StagedMember)>,
+    /// The name the archive carried for it, unchecked.
+    pub carried_name: Option<Vec<u8>>,
 }
 
 impl StreamedSnapshot {

@@ -71,6 +71,30 @@ pub fn sparse(name: &str, extents: &[(u64, u64)], real_size: u64, mtime: u64) ->
     Ok(out)
 }
 
+/// A pax extended header (type `x`) for the member `name`, holding one
+/// record `<key>=<value>`, its data padded to whole blocks. The header's own
+/// name is `<dir>/PaxHeaders/<file>`, as GNU tar writes it.
+pub fn pax(name: &str, key: &str, value: &str, mtime: u64) -> Result<Vec<u8>> {
+    let body = format!("{key}={value}\n");
+    let mut len = body.len() + 2;
+    while format!("{len} {body}").len() != len {
+        len += 1;
+    }
+    let record = format!("{len} {body}");
+    let (dir, file) = name.rsplit_once('/').unwrap_or((".", name));
+    let mut header = base(
+        &format!("{dir}/PaxHeaders/{file}"),
+        record.len() as u64,
+        mtime,
+        EntryType::XHeader,
+    )?;
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(record.as_bytes());
+    out.resize(out.len() + padding(record.len() as u64), 0);
+    Ok(out)
+}
+
 /// Zero bytes that follow `len` bytes of member data to end its last block.
 pub fn padding(len: u64) -> usize {
     (BLOCK - (len % BLOCK as u64) as usize) % BLOCK
@@ -189,6 +213,31 @@ mod tests {
                 .sum::<u32>()
         );
         assert!(regular(&"x".repeat(101), 0, 0).is_err());
+    }
+
+    #[test]
+    fn pax_headers_hold_one_record_of_the_right_length() {
+        // Record lengths around 10 and 100 change the length's own digits.
+        for n in 0..120 {
+            let value = "v".repeat(n);
+            let p = pax(
+                "sha256-0123456789abcdef/manifest.json",
+                "comment",
+                &value,
+                7,
+            )
+            .unwrap();
+            let header = Header::from_byte_slice(&p[..BLOCK]);
+            assert_eq!(header.entry_type(), EntryType::XHeader);
+            assert_eq!(
+                header.path_bytes().as_ref(),
+                b"sha256-0123456789abcdef/PaxHeaders/manifest.json"
+            );
+            let size = header.raw_file_size().unwrap() as usize;
+            assert_eq!(p.len(), BLOCK + size.div_ceil(BLOCK) * BLOCK);
+            let parsed = super::super::tar_reader::pax_records(&p[BLOCK..BLOCK + size]).unwrap();
+            assert_eq!(parsed.comment.as_deref(), Some(value.as_bytes()));
+        }
     }
 
     #[tokio::test]

@@ -330,6 +330,8 @@ pub struct Pax {
     pub linkpath: Option<Vec<u8>>,
     /// `size`.
     pub size: Option<u64>,
+    /// `comment`: ignored by tar, read by import for a carried name.
+    pub comment: Option<Vec<u8>>,
 }
 
 /// Parse local pax records (`<len> <key>=<value>\n` each); other keys than
@@ -362,6 +364,7 @@ pub fn pax_records(mut data: &[u8]) -> Result<Pax, ReadError> {
         match key {
             b"path" => pax.path = Some(value.to_vec()),
             b"linkpath" => pax.linkpath = Some(value.to_vec()),
+            b"comment" => pax.comment = Some(value.to_vec()),
             b"size" => {
                 let size = std::str::from_utf8(value)
                     .ok()
@@ -394,6 +397,8 @@ pub struct MemberHeader {
     pub stored: u64,
     /// Number of sparse map entries (0 for a dense member).
     pub extents: u64,
+    /// The pax `comment` record before this member, if any.
+    pub comment: Option<Vec<u8>>,
 }
 
 /// The next piece of a member's logical content, see [`TarReader::read_data`].
@@ -701,6 +706,7 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
             size: stored,
             stored,
             extents: 0,
+            comment: pax.comment,
         };
         if header.typeflag != b'S' {
             self.data = Data::Dense { left: stored };

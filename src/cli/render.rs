@@ -88,12 +88,15 @@ pub fn list(p: &mut Printer, entries: &[ListEntry]) -> Rendered {
                     .unwrap_or_else(|| "-".into()),
                 e.image_ref.clone(),
                 human_bytes(e.size_bytes),
+                human_bytes(e.allocated_bytes),
                 e.created_at.clone(),
             ]
         })
         .collect();
     p.table(
-        &["NAME", "DIGEST", "PARENT", "IMAGE", "SIZE", "CREATED"],
+        &[
+            "NAME", "DIGEST", "PARENT", "IMAGE", "SIZE", "ON DISK", "CREATED",
+        ],
         &rows,
     )
 }
@@ -126,6 +129,10 @@ pub fn show(p: &mut Printer, r: &ShowReport) -> Rendered {
             "upper:           {} ({})",
             s.upper_file,
             human_bytes(s.size_bytes)
+        ),
+        format!(
+            "on disk:         {} (all its files, allocated)",
+            human_bytes(r.allocated_bytes)
         ),
         format!(
             "integrity:       {}",

@@ -208,7 +208,10 @@ fn dispatch(
             }
             rendered
         }
-        Command::Export(args) => export(registry, args, p, progress)?,
+        Command::Export(args) => {
+            crate::interrupt::install();
+            export(registry, args, p, progress)?
+        }
         Command::Import {
             archive,
             name,
@@ -216,12 +219,19 @@ fn dispatch(
             allow_shallow,
         } => {
             let source = ImportSource::from_arg(&archive);
+            crate::interrupt::install();
             let opts = ImportOptions {
                 name,
                 max_file_bytes: max_file_size,
                 allow_shallow,
             };
             let r = registry.import(&source, &opts, progress)?;
+            for f in &r.name_fallbacks {
+                eprintln!(
+                    "warning: {} came named {:?}, but {}; it is named {}",
+                    f.digest, f.carried, f.reason, f.name
+                );
+            }
             p.hint(r.microsandbox_hint.as_deref());
             summary(p, &r, render::import)
         }

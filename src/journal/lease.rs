@@ -143,6 +143,40 @@ pub fn claim_dead(layout: &Layout, id: &str) -> Result<Option<DeadLease>> {
     }
 }
 
+/// Clear what imports that died while staging left (their lock is not
+/// held, so no process is writing there): each one's staging directory and
+/// lock file go, and its journal row is marked failed. Imports that died
+/// while promoting are left to recovery. Returns how many were cleared.
+pub fn clear_dead_staging(layout: &Layout, db: &mut Db) -> Result<usize> {
+    let mut cleared = 0;
+    for row in dead_imports(layout, db, &[ImportState::Staging])? {
+        let Some(_claim) = claim_dead(layout, &row.id)? else {
+            continue;
+        };
+        remove_dir_if_exists(&layout.import_staging(&row.id))?;
+        {
+            let tx = db.write()?;
+            db::imports::set_import_state(
+                &tx,
+                &row.id,
+                ImportState::Failed,
+                Some(now_unix()),
+                Some("its process died while staging; a later import cleared its staging"),
+            )?;
+            tx.commit()?;
+        }
+        let lock = layout.import_lock(&row.id);
+        match std::fs::remove_file(&lock) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove", lock, e));
+            }
+            _ => {}
+        }
+        cleared += 1;
+    }
+    Ok(cleared)
+}
+
 /// 128 random bits as hex, from the kernel.
 fn random_id() -> Result<String> {
     let mut bytes = [0u8; 16];

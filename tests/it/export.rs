@@ -68,6 +68,18 @@ fn members(tar: &[u8]) -> Vec<Member> {
             extensions: 0,
         };
         pos += 512;
+        if m.kind == b'x' {
+            // The pax header carrying a snapshot's name: it precedes that
+            // snapshot's manifest and is no member of its own.
+            let (dir, file) = m.name.split_once("/PaxHeaders/").unwrap();
+            assert_eq!(file, "manifest.json", "{}", m.name);
+            let next = &tar[pos + (m.stored as usize).div_ceil(512) * 512..][..100];
+            assert!(next.starts_with(format!("{dir}/manifest.json\0").as_bytes()));
+            let record = String::from_utf8_lossy(&tar[pos..pos + m.stored as usize]);
+            assert!(record.contains(" comment=msb-registry.name="), "{record}");
+            pos += (m.stored as usize).div_ceil(512) * 512;
+            continue;
+        }
         if m.kind == b'S' && h[482] == 1 {
             loop {
                 let ext = &tar[pos..pos + 512];

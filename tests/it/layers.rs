@@ -59,6 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "text",
             "progress",
             "failpoint",
+            "interrupt",
         ],
     ),
 ];

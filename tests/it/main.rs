@@ -12,6 +12,7 @@ mod demo;
 mod differential;
 mod diskfull;
 mod everyday;
+mod everyday2;
 mod export;
 mod gc;
 mod hardening;
