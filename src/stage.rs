@@ -55,7 +55,7 @@ impl LogicalSink for IntegrityHasher {
 }
 
 /// The most bytes of a hole hashed between two progress reports (whole blocks).
-const PROGRESS_STEP: u64 = 8 << 20;
+pub const PROGRESS_STEP: u64 = 8 << 20;
 
 /// The extents digest of a file already in place and, for an upper, its
 /// integrity digest, in one streaming pass that does not read holes.

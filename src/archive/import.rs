@@ -8,8 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -35,7 +33,7 @@ use crate::layout::{Layout, SnapshotName};
 use crate::manifest::{Integrity, Manifest};
 use crate::progress::Progress;
 use crate::registry::Registry;
-use crate::stage::{StagedBytes, StagingFile};
+use crate::stage::{PROGRESS_STEP, StagedBytes, StagingFile};
 
 pub use super::import_source::ImportSource;
 
@@ -144,7 +142,9 @@ impl Registry {
             .enable_all()
             .build()
             .at("start runtime for", source.label())?;
-        progress.start("import", opened.len);
+        // Logical bytes: the compressed size a file source offers would give
+        // an ETA off by the archive's compression ratio and its holes.
+        progress.start("import", None);
         let streamed = runtime.block_on(read_archive(
             &layout,
             self.db().conn(),
@@ -288,11 +288,7 @@ async fn read_archive(
         members: MemberSet::default(),
         streamed: Streamed::default(),
         by_prefix: HashMap::new(),
-        ticker: Ticker {
-            consumed: pump.consumed.clone(),
-            reported: 0,
-            progress,
-        },
+        progress,
         buf: vec![0u8; CHUNK],
         last: None,
     };
@@ -360,23 +356,6 @@ fn tar_error(after: &Option<String>, e: ReadError) -> Error {
     Error::rejected_archive(format!("{e}{whence}"))
 }
 
-/// Reports compressed bytes consumed as progress.
-struct Ticker<'a> {
-    consumed: Arc<AtomicU64>,
-    reported: u64,
-    progress: &'a dyn Progress,
-}
-
-impl Ticker<'_> {
-    fn tick(&mut self) {
-        let now = self.consumed.load(Ordering::Relaxed);
-        if now > self.reported {
-            self.progress.advance(now - self.reported);
-            self.reported = now;
-        }
-    }
-}
-
 type Reader = TarReader<tokio::io::DuplexStream>;
 
 struct Stager<'a> {
@@ -390,7 +369,9 @@ struct Stager<'a> {
     members: MemberSet,
     streamed: Streamed,
     by_prefix: HashMap<String, usize>,
-    ticker: Ticker<'a>,
+    /// Advanced by the logical bytes staged (holes included): what the
+    /// time is proportional to, since the integrity digests hash every byte.
+    progress: &'a dyn Progress,
     buf: Vec<u8>,
     last: Option<String>,
 }
@@ -432,7 +413,6 @@ impl Stager<'_> {
             if is_file {
                 failpoint::hit(failpoint::IMPORT_MEMBER_STAGED)?;
             }
-            self.ticker.tick();
         }
     }
 
@@ -588,12 +568,26 @@ impl Stager<'_> {
             .await
             .map_err(|e| Error::rejected(member, e.to_string()))?
         {
-            out.piece(match chunk {
-                Chunk::Zeros(n) => Piece::Zeros(n),
-                Chunk::Data(n) if is_zero(&self.buf[..n]) => Piece::Zeros(n as u64),
-                Chunk::Data(n) => Piece::Data(&self.buf[..n]),
-            })?;
-            self.ticker.tick();
+            match chunk {
+                // A hole is hashed too: fed in steps, so the bar moves through it.
+                Chunk::Zeros(mut n) => {
+                    while n > 0 {
+                        let step = n.min(PROGRESS_STEP);
+                        out.piece(Piece::Zeros(step))?;
+                        self.progress.advance(step);
+                        n -= step;
+                    }
+                }
+                Chunk::Data(n) => {
+                    let data = &self.buf[..n];
+                    out.piece(if is_zero(data) {
+                        Piece::Zeros(n as u64)
+                    } else {
+                        Piece::Data(data)
+                    })?;
+                    self.progress.advance(n as u64);
+                }
+            }
         }
         out.finish()
     }

@@ -4,13 +4,9 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 
 use async_compression::tokio::bufread::ZstdDecoder;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, IoContext, Result};
@@ -161,8 +157,6 @@ pub fn not_an_archive(head: &[u8]) -> Option<&'static str> {
 
 /// The decompressing worker and its outcome.
 pub struct Pump {
-    /// Compressed bytes read from the source so far.
-    pub consumed: Arc<AtomicU64>,
     handle: JoinHandle<Result<bool, PumpError>>,
 }
 
@@ -170,13 +164,8 @@ impl Pump {
     /// Start the worker on the current runtime; returns the pipe the tar bytes come out of.
     pub fn start(source: OpenedSource) -> (DuplexStream, Self) {
         let (tar, mut out) = tokio::io::duplex(PIPE_BYTES);
-        let consumed = Arc::new(AtomicU64::new(0));
-        let counting = Counting {
-            inner: source.reader,
-            count: consumed.clone(),
-        };
         let handle = tokio::spawn(async move {
-            let mut input = BufReader::with_capacity(PIPE_BYTES, counting);
+            let mut input = BufReader::with_capacity(PIPE_BYTES, source.reader);
             let mut head = Vec::with_capacity(SNIFF_BYTES);
             while head.len() < SNIFF_BYTES {
                 let mut b = [0u8; SNIFF_BYTES];
@@ -209,7 +198,7 @@ impl Pump {
             }
             Ok(zstd)
         });
-        (tar, Pump { consumed, handle })
+        (tar, Pump { handle })
     }
 
     /// Stop the worker without waiting for it (an interrupted import).
@@ -243,26 +232,5 @@ async fn copy_out<R: AsyncRead + Unpin>(
             // The reader stopped (refusal or end of archive): not our error.
             return Ok(());
         }
-    }
-}
-
-struct Counting {
-    inner: Box<dyn AsyncRead + Unpin + Send>,
-    count: Arc<AtomicU64>,
-}
-
-impl AsyncRead for Counting {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            self.count
-                .fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-        }
-        r
     }
 }
