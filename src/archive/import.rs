@@ -137,26 +137,7 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<ImportReport> {
         let layout = self.layout().clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .at("start runtime for", source.label())?;
-        // Logical bytes: the compressed size a file source offers would give
-        // an ETA off by the archive's compression ratio and its holes.
-        progress.start("import", None);
-        let streamed = runtime.block_on(read_archive(
-            &layout,
-            self.db().conn(),
-            lease.id(),
-            source,
-            opened,
-            opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
-            progress,
-        ));
-        runtime.shutdown_background();
-        progress.finish();
-        let streamed = streamed?;
+        let streamed = self.stream(lease, source, opened, opts, progress)?;
         failpoint::hit(failpoint::IMPORT_STREAMED)?;
 
         let head = check::head(&streamed.snapshots)?;
@@ -176,27 +157,7 @@ impl Registry {
         crate::interrupt::check()?;
 
         let head_row = &streamed.snapshots[head];
-        let present = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?;
-        let rename_to = head_name.filter(|n| present.is_some_and(|r| r.name != n.as_str()));
-        if let Some(wanted) = &rename_to
-            && let Some(other) = db::snapshots::snapshot_by_name(self.db().conn(), wanted.as_str())?
-        {
-            return Err(Error::Conflict {
-                subject: wanted.to_string(),
-                detail: format!(
-                    "the head {} is already here under another name, and the name is taken by snapshot {}",
-                    head_row.parsed.digest, other.digest
-                ),
-            });
-        }
-        if let Some(wanted) = &rename_to
-            && layout.snapshot(wanted).symlink_metadata().is_ok()
-        {
-            return Err(Error::Conflict {
-                subject: wanted.to_string(),
-                detail: "snapshots/ holds a directory of that name without a row (debris; `gc` removes it)".into(),
-            });
-        }
+        let rename_to = self.head_rename(&head_row.parsed.digest, head_name)?;
         let outcome = install(self, lease, &checked.set)?;
         if let Some(wanted) = &rename_to {
             self.rename(&head_row.parsed.digest.to_string(), wanted.as_str())?;
@@ -218,6 +179,70 @@ impl Registry {
             cache_files_skipped: outcome.cache_files_skipped,
             name_fallbacks,
         })
+    }
+}
+
+impl Registry {
+    /// Read the whole archive into staging on a one-worker runtime, with
+    /// progress in logical bytes: the compressed size a file source offers
+    /// would give an ETA off by the archive's compression ratio and its holes.
+    fn stream(
+        &self,
+        lease: &Lease,
+        source: &ImportSource,
+        opened: OpenedSource,
+        opts: &ImportOptions,
+        progress: &dyn Progress,
+    ) -> Result<Streamed> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .at("start runtime for", source.label())?;
+        progress.start("import", None);
+        let streamed = runtime.block_on(read_archive(
+            self.layout(),
+            self.db().conn(),
+            lease.id(),
+            source,
+            opened,
+            opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            progress,
+        ));
+        runtime.shutdown_background();
+        progress.finish();
+        streamed
+    }
+
+    /// The name `--name` asks for a head that is already present under
+    /// another name (it is renamed after install), refused when taken.
+    fn head_rename(
+        &self,
+        head: &Digest,
+        head_name: Option<SnapshotName>,
+    ) -> Result<Option<SnapshotName>> {
+        let conn = self.db().conn();
+        let present = db::snapshots::snapshot_by_digest(conn, head)?;
+        let Some(wanted) = head_name.filter(|n| present.is_some_and(|r| r.name != n.as_str()))
+        else {
+            return Ok(None);
+        };
+        if let Some(other) = db::snapshots::snapshot_by_name(conn, wanted.as_str())? {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: format!(
+                    "the head {head} is already here under another name, and the name is taken by snapshot {}",
+                    other.digest
+                ),
+            });
+        }
+        if self.layout().snapshot(&wanted).symlink_metadata().is_ok() {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: "snapshots/ holds a directory of that name without a row (debris; `gc` removes it)".into(),
+            });
+        }
+        Ok(Some(wanted))
     }
 }
 

@@ -143,17 +143,7 @@ fn dispatch(
             let rows = registry.lineage(&reference, descendants)?;
             emit(p, &rows, |p, rows| render::lineage(p, rows, descendants))
         }
-        Command::Rm { references, force } => {
-            let r = registry.remove_all(&references, force)?;
-            p.hint(r.first().and_then(|r| r.microsandbox_hint.as_deref()));
-            match r.as_slice() {
-                // One REF keeps the single-object shape scripts already read.
-                [one] => summary(p, one, render::remove),
-                all => summary(p, &all, |p, r| {
-                    r.iter().try_for_each(|r| render::remove(p, r))
-                }),
-            }
-        }
+        Command::Rm { references, force } => rm(registry, &references, force, p)?,
         Command::Rename {
             reference,
             new_name,
@@ -173,40 +163,11 @@ fn dispatch(
                 ignore_unreadable_msb_db: unsafe_ignore_unreadable_msb_db,
                 grace,
             };
-            let r = registry.gc(&opts, progress)?;
-            if let Some(home) = r.microsandbox.as_ref().filter(|h| h.overridden) {
-                eprintln!(
-                    "warning: --unsafe-ignore-unreadable-msb-db: {}; the cache was swept as if microsandbox used no image",
-                    home.detail.as_deref().unwrap_or("db/msb.db is unusable")
-                );
-            }
-            summary(p, &r, render::gc)
+            gc(registry, &opts, p, progress)?
         }
-        Command::Du { references } => {
-            let r = registry.du(&references)?;
-            if r.unindexed > 0 {
-                p.hint(Some(&format!(
-                    "{} predate the chunk index; `msb-registry reindex` computes their chunk lists",
-                    super::printer::plural(r.unindexed as usize, "snapshot")
-                )));
-            }
-            emit(p, &r, render::du)
-        }
+        Command::Du { references } => du(registry, &references, p)?,
         Command::Verify { reference, content } => {
-            let r = registry.verify(reference.as_deref(), content, progress)?;
-            let rendered = if r.ok {
-                summary(p, &r, render::verify)
-            } else {
-                emit(p, &r, render::verify)
-            };
-            if !r.ok {
-                // The report is the output; a failed write cannot make the run succeed.
-                let _ = rendered.and_then(|()| p.flush());
-                return Err(Error::VerifyFailed {
-                    problems: r.problems.len(),
-                });
-            }
-            rendered
+            verify(registry, reference.as_deref(), content, p, progress)?
         }
         Command::Export(args) => {
             crate::interrupt::install();
@@ -218,28 +179,109 @@ fn dispatch(
             max_file_size,
             allow_shallow,
         } => {
-            let source = ImportSource::from_arg(&archive);
-            crate::interrupt::install();
             let opts = ImportOptions {
                 name,
                 max_file_bytes: max_file_size,
                 allow_shallow,
             };
-            let r = registry.import(&source, &opts, progress)?;
-            for f in &r.name_fallbacks {
-                eprintln!(
-                    "warning: {} came named {:?}, but {}; it is named {}",
-                    f.digest, f.carried, f.reason, f.name
-                );
-            }
-            p.hint(r.microsandbox_hint.as_deref());
-            summary(p, &r, render::import)
+            import(
+                registry,
+                &ImportSource::from_arg(&archive),
+                &opts,
+                p,
+                progress,
+            )?
         }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
         Command::Demo | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the registry root is chosen")
         }
     })
+}
+
+/// `rm`: one REF keeps the single-object shape scripts already read.
+fn rm(
+    registry: &mut Registry,
+    references: &[String],
+    force: bool,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let r = registry.remove_all(references, force)?;
+    p.hint(r.first().and_then(|r| r.microsandbox_hint.as_deref()));
+    Ok(match r.as_slice() {
+        [one] => summary(p, one, render::remove),
+        all => summary(p, &all, |p, r| {
+            r.iter().try_for_each(|r| render::remove(p, r))
+        }),
+    })
+}
+
+/// `gc`, with a loud warning when microsandbox's index was overridden.
+fn gc(
+    registry: &mut Registry,
+    opts: &GcOptions,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let r = registry.gc(opts, progress)?;
+    if let Some(home) = r.microsandbox.as_ref().filter(|h| h.overridden) {
+        eprintln!(
+            "warning: --unsafe-ignore-unreadable-msb-db: {}; the cache was swept as if microsandbox used no image",
+            home.detail.as_deref().unwrap_or("db/msb.db is unusable")
+        );
+    }
+    Ok(summary(p, &r, render::gc))
+}
+
+/// `du`, with a hint when some snapshots predate the chunk index.
+fn du(registry: &Registry, references: &[String], p: &mut Printer) -> Result<Rendered> {
+    let r = registry.du(references)?;
+    if r.unindexed > 0 {
+        p.hint(Some(&format!(
+            "{} predate the chunk index; `msb-registry reindex` computes their chunk lists",
+            super::printer::plural(r.unindexed as usize, "snapshot")
+        )));
+    }
+    Ok(emit(p, &r, render::du))
+}
+
+/// `verify`: the report is printed even when it fails, then exit 5.
+fn verify(
+    registry: &Registry,
+    reference: Option<&str>,
+    content: bool,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let r = registry.verify(reference, content, progress)?;
+    if r.ok {
+        return Ok(summary(p, &r, render::verify));
+    }
+    // The report is the output; a failed write cannot make the run succeed.
+    let _ = emit(p, &r, render::verify).and_then(|()| p.flush());
+    Err(Error::VerifyFailed {
+        problems: r.problems.len(),
+    })
+}
+
+/// `import`, interruptible, with a warning per carried name that could not be used.
+fn import(
+    registry: &mut Registry,
+    source: &ImportSource,
+    opts: &ImportOptions,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    crate::interrupt::install();
+    let r = registry.import(source, opts, progress)?;
+    for f in &r.name_fallbacks {
+        eprintln!(
+            "warning: {} came named {:?}, but {}; it is named {}",
+            f.digest, f.carried, f.reason, f.name
+        );
+    }
+    p.hint(r.microsandbox_hint.as_deref());
+    Ok(summary(p, &r, render::import))
 }
 
 fn export(
