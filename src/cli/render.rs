@@ -276,9 +276,10 @@ pub fn gc(p: &mut Printer, r: &GcReport) -> Rendered {
     }
     let verb = if r.dry_run { "would free" } else { "freed" };
     p.line(format!(
-        "{verb} {} ({}){}",
+        "{verb} {} ({}, {} on disk){}",
         plural(r.files, "file"),
         human_bytes(r.bytes),
+        human_bytes(r.allocated_bytes),
         if r.dry_run {
             "; dry run, nothing deleted"
         } else {

@@ -275,6 +275,8 @@ pub struct GcReport {
     pub files: usize,
     /// Apparent bytes freed.
     pub bytes: u64,
+    /// Bytes freed on disk (allocated blocks): what a sparse file really costs.
+    pub allocated_bytes: u64,
     /// Counts and bytes per kind.
     pub totals: Vec<KindTotal>,
     /// Cache artifacts kept for microsandbox, each with its reason.
@@ -299,6 +301,7 @@ impl GcReport {
             dry_run,
             files: removed.iter().filter(|r| r.kind.is_file()).count(),
             bytes: removed.iter().map(|r| r.bytes).sum(),
+            allocated_bytes: 0,
             removed,
             totals: totals.into_values().collect(),
             kept: Vec::new(),

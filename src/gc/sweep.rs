@@ -11,7 +11,9 @@ use super::plan::{
 use crate::db::{self, ImportState, now_unix};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::files::{changed_at, read_limited, remove_dir_if_exists};
+use crate::files::{
+    allocated_bytes, changed_at, read_limited, remove_dir_if_exists, tree_allocated_bytes,
+};
 use crate::foreign::{self, ArtifactLock};
 use crate::image::{CacheFile, CacheKind};
 use crate::journal::RegistryLock;
@@ -70,8 +72,10 @@ impl Registry {
             );
         }
         let home = survey.home.shared.then_some(survey.home);
+        let allocated = allocated_of(self.layout(), &plan);
         if opts.dry_run {
             let mut report = GcReport::new(true, plan.removals);
+            report.allocated_bytes = allocated.values().sum();
             report.kept = plan.kept;
             report.microsandbox = home;
             return Ok(report);
@@ -92,10 +96,31 @@ impl Registry {
             .filter(|r| !spared.contains(&r.path))
             .collect();
         let mut report = GcReport::new(false, removed);
+        report.allocated_bytes = allocated
+            .iter()
+            .filter(|(path, _)| !spared.contains(*path))
+            .map(|(_, bytes)| bytes)
+            .sum();
         report.kept = kept;
         report.microsandbox = home;
         Ok(report)
     }
+}
+
+/// Bytes each file or directory the plan deletes occupies on disk.
+fn allocated_of(layout: &Layout, plan: &GcPlan) -> BTreeMap<String, u64> {
+    plan.files
+        .iter()
+        .map(|d| {
+            let path = layout.resolve(&d.path);
+            let bytes = if d.dir {
+                tree_allocated_bytes(&path)
+            } else {
+                std::fs::symlink_metadata(&path).map_or(0, |m| allocated_bytes(&m))
+            };
+            (d.path.clone(), bytes)
+        })
+        .collect()
 }
 
 /// The cache files `plan` deletes whose `.lock` another process holds.

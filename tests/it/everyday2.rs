@@ -609,3 +609,34 @@ fn list_and_show_give_allocated_bytes_next_to_apparent_size() {
     assert!(shown.contains("on disk:"), "{shown}");
     reg.run(&["verify", "--content"]).ok();
 }
+
+/// gc says what it frees on disk next to the apparent size: a sparse
+/// debris file of 256 MiB holding 1 MiB of data frees about 1 MiB.
+#[test]
+fn gc_reports_the_disk_space_it_frees_next_to_the_apparent_size() {
+    use std::os::unix::fs::FileExt;
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let name = format!("sha256_{}.erofs", "d".repeat(64));
+    let debris = reg.root().join("cache/layers").join(&name);
+    let file = std::fs::File::create(&debris).unwrap();
+    file.set_len(256 << 20).unwrap();
+    file.write_all_at(&vec![7u8; 1 << 20], 64 << 20).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let dry: Value = reg.json(&["gc", "--dry-run", "--grace", "0"]);
+    assert_eq!(dry["bytes"], 256u64 << 20, "{dry}");
+    let on_disk = dry["allocated_bytes"].as_u64().unwrap();
+    assert!(
+        (1 << 20..=2 << 20).contains(&on_disk),
+        "a sparse file costs its data: {on_disk}"
+    );
+    let text = reg.run(&["gc", "--dry-run", "--grace", "0"]).ok().stdout;
+    assert!(text.contains("256.00 MiB, 1.00 MiB on disk"), "{text}");
+
+    let real: Value = reg.json(&["gc", "--grace", "0"]);
+    assert_eq!(real["allocated_bytes"].as_u64().unwrap(), on_disk);
+    assert!(!debris.exists());
+    reg.run(&["verify", "--content"]).ok();
+}
