@@ -69,6 +69,28 @@ impl Layout {
         self.root.join(format!("{DB_FILE}-wal"))
     }
 
+    /// The first entry of the root that is neither part of a registry nor
+    /// of a microsandbox home (which a registry may share): a directory
+    /// holding one is somebody else's, and is never turned into a registry.
+    pub fn foreign_entry(&self) -> Option<String> {
+        if self.is_shared_home() {
+            return None;
+        }
+        let ours = |name: &str| {
+            matches!(
+                name,
+                "registry.db" | "registry.lock" | "snapshots" | "cache" | "staging"
+            ) || name.starts_with("registry.db-")
+                || name.starts_with("registry.db.")
+        };
+        std::fs::read_dir(&self.root)
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !ours(name))
+            .min()
+    }
+
     /// The first of `snapshots/` and `cache/<kind>/` (relative to the
     /// root) that holds any entry: where a lost index would show.
     pub fn artifact_dir(&self) -> Option<String> {

@@ -38,6 +38,7 @@ impl Registry {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
         check_index_present(&layout)?;
+        check_not_foreign(&layout)?;
         Self::open_writable(layout)
     }
 
@@ -89,6 +90,7 @@ impl Registry {
     pub fn open_for_reindex(root: impl Into<PathBuf>, rebuild: bool) -> Result<(Self, Rebuild)> {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
+        check_not_foreign(&layout)?;
         for dir in layout.dirs() {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         }
@@ -204,6 +206,22 @@ impl Registry {
                     .collect::<Result<_>>()?,
             }),
         }
+    }
+}
+
+/// A directory with no index that holds things of its own (neither a
+/// registry's nor a microsandbox home's) is not adopted silently: exit 2.
+fn check_not_foreign(layout: &Layout) -> Result<()> {
+    if index_state(layout) != Some("missing") || layout.artifact_dir().is_some() {
+        return Ok(());
+    }
+    match layout.foreign_entry() {
+        Some(entry) => Err(Error::Usage(format!(
+            "{} is not a registry and holds {entry:?}: a registry is created only in a new or \
+             empty directory (or a microsandbox home); choose another --root",
+            layout.root().display()
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -640,3 +640,57 @@ fn gc_reports_the_disk_space_it_frees_next_to_the_apparent_size() {
     assert!(!debris.exists());
     reg.run(&["verify", "--content"]).ok();
 }
+
+/// A writer pointed at a directory that holds things of its own (not a
+/// registry, not a microsandbox home) refuses instead of adopting it.
+#[test]
+fn a_non_empty_directory_that_is_no_registry_is_never_adopted() {
+    let scratch = Reg::new();
+    let home = scratch.root().join("Documents");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("notes.txt"), b"mine").unwrap();
+    let dir = scratch.root().join("snap");
+    make_snapshot(
+        &dir,
+        &SnapSpec::new(&make_image_cache(
+            &scratch.root().join("c"),
+            "python:3.12",
+            1,
+            &[4096],
+        )),
+    );
+    for args in [
+        vec!["add", dir.to_str().unwrap()],
+        vec!["gc"],
+        vec!["reindex"],
+    ] {
+        let out = Command::new(bin())
+            .arg("--root")
+            .arg(&home)
+            .args(&args)
+            .output()
+            .unwrap();
+        let run = Run::from(out).fails(2, "is not a registry and holds \"notes.txt\"");
+        assert!(
+            run.stderr.contains("choose another --root"),
+            "{}",
+            run.stderr
+        );
+        let names: Vec<_> = std::fs::read_dir(&home)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["notes.txt"], "{args:?} created something");
+    }
+    // A microsandbox home is adopted: it is what --root ~/.microsandbox is for.
+    std::fs::create_dir_all(home.join("sandboxes")).unwrap();
+    Command::new(bin())
+        .arg("--root")
+        .arg(&home)
+        .args(["gc"])
+        .output()
+        .map(Run::from)
+        .unwrap()
+        .ok();
+    assert!(home.join("registry.db").exists());
+}
