@@ -35,24 +35,16 @@ IMAGE_REF=python:3.12
 
 cleanup() { [[ ${KEEP:-0} == 1 ]] || rm -rf "$WORK"; }
 trap cleanup EXIT
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 
-log() { printf '%s\n' "$*" >&2; }
 
 build() {
     log "== build (release)"
     (cd "$REPO" && cargo build --release --quiet)
 }
 
-# Seconds taken by a shell command, to stdout.
-time_of() {
-    local start end
-    start=$(date +%s.%N)
-    bash -c "$1" >/dev/null
-    end=$(date +%s.%N)
-    echo "$end - $start" | bc -l
-}
 
-median() { sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); if (NR % 2) print v[m]; else print (v[m] + v[m + 1]) / 2 }'; }
 
 # Peak resident set of a command, in MiB.
 peak_rss_mib() {

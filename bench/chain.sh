@@ -25,18 +25,11 @@ WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/msb-chain-bench.XXXXXX")}
 
 cleanup() { [[ ${KEEP:-0} == 1 ]] || rm -rf "$WORK"; }
 trap cleanup EXIT
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 
-log() { printf '%s\n' "$*" >&2; }
 
-time_of() {
-    local start end
-    start=$(date +%s.%N)
-    bash -c "$1" >/dev/null
-    end=$(date +%s.%N)
-    echo "$end - $start" | bc -l
-}
 
-median() { sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); if (NR % 2) print v[m]; else print (v[m] + v[m + 1]) / 2 }'; }
 
 flushes() {
     strace -f -c -e trace=fsync,fdatasync,syncfs -o "$WORK/strace.txt" bash -c "exec $1" >/dev/null

@@ -23,11 +23,12 @@ IMAGE_REF=python:3.12
 
 cleanup() { [[ ${KEEP:-0} == 1 ]] || rm -rf "$WORK"; }
 trap cleanup EXIT
-log() { printf '%s\n' "$*" >&2; }
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 
 # Wall and CPU (user + system) seconds of a shell command, as "WALL CPU". CPU time
 # is the steadier figure on a shared machine.
-time_of() {
+wall_and_cpu_of() {
     local out
     out=$(mktemp)
     /usr/bin/time -f '%e %U %S' -o "$out" bash -c "$1" >/dev/null
@@ -35,7 +36,6 @@ time_of() {
     rm -f "$out"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); if (NR % 2) print v[m]; else print (v[m] + v[m + 1]) / 2 }'; }
 
 setup() {
     log "== data: 3 uppers of ${UPPER_MIB} MiB logical / ${DATA_MIB} MiB data"
@@ -68,8 +68,8 @@ compare() {
     local before=() after=() r
     bash -c "$($make "$BEFORE")" >/dev/null && bash -c "$($make "$AFTER")" >/dev/null  # warm up
     for r in $(seq "$RUNS"); do
-        before+=("$(time_of "$($make "$BEFORE")")")
-        after+=("$(time_of "$($make "$AFTER")")")
+        before+=("$(wall_and_cpu_of "$($make "$BEFORE")")")
+        after+=("$(wall_and_cpu_of "$($make "$AFTER")")")
     done
     local col name mb ma
     for col in 1 2; do
