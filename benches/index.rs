@@ -59,17 +59,6 @@ fn main() {
                 None
             };
             let row = SnapshotRow {
-                digest,
-                name: format!("snap-{i:06}"),
-                parent: this_parent,
-                image_ref: "docker.io/library/python:3.12".into(),
-                image_manifest_digest: image,
-                format: "raw".into(),
-                fstype: "ext4".into(),
-                upper_file: "upper.ext4".into(),
-                size_bytes: 4 << 30,
-                integrity_algorithm: None,
-                integrity_digest: None,
                 created_at: format!(
                     "2026-10-01T{:02}:{:02}:{:02}Z",
                     (i / 3600) % 24,
@@ -78,7 +67,7 @@ fn main() {
                 ),
                 source_sandbox: Some("bench".into()),
                 labels: BTreeMap::from([("i".to_string(), i.to_string())]),
-                added_at: 0,
+                ..snapshot_row(digest, format!("snap-{i:06}"), this_parent, image)
             };
             let files = [
                 SnapshotFileRow {
@@ -187,23 +176,12 @@ fn du_scale() {
             _ => (0..per).map(|_| next_chunk()).collect(),
         };
         let this_parent = parent.as_ref().filter(|_| i % 10 != 0).map(|(d, _)| *d);
-        rows.push(SnapshotRow {
+        rows.push(snapshot_row(
             digest,
-            name: format!("du-{i:06}"),
-            parent: this_parent,
-            image_ref: "docker.io/library/python:3.12".into(),
-            image_manifest_digest: image,
-            format: "raw".into(),
-            fstype: "ext4".into(),
-            upper_file: "upper.ext4".into(),
-            size_bytes: 4 << 30,
-            integrity_algorithm: None,
-            integrity_digest: None,
-            created_at: "2026-10-01T00:00:00Z".into(),
-            source_sandbox: None,
-            labels: BTreeMap::new(),
-            added_at: 0,
-        });
+            format!("du-{i:06}"),
+            this_parent,
+            image,
+        ));
         lists.push(ChunkList {
             chunk_size: CHUNK_SIZE,
             chunks: chunks
@@ -282,4 +260,30 @@ fn du_scale() {
         out.stdout.len()
     });
     println!("`msb-registry du --json` of {total}, end to end: median {end_to_end:.2?}");
+}
+
+/// A 4 GiB raw ext4 snapshot row pinned to `image`, created 2026-10-01.
+fn snapshot_row(
+    digest: Digest,
+    name: String,
+    parent: Option<Digest>,
+    image: Digest,
+) -> SnapshotRow {
+    SnapshotRow {
+        digest,
+        name,
+        parent,
+        image_ref: "docker.io/library/python:3.12".into(),
+        image_manifest_digest: image,
+        format: "raw".into(),
+        fstype: "ext4".into(),
+        upper_file: "upper.ext4".into(),
+        size_bytes: 4 << 30,
+        integrity_algorithm: None,
+        integrity_digest: None,
+        created_at: "2026-10-01T00:00:00Z".into(),
+        source_sandbox: None,
+        labels: BTreeMap::new(),
+        added_at: 0,
+    }
 }
