@@ -21,6 +21,8 @@ mod import_hostile;
 mod import_ok;
 mod layers;
 mod mutate;
+mod oci;
+mod ociutil;
 mod reader;
 mod reports;
 mod roundtrip;

@@ -175,13 +175,19 @@ impl Reg {
     /// the binary there, and return once its stderr says it is held.
     #[track_caller]
     pub fn held_at(&self, args: &[&str], point: &str, hold: Hold) -> Held {
+        self.held_with(self.command(args), point, hold)
+    }
+
+    /// [`Reg::held_at`] for a command the caller built (extra environment).
+    #[track_caller]
+    pub fn held_with(&self, mut cmd: Command, point: &str, hold: Hold) -> Held {
+        let args = cmd.get_args().map(|a| a.to_owned()).collect::<Vec<_>>();
         let name = point.split('@').next().unwrap();
         let (action, said) = match hold {
             Hold::Pause => ("pause", "paused"),
             Hold::Stop => ("stop", "stopped"),
         };
-        let mut child = self
-            .command(args)
+        let mut child = cmd
             .env("MSB_FAILPOINT", format!("{point}:{action}"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
