@@ -395,8 +395,30 @@ fn a_chain_with_its_image_goes_from_one_root_to_another_through_a_registry() {
             .collect()
     };
     assert_eq!(cache_of(&b), cache_of(&a));
+
+    // The parent alone by its digest tag under a name of ours, then the
+    // head by its manifest digest.
+    let c = Reg::new();
+    let repo = remote.repo("team/snaps");
+    let by_tag = pull(
+        &c,
+        &[
+            &format!("{repo}:sha256-{}", hex(&base)),
+            "--name",
+            "base-copy",
+        ],
+    );
+    assert_eq!(
+        (by_tag.head.as_str(), by_tag.name.as_str()),
+        (base.as_str(), "base-copy")
+    );
+    let by_digest = pull(&c, &[&format!("{repo}@{}", pulled.manifest_digest)]);
+    assert_eq!(by_digest.head, app);
+    assert_eq!(by_digest.skipped, [base.clone()]);
+    assert!(by_digest.chunks_local > 0, "{by_digest:?}");
     verify_content(&a);
     verify_content(&b);
+    verify_content(&c);
 }
 
 #[test]
@@ -848,6 +870,18 @@ fn skopeo_reads_what_we_push() {
         manifest["layers"][0]["mediaType"],
         "application/vnd.microsandbox.snapshot.chunkmap.v1+json"
     );
+    let layers = manifest["layers"].as_array().unwrap();
+    let chunk_blobs: BTreeSet<&str> = layers[1..]
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                l["mediaType"],
+                "application/vnd.microsandbox.snapshot.chunk.v1+zstd"
+            );
+            l["digest"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(chunk_blobs.len(), layers.len() - 1, "each chunk blob once");
     let annotations = &manifest["annotations"];
     assert_eq!(annotations["org.opencontainers.image.title"], "py-app");
     assert_eq!(
@@ -892,5 +926,11 @@ fn skopeo_reads_what_we_push() {
         std::fs::read(a.root().join("snapshots/py-app/manifest.json")).unwrap(),
         "the config blob is the snapshot's canonical manifest"
     );
+    for layer in layers {
+        let digest = layer["digest"].as_str().unwrap();
+        let bytes = std::fs::read(layout.join("blobs/sha256").join(hex(digest))).unwrap();
+        assert_eq!(Digest::of(&bytes).to_string(), digest);
+        assert_eq!(bytes.len() as u64, layer["size"].as_u64().unwrap());
+    }
     verify_content(&a);
 }
