@@ -274,7 +274,7 @@ pub fn push(p: &mut Printer, r: &crate::push::PushReport) -> Rendered {
 pub fn pull(p: &mut Printer, r: &crate::pull::PullReport) -> Rendered {
     let t = &r.transfer;
     let mut out = vec![format!(
-        "pulled {} ({}): {} new, {} already present; {} downloaded ({}), {} local ({}){}",
+        "pulled {} ({}): {} new, {} already present; {} downloaded ({}), {} local ({}){}{}",
         r.name,
         r.head,
         plural(r.imported.len(), "snapshot"),
@@ -285,6 +285,14 @@ pub fn pull(p: &mut Printer, r: &crate::pull::PullReport) -> Rendered {
         human_bytes(t.bytes_local),
         if t.chunks_resumed > 0 {
             format!(", {} resumed", plural(t.chunks_resumed as usize, "chunk"))
+        } else {
+            String::new()
+        },
+        if r.image_files_installed > 0 {
+            format!(
+                "; {} installed",
+                plural(r.image_files_installed, "cache file")
+            )
         } else {
             String::new()
         }

@@ -661,7 +661,15 @@ impl Client {
     }
 
     fn transfer(&self, what: &str, e: &reqwest::Error) -> Error {
-        self.remote(format!("{what}: {}", chain(e)))
+        let text = chain(e);
+        let hint = if self.base.scheme() == "https" && text.contains("InvalidContentType") {
+            "; the registry seems to speak plain HTTP (--insecure, for a registry on localhost)"
+        } else if text.contains("certificate") || text.contains("UnknownIssuer") {
+            "; for a registry with a private CA give --ca-cert FILE"
+        } else {
+            ""
+        };
+        self.remote(format!("{what}: {text}{hint}"))
     }
 
     async fn unexpected(&self, what: &str, res: Response) -> Error {
