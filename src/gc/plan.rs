@@ -979,6 +979,43 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_pull_waits_for_its_rerun_until_the_grace_period_ends() {
+        let (mut index, mut listing) = with_cache(&[]);
+        let now = 10_000;
+        for (id, changed) in [
+            ("pull-young", now - 10),
+            ("pull-old", now - 7200),
+            ("imp", now - 10),
+        ] {
+            let mut d = dir(id, 2);
+            d.changed = changed;
+            listing.staging.push(d);
+            listing.staging.push(file(&format!("{id}.lock"), 0));
+            index.imports.push(ImportEntry {
+                id: id.into(),
+                state: ImportState::Staging,
+                finished_at: None,
+                resumable: id.starts_with("pull"),
+            });
+        }
+        let p = plan(&index, &listing, &HashSet::new(), now, 3600);
+        assert_eq!(
+            kinds(&p),
+            vec![
+                (RemovalKind::Staging, "staging/imp"),
+                (RemovalKind::Staging, "staging/imp.lock"),
+                (RemovalKind::Staging, "staging/pull-old"),
+                (RemovalKind::Staging, "staging/pull-old.lock"),
+                (RemovalKind::Journal, "imp"),
+                (RemovalKind::Journal, "pull-old"),
+            ]
+        );
+        assert_eq!(p.kept.len(), 1);
+        assert_eq!(p.kept[0].path, "staging/pull-young");
+        assert_eq!(p.kept[0].reason, KeptReason::Young);
+    }
+
+    #[test]
     fn unknown_microsandbox_use_keeps_every_cache_artifact_and_snapshot() {
         let (mut index, mut listing, image, _) = microsandbox_home();
         listing
