@@ -107,30 +107,8 @@ impl SparseWriter {
 
     /// Append data, skipping whole zero blocks.
     pub fn data(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut i = 0;
-        while i < data.len() {
-            let block_end = ((self.pos / BLOCK as u64 + 1) * BLOCK as u64 - self.pos) as usize;
-            let n = block_end.min(data.len() - i);
-            let piece = &data[i..i + n];
-            let whole_block = n == BLOCK;
-            if whole_block && is_zero(piece) {
-                self.pos += n as u64;
-                i += n;
-                continue;
-            }
-            // Gather the longest run of blocks that are not skipped, write it in one call.
-            let mut j = i + n;
-            while j < data.len() {
-                let m = BLOCK.min(data.len() - j);
-                if m == BLOCK && is_zero(&data[j..j + m]) {
-                    break;
-                }
-                j += m;
-            }
-            self.file.write_all_at(&data[i..j], self.pos)?;
-            self.pos += (j - i) as u64;
-            i = j;
-        }
+        write_at_sparse(&self.file, data, self.pos)?;
+        self.pos += data.len() as u64;
         Ok(())
     }
 
@@ -155,6 +133,34 @@ impl SparseWriter {
         self.file.set_len(self.pos)?;
         Ok(self.file)
     }
+}
+
+/// Write `data` at `offset` of `file` except the 4 KiB blocks (by absolute
+/// offset) it covers whole that are all zeros: where `file` has holes, they
+/// stay holes.
+pub fn write_at_sparse(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut i = 0;
+    while i < data.len() {
+        let pos = offset + i as u64;
+        let block_end = ((pos / BLOCK as u64 + 1) * BLOCK as u64 - pos) as usize;
+        let n = block_end.min(data.len() - i);
+        if n == BLOCK && is_zero(&data[i..i + n]) {
+            i += n;
+            continue;
+        }
+        // Gather the longest run of blocks that are not skipped, write it in one call.
+        let mut j = i + n;
+        while j < data.len() {
+            let m = BLOCK.min(data.len() - j);
+            if m == BLOCK && is_zero(&data[j..j + m]) {
+                break;
+            }
+            j += m;
+        }
+        file.write_all_at(&data[i..j], offset + i as u64)?;
+        i = j;
+    }
+    Ok(())
 }
 
 /// True when every byte is zero.

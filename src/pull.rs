@@ -23,6 +23,7 @@ use crate::db::remote::ChunkBlob;
 use crate::db::{self, ImportFileRow, ImportState, SnapshotFileRow};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::files::write_at_sparse;
 use crate::image::CacheFile;
 use crate::install::install;
 use crate::journal::Lease;
@@ -427,7 +428,7 @@ impl Registry {
                     continue;
                 }
                 if let Some(bytes) = self.local_chunk(written, &c.chunk(), len)? {
-                    file.write_all_at(&bytes, offset).at("write", &path)?;
+                    write_at_sparse(&file, &bytes, offset).at("write", &path)?;
                     report.chunks_local += 1;
                     report.bytes_local += len;
                     written.insert(c.chunk(), (path.clone(), offset));
@@ -459,7 +460,7 @@ impl Registry {
                 let bytes = decompress_chunk(&body, len, &chunk, &blob.blob)?;
                 for &(index, offset, _) in &targets {
                     let (file, path) = &files[index];
-                    file.write_all_at(&bytes, offset).at("write", path)?;
+                    write_at_sparse(file, &bytes, offset).at("write", path)?;
                 }
                 Ok::<_, Error>((chunk, blob, targets))
             },
