@@ -203,6 +203,18 @@ impl Reg {
                 child.wait()
             );
         }
+        if let Hold::Stop = hold {
+            // The line comes just before the raise: wait until the process
+            // is stopped, or a SIGCONT sent now would be lost before it.
+            let stat = format!("/proc/{}/stat", child.id());
+            while !std::fs::read_to_string(&stat)
+                .unwrap()
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         Held { child, stderr }
     }
 
