@@ -79,9 +79,9 @@ pub struct PullReport {
 /// The chunks and bytes a pull moved.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Transfer {
-    /// Chunk blobs downloaded.
+    /// Chunks downloaded.
     pub chunks_downloaded: u64,
-    /// Bytes of blob bodies downloaded (chunk blobs, chunk maps, configs, image files).
+    /// Bytes received (pack ranges, chunk maps, configs, image files).
     pub bytes_downloaded: u64,
     /// Chunks copied from snapshots already in this registry (or pulled earlier in this chain).
     pub chunks_local: u64,
@@ -126,7 +126,7 @@ impl Range {
 }
 
 /// The most bytes one range request asks for.
-const MAX_RANGE: u64 = 8 << 20;
+const MAX_RANGE: u64 = 4 << 20;
 /// Bytes of frames not needed that a range may span rather than split.
 const MAX_GAP: u64 = 64 << 10;
 
@@ -814,7 +814,7 @@ fn holds(file: &File, offset: u64, len: u64, chunk: &Digest) -> Result<bool> {
     Ok(file.read_exact_at(&mut buf, offset).is_ok() && Digest::of(&buf) == *chunk)
 }
 
-/// Decompress a downloaded chunk blob, bounded by the chunk's length, and
+/// Decompress a downloaded chunk frame, bounded by the chunk's length, and
 /// check it is the chunk the map names.
 fn decompress_chunk(body: &[u8], len: u64, chunk: &Digest, blob: &Digest) -> Result<Vec<u8>> {
     let subject = format!("chunk {chunk} in pack {blob}");

@@ -32,7 +32,7 @@ use crate::remote::format::{
 use crate::remote::reference::{image_tag, is_valid_tag, snapshot_tag};
 use crate::remote::{Access, Client, ClientOptions, RemoteRef};
 
-/// zstd level of chunk blobs: the level `tar | zstd` uses by default.
+/// zstd level of chunk frames: the level `tar | zstd` uses by default.
 pub const CHUNK_ZSTD_LEVEL: i32 = 3;
 /// Blob transfers in flight by default.
 pub const DEFAULT_JOBS: usize = 8;
