@@ -382,6 +382,8 @@ impl Registry {
             let staged = self.check_assembled(s, map, dir, name, source, &mut journal, progress)?;
             set.snapshots.push(staged);
         }
+        // What an interrupted run of this pull staged of the image is redone.
+        crate::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
         for image in &images {
             let parsed = &chain
                 .iter()
@@ -404,6 +406,7 @@ impl Registry {
         }
         {
             let tx = self.db_mut().write()?;
+            db::imports::delete_import_files(&tx, lease.id())?;
             db::imports::insert_import_files(&tx, lease.id(), &journal)?;
             tx.commit()?;
         }

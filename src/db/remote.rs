@@ -260,9 +260,14 @@ mod tests {
         assert_eq!(remote_chunk(conn, "r:5000", "a", &chunk).unwrap(), Some(at));
         assert_eq!(remote_chunk(conn, "r:5000", "b", &chunk).unwrap(), None);
 
-        let (from, found) = remote_chunk_elsewhere(conn, "r:5000", "b", &chunk).unwrap().unwrap();
+        let (from, found) = remote_chunk_elsewhere(conn, "r:5000", "b", &chunk)
+            .unwrap()
+            .unwrap();
         assert_eq!((from.as_str(), found), ("a", at));
-        assert_eq!(remote_chunk_elsewhere(conn, "r:5000", "a", &chunk).unwrap(), None);
+        assert_eq!(
+            remote_chunk_elsewhere(conn, "r:5000", "a", &chunk).unwrap(),
+            None
+        );
         copy_pack_holdings(conn, "r:5000", "a", "b", &blob).unwrap();
         assert_eq!(remote_chunk(conn, "r:5000", "b", &chunk).unwrap(), Some(at));
         assert!(remote_has(conn, "r:5000", "b", &blob).unwrap());
