@@ -634,15 +634,25 @@ fn a_pull_killed_part_way_resumes_with_the_chunks_it_wrote() {
     let a = root_with_chain();
     let target = format!("{}:app", remote.repo("snaps"));
     push(&a, &["py-app", &target, "--with-parents"]);
-    let clean = pull(&Reg::new(), &[&target]);
+    // An empty registry root (gc makes one).
+    let empty = || {
+        let r = Reg::new();
+        r.run(&["gc"]).ok();
+        r
+    };
+    let clean = pull(&empty(), &[&target]);
+    assert_eq!(clean.chunks_resumed, 0);
+    // Every chunk written is downloaded, or copied from one written before.
+    let written = clean.chunks_downloaded + clean.chunks_local;
 
     for (point, pause) in [
-        ("pull.chunk-written@5", true),
-        ("pull.chunk-written@2", false),
-        ("pull.assembled", true),
+        ("pull.chunk-written@5".to_string(), true),
+        // Among the child's downloads, which come last.
+        (format!("pull.chunk-written@{}", written - 3), false),
+        ("pull.assembled".to_string(), true),
     ] {
-        let b = Reg::new();
-        b.run(&["add", chain.base.to_str().unwrap()]).ok();
+        let point = point.as_str();
+        let b = empty();
         let before = (tree_outside_staging(&b), rows(&b));
         kill_at(&b, &["pull", &target, "--insecure"], point, pause);
         assert_eq!(
@@ -666,8 +676,14 @@ fn a_pull_killed_part_way_resumes_with_the_chunks_it_wrote() {
         if point == "pull.assembled" {
             assert_eq!(again.chunks_downloaded, 0, "{point}: {again:?}");
         }
+        assert_eq!(
+            again.chunks_downloaded + again.chunks_local + again.chunks_resumed,
+            written,
+            "{point}: each chunk once; {again:?} against a clean pull {clean:?}"
+        );
         assert!(
-            again.chunks_downloaded + again.chunks_resumed <= clean.chunks_downloaded,
+            again.chunks_downloaded < clean.chunks_downloaded
+                && again.bytes_downloaded < clean.bytes_downloaded,
             "{point}: {again:?} against a clean pull {clean:?}"
         );
         same_files(
@@ -840,21 +856,33 @@ fn a_registry_that_goes_away_mid_transfer_fails_cleanly_and_the_rerun_finishes()
     let again = push(&a, &["py-app", &target, "--with-parents"]);
     uploaded_exactly_the_new_blobs(&remote, &stored, &again);
 
-    let b = Reg::new();
-    b.run(&["add", chain.base.to_str().unwrap()]).ok();
+    let holding_the_parent = || {
+        let r = Reg::new();
+        r.run(&["add", chain.base.to_str().unwrap()]).ok();
+        r
+    };
+    let clean = pull(&holding_the_parent(), &[&target]);
+    assert!(clean.chunks_downloaded >= 2, "{clean:?}");
+    let b = holding_the_parent();
     let before = (tree_outside_staging(&b), rows(&b));
+    // Chunks copied from the parent come first, then the downloads: stop
+    // after the first download.
     lose_registry_at(
         &b,
         &mut remote,
         &["pull", &target, "--insecure"],
-        "pull.chunk-written@2",
+        &format!("pull.chunk-written@{}", clean.chunks_local + 1),
     );
     assert_eq!((tree_outside_staging(&b), rows(&b)), before);
     b.run(&["verify"]).ok();
     remote.restart();
     let pulled = pull(&b, &[&target]);
     assert_eq!(pulled.imported, [chain.app_digest.to_string()]);
-    assert!(pulled.chunks_resumed > 0, "{pulled:?}");
+    assert!(
+        pulled.chunks_resumed > clean.chunks_local
+            && pulled.chunks_downloaded < clean.chunks_downloaded,
+        "the rerun keeps what was downloaded: {pulled:?} against {clean:?}"
+    );
     same_files(
         &a.root().join("snapshots/py-app"),
         &b.root().join("snapshots/py-app"),
