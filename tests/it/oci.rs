@@ -444,7 +444,7 @@ fn a_chain_with_its_image_goes_from_one_root_to_another_through_a_registry() {
     );
     let by_digest = pull(&c, &[&format!("{repo}@{}", pulled.manifest_digest)]);
     assert_eq!(by_digest.head, app);
-    assert_eq!(by_digest.imported, [app.clone()]);
+    assert_eq!(by_digest.imported, [app.as_str()]);
     assert!(by_digest.chunks_local > 0, "{by_digest:?}");
     verify_content(&a);
     verify_content(&b);
@@ -466,7 +466,7 @@ fn a_pull_into_a_root_holding_the_parent_downloads_about_the_childs_changes() {
     b.run(&["add", chain.base.to_str().unwrap()]).ok();
     let pulled = pull(&b, &[&target]);
     let app = chain.app_digest.to_string();
-    assert_eq!(pulled.imported, [app.clone()]);
+    assert_eq!(pulled.imported, [app.as_str()]);
     let (data, new) = usage(&a, "py-app");
     assert!(pulled.chunks_local > 0, "{pulled:?}");
     assert!(pulled.bytes_local > 0, "{pulled:?}");
