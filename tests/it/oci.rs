@@ -769,11 +769,50 @@ fn tls_with_a_private_ca_and_basic_auth() {
     let pulled: PullReport = r.ok().json();
     assert_eq!(pulled.imported.len(), 2);
 
+    // Through a credential helper the docker config names: one that fails
+    // (its stderr is quoted, exit 9), then one that answers.
+    let c = Reg::new();
+    let helpers = c.path("helpers");
+    std::fs::create_dir_all(&helpers).unwrap();
+    std::fs::create_dir_all(c.path("docker-config")).unwrap();
+    std::fs::write(
+        c.path("docker-config/config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"msbtest"}}}}"#, remote.host()),
+    )
+    .unwrap();
+    let helper = helpers.join("docker-credential-msbtest");
+    let path = format!(
+        "{}:{}",
+        helpers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let with_helper = |script: &str| -> Run {
+        std::fs::write(&helper, script).unwrap();
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut cmd = client(&c, &strs(&pull_args(&["--json"])));
+        Run::from(cmd.env("PATH", &path).output().unwrap())
+    };
+    let r = check(with_helper(
+        "#!/bin/sh\necho 'no credentials for this host' >&2\nexit 1\n",
+    ));
+    failed(&r, 9, "docker-credential-msbtest");
+    assert!(
+        r.stderr.contains("no credentials for this host"),
+        "{}",
+        r.stderr
+    );
+    let r = check(with_helper(&format!(
+        "#!/bin/sh\nread server\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}\\n' \"$server\"\n"
+    )));
+    let pulled: PullReport = r.ok().json();
+    assert_eq!(pulled.imported.len(), 2);
+
     for out in &outputs {
         assert!(!out.contains(PASSWORD), "password printed: {out}");
         assert!(!out.contains(&auth), "credential printed: {out}");
     }
-    for reg in [&a, &b] {
+    for reg in [&a, &b, &c] {
         for (path, _) in reg.tree() {
             let bytes = std::fs::read(reg.root().join(&path)).unwrap_or_default();
             assert!(!contains(&bytes, PASSWORD.as_bytes()), "password in {path}");
@@ -786,6 +825,7 @@ fn tls_with_a_private_ca_and_basic_auth() {
     }
     verify_content(&a);
     verify_content(&b);
+    verify_content(&c);
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
