@@ -2,16 +2,23 @@
 //! directory over real ext4 uppers (`msb_registry::sample::ext4`), an image
 //! cache they pin, and the child's changed 4 KiB blocks — those holding data
 //! that differs from the parent's block at the same offset, concatenated into
-//! `changed-blocks.bin` — the floor a child push is measured against.
+//! `changed-blocks.bin` — the floor a child push is measured against. Also
+//! what a push of the child after its parent needs at best: its chunks
+//! (`CHUNK_SIZE`, zero chunks are holes) the parent lacks, each compressed
+//! with zstd level 3, into `chunks-needed`, so a bench tells the chunk size's
+//! share of the cost from the client's.
 //!
 //! Run: `cargo run --release --example ext4_chain -- OUT UPPER_MIB PARENT_DIRS CHILD_DIRS REWRITES [SEED]`
 //! (each directory holds 40 files of up to 1 MiB). Writes `OUT/cache`,
-//! `OUT/parent`, `OUT/child` and `OUT/changed-blocks.bin`; prints what the
-//! uppers hold.
+//! `OUT/parent`, `OUT/child`, `OUT/changed-blocks.bin` and `OUT/chunks-needed`
+//! (bytes); prints what the uppers hold.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
+use msb_registry::chunk::CHUNK_SIZE;
+use msb_registry::digest::Digest;
 use msb_registry::sample::ext4::{BLOCK, Round, make_child, make_upper, tools_available};
 use msb_registry::sample::{SnapshotSpec, write_image_cache, write_manifest};
 
@@ -58,7 +65,10 @@ fn main() {
     spec.created_at = "2026-10-02T09:00:00Z".into();
     write_manifest(&cdir, &spec).expect("child manifest");
 
-    let changed = changed_blocks(&pupper, &cupper, &out.join("changed-blocks.bin"));
+    let (p, c) = (read(&pupper), read(&cupper));
+    let changed = changed_blocks(&p, &c, &out.join("changed-blocks.bin"));
+    let (chunks, needed) = chunks_needed(&p, &c);
+    std::fs::write(out.join("chunks-needed"), needed.to_string()).expect("write chunks-needed");
     println!(
         "parent: {} MiB upper, {} MiB data in {} extents",
         parent.len >> 20,
@@ -71,12 +81,37 @@ fn main() {
         child.extents,
         changed >> 10
     );
+    println!(
+        "child: {chunks} chunks of {} KiB its parent lacks, {} KiB after zstd -3 each",
+        CHUNK_SIZE >> 10,
+        needed >> 10
+    );
+}
+
+/// The child's distinct non-zero chunks the parent lacks, and their bytes
+/// compressed one by one.
+fn chunks_needed(parent: &[u8], child: &[u8]) -> (usize, u64) {
+    let size = CHUNK_SIZE as usize;
+    let nonzero = |c: &&[u8]| c.iter().any(|&b| b != 0);
+    let have: HashSet<Digest> = parent
+        .chunks(size)
+        .filter(nonzero)
+        .map(Digest::of)
+        .collect();
+    let mut sent = HashSet::new();
+    let mut bytes = 0;
+    for c in child.chunks(size).filter(nonzero) {
+        let d = Digest::of(c);
+        if !have.contains(&d) && sent.insert(d) {
+            bytes += zstd::bulk::compress(c, 3).expect("zstd").len() as u64;
+        }
+    }
+    (sent.len(), bytes)
 }
 
 /// Write the child's 4 KiB blocks holding data that differs from the
 /// parent's at the same offset (a hole reads as zeros) to `out`; their bytes.
-fn changed_blocks(parent: &Path, child: &Path, out: &Path) -> u64 {
-    let (p, c) = (read(parent), read(child));
+fn changed_blocks(p: &[u8], c: &[u8], out: &Path) -> u64 {
     let mut file =
         std::io::BufWriter::new(std::fs::File::create(out).expect("create changed blocks"));
     let mut n = 0;
