@@ -790,14 +790,23 @@ fn tls_with_a_private_ca_and_basic_auth() {
         std::env::var("PATH").unwrap_or_default()
     );
     let with_helper = |script: &str| -> Run {
-        std::fs::write(&helper, script).unwrap();
-        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        // Installed by another process: a descriptor of ours open for
+        // writing it could be inherited by a child another test forks at
+        // that instant, and exec would then fail with ETXTBSY.
+        let source = c.path("helper.sh");
+        std::fs::write(&source, script).unwrap();
+        let installed = Command::new("install")
+            .args(["-m", "755"])
+            .arg(&source)
+            .arg(&helper)
+            .status()
             .unwrap();
+        assert!(installed.success());
         let mut cmd = client(&c, &strs(&pull_args(&["--json"])));
         Run::from(cmd.env("PATH", &path).output().unwrap())
     };
     let r = check(with_helper(
-        "#!/bin/sh\necho 'no credentials for this host' >&2\nexit 1\n",
+        "#!/bin/sh\nread server\necho 'no credentials for this host' >&2\nexit 1\n",
     ));
     failed(&r, 9, "docker-credential-msbtest");
     assert!(
