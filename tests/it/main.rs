@@ -21,6 +21,7 @@ mod import_hostile;
 mod import_ok;
 mod layers;
 mod mutate;
+mod oci_hostile;
 mod reader;
 mod reports;
 mod roundtrip;

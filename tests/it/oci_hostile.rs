@@ -1,0 +1,678 @@
+//! `push` and `pull` against a hostile OCI registry: a scriptable fake
+//! (tests/fixtures/oci_server.py) that first stores a real push honestly,
+//! then serves wrong digests, a non-canonical config, lying chunk maps,
+//! endless manifests, redirects to another port, and bearer-token auth.
+//! Each refusal has its exit code, one line naming what was wrong, and
+//! leaves the pulling registry as it was; credentials come from flags, the
+//! docker config and a credential helper, and are never printed or stored.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use msb_registry::digest::Digest;
+use msb_registry::sample::mixed_bytes;
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+/// The repository every test pushes to.
+const REPO: &str = "team/snaps";
+const USER: &str = "msb-user";
+const PASSWORD: &str = "s3cret-Pa55w0rd-xyzzy";
+
+/// The fake registry, a python3 process on two random ports of 127.0.0.1:
+/// the registry itself and the listener its blob redirects point at.
+struct Fake {
+    child: Child,
+    port: u16,
+}
+
+impl Fake {
+    fn start() -> Fake {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oci_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the fake registry");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: Value = serde_json::from_str(&line).expect("the fake prints its ports");
+        Fake {
+            child,
+            port: ports["port"].as_u64().unwrap() as u16,
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `HOST:PORT/team/snaps:TAG`.
+    fn at(&self, tag: &str) -> String {
+        format!("{}/{REPO}:{tag}", self.host())
+    }
+
+    /// `HOST:PORT/team/snaps@DIGEST`.
+    fn at_digest(&self, digest: &str) -> String {
+        format!("{}/{REPO}@{digest}", self.host())
+    }
+
+    /// One HTTP/1.1 request with `Connection: close`; status and body.
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.host(),
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&out[..split]);
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, out[split + 4..].to_vec())
+    }
+
+    fn control(&self, req: Value) -> Value {
+        let (status, body) = self.http("POST", "/_control", req.to_string().as_bytes());
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 200, "control {req}: {v}");
+        v
+    }
+
+    fn config(&self, mut settings: Value) {
+        settings["op"] = "config".into();
+        self.control(settings);
+    }
+
+    /// Every request the fake has seen, in order.
+    fn log(&self) -> Vec<Value> {
+        let (_, body) = self.http("GET", "/_control/log", b"");
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// The stored manifest a tag or digest names: its digest and JSON.
+    fn manifest(&self, reference: &str) -> (String, Value) {
+        let v = self.control(json!({"op": "get_manifest", "repo": REPO, "reference": reference}));
+        let bytes = hex::decode(v["data_hex"].as_str().unwrap()).unwrap();
+        (
+            v["digest"].as_str().unwrap().to_string(),
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    fn manifest_bytes(&self, reference: &str) -> Vec<u8> {
+        let v = self.control(json!({"op": "get_manifest", "repo": REPO, "reference": reference}));
+        hex::decode(v["data_hex"].as_str().unwrap()).unwrap()
+    }
+
+    fn blob(&self, digest: &str) -> Vec<u8> {
+        let v = self.control(json!({"op": "get_blob", "digest": digest}));
+        hex::decode(v["data_hex"].as_str().unwrap()).unwrap()
+    }
+
+    /// Store `bytes` as a blob of the repository; returns its digest.
+    fn put_blob(&self, bytes: &[u8]) -> String {
+        let v =
+            self.control(json!({"op": "put_blob", "repo": REPO, "data_hex": hex::encode(bytes)}));
+        v["digest"].as_str().unwrap().to_string()
+    }
+
+    /// Store raw manifest bytes under `digest` (their own digest when
+    /// `None`) and point `tags` at it; returns the digest used.
+    fn put_manifest_bytes(&self, bytes: &[u8], digest: Option<&str>, tags: &[&str]) -> String {
+        let mut req = json!({
+            "op": "put_manifest", "repo": REPO, "data_hex": hex::encode(bytes),
+            "media_type": "application/vnd.oci.image.manifest.v1+json", "tags": tags,
+        });
+        if let Some(d) = digest {
+            req["digest"] = d.into();
+        }
+        self.control(req)["digest"].as_str().unwrap().to_string()
+    }
+
+    fn corrupt_blob(&self, digest: &str) {
+        self.control(json!({"op": "corrupt_blob", "digest": digest}));
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry holding one snapshot, `name`, whose upper has several
+/// distinct data chunks (mixed bytes at 0, 1 MiB and 3 MiB).
+fn source(name: &str) -> (Reg, Digest) {
+    let reg = Reg::new();
+    let cache = reg.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 7, &[16384]);
+    let mut spec = SnapSpec::new(&image).label("name", name);
+    spec.data = vec![
+        (0, mixed_bytes(1, 200_000)),
+        (1 << 20, vec![0xab; 64 * 1024]),
+        (3 << 20, mixed_bytes(2, 300_000)),
+    ];
+    let dir = reg.path(&format!("src/{name}"));
+    let digest = make_snapshot(&dir, &spec);
+    reg.run(&["add", dir.to_str().unwrap(), "--name", name])
+        .ok();
+    (reg, digest)
+}
+
+/// A registry that already holds an unrelated snapshot (no chunk in common
+/// with [`source`]'s), so "unchanged" means something.
+fn populated() -> Reg {
+    let reg = Reg::new();
+    let cache = reg.path("other-cache");
+    let image = make_image_cache(&cache, "alpine:3.20", 3, &[8192]);
+    let mut spec = SnapSpec::new(&image).label("name", "other");
+    spec.data = vec![(2 << 20, mixed_bytes(99, 50_000))];
+    let dir = reg.path("src/other");
+    make_snapshot(&dir, &spec);
+    reg.run(&["add", dir.to_str().unwrap(), "--name", "other"])
+        .ok();
+    reg
+}
+
+/// An empty DOCKER_CONFIG and HOME, so no credentials of the machine's
+/// user take part.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(env.docker()).unwrap();
+        env
+    }
+
+    fn docker(&self) -> PathBuf {
+        self.dir.path().join("docker")
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+
+    fn write_config(&self, config: &Value) {
+        std::fs::write(self.docker().join("config.json"), config.to_string()).unwrap();
+    }
+
+    /// Run the binary against `reg` in this environment, with `stdin`.
+    fn run(&self, reg: &Reg, args: &[&str], stdin: &[u8]) -> Run {
+        let path = format!(
+            "{}:{}",
+            self.bin().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = reg
+            .command(args)
+            .env("DOCKER_CONFIG", self.docker())
+            .env("HOME", self.dir.path())
+            .env("PATH", path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let _ = pipe.write_all(stdin);
+        drop(pipe);
+        Run::from(child.wait_with_output().unwrap())
+    }
+}
+
+/// stderr without the `--insecure` warning.
+fn error_lines(run: &Run) -> Vec<&str> {
+    run.stderr
+        .lines()
+        .filter(|l| !(l.contains("insecure") || l.contains("plain HTTP")))
+        .collect()
+}
+
+/// Assert `run` failed with `code` and one line of error containing every
+/// one of `texts`.
+#[track_caller]
+fn failed(run: &Run, code: i32, texts: &[&str]) {
+    assert_eq!(
+        run.code, code,
+        "exit code\nstdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    let lines = error_lines(run);
+    assert_eq!(lines.len(), 1, "error is one line: {:?}", run.stderr);
+    for t in texts {
+        assert!(lines[0].contains(t), "stderr {:?} lacks {t:?}", run.stderr);
+    }
+}
+
+/// Push `name` from `reg` to the fake, anonymously; returns the --json
+/// report.
+fn push(env: &Env, reg: &Reg, name: &str, fake: &Fake) -> Value {
+    let run = env.run(
+        reg,
+        &["push", name, &fake.at(name), "--insecure", "--json"],
+        b"",
+    );
+    serde_json::from_str(&run.ok().stdout).unwrap()
+}
+
+/// Pull `source` into `dst` and assert it is refused with `code` and every
+/// one of `texts`, the registry exactly as it was, and verify clean.
+#[track_caller]
+fn refused(env: &Env, dst: &Reg, source: &str, code: i32, texts: &[&str]) {
+    let before = (dst.tree(), dst.dump());
+    let run = env.run(dst, &["pull", source, "--insecure"], b"");
+    failed(&run, code, texts);
+    assert_eq!((dst.tree(), dst.dump()), before, "registry changed");
+    dst.run(&["verify", "--content"]).ok();
+}
+
+/// The digest of layer `i` (0: the chunk map) of a manifest.
+fn layer(manifest: &Value, i: usize) -> String {
+    manifest["layers"][i]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Replace the blob a manifest's descriptor at `pointer` names by `bytes`,
+/// store the rewritten manifest and point `tags` at it; returns the new
+/// manifest digest.
+fn replace_blob(fake: &Fake, tags: &[&str], pointer: &str, bytes: &[u8]) -> String {
+    let (_, mut manifest) = fake.manifest(tags[0]);
+    let digest = fake.put_blob(bytes);
+    let desc = manifest.pointer_mut(pointer).unwrap();
+    desc["digest"] = digest.into();
+    desc["size"] = bytes.len().into();
+    fake.put_manifest_bytes(manifest.to_string().as_bytes(), None, tags)
+}
+
+#[test]
+fn honest_fake_round_trip() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, digest) = source("base");
+    push(&env, &src, "base", &fake);
+    let dst = populated();
+    let run = env.run(
+        &dst,
+        &["pull", &fake.at("base"), "--insecure", "--json"],
+        b"",
+    );
+    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    assert_eq!(report["head"], digest.to_string());
+    dst.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn wrong_digests_are_refused_with_5() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, digest) = source("base");
+    push(&env, &src, "base", &fake);
+    let dst = populated();
+    let tag = format!("sha256-{}", digest.hex());
+    let (manifest_digest, manifest) = fake.manifest("base");
+    let original = fake.manifest_bytes("base");
+
+    // A chunk blob whose bytes are not its digest.
+    let chunk = layer(&manifest, 1);
+    fake.corrupt_blob(&chunk);
+    refused(&env, &dst, &fake.at("base"), 5, &[&chunk]);
+    fake.corrupt_blob(&chunk);
+
+    // The chunk map.
+    let map = layer(&manifest, 0);
+    fake.corrupt_blob(&map);
+    refused(&env, &dst, &fake.at("base"), 5, &[&map]);
+    fake.corrupt_blob(&map);
+
+    // The config (the snapshot's manifest.json).
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    fake.corrupt_blob(&config);
+    refused(&env, &dst, &fake.at("base"), 5, &[&config]);
+    fake.corrupt_blob(&config);
+
+    // A manifest asked for by digest whose bytes are another's.
+    let mut other = manifest.clone();
+    other["annotations"]["org.opencontainers.image.title"] = "evil".into();
+    fake.put_manifest_bytes(other.to_string().as_bytes(), Some(&manifest_digest), &[]);
+    refused(
+        &env,
+        &dst,
+        &fake.at_digest(&manifest_digest),
+        5,
+        &[&manifest_digest],
+    );
+
+    // Everything restored: the same pull now succeeds.
+    fake.put_manifest_bytes(&original, None, &["base", &tag]);
+    env.run(&dst, &["pull", &fake.at("base"), "--insecure"], b"")
+        .ok();
+    dst.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn non_canonical_config_is_refused_with_6() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, digest) = source("base");
+    push(&env, &src, "base", &fake);
+    let dst = populated();
+    let (_, manifest) = fake.manifest("base");
+    let config = fake.blob(manifest["config"]["digest"].as_str().unwrap());
+    let parsed: Value = serde_json::from_slice(&config).unwrap();
+    let pretty = serde_json::to_vec_pretty(&parsed).unwrap();
+    assert_ne!(pretty, config);
+    let tag = format!("sha256-{}", digest.hex());
+    replace_blob(&fake, &["base", &tag], "/config", &pretty);
+    refused(&env, &dst, &fake.at("base"), 6, &["canonical"]);
+}
+
+#[test]
+fn endless_manifest_is_refused_early() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, _) = source("base");
+    push(&env, &src, "base", &fake);
+    let dst = populated();
+    let total: u64 = 100 << 20;
+    for content_length in [true, false] {
+        fake.config(
+            json!({"stream_manifests": {"bytes": total, "content_length": content_length}}),
+        );
+        fake.control(json!({"op": "reset_log"}));
+        refused(&env, &dst, &fake.at("base"), 6, &["manifest"]);
+        let streamed: Vec<u64> = fake
+            .log()
+            .iter()
+            .filter_map(|e| e["streamed"].as_u64())
+            .collect();
+        assert!(!streamed.is_empty(), "no manifest was streamed");
+        for s in streamed {
+            assert!(
+                s < total,
+                "the client read all {s} bytes of an endless manifest"
+            );
+        }
+    }
+}
+
+#[test]
+fn redirected_blobs_arrive_without_credentials() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, digest) = source("base");
+    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
+    let args = |target: String| {
+        vec![
+            "push".to_string(),
+            "base".into(),
+            target,
+            "--insecure".into(),
+            "--username".into(),
+            USER.into(),
+            "--password-stdin".into(),
+        ]
+    };
+    let a = args(fake.at("base"));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    env.run(&src, &a, format!("{PASSWORD}\n").as_bytes()).ok();
+
+    fake.config(json!({"redirect_blobs": true}));
+    fake.control(json!({"op": "reset_log"}));
+    let dst = populated();
+    let run = env.run(
+        &dst,
+        &[
+            "pull",
+            &fake.at("base"),
+            "--insecure",
+            "--username",
+            USER,
+            "--password-stdin",
+            "--json",
+        ],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    assert_eq!(report["head"], digest.to_string());
+    let log = fake.log();
+    let redirected: Vec<&Value> = log.iter().filter(|e| e["listener"] == "other").collect();
+    assert!(
+        !redirected.is_empty(),
+        "no blob was fetched through the redirect"
+    );
+    for e in &redirected {
+        assert_eq!(
+            e["authorization"],
+            Value::Null,
+            "credentials crossed to another port: {e}"
+        );
+    }
+    assert!(
+        log.iter()
+            .any(|e| e["listener"] == "registry" && e["authorization"].is_string()),
+        "the registry itself never saw credentials"
+    );
+    dst.run(&["verify", "--content"]).ok();
+}
+
+/// A base64 encoder for docker's `auth` field.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Assert no output of `run` and no file of the index holds the password.
+#[track_caller]
+fn password_nowhere(run: &Run, regs: &[&Reg]) {
+    assert!(!run.stdout.contains(PASSWORD) && !run.stderr.contains(PASSWORD));
+    let b64 = base64(format!("{USER}:{PASSWORD}").as_bytes());
+    assert!(!run.stdout.contains(&b64) && !run.stderr.contains(&b64));
+    for reg in regs {
+        for f in ["registry.db", "registry.db-wal"] {
+            let Ok(bytes) = std::fs::read(reg.root().join(f)) else {
+                continue;
+            };
+            for needle in [PASSWORD.as_bytes(), b64.as_bytes()] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{f} holds the credentials"
+                );
+            }
+        }
+    }
+}
+
+/// Push then pull `base` through a bearer-protected fake with the
+/// credentials `env` supplies (and `extra` flags, with `stdin`), asserting
+/// both work and leak nothing.
+fn bearer_round_trip(env: &Env, extra: &[&str], stdin: &[u8]) {
+    let fake = Fake::start();
+    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
+    let (src, digest) = source("base");
+    let target = fake.at("base");
+    let mut args = vec!["push", "base", &target, "--insecure"];
+    args.extend(extra);
+    let pushed = env.run(&src, &args, stdin).ok();
+    let dst = populated();
+    let mut args = vec!["pull", &target, "--insecure", "--json"];
+    args.extend(extra);
+    let pulled = env.run(&dst, &args, stdin).ok();
+    let report: Value = serde_json::from_str(&pulled.stdout).unwrap();
+    assert_eq!(report["head"], digest.to_string());
+    let log = fake.log();
+    assert!(
+        log.iter()
+            .any(|e| e["path"].as_str().unwrap_or("").starts_with("/token")
+                && e["authorization"].is_string()),
+        "no token was fetched with credentials"
+    );
+    password_nowhere(&pushed, &[&src, &dst]);
+    password_nowhere(&pulled, &[&src, &dst]);
+    dst.run(&["verify", "--content"]).ok();
+    src.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn bearer_token_with_password_stdin() {
+    let env = Env::new();
+    bearer_round_trip(
+        &env,
+        &["--username", USER, "--password-stdin"],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+}
+
+#[test]
+fn bearer_token_with_docker_config_auths() {
+    let env = Env::new();
+    // The fake's port is only known once it runs: the config names it
+    // inside bearer_round_trip's fake, so write it per port.
+    let fake = Fake::start();
+    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
+    env.write_config(&json!({"auths": {
+        fake.host(): {"auth": base64(format!("{USER}:{PASSWORD}").as_bytes())}
+    }}));
+    round_trip_without_flags(&env, &fake);
+}
+
+#[test]
+fn bearer_token_with_credential_helper() {
+    let env = Env::new();
+    let fake = Fake::start();
+    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
+    std::fs::create_dir_all(env.bin()).unwrap();
+    let helper = env.bin().join("docker-credential-msbtest");
+    let asked = env.dir.path().join("asked");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {}\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}\\n' \"$server\"\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&helper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&helper, perms).unwrap();
+    env.write_config(&json!({"credHelpers": {fake.host(): "msbtest"}}));
+    round_trip_without_flags(&env, &fake);
+    let asked = std::fs::read_to_string(asked).unwrap();
+    assert!(
+        asked.lines().all(|l| l == fake.host()),
+        "helper asked for {asked:?}"
+    );
+}
+
+/// Push and pull through `fake` with only the docker config of `env`.
+fn round_trip_without_flags(env: &Env, fake: &Fake) {
+    let (src, digest) = source("base");
+    let target = fake.at("base");
+    let pushed = env
+        .run(&src, &["push", "base", &target, "--insecure"], b"")
+        .ok();
+    let dst = populated();
+    let pulled = env
+        .run(&dst, &["pull", &target, "--insecure", "--json"], b"")
+        .ok();
+    let report: Value = serde_json::from_str(&pulled.stdout).unwrap();
+    assert_eq!(report["head"], digest.to_string());
+    password_nowhere(&pushed, &[&src, &dst]);
+    password_nowhere(&pulled, &[&src, &dst]);
+    dst.run(&["verify", "--content"]).ok();
+    src.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn refused_credentials_exit_9() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, _) = source("base");
+    push(&env, &src, "base", &fake);
+    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
+    let dst = populated();
+    let before = (dst.tree(), dst.dump());
+    // Wrong password, anonymous (no credentials at all), and on push.
+    let wrong = env.run(
+        &dst,
+        &[
+            "pull",
+            &fake.at("base"),
+            "--insecure",
+            "--username",
+            USER,
+            "--password-stdin",
+        ],
+        b"not-the-password\n",
+    );
+    failed(&wrong, 9, &[&fake.host()]);
+    assert!(!wrong.stderr.contains("not-the-password"));
+    let anonymous = env.run(&dst, &["pull", &fake.at("base"), "--insecure"], b"");
+    failed(&anonymous, 9, &[&fake.host()]);
+    assert_eq!((dst.tree(), dst.dump()), before, "registry changed");
+    dst.run(&["verify", "--content"]).ok();
+    let pushed = env.run(
+        &src,
+        &[
+            "push",
+            "base",
+            &fake.at("again"),
+            "--insecure",
+            "--username",
+            USER,
+            "--password-stdin",
+        ],
+        b"not-the-password\n",
+    );
+    failed(&pushed, 9, &[&fake.host()]);
+}
+
+#[test]
+fn unreachable_and_failing_registries_exit_8() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, _) = source("base");
+    push(&env, &src, "base", &fake);
+    let dst = populated();
+    fake.config(json!({"blob_status": 500}));
+    refused(&env, &dst, &fake.at("base"), 8, &["500"]);
+    fake.config(json!({"blob_status": null, "drop_blobs": true}));
+    refused(&env, &dst, &fake.at("base"), 8, &[]);
+    // A port nobody listens on: the fake's, once it is gone.
+    let host = fake.host();
+    drop(fake);
+    refused(&env, &dst, &format!("{host}/{REPO}:base"), 8, &[&host]);
+}
