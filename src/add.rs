@@ -248,7 +248,7 @@ impl Registry {
 
     /// Stage the pinned image's artifacts from `cache_dir` into the lease's
     /// staging directory, journal each, and add them to `set`.
-    fn stage_cache(
+    pub(crate) fn stage_cache(
         &self,
         lease: &Lease,
         cache_dir: &Path,

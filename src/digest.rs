@@ -26,6 +26,11 @@ impl Digest {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// The digest whose 32 bytes are `bytes` (a finished SHA-256).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+
     /// The 64 lowercase hex digits, without the algorithm prefix.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

@@ -27,6 +27,11 @@ pub mod exit {
     /// The file system refused a write: no space left, quota exceeded, or
     /// read-only. Nothing was changed; free space (or remount) and retry.
     pub const STORAGE: i32 = 7;
+    /// A remote registry could not be reached, dropped the connection, or
+    /// answered with an error of its own.
+    pub const REMOTE: i32 = 8;
+    /// A remote registry refused our credentials (or asked for some we lack).
+    pub const AUTH: i32 = 9;
 }
 
 /// Placeholder member of a refusal about the whole archive, replaced by its
@@ -242,6 +247,34 @@ pub enum Error {
         problems: usize,
     },
 
+    /// A remote registry that cannot be reached or answered with an error.
+    #[error("registry {registry}: {detail}")]
+    Remote {
+        /// `host[:port]`.
+        registry: String,
+        /// What went wrong, without credentials.
+        detail: String,
+    },
+
+    /// A remote registry refused our credentials or asked for some.
+    #[error("registry {registry}: authentication failed: {detail}")]
+    RemoteAuth {
+        /// `host[:port]`.
+        registry: String,
+        /// What it said.
+        detail: String,
+    },
+
+    /// Something a remote registry served that is not a well-formed
+    /// microsandbox artifact (refused like a bad archive).
+    #[error("rejected from registry: {subject}: {reason}")]
+    RemoteRejected {
+        /// The manifest, chunk map or blob.
+        subject: String,
+        /// The rule it breaks.
+        reason: String,
+    },
+
     /// A failpoint fired (crash-injection testing only).
     #[error("failpoint {0} fired")]
     Failpoint(String),
@@ -268,9 +301,12 @@ impl Error {
             | Error::UncheckableIntegrity { .. }
             | Error::Metadata { .. }
             | Error::VerifyFailed { .. } => exit::INTEGRITY,
-            Error::Rejected { .. } | Error::Unreadable { .. } | Error::Unsupported { .. } => {
-                exit::REJECTED
-            }
+            Error::Rejected { .. }
+            | Error::Unreadable { .. }
+            | Error::Unsupported { .. }
+            | Error::RemoteRejected { .. } => exit::REJECTED,
+            Error::Remote { .. } => exit::REMOTE,
+            Error::RemoteAuth { .. } => exit::AUTH,
             Error::ReadOnlySql(_) => exit::USAGE,
             Error::Interrupted { signal, .. } => 128 + signal,
             Error::NoRegistry { .. } => exit::NOT_FOUND,

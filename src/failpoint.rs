@@ -47,6 +47,24 @@ pub const ALL: &[&str] = &[
     RENAME_MOVED,
 ];
 
+/// The failpoints of push and pull, walked by the tests against a real
+/// registry (`tests/it/oci.rs`) rather than the local crash walk.
+pub const REMOTE: &[&str] = &[
+    PUSH_BLOB_STORED,
+    PUSH_MANIFESTS_STORED,
+    PULL_CHUNK_WRITTEN,
+    PULL_ASSEMBLED,
+];
+
+/// push: after each blob is stored in the registry (before it is recorded).
+pub const PUSH_BLOB_STORED: &str = "push.blob-stored";
+/// push: every manifest stored by digest, no tag written yet.
+pub const PUSH_MANIFESTS_STORED: &str = "push.manifests-stored";
+/// pull: after each chunk is written into its staged file.
+pub const PULL_CHUNK_WRITTEN: &str = "pull.chunk-written";
+/// pull: every file assembled, before verification and install.
+pub const PULL_ASSEMBLED: &str = "pull.assembled";
+
 /// Lease of an add or import: lock held, staging directory and journal row committed.
 pub const LEASE_ACQUIRED: &str = "lease.acquired";
 /// import: after each archive member is staged (fsynced), before the next is read.
@@ -132,7 +150,10 @@ fn configured() -> Option<&'static Config> {
 /// the configured arrival.
 pub fn hit(name: &str) -> Result<()> {
     static ARRIVALS: AtomicU64 = AtomicU64::new(0);
-    debug_assert!(ALL.contains(&name), "failpoint {name} is not listed in ALL");
+    debug_assert!(
+        ALL.contains(&name) || REMOTE.contains(&name),
+        "failpoint {name} is not listed in ALL or REMOTE"
+    );
     let Some(config) = configured() else {
         return Ok(());
     };

@@ -206,6 +206,12 @@ pub enum Command {
         #[arg(long)]
         allow_shallow: bool,
     },
+    /// Push a snapshot (with --with-parents its chain) to an OCI registry, sending only the
+    /// chunks the repository lacks.
+    Push(PushArgs),
+    /// Pull a snapshot and the ancestors this registry lacks from an OCI registry, downloading
+    /// only the chunks no local snapshot holds.
+    Pull(PullArgs),
     /// Print a shell completion script on stdout.
     Completions {
         /// The shell.
@@ -213,6 +219,66 @@ pub enum Command {
     },
     /// Print the man page (roff) on stdout.
     Man,
+}
+
+/// `push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Name, full digest, or unique digest prefix.
+    pub reference: String,
+    /// HOST[:PORT]/REPOSITORY[:TAG]; the tag defaults to the snapshot's name.
+    pub target: String,
+    /// Push its ancestors too (those the repository lacks cost only their new chunks).
+    #[arg(long)]
+    pub with_parents: bool,
+    /// Push the pinned image's cache artifacts too (tagged image-sha256-<hex>).
+    #[arg(long)]
+    pub with_image: bool,
+    /// Blob transfers in flight.
+    #[arg(long, value_name = "N", default_value_t = crate::push::DEFAULT_JOBS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// How to reach the registry.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// HOST[:PORT]/REPOSITORY:TAG or HOST[:PORT]/REPOSITORY@sha256:HEX; the tag
+    /// sha256-<hex> names a snapshot by its digest.
+    pub source: String,
+    /// Name for the head snapshot [default: the name it was pushed under].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Blob transfers in flight.
+    #[arg(long, value_name = "N", default_value_t = crate::push::DEFAULT_JOBS as u16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Largest file a pulled chunk map may describe, in bytes [default: 1 TiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_file_size: Option<u64>,
+    /// How to reach the registry.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// Credentials and transport for push and pull.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// User name for the registry [default: from the docker config, else anonymous].
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the password (or token) for --username from standard input.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// A PEM file of CA certificates to trust besides the system's (a private registry's CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// INSECURE: talk plain HTTP, unencrypted and unauthenticated (a registry on localhost).
+    #[arg(long, conflicts_with = "ca_cert")]
+    pub insecure: bool,
 }
 
 impl Command {

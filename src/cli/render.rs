@@ -237,6 +237,71 @@ pub fn import(p: &mut Printer, r: &ImportReport) -> Rendered {
     out.into_iter().try_for_each(|l| p.line(l))
 }
 
+/// `push`.
+pub fn push(p: &mut Printer, r: &crate::push::PushReport) -> Rendered {
+    let head = r.snapshots.last();
+    let mut out = vec![format!(
+        "pushed {} to {}:{} ({}): {} uploaded ({}), {} already there ({}){}",
+        head.map(|s| s.name.as_str()).unwrap_or(""),
+        r.repository,
+        r.tag,
+        plural(r.snapshots.len(), "snapshot"),
+        plural(r.blobs_uploaded as usize, "blob"),
+        human_bytes(r.bytes_uploaded),
+        plural(r.blobs_present as usize, "blob"),
+        human_bytes(r.bytes_present),
+        if r.blobs_mounted > 0 {
+            format!(", {} mounted", plural(r.blobs_mounted as usize, "blob"))
+        } else {
+            String::new()
+        }
+    )];
+    out.extend(r.snapshots.iter().map(|s| {
+        format!(
+            "  {}  {}  {}",
+            s.digest,
+            s.manifest_digest,
+            s.tags.join(", ")
+        )
+    }));
+    if let Some(i) = &r.image {
+        out.push(format!("  image cache  {}  {}", i.manifest_digest, i.tag));
+    }
+    out.into_iter().try_for_each(|l| p.line(l))
+}
+
+/// `pull`.
+pub fn pull(p: &mut Printer, r: &crate::pull::PullReport) -> Rendered {
+    let t = &r.transfer;
+    let mut out = vec![format!(
+        "pulled {} ({}): {} new, {} already present; {} downloaded ({}), {} local ({}){}{}",
+        r.name,
+        r.head,
+        plural(r.imported.len(), "snapshot"),
+        r.skipped.len(),
+        plural(t.chunks_downloaded as usize, "chunk"),
+        human_bytes(t.bytes_downloaded),
+        plural(t.chunks_local as usize, "chunk"),
+        human_bytes(t.bytes_local),
+        if t.chunks_resumed > 0 {
+            format!(", {} resumed", plural(t.chunks_resumed as usize, "chunk"))
+        } else {
+            String::new()
+        },
+        if r.image_files_installed > 0 {
+            format!(
+                "; {} installed",
+                plural(r.image_files_installed, "cache file")
+            )
+        } else {
+            String::new()
+        }
+    )];
+    out.extend(r.imported.iter().map(|d| format!("  new      {d}")));
+    out.extend(r.skipped.iter().map(|d| format!("  present  {d}")));
+    out.into_iter().try_for_each(|l| p.line(l))
+}
+
 /// `gc` and `gc --dry-run`.
 pub fn gc(p: &mut Printer, r: &GcReport) -> Rendered {
     let rows: Vec<Vec<String>> = r

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::CommandFactory;
 
-use super::args::{Cli, Command, ExportArgs};
+use super::args::{Cli, Command, ExportArgs, PullArgs, PushArgs, RemoteArgs};
 use super::printer::Printer;
 use super::progress::BarProgress;
 use super::render::{self, Rendered, emit, summary};
@@ -16,7 +16,10 @@ use crate::archive::{Compression, ExportOptions, ExportTarget, Selection};
 use crate::error::{Error, Result};
 use crate::gc::GcOptions;
 use crate::layout::Layout;
+use crate::pull::PullOptions;
+use crate::push::PushOptions;
 use crate::registry::Registry;
+use crate::remote::{ClientOptions, Credentials, RemoteRef};
 
 fn root_of(cli: &Cli) -> Result<PathBuf> {
     cli.global
@@ -192,6 +195,8 @@ fn dispatch(
                 progress,
             )?
         }
+        Command::Push(args) => push(registry, args, p, progress)?,
+        Command::Pull(args) => pull(registry, args, p, progress)?,
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
         Command::Demo | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the registry root is chosen")
@@ -347,4 +352,88 @@ fn demo(dir: Option<PathBuf>, p: &mut Printer, progress: &BarProgress) -> Result
     };
     let r = crate::demo::run(&dir, progress)?;
     Ok(summary(p, &r, |p, r| render::demo(p, r, &dir)))
+}
+
+/// `push`.
+fn push(
+    registry: &mut Registry,
+    args: PushArgs,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let target = RemoteRef::parse(&args.target)?;
+    let opts = PushOptions {
+        with_parents: args.with_parents,
+        with_image: args.with_image,
+        jobs: usize::from(args.jobs),
+        client: client_options(&target, args.remote)?,
+    };
+    let r = registry.push(&args.reference, &target, &opts, progress)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(summary(p, &r, render::push))
+}
+
+/// `pull`.
+fn pull(
+    registry: &mut Registry,
+    args: PullArgs,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let source = RemoteRef::parse(&args.source)?;
+    let opts = PullOptions {
+        name: args.name,
+        jobs: usize::from(args.jobs),
+        max_file_bytes: args.max_file_size,
+        client: client_options(&source, args.remote)?,
+    };
+    let r = registry.pull(&source, &opts, progress)?;
+    p.hint(r.microsandbox_hint.as_deref());
+    Ok(summary(p, &r, render::pull))
+}
+
+/// Transport and credentials: `--username` with the password on stdin,
+/// else the docker config's for the registry, else none.
+fn client_options(remote: &RemoteRef, args: RemoteArgs) -> Result<ClientOptions> {
+    let credentials = match args.username {
+        Some(username) => {
+            use std::io::Read;
+            if std::io::stdin().is_terminal() {
+                return Err(Error::Usage(
+                    "--password-stdin: standard input is a terminal; pipe the password in".into(),
+                ));
+            }
+            let mut password = String::new();
+            std::io::stdin()
+                .take(64 * 1024)
+                .read_to_string(&mut password)
+                .map_err(|e| Error::io("read the password from", "standard input", e))?;
+            let password = password.trim_end_matches(['\n', '\r']).to_string();
+            if password.is_empty() {
+                return Err(Error::Usage(
+                    "--password-stdin: standard input is empty".into(),
+                ));
+            }
+            Credentials::Basic { username, password }
+        }
+        None => Credentials::from_docker_config(&remote.registry)?,
+    };
+    if args.insecure {
+        eprintln!(
+            "warning: --insecure: plain HTTP to {}: nothing is encrypted, and the registry is not authenticated{}",
+            remote.registry,
+            if credentials.is_anonymous() {
+                ""
+            } else {
+                "; credentials cross the network in the clear"
+            }
+        );
+    }
+    Ok(ClientOptions {
+        insecure: args.insecure,
+        ca_cert: args.ca_cert,
+        credentials,
+    })
 }

@@ -42,7 +42,13 @@ pub struct ImportEntry {
     pub state: ImportState,
     /// Unix seconds when it finished, if it did.
     pub finished_at: Option<i64>,
+    /// Whether it is a pull, whose staging a rerun resumes from.
+    pub resumable: bool,
 }
+
+/// How the journal row of a pull's lease names its source: `pull ` and
+/// the remote reference.
+pub const PULL_SOURCE_PREFIX: &str = "pull ";
 
 /// The distinct image references snapshots were recorded with.
 pub fn pinned_image_refs(conn: &Connection) -> Result<Vec<String>> {
@@ -164,7 +170,8 @@ pub fn snapshot_file_names(conn: &Connection) -> Result<HashMap<String, Vec<Stri
 
 /// Every import journal row.
 pub fn import_entries(conn: &Connection) -> Result<Vec<ImportEntry>> {
-    let mut stmt = conn.prepare_cached("SELECT id, state, finished_at FROM imports ORDER BY id")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id, state, finished_at, source FROM imports ORDER BY id")?;
     let mut out = Vec::new();
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -180,6 +187,7 @@ pub fn import_entries(conn: &Connection) -> Result<Vec<ImportEntry>> {
             id: r.get(0)?,
             state,
             finished_at: r.get(2)?,
+            resumable: r.get::<_, String>(3)?.starts_with(PULL_SOURCE_PREFIX),
         });
     }
     Ok(out)

@@ -6,6 +6,7 @@ pub mod gc;
 pub mod images;
 pub mod imports;
 pub mod microsandbox;
+pub mod remote;
 pub mod snapshots;
 
 use std::path::Path;

@@ -362,8 +362,8 @@ pub fn plan(
     let kept = plan_images(index, listing, &leased, &mut plan);
     plan_cache_rows(index, listing, &leased, &kept, &mut plan);
     plan_debris(index, listing, &leased, young_since, &mut plan);
-    plan_staging(listing, &protected, &mut plan);
-    plan_journal(index, live, now, &mut plan);
+    let resuming = plan_staging(index, listing, &protected, young_since, &mut plan);
+    plan_journal(index, live, &resuming, now, &mut plan);
 
     plan.removals.sort();
     plan.kept.sort();
@@ -605,10 +605,38 @@ fn plan_snapshot_debris(index: &IndexView, listing: &Listing, rule: &Debris, pla
 }
 
 /// Staging entries of imports that are neither live nor promoting.
-fn plan_staging(listing: &Listing, protected: &HashSet<&str>, plan: &mut GcPlan) {
+/// Dead imports' staging goes, but for an interrupted pull's changed
+/// within the grace period: a rerun of the pull resumes from it. Returns
+/// the ids of those pulls, whose journal rows stay with them.
+fn plan_staging<'a>(
+    index: &'a IndexView,
+    listing: &Listing,
+    protected: &HashSet<&str>,
+    young_since: i64,
+    plan: &mut GcPlan,
+) -> HashSet<&'a str> {
+    let pulls: HashMap<&str, &ImportEntry> = index
+        .imports
+        .iter()
+        .filter(|i| i.resumable && i.state == ImportState::Staging)
+        .map(|i| (i.id.as_str(), i))
+        .collect();
+    let young_pulls: HashSet<&str> = listing
+        .staging
+        .iter()
+        .filter(|e| e.dir && e.changed > young_since)
+        .filter_map(|e| pulls.get(import_id_of(&e.name)).map(|i| i.id.as_str()))
+        .collect();
     for e in &listing.staging {
         let id = import_id_of(&e.name);
         if protected.contains(id) {
+            continue;
+        }
+        if young_pulls.contains(id) {
+            if e.dir {
+                plan.kept
+                    .push(Kept::new(KeptReason::Young, format!("staging/{}", e.name)));
+            }
             continue;
         }
         let path = format!("staging/{}", e.name);
@@ -624,11 +652,21 @@ fn plan_staging(listing: &Listing, protected: &HashSet<&str>, plan: &mut GcPlan)
             bytes: e.bytes,
         });
     }
+    young_pulls
 }
 
 /// Journal rows of dead imports, and of finished ones past retention.
-fn plan_journal(index: &IndexView, live: &HashSet<String>, now: i64, plan: &mut GcPlan) {
+fn plan_journal(
+    index: &IndexView,
+    live: &HashSet<String>,
+    resuming: &HashSet<&str>,
+    now: i64,
+    plan: &mut GcPlan,
+) {
     for import in &index.imports {
+        if resuming.contains(import.id.as_str()) {
+            continue;
+        }
         let expired = import
             .finished_at
             .is_some_and(|t| t <= now - JOURNAL_RETENTION_SECS);
@@ -941,6 +979,43 @@ mod tests {
     }
 
     #[test]
+    fn an_interrupted_pull_waits_for_its_rerun_until_the_grace_period_ends() {
+        let (mut index, mut listing) = with_cache(&[]);
+        let now = 10_000;
+        for (id, changed) in [
+            ("pull-young", now - 10),
+            ("pull-old", now - 7200),
+            ("imp", now - 10),
+        ] {
+            let mut d = dir(id, 2);
+            d.changed = changed;
+            listing.staging.push(d);
+            listing.staging.push(file(&format!("{id}.lock"), 0));
+            index.imports.push(ImportEntry {
+                id: id.into(),
+                state: ImportState::Staging,
+                finished_at: None,
+                resumable: id.starts_with("pull"),
+            });
+        }
+        let p = plan(&index, &listing, &HashSet::new(), now, 3600);
+        assert_eq!(
+            kinds(&p),
+            vec![
+                (RemovalKind::Staging, "staging/imp"),
+                (RemovalKind::Staging, "staging/imp.lock"),
+                (RemovalKind::Staging, "staging/pull-old"),
+                (RemovalKind::Staging, "staging/pull-old.lock"),
+                (RemovalKind::Journal, "imp"),
+                (RemovalKind::Journal, "pull-old"),
+            ]
+        );
+        assert_eq!(p.kept.len(), 1);
+        assert_eq!(p.kept[0].path, "staging/pull-young");
+        assert_eq!(p.kept[0].reason, KeptReason::Young);
+    }
+
+    #[test]
     fn unknown_microsandbox_use_keeps_every_cache_artifact_and_snapshot() {
         let (mut index, mut listing, image, _) = microsandbox_home();
         listing
@@ -952,6 +1027,7 @@ mod tests {
             id: "dead".into(),
             state: ImportState::Staging,
             finished_at: None,
+            resumable: false,
         }];
         index.microsandbox = MicrosandboxRoots::Unknown;
         let p = plan(&index, &listing, &HashSet::new(), 0, 0);
@@ -1000,11 +1076,13 @@ mod tests {
                 id: "live".into(),
                 state: ImportState::Staging,
                 finished_at: None,
+                resumable: false,
             },
             ImportEntry {
                 id: "dead".into(),
                 state: ImportState::Staging,
                 finished_at: None,
+                resumable: false,
             },
         ];
         index.leases.insert(
@@ -1057,6 +1135,7 @@ mod tests {
             id: "i".into(),
             state: ImportState::Staging,
             finished_at: None,
+            resumable: false,
         }];
         index
             .leases
@@ -1075,6 +1154,7 @@ mod tests {
             id: "p".into(),
             state: ImportState::Promoting,
             finished_at: None,
+            resumable: false,
         }];
         index
             .leases
@@ -1101,6 +1181,7 @@ mod tests {
                 id: id.into(),
                 state,
                 finished_at: Some(now - age * 24 * 3600),
+                resumable: false,
             });
         }
         let plan = plan(&index, &listing, &HashSet::new(), now, 0);

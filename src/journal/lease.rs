@@ -67,6 +67,45 @@ impl Lease {
         })
     }
 
+    /// Take over the lease of import `id` whose process died (its lock is
+    /// free): its staging and journal row are kept, so a rerun of a pull
+    /// resumes from what the dead one downloaded. `None` when it is live,
+    /// or gc cleared it first.
+    pub fn adopt(layout: &Layout, db: &Db, id: &str) -> Result<Option<Lease>> {
+        let lock_path = layout.import_lock(id);
+        let lock = match File::options().write(true).open(&lock_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", lock_path, e)),
+        };
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(Error::io("lock", lock_path, e)),
+        }
+        // Under the lock nothing else clears it; check that nothing did before.
+        let same_file = std::fs::metadata(&lock_path)
+            .map(|m| m.ino() == lock.metadata().map(|l| l.ino()).unwrap_or(0))
+            .unwrap_or(false);
+        let staging = layout.import_staging(id);
+        let still_staging = db::imports::imports_in_states(db.conn(), &[ImportState::Staging])?
+            .iter()
+            .any(|r| r.id == id);
+        if !same_file || !staging.is_dir() || !still_staging {
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            id: id.to_string(),
+            staging,
+            lock_path,
+            _lock: lock,
+        }))
+    }
+
+    /// Let the lease go without ending it: its staging and journal row
+    /// stay for a later [`Lease::adopt`] (or gc, after its grace period).
+    pub fn release(self) {}
+
     /// The import id.
     pub fn id(&self) -> &str {
         &self.id
@@ -150,6 +189,10 @@ pub fn claim_dead(layout: &Layout, id: &str) -> Result<Option<DeadLease>> {
 pub fn clear_dead_staging(layout: &Layout, db: &mut Db) -> Result<usize> {
     let mut cleared = 0;
     for row in dead_imports(layout, db, &[ImportState::Staging])? {
+        // A pull's partial download waits for its rerun; gc decides its end.
+        if row.source.starts_with(db::gc::PULL_SOURCE_PREFIX) {
+            continue;
+        }
         let Some(_claim) = claim_dead(layout, &row.id)? else {
             continue;
         };

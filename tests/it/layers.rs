@@ -29,11 +29,21 @@ const LAYERS: &[(&str, &[&str])] = &[
             "archive::import",
             "archive::export",
             "archive::export_plan",
+            "push",
+            "pull",
         ],
     ),
     (
         "archive/journal",
-        &["archive::*", "journal", "journal::*", "sample", "sample::*"],
+        &[
+            "archive::*",
+            "journal",
+            "journal::*",
+            "sample",
+            "sample::*",
+            "remote",
+            "remote::*",
+        ],
     ),
     (
         "db/layout/files",

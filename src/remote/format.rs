@@ -1,0 +1,446 @@
+//! The OCI form of a snapshot (README "Push and pull"; DESIGN §8): one
+//! image manifest per snapshot whose config is the canonical manifest.json
+//! (so the config digest is the snapshot digest), whose first layer is the
+//! chunk map, and whose other layers are the zstd chunk blobs. Building
+//! and checking these documents is all this module does; a pulled document
+//! is input like an archive member, checked before anything trusts it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
+
+/// `mediaType` of the manifests we push.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// `artifactType` of a snapshot's manifest.
+pub const SNAPSHOT_ARTIFACT: &str = "application/vnd.microsandbox.snapshot.v1";
+/// `mediaType` of the config blob: the canonical snapshot manifest.
+pub const SNAPSHOT_CONFIG: &str = "application/vnd.microsandbox.snapshot.manifest.v1+json";
+/// `mediaType` of the chunk map, the first layer.
+pub const CHUNK_MAP: &str = "application/vnd.microsandbox.snapshot.chunkmap.v1+json";
+/// `mediaType` of a chunk blob: the zstd of one chunk's bytes.
+pub const CHUNK_BLOB: &str = "application/vnd.microsandbox.snapshot.chunk.v1+zstd";
+/// `artifactType` of an image's cache artifacts.
+pub const IMAGE_CACHE_ARTIFACT: &str = "application/vnd.microsandbox.image-cache.v1";
+/// `mediaType` of a cache file layer.
+pub const IMAGE_CACHE_FILE: &str = "application/vnd.microsandbox.image-cache.file.v1";
+/// The OCI empty config (`{}`), for the image-cache manifest.
+pub const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+/// Annotation: a layer's file name, or the manifest's snapshot name.
+pub const TITLE: &str = "org.opencontainers.image.title";
+/// Annotation: the snapshot's creation time.
+pub const CREATED: &str = "org.opencontainers.image.created";
+/// Annotation: the snapshot digest.
+pub const SNAPSHOT_DIGEST: &str = "dev.microsandbox.snapshot.digest";
+/// Annotation: the parent snapshot digest.
+pub const SNAPSHOT_PARENT: &str = "dev.microsandbox.snapshot.parent";
+
+/// The largest manifest read from a registry (the limit Distribution
+/// itself enforces on a push).
+pub const MAX_OCI_MANIFEST_BYTES: u64 = 4 << 20;
+/// The largest chunk map read from a registry.
+pub const MAX_CHUNK_MAP_BYTES: u64 = 32 << 20;
+/// Chunk sizes a pulled chunk map may use.
+pub const CHUNK_SIZES: std::ops::RangeInclusive<u64> = 4096..=(4 << 20);
+
+/// The most a zstd blob of `chunk_size` bytes may take: zstd's own bound
+/// for incompressible input, with room for its frame header.
+pub fn max_chunk_blob(chunk_size: u64) -> u64 {
+    chunk_size + chunk_size / 128 + 1024
+}
+
+/// A content descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// What the content is.
+    pub media_type: String,
+    /// SHA-256 of its bytes.
+    pub digest: Digest,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Annotations, when any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Descriptor {
+    /// A descriptor of `bytes`.
+    pub fn of(media_type: &str, bytes: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// An OCI image manifest (the fields we write and read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OciManifest {
+    /// Always 2.
+    pub schema_version: u32,
+    /// [`OCI_MANIFEST`].
+    pub media_type: String,
+    /// [`SNAPSHOT_ARTIFACT`] or [`IMAGE_CACHE_ARTIFACT`].
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    /// The config blob.
+    pub config: Descriptor,
+    /// The layers.
+    pub layers: Vec<Descriptor>,
+    /// The parent's manifest, when in the same repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl OciManifest {
+    /// Its bytes as pushed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serializes")
+    }
+
+    /// Parse a manifest a registry served, bounded and checked for the
+    /// shape of `artifact` (one of the two artifact types).
+    pub fn parse(bytes: &[u8], artifact: &str, subject: &str) -> Result<OciManifest> {
+        let bad = |reason: String| malformed(subject, reason);
+        if bytes.len() as u64 > MAX_OCI_MANIFEST_BYTES {
+            return Err(bad(format!(
+                "manifest of {} bytes exceeds {MAX_OCI_MANIFEST_BYTES}",
+                bytes.len()
+            )));
+        }
+        let m: OciManifest =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not an OCI manifest: {e}")))?;
+        if m.schema_version != 2 || m.media_type != OCI_MANIFEST {
+            return Err(bad(format!(
+                "not an OCI image manifest (schemaVersion {}, mediaType {})",
+                m.schema_version,
+                crate::text::escape(&m.media_type)
+            )));
+        }
+        if m.artifact_type.as_deref() != Some(artifact) {
+            return Err(bad(format!(
+                "artifactType is {}, not {artifact}: not a microsandbox {}",
+                crate::text::escape(m.artifact_type.as_deref().unwrap_or("(none)")),
+                if artifact == SNAPSHOT_ARTIFACT {
+                    "snapshot"
+                } else {
+                    "image cache"
+                }
+            )));
+        }
+        Ok(m)
+    }
+}
+
+/// A refusal of something a registry served.
+pub fn malformed(subject: &str, reason: String) -> Error {
+    Error::RemoteRejected {
+        subject: subject.to_string(),
+        reason,
+    }
+}
+
+/// One file of a snapshot in a chunk map: its size and data chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapFile {
+    /// File name in the snapshot directory.
+    pub path: String,
+    /// Apparent size.
+    pub size: u64,
+    /// `[offset, index into chunks]`, by offset; offsets not listed are holes.
+    pub extents: Vec<(u64, u32)>,
+}
+
+/// One distinct chunk: its digest and the blob it travels as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapChunk(pub Digest, pub Digest, pub u64);
+
+impl MapChunk {
+    /// SHA-256 of the chunk's uncompressed bytes.
+    pub fn chunk(&self) -> Digest {
+        self.0
+    }
+    /// SHA-256 of its zstd blob.
+    pub fn blob(&self) -> Digest {
+        self.1
+    }
+    /// Bytes of the blob.
+    pub fn blob_size(&self) -> u64 {
+        self.2
+    }
+}
+
+/// The chunk map: how a snapshot's files are put together from chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkMap {
+    /// Always 1.
+    pub schema: u32,
+    /// The snapshot it belongs to.
+    pub snapshot: Digest,
+    /// The size the files were cut at.
+    pub chunk_size: u64,
+    /// Always "zstd".
+    pub compression: String,
+    /// Every distinct chunk, once.
+    pub chunks: Vec<MapChunk>,
+    /// Every file of the snapshot but manifest.json.
+    pub files: Vec<MapFile>,
+}
+
+impl ChunkMap {
+    /// Its bytes as pushed.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a chunk map always serializes")
+    }
+
+    /// Length of the chunk at `offset` of `file`.
+    pub fn chunk_len(&self, file: &MapFile, offset: u64) -> u64 {
+        self.chunk_size.min(file.size - offset)
+    }
+
+    /// Parse and check a chunk map a registry served for `snapshot`,
+    /// whose manifest lists `layers`: every rule that keeps the work it
+    /// asks for bounded and its files well formed.
+    pub fn parse(
+        bytes: &[u8],
+        snapshot: &ParsedManifest,
+        layers: &[Descriptor],
+        max_file_bytes: u64,
+    ) -> Result<ChunkMap> {
+        let subject = format!("chunk map of {}", snapshot.digest);
+        let bad = |reason: String| malformed(&subject, reason);
+        let map: ChunkMap =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a chunk map: {e}")))?;
+        if map.schema != 1 || map.compression != "zstd" {
+            return Err(bad(format!(
+                "schema {} / compression {} is not schema 1 / zstd",
+                map.schema,
+                crate::text::escape(&map.compression)
+            )));
+        }
+        if map.snapshot != snapshot.digest {
+            return Err(bad(format!("describes snapshot {}", map.snapshot)));
+        }
+        if !CHUNK_SIZES.contains(&map.chunk_size) || !map.chunk_size.is_power_of_two() {
+            return Err(bad(format!(
+                "chunk size {} is not a power of two between 4 KiB and 4 MiB",
+                map.chunk_size
+            )));
+        }
+        let listed: HashMap<Digest, u64> = layers.iter().map(|l| (l.digest, l.size)).collect();
+        let mut seen = HashSet::new();
+        for c in &map.chunks {
+            if !seen.insert(c.chunk()) {
+                return Err(bad(format!("lists chunk {} twice", c.chunk())));
+            }
+            if c.blob_size() > max_chunk_blob(map.chunk_size) {
+                return Err(bad(format!(
+                    "blob {} of {} bytes is larger than a chunk of {} bytes can compress to",
+                    c.blob(),
+                    c.blob_size(),
+                    map.chunk_size
+                )));
+            }
+            if listed.get(&c.blob()) != Some(&c.blob_size()) {
+                return Err(bad(format!(
+                    "blob {} ({} bytes) is not a layer of the snapshot's manifest",
+                    c.blob(),
+                    c.blob_size()
+                )));
+            }
+        }
+        let upper = &snapshot.manifest.upper;
+        let mut names = HashSet::new();
+        for f in &map.files {
+            let name = crate::text::escape(&f.path);
+            if !is_normal_file_name(&f.path) || f.path == "manifest.json" {
+                return Err(bad(format!(
+                    "file name {name} is not a plain snapshot file name"
+                )));
+            }
+            if !names.insert(f.path.as_str()) {
+                return Err(bad(format!("lists file {name} twice")));
+            }
+            if f.size > max_file_bytes {
+                return Err(bad(format!(
+                    "file {name} claims {} bytes, more than the {max_file_bytes}-byte limit (--max-file-size)",
+                    f.size
+                )));
+            }
+            if f.path == upper.file && f.size != upper.size_bytes {
+                return Err(bad(format!(
+                    "upper {name} has {} bytes; the manifest says {}",
+                    f.size, upper.size_bytes
+                )));
+            }
+            let mut next = 0u64;
+            for &(offset, index) in &f.extents {
+                if offset < next || offset % map.chunk_size != 0 || offset >= f.size {
+                    return Err(bad(format!(
+                        "file {name}: offset {offset} is out of order, unaligned or past its end"
+                    )));
+                }
+                if index as usize >= map.chunks.len() {
+                    return Err(bad(format!(
+                        "file {name}: chunk index {index} out of range"
+                    )));
+                }
+                next = offset + map.chunk_size;
+            }
+        }
+        if !names.contains(upper.file.as_str()) {
+            return Err(bad(format!(
+                "has no entry for the upper {}",
+                crate::text::escape(&upper.file)
+            )));
+        }
+        Ok(map)
+    }
+}
+
+/// Parse a config blob: it must be a snapshot manifest in its canonical
+/// bytes, whose digest is the blob's digest.
+pub fn parse_config(bytes: &[u8], subject: &str) -> Result<ParsedManifest> {
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(malformed(
+            subject,
+            format!(
+                "config of {} bytes exceeds {MAX_MANIFEST_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let parsed = Manifest::parse(bytes).map_err(|source| Error::Manifest {
+        path: subject.to_string(),
+        source,
+    })?;
+    if parsed.manifest.canonical_bytes() != bytes {
+        return Err(malformed(
+            subject,
+            "config is a snapshot manifest but not in its canonical bytes".into(),
+        ));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Format, ImagePin, Upper};
+
+    fn snapshot() -> ParsedManifest {
+        let m = Manifest {
+            schema: 1,
+            format: Format::Raw,
+            fstype: "ext4".into(),
+            image: ImagePin {
+                reference: "python:3.12".into(),
+                manifest_digest: Digest::of(b"image"),
+            },
+            parent: None,
+            created_at: "2026-10-01T09:00:00Z".into(),
+            labels: Default::default(),
+            upper: Upper {
+                file: "upper.ext4".into(),
+                size_bytes: 1 << 20,
+                integrity: None,
+            },
+            source_sandbox: None,
+        };
+        Manifest::parse(&m.canonical_bytes()).unwrap()
+    }
+
+    fn map(s: &ParsedManifest) -> (ChunkMap, Vec<Descriptor>) {
+        let blob = Descriptor::of(CHUNK_BLOB, b"blob");
+        let map = ChunkMap {
+            schema: 1,
+            snapshot: s.digest,
+            chunk_size: 131072,
+            compression: "zstd".into(),
+            chunks: vec![MapChunk(Digest::of(b"chunk"), blob.digest, blob.size)],
+            files: vec![MapFile {
+                path: "upper.ext4".into(),
+                size: 1 << 20,
+                extents: vec![(0, 0), (131072 * 3, 0)],
+            }],
+        };
+        (map, vec![blob])
+    }
+
+    #[test]
+    fn a_chunk_map_round_trips_and_its_rules_hold() {
+        let s = snapshot();
+        let (m, layers) = map(&s);
+        let parsed = ChunkMap::parse(&m.to_bytes(), &s, &layers, 1 << 40).unwrap();
+        assert_eq!(parsed, m);
+
+        let refuse = |edit: &dyn Fn(&mut ChunkMap), what: &str| {
+            let mut bad = m.clone();
+            edit(&mut bad);
+            let e = ChunkMap::parse(&bad.to_bytes(), &s, &layers, 1 << 40).unwrap_err();
+            assert_eq!(e.exit_code(), 6, "{what}: {e}");
+        };
+        refuse(&|m| m.files[0].size = 1 << 62, "2^62 bytes");
+        refuse(&|m| m.files[0].extents.reverse(), "out of order");
+        refuse(&|m| m.files[0].extents[1].0 = 5, "unaligned");
+        refuse(&|m| m.files[0].extents[1].0 = 1 << 20, "past the end");
+        refuse(&|m| m.files[0].extents[1].1 = 7, "index out of range");
+        refuse(&|m| m.chunk_size = 3000, "chunk size");
+        refuse(&|m| m.chunk_size = 1 << 30, "huge chunk size");
+        refuse(&|m| m.chunks[0].2 = 5, "blob not listed at that size");
+        refuse(&|m| m.chunks.push(m.chunks[0]), "duplicate chunk");
+        refuse(&|m| m.files[0].path = "../x".into(), "path");
+        refuse(&|m| m.files[0].path = "other".into(), "no upper");
+        refuse(&|m| m.snapshot = Digest::of(b"x"), "other snapshot");
+    }
+
+    #[test]
+    fn a_config_must_be_the_canonical_manifest() {
+        let s = snapshot();
+        let bytes = s.manifest.canonical_bytes();
+        assert_eq!(parse_config(&bytes, "c").unwrap().digest, s.digest);
+        let spaced = serde_json::to_vec_pretty(&s.manifest).unwrap();
+        assert_eq!(parse_config(&spaced, "c").unwrap_err().exit_code(), 6);
+        assert_eq!(parse_config(b"{}", "c").unwrap_err().exit_code(), 5);
+    }
+
+    #[test]
+    fn a_manifest_of_another_kind_is_refused() {
+        let config = Descriptor::of(SNAPSHOT_CONFIG, b"{}");
+        let m = OciManifest {
+            schema_version: 2,
+            media_type: OCI_MANIFEST.into(),
+            artifact_type: Some(IMAGE_CACHE_ARTIFACT.into()),
+            config,
+            layers: vec![],
+            subject: None,
+            annotations: BTreeMap::new(),
+        };
+        let bytes = m.to_bytes();
+        assert!(OciManifest::parse(&bytes, IMAGE_CACHE_ARTIFACT, "m").is_ok());
+        assert_eq!(
+            OciManifest::parse(&bytes, SNAPSHOT_ARTIFACT, "m")
+                .unwrap_err()
+                .exit_code(),
+            6
+        );
+        assert_eq!(
+            OciManifest::parse(b"[1]", SNAPSHOT_ARTIFACT, "m")
+                .unwrap_err()
+                .exit_code(),
+            6
+        );
+    }
+}

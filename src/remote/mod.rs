@@ -1,0 +1,12 @@
+//! OCI distribution registries as a place for snapshots (README "Push and
+//! pull"): references, credentials, the HTTP client and the OCI form of a
+//! snapshot. Push and pull (the operations) are built on these.
+
+pub mod client;
+pub mod credentials;
+pub mod format;
+pub mod reference;
+
+pub use client::{Access, Client, ClientOptions};
+pub use credentials::Credentials;
+pub use reference::RemoteRef;

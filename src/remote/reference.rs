@@ -1,0 +1,211 @@
+//! Where a snapshot lives in an OCI registry: `HOST[:PORT]/REPOSITORY`
+//! with a tag or a manifest digest, as docker and skopeo write it.
+
+use std::fmt;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// A repository of a registry, and optionally a tag or digest in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// `host[:port]`.
+    pub registry: String,
+    /// The repository path, lower case, `/`-separated.
+    pub repository: String,
+    /// A tag, when one was given.
+    pub tag: Option<String>,
+    /// A manifest digest, when one was given (`@sha256:…`).
+    pub digest: Option<Digest>,
+}
+
+/// The tag naming a snapshot by its digest: `sha256-<hex>`.
+pub fn snapshot_tag(snapshot: &Digest) -> String {
+    format!("sha256-{}", snapshot.hex())
+}
+
+/// The tag of an image's cache artifacts: `image-sha256-<hex>`.
+pub fn image_tag(image_manifest: &Digest) -> String {
+    format!("image-sha256-{}", image_manifest.hex())
+}
+
+/// Whether `tag` is a valid OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn is_valid_tag(tag: &str) -> bool {
+    let mut bytes = tag.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric() || b == b'_')
+        && tag.len() <= 128
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn is_valid_component(c: &str) -> bool {
+    // [a-z0-9]+ separated by '.', '_', '__' or runs of '-'.
+    let b = c.as_bytes();
+    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if is_alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !is_alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+fn is_valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
+    };
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']'))
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl RemoteRef {
+    /// Parse `HOST[:PORT]/REPOSITORY[:TAG][@sha256:HEX]`. The registry host
+    /// is required: a snapshot has no default registry.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "{}: {why} (expected HOST[:PORT]/REPOSITORY[:TAG] or HOST[:PORT]/REPOSITORY@sha256:HEX)",
+                crate::text::escape(s)
+            ))
+        };
+        let (rest, digest) = match s.split_once('@') {
+            Some((rest, d)) => (
+                rest,
+                Some(
+                    d.parse::<Digest>()
+                        .map_err(|_| bad("the part after @ is not a sha256 digest"))?,
+                ),
+            ),
+            None => (s, None),
+        };
+        let (registry, path) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("no registry host"))?;
+        if !is_valid_host(registry) {
+            return Err(bad("the registry host is not a host name or host:port"));
+        }
+        let (repository, tag) = match path.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag.to_string())),
+            _ => (path, None),
+        };
+        if repository.is_empty() || !repository.split('/').all(is_valid_component) {
+            return Err(bad(
+                "the repository must be lower-case components of [a-z0-9] joined by '.', '_', '__' or '-', separated by '/'",
+            ));
+        }
+        if repository.len() > 255 {
+            return Err(bad("the repository is longer than 255 characters"));
+        }
+        if let Some(t) = &tag
+            && !is_valid_tag(t)
+        {
+            return Err(bad(
+                "a tag is 1 to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'",
+            ));
+        }
+        Ok(RemoteRef {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            tag,
+            digest,
+        })
+    }
+
+    /// `host/repository`, without tag or digest.
+    pub fn repository_name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The same repository at `tag`.
+    pub fn with_tag(&self, tag: &str) -> RemoteRef {
+        RemoteRef {
+            tag: Some(tag.to_string()),
+            digest: None,
+            ..self.clone()
+        }
+    }
+
+    /// What to ask the registry for: the digest when given, else the tag.
+    pub fn manifest_reference(&self) -> Option<String> {
+        self.digest
+            .map(|d| d.to_string())
+            .or_else(|| self.tag.clone())
+    }
+}
+
+impl fmt::Display for RemoteRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_docker_writes() {
+        let r = RemoteRef::parse("127.0.0.1:5000/team/snaps:py-deps").unwrap();
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "team/snaps");
+        assert_eq!(r.tag.as_deref(), Some("py-deps"));
+        assert_eq!(r.to_string(), "127.0.0.1:5000/team/snaps:py-deps");
+
+        let hex = "ab".repeat(32);
+        let r = RemoteRef::parse(&format!("ghcr.io/a/b@sha256:{hex}")).unwrap();
+        assert_eq!(r.tag, None);
+        assert_eq!(r.manifest_reference().unwrap(), format!("sha256:{hex}"));
+
+        let r = RemoteRef::parse("localhost:5000/snaps").unwrap();
+        assert_eq!((r.tag, r.digest), (None, None));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_reference() {
+        for bad in [
+            "snaps",
+            "host/",
+            "host/Upper",
+            "host/a//b",
+            "host/a:-tag",
+            "host/a:",
+            "host/a@sha256:zz",
+            "ho st/a",
+            "host:99999999/a",
+            "host/a-/b",
+        ] {
+            let e = RemoteRef::parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+        }
+        assert!(is_valid_tag("sha256-abc"));
+        assert!(!is_valid_tag(&"a".repeat(129)));
+        assert!(!is_valid_tag("a/b"));
+    }
+}
