@@ -241,7 +241,7 @@ impl Env {
 fn error_lines(run: &Run) -> Vec<&str> {
     run.stderr
         .lines()
-        .filter(|l| !(l.contains("insecure") || l.contains("plain HTTP")))
+        .filter(|l| !l.starts_with("warning: --insecure: plain HTTP"))
         .collect()
 }
 
@@ -249,6 +249,7 @@ fn error_lines(run: &Run) -> Vec<&str> {
 /// one of `texts`.
 #[track_caller]
 fn failed(run: &Run, code: i32, texts: &[&str]) {
+    eprintln!("exit {}: {}", run.code, run.stderr.trim_end());
     assert_eq!(
         run.code, code,
         "exit code\nstdout: {}\nstderr: {}",
@@ -273,14 +274,32 @@ fn push(env: &Env, reg: &Reg, name: &str, fake: &Fake) -> Value {
 }
 
 /// Pull `source` into `dst` and assert it is refused with `code` and every
-/// one of `texts`, the registry exactly as it was, and verify clean.
+/// one of `texts`, the registry exactly as it was (a refused pull keeps no
+/// staging), and verify clean.
 #[track_caller]
 fn refused(env: &Env, dst: &Reg, source: &str, code: i32, texts: &[&str]) {
     let before = (dst.tree(), dst.dump());
     let run = env.run(dst, &["pull", source, "--insecure"], b"");
     failed(&run, code, texts);
     assert_eq!((dst.tree(), dst.dump()), before, "registry changed");
+    assert!(open_pulls(dst).is_empty(), "a pull was left open");
     dst.run(&["verify", "--content"]).ok();
+}
+
+/// Pulls whose staging is kept for a rerun: (id, source).
+fn open_pulls(reg: &Reg) -> Vec<(String, String)> {
+    let rows: Vec<Value> = reg.json(&[
+        "sql",
+        "SELECT id, source FROM imports WHERE state = 'staging'",
+    ]);
+    rows.iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// The digest of layer `i` (0: the chunk map) of a manifest.
@@ -291,127 +310,343 @@ fn layer(manifest: &Value, i: usize) -> String {
         .to_string()
 }
 
-/// Replace the blob a manifest's descriptor at `pointer` names by `bytes`,
-/// store the rewritten manifest and point `tags` at it; returns the new
-/// manifest digest.
-fn replace_blob(fake: &Fake, tags: &[&str], pointer: &str, bytes: &[u8]) -> String {
-    let (_, mut manifest) = fake.manifest(tags[0]);
-    let digest = fake.put_blob(bytes);
-    let desc = manifest.pointer_mut(pointer).unwrap();
-    desc["digest"] = digest.into();
-    desc["size"] = bytes.len().into();
-    fake.put_manifest_bytes(manifest.to_string().as_bytes(), None, tags)
+/// The OCI media type of a chunk blob.
+const CHUNK_BLOB: &str = "application/vnd.microsandbox.snapshot.chunk.v1+zstd";
+
+/// One snapshot (`base`) pushed honestly to a fake, its manifest and chunk
+/// map as pushed, and a populated registry to pull it into.
+struct Pushed {
+    fake: Fake,
+    env: Env,
+    src: Reg,
+    dst: Reg,
+    digest: Digest,
+    manifest_digest: String,
+    manifest_bytes: Vec<u8>,
+    manifest: Value,
+    map: Value,
+}
+
+impl Pushed {
+    fn new() -> Pushed {
+        let fake = Fake::start();
+        let env = Env::new();
+        let (src, digest) = source("base");
+        push(&env, &src, "base", &fake);
+        let (manifest_digest, manifest) = fake.manifest("base");
+        let manifest_bytes = fake.manifest_bytes("base");
+        let map = serde_json::from_slice(&fake.blob(&layer(&manifest, 0))).unwrap();
+        Pushed {
+            fake,
+            env,
+            src,
+            dst: populated(),
+            digest,
+            manifest_digest,
+            manifest_bytes,
+            manifest,
+            map,
+        }
+    }
+
+    /// `base` and `sha256-<hex>`: the tags naming the snapshot.
+    fn tags(&self) -> [String; 2] {
+        ["base".into(), format!("sha256-{}", self.digest.hex())]
+    }
+
+    /// Point the tags at `manifest` (stored under its own digest).
+    fn retag(&self, manifest: &[u8]) {
+        let [a, b] = self.tags();
+        self.fake.put_manifest_bytes(manifest, None, &[&a, &b]);
+    }
+
+    /// Store `map` (the chunk map after `edit_map`) as a blob, then point
+    /// the tags at the original manifest naming it, after `edit_manifest`.
+    fn rewrite(&self, edit_map: impl FnOnce(&mut Value), edit_manifest: impl FnOnce(&mut Value)) {
+        let mut map = self.map.clone();
+        edit_map(&mut map);
+        let bytes = serde_json::to_vec(&map).unwrap();
+        let mut manifest = self.manifest.clone();
+        manifest["layers"][0]["digest"] = self.fake.put_blob(&bytes).into();
+        manifest["layers"][0]["size"] = bytes.len().into();
+        edit_manifest(&mut manifest);
+        self.retag(manifest.to_string().as_bytes());
+    }
+
+    /// Pull `base` and assert the refusal (see [`refused`]).
+    #[track_caller]
+    fn refused(&self, code: i32, texts: &[&str]) {
+        refused(&self.env, &self.dst, &self.fake.at("base"), code, texts);
+    }
+
+    /// Pull `base` and assert it works.
+    #[track_caller]
+    fn pulls(&self) -> Value {
+        let run = self.env.run(
+            &self.dst,
+            &["pull", &self.fake.at("base"), "--insecure", "--json"],
+            b"",
+        );
+        let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+        assert_eq!(report["head"], self.digest.to_string());
+        assert!(open_pulls(&self.dst).is_empty(), "a pull was left open");
+        self.dst.run(&["verify", "--content"]).ok();
+        report
+    }
+
+    /// The index in `chunks` of the upper's first extent, and its chunk digest.
+    fn first_chunk(&self) -> (usize, String) {
+        let index = self.map["files"][0]["extents"][0][1].as_u64().unwrap() as usize;
+        let chunk = self.map["chunks"][index][0].as_str().unwrap().to_string();
+        (index, chunk)
+    }
+
+    /// Serve `blob` (zstd bytes) as the upper's first chunk: stored, named
+    /// by the chunk map, and listed as a layer.
+    fn swap_first_chunk_blob(&self, blob: &[u8]) {
+        let digest = self.fake.put_blob(blob);
+        let (index, _) = self.first_chunk();
+        let (d, len) = (digest.clone(), blob.len());
+        self.rewrite(
+            |map| {
+                map["chunks"][index][1] = d.into();
+                map["chunks"][index][2] = len.into();
+            },
+            |manifest| {
+                let layers = manifest["layers"].as_array_mut().unwrap();
+                layers.push(json!({"mediaType": CHUNK_BLOB, "digest": digest, "size": len}));
+            },
+        );
+    }
 }
 
 #[test]
 fn honest_fake_round_trip() {
-    let fake = Fake::start();
-    let env = Env::new();
-    let (src, digest) = source("base");
-    push(&env, &src, "base", &fake);
-    let dst = populated();
-    let run = env.run(
-        &dst,
-        &["pull", &fake.at("base"), "--insecure", "--json"],
-        b"",
-    );
-    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
-    assert_eq!(report["head"], digest.to_string());
-    dst.run(&["verify", "--content"]).ok();
+    let p = Pushed::new();
+    let report = p.pulls();
+    let chunks = p.map["chunks"].as_array().unwrap().len() as u64;
+    assert_eq!(report["chunks_downloaded"].as_u64(), Some(chunks));
+    p.src.run(&["verify", "--content"]).ok();
 }
 
 #[test]
 fn wrong_digests_are_refused_with_5() {
-    let fake = Fake::start();
-    let env = Env::new();
-    let (src, digest) = source("base");
-    push(&env, &src, "base", &fake);
-    let dst = populated();
-    let tag = format!("sha256-{}", digest.hex());
-    let (manifest_digest, manifest) = fake.manifest("base");
-    let original = fake.manifest_bytes("base");
+    let p = Pushed::new();
+    let (fake, manifest) = (&p.fake, &p.manifest);
 
-    // A chunk blob whose bytes are not its digest.
-    let chunk = layer(&manifest, 1);
-    fake.corrupt_blob(&chunk);
-    refused(&env, &dst, &fake.at("base"), 5, &[&chunk]);
-    fake.corrupt_blob(&chunk);
-
-    // The chunk map.
-    let map = layer(&manifest, 0);
-    fake.corrupt_blob(&map);
-    refused(&env, &dst, &fake.at("base"), 5, &[&map]);
-    fake.corrupt_blob(&map);
-
-    // The config (the snapshot's manifest.json).
+    // A chunk blob, the chunk map, the config: bytes that are not their digest.
     let config = manifest["config"]["digest"].as_str().unwrap().to_string();
-    fake.corrupt_blob(&config);
-    refused(&env, &dst, &fake.at("base"), 5, &[&config]);
-    fake.corrupt_blob(&config);
+    for blob in [layer(manifest, 1), layer(manifest, 0), config] {
+        fake.corrupt_blob(&blob);
+        p.refused(5, &[&blob, "digest"]);
+        fake.corrupt_blob(&blob);
+    }
 
-    // A manifest asked for by digest whose bytes are another's.
+    // A manifest asked for by digest whose bytes are another's; by tag,
+    // one whose Docker-Content-Digest is not its bytes'.
     let mut other = manifest.clone();
     other["annotations"]["org.opencontainers.image.title"] = "evil".into();
-    fake.put_manifest_bytes(other.to_string().as_bytes(), Some(&manifest_digest), &[]);
+    let other = other.to_string();
+    let [a, b] = p.tags();
+    fake.put_manifest_bytes(other.as_bytes(), Some(&p.manifest_digest), &[&a, &b]);
+    refused(
+        &p.env,
+        &p.dst,
+        &fake.at_digest(&p.manifest_digest),
+        5,
+        &[&p.manifest_digest],
+    );
+    p.refused(5, &[&p.manifest_digest]);
+
+    // A chunk blob that is a good zstd frame of the right length, but of
+    // other bytes than the chunk the map names.
+    p.fake
+        .put_manifest_bytes(&p.manifest_bytes, None, &[&a, &b]);
+    let (_, chunk) = p.first_chunk();
+    p.swap_first_chunk_blob(&zstd::bulk::compress(&vec![7u8; 128 << 10], 3).unwrap());
+    p.refused(5, &[&chunk]);
+
+    // Everything restored: the same pull works.
+    p.retag(&p.manifest_bytes);
+    p.pulls();
+}
+
+#[test]
+fn parent_tag_naming_another_snapshot_is_refused_with_5() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, base) = source("base");
+    let (_, stray) = {
+        let dir = src.path("src/stray");
+        let cache = src.path("stray-cache");
+        let image = make_image_cache(&cache, "python:3.12", 7, &[16384]);
+        let spec = SnapSpec::new(&image).label("name", "stray");
+        let d = make_snapshot(&dir, &spec);
+        src.run(&["add", dir.to_str().unwrap(), "--name", "stray"])
+            .ok();
+        ((), d)
+    };
+    let dir = src.path("src/child");
+    let cache = src.path("child-cache");
+    let image = make_image_cache(&cache, "python:3.12", 7, &[16384]);
+    let mut spec = SnapSpec::new(&image).label("name", "child").parent(base);
+    spec.data = vec![(0, mixed_bytes(1, 200_000)), (5 << 20, vec![9; 4096])];
+    make_snapshot(&dir, &spec);
+    src.run(&["add", dir.to_str().unwrap(), "--name", "child"])
+        .ok();
+    push(&env, &src, "stray", &fake);
+    env.run(
+        &src,
+        &[
+            "push",
+            "child",
+            &fake.at("child"),
+            "--insecure",
+            "--with-parents",
+        ],
+        b"",
+    )
+    .ok();
+    let (stray_manifest, _) = fake.manifest("stray");
+    let stray_bytes = fake.manifest_bytes(&stray_manifest);
+    let base_tag = format!("sha256-{}", base.hex());
+    let base_bytes = fake.manifest_bytes(&base_tag);
+    fake.put_manifest_bytes(&stray_bytes, None, &[&base_tag]);
+    let dst = populated();
     refused(
         &env,
         &dst,
-        &fake.at_digest(&manifest_digest),
+        &fake.at("child"),
         5,
-        &[&manifest_digest],
+        &[&base_tag, &stray.to_string()],
     );
-
-    // Everything restored: the same pull now succeeds.
-    fake.put_manifest_bytes(&original, None, &["base", &tag]);
-    env.run(&dst, &["pull", &fake.at("base"), "--insecure"], b"")
+    fake.put_manifest_bytes(&base_bytes, None, &[&base_tag]);
+    env.run(&dst, &["pull", &fake.at("child"), "--insecure"], b"")
         .ok();
     dst.run(&["verify", "--content"]).ok();
 }
 
 #[test]
 fn non_canonical_config_is_refused_with_6() {
-    let fake = Fake::start();
-    let env = Env::new();
-    let (src, digest) = source("base");
-    push(&env, &src, "base", &fake);
-    let dst = populated();
-    let (_, manifest) = fake.manifest("base");
-    let config = fake.blob(manifest["config"]["digest"].as_str().unwrap());
+    let p = Pushed::new();
+    let config = p
+        .fake
+        .blob(p.manifest["config"]["digest"].as_str().unwrap());
     let parsed: Value = serde_json::from_slice(&config).unwrap();
     let pretty = serde_json::to_vec_pretty(&parsed).unwrap();
     assert_ne!(pretty, config);
-    let tag = format!("sha256-{}", digest.hex());
-    replace_blob(&fake, &["base", &tag], "/config", &pretty);
-    refused(&env, &dst, &fake.at("base"), 6, &["canonical"]);
+    let digest = p.fake.put_blob(&pretty);
+    let mut manifest = p.manifest.clone();
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = pretty.len().into();
+    p.retag(manifest.to_string().as_bytes());
+    p.refused(6, &["canonical"]);
 }
 
 #[test]
-fn endless_manifest_is_refused_early() {
-    let fake = Fake::start();
-    let env = Env::new();
-    let (src, _) = source("base");
-    push(&env, &src, "base", &fake);
-    let dst = populated();
+fn lying_chunk_maps_are_refused_with_6() {
+    let p = Pushed::new();
+    let huge = 1u64 << 62;
+    assert_eq!(p.map["files"][0]["path"], "upper.ext4");
+
+    p.rewrite(|m| m["files"][0]["size"] = huge.into(), |_| {});
+    p.refused(6, &["upper.ext4", &huge.to_string()]);
+
+    p.rewrite(
+        |m| m["files"][0]["extents"].as_array_mut().unwrap().reverse(),
+        |_| {},
+    );
+    p.refused(6, &["out of order"]);
+
+    p.rewrite(|m| m["files"][0]["extents"][0][0] = huge.into(), |_| {});
+    p.refused(6, &[&huge.to_string()]);
+
+    p.rewrite(|m| m["files"][0]["extents"][0][1] = huge.into(), |_| {});
+    p.refused(6, &["chunk map"]);
+
+    p.rewrite(|m| m["files"][0]["extents"][0][1] = u32::MAX.into(), |_| {});
+    p.refused(6, &["out of range"]);
+
+    p.rewrite(|m| m["chunk_size"] = huge.into(), |_| {});
+    p.refused(6, &["chunk size"]);
+
+    p.rewrite(|m| m["chunks"][0][2] = huge.into(), |_| {});
+    p.refused(6, &[&huge.to_string()]);
+
+    // The manifest's descriptors claiming 2^62 bytes: the chunk map, the config.
+    p.rewrite(|_| {}, |m| m["layers"][0]["size"] = huge.into());
+    p.refused(6, &[&huge.to_string()]);
+    p.rewrite(|_| {}, |m| m["config"]["size"] = huge.into());
+    p.refused(6, &[&huge.to_string()]);
+
+    // A chunk blob that decompresses to more than a chunk (a zstd bomb).
+    p.swap_first_chunk_blob(&zstd::bulk::compress(&vec![1u8; 4 << 20], 3).unwrap());
+    p.refused(6, &["zstd"]);
+
+    // A snapshot that is consistent throughout but claims a 2^62-byte
+    // upper: its config, chunk map and manifest all agree.
+    let config = p
+        .fake
+        .blob(p.manifest["config"]["digest"].as_str().unwrap());
+    let mut parsed: Value = serde_json::from_slice(&config).unwrap();
+    parsed["upper"]["size_bytes"] = huge.into();
+    let config = serde_json::to_vec(&parsed).unwrap();
+    let snapshot = p.fake.put_blob(&config);
+    let config_len = config.len();
+    p.rewrite(
+        |m| {
+            m["snapshot"] = snapshot.clone().into();
+            m["files"][0]["size"] = huge.into();
+        },
+        |m| {
+            m["config"]["digest"] = snapshot.clone().into();
+            m["config"]["size"] = config_len.into();
+        },
+    );
+    p.refused(6, &["upper.ext4", &huge.to_string(), "limit"]);
+
+    p.retag(&p.manifest_bytes);
+    p.pulls();
+}
+
+#[test]
+fn endless_manifests_and_blobs_are_refused_early() {
+    let p = Pushed::new();
     let total: u64 = 100 << 20;
-    for content_length in [true, false] {
-        fake.config(
-            json!({"stream_manifests": {"bytes": total, "content_length": content_length}}),
-        );
-        fake.control(json!({"op": "reset_log"}));
-        refused(&env, &dst, &fake.at("base"), 6, &["manifest"]);
-        let streamed: Vec<u64> = fake
+    let bound = msb_registry::remote::format::MAX_OCI_MANIFEST_BYTES;
+    let streamed = || -> Vec<u64> {
+        p.fake
             .log()
             .iter()
             .filter_map(|e| e["streamed"].as_u64())
-            .collect();
-        assert!(!streamed.is_empty(), "no manifest was streamed");
-        for s in streamed {
-            assert!(
-                s < total,
-                "the client read all {s} bytes of an endless manifest"
-            );
-        }
+            .collect()
+    };
+    for content_length in [true, false] {
+        let stream = json!({"bytes": total, "content_length": content_length});
+        p.fake.config(json!({"stream_manifests": stream}));
+        p.fake.control(json!({"op": "reset_log"}));
+        p.refused(6, &["manifest", &bound.to_string()]);
+        let s = streamed();
+        assert_eq!(s.len(), 1, "one manifest streamed: {s:?}");
+        // What the client read, plus what the kernel's socket buffers took.
+        assert!(
+            s[0] < bound + (16 << 20),
+            "{s:?} bytes sent to a refusing client"
+        );
+
+        // The chunk map's blob runs on past the size its descriptor gives.
+        let map = layer(&p.manifest, 0);
+        p.fake
+            .config(json!({"stream_manifests": null, "stream_blobs": stream, "only_blobs": [map]}));
+        p.fake.control(json!({"op": "reset_log"}));
+        p.refused(6, &[&map]);
+        let s = streamed();
+        assert_eq!(s.len(), 1, "one blob streamed: {s:?}");
+        assert!(s[0] < 16 << 20, "{s:?} bytes sent to a refusing client");
+        p.fake
+            .config(json!({"stream_blobs": null, "only_blobs": null}));
     }
+    p.pulls();
 }
 
 #[test]
@@ -661,18 +896,62 @@ fn refused_credentials_exit_9() {
 }
 
 #[test]
-fn unreachable_and_failing_registries_exit_8() {
-    let fake = Fake::start();
+fn a_failing_registry_exits_8_and_the_rerun_resumes() {
+    let p = Pushed::new();
+    let before = (p.dst.tree(), p.dst.dump());
+    let pull = || {
+        p.env
+            .run(&p.dst, &["pull", &p.fake.at("base"), "--insecure"], b"")
+    };
+    let chunk_blob = layer(&p.manifest, 1);
+    p.fake
+        .config(json!({"blob_status": 500, "only_blobs": [chunk_blob]}));
+    failed(&pull(), 8, &[&p.fake.host(), &chunk_blob, "500"]);
+
+    // The pull's staging stays for a rerun; nothing else changed.
+    let open = open_pulls(&p.dst);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(open[0].1.starts_with("pull "), "{open:?}");
+    let staging = format!("staging/{}", open[0].0);
+    let after = p.dst.tree();
+    for (path, size) in &before.0 {
+        assert_eq!(after.get(path), Some(size), "{path} changed");
+    }
+    for path in after.keys().filter(|k| !before.0.contains_key(*k)) {
+        assert!(path.starts_with(&staging), "{path} is new");
+    }
+    assert_eq!(p.dst.dump(), before.1);
+    p.dst.run(&["verify", "--content"]).ok();
+
+    // A connection cut in the middle of a blob: the same staging, adopted.
+    p.fake
+        .config(json!({"blob_status": null, "drop_blobs": true}));
+    failed(&pull(), 8, &[&p.fake.host(), &chunk_blob]);
+    assert_eq!(open_pulls(&p.dst), open);
+
+    // The registry mended: the rerun takes what was written and fetches the rest.
+    p.fake
+        .config(json!({"drop_blobs": false, "only_blobs": null}));
+    let report = p.pulls();
+    let chunks = p.map["chunks"].as_array().unwrap().len() as u64;
+    let got =
+        report["chunks_downloaded"].as_u64().unwrap() + report["chunks_resumed"].as_u64().unwrap();
+    assert_eq!(got, chunks, "{report}");
+    assert!(
+        !p.dst.tree().keys().any(|k| k.starts_with(&staging)),
+        "staging left behind"
+    );
+}
+
+#[test]
+fn an_unreachable_registry_exits_8() {
     let env = Env::new();
-    let (src, _) = source("base");
-    push(&env, &src, "base", &fake);
     let dst = populated();
-    fake.config(json!({"blob_status": 500}));
-    refused(&env, &dst, &fake.at("base"), 8, &["500"]);
-    fake.config(json!({"blob_status": null, "drop_blobs": true}));
-    refused(&env, &dst, &fake.at("base"), 8, &[]);
-    // A port nobody listens on: the fake's, once it is gone.
-    let host = fake.host();
-    drop(fake);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("127.0.0.1:{port}");
     refused(&env, &dst, &format!("{host}/{REPO}:base"), 8, &[&host]);
 }
