@@ -695,7 +695,7 @@ async fn fetch_snapshot(
     let Some((bytes, digest)) = client.get_manifest(repo, reference).await? else {
         return Ok(None);
     };
-    let subject = format!("{}/{repo}:{reference}", client.registry());
+    let subject = crate::remote::reference::joined(client.registry(), repo, reference);
     let manifest = OciManifest::parse(&bytes, SNAPSHOT_ARTIFACT, &subject)?;
     if manifest.config.media_type != SNAPSHOT_CONFIG
         || manifest.config.size > crate::manifest::MAX_MANIFEST_BYTES

@@ -378,7 +378,10 @@ impl Client {
                     .await);
             }
         }
-        let subject = format!("manifest {}/{repository}:{reference}", self.registry);
+        let subject = format!(
+            "manifest {}",
+            super::reference::joined(&self.registry, repository, reference)
+        );
         let max = super::format::MAX_OCI_MANIFEST_BYTES;
         let too_large =
             || super::format::malformed(&subject, format!("manifest larger than {max} bytes"));

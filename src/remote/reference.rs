@@ -29,6 +29,17 @@ pub fn image_tag(image_manifest: &Digest) -> String {
     format!("image-sha256-{}", image_manifest.hex())
 }
 
+/// `host/repository:tag`, or `host/repository@sha256:…` when `reference`
+/// is a manifest digest, as a person would write it.
+pub fn joined(registry: &str, repository: &str, reference: &str) -> String {
+    let sep = if reference.parse::<Digest>().is_ok() {
+        '@'
+    } else {
+        ':'
+    };
+    format!("{registry}/{repository}{sep}{reference}")
+}
+
 /// Whether `tag` is a valid OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
 pub fn is_valid_tag(tag: &str) -> bool {
     let mut bytes = tag.bytes();
