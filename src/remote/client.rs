@@ -633,9 +633,17 @@ impl Client {
             .map_err(|e| self.transfer("token request", &e))?;
         if res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::FORBIDDEN {
             let said = error_text(res).await;
+            let hint = if self.credentials.is_anonymous() {
+                format!(
+                    "; the registry wants credentials: give --username and --password-stdin, or `docker login {}`",
+                    self.registry
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::RemoteAuth {
                 registry: self.registry.clone(),
-                detail: format!("the token service refused: {said}"),
+                detail: format!("the token service refused: {said}{hint}"),
             });
         }
         if !res.status().is_success() {
