@@ -454,7 +454,7 @@ fn wrong_digests_are_refused_with_5() {
         &p.dst,
         &fake.at_digest(&p.manifest_digest),
         5,
-        &[&p.manifest_digest],
+        &[&format!("{REPO}@{}", p.manifest_digest)],
     );
     p.refused(5, &[&p.manifest_digest]);
 
@@ -811,18 +811,14 @@ fn bearer_token_with_credential_helper() {
     std::fs::create_dir_all(env.bin()).unwrap();
     let helper = env.bin().join("docker-credential-msbtest");
     let asked = env.dir.path().join("asked");
-    std::fs::write(
+    write_script(
         &helper,
-        format!(
+        &format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" >> {}\n\
              printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}\\n' \"$server\"\n",
             asked.display()
         ),
-    )
-    .unwrap();
-    let mut perms = std::fs::metadata(&helper).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&helper, perms).unwrap();
+    );
     env.write_config(&json!({"credHelpers": {fake.host(): "msbtest"}}));
     round_trip_without_flags(&env, &fake);
     let asked = std::fs::read_to_string(asked).unwrap();
@@ -860,24 +856,33 @@ fn refused_credentials_exit_9() {
     fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
     let dst = populated();
     let before = (dst.tree(), dst.dump());
-    // Wrong password, anonymous (no credentials at all), and on push.
-    let wrong = env.run(
-        &dst,
-        &[
-            "pull",
-            &fake.at("base"),
-            "--insecure",
-            "--username",
-            USER,
-            "--password-stdin",
-        ],
-        b"not-the-password\n",
-    );
-    failed(&wrong, 9, &[&fake.host()]);
+    let target = fake.at("base");
+    let with_password = ["--username", USER, "--password-stdin"];
+    let pull = |extra: &[&str], stdin: &[u8]| {
+        let mut args = vec!["pull", &target, "--insecure"];
+        args.extend(extra);
+        env.run(&dst, &args, stdin)
+    };
+
+    // A wrong password, from stdin and from the docker config.
+    let wrong = pull(&with_password, b"not-the-password\n");
+    failed(&wrong, 9, &[&fake.host(), "refused"]);
     assert!(!wrong.stderr.contains("not-the-password"));
-    let anonymous = env.run(&dst, &["pull", &fake.at("base"), "--insecure"], b"");
-    failed(&anonymous, 9, &[&fake.host()]);
+    let auth = base64(format!("{USER}:not-the-password").as_bytes());
+    env.write_config(&json!({"auths": {fake.host(): {"auth": auth}}}));
+    let wrong = pull(&[], b"");
+    failed(&wrong, 9, &[&fake.host(), "refused"]);
+    assert!(!wrong.stderr.contains("not-the-password") && !wrong.stderr.contains(&auth));
+    std::fs::remove_file(env.docker().join("config.json")).unwrap();
+
+    // No credentials: the token service refuses, or hands out a token the
+    // registry refuses; either way the error says what to give.
+    failed(&pull(&[], b""), 9, &[&fake.host(), "--username"]);
+    fake.config(json!({"anonymous_tokens": true}));
+    failed(&pull(&[], b""), 9, &[&fake.host(), "--username"]);
+
     assert_eq!((dst.tree(), dst.dump()), before, "registry changed");
+    assert!(open_pulls(&dst).is_empty(), "a pull was left open");
     dst.run(&["verify", "--content"]).ok();
     let pushed = env.run(
         &src,
@@ -893,6 +898,49 @@ fn refused_credentials_exit_9() {
         b"not-the-password\n",
     );
     failed(&pushed, 9, &[&fake.host()]);
+    src.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_failing_credential_helper_exits_9_without_its_output() {
+    let env = Env::new();
+    let dst = populated();
+    std::fs::create_dir_all(env.bin()).unwrap();
+    // It prints the secret on stdout before failing, as a broken helper may.
+    write_script(
+        &env.bin().join("docker-credential-msbfail"),
+        &format!(
+            "#!/bin/sh\necho '{{\"Secret\":\"{PASSWORD}\"}}'\necho 'helper broke: keychain locked' >&2\nexit 1\n"
+        ),
+    );
+    let host = "127.0.0.1:9";
+    let source = format!("{host}/{REPO}:base");
+    for config in [
+        json!({"credHelpers": {host: "msbfail"}}),
+        json!({"credsStore": "msbfail"}),
+    ] {
+        env.write_config(&config);
+        let run = env.run(&dst, &["pull", &source, "--insecure"], b"");
+        failed(
+            &run,
+            9,
+            &["docker-credential-msbfail failed", "keychain locked"],
+        );
+        assert!(
+            !run.stderr.contains("docker-credential-docker-credential"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains(PASSWORD), "{}", run.stderr);
+    }
+}
+
+/// Write an executable script.
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(path, perms).unwrap();
 }
 
 #[test]
