@@ -651,60 +651,115 @@ fn endless_manifests_and_blobs_are_refused_early() {
 
 #[test]
 fn redirected_blobs_arrive_without_credentials() {
+    // Bearer tokens, and basic credentials (the password itself); the
+    // other listener on another port of the same address, and by another
+    // host name.
+    for (kind, host) in [("bearer", "127.0.0.1"), ("basic", "localhost")] {
+        let fake = Fake::start();
+        let env = Env::new();
+        let (src, digest) = source("base");
+        fake.config(json!({"auth": {"kind": kind, "username": USER, "password": PASSWORD}}));
+        let target = fake.at("base");
+        let with_password = ["--insecure", "--username", USER, "--password-stdin"];
+        let stdin = format!("{PASSWORD}\n");
+        let mut args = vec!["push", "base", &target];
+        args.extend(with_password);
+        env.run(&src, &args, stdin.as_bytes()).ok();
+
+        fake.config(json!({"redirect_blobs": true, "redirect_host": host}));
+        fake.control(json!({"op": "reset_log"}));
+        let dst = populated();
+        let mut args = vec!["pull", &target, "--json"];
+        args.extend(with_password);
+        let run = env.run(&dst, &args, stdin.as_bytes());
+        let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+        assert_eq!(report["head"], digest.to_string());
+        let log = fake.log();
+        let redirected: Vec<&Value> = log.iter().filter(|e| e["listener"] == "other").collect();
+        assert!(
+            !redirected.is_empty(),
+            "{kind}: no blob was fetched through the redirect"
+        );
+        for e in &redirected {
+            assert_eq!(
+                e["authorization"],
+                Value::Null,
+                "{kind}: credentials crossed to {host}:{}: {e}",
+                "other port"
+            );
+        }
+        let scheme = if kind == "basic" { "Basic " } else { "Bearer " };
+        assert!(
+            log.iter().any(|e| e["listener"] == "registry"
+                && e["authorization"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(scheme))),
+            "{kind}: the registry itself never saw credentials"
+        );
+        dst.run(&["verify", "--content"]).ok();
+    }
+}
+
+#[test]
+fn transfers_in_flight_stay_within_jobs() {
     let fake = Fake::start();
     let env = Env::new();
-    let (src, digest) = source("base");
-    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
-    let args = |target: String| {
-        vec![
-            "push".to_string(),
-            "base".into(),
-            target,
-            "--insecure".into(),
-            "--username".into(),
-            USER.into(),
-            "--password-stdin".into(),
-        ]
-    };
-    let a = args(fake.at("base"));
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    env.run(&src, &a, format!("{PASSWORD}\n").as_bytes()).ok();
-
-    fake.config(json!({"redirect_blobs": true}));
-    fake.control(json!({"op": "reset_log"}));
+    let src = Reg::new();
+    let image = make_image_cache(&src.path("cache"), "python:3.12", 7, &[16384]);
+    let mut spec = SnapSpec::new(&image).label("name", "wide");
+    spec.data = vec![(0, mixed_bytes(5, 16 << 17))];
+    let dir = src.path("src/wide");
+    make_snapshot(&dir, &spec);
+    src.run(&["add", dir.to_str().unwrap(), "--name", "wide"])
+        .ok();
+    fake.config(json!({"stall": 0.1}));
+    let target = fake.at("wide");
+    let pushed: Value = serde_json::from_str(
+        &env.run(
+            &src,
+            &[
+                "push",
+                "wide",
+                &target,
+                "--insecure",
+                "--jobs",
+                "3",
+                "--json",
+            ],
+            b"",
+        )
+        .ok()
+        .stdout,
+    )
+    .unwrap();
+    assert!(pushed["blobs_uploaded"].as_u64().unwrap() >= 16, "{pushed}");
     let dst = populated();
-    let run = env.run(
-        &dst,
-        &[
-            "pull",
-            &fake.at("base"),
-            "--insecure",
-            "--username",
-            USER,
-            "--password-stdin",
-            "--json",
-        ],
-        format!("{PASSWORD}\n").as_bytes(),
-    );
-    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
-    assert_eq!(report["head"], digest.to_string());
-    let log = fake.log();
-    let redirected: Vec<&Value> = log.iter().filter(|e| e["listener"] == "other").collect();
+    let pulled: Value = serde_json::from_str(
+        &env.run(
+            &dst,
+            &["pull", &target, "--insecure", "--jobs", "2", "--json"],
+            b"",
+        )
+        .ok()
+        .stdout,
+    )
+    .unwrap();
     assert!(
-        !redirected.is_empty(),
-        "no blob was fetched through the redirect"
+        pulled["chunks_downloaded"].as_u64().unwrap() >= 16,
+        "{pulled}"
     );
-    for e in &redirected {
-        assert_eq!(
-            e["authorization"],
-            Value::Null,
-            "credentials crossed to another port: {e}"
-        );
-    }
+    let seen = fake.control(json!({"op": "in_flight"}));
+    let (uploads, gets) = (
+        seen["uploads"].as_u64().unwrap(),
+        seen["blob_gets"].as_u64().unwrap(),
+    );
     assert!(
-        log.iter()
-            .any(|e| e["listener"] == "registry" && e["authorization"].is_string()),
-        "the registry itself never saw credentials"
+        (2..=3).contains(&uploads),
+        "{uploads} uploads at once with --jobs 3"
+    );
+    assert!(
+        (2..=2).contains(&gets),
+        "{gets} blob downloads at once with --jobs 2"
     );
     dst.run(&["verify", "--content"]).ok();
 }
@@ -729,50 +784,75 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Assert no output of `run` and no file of the index holds the password.
+/// Assert no output of `run` and no file under the registries' roots (the
+/// index, its WAL, staging, snapshots) holds the password, alone or in a
+/// basic `user:password` pair.
 #[track_caller]
 fn password_nowhere(run: &Run, regs: &[&Reg]) {
-    assert!(!run.stdout.contains(PASSWORD) && !run.stderr.contains(PASSWORD));
     let b64 = base64(format!("{USER}:{PASSWORD}").as_bytes());
-    assert!(!run.stdout.contains(&b64) && !run.stderr.contains(&b64));
+    for needle in [PASSWORD, b64.as_str()] {
+        assert!(!run.stdout.contains(needle) && !run.stderr.contains(needle));
+    }
+    let mut files = Vec::new();
     for reg in regs {
-        for f in ["registry.db", "registry.db-wal"] {
-            let Ok(bytes) = std::fs::read(reg.root().join(f)) else {
-                continue;
-            };
-            for needle in [PASSWORD.as_bytes(), b64.as_bytes()] {
-                assert!(
-                    !bytes.windows(needle.len()).any(|w| w == needle),
-                    "{f} holds the credentials"
-                );
-            }
+        files_under(&reg.root(), &mut files);
+    }
+    assert!(files.iter().any(|f| f.ends_with("registry.db")));
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in [PASSWORD.as_bytes(), b64.as_bytes()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} holds the credentials",
+                f.display()
+            );
         }
     }
 }
 
-/// Push then pull `base` through a bearer-protected fake with the
-/// credentials `env` supplies (and `extra` flags, with `stdin`), asserting
-/// both work and leak nothing.
-fn bearer_round_trip(env: &Env, extra: &[&str], stdin: &[u8]) {
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+}
+
+/// Push then pull `base` through a fake that wants `kind` auth ("bearer"
+/// or "basic"), with `--username`/`--password-stdin`, asserting both work
+/// and leak nothing.
+fn password_stdin_round_trip(kind: &str) {
+    let env = Env::new();
     let fake = Fake::start();
-    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
+    fake.config(json!({"auth": {"kind": kind, "username": USER, "password": PASSWORD}}));
     let (src, digest) = source("base");
     let target = fake.at("base");
-    let mut args = vec!["push", "base", &target, "--insecure"];
-    args.extend(extra);
-    let pushed = env.run(&src, &args, stdin).ok();
+    let stdin = format!("{PASSWORD}\n");
+    let with_password = ["--insecure", "--username", USER, "--password-stdin"];
+    let mut args = vec!["push", "base", &target];
+    args.extend(with_password);
+    let pushed = env.run(&src, &args, stdin.as_bytes()).ok();
     let dst = populated();
-    let mut args = vec!["pull", &target, "--insecure", "--json"];
-    args.extend(extra);
-    let pulled = env.run(&dst, &args, stdin).ok();
+    let mut args = vec!["pull", &target, "--json"];
+    args.extend(with_password);
+    let pulled = env.run(&dst, &args, stdin.as_bytes()).ok();
     let report: Value = serde_json::from_str(&pulled.stdout).unwrap();
     assert_eq!(report["head"], digest.to_string());
     let log = fake.log();
+    let (path, scheme) = match kind {
+        "bearer" => ("/token", "Basic "),
+        _ => ("/v2/", "Basic "),
+    };
     assert!(
         log.iter()
-            .any(|e| e["path"].as_str().unwrap_or("").starts_with("/token")
-                && e["authorization"].is_string()),
-        "no token was fetched with credentials"
+            .any(|e| e["path"].as_str().unwrap().starts_with(path)
+                && e["authorization"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(scheme))),
+        "{kind}: the credentials never reached {path}"
     );
     password_nowhere(&pushed, &[&src, &dst]);
     password_nowhere(&pulled, &[&src, &dst]);
@@ -782,12 +862,12 @@ fn bearer_round_trip(env: &Env, extra: &[&str], stdin: &[u8]) {
 
 #[test]
 fn bearer_token_with_password_stdin() {
-    let env = Env::new();
-    bearer_round_trip(
-        &env,
-        &["--username", USER, "--password-stdin"],
-        format!("{PASSWORD}\n").as_bytes(),
-    );
+    password_stdin_round_trip("bearer");
+}
+
+#[test]
+fn basic_auth_with_password_stdin() {
+    password_stdin_round_trip("basic");
 }
 
 #[test]
@@ -906,11 +986,12 @@ fn a_failing_credential_helper_exits_9_without_its_output() {
     let env = Env::new();
     let dst = populated();
     std::fs::create_dir_all(env.bin()).unwrap();
-    // It prints the secret on stdout before failing, as a broken helper may.
+    // It reads the request, then prints the secret on stdout and fails, as
+    // a broken helper may.
     write_script(
         &env.bin().join("docker-credential-msbfail"),
         &format!(
-            "#!/bin/sh\necho '{{\"Secret\":\"{PASSWORD}\"}}'\necho 'helper broke: keychain locked' >&2\nexit 1\n"
+            "#!/bin/sh\nread server\necho '{{\"Secret\":\"{PASSWORD}\"}}'\necho 'helper broke: keychain locked' >&2\nexit 1\n"
         ),
     );
     let host = "127.0.0.1:9";
