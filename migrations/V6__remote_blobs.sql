@@ -1,25 +1,28 @@
 -- Push and pull (README "Push and pull"): what the registry knows of OCI
--- registries, so a push sends only what the other side lacks.
+-- registries, so a push sends only what the other side lacks. Never a
+-- credential: only where things are.
 
--- The zstd blob each chunk was sent or received as. A chunk's blob digest
--- is the SHA-256 of its compressed bytes, which only compressing it tells;
--- recording it lets a push of a child skip reading the chunks it shares
--- with its parent. Kept when the chunk leaves the registry (rows are small,
--- and the chunk may come back).
-CREATE TABLE chunk_blobs (
-    chunk     TEXT PRIMARY KEY,     -- 'sha256:<hex>' of the uncompressed chunk
-    blob      TEXT NOT NULL,        -- 'sha256:<hex>' of the zstd blob
-    blob_size INTEGER NOT NULL
-) STRICT, WITHOUT ROWID;
-
--- Blobs a remote repository is known to hold: stored by a push of ours or
--- found there by a HEAD. Never a credential, only where and what.
+-- Blobs a remote repository is known to hold (packs, chunk maps, configs,
+-- image cache files): stored by a push of ours or found there.
 CREATE TABLE remote_blobs (
     registry   TEXT NOT NULL,       -- host[:port]
     repository TEXT NOT NULL,
-    blob       TEXT NOT NULL,
+    blob       TEXT NOT NULL,       -- 'sha256:<hex>'
     size       INTEGER NOT NULL,
     seen_at    INTEGER NOT NULL,    -- Unix seconds
     PRIMARY KEY (registry, repository, blob)
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX remote_blobs_blob ON remote_blobs(registry, blob);
+
+-- Where a remote repository holds each chunk: the zstd frame of `length`
+-- bytes at `offset` of pack blob `pack`. Learnt from our pushes and from
+-- the chunk maps pulls (and pushes of children) read.
+CREATE TABLE remote_chunks (
+    registry   TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    chunk      TEXT NOT NULL,       -- 'sha256:<hex>' of the uncompressed chunk
+    pack       TEXT NOT NULL,
+    offset     INTEGER NOT NULL,
+    length     INTEGER NOT NULL,
+    PRIMARY KEY (registry, repository, chunk)
+) STRICT, WITHOUT ROWID;

@@ -19,7 +19,6 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::chunk::CHUNK_SIZE;
-use crate::db::remote::ChunkBlob;
 use crate::db::{self, ImportFileRow, ImportState, SnapshotFileRow};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -31,8 +30,8 @@ use crate::manifest::ParsedManifest;
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::remote::format::{
-    CHUNK_BLOB, CHUNK_MAP, ChunkMap, IMAGE_CACHE_ARTIFACT, MAX_CHUNK_MAP_BYTES, MapFile,
-    OciManifest, SNAPSHOT_ARTIFACT, SNAPSHOT_CONFIG, TITLE, malformed, parse_config,
+    CHUNK_MAP, ChunkMap, IMAGE_CACHE_ARTIFACT, MAX_CHUNK_MAP_BYTES, MAX_PACK_BYTES, MapFile,
+    OciManifest, PACK, SNAPSHOT_ARTIFACT, SNAPSHOT_CONFIG, TITLE, malformed, parse_config,
 };
 use crate::remote::reference::{image_tag, snapshot_tag};
 use crate::remote::{Access, Client, ClientOptions, RemoteRef};
@@ -80,9 +79,9 @@ pub struct PullReport {
 /// The chunks and bytes a pull moved.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Transfer {
-    /// Chunk blobs downloaded.
+    /// Chunks downloaded.
     pub chunks_downloaded: u64,
-    /// Bytes of blob bodies downloaded (chunk blobs, chunk maps, configs, image files).
+    /// Bytes received (pack ranges, chunk maps, configs, image files).
     pub bytes_downloaded: u64,
     /// Chunks copied from snapshots already in this registry (or pulled earlier in this chain).
     pub chunks_local: u64,
@@ -99,8 +98,64 @@ struct RemoteSnapshot {
     parsed: ParsedManifest,
 }
 
-/// Where a downloaded chunk goes: file index, offset, length.
-type Target = (usize, u64, u64);
+/// A chunk to download: its frame in a pack, and the file offsets it goes to.
+struct Wanted {
+    chunk: Digest,
+    pack: usize,
+    /// Offset and length of its zstd frame in the pack.
+    frame: (u64, u64),
+    /// Its uncompressed length.
+    len: u64,
+    /// (file index, offset) it is written at.
+    targets: Vec<(usize, u64)>,
+}
+
+/// Frames of one pack fetched with one range request.
+struct Range {
+    pack: usize,
+    chunks: Vec<Wanted>,
+}
+
+impl Range {
+    /// First byte and length of the range.
+    fn span(&self) -> (u64, u64) {
+        let start = self.chunks[0].frame.0;
+        let last = &self.chunks[self.chunks.len() - 1];
+        (start, last.frame.0 + last.frame.1 - start)
+    }
+}
+
+/// The most bytes one range request asks for.
+const MAX_RANGE: u64 = 4 << 20;
+/// Bytes of frames not needed that a range may span rather than split.
+const MAX_GAP: u64 = 64 << 10;
+
+/// Group the wanted frames into range requests: by pack, in pack order,
+/// a new range where the gap to the last frame is large or the range full.
+fn coalesce(mut wanted: Vec<Wanted>) -> Vec<Range> {
+    wanted.sort_by_key(|w| (w.pack, w.frame.0));
+    let mut ranges: Vec<Range> = Vec::new();
+    for w in wanted {
+        if let Some(r) = ranges.last_mut()
+            && r.pack == w.pack
+        {
+            let (start, len) = r.span();
+            let end = start + len;
+            if w.frame.0 >= end
+                && w.frame.0 - end <= MAX_GAP
+                && w.frame.0 + w.frame.1 - start <= MAX_RANGE
+            {
+                r.chunks.push(w);
+                continue;
+            }
+        }
+        ranges.push(Range {
+            pack: w.pack,
+            chunks: vec![w],
+        });
+    }
+    ranges
+}
 
 /// Where a chunk's bytes already are.
 type Written = HashMap<Digest, (PathBuf, u64)>;
@@ -283,7 +338,7 @@ impl Registry {
         let mut written = Written::new();
         let mut maps = Vec::new();
         for s in chain {
-            let map = self
+            let (map, pack_sizes) = self
                 .fetch_map(client, repo, s, max_file, &mut report.transfer)
                 .await?;
             let total = map
@@ -300,6 +355,7 @@ impl Registry {
                 &dir,
                 &map,
                 jobs,
+                &pack_sizes,
                 &mut written,
                 &mut report.transfer,
                 progress,
@@ -308,6 +364,13 @@ impl Registry {
             let manifest_path = dir.join("manifest.json");
             std::fs::write(&manifest_path, &s.config).at("write", &manifest_path)?;
             progress.finish();
+            crate::remote::holdings::record_map(
+                self.db().conn(),
+                &source.registry,
+                repo,
+                &map,
+                &pack_sizes,
+            )?;
             maps.push((map, dir));
         }
         crate::failpoint::hit(crate::failpoint::PULL_ASSEMBLED)?;
@@ -366,7 +429,7 @@ impl Registry {
         s: &RemoteSnapshot,
         max_file: u64,
         report: &mut Transfer,
-    ) -> Result<ChunkMap> {
+    ) -> Result<(ChunkMap, Vec<u64>)> {
         let subject = format!("manifest of snapshot {}", s.parsed.digest);
         let Some((first, chunks)) = s.manifest.layers.split_first() else {
             return Err(malformed(&subject, "has no layers".into()));
@@ -381,19 +444,25 @@ impl Registry {
                 ),
             ));
         }
-        if let Some(bad) = chunks.iter().find(|l| l.media_type != CHUNK_BLOB) {
+        if let Some(bad) = chunks
+            .iter()
+            .find(|l| l.media_type != PACK || l.size > MAX_PACK_BYTES)
+        {
             return Err(malformed(
                 &subject,
                 format!(
-                    "layer {} is {}, not a chunk blob",
+                    "layer {} is {} of {} bytes, not a pack of at most {MAX_PACK_BYTES}",
                     bad.digest,
-                    crate::text::escape(&bad.media_type)
+                    crate::text::escape(&bad.media_type),
+                    bad.size
                 ),
             ));
         }
         let bytes = client.get_blob(repo, &first.digest, first.size).await?;
         report.bytes_downloaded += bytes.len() as u64;
-        ChunkMap::parse(&bytes, &s.parsed, chunks, max_file)
+        let map = ChunkMap::parse(&bytes, &s.parsed, chunks, max_file)?;
+        let sizes = map.pack_sizes(chunks);
+        Ok((map, sizes))
     }
 
     /// Write every file of `map` into `dir`: chunks already there (an
@@ -406,13 +475,13 @@ impl Registry {
         dir: &Path,
         map: &ChunkMap,
         jobs: usize,
+        pack_sizes: &[u64],
         written: &mut Written,
         report: &mut Transfer,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let conn = self.db().conn();
         let mut files = Vec::new();
-        let mut downloads: HashMap<Digest, (ChunkBlob, Vec<Target>)> = HashMap::new();
+        let mut wanted: HashMap<Digest, Wanted> = HashMap::new();
         for f in &map.files {
             let path = dir.join(&f.path);
             let (file, fresh) = open_staged(&path, f.size)?;
@@ -435,54 +504,50 @@ impl Registry {
                     crate::failpoint::hit(crate::failpoint::PULL_CHUNK_WRITTEN)?;
                     continue;
                 }
-                downloads
+                wanted
                     .entry(c.chunk())
-                    .or_insert_with(|| {
-                        (
-                            ChunkBlob {
-                                blob: c.blob(),
-                                size: c.blob_size(),
-                            },
-                            Vec::new(),
-                        )
+                    .or_insert_with(|| Wanted {
+                        chunk: c.chunk(),
+                        pack: c.pack(),
+                        frame: (c.offset(), c.frame_len()),
+                        len,
+                        targets: Vec::new(),
                     })
-                    .1
-                    .push((index, offset, len));
+                    .targets
+                    .push((index, offset));
             }
             files.push((file, path));
         }
+        let ranges = coalesce(wanted.into_values().collect());
         let files = &files;
-        let mut results = stream::iter(downloads.into_iter().map(
-            |(chunk, (blob, targets))| async move {
-                let body = client.get_blob(repo, &blob.blob, blob.size).await?;
-                let len = targets[0].2;
-                let bytes = decompress_chunk(&body, len, &chunk, &blob.blob)?;
-                for &(index, offset, _) in &targets {
+        let mut results = stream::iter(ranges.into_iter().map(|range| async move {
+            let pack = map.packs[range.pack];
+            let (start, len) = range.span();
+            let body = client
+                .get_range(repo, &pack, pack_sizes[range.pack], start, len)
+                .await?;
+            for w in &range.chunks {
+                let frame = &body[(w.frame.0 - start) as usize..][..w.frame.1 as usize];
+                let bytes = decompress_chunk(frame, w.len, &w.chunk, &pack)?;
+                for &(index, offset) in &w.targets {
                     let (file, path) = &files[index];
                     file.write_all_at(&bytes, offset).at("write", path)?;
                 }
-                Ok::<_, Error>((chunk, blob, targets))
-            },
-        ))
+            }
+            Ok::<_, Error>((range, len))
+        }))
         .buffer_unordered(jobs);
-        let mut learned = Vec::new();
         while let Some(done) = results.next().await {
-            let (chunk, blob, targets) = done?;
-            report.chunks_downloaded += 1;
-            report.bytes_downloaded += blob.size;
-            let (index, offset, len) = targets[0];
-            written.insert(chunk, (files[index].1.clone(), offset));
-            learned.push((chunk, blob));
-            progress.advance(len * targets.len() as u64);
-            crate::failpoint::hit(crate::failpoint::PULL_CHUNK_WRITTEN)?;
+            let (range, received) = done?;
+            report.bytes_downloaded += received;
+            for w in &range.chunks {
+                report.chunks_downloaded += 1;
+                let (index, offset) = w.targets[0];
+                written.insert(w.chunk, (files[index].1.clone(), offset));
+                progress.advance(w.len * w.targets.len() as u64);
+                crate::failpoint::hit(crate::failpoint::PULL_CHUNK_WRITTEN)?;
+            }
         }
-        drop(results);
-        let tx =
-            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-        for (chunk, blob) in &learned {
-            db::remote::record_chunk_blob(&tx, chunk, blob)?;
-        }
-        tx.commit()?;
         Ok(())
     }
 
@@ -749,10 +814,10 @@ fn holds(file: &File, offset: u64, len: u64, chunk: &Digest) -> Result<bool> {
     Ok(file.read_exact_at(&mut buf, offset).is_ok() && Digest::of(&buf) == *chunk)
 }
 
-/// Decompress a downloaded chunk blob, bounded by the chunk's length, and
+/// Decompress a downloaded chunk frame, bounded by the chunk's length, and
 /// check it is the chunk the map names.
 fn decompress_chunk(body: &[u8], len: u64, chunk: &Digest, blob: &Digest) -> Result<Vec<u8>> {
-    let subject = format!("chunk blob {blob}");
+    let subject = format!("chunk {chunk} in pack {blob}");
     let bytes = zstd::bulk::decompress(body, len as usize).map_err(|e| {
         malformed(
             &subject,

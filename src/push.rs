@@ -3,7 +3,7 @@
 //! pull"). Blobs first, in parallel; then each snapshot's manifest by
 //! digest; tags last, so no tag ever names a half-pushed snapshot.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -13,24 +13,26 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use crate::chunk::ChunkList;
-use crate::db::remote::ChunkBlob;
+use crate::db::remote::PackedChunk;
 use crate::db::{self, SnapshotRow};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::files::open_regular;
 use crate::image::CacheFile;
 use crate::layout::SnapshotName;
+use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::progress::Progress;
 use crate::registry::Registry;
 use crate::remote::format::{
-    CHUNK_BLOB, CHUNK_MAP, CREATED, ChunkMap, Descriptor, EMPTY_CONFIG, IMAGE_CACHE_ARTIFACT,
-    IMAGE_CACHE_FILE, MAX_OCI_MANIFEST_BYTES, MapChunk, MapFile, OCI_MANIFEST, OciManifest,
-    SNAPSHOT_ARTIFACT, SNAPSHOT_CONFIG, SNAPSHOT_DIGEST, SNAPSHOT_PARENT, TITLE,
+    CHUNK_MAP, CREATED, ChunkMap, Descriptor, EMPTY_CONFIG, IMAGE_CACHE_ARTIFACT, IMAGE_CACHE_FILE,
+    MAX_CHUNK_MAP_BYTES, MAX_OCI_MANIFEST_BYTES, MapChunk, MapFile, OCI_MANIFEST, OciManifest,
+    PACK, SNAPSHOT_ARTIFACT, SNAPSHOT_CONFIG, SNAPSHOT_DIGEST, SNAPSHOT_PARENT, TITLE,
+    parse_config,
 };
 use crate::remote::reference::{image_tag, is_valid_tag, snapshot_tag};
 use crate::remote::{Access, Client, ClientOptions, RemoteRef};
 
-/// zstd level of chunk blobs: the level `tar | zstd` uses by default.
+/// zstd level of chunk frames: the level `tar | zstd` uses by default.
 pub const CHUNK_ZSTD_LEVEL: i32 = 3;
 /// Blob transfers in flight by default.
 pub const DEFAULT_JOBS: usize = 8;
@@ -89,37 +91,39 @@ pub struct PushReport {
     pub bytes_present: u64,
     /// Blobs mounted from another repository of the same registry.
     pub blobs_mounted: u64,
+    /// Chunks sent in new packs.
+    pub chunks_uploaded: u64,
+    /// Chunks the repository already held (recorded, or learnt from the parent's chunk map there).
+    pub chunks_present: u64,
     /// The image cache artifacts, with `--with-image`.
     pub image: Option<PushedImage>,
     /// Things the user should know (a parent the repository lacks).
     pub warnings: Vec<String>,
 }
 
-/// A blob to store: where its bytes come from.
-enum Source {
-    /// A chunk of a snapshot file, compressed on the way.
-    Chunk {
-        chunk: Digest,
-        path: PathBuf,
-        offset: u64,
-        len: u64,
-        known: Option<ChunkBlob>,
-    },
-    /// Bytes in memory (chunk map, config).
-    Bytes(Descriptor, Bytes),
-    /// A whole file (an image cache artifact), streamed.
-    File(Descriptor, PathBuf),
+/// The chunks of a pack, at most: 4 MiB of data at the 128 KiB chunk
+/// size. Small enough to hold `--jobs` of them in memory, large enough
+/// that a registry's per-blob cost does not dominate.
+pub const PACK_CHUNKS: usize = 32;
+
+/// Where a chunk's bytes are: file, offset, length.
+type ChunkSource = (std::sync::Arc<PathBuf>, u64, u64);
+
+/// A chunk's zstd frame in a pack: chunk digest, offset, length.
+type Frame = (Digest, u64, u64);
+
+/// A snapshot's files as its chunk map lists them.
+struct MapFiles {
+    chunk_size: u64,
+    files: Vec<MapFile>,
 }
 
 /// What storing one blob came to.
 enum Stored {
-    Present(Digest, u64),
-    Uploaded(Digest, u64),
-    Mounted(Digest, u64),
+    Present,
+    Uploaded,
+    Mounted,
 }
-
-/// A blob the repository now holds (digest, size), and for a chunk its blob.
-type Holding = (Digest, u64, Option<(Digest, ChunkBlob)>);
 
 #[derive(Default)]
 struct Counts {
@@ -128,6 +132,24 @@ struct Counts {
     present: u64,
     bytes_present: u64,
     mounted: u64,
+    chunks_uploaded: u64,
+    chunks_present: u64,
+}
+
+impl Counts {
+    fn add(&mut self, stored: &Stored, size: u64) {
+        match stored {
+            Stored::Present => {
+                self.present += 1;
+                self.bytes_present += size;
+            }
+            Stored::Uploaded => {
+                self.uploaded += 1;
+                self.bytes_uploaded += size;
+            }
+            Stored::Mounted => self.mounted += 1,
+        }
+    }
 }
 
 impl Registry {
@@ -295,6 +317,8 @@ impl Registry {
             blobs_present: counts.present,
             bytes_present: counts.bytes_present,
             blobs_mounted: counts.mounted,
+            chunks_uploaded: counts.chunks_uploaded,
+            chunks_present: counts.chunks_present,
             image,
             warnings,
         })
@@ -311,8 +335,8 @@ impl Registry {
         Ok(total)
     }
 
-    /// Store one snapshot's blobs and its manifest (by digest); returns the
-    /// manifest's bytes.
+    /// Store one snapshot's packs, chunk map, config and manifest (by
+    /// digest); returns the manifest's bytes.
     #[allow(clippy::too_many_arguments)]
     async fn push_snapshot(
         &self,
@@ -324,88 +348,90 @@ impl Registry {
         counts: &mut Counts,
         progress: &dyn Progress,
     ) -> Result<Bytes> {
-        let conn = self.db().conn();
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let name = SnapshotName::chosen(&snapshot.name)?;
         let config = self.read_config(snapshot, &name)?;
-        let mut files = Vec::new();
-        let mut sources = Vec::new();
-        let mut index_of: HashMap<Digest, u32> = HashMap::new();
-        let mut order: Vec<Digest> = Vec::new();
-        let mut chunk_size = crate::chunk::CHUNK_SIZE;
-        for f in db::snapshots::snapshot_files(conn, &snapshot.digest)? {
-            if f.path == "manifest.json" {
-                continue;
-            }
-            let path = self.layout().snapshot_file(&name, &f.path);
-            let list = self.chunk_list_of(snapshot, &f.path, &path, f.size)?;
-            chunk_size = list.chunk_size;
-            let mut extents = Vec::with_capacity(list.chunks.len());
-            for c in &list.chunks {
-                let index = match index_of.get(&c.digest) {
-                    Some(&i) => i,
-                    None => {
-                        let i = order.len() as u32;
-                        index_of.insert(c.digest, i);
-                        order.push(c.digest);
-                        sources.push(Source::Chunk {
-                            chunk: c.digest,
-                            path: path.clone(),
-                            offset: c.offset,
-                            len: c.length,
-                            known: db::remote::chunk_blob(conn, &c.digest)?,
-                        });
-                        i
-                    }
-                };
-                extents.push((c.offset, index));
-            }
-            files.push(MapFile {
-                path: f.path.clone(),
-                size: f.size,
-                extents,
-            });
+        let (files, order, places) = self.cut_files(snapshot, &name)?;
+        let chunk_size = files.chunk_size;
+        if let Some(p) = snapshot.parent
+            && parent.is_none_or(|(d, _)| *d != p)
+            && self.any_unplaced(registry, repo, &order)?
+        {
+            // Another machine may have pushed the parent: its chunk map
+            // says where the repository holds the chunks they share.
+            self.learn_from(client, target, &p).await?;
         }
-        let stored = self
-            .store_blobs(client, target, sources, jobs, counts, progress)
+        let mut unplaced = Vec::new();
+        for (i, chunk) in order.iter().enumerate() {
+            match db::remote::remote_chunk(self.db().conn(), registry, repo, chunk)? {
+                Some(_) => {
+                    counts.chunks_present += 1;
+                    progress.advance(places[i].2);
+                }
+                None => unplaced.push((*chunk, places[i].clone())),
+            }
+        }
+        self.store_packs(client, target, unplaced, jobs, counts, progress)
             .await?;
-        let blob_of: HashMap<Digest, ChunkBlob> = stored.into_iter().collect();
-        let chunks: Vec<MapChunk> = order
-            .iter()
-            .map(|c| {
-                let b = blob_of[c];
-                MapChunk(*c, b.blob, b.size)
-            })
-            .collect();
+
+        let conn = self.db().conn();
+        let mut packs: Vec<Digest> = Vec::new();
+        let mut pack_index: HashMap<Digest, u32> = HashMap::new();
+        let mut chunks = Vec::with_capacity(order.len());
+        for chunk in &order {
+            let at = db::remote::remote_chunk(conn, registry, repo, chunk)?.ok_or_else(|| {
+                Error::Remote {
+                    registry: registry.to_string(),
+                    detail: format!("chunk {chunk} was stored but is not recorded; push again"),
+                }
+            })?;
+            let i = *pack_index.entry(at.pack).or_insert_with(|| {
+                packs.push(at.pack);
+                (packs.len() - 1) as u32
+            });
+            chunks.push(MapChunk(*chunk, i, at.offset, at.length));
+        }
+        let mut layers = Vec::with_capacity(packs.len() + 1);
         let map = ChunkMap {
             schema: 1,
             snapshot: snapshot.digest,
             chunk_size,
             compression: "zstd".into(),
+            packs,
             chunks,
-            files,
+            files: files.files,
         };
         let map_bytes = Bytes::from(map.to_bytes());
         let map_desc = Descriptor::of(CHUNK_MAP, &map_bytes);
         let config_desc = Descriptor::of(SNAPSHOT_CONFIG, &config);
-        let small = vec![
-            Source::Bytes(map_desc.clone(), map_bytes),
-            Source::Bytes(config_desc.clone(), Bytes::from(config)),
-        ];
-        self.store_blobs(client, target, small, jobs, counts, progress)
-            .await?;
-
-        let mut layers = vec![map_desc];
-        let mut listed = HashSet::new();
-        for c in &map.chunks {
-            if listed.insert(c.blob()) {
-                layers.push(Descriptor {
-                    media_type: CHUNK_BLOB.into(),
-                    digest: c.blob(),
-                    size: c.blob_size(),
-                    annotations: BTreeMap::new(),
-                });
-            }
+        layers.push(map_desc.clone());
+        for pack in &map.packs {
+            let size = match db::remote::remote_blob_size(conn, registry, repo, pack)? {
+                Some(size) => size,
+                None => client
+                    .head_blob(repo, pack)
+                    .await?
+                    .ok_or_else(|| Error::Remote {
+                        registry: registry.to_string(),
+                        detail: format!(
+                            "pack {pack} is recorded but the repository lacks it: BLOB_UNKNOWN"
+                        ),
+                    })?,
+            };
+            layers.push(Descriptor {
+                media_type: PACK.into(),
+                digest: *pack,
+                size,
+                annotations: BTreeMap::new(),
+            });
         }
+        for (desc, body) in [
+            (map_desc, map_bytes),
+            (config_desc.clone(), Bytes::from(config)),
+        ] {
+            self.store_blob(client, target, &desc, body, counts).await?;
+        }
+
         let mut annotations = BTreeMap::new();
         annotations.insert(TITLE.to_string(), snapshot.name.clone());
         annotations.insert(CREATED.to_string(), snapshot.created_at.clone());
@@ -416,7 +442,7 @@ impl Registry {
             subject = match parent {
                 Some((digest, desc)) if *digest == p => Some(desc.clone()),
                 _ => client
-                    .head_manifest(&target.repository, &snapshot_tag(&p))
+                    .head_manifest(repo, &snapshot_tag(&p))
                     .await?
                     .and_then(|found| {
                         Some(Descriptor {
@@ -440,17 +466,165 @@ impl Registry {
         let bytes = Bytes::from(manifest.to_bytes());
         if bytes.len() as u64 > MAX_OCI_MANIFEST_BYTES {
             return Err(Error::Usage(format!(
-                "snapshot {} has {} distinct data chunks; its manifest would be {} bytes, over the {MAX_OCI_MANIFEST_BYTES} bytes registries accept",
+                "snapshot {} spans {} packs; its manifest would be {} bytes, over the {MAX_OCI_MANIFEST_BYTES} bytes registries accept",
                 snapshot.name,
-                map.chunks.len(),
+                map.packs.len(),
                 bytes.len()
             )));
         }
         let digest = Digest::of(&bytes);
         client
-            .put_manifest(&target.repository, &digest.to_string(), bytes.clone())
+            .put_manifest(repo, &digest.to_string(), bytes.clone())
             .await?;
         Ok(bytes)
+    }
+
+    /// The chunk map's files of `snapshot` (every file but manifest.json),
+    /// its distinct chunks in order of first use, and where each is.
+    fn cut_files(
+        &self,
+        snapshot: &SnapshotRow,
+        name: &SnapshotName,
+    ) -> Result<(MapFiles, Vec<Digest>, Vec<ChunkSource>)> {
+        let conn = self.db().conn();
+        let mut files = MapFiles {
+            chunk_size: crate::chunk::CHUNK_SIZE,
+            files: Vec::new(),
+        };
+        let mut index_of: HashMap<Digest, u32> = HashMap::new();
+        let mut order = Vec::new();
+        let mut places = Vec::new();
+        for f in db::snapshots::snapshot_files(conn, &snapshot.digest)? {
+            if f.path == "manifest.json" {
+                continue;
+            }
+            let path = std::sync::Arc::new(self.layout().snapshot_file(name, &f.path));
+            let list = self.chunk_list_of(snapshot, &f.path, &path, f.size)?;
+            files.chunk_size = list.chunk_size;
+            let mut extents = Vec::with_capacity(list.chunks.len());
+            for c in &list.chunks {
+                let index = *index_of.entry(c.digest).or_insert_with(|| {
+                    order.push(c.digest);
+                    places.push((path.clone(), c.offset, c.length));
+                    (order.len() - 1) as u32
+                });
+                extents.push((c.offset, index));
+            }
+            files.files.push(MapFile {
+                path: f.path.clone(),
+                size: f.size,
+                extents,
+            });
+        }
+        Ok((files, order, places))
+    }
+
+    /// Whether the repository holds some of `chunks` where we do not know.
+    fn any_unplaced(&self, registry: &str, repo: &str, chunks: &[Digest]) -> Result<bool> {
+        for c in chunks {
+            if db::remote::remote_chunk(self.db().conn(), registry, repo, c)?.is_none() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Record where the repository holds the chunks of snapshot `digest`,
+    /// from its chunk map there (if it is there).
+    async fn learn_from(&self, client: &Client, target: &RemoteRef, digest: &Digest) -> Result<()> {
+        let repo = target.repository.as_str();
+        let Some((bytes, _)) = client.get_manifest(repo, &snapshot_tag(digest)).await? else {
+            return Ok(());
+        };
+        let subject = format!("{}:{}", target.repository_name(), snapshot_tag(digest));
+        let manifest = OciManifest::parse(&bytes, SNAPSHOT_ARTIFACT, &subject)?;
+        let Some((first, packs)) = manifest.layers.split_first() else {
+            return Ok(());
+        };
+        if first.media_type != CHUNK_MAP || first.size > MAX_CHUNK_MAP_BYTES {
+            return Ok(());
+        }
+        let config = client
+            .get_blob(
+                repo,
+                &manifest.config.digest,
+                manifest.config.size.min(MAX_MANIFEST_BYTES),
+            )
+            .await?;
+        let parsed = parse_config(&config, &subject)?;
+        let map_bytes = client.get_blob(repo, &first.digest, first.size).await?;
+        let map = ChunkMap::parse(&map_bytes, &parsed, packs, u64::MAX)?;
+        let sizes = map.pack_sizes(packs);
+        crate::remote::holdings::record_map(self.db().conn(), &target.registry, repo, &map, &sizes)
+    }
+
+    /// Pack `unplaced` chunks (in order, [`PACK_CHUNKS`] a pack), compress
+    /// them on the blocking pool, and store each pack the repository
+    /// lacks, `jobs` at a time; each stored pack is recorded (blob and
+    /// chunk places) in its own transaction as it lands.
+    async fn store_packs(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        unplaced: Vec<(Digest, ChunkSource)>,
+        jobs: usize,
+        counts: &mut Counts,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let batches: Vec<Vec<(Digest, ChunkSource)>> =
+            unplaced.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
+        let conn = self.db().conn();
+        let mut results = stream::iter(batches.into_iter().map(|batch| async move {
+            let logical: u64 = batch.iter().map(|(_, (_, _, len))| len).sum();
+            let (body, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
+                .await
+                .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
+            let desc = Descriptor::of(PACK, &body);
+            let stored = store_one(conn, client, registry, repo, &desc, body).await?;
+            Ok::<_, Error>((desc, stored, frames, logical))
+        }))
+        .buffer_unordered(jobs);
+        while let Some(done) = results.next().await {
+            let (desc, stored, frames, logical) = done?;
+            counts.add(&stored, desc.size);
+            counts.chunks_uploaded += frames.len() as u64;
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            db::remote::record_remote(&tx, registry, repo, &desc.digest, desc.size)?;
+            for (chunk, offset, length) in &frames {
+                let at = PackedChunk {
+                    pack: desc.digest,
+                    offset: *offset,
+                    length: *length,
+                };
+                db::remote::record_remote_chunk(&tx, registry, repo, chunk, &at)?;
+            }
+            tx.commit()?;
+            progress.advance(logical);
+            crate::failpoint::hit(crate::failpoint::PUSH_BLOB_STORED)?;
+        }
+        Ok(())
+    }
+
+    /// Store one blob held in memory unless the repository holds it.
+    async fn store_blob(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        desc: &Descriptor,
+        body: Bytes,
+        counts: &mut Counts,
+    ) -> Result<()> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let conn = self.db().conn();
+        let stored = store_one(conn, client, registry, repo, desc, body).await?;
+        counts.add(&stored, desc.size);
+        db::remote::record_remote(conn, registry, repo, &desc.digest, desc.size)?;
+        crate::failpoint::hit(crate::failpoint::PUSH_BLOB_STORED)?;
+        Ok(())
     }
 
     /// The canonical manifest bytes of `snapshot`, checked against its digest.
@@ -501,77 +675,6 @@ impl Registry {
         Ok(list)
     }
 
-    /// Store `sources` in the repository, `jobs` at a time, recording what
-    /// it holds as each one lands; returns the blob of every chunk.
-    async fn store_blobs(
-        &self,
-        client: &Client,
-        target: &RemoteRef,
-        sources: Vec<Source>,
-        jobs: usize,
-        counts: &mut Counts,
-        progress: &dyn Progress,
-    ) -> Result<Vec<(Digest, ChunkBlob)>> {
-        let conn = self.db().conn();
-        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
-        let mut chunk_blobs = Vec::new();
-        let mut results = stream::iter(
-            sources
-                .into_iter()
-                .map(|source| store_one(conn, client, registry, repo, source)),
-        )
-        .buffer_unordered(jobs);
-        let mut pending: Vec<Holding> = Vec::new();
-        while let Some(result) = results.next().await {
-            let (stored, chunk, logical) = result?;
-            progress.advance(logical);
-            let (blob, size) = match stored {
-                Stored::Present(b, s) => {
-                    counts.present += 1;
-                    counts.bytes_present += s;
-                    (b, s)
-                }
-                Stored::Uploaded(b, s) => {
-                    counts.uploaded += 1;
-                    counts.bytes_uploaded += s;
-                    (b, s)
-                }
-                Stored::Mounted(b, s) => {
-                    counts.mounted += 1;
-                    (b, s)
-                }
-            };
-            if let Some(c) = chunk {
-                chunk_blobs.push(c);
-            }
-            pending.push((blob, size, chunk));
-            if pending.len() >= 256 {
-                self.record(registry, repo, &mut pending)?;
-            }
-            crate::failpoint::hit(crate::failpoint::PUSH_BLOB_STORED)?;
-        }
-        self.record(registry, repo, &mut pending)?;
-        Ok(chunk_blobs)
-    }
-
-    /// Record in one transaction what the repository now holds.
-    fn record(&self, registry: &str, repo: &str, pending: &mut Vec<Holding>) -> Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let conn = self.db().conn();
-        let tx =
-            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-        for (blob, size, chunk) in pending.drain(..) {
-            db::remote::record_remote(&tx, registry, repo, &blob, size)?;
-            if let Some((c, b)) = chunk {
-                db::remote::record_chunk_blob(&tx, &c, &b)?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Store the cache artifacts of `snapshot`'s image as one manifest.
     async fn push_image(
         &self,
@@ -591,7 +694,7 @@ impl Registry {
                 ),
             }
         })?;
-        let mut sources = Vec::new();
+        let mut files = Vec::new();
         let mut layers = Vec::new();
         for (file, row) in db::images::image_cache_files(conn, &image)? {
             if row.is_none() {
@@ -607,20 +710,25 @@ impl Registry {
             let path = self.layout().cache_file(&file);
             let desc = file_descriptor(&path, &file)?;
             layers.push(desc.clone());
-            sources.push(Source::File(desc, path));
+            files.push((desc, path));
         }
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let mut results = stream::iter(files.into_iter().map(|(desc, path)| async move {
+            let stored = store_file(conn, client, registry, repo, &desc, &path).await?;
+            Ok::<_, Error>((stored, desc))
+        }))
+        .buffer_unordered(jobs);
+        while let Some(done) = results.next().await {
+            let (stored, desc) = done?;
+            counts.add(&stored, desc.size);
+            db::remote::record_remote(conn, registry, repo, &desc.digest, desc.size)?;
+            crate::failpoint::hit(crate::failpoint::PUSH_BLOB_STORED)?;
+        }
+        drop(results);
         let empty = Bytes::from_static(b"{}");
         let config = Descriptor::of(EMPTY_CONFIG, &empty);
-        sources.push(Source::Bytes(config.clone(), empty));
-        self.store_blobs(
-            client,
-            target,
-            sources,
-            jobs,
-            counts,
-            &crate::progress::NoProgress,
-        )
-        .await?;
+        self.store_blob(client, target, &config, empty, counts)
+            .await?;
         let mut annotations = BTreeMap::new();
         annotations.insert(TITLE.to_string(), snapshot.image_ref.clone());
         let manifest = OciManifest {
@@ -668,114 +776,83 @@ fn file_descriptor(path: &std::path::Path, file: &CacheFile) -> Result<Descripto
     })
 }
 
-/// Store one blob unless the repository holds it: returns what happened,
-/// the chunk's blob when it was a chunk, and the logical bytes it covers.
+/// Store one blob unless the repository holds it (recorded, or found by
+/// a HEAD); mounted from another repository of the registry when one is
+/// known to hold it.
 async fn store_one(
     conn: &rusqlite::Connection,
     client: &Client,
     registry: &str,
     repo: &str,
-    source: Source,
-) -> Result<(Stored, Option<(Digest, ChunkBlob)>, u64)> {
-    match source {
-        Source::Chunk {
-            chunk,
-            path,
-            offset,
-            len,
-            known,
-        } => {
-            if let Some(b) = known {
-                if db::remote::remote_has(conn, registry, repo, &b.blob)? {
-                    return Ok((Stored::Present(b.blob, b.size), Some((chunk, b)), len));
-                }
-                if client.head_blob(repo, &b.blob).await?.is_some() {
-                    return Ok((Stored::Present(b.blob, b.size), Some((chunk, b)), len));
-                }
-            }
-            let body = compress_chunk(&path, offset, len, &chunk)?;
-            let b = ChunkBlob {
-                blob: Digest::of(&body),
-                size: body.len() as u64,
-            };
-            let stored = if known.is_none()
-                && (db::remote::remote_has(conn, registry, repo, &b.blob)?
-                    || client.head_blob(repo, &b.blob).await?.is_some())
-            {
-                Stored::Present(b.blob, b.size)
-            } else {
-                upload(conn, client, registry, repo, &b.blob, Bytes::from(body)).await?
-            };
-            Ok((stored, Some((chunk, b)), len))
-        }
-        Source::Bytes(desc, body) => {
-            if client.head_blob(repo, &desc.digest).await?.is_some() {
-                return Ok((Stored::Present(desc.digest, desc.size), None, 0));
-            }
-            Ok((
-                upload(conn, client, registry, repo, &desc.digest, body).await?,
-                None,
-                0,
-            ))
-        }
-        Source::File(desc, path) => {
-            if db::remote::remote_has(conn, registry, repo, &desc.digest)?
-                || client.head_blob(repo, &desc.digest).await?.is_some()
-            {
-                return Ok((Stored::Present(desc.digest, desc.size), None, 0));
-            }
-            if let Some(from) = db::remote::remote_holder(conn, registry, repo, &desc.digest)?
-                && client.mount_blob(repo, &desc.digest, &from).await?
-            {
-                return Ok((Stored::Mounted(desc.digest, desc.size), None, 0));
-            }
-            client
-                .put_blob_file(repo, &desc.digest, &path, desc.size)
-                .await?;
-            Ok((Stored::Uploaded(desc.digest, desc.size), None, 0))
-        }
+    desc: &Descriptor,
+    body: Bytes,
+) -> Result<Stored> {
+    if db::remote::remote_has(conn, registry, repo, &desc.digest)?
+        || client.head_blob(repo, &desc.digest).await?.is_some()
+    {
+        return Ok(Stored::Present);
     }
+    if let Some(from) = db::remote::remote_holder(conn, registry, repo, &desc.digest)?
+        && client.mount_blob(repo, &desc.digest, &from).await?
+    {
+        return Ok(Stored::Mounted);
+    }
+    client.put_blob(repo, &desc.digest, body).await?;
+    Ok(Stored::Uploaded)
 }
 
-/// Upload a blob, mounting it from another repository of the registry
-/// when one is known to hold it.
-async fn upload(
+/// [`store_one`] for a file, streamed from disk.
+async fn store_file(
     conn: &rusqlite::Connection,
     client: &Client,
     registry: &str,
     repo: &str,
-    blob: &Digest,
-    body: Bytes,
+    desc: &Descriptor,
+    path: &std::path::Path,
 ) -> Result<Stored> {
-    let size = body.len() as u64;
-    if let Some(from) = db::remote::remote_holder(conn, registry, repo, blob)?
-        && client.mount_blob(repo, blob, &from).await?
+    if db::remote::remote_has(conn, registry, repo, &desc.digest)?
+        || client.head_blob(repo, &desc.digest).await?.is_some()
     {
-        return Ok(Stored::Mounted(*blob, size));
+        return Ok(Stored::Present);
     }
-    client.put_blob(repo, blob, body).await?;
-    Ok(Stored::Uploaded(*blob, size))
+    if let Some(from) = db::remote::remote_holder(conn, registry, repo, &desc.digest)?
+        && client.mount_blob(repo, &desc.digest, &from).await?
+    {
+        return Ok(Stored::Mounted);
+    }
+    client
+        .put_blob_file(repo, &desc.digest, path, desc.size)
+        .await?;
+    Ok(Stored::Uploaded)
 }
 
-/// Read the chunk at `offset` of `path`, check it is the chunk the index
-/// says, and compress it.
-fn compress_chunk(
-    path: &std::path::Path,
-    offset: u64,
-    len: u64,
-    chunk: &Digest,
-) -> Result<Vec<u8>> {
-    let file = File::open(path).at("open", path)?;
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset).at("read", path)?;
-    let found = Digest::of(&buf);
-    if found != *chunk {
-        return Err(Error::integrity(
-            path.display().to_string(),
-            format!(
-                "the {len} bytes at offset {offset} hash to {found}, not the indexed chunk {chunk}; run `msb-registry verify --content`"
-            ),
-        ));
+/// Read, check and compress each chunk of a batch into one pack: zstd
+/// frames one after another. Returns the pack and each chunk's frame.
+fn build_pack(batch: &[(Digest, ChunkSource)]) -> Result<(Bytes, Vec<Frame>)> {
+    let data: u64 = batch.iter().map(|(_, (_, _, len))| len).sum();
+    let mut pack = Vec::with_capacity(
+        (data + batch.len() as u64 * crate::remote::format::max_chunk_frame(0)) as usize
+            + data as usize / 128,
+    );
+    let mut frames = Vec::with_capacity(batch.len());
+    let mut buf = Vec::new();
+    for (chunk, (path, offset, len)) in batch {
+        buf.resize(*len as usize, 0);
+        let file = File::open(path.as_path()).at("open", path.as_path())?;
+        file.read_exact_at(&mut buf, *offset)
+            .at("read", path.as_path())?;
+        let found = Digest::of(&buf);
+        if found != *chunk {
+            return Err(Error::integrity(
+                path.display().to_string(),
+                format!(
+                    "the {len} bytes at offset {offset} hash to {found}, not the indexed chunk {chunk}; run `msb-registry verify --content`"
+                ),
+            ));
+        }
+        let frame = zstd::bulk::compress(&buf, CHUNK_ZSTD_LEVEL).at("compress", path.as_path())?;
+        frames.push((*chunk, pack.len() as u64, frame.len() as u64));
+        pack.extend_from_slice(&frame);
     }
-    zstd::bulk::compress(&buf, CHUNK_ZSTD_LEVEL).at("compress", path)
+    Ok((Bytes::from(pack), frames))
 }

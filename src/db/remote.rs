@@ -1,5 +1,5 @@
-//! What the registry knows of remote OCI registries (migration V6): the
-//! blob each chunk travels as, the blobs each remote repository holds, and
+//! What the registry knows of remote OCI repositories (migration V6): the
+//! blobs each holds, where each holds every chunk (a frame of a pack), and
 //! where a chunk can be read locally.
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -8,35 +8,61 @@ use super::now_unix;
 use crate::digest::Digest;
 use crate::error::Result;
 
-/// A chunk's blob: the zstd of its bytes, by digest and size.
+/// Where a repository holds a chunk: a zstd frame inside a pack blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkBlob {
-    /// SHA-256 of the compressed bytes.
-    pub blob: Digest,
-    /// Compressed bytes.
-    pub size: u64,
+pub struct PackedChunk {
+    /// The pack blob.
+    pub pack: Digest,
+    /// Offset of the frame in the pack.
+    pub offset: u64,
+    /// Bytes of the frame.
+    pub length: u64,
 }
 
-/// The blob `chunk` was last sent or received as.
-pub fn chunk_blob(conn: &Connection, chunk: &Digest) -> Result<Option<ChunkBlob>> {
+/// Where `repository` of `registry` holds `chunk`, if known.
+pub fn remote_chunk(
+    conn: &Connection,
+    registry: &str,
+    repository: &str,
+    chunk: &Digest,
+) -> Result<Option<PackedChunk>> {
     Ok(conn
-        .prepare_cached("SELECT blob, blob_size FROM chunk_blobs WHERE chunk = ?1")?
-        .query_row(params![chunk], |r| {
-            Ok(ChunkBlob {
-                blob: r.get(0)?,
-                size: r.get::<_, i64>(1)? as u64,
+        .prepare_cached(
+            "SELECT pack, offset, length FROM remote_chunks
+             WHERE registry = ?1 AND repository = ?2 AND chunk = ?3",
+        )?
+        .query_row(params![registry, repository, chunk], |r| {
+            Ok(PackedChunk {
+                pack: r.get(0)?,
+                offset: r.get::<_, i64>(1)? as u64,
+                length: r.get::<_, i64>(2)? as u64,
             })
         })
         .optional()?)
 }
 
-/// Record that `chunk` travels as `blob`.
-pub fn record_chunk_blob(conn: &Connection, chunk: &Digest, blob: &ChunkBlob) -> Result<()> {
+/// Record where `repository` of `registry` holds `chunk`.
+pub fn record_remote_chunk(
+    conn: &Connection,
+    registry: &str,
+    repository: &str,
+    chunk: &Digest,
+    at: &PackedChunk,
+) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO chunk_blobs (chunk, blob, blob_size) VALUES (?1, ?2, ?3)
-         ON CONFLICT (chunk) DO UPDATE SET blob = excluded.blob, blob_size = excluded.blob_size",
+        "INSERT INTO remote_chunks (registry, repository, chunk, pack, offset, length)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (registry, repository, chunk) DO UPDATE
+         SET pack = excluded.pack, offset = excluded.offset, length = excluded.length",
     )?
-    .execute(params![chunk, blob.blob, blob.size as i64])?;
+    .execute(params![
+        registry,
+        repository,
+        chunk,
+        at.pack,
+        at.offset as i64,
+        at.length as i64
+    ])?;
     Ok(())
 }
 
@@ -54,6 +80,22 @@ pub fn remote_has(
         .query_row(params![registry, repository, blob], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// The size of `blob` as recorded for `repository` of `registry`.
+pub fn remote_blob_size(
+    conn: &Connection,
+    registry: &str,
+    repository: &str,
+    blob: &Digest,
+) -> Result<Option<u64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT size FROM remote_blobs WHERE registry = ?1 AND repository = ?2 AND blob = ?3",
+        )?
+        .query_row(params![registry, repository, blob], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|s| s as u64))
 }
 
 /// Another repository of `registry` known to hold `blob`, to mount it from.
@@ -90,12 +132,14 @@ pub fn record_remote(
     Ok(())
 }
 
-/// Forget what `repository` of `registry` was known to hold: its
-/// garbage collection may have deleted blobs we recorded.
-pub fn forget_remote(conn: &Connection, registry: &str, repository: &str) -> Result<usize> {
-    Ok(conn
-        .prepare_cached("DELETE FROM remote_blobs WHERE registry = ?1 AND repository = ?2")?
-        .execute(params![registry, repository])?)
+/// Forget what `repository` of `registry` was known to hold: its garbage
+/// collection may have deleted blobs we recorded.
+pub fn forget_remote(conn: &Connection, registry: &str, repository: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM remote_blobs WHERE registry = ?1 AND repository = ?2")?
+        .execute(params![registry, repository])?;
+    conn.prepare_cached("DELETE FROM remote_chunks WHERE registry = ?1 AND repository = ?2")?
+        .execute(params![registry, repository])?;
+    Ok(())
 }
 
 /// Where a chunk can be read locally: a snapshot file and an offset.
@@ -153,13 +197,20 @@ mod tests {
             Some("a")
         );
         assert_eq!(remote_holder(conn, "r:5000", "a", &blob).unwrap(), None);
-        assert_eq!(forget_remote(conn, "r:5000", "a").unwrap(), 1);
-        assert!(!remote_has(conn, "r:5000", "a", &blob).unwrap());
 
         let chunk = Digest::of(b"chunk");
-        assert_eq!(chunk_blob(conn, &chunk).unwrap(), None);
-        let cb = ChunkBlob { blob, size: 9 };
-        record_chunk_blob(conn, &chunk, &cb).unwrap();
-        assert_eq!(chunk_blob(conn, &chunk).unwrap(), Some(cb));
+        let at = PackedChunk {
+            pack: blob,
+            offset: 10,
+            length: 9,
+        };
+        assert_eq!(remote_chunk(conn, "r:5000", "a", &chunk).unwrap(), None);
+        record_remote_chunk(conn, "r:5000", "a", &chunk, &at).unwrap();
+        assert_eq!(remote_chunk(conn, "r:5000", "a", &chunk).unwrap(), Some(at));
+        assert_eq!(remote_chunk(conn, "r:5000", "b", &chunk).unwrap(), None);
+
+        forget_remote(conn, "r:5000", "a").unwrap();
+        assert!(!remote_has(conn, "r:5000", "a", &blob).unwrap());
+        assert_eq!(remote_chunk(conn, "r:5000", "a", &chunk).unwrap(), None);
     }
 }

@@ -235,6 +235,64 @@ impl Client {
         Ok(got)
     }
 
+    /// Bytes `start..start + len` of blob `digest` of `repository` (`size`
+    /// bytes in all), by an HTTP range request; a registry that ignores
+    /// the range is read through up to the end of the range. The caller
+    /// checks what the bytes hold (the blob's digest cannot be).
+    pub async fn get_range(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        let subject = format!("blob {digest} bytes {start}+{len}");
+        if len == 0 || start.checked_add(len).is_none_or(|end| end > size) {
+            return Err(super::format::malformed(
+                &subject,
+                format!("outside the blob's {size} bytes"),
+            ));
+        }
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
+        let range = format!("bytes={start}-{}", start + len - 1);
+        let mut res = self
+            .send(Method::GET, url, repository, Access::Pull, |r| {
+                r.header(reqwest::header::RANGE, range.as_str())
+            })
+            .await?;
+        let skip = match res.status() {
+            StatusCode::PARTIAL_CONTENT => 0,
+            StatusCode::OK => start,
+            StatusCode::NOT_FOUND => {
+                return Err(Error::NotFound {
+                    what: "blob",
+                    reference: format!("{}/{repository}@{digest}", self.registry),
+                });
+            }
+            _ => return Err(self.unexpected(&format!("GET {subject}"), res).await),
+        };
+        let mut body = Vec::with_capacity(len as usize);
+        let mut seen = 0u64;
+        while body.len() as u64 != len {
+            let Some(piece) = res.chunk().await.map_err(|e| self.transfer(&subject, &e))? else {
+                return Err(self.remote(format!("{subject}: connection ended early")));
+            };
+            let from = skip.saturating_sub(seen).min(piece.len() as u64) as usize;
+            seen += piece.len() as u64;
+            let want = (len - body.len() as u64) as usize;
+            let take = &piece[from..];
+            if skip == 0 && take.len() > want {
+                return Err(super::format::malformed(
+                    &subject,
+                    "the registry sends more than the range asked for".into(),
+                ));
+            }
+            body.extend_from_slice(&take[..take.len().min(want)]);
+        }
+        Ok(Bytes::from(body))
+    }
+
     /// Mount blob `digest` into `repository` from `from` (same registry).
     /// `Ok(true)` when the registry mounted it; `Ok(false)` when it would
     /// not (the caller uploads instead).

@@ -1,7 +1,8 @@
 //! The OCI form of a snapshot (README "Push and pull"; DESIGN §8): one
 //! image manifest per snapshot whose config is the canonical manifest.json
 //! (so the config digest is the snapshot digest), whose first layer is the
-//! chunk map, and whose other layers are the zstd chunk blobs. Building
+//! chunk map, and whose other layers are packs: concatenated zstd frames,
+//! one per chunk, fetched whole or by HTTP range. Building
 //! and checking these documents is all this module does; a pulled document
 //! is input like an archive member, checked before anything trusts it.
 
@@ -21,8 +22,9 @@ pub const SNAPSHOT_ARTIFACT: &str = "application/vnd.microsandbox.snapshot.v1";
 pub const SNAPSHOT_CONFIG: &str = "application/vnd.microsandbox.snapshot.manifest.v1+json";
 /// `mediaType` of the chunk map, the first layer.
 pub const CHUNK_MAP: &str = "application/vnd.microsandbox.snapshot.chunkmap.v1+json";
-/// `mediaType` of a chunk blob: the zstd of one chunk's bytes.
-pub const CHUNK_BLOB: &str = "application/vnd.microsandbox.snapshot.chunk.v1+zstd";
+/// `mediaType` of a pack: zstd frames of chunks, one after another (itself
+/// a valid multi-frame zstd stream).
+pub const PACK: &str = "application/vnd.microsandbox.snapshot.pack.v1+zstd";
 /// `artifactType` of an image's cache artifacts.
 pub const IMAGE_CACHE_ARTIFACT: &str = "application/vnd.microsandbox.image-cache.v1";
 /// `mediaType` of a cache file layer.
@@ -43,12 +45,14 @@ pub const SNAPSHOT_PARENT: &str = "dev.microsandbox.snapshot.parent";
 pub const MAX_OCI_MANIFEST_BYTES: u64 = 4 << 20;
 /// The largest chunk map read from a registry.
 pub const MAX_CHUNK_MAP_BYTES: u64 = 32 << 20;
+/// The largest pack a pulled manifest may list.
+pub const MAX_PACK_BYTES: u64 = 1 << 30;
 /// Chunk sizes a pulled chunk map may use.
 pub const CHUNK_SIZES: std::ops::RangeInclusive<u64> = 4096..=(4 << 20);
 
-/// The most a zstd blob of `chunk_size` bytes may take: zstd's own bound
+/// The most a zstd frame of `chunk_size` bytes may take: zstd's own bound
 /// for incompressible input, with room for its frame header.
-pub fn max_chunk_blob(chunk_size: u64) -> u64 {
+pub fn max_chunk_frame(chunk_size: u64) -> u64 {
     chunk_size + chunk_size / 128 + 1024
 }
 
@@ -162,22 +166,27 @@ pub struct MapFile {
     pub extents: Vec<(u64, u32)>,
 }
 
-/// One distinct chunk: its digest and the blob it travels as.
+/// One distinct chunk: its digest, and where its zstd frame is:
+/// `[chunk digest, pack index, offset in the pack, frame length]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapChunk(pub Digest, pub Digest, pub u64);
+pub struct MapChunk(pub Digest, pub u32, pub u64, pub u64);
 
 impl MapChunk {
     /// SHA-256 of the chunk's uncompressed bytes.
     pub fn chunk(&self) -> Digest {
         self.0
     }
-    /// SHA-256 of its zstd blob.
-    pub fn blob(&self) -> Digest {
-        self.1
+    /// Index of its pack in [`ChunkMap::packs`].
+    pub fn pack(&self) -> usize {
+        self.1 as usize
     }
-    /// Bytes of the blob.
-    pub fn blob_size(&self) -> u64 {
+    /// Offset of its frame in the pack.
+    pub fn offset(&self) -> u64 {
         self.2
+    }
+    /// Bytes of its frame.
+    pub fn frame_len(&self) -> u64 {
+        self.3
     }
 }
 
@@ -193,6 +202,8 @@ pub struct ChunkMap {
     pub chunk_size: u64,
     /// Always "zstd".
     pub compression: String,
+    /// The packs holding the chunks (each a layer of the manifest).
+    pub packs: Vec<Digest>,
     /// Every distinct chunk, once.
     pub chunks: Vec<MapChunk>,
     /// Every file of the snapshot but manifest.json.
@@ -200,6 +211,16 @@ pub struct ChunkMap {
 }
 
 impl ChunkMap {
+    /// The size of each pack, in the order of [`ChunkMap::packs`], as the
+    /// manifest's `layers` list them (the map was checked against them).
+    pub fn pack_sizes(&self, layers: &[Descriptor]) -> Vec<u64> {
+        let sizes: HashMap<Digest, u64> = layers.iter().map(|l| (l.digest, l.size)).collect();
+        self.packs
+            .iter()
+            .map(|p| sizes.get(p).copied().unwrap_or(0))
+            .collect()
+    }
+
     /// Its bytes as pushed.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a chunk map always serializes")
@@ -240,24 +261,51 @@ impl ChunkMap {
             )));
         }
         let listed: HashMap<Digest, u64> = layers.iter().map(|l| (l.digest, l.size)).collect();
+        let mut pack_sizes = Vec::with_capacity(map.packs.len());
+        for p in &map.packs {
+            match listed.get(p) {
+                Some(&size)
+                    if !pack_sizes.is_empty() && map.packs[..pack_sizes.len()].contains(p) =>
+                {
+                    return Err(bad(format!("lists pack {p} twice ({size} bytes)")));
+                }
+                Some(&size) => pack_sizes.push(size),
+                None => {
+                    return Err(bad(format!(
+                        "pack {p} is not a layer of the snapshot's manifest"
+                    )));
+                }
+            }
+        }
         let mut seen = HashSet::new();
         for c in &map.chunks {
             if !seen.insert(c.chunk()) {
                 return Err(bad(format!("lists chunk {} twice", c.chunk())));
             }
-            if c.blob_size() > max_chunk_blob(map.chunk_size) {
+            let Some(&pack_size) = pack_sizes.get(c.pack()) else {
                 return Err(bad(format!(
-                    "blob {} of {} bytes is larger than a chunk of {} bytes can compress to",
-                    c.blob(),
-                    c.blob_size(),
+                    "chunk {}: pack index {} out of range",
+                    c.chunk(),
+                    c.pack()
+                )));
+            };
+            if c.frame_len() == 0 || c.frame_len() > max_chunk_frame(map.chunk_size) {
+                return Err(bad(format!(
+                    "chunk {}: a frame of {} bytes cannot hold a chunk of at most {} bytes",
+                    c.chunk(),
+                    c.frame_len(),
                     map.chunk_size
                 )));
             }
-            if listed.get(&c.blob()) != Some(&c.blob_size()) {
+            if c.offset()
+                .checked_add(c.frame_len())
+                .is_none_or(|end| end > pack_size)
+            {
                 return Err(bad(format!(
-                    "blob {} ({} bytes) is not a layer of the snapshot's manifest",
-                    c.blob(),
-                    c.blob_size()
+                    "chunk {}: frame at {}+{} runs past its pack's {pack_size} bytes",
+                    c.chunk(),
+                    c.offset(),
+                    c.frame_len()
                 )));
             }
         }
@@ -363,13 +411,14 @@ mod tests {
     }
 
     fn map(s: &ParsedManifest) -> (ChunkMap, Vec<Descriptor>) {
-        let blob = Descriptor::of(CHUNK_BLOB, b"blob");
+        let blob = Descriptor::of(PACK, b"a pack of frames");
         let map = ChunkMap {
             schema: 1,
             snapshot: s.digest,
             chunk_size: 131072,
             compression: "zstd".into(),
-            chunks: vec![MapChunk(Digest::of(b"chunk"), blob.digest, blob.size)],
+            packs: vec![blob.digest],
+            chunks: vec![MapChunk(Digest::of(b"chunk"), 0, 2, 14)],
             files: vec![MapFile {
                 path: "upper.ext4".into(),
                 size: 1 << 20,
@@ -399,7 +448,16 @@ mod tests {
         refuse(&|m| m.files[0].extents[1].1 = 7, "index out of range");
         refuse(&|m| m.chunk_size = 3000, "chunk size");
         refuse(&|m| m.chunk_size = 1 << 30, "huge chunk size");
-        refuse(&|m| m.chunks[0].2 = 5, "blob not listed at that size");
+        refuse(&|m| m.chunks[0].2 = 3, "frame past the pack's end");
+        refuse(&|m| m.chunks[0].2 = u64::MAX, "offset overflow");
+        refuse(&|m| m.chunks[0].3 = 0, "empty frame");
+        refuse(
+            &|m| m.chunks[0].3 = 1 << 20,
+            "frame larger than a chunk compresses to",
+        );
+        refuse(&|m| m.chunks[0].1 = 1, "pack index out of range");
+        refuse(&|m| m.packs[0] = Digest::of(b"x"), "pack not a layer");
+        refuse(&|m| m.packs.push(m.packs[0]), "pack listed twice");
         refuse(&|m| m.chunks.push(m.chunks[0]), "duplicate chunk");
         refuse(&|m| m.files[0].path = "../x".into(), "path");
         refuse(&|m| m.files[0].path = "other".into(), "no upper");

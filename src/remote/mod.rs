@@ -5,6 +5,7 @@
 pub mod client;
 pub mod credentials;
 pub mod format;
+pub mod holdings;
 pub mod reference;
 
 pub use client::{Access, Client, ClientOptions};

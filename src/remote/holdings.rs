@@ -1,0 +1,35 @@
+//! What a remote repository holds, as far as a chunk map tells: its packs
+//! and where in them each chunk is (recorded in the index, so the next
+//! push of a child sends only chunks the repository lacks).
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+use super::format::ChunkMap;
+use crate::db::remote::{PackedChunk, record_remote, record_remote_chunk};
+use crate::error::Result;
+
+/// Record, in one transaction, that `repo` of `registry` holds the packs
+/// of `map` (`pack_sizes` aligned with `map.packs`) and its chunks where
+/// the map says.
+pub fn record_map(
+    conn: &Connection,
+    registry: &str,
+    repo: &str,
+    map: &ChunkMap,
+    pack_sizes: &[u64],
+) -> Result<()> {
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    for (pack, size) in map.packs.iter().zip(pack_sizes) {
+        record_remote(&tx, registry, repo, pack, *size)?;
+    }
+    for c in &map.chunks {
+        let at = PackedChunk {
+            pack: map.packs[c.pack()],
+            offset: c.offset(),
+            length: c.frame_len(),
+        };
+        record_remote_chunk(&tx, registry, repo, &c.chunk(), &at)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
