@@ -272,6 +272,14 @@ impl Client {
             }
             _ => return Err(self.unexpected(&format!("GET {subject}"), res).await),
         };
+        // Checked here, not only on the pieces read: the last piece may end
+        // exactly at the range, leaving the excess unread and unnoticed.
+        if skip == 0 && content_length(&res).is_some_and(|l| l > len) {
+            return Err(super::format::malformed(
+                &subject,
+                "the registry sends more than the range asked for".into(),
+            ));
+        }
         let mut body = Vec::with_capacity(len as usize);
         let mut seen = 0u64;
         while body.len() as u64 != len {
