@@ -364,23 +364,26 @@ impl Registry {
             let manifest_path = dir.join("manifest.json");
             std::fs::write(&manifest_path, &s.config).at("write", &manifest_path)?;
             progress.finish();
-            crate::remote::holdings::record_map(
-                self.db().conn(),
-                &source.registry,
-                repo,
-                &map,
-                &pack_sizes,
-            )?;
-            maps.push((map, dir));
+            maps.push((map, dir, pack_sizes));
         }
         crate::failpoint::hit(crate::failpoint::PULL_ASSEMBLED)?;
 
         let mut set = StagedSet::default();
         let mut journal = Vec::new();
         let names = self.pull_names(chain, head_name)?;
-        for ((s, (map, dir)), name) in chain.iter().zip(&maps).zip(names) {
+        for ((s, (map, dir, _)), name) in chain.iter().zip(&maps).zip(names) {
             let staged = self.check_assembled(s, map, dir, name, source, &mut journal, progress)?;
             set.snapshots.push(staged);
+        }
+        // Only maps whose files checked out: a refused pull teaches nothing.
+        for (map, _, pack_sizes) in &maps {
+            crate::remote::holdings::record_map(
+                self.db().conn(),
+                &source.registry,
+                repo,
+                map,
+                pack_sizes,
+            )?;
         }
         for image in &images {
             let parsed = &chain
