@@ -385,6 +385,8 @@ impl Registry {
                 pack_sizes,
             )?;
         }
+        // What an interrupted run of this pull staged of the image is redone.
+        crate::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
         for image in &images {
             let parsed = &chain
                 .iter()
@@ -407,6 +409,7 @@ impl Registry {
         }
         {
             let tx = self.db_mut().write()?;
+            db::imports::delete_import_files(&tx, lease.id())?;
             db::imports::insert_import_files(&tx, lease.id(), &journal)?;
             tx.commit()?;
         }

@@ -361,6 +361,7 @@ impl Registry {
             // says where the repository holds the chunks they share.
             self.learn_from(client, target, &p).await?;
         }
+        self.mount_packs(client, target, &order, counts).await?;
         let mut unplaced = Vec::new();
         for (i, chunk) in order.iter().enumerate() {
             match db::remote::remote_chunk(self.db().conn(), registry, repo, chunk)? {
@@ -517,6 +518,38 @@ impl Registry {
             });
         }
         Ok((files, order, places))
+    }
+
+    /// Mount into the repository the packs other repositories of the
+    /// registry hold the chunks in that it lacks (where the registry
+    /// supports cross-repository mounts), and record what they hold.
+    async fn mount_packs(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        chunks: &[Digest],
+        counts: &mut Counts,
+    ) -> Result<()> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let conn = self.db().conn();
+        let mut tried = std::collections::HashSet::new();
+        for chunk in chunks {
+            if db::remote::remote_chunk(conn, registry, repo, chunk)?.is_some() {
+                continue;
+            }
+            let Some((from, at)) = db::remote::remote_chunk_elsewhere(conn, registry, repo, chunk)?
+            else {
+                continue;
+            };
+            if !tried.insert(at.pack) {
+                continue;
+            }
+            if client.mount_blob(repo, &at.pack, &from).await? {
+                db::remote::copy_pack_holdings(conn, registry, &from, repo, &at.pack)?;
+                counts.mounted += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the repository holds some of `chunks` where we do not know.

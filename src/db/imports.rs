@@ -141,6 +141,14 @@ pub fn insert_import_files(conn: &Connection, id: &str, files: &[ImportFileRow])
     Ok(())
 }
 
+/// Forget the staged files recorded for import `id` (a resumed pull
+/// records them again).
+pub fn delete_import_files(conn: &Connection, id: &str) -> Result<()> {
+    conn.prepare_cached("DELETE FROM import_files WHERE import = ?1")?
+        .execute(params![id])?;
+    Ok(())
+}
+
 /// Record that import `id` will pin `image` (its own autocommitted
 /// transaction, so gc sees it while the import is still streaming).
 pub fn insert_pin(conn: &Connection, id: &str, image: &Digest) -> Result<()> {

@@ -66,6 +66,57 @@ pub fn record_remote_chunk(
     Ok(())
 }
 
+/// Another repository of `registry` known to hold `chunk`, and where.
+pub fn remote_chunk_elsewhere(
+    conn: &Connection,
+    registry: &str,
+    repository: &str,
+    chunk: &Digest,
+) -> Result<Option<(String, PackedChunk)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT repository, pack, offset, length FROM remote_chunks
+             WHERE registry = ?1 AND repository <> ?2 AND chunk = ?3 LIMIT 1",
+        )?
+        .query_row(params![registry, repository, chunk], |r| {
+            Ok((
+                r.get(0)?,
+                PackedChunk {
+                    pack: r.get(1)?,
+                    offset: r.get::<_, i64>(2)? as u64,
+                    length: r.get::<_, i64>(3)? as u64,
+                },
+            ))
+        })
+        .optional()?)
+}
+
+/// Record that `to` of `registry` holds pack `pack` (mounted from `from`)
+/// with every chunk `from` is known to hold in it.
+pub fn copy_pack_holdings(
+    conn: &Connection,
+    registry: &str,
+    from: &str,
+    to: &str,
+    pack: &Digest,
+) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO remote_blobs (registry, repository, blob, size, seen_at)
+         SELECT registry, ?3, blob, size, ?5 FROM remote_blobs
+         WHERE registry = ?1 AND repository = ?2 AND blob = ?4
+         ON CONFLICT (registry, repository, blob) DO UPDATE SET seen_at = excluded.seen_at",
+    )?
+    .execute(params![registry, from, to, pack, now_unix()])?;
+    conn.prepare_cached(
+        "INSERT INTO remote_chunks (registry, repository, chunk, pack, offset, length)
+         SELECT registry, ?3, chunk, pack, offset, length FROM remote_chunks
+         WHERE registry = ?1 AND repository = ?2 AND pack = ?4
+         ON CONFLICT (registry, repository, chunk) DO NOTHING",
+    )?
+    .execute(params![registry, from, to, pack])?;
+    Ok(())
+}
+
 /// Whether `repository` of `registry` is known to hold `blob`.
 pub fn remote_has(
     conn: &Connection,
@@ -208,6 +259,18 @@ mod tests {
         record_remote_chunk(conn, "r:5000", "a", &chunk, &at).unwrap();
         assert_eq!(remote_chunk(conn, "r:5000", "a", &chunk).unwrap(), Some(at));
         assert_eq!(remote_chunk(conn, "r:5000", "b", &chunk).unwrap(), None);
+
+        let (from, found) = remote_chunk_elsewhere(conn, "r:5000", "b", &chunk)
+            .unwrap()
+            .unwrap();
+        assert_eq!((from.as_str(), found), ("a", at));
+        assert_eq!(
+            remote_chunk_elsewhere(conn, "r:5000", "a", &chunk).unwrap(),
+            None
+        );
+        copy_pack_holdings(conn, "r:5000", "a", "b", &blob).unwrap();
+        assert_eq!(remote_chunk(conn, "r:5000", "b", &chunk).unwrap(), Some(at));
+        assert!(remote_has(conn, "r:5000", "b", &blob).unwrap());
 
         forget_remote(conn, "r:5000", "a").unwrap();
         assert!(!remote_has(conn, "r:5000", "a", &blob).unwrap());
