@@ -588,6 +588,35 @@ fn parent_tag_naming_another_snapshot_is_refused_with_5() {
 }
 
 #[test]
+fn foreign_manifests_and_configs_are_refused_with_6() {
+    let p = Pushed::new();
+    // An ordinary container image's manifest: no artifactType, an image config.
+    p.rewrite(
+        |_| {},
+        |m| {
+            m.as_object_mut().unwrap().remove("artifactType");
+        },
+    );
+    p.refused(6, &["artifactType", "not a microsandbox snapshot"]);
+    p.rewrite(
+        |_| {},
+        |m| m["config"]["mediaType"] = "application/vnd.oci.image.config.v1+json".into(),
+    );
+    p.refused(
+        6,
+        &[
+            "application/vnd.oci.image.config.v1+json",
+            "not a snapshot manifest",
+        ],
+    );
+    p.rewrite(
+        |_| {},
+        |m| m["layers"][1]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+    );
+    p.refused(6, &["tar+gzip", "not a pack"]);
+}
+
+#[test]
 fn non_canonical_config_is_refused_with_6() {
     let p = Pushed::new();
     let config = p
@@ -983,11 +1012,17 @@ fn bearer_token_with_credential_helper() {
     );
     env.write_config(&json!({"credHelpers": {fake.host(): "msbtest"}}));
     round_trip_without_flags(&env, &fake);
-    let asked = std::fs::read_to_string(asked).unwrap();
+    let asked = std::fs::read_to_string(&asked).unwrap();
     assert!(
-        asked.lines().all(|l| l == fake.host()),
+        !asked.is_empty() && asked.lines().all(|l| l == fake.host()),
         "helper asked for {asked:?}"
     );
+
+    // The same helper as the store for every registry.
+    let fake = Fake::start();
+    fake.config(json!({"auth": {"kind": "bearer", "username": USER, "password": PASSWORD}}));
+    env.write_config(&json!({"credsStore": "msbtest"}));
+    round_trip_without_flags(&env, &fake);
 }
 
 /// Push and pull through `fake` with only the docker config of `env`.
@@ -1042,6 +1077,15 @@ fn refused_credentials_exit_9() {
     failed(&pull(&[], b""), 9, &[&fake.host(), "--username"]);
     fake.config(json!({"anonymous_tokens": true}));
     failed(&pull(&[], b""), 9, &[&fake.host(), "--username"]);
+
+    // A token service that answers with an endless body: bounded, exit 8.
+    fake.config(json!({"stream_token": {"bytes": 100 << 20, "content_length": false}}));
+    failed(
+        &pull(&with_password, format!("{PASSWORD}\n").as_bytes()),
+        8,
+        &["token"],
+    );
+    fake.config(json!({"stream_token": null}));
 
     assert_eq!((dst.tree(), index(&dst)), before, "registry changed");
     assert!(open_pulls(&dst).is_empty(), "a pull was left open");
