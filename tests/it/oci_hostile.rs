@@ -1199,6 +1199,58 @@ fn a_failing_registry_exits_8_and_the_rerun_resumes() {
 }
 
 #[test]
+fn a_failed_push_tags_nothing_and_the_rerun_sends_the_rest() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, digest) = source("base");
+    let target = fake.at("base");
+    let push = || {
+        env.run(
+            &src,
+            &["push", "base", &target, "--insecure", "--json"],
+            b"",
+        )
+    };
+    let tags = || {
+        let v = fake.control(json!({"op": "tags", "repo": REPO}));
+        let mut t: Vec<String> = v["tags"].as_object().unwrap().keys().cloned().collect();
+        t.sort();
+        t
+    };
+
+    // Uploads refused, then the manifests: exit 8, and no tag names anything.
+    fake.config(json!({"upload_status": 500}));
+    failed(&push(), 8, &[&fake.host(), "500"]);
+    assert_eq!(tags(), Vec::<String>::new());
+    fake.config(json!({"upload_status": null, "manifest_status": 500}));
+    failed(&push(), 8, &[&fake.host(), "manifest", "500"]);
+    assert_eq!(tags(), Vec::<String>::new());
+
+    // Mended: every blob landed last time, only the manifest and tags go now.
+    fake.config(json!({"manifest_status": null}));
+    let report: Value = serde_json::from_str(&push().ok().stdout).unwrap();
+    assert_eq!(
+        (&report["blobs_uploaded"], &report["bytes_uploaded"]),
+        (&json!(0), &json!(0)),
+        "{report}"
+    );
+    let expected = vec!["base".to_string(), format!("sha256-{}", digest.hex())];
+    assert_eq!(tags(), expected);
+
+    // The repository loses everything (its tags deleted, its garbage
+    // collected) behind the index's back: the push learns it from the
+    // registry's MANIFEST_BLOB_UNKNOWN, forgets, and sends it all again.
+    fake.control(json!({"op": "wipe", "repo": REPO}));
+    let report: Value = serde_json::from_str(&push().ok().stdout).unwrap();
+    assert!(report["blobs_uploaded"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(tags(), expected);
+    let dst = populated();
+    env.run(&dst, &["pull", &target, "--insecure"], b"").ok();
+    dst.run(&["verify", "--content"]).ok();
+    src.run(&["verify", "--content"]).ok();
+}
+
+#[test]
 fn an_unreachable_registry_exits_8() {
     let env = Env::new();
     let dst = populated();
