@@ -375,16 +375,6 @@ impl Registry {
             let staged = self.check_assembled(s, map, dir, name, source, &mut journal, progress)?;
             set.snapshots.push(staged);
         }
-        // Only maps whose files checked out: a refused pull teaches nothing.
-        for (map, _, pack_sizes) in &maps {
-            crate::remote::holdings::record_map(
-                self.db().conn(),
-                &source.registry,
-                repo,
-                map,
-                pack_sizes,
-            )?;
-        }
         // What an interrupted run of this pull staged of the image is redone.
         crate::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
         for image in &images {
@@ -414,6 +404,16 @@ impl Registry {
             tx.commit()?;
         }
         let outcome = install(self, lease, &set)?;
+        // Only the maps of an installed pull: a refused one teaches nothing.
+        for (map, _, pack_sizes) in &maps {
+            crate::remote::holdings::record_map(
+                self.db().conn(),
+                &source.registry,
+                repo,
+                map,
+                pack_sizes,
+            )?;
+        }
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
