@@ -710,7 +710,7 @@ impl Registry {
         let Some((bytes, _)) = client.get_manifest(repo, &tag).await? else {
             return Ok(());
         };
-        let subject = format!("{}:{tag}", client.registry());
+        let subject = crate::remote::reference::joined(client.registry(), repo, &tag);
         let manifest = OciManifest::parse(&bytes, IMAGE_CACHE_ARTIFACT, &subject)?;
         let cache_dir = lease.staging().join("pulled-cache");
         let mut seen = HashSet::new();
