@@ -617,6 +617,76 @@ fn foreign_manifests_and_configs_are_refused_with_6() {
 }
 
 #[test]
+fn hostile_image_caches_are_refused() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let src = Reg::new();
+    let cache = src.path("cache");
+    let image = make_image_cache(&cache, "python:3.12", 7, &[16384, 8192]);
+    let dir = src.path("src/base");
+    make_snapshot(&dir, &SnapSpec::new(&image).label("name", "base"));
+    src.run(&[
+        "add",
+        dir.to_str().unwrap(),
+        "--name",
+        "base",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ])
+    .ok();
+    let target = fake.at("base");
+    env.run(
+        &src,
+        &["push", "base", &target, "--insecure", "--with-image"],
+        b"",
+    )
+    .ok();
+    let tag = format!("image-sha256-{}", image.manifest_digest.hex());
+    let (_, manifest) = fake.manifest(&tag);
+    let original = fake.manifest_bytes(&tag);
+    let dst = populated();
+    let serve = |edit: &dyn Fn(&mut Value)| {
+        let mut m = manifest.clone();
+        edit(&mut m);
+        fake.put_manifest_bytes(m.to_string().as_bytes(), None, &[&tag]);
+    };
+    let huge = (1u64 << 62).to_string();
+    let title = "org.opencontainers.image.title";
+
+    serve(&|m| m["layers"][0]["annotations"][title] = "../../../evil".into());
+    refused(
+        &env,
+        &dst,
+        &target,
+        6,
+        &["../../../evil", "not named as a cache file"],
+    );
+    serve(&|m| m["layers"][0]["size"] = (1u64 << 62).into());
+    refused(&env, &dst, &target, 6, &[&huge]);
+    serve(&|m| m["artifactType"] = "application/vnd.microsandbox.snapshot.v1".into());
+    refused(
+        &env,
+        &dst,
+        &target,
+        6,
+        &[&format!("{REPO}:{tag}"), "not a microsandbox image cache"],
+    );
+
+    // A cache file whose bytes are not its digest.
+    fake.put_manifest_bytes(&original, None, &[&tag]);
+    let blob = layer(&manifest, 0);
+    fake.corrupt_blob(&blob);
+    refused(&env, &dst, &target, 5, &[&blob]);
+    fake.corrupt_blob(&blob);
+
+    let run = env.run(&dst, &["pull", &target, "--insecure", "--json"], b"");
+    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    let files = manifest["layers"].as_array().unwrap().len();
+    assert_eq!(report["image_files_installed"], files, "{report}");
+    dst.run(&["verify", "--content"]).ok();
+}
+
+#[test]
 fn non_canonical_config_is_refused_with_6() {
     let p = Pushed::new();
     let config = p
