@@ -200,7 +200,13 @@ impl Registry {
                         reference: head.to_string(),
                     }
                 })?;
-            report.name = row.name;
+            report.name = match head_name {
+                // As import does: a head already here takes the name asked for.
+                Some(n) if n.as_str() != row.name => {
+                    self.rename(&head.to_string(), n.as_str())?.name
+                }
+                _ => row.name,
+            };
             report.skipped.push(head);
             return Ok(report);
         }
