@@ -1,10 +1,11 @@
-//! `push` and `pull` against a hostile OCI registry: a scriptable fake
-//! (tests/fixtures/oci_server.py) that first stores a real push honestly,
-//! then serves wrong digests, a non-canonical config, lying chunk maps,
-//! endless manifests, redirects to another port, and bearer-token auth.
-//! Each refusal has its exit code, one line naming what was wrong, and
-//! leaves the pulling registry as it was; credentials come from flags, the
-//! docker config and a credential helper, and are never printed or stored.
+//! `push` and `pull` against a hostile OCI registry (README "Hostile
+//! registries"): a scriptable fake (tests/fixtures/oci_server.py) that first
+//! stores a real push honestly, then serves wrong digests, forged frames, a
+//! non-canonical config, lying chunk maps, endless bodies, redirects to
+//! another port, failures, and basic or bearer-token auth. Each refusal has
+//! its exit code, one line naming what was wrong, and leaves the pulling
+//! registry as it was; credentials come from flags, the docker config and
+//! credential helpers, and are never printed or stored.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -161,33 +162,40 @@ impl Drop for Fake {
 /// distinct data chunks (mixed bytes at 0, 1 MiB and 3 MiB).
 fn source(name: &str) -> (Reg, Digest) {
     let reg = Reg::new();
-    let cache = reg.path("src-cache");
-    let image = make_image_cache(&cache, "python:3.12", 7, &[16384]);
-    let mut spec = SnapSpec::new(&image).label("name", name);
+    let mut spec = sample_spec(&reg, name);
     spec.data = vec![
         (0, mixed_bytes(1, 200_000)),
         (1 << 20, vec![0xab; 64 * 1024]),
         (3 << 20, mixed_bytes(2, 300_000)),
     ];
+    let digest = add(&reg, name, &spec);
+    (reg, digest)
+}
+
+/// The sample builder's spec for `name`, pinned to an image written beside
+/// `reg` (not installed: `add` runs without `--cache-dir`).
+fn sample_spec(reg: &Reg, name: &str) -> SnapSpec {
+    let image = make_image_cache(&reg.path("src-cache"), "python:3.12", 7, &[16384]);
+    SnapSpec::new(&image).label("name", name)
+}
+
+/// Write the snapshot `spec` and `add` it to `reg` as `name`; its digest.
+fn add(reg: &Reg, name: &str, spec: &SnapSpec) -> Digest {
     let dir = reg.path(&format!("src/{name}"));
-    let digest = make_snapshot(&dir, &spec);
+    let digest = make_snapshot(&dir, spec);
     reg.run(&["add", dir.to_str().unwrap(), "--name", name])
         .ok();
-    (reg, digest)
+    digest
 }
 
 /// A registry that already holds an unrelated snapshot (no chunk in common
 /// with [`source`]'s), so "unchanged" means something.
 fn populated() -> Reg {
     let reg = Reg::new();
-    let cache = reg.path("other-cache");
-    let image = make_image_cache(&cache, "alpine:3.20", 3, &[8192]);
+    let image = make_image_cache(&reg.path("other-cache"), "alpine:3.20", 3, &[8192]);
     let mut spec = SnapSpec::new(&image).label("name", "other");
     spec.data = vec![(2 << 20, mixed_bytes(99, 50_000))];
-    let dir = reg.path("src/other");
-    make_snapshot(&dir, &spec);
-    reg.run(&["add", dir.to_str().unwrap(), "--name", "other"])
-        .ok();
+    add(&reg, "other", &spec);
     reg
 }
 
@@ -537,24 +545,10 @@ fn parent_tag_naming_another_snapshot_is_refused_with_5() {
     let fake = Fake::start();
     let env = Env::new();
     let (src, base) = source("base");
-    let (_, stray) = {
-        let dir = src.path("src/stray");
-        let cache = src.path("stray-cache");
-        let image = make_image_cache(&cache, "python:3.12", 7, &[16384]);
-        let spec = SnapSpec::new(&image).label("name", "stray");
-        let d = make_snapshot(&dir, &spec);
-        src.run(&["add", dir.to_str().unwrap(), "--name", "stray"])
-            .ok();
-        ((), d)
-    };
-    let dir = src.path("src/child");
-    let cache = src.path("child-cache");
-    let image = make_image_cache(&cache, "python:3.12", 7, &[16384]);
-    let mut spec = SnapSpec::new(&image).label("name", "child").parent(base);
+    let stray = add(&src, "stray", &sample_spec(&src, "stray"));
+    let mut spec = sample_spec(&src, "child").parent(base);
     spec.data = vec![(0, mixed_bytes(1, 200_000)), (5 << 20, vec![9; 4096])];
-    make_snapshot(&dir, &spec);
-    src.run(&["add", dir.to_str().unwrap(), "--name", "child"])
-        .ok();
+    add(&src, "child", &spec);
     push(&env, &src, "stray", &fake);
     env.run(
         &src,
@@ -892,15 +886,11 @@ fn transfers_in_flight_stay_within_jobs() {
     let fake = Fake::start();
     let env = Env::new();
     let src = Reg::new();
-    let image = make_image_cache(&src.path("cache"), "python:3.12", 7, &[16384]);
     // 128 chunks of data: four packs of 32.
-    let mut spec = SnapSpec::new(&image).label("name", "wide");
+    let mut spec = sample_spec(&src, "wide");
     spec.len = 20 << 20;
     spec.data = vec![(0, mixed_bytes(5, 16 << 20))];
-    let dir = src.path("src/wide");
-    make_snapshot(&dir, &spec);
-    src.run(&["add", dir.to_str().unwrap(), "--name", "wide"])
-        .ok();
+    add(&src, "wide", &spec);
     fake.config(json!({"stall": 0.1}));
     let target = fake.at("wide");
     let pushed: Value = serde_json::from_str(
