@@ -33,7 +33,7 @@ use crate::remote::format::{
     CHUNK_MAP, ChunkMap, IMAGE_CACHE_ARTIFACT, MAX_CHUNK_MAP_BYTES, MAX_PACK_BYTES, MapFile,
     OciManifest, PACK, SNAPSHOT_ARTIFACT, SNAPSHOT_CONFIG, TITLE, malformed, parse_config,
 };
-use crate::remote::reference::{image_tag, snapshot_tag};
+use crate::remote::reference::{image_tag, snapshot_of_tag, snapshot_tag};
 use crate::remote::{Access, Client, ClientOptions, RemoteRef};
 use crate::staged::{StagedSet, StagedSnapshot};
 
@@ -271,6 +271,17 @@ impl Registry {
                 reference: source.to_string(),
             })?;
         let head_digest = head.parsed.digest;
+        // A `sha256-<hex>` tag names a snapshot by its identity: the
+        // registry must serve that snapshot under it, not another.
+        if let Some(tag) = &source.tag
+            && let Some(named) = snapshot_of_tag(tag)
+            && named != head_digest
+        {
+            return Err(Error::Integrity {
+                subject: format!("{}:{tag}", source.repository_name()),
+                detail: format!("names snapshot {head_digest}, not {named}"),
+            });
+        }
         let conn = self.db().conn();
         let mut chain = Vec::new();
         let mut seen = HashSet::new();

@@ -24,6 +24,11 @@ pub fn snapshot_tag(snapshot: &Digest) -> String {
     format!("sha256-{}", snapshot.hex())
 }
 
+/// The snapshot a `sha256-<hex>` tag names by its identity, if `tag` is one.
+pub fn snapshot_of_tag(tag: &str) -> Option<Digest> {
+    Digest::from_hex(tag.strip_prefix("sha256-")?).ok()
+}
+
 /// The tag of an image's cache artifacts: `image-sha256-<hex>`.
 pub fn image_tag(image_manifest: &Digest) -> String {
     format!("image-sha256-{}", image_manifest.hex())
@@ -216,6 +221,10 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad}: {e}");
         }
         assert!(is_valid_tag("sha256-abc"));
+        let d = Digest::of(b"x");
+        assert_eq!(snapshot_of_tag(&snapshot_tag(&d)), Some(d));
+        assert_eq!(snapshot_of_tag("sha256-abc"), None);
+        assert_eq!(snapshot_of_tag("py-deps"), None);
         assert!(!is_valid_tag(&"a".repeat(129)));
         assert!(!is_valid_tag("a/b"));
     }
