@@ -575,6 +575,14 @@ fn parent_tag_naming_another_snapshot_is_refused_with_5() {
         5,
         &[&base_tag, &stray.to_string()],
     );
+    // The same tag pulled itself: it names a snapshot by its identity.
+    refused(
+        &env,
+        &dst,
+        &fake.at(&base_tag),
+        5,
+        &[&base_tag, &stray.to_string()],
+    );
     fake.put_manifest_bytes(&base_bytes, None, &[&base_tag]);
     env.run(&dst, &["pull", &fake.at("child"), "--insecure"], b"")
         .ok();
