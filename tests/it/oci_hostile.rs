@@ -689,6 +689,26 @@ fn hostile_image_caches_are_refused() {
 }
 
 #[test]
+fn hostile_names_fall_back_to_the_digest() {
+    // The name a snapshot was pushed under is only a suggestion: a path, a
+    // terminal escape, or the name of another snapshot here is not taken.
+    for title in ["../../../etc/evil", "red\u{1b}[31m", "other"] {
+        let p = Pushed::new();
+        p.rewrite(
+            |_| {},
+            |m| m["annotations"]["org.opencontainers.image.title"] = title.into(),
+        );
+        let report = p.pulls();
+        assert_eq!(report["name"], p.digest.archive_prefix(), "{title:?}");
+        let names: Vec<Value> = p
+            .dst
+            .json(&["sql", "SELECT name FROM snapshots ORDER BY name"]);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.iter().any(|n| n["name"] == "other"), "{names:?}");
+    }
+}
+
+#[test]
 fn non_canonical_config_is_refused_with_6() {
     let p = Pushed::new();
     let config = p
