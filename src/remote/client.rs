@@ -353,6 +353,7 @@ impl Client {
     ) -> Result<()> {
         let location = self.start_upload(repository).await?;
         let url = with_digest(location, digest);
+        let url_of_upload = url.clone();
         let file = tokio::fs::File::open(path).await.at("open", path)?;
         let stream = file_stream(file);
         let req = self
@@ -362,7 +363,7 @@ impl Client {
             .header(CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(stream));
         let res = self
-            .authorize(req, &[&scope(repository, Access::Push)])
+            .authorize(req, &url_of_upload, &[&scope(repository, Access::Push)])
             .send()
             .await
             .map_err(|e| self.transfer(&format!("upload of {}", path.display()), &e))?;
@@ -533,6 +534,7 @@ impl Client {
             attempt += 1;
             let req = self.authorize(
                 build(self.http.request(method.clone(), url.clone())),
+                &url,
                 scopes,
             );
             let res = match req.send().await {
@@ -546,7 +548,9 @@ impl Client {
                 }
             };
             match res.status() {
-                StatusCode::UNAUTHORIZED if !challenged => {
+                // Another host's challenge (an upload Location elsewhere)
+                // is not answered with our credentials.
+                StatusCode::UNAUTHORIZED if !challenged && self.is_registry(&url) => {
                     challenged = true;
                     let challenge = res
                         .headers()
@@ -588,8 +592,21 @@ impl Client {
         }
     }
 
-    /// `req` with the Authorization the registry asked for, if any.
-    fn authorize(&self, req: RequestBuilder, scopes: &[&str]) -> RequestBuilder {
+    /// Whether `url` is on the registry itself (scheme, host and port):
+    /// credentials and tokens go nowhere else.
+    fn is_registry(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// `req` (to `url`) with the Authorization the registry asked for, if
+    /// any, and only when `url` is on the registry: a Location naming
+    /// another host gets none, as a redirect there gets none.
+    fn authorize(&self, req: RequestBuilder, url: &Url, scopes: &[&str]) -> RequestBuilder {
+        if !self.is_registry(url) {
+            return req;
+        }
         let auth = self.auth.lock().expect("auth state lock");
         match (&auth.scheme, &self.credentials) {
             (Scheme::Basic, Credentials::Basic { username, password }) => {
