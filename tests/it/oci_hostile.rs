@@ -923,6 +923,44 @@ fn redirected_blobs_arrive_without_credentials() {
 }
 
 #[test]
+fn uploads_sent_to_another_host_carry_no_credentials() {
+    // A registry may answer a new upload with a Location on another host
+    // (its storage): the blob goes there, the credentials do not.
+    for kind in ["bearer", "basic"] {
+        let fake = Fake::start();
+        let env = Env::new();
+        let (src, digest) = source("base");
+        fake.config(json!({
+            "auth": {"kind": kind, "username": USER, "password": PASSWORD},
+            "upload_elsewhere": true,
+        }));
+        let target = fake.at("base");
+        let with_password = ["--insecure", "--username", USER, "--password-stdin"];
+        let stdin = format!("{PASSWORD}\n");
+        let mut args = vec!["push", "base", &target];
+        args.extend(with_password);
+        env.run(&src, &args, stdin.as_bytes()).ok();
+        let log = fake.log();
+        let elsewhere: Vec<&Value> = log.iter().filter(|e| e["listener"] == "other").collect();
+        assert!(!elsewhere.is_empty(), "{kind}: no upload went elsewhere");
+        for e in &elsewhere {
+            assert_eq!(
+                e["authorization"],
+                Value::Null,
+                "{kind}: credentials sent with an upload to another port: {e}"
+            );
+        }
+        let dst = populated();
+        let mut args = vec!["pull", &target, "--json"];
+        args.extend(with_password);
+        let run = env.run(&dst, &args, stdin.as_bytes());
+        let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+        assert_eq!(report["head"], digest.to_string());
+        dst.run(&["verify", "--content"]).ok();
+    }
+}
+
+#[test]
 fn transfers_in_flight_stay_within_jobs() {
     let fake = Fake::start();
     let env = Env::new();
