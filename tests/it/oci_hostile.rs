@@ -1394,6 +1394,43 @@ fn a_failed_push_tags_nothing_and_the_rerun_sends_the_rest() {
 }
 
 #[test]
+fn gc_keeps_a_dead_pulls_staging_for_its_grace_period() {
+    let p = Pushed::new();
+    let pack = layer(&p.manifest, 1);
+    p.fake
+        .config(json!({"blob_status": 503, "only_blobs": [pack]}));
+    let pull = || {
+        p.env.run(
+            &p.dst,
+            &["pull", &p.fake.at("base"), "--insecure", "--json"],
+            b"",
+        )
+    };
+    failed(&pull(), 8, &[&pack, "503"]);
+    let open = open_pulls(&p.dst);
+    assert_eq!(open.len(), 1, "{open:?}");
+    let staging = format!("staging/{}/", open[0].0);
+    assert!(p.dst.tree().contains_key(&staging));
+
+    // Young: kept. Past its grace: removed like a dead import's, and the
+    // next pull starts afresh.
+    p.dst.run(&["gc"]).ok();
+    assert!(
+        p.dst.tree().contains_key(&staging),
+        "gc removed a young pull"
+    );
+    assert_eq!(open_pulls(&p.dst), open);
+    p.dst.run(&["gc", "--grace", "0"]).ok();
+    assert!(!p.dst.tree().contains_key(&staging), "gc kept a dead pull");
+    assert!(open_pulls(&p.dst).is_empty());
+    p.dst.run(&["verify", "--content"]).ok();
+    p.fake
+        .config(json!({"blob_status": null, "only_blobs": null}));
+    let report = p.pulls();
+    assert_eq!(report["chunks_resumed"], 0, "{report}");
+}
+
+#[test]
 fn an_unreachable_registry_exits_8() {
     let env = Env::new();
     let dst = populated();
