@@ -280,6 +280,21 @@ impl Client {
                 "the registry sends more than the range asked for".into(),
             ));
         }
+        if skip == 0
+            && let Some(answered) = res
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+            && !answered.starts_with(&format!("bytes {start}-{}/", start + len - 1))
+        {
+            return Err(super::format::malformed(
+                &subject,
+                format!(
+                    "the registry answers with {}, not the range asked for",
+                    crate::text::escape(answered)
+                ),
+            ));
+        }
         let mut body = Vec::with_capacity(len as usize);
         let mut seen = 0u64;
         while body.len() as u64 != len {
