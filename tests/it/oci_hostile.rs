@@ -792,6 +792,15 @@ fn lying_chunk_maps_are_refused_with_6() {
     p.refused(6, &["more than the range"]);
     p.fake.config(json!({"range_overflow": false}));
 
+    // A range answered from one byte on (honestly labelled): refused by
+    // its Content-Range, before a frame is decoded from the wrong bytes.
+    let pack = layer(&p.manifest, 1);
+    p.fake
+        .config(json!({"range_shift": true, "only_blobs": [pack]}));
+    p.refused(6, &[&pack, "bytes 1-", "not the range asked for"]);
+    p.fake
+        .config(json!({"range_shift": false, "only_blobs": null}));
+
     // A snapshot that is consistent throughout but claims a 2^62-byte
     // upper: its config, chunk map and manifest all agree.
     let config = p
