@@ -590,6 +590,50 @@ fn parent_tag_naming_another_snapshot_is_refused_with_5() {
 }
 
 #[test]
+fn a_child_push_refuses_a_lying_parent_map() {
+    // The parent was pushed from another machine; this one pushes a child
+    // and learns from the parent's chunk map there which chunks the
+    // repository holds. A lying map is refused before anything is sent.
+    let p = Pushed::new();
+    let (other, base) = source("base");
+    assert_eq!(base, p.digest);
+    let mut spec = sample_spec(&other, "child").parent(base);
+    spec.data = vec![(0, mixed_bytes(1, 200_000)), (5 << 20, vec![9; 4096])];
+    add(&other, "child", &spec);
+    let huge = 1u64 << 62;
+    p.rewrite(|m| m["chunk_size"] = huge.into(), |_| {});
+    let target = p.fake.at("child");
+    let before = (other.tree(), index(&other));
+    let run = p
+        .env
+        .run(&other, &["push", "child", &target, "--insecure"], b"");
+    failed(
+        &run,
+        6,
+        &["chunk map", &base.to_string(), &huge.to_string()],
+    );
+    assert_eq!((other.tree(), index(&other)), before, "registry changed");
+    let tags = p.fake.control(json!({"op": "tags", "repo": REPO}));
+    assert!(tags["tags"].get("child").is_none(), "{tags}");
+
+    // The honest map: the shared chunks are not sent again.
+    p.retag(&p.manifest_bytes);
+    let report: Value = serde_json::from_str(
+        &p.env
+            .run(
+                &other,
+                &["push", "child", &target, "--insecure", "--json"],
+                b"",
+            )
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    assert!(report["chunks_present"].as_u64().unwrap() >= 2, "{report}");
+    other.run(&["verify", "--content"]).ok();
+}
+
+#[test]
 fn foreign_manifests_and_configs_are_refused_with_6() {
     let p = Pushed::new();
     // An ordinary container image's manifest: no artifactType, an image config.
