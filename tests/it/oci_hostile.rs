@@ -1191,6 +1191,26 @@ fn bearer_token_with_docker_config_auths() {
 }
 
 #[test]
+fn bearer_token_with_a_docker_config_identity_token() {
+    // `docker login` to some registries stores an OAuth2 refresh token,
+    // which the token service exchanges (POST) for an access token.
+    let env = Env::new();
+    let fake = Fake::start();
+    fake.config(json!({"auth": {
+        "kind": "bearer", "username": USER, "password": "unused-elsewhere",
+        "identity_token": PASSWORD,
+    }}));
+    env.write_config(&json!({"auths": {fake.host(): {"identitytoken": PASSWORD}}}));
+    round_trip_without_flags(&env, &fake);
+    assert!(
+        fake.log()
+            .iter()
+            .any(|e| e["method"] == "POST" && e["path"].as_str().unwrap().starts_with("/token")),
+        "the identity token was never exchanged"
+    );
+}
+
+#[test]
 fn bearer_token_with_credential_helper() {
     let env = Env::new();
     let fake = Fake::start();
