@@ -261,6 +261,9 @@ impl Client {
                 r.header(reqwest::header::RANGE, range.as_str())
             })
             .await?;
+        // 206: the range itself; 200 (Range ignored): the whole blob, read
+        // through to the range's end. Only a 206 can say too much.
+        let partial = res.status() == StatusCode::PARTIAL_CONTENT;
         let skip = match res.status() {
             StatusCode::PARTIAL_CONTENT => 0,
             StatusCode::OK => start,
@@ -274,13 +277,13 @@ impl Client {
         };
         // Checked here, not only on the pieces read: the last piece may end
         // exactly at the range, leaving the excess unread and unnoticed.
-        if skip == 0 && content_length(&res).is_some_and(|l| l > len) {
+        if partial && content_length(&res).is_some_and(|l| l > len) {
             return Err(super::format::malformed(
                 &subject,
                 "the registry sends more than the range asked for".into(),
             ));
         }
-        if skip == 0
+        if partial
             && let Some(answered) = res
                 .headers()
                 .get(reqwest::header::CONTENT_RANGE)
@@ -305,7 +308,7 @@ impl Client {
             seen += piece.len() as u64;
             let want = (len - body.len() as u64) as usize;
             let take = &piece[from..];
-            if skip == 0 && take.len() > want {
+            if partial && take.len() > want {
                 return Err(super::format::malformed(
                     &subject,
                     "the registry sends more than the range asked for".into(),
@@ -368,17 +371,16 @@ impl Client {
     ) -> Result<()> {
         let location = self.start_upload(repository).await?;
         let url = with_digest(location, digest);
-        let url_of_upload = url.clone();
         let file = tokio::fs::File::open(path).await.at("open", path)?;
         let stream = file_stream(file);
         let req = self
             .http
-            .put(url)
+            .put(url.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(stream));
         let res = self
-            .authorize(req, &url_of_upload, &[&scope(repository, Access::Push)])
+            .authorize(req, &url, &[&scope(repository, Access::Push)])
             .send()
             .await
             .map_err(|e| self.transfer(&format!("upload of {}", path.display()), &e))?;
