@@ -477,17 +477,31 @@ fn honest_fake_round_trip() {
     assert_eq!(report["chunks_downloaded"].as_u64(), Some(chunks));
     p.src.run(&["verify", "--content"]).ok();
 
-    // A registry that ignores Range and sends whole packs is read through.
+    // A registry that ignores Range and sends whole packs is read through:
+    // into a registry without any of the chunks (one range, the whole
+    // pack), and into one that holds the upper's last region (the ranges
+    // then start at the pack's first byte and end before its last).
     p.fake.config(json!({"ignore_range": true}));
     let dst = populated();
-    let run = p.env.run(
-        &dst,
-        &["pull", &p.fake.at("base"), "--insecure", "--json"],
-        b"",
-    );
-    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
-    assert_eq!(report["chunks_downloaded"].as_u64(), Some(chunks));
-    dst.run(&["verify", "--content"]).ok();
+    let partly = populated();
+    let mut spec = sample_spec(&partly, "tail");
+    spec.data = vec![(3 << 20, mixed_bytes(2, 300_000))];
+    add(&partly, "tail", &spec);
+    for (dst, local) in [(&dst, 0), (&partly, 3)] {
+        let run = p.env.run(
+            dst,
+            &["pull", &p.fake.at("base"), "--insecure", "--json"],
+            b"",
+        );
+        let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+        assert_eq!(report["chunks_local"], local, "{report}");
+        assert_eq!(
+            report["chunks_downloaded"].as_u64(),
+            Some(chunks - local),
+            "{report}"
+        );
+        dst.run(&["verify", "--content"]).ok();
+    }
 }
 
 #[test]
