@@ -15,8 +15,10 @@ CREATE TABLE remote_blobs (
 CREATE INDEX remote_blobs_blob ON remote_blobs(registry, blob);
 
 -- Where a remote repository holds each chunk: the zstd frame of `length`
--- bytes at `offset` of pack blob `pack`. Learnt from our pushes and from
--- the chunk maps pulls (and pushes of children) read.
+-- bytes at `offset` of pack blob `pack`, compressed with chunk `base` as
+-- its prefix when `base` is set (a delta against the parent's chunk at the
+-- same offset). Learnt from our pushes and from the chunk maps pulls (and
+-- pushes of children) read.
 CREATE TABLE remote_chunks (
     registry   TEXT NOT NULL,
     repository TEXT NOT NULL,
@@ -24,5 +26,6 @@ CREATE TABLE remote_chunks (
     pack       TEXT NOT NULL,
     offset     INTEGER NOT NULL,
     length     INTEGER NOT NULL,
+    base       TEXT,                -- 'sha256:<hex>' of the prefix chunk, or NULL
     PRIMARY KEY (registry, repository, chunk)
 ) STRICT, WITHOUT ROWID;

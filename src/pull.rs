@@ -104,8 +104,10 @@ struct Wanted {
     pack: usize,
     /// Offset and length of its zstd frame in the pack.
     frame: (u64, u64),
-    /// Its uncompressed length.
+    /// Its uncompressed length (at most, for a base no file holds).
     len: u64,
+    /// The chunk its frame is a delta against, if any.
+    base: Option<Digest>,
     /// (file index, offset) it is written at.
     targets: Vec<(usize, u64)>,
 }
@@ -157,8 +159,8 @@ fn coalesce(mut wanted: Vec<Wanted>) -> Vec<Range> {
     ranges
 }
 
-/// Where a chunk's bytes already are.
-type Written = HashMap<Digest, (PathBuf, u64)>;
+/// Where a chunk's bytes already are: file, offset, length.
+type Written = HashMap<Digest, (PathBuf, u64, u64)>;
 
 impl Registry {
     /// Pull `source` (a tag or manifest digest) into this registry.
@@ -505,6 +507,7 @@ impl Registry {
     ) -> Result<()> {
         let mut files = Vec::new();
         let mut wanted: HashMap<Digest, Wanted> = HashMap::new();
+        let bases = map.bases();
         for f in &map.files {
             let path = dir.join(&f.path);
             let (file, fresh) = open_staged(&path, f.size)?;
@@ -514,15 +517,15 @@ impl Registry {
                 let len = map.chunk_len(f, offset);
                 if !fresh && holds(&file, offset, len, &c.chunk())? {
                     report.chunks_resumed += 1;
-                    written.insert(c.chunk(), (path.clone(), offset));
+                    written.insert(c.chunk(), (path.clone(), offset, len));
                     progress.advance(len);
                     continue;
                 }
-                if let Some(bytes) = self.local_chunk(written, &c.chunk(), len)? {
+                if let Some(bytes) = self.local_chunk(written, &c.chunk(), Some(len))? {
                     file.write_all_at(&bytes, offset).at("write", &path)?;
                     report.chunks_local += 1;
                     report.bytes_local += len;
-                    written.insert(c.chunk(), (path.clone(), offset));
+                    written.insert(c.chunk(), (path.clone(), offset, len));
                     progress.advance(len);
                     crate::failpoint::hit(crate::failpoint::PULL_CHUNK_WRITTEN)?;
                     continue;
@@ -534,6 +537,7 @@ impl Registry {
                         pack: c.pack(),
                         frame: (c.offset(), c.frame_len()),
                         len,
+                        base: bases[i as usize].map(|b| map.chunks[b].chunk()),
                         targets: Vec::new(),
                     })
                     .targets
@@ -541,8 +545,92 @@ impl Registry {
             }
             files.push((file, path));
         }
-        let ranges = coalesce(wanted.into_values().collect());
-        let files = &files;
+        let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
+            wanted.into_values().partition(|w| w.base.is_some());
+        // Bases of deltas that are neither here nor downloaded anyway come
+        // down too, kept in memory only until their deltas are decoded.
+        let mut extra = HashSet::new();
+        for d in &deltas {
+            let b = d.base.expect("a delta has a base");
+            if !plain.iter().any(|w| w.chunk == b)
+                && self.local_chunk(written, &b, None)?.is_none()
+                && extra.insert(b)
+            {
+                let i = map
+                    .chunks
+                    .iter()
+                    .position(|c| c.chunk() == b)
+                    .expect("a base is in the map");
+                let c = map.chunks[i];
+                plain.push(Wanted {
+                    chunk: b,
+                    pack: c.pack(),
+                    frame: (c.offset(), c.frame_len()),
+                    len: map.chunk_size,
+                    base: None,
+                    targets: Vec::new(),
+                });
+            }
+        }
+        // Plain frames first (bases among them), then the deltas.
+        let cell = std::cell::RefCell::new(std::mem::take(written));
+        let kept = std::cell::RefCell::new(HashMap::new());
+        let mut landed = |range: &Range, received: u64| -> Result<()> {
+            report.bytes_downloaded += received;
+            for w in range.chunks.iter().filter(|w| !w.targets.is_empty()) {
+                report.chunks_downloaded += 1;
+                let (index, offset) = w.targets[0];
+                cell.borrow_mut()
+                    .insert(w.chunk, (files[index].1.clone(), offset, w.len));
+                progress.advance(w.len * w.targets.len() as u64);
+                crate::failpoint::hit(crate::failpoint::PULL_CHUNK_WRITTEN)?;
+            }
+            Ok(())
+        };
+        let mut result = Ok(());
+        for phase in [plain, deltas] {
+            result = self
+                .download(
+                    client,
+                    repo,
+                    map,
+                    pack_sizes,
+                    &files,
+                    &cell,
+                    &kept,
+                    phase,
+                    jobs,
+                    &mut landed,
+                )
+                .await;
+            if result.is_err() {
+                break;
+            }
+        }
+        *written = cell.into_inner();
+        result
+    }
+
+    /// Download the frames `wanted` needs, coalesced into range requests,
+    /// `jobs` at a time; decode each (a delta against its base, from
+    /// `kept` or this registry) and write it where it goes, calling
+    /// `landed` as each range is done. Decoded chunks with no place to go
+    /// (bases) are kept in `kept`.
+    #[allow(clippy::too_many_arguments)]
+    async fn download(
+        &self,
+        client: &Client,
+        repo: &str,
+        map: &ChunkMap,
+        pack_sizes: &[u64],
+        files: &[(File, PathBuf)],
+        written: &std::cell::RefCell<Written>,
+        kept: &std::cell::RefCell<HashMap<Digest, Vec<u8>>>,
+        wanted: Vec<Wanted>,
+        jobs: usize,
+        landed: &mut dyn FnMut(&Range, u64) -> Result<()>,
+    ) -> Result<()> {
+        let ranges = coalesce(wanted);
         let mut results = stream::iter(ranges.into_iter().map(|range| async move {
             let pack = map.packs[range.pack];
             let (start, len) = range.span();
@@ -551,7 +639,27 @@ impl Registry {
                 .await?;
             for w in &range.chunks {
                 let frame = &body[(w.frame.0 - start) as usize..][..w.frame.1 as usize];
-                let bytes = decompress_chunk(frame, w.len, &w.chunk, &pack)?;
+                let base = match &w.base {
+                    Some(b) => {
+                        let held = kept.borrow().get(b).cloned();
+                        let found = match held {
+                            Some(bytes) => Some(bytes),
+                            None => self.local_chunk(&written.borrow(), b, None)?,
+                        };
+                        Some(found.ok_or_else(|| Error::Integrity {
+                            subject: format!("chunk {} in pack {pack}", w.chunk),
+                            detail: format!("its base chunk {b} is nowhere to be found"),
+                        })?)
+                    }
+                    None => None,
+                };
+                let exact = !w.targets.is_empty();
+                let bytes =
+                    decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, &pack)?;
+                if w.targets.is_empty() {
+                    kept.borrow_mut().insert(w.chunk, bytes);
+                    continue;
+                }
                 for &(index, offset) in &w.targets {
                     let (file, path) = &files[index];
                     file.write_all_at(&bytes, offset).at("write", path)?;
@@ -562,38 +670,43 @@ impl Registry {
         .buffer_unordered(jobs);
         while let Some(done) = results.next().await {
             let (range, received) = done?;
-            report.bytes_downloaded += received;
-            for w in &range.chunks {
-                report.chunks_downloaded += 1;
-                let (index, offset) = w.targets[0];
-                written.insert(w.chunk, (files[index].1.clone(), offset));
-                progress.advance(w.len * w.targets.len() as u64);
-                crate::failpoint::hit(crate::failpoint::PULL_CHUNK_WRITTEN)?;
-            }
+            landed(&range, received)?;
         }
         Ok(())
     }
 
-    /// The bytes of `chunk` from this pull's files or any snapshot here,
-    /// checked against its digest (a changed file is not trusted).
-    fn local_chunk(&self, written: &Written, chunk: &Digest, len: u64) -> Result<Option<Vec<u8>>> {
+    /// The bytes of `chunk` (`len` bytes, when known) from this pull's
+    /// files or any snapshot here, checked against its digest (a changed
+    /// file is not trusted).
+    fn local_chunk(
+        &self,
+        written: &Written,
+        chunk: &Digest,
+        len: Option<u64>,
+    ) -> Result<Option<Vec<u8>>> {
+        let conn = self.db().conn();
         let mut places = Vec::new();
-        if let Some((path, offset)) = written.get(chunk) {
-            places.push((path.clone(), *offset));
+        if let Some((path, offset, length)) = written.get(chunk) {
+            places.push((path.clone(), *offset, *length));
         }
-        if let Some(place) = db::remote::chunk_place(self.db().conn(), chunk)?
+        if let Some(place) = db::remote::chunk_place(conn, chunk)?
             && let Ok(name) = SnapshotName::chosen(&place.name)
+            && let Some(length) = db::chunks::chunk_length(conn, chunk)?
         {
             places.push((
                 self.layout().snapshot_file(&name, &place.path),
                 place.offset,
+                length,
             ));
         }
-        for (path, offset) in places {
+        for (path, offset, length) in places {
+            if len.is_some_and(|l| l != length) {
+                continue;
+            }
             let Ok(file) = crate::files::open_regular(&path) else {
                 continue;
             };
-            let mut buf = vec![0u8; len as usize];
+            let mut buf = vec![0u8; length as usize];
             if file.read_exact_at(&mut buf, offset).is_ok() && Digest::of(&buf) == *chunk {
                 return Ok(Some(buf));
             }
@@ -837,17 +950,50 @@ fn holds(file: &File, offset: u64, len: u64, chunk: &Digest) -> Result<bool> {
     Ok(file.read_exact_at(&mut buf, offset).is_ok() && Digest::of(&buf) == *chunk)
 }
 
-/// Decompress a downloaded chunk frame, bounded by the chunk's length, and
-/// check it is the chunk the map names.
-fn decompress_chunk(body: &[u8], len: u64, chunk: &Digest, blob: &Digest) -> Result<Vec<u8>> {
-    let subject = format!("chunk {chunk} in pack {blob}");
-    let bytes = zstd::bulk::decompress(body, len as usize).map_err(|e| {
+/// Decompress a downloaded chunk frame (against `base` as its zstd prefix
+/// when it is a delta), bounded by the chunk's length (exactly `len` when
+/// `exact`, else at most), and check it is the chunk the map names.
+fn decompress_chunk(
+    frame: &[u8],
+    len: u64,
+    exact: bool,
+    base: Option<&[u8]>,
+    chunk: &Digest,
+    pack: &Digest,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let subject = format!("chunk {chunk} in pack {pack}");
+    let refused = |e: std::io::Error| {
         malformed(
             &subject,
             format!("not a zstd frame of at most {len} bytes: {e}"),
         )
-    })?;
-    if bytes.len() as u64 != len || Digest::of(&bytes) != *chunk {
+    };
+    let mut bytes = Vec::with_capacity(len as usize);
+    match base {
+        None => {
+            zstd::stream::read::Decoder::with_buffer(frame)
+                .map_err(refused)?
+                .single_frame()
+                .take(len + 1)
+                .read_to_end(&mut bytes)
+                .map_err(refused)?;
+        }
+        Some(base) => {
+            zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(frame), base)
+                .map_err(refused)?
+                .single_frame()
+                .take(len + 1)
+                .read_to_end(&mut bytes)
+                .map_err(refused)?;
+        }
+    }
+    let length_ok = if exact {
+        bytes.len() as u64 == len
+    } else {
+        bytes.len() as u64 <= len
+    };
+    if !length_ok || Digest::of(&bytes) != *chunk {
         return Err(Error::Integrity {
             subject,
             detail: format!(

@@ -109,8 +109,43 @@ pub const PACK_CHUNKS: usize = 32;
 /// Where a chunk's bytes are: file, offset, length.
 type ChunkSource = (std::sync::Arc<PathBuf>, u64, u64);
 
-/// A chunk's zstd frame in a pack: chunk digest, offset, length.
-type Frame = (Digest, u64, u64);
+/// A chunk's zstd frame in a pack.
+struct Frame {
+    chunk: Digest,
+    offset: u64,
+    length: u64,
+    /// The chunk it was compressed against, if it is a delta.
+    base: Option<Digest>,
+}
+
+/// A chunk the repository lacks: where to read it, and the base (a plain
+/// chunk the repository holds) to send it as a delta against, if any.
+#[derive(Clone)]
+struct Unplaced {
+    chunk: Digest,
+    source: ChunkSource,
+    base: Option<(Digest, ChunkSource)>,
+}
+
+/// Where the repository holds `chunk`, when it can be decoded there: a
+/// plain frame, or a delta whose base it holds as a plain frame.
+fn placed(
+    conn: &rusqlite::Connection,
+    registry: &str,
+    repo: &str,
+    chunk: &Digest,
+) -> Result<Option<PackedChunk>> {
+    let Some(at) = db::remote::remote_chunk(conn, registry, repo, chunk)? else {
+        return Ok(None);
+    };
+    if let Some(base) = at.base {
+        match db::remote::remote_chunk(conn, registry, repo, &base)? {
+            Some(b) if b.base.is_none() => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(at))
+}
 
 /// A snapshot's files as its chunk map lists them.
 struct MapFiles {
@@ -362,36 +397,62 @@ impl Registry {
             self.learn_from(client, target, &p).await?;
         }
         self.mount_packs(client, target, &order, counts).await?;
+        let parent_chunks = self.parent_chunks(snapshot)?;
+        let conn = self.db().conn();
         let mut unplaced = Vec::new();
         for (i, chunk) in order.iter().enumerate() {
-            match db::remote::remote_chunk(self.db().conn(), registry, repo, chunk)? {
-                Some(_) => {
-                    counts.chunks_present += 1;
-                    progress.advance(places[i].2);
-                }
-                None => unplaced.push((*chunk, places[i].clone())),
+            if placed(conn, registry, repo, chunk)?.is_some() {
+                counts.chunks_present += 1;
+                progress.advance(places[i].2);
+                continue;
             }
+            let (path, offset, _) = &places[i];
+            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let base = match parent_chunks.get(&(file.to_string(), *offset)) {
+                Some(r) if r != chunk => self.delta_base(registry, repo, r)?,
+                _ => None,
+            };
+            unplaced.push(Unplaced {
+                chunk: *chunk,
+                source: places[i].clone(),
+                base,
+            });
         }
         self.store_packs(client, target, unplaced, jobs, counts, progress)
             .await?;
 
-        let conn = self.db().conn();
         let mut packs: Vec<Digest> = Vec::new();
         let mut pack_index: HashMap<Digest, u32> = HashMap::new();
+        let mut chunk_index: HashMap<Digest, u32> = HashMap::new();
         let mut chunks = Vec::with_capacity(order.len());
-        for chunk in &order {
-            let at = db::remote::remote_chunk(conn, registry, repo, chunk)?.ok_or_else(|| {
-                Error::Remote {
-                    registry: registry.to_string(),
-                    detail: format!("chunk {chunk} was stored but is not recorded; push again"),
-                }
+        let mut deltas = Vec::new();
+        let mut pending: Vec<Digest> = order.clone();
+        let mut next = 0;
+        while next < pending.len() {
+            let chunk = pending[next];
+            next += 1;
+            if chunk_index.contains_key(&chunk) {
+                continue;
+            }
+            let at = placed(conn, registry, repo, &chunk)?.ok_or_else(|| Error::Remote {
+                registry: registry.to_string(),
+                detail: format!("chunk {chunk} was stored but is not recorded; push again"),
             })?;
             let i = *pack_index.entry(at.pack).or_insert_with(|| {
                 packs.push(at.pack);
                 (packs.len() - 1) as u32
             });
-            chunks.push(MapChunk(*chunk, i, at.offset, at.length));
+            chunk_index.insert(chunk, chunks.len() as u32);
+            chunks.push(MapChunk(chunk, i, at.offset, at.length));
+            if let Some(base) = at.base {
+                deltas.push((chunk, base));
+                pending.push(base);
+            }
         }
+        let deltas = deltas
+            .into_iter()
+            .map(|(c, b)| (chunk_index[&c], chunk_index[&b]))
+            .collect();
         let mut layers = Vec::with_capacity(packs.len() + 1);
         let map = ChunkMap {
             schema: 1,
@@ -401,6 +462,7 @@ impl Registry {
             packs,
             chunks,
             files: files.files,
+            deltas,
         };
         let map_bytes = Bytes::from(map.to_bytes());
         let map_desc = Descriptor::of(CHUNK_MAP, &map_bytes);
@@ -520,6 +582,53 @@ impl Registry {
         Ok((files, order, places))
     }
 
+    /// The chunks of the parent's files by (file, offset), when the parent
+    /// is here: a changed chunk is sent as a delta against the parent's
+    /// chunk at the same offset.
+    fn parent_chunks(&self, snapshot: &SnapshotRow) -> Result<HashMap<(String, u64), Digest>> {
+        let conn = self.db().conn();
+        let mut out = HashMap::new();
+        let Some(parent) = snapshot.parent else {
+            return Ok(out);
+        };
+        if db::snapshots::snapshot_by_digest(conn, &parent)?.is_none() {
+            return Ok(out);
+        }
+        for f in db::snapshots::snapshot_files(conn, &parent)? {
+            if let Some(list) = db::chunks::chunk_list(conn, &parent, &f.path)? {
+                for c in list.chunks {
+                    out.insert((f.path.clone(), c.offset), c.digest);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The base for a delta against chunk `reference`: a plain chunk the
+    /// repository holds (the reference, or the base it is itself a delta
+    /// of) that is readable here.
+    fn delta_base(
+        &self,
+        registry: &str,
+        repo: &str,
+        reference: &Digest,
+    ) -> Result<Option<(Digest, ChunkSource)>> {
+        let conn = self.db().conn();
+        let Some(at) = placed(conn, registry, repo, reference)? else {
+            return Ok(None);
+        };
+        let base = at.base.unwrap_or(*reference);
+        let Some(place) = db::remote::chunk_place(conn, &base)? else {
+            return Ok(None);
+        };
+        let Some(length) = db::chunks::chunk_length(conn, &base)? else {
+            return Ok(None);
+        };
+        let name = SnapshotName::chosen(&place.name)?;
+        let path = std::sync::Arc::new(self.layout().snapshot_file(&name, &place.path));
+        Ok(Some((base, (path, place.offset, length))))
+    }
+
     /// Mount into the repository the packs other repositories of the
     /// registry hold the chunks in that it lacks (where the registry
     /// supports cross-repository mounts), and record what they hold.
@@ -599,17 +708,16 @@ impl Registry {
         &self,
         client: &Client,
         target: &RemoteRef,
-        unplaced: Vec<(Digest, ChunkSource)>,
+        unplaced: Vec<Unplaced>,
         jobs: usize,
         counts: &mut Counts,
         progress: &dyn Progress,
     ) -> Result<()> {
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
-        let batches: Vec<Vec<(Digest, ChunkSource)>> =
-            unplaced.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
+        let batches: Vec<Vec<Unplaced>> = unplaced.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
         let conn = self.db().conn();
         let mut results = stream::iter(batches.into_iter().map(|batch| async move {
-            let logical: u64 = batch.iter().map(|(_, (_, _, len))| len).sum();
+            let logical: u64 = batch.iter().map(|u| u.source.2).sum();
             let (body, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
                 .await
                 .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
@@ -627,13 +735,14 @@ impl Registry {
                 rusqlite::TransactionBehavior::Immediate,
             )?;
             db::remote::record_remote(&tx, registry, repo, &desc.digest, desc.size)?;
-            for (chunk, offset, length) in &frames {
+            for f in &frames {
                 let at = PackedChunk {
                     pack: desc.digest,
-                    offset: *offset,
-                    length: *length,
+                    offset: f.offset,
+                    length: f.length,
+                    base: f.base,
                 };
-                db::remote::record_remote_chunk(&tx, registry, repo, chunk, &at)?;
+                db::remote::record_remote_chunk(&tx, registry, repo, &f.chunk, &at)?;
             }
             tx.commit()?;
             progress.advance(logical);
@@ -860,32 +969,70 @@ async fn store_file(
 }
 
 /// Read, check and compress each chunk of a batch into one pack: zstd
-/// frames one after another. Returns the pack and each chunk's frame.
-fn build_pack(batch: &[(Digest, ChunkSource)]) -> Result<(Bytes, Vec<Frame>)> {
-    let data: u64 = batch.iter().map(|(_, (_, _, len))| len).sum();
+/// frames one after another. A chunk with a base is compressed with the
+/// base's bytes as its prefix when that makes it smaller. Returns the pack
+/// and each chunk's frame.
+fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Vec<Frame>)> {
+    let data: u64 = batch.iter().map(|u| u.source.2).sum();
     let mut pack = Vec::with_capacity(
         (data + batch.len() as u64 * crate::remote::format::max_chunk_frame(0)) as usize
             + data as usize / 128,
     );
     let mut frames = Vec::with_capacity(batch.len());
-    let mut buf = Vec::new();
-    for (chunk, (path, offset, len)) in batch {
-        buf.resize(*len as usize, 0);
-        let file = File::open(path.as_path()).at("open", path.as_path())?;
-        file.read_exact_at(&mut buf, *offset)
-            .at("read", path.as_path())?;
-        let found = Digest::of(&buf);
-        if found != *chunk {
-            return Err(Error::integrity(
-                path.display().to_string(),
-                format!(
-                    "the {len} bytes at offset {offset} hash to {found}, not the indexed chunk {chunk}; run `msb-registry verify --content`"
-                ),
-            ));
+    let mut compressor =
+        zstd::bulk::Compressor::new(CHUNK_ZSTD_LEVEL).map_err(|e| Error::io("start", "zstd", e))?;
+    for u in batch {
+        let bytes = read_chunk(&u.chunk, &u.source)?;
+        let plain = compressor
+            .compress(&bytes)
+            .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
+        let mut frame = (plain, None);
+        if let Some((base, source)) = &u.base
+            && let Ok(reference) = read_chunk(base, source)
+        {
+            let delta = delta_frame(&bytes, &reference)
+                .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
+            if delta.len() < frame.0.len() {
+                frame = (delta, Some(*base));
+            }
         }
-        let frame = zstd::bulk::compress(&buf, CHUNK_ZSTD_LEVEL).at("compress", path.as_path())?;
-        frames.push((*chunk, pack.len() as u64, frame.len() as u64));
-        pack.extend_from_slice(&frame);
+        frames.push(Frame {
+            chunk: u.chunk,
+            offset: pack.len() as u64,
+            length: frame.0.len() as u64,
+            base: frame.1,
+        });
+        pack.extend_from_slice(&frame.0);
     }
     Ok((Bytes::from(pack), frames))
+}
+
+/// zstd of `bytes` with `reference` as its prefix (`zstd --patch-from`).
+fn delta_frame(bytes: &[u8], reference: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder =
+        zstd::stream::write::Encoder::with_ref_prefix(&mut out, CHUNK_ZSTD_LEVEL, reference)?;
+    encoder.include_contentsize(true)?;
+    encoder.set_pledged_src_size(Some(bytes.len() as u64))?;
+    std::io::Write::write_all(&mut encoder, bytes)?;
+    encoder.finish()?;
+    Ok(out)
+}
+
+/// The bytes of `chunk` at its source, checked against its digest.
+fn read_chunk(chunk: &Digest, (path, offset, len): &ChunkSource) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; *len as usize];
+    let file = File::open(path.as_path()).at("open", path.as_path())?;
+    file.read_exact_at(&mut buf, *offset)
+        .at("read", path.as_path())?;
+    let found = Digest::of(&buf);
+    if found != *chunk {
+        return Err(Error::integrity(
+            path.display().to_string(),
+            format!(
+                "the {len} bytes at offset {offset} hash to {found}, not the indexed chunk {chunk}; run `msb-registry verify --content`"
+            ),
+        ));
+    }
+    Ok(buf)
 }

@@ -52,6 +52,15 @@ pub fn insert_chunk_list(
     Ok(())
 }
 
+/// The length of chunk `digest`, if the registry holds it.
+pub fn chunk_length(conn: &Connection, digest: &Digest) -> Result<Option<u64>> {
+    Ok(conn
+        .prepare_cached("SELECT length FROM chunks WHERE digest = ?1")?
+        .query_row(params![digest], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|l| l as u64))
+}
+
 /// The recorded chunk list of `path` of `snapshot`, if it has one.
 pub fn chunk_list(conn: &Connection, snapshot: &Digest, path: &str) -> Result<Option<ChunkList>> {
     let Some((id, chunk_size)) = conn

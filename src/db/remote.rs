@@ -17,6 +17,8 @@ pub struct PackedChunk {
     pub offset: u64,
     /// Bytes of the frame.
     pub length: u64,
+    /// The chunk the frame was compressed against (its zstd prefix), if any.
+    pub base: Option<Digest>,
 }
 
 /// Where `repository` of `registry` holds `chunk`, if known.
@@ -28,7 +30,7 @@ pub fn remote_chunk(
 ) -> Result<Option<PackedChunk>> {
     Ok(conn
         .prepare_cached(
-            "SELECT pack, offset, length FROM remote_chunks
+            "SELECT pack, offset, length, base FROM remote_chunks
              WHERE registry = ?1 AND repository = ?2 AND chunk = ?3",
         )?
         .query_row(params![registry, repository, chunk], |r| {
@@ -36,6 +38,7 @@ pub fn remote_chunk(
                 pack: r.get(0)?,
                 offset: r.get::<_, i64>(1)? as u64,
                 length: r.get::<_, i64>(2)? as u64,
+                base: r.get(3)?,
             })
         })
         .optional()?)
@@ -50,10 +53,11 @@ pub fn record_remote_chunk(
     at: &PackedChunk,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO remote_chunks (registry, repository, chunk, pack, offset, length)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO remote_chunks (registry, repository, chunk, pack, offset, length, base)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (registry, repository, chunk) DO UPDATE
-         SET pack = excluded.pack, offset = excluded.offset, length = excluded.length",
+         SET pack = excluded.pack, offset = excluded.offset, length = excluded.length,
+             base = excluded.base",
     )?
     .execute(params![
         registry,
@@ -61,7 +65,8 @@ pub fn record_remote_chunk(
         chunk,
         at.pack,
         at.offset as i64,
-        at.length as i64
+        at.length as i64,
+        at.base
     ])?;
     Ok(())
 }
@@ -75,7 +80,7 @@ pub fn remote_chunk_elsewhere(
 ) -> Result<Option<(String, PackedChunk)>> {
     Ok(conn
         .prepare_cached(
-            "SELECT repository, pack, offset, length FROM remote_chunks
+            "SELECT repository, pack, offset, length, base FROM remote_chunks
              WHERE registry = ?1 AND repository <> ?2 AND chunk = ?3 LIMIT 1",
         )?
         .query_row(params![registry, repository, chunk], |r| {
@@ -85,6 +90,7 @@ pub fn remote_chunk_elsewhere(
                     pack: r.get(1)?,
                     offset: r.get::<_, i64>(2)? as u64,
                     length: r.get::<_, i64>(3)? as u64,
+                    base: r.get(4)?,
                 },
             ))
         })
@@ -108,8 +114,8 @@ pub fn copy_pack_holdings(
     )?
     .execute(params![registry, from, to, pack, now_unix()])?;
     conn.prepare_cached(
-        "INSERT INTO remote_chunks (registry, repository, chunk, pack, offset, length)
-         SELECT registry, ?3, chunk, pack, offset, length FROM remote_chunks
+        "INSERT INTO remote_chunks (registry, repository, chunk, pack, offset, length, base)
+         SELECT registry, ?3, chunk, pack, offset, length, base FROM remote_chunks
          WHERE registry = ?1 AND repository = ?2 AND pack = ?4
          ON CONFLICT (registry, repository, chunk) DO NOTHING",
     )?
@@ -254,6 +260,7 @@ mod tests {
             pack: blob,
             offset: 10,
             length: 9,
+            base: Some(Digest::of(b"base")),
         };
         assert_eq!(remote_chunk(conn, "r:5000", "a", &chunk).unwrap(), None);
         record_remote_chunk(conn, "r:5000", "a", &chunk, &at).unwrap();

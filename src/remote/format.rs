@@ -208,6 +208,12 @@ pub struct ChunkMap {
     pub chunks: Vec<MapChunk>,
     /// Every file of the snapshot but manifest.json.
     pub files: Vec<MapFile>,
+    /// `[chunk index, base chunk index]`: the chunk's frame was compressed
+    /// with the base chunk's bytes as its zstd prefix (`zstd --patch-from`;
+    /// the base is the parent's chunk at the same offset). A base is never
+    /// itself a delta.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<(u32, u32)>,
 }
 
 impl ChunkMap {
@@ -224,6 +230,15 @@ impl ChunkMap {
     /// Its bytes as pushed.
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a chunk map always serializes")
+    }
+
+    /// The base chunk index of each chunk that is a delta, by chunk index.
+    pub fn bases(&self) -> Vec<Option<usize>> {
+        let mut bases = vec![None; self.chunks.len()];
+        for &(c, b) in &self.deltas {
+            bases[c as usize] = Some(b as usize);
+        }
+        bases
     }
 
     /// Length of the chunk at `offset` of `file`.
@@ -308,6 +323,27 @@ impl ChunkMap {
                     c.frame_len()
                 )));
             }
+        }
+        let mut delta_of = vec![None; map.chunks.len()];
+        for &(chunk, base) in &map.deltas {
+            let (c, b) = (chunk as usize, base as usize);
+            if c >= map.chunks.len() || b >= map.chunks.len() || c == b {
+                return Err(bad(format!(
+                    "delta [{chunk}, {base}] names no pair of chunks"
+                )));
+            }
+            if delta_of[c].replace(b).is_some() {
+                return Err(bad(format!("chunk index {chunk} has two bases")));
+            }
+        }
+        if let Some(&(chunk, base)) = map
+            .deltas
+            .iter()
+            .find(|&&(_, b)| delta_of[b as usize].is_some())
+        {
+            return Err(bad(format!(
+                "delta [{chunk}, {base}]: its base is itself a delta"
+            )));
         }
         let upper = &snapshot.manifest.upper;
         let mut names = HashSet::new();
@@ -424,6 +460,7 @@ mod tests {
                 size: 1 << 20,
                 extents: vec![(0, 0), (131072 * 3, 0)],
             }],
+            deltas: vec![],
         };
         (map, vec![blob])
     }
@@ -459,6 +496,48 @@ mod tests {
         refuse(&|m| m.packs[0] = Digest::of(b"x"), "pack not a layer");
         refuse(&|m| m.packs.push(m.packs[0]), "pack listed twice");
         refuse(&|m| m.chunks.push(m.chunks[0]), "duplicate chunk");
+        let with_base = |m: &mut ChunkMap| {
+            let mut base = m.chunks[0];
+            base.0 = Digest::of(b"base");
+            m.chunks.push(base);
+        };
+        let mut delta = m.clone();
+        with_base(&mut delta);
+        delta.deltas = vec![(0, 1)];
+        assert_eq!(
+            ChunkMap::parse(&delta.to_bytes(), &s, &layers, 1 << 40)
+                .unwrap()
+                .bases(),
+            [Some(1), None]
+        );
+        refuse(
+            &|m| {
+                with_base(m);
+                m.deltas = vec![(0, 0)];
+            },
+            "own base",
+        );
+        refuse(
+            &|m| {
+                with_base(m);
+                m.deltas = vec![(0, 2)];
+            },
+            "base out of range",
+        );
+        refuse(
+            &|m| {
+                with_base(m);
+                m.deltas = vec![(0, 1), (0, 1)];
+            },
+            "two bases",
+        );
+        refuse(
+            &|m| {
+                with_base(m);
+                m.deltas = vec![(0, 1), (1, 0)];
+            },
+            "base is a delta",
+        );
         refuse(&|m| m.files[0].path = "../x".into(), "path");
         refuse(&|m| m.files[0].path = "other".into(), "no upper");
         refuse(&|m| m.snapshot = Digest::of(b"x"), "other snapshot");

@@ -22,11 +22,13 @@ pub fn record_map(
     for (pack, size) in map.packs.iter().zip(pack_sizes) {
         record_remote(&tx, registry, repo, pack, *size)?;
     }
-    for c in &map.chunks {
+    let bases = map.bases();
+    for (i, c) in map.chunks.iter().enumerate() {
         let at = PackedChunk {
             pack: map.packs[c.pack()],
             offset: c.offset(),
             length: c.frame_len(),
+            base: bases[i].map(|b| map.chunks[b].chunk()),
         };
         record_remote_chunk(&tx, registry, repo, &c.chunk(), &at)?;
     }
