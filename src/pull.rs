@@ -988,6 +988,12 @@ fn decompress_chunk(
                 .map_err(refused)?;
         }
     }
+    if bytes.len() as u64 > len {
+        return Err(malformed(
+            &subject,
+            format!("decompresses to more than the chunk's {len} bytes"),
+        ));
+    }
     let length_ok = if exact {
         bytes.len() as u64 == len
     } else {
