@@ -648,6 +648,95 @@ fn a_child_push_refuses_a_lying_parent_map() {
 }
 
 #[test]
+fn lying_deltas_are_refused() {
+    // A child whose first chunk differs from its parent's by a few bytes
+    // travels as a zstd delta against the parent's chunk.
+    let fake = Fake::start();
+    let env = Env::new();
+    let (src, base) = source("base");
+    let mut first = mixed_bytes(1, 200_000);
+    first[1000..1016].copy_from_slice(b"a changed block.");
+    let mut spec = sample_spec(&src, "child").parent(base);
+    spec.data = vec![
+        (0, first),
+        (1 << 20, vec![0xab; 64 * 1024]),
+        (3 << 20, mixed_bytes(2, 300_000)),
+    ];
+    let child = add(&src, "child", &spec);
+    env.run(
+        &src,
+        &[
+            "push",
+            "child",
+            &fake.at("child"),
+            "--insecure",
+            "--with-parents",
+        ],
+        b"",
+    )
+    .ok();
+    let (_, manifest) = fake.manifest("child");
+    let original = fake.manifest_bytes("child");
+    let map: Value = serde_json::from_slice(&fake.blob(&layer(&manifest, 0))).unwrap();
+    let deltas = map["deltas"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !deltas.is_empty(),
+        "the changed chunk is not a delta: {map}"
+    );
+    let (delta, delta_base) = (
+        deltas[0][0].as_u64().unwrap(),
+        deltas[0][1].as_u64().unwrap(),
+    );
+    let chunks = map["chunks"].as_array().unwrap().len() as u64;
+    let plain = (0..chunks)
+        .find(|&i| i != delta && i != delta_base)
+        .unwrap();
+    let tags = ["child".to_string(), format!("sha256-{}", child.hex())];
+    let serve = |edit: &dyn Fn(&mut Value)| {
+        let mut m = map.clone();
+        edit(&mut m);
+        let bytes = serde_json::to_vec(&m).unwrap();
+        let mut man = manifest.clone();
+        man["layers"][0]["digest"] = fake.put_blob(&bytes).into();
+        man["layers"][0]["size"] = bytes.len().into();
+        fake.put_manifest_bytes(man.to_string().as_bytes(), None, &[&tags[0], &tags[1]]);
+    };
+    let dst = populated();
+    let target = fake.at("child");
+    let delta_chunk = map["chunks"][delta as usize][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Decoded against another chunk than its base: not the chunk (5).
+    serve(&|m| m["deltas"][0][1] = plain.into());
+    refused(&env, &dst, &target, 5, &[&delta_chunk]);
+    // A base out of range, a delta of a delta, a chunk given two bases (6).
+    serve(&|m| m["deltas"][0][1] = u32::MAX.into());
+    refused(&env, &dst, &target, 6, &["names no pair of chunks"]);
+    serve(&|m| {
+        m["deltas"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!([delta_base, plain]))
+    });
+    refused(&env, &dst, &target, 6, &["itself a delta"]);
+    serve(&|m| {
+        m["deltas"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!([delta, plain]))
+    });
+    refused(&env, &dst, &target, 6, &["two bases"]);
+
+    fake.put_manifest_bytes(&original, None, &[&tags[0], &tags[1]]);
+    let run = env.run(&dst, &["pull", &target, "--insecure", "--json"], b"");
+    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    assert_eq!(report["head"], child.to_string());
+    dst.run(&["verify", "--content"]).ok();
+}
+
+#[test]
 fn foreign_manifests_and_configs_are_refused_with_6() {
     let p = Pushed::new();
     // An ordinary container image's manifest: no artifactType, an image config.
