@@ -29,3 +29,5 @@ CREATE TABLE remote_chunks (
     base       TEXT,                -- 'sha256:<hex>' of the prefix chunk, or NULL
     PRIMARY KEY (registry, repository, chunk)
 ) STRICT, WITHOUT ROWID;
+CREATE INDEX remote_chunks_chunk ON remote_chunks(registry, chunk);
+CREATE INDEX remote_chunks_pack ON remote_chunks(registry, repository, pack);

@@ -127,24 +127,17 @@ struct Unplaced {
     base: Option<(Digest, ChunkSource)>,
 }
 
+/// What a repository is known to hold, by chunk.
+type Held = HashMap<Digest, PackedChunk>;
+
 /// Where the repository holds `chunk`, when it can be decoded there: a
 /// plain frame, or a delta whose base it holds as a plain frame.
-fn placed(
-    conn: &rusqlite::Connection,
-    registry: &str,
-    repo: &str,
-    chunk: &Digest,
-) -> Result<Option<PackedChunk>> {
-    let Some(at) = db::remote::remote_chunk(conn, registry, repo, chunk)? else {
-        return Ok(None);
-    };
-    if let Some(base) = at.base {
-        match db::remote::remote_chunk(conn, registry, repo, &base)? {
-            Some(b) if b.base.is_none() => {}
-            _ => return Ok(None),
-        }
+fn placed(held: &Held, chunk: &Digest) -> Option<PackedChunk> {
+    let at = *held.get(chunk)?;
+    match at.base {
+        Some(base) if held.get(&base).is_none_or(|b| b.base.is_some()) => None,
+        _ => Some(at),
     }
-    Ok(Some(at))
 }
 
 /// A snapshot's files as its chunk map lists them.
@@ -215,6 +208,9 @@ impl Registry {
         };
         let chain = self.push_chain(&head, opts.with_parents)?;
         let client = Client::new(&target.registry, &opts.client)?;
+        // What push writes is a cache of what the registry holds: losing
+        // its last commits to a power cut costs only a HEAD or a resend.
+        self.db().relax_durability()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -388,20 +384,26 @@ impl Registry {
         let config = self.read_config(snapshot, &name)?;
         let (files, order, places) = self.cut_files(snapshot, &name)?;
         let chunk_size = files.chunk_size;
+        let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
         if let Some(p) = snapshot.parent
             && parent.is_none_or(|(d, _)| *d != p)
-            && self.any_unplaced(registry, repo, &order)?
+            && order.iter().any(|c| placed(&held, c).is_none())
         {
             // Another machine may have pushed the parent: its chunk map
             // says where the repository holds the chunks they share.
             self.learn_from(client, target, &p).await?;
         }
-        self.mount_packs(client, target, &order, counts).await?;
+        let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
+        if order.iter().any(|c| placed(&held, c).is_none()) {
+            self.mount_packs(client, target, &order, &held, counts)
+                .await?;
+        }
+        let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
         let parent_chunks = self.parent_chunks(snapshot)?;
         let conn = self.db().conn();
         let mut unplaced = Vec::new();
         for (i, chunk) in order.iter().enumerate() {
-            if placed(conn, registry, repo, chunk)?.is_some() {
+            if placed(&held, chunk).is_some() {
                 counts.chunks_present += 1;
                 progress.advance(places[i].2);
                 continue;
@@ -409,7 +411,7 @@ impl Registry {
             let (path, offset, _) = &places[i];
             let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let base = match parent_chunks.get(&(file.to_string(), *offset)) {
-                Some(r) if r != chunk => self.delta_base(registry, repo, r)?,
+                Some(r) if r != chunk => self.delta_base(&held, r)?,
                 _ => None,
             };
             unplaced.push(Unplaced {
@@ -420,6 +422,7 @@ impl Registry {
         }
         self.store_packs(client, target, unplaced, jobs, counts, progress)
             .await?;
+        let held = db::remote::remote_chunks_of(conn, registry, repo)?;
 
         let mut packs: Vec<Digest> = Vec::new();
         let mut pack_index: HashMap<Digest, u32> = HashMap::new();
@@ -434,7 +437,7 @@ impl Registry {
             if chunk_index.contains_key(&chunk) {
                 continue;
             }
-            let at = placed(conn, registry, repo, &chunk)?.ok_or_else(|| Error::Remote {
+            let at = placed(&held, &chunk).ok_or_else(|| Error::Remote {
                 registry: registry.to_string(),
                 detail: format!("chunk {chunk} was stored but is not recorded; push again"),
             })?;
@@ -607,14 +610,9 @@ impl Registry {
     /// The base for a delta against chunk `reference`: a plain chunk the
     /// repository holds (the reference, or the base it is itself a delta
     /// of) that is readable here.
-    fn delta_base(
-        &self,
-        registry: &str,
-        repo: &str,
-        reference: &Digest,
-    ) -> Result<Option<(Digest, ChunkSource)>> {
+    fn delta_base(&self, held: &Held, reference: &Digest) -> Result<Option<(Digest, ChunkSource)>> {
         let conn = self.db().conn();
-        let Some(at) = placed(conn, registry, repo, reference)? else {
+        let Some(at) = placed(held, reference) else {
             return Ok(None);
         };
         let base = at.base.unwrap_or(*reference);
@@ -637,13 +635,14 @@ impl Registry {
         client: &Client,
         target: &RemoteRef,
         chunks: &[Digest],
+        held: &Held,
         counts: &mut Counts,
     ) -> Result<()> {
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let conn = self.db().conn();
         let mut tried = std::collections::HashSet::new();
         for chunk in chunks {
-            if db::remote::remote_chunk(conn, registry, repo, chunk)?.is_some() {
+            if held.contains_key(chunk) {
                 continue;
             }
             let Some((from, at)) = db::remote::remote_chunk_elsewhere(conn, registry, repo, chunk)?
@@ -659,16 +658,6 @@ impl Registry {
             }
         }
         Ok(())
-    }
-
-    /// Whether the repository holds some of `chunks` where we do not know.
-    fn any_unplaced(&self, registry: &str, repo: &str, chunks: &[Digest]) -> Result<bool> {
-        for c in chunks {
-            if db::remote::remote_chunk(self.db().conn(), registry, repo, c)?.is_none() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Record where the repository holds the chunks of snapshot `digest`,

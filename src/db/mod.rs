@@ -142,6 +142,15 @@ impl Db {
         Ok(self.conn.unchecked_transaction()?)
     }
 
+    /// Commit without waiting for the disk (`synchronous = NORMAL`; WAL
+    /// keeps the index consistent through any crash, a power loss may drop
+    /// the last commits). For commands whose writes are only a cache of
+    /// what a remote holds: `push`.
+    pub fn relax_durability(&self) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(())
+    }
+
     /// Start a write transaction that takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so check-then-insert sequences cannot interleave.
     pub fn write(&mut self) -> Result<Transaction<'_>> {

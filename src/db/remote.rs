@@ -44,6 +44,30 @@ pub fn remote_chunk(
         .optional()?)
 }
 
+/// Every chunk `repository` of `registry` is known to hold, and where.
+pub fn remote_chunks_of(
+    conn: &Connection,
+    registry: &str,
+    repository: &str,
+) -> Result<std::collections::HashMap<Digest, PackedChunk>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT chunk, pack, offset, length, base FROM remote_chunks
+         WHERE registry = ?1 AND repository = ?2",
+    )?;
+    let rows = stmt.query_map(params![registry, repository], |r| {
+        Ok((
+            r.get(0)?,
+            PackedChunk {
+                pack: r.get(1)?,
+                offset: r.get::<_, i64>(2)? as u64,
+                length: r.get::<_, i64>(3)? as u64,
+                base: r.get(4)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Record where `repository` of `registry` holds `chunk`.
 pub fn record_remote_chunk(
     conn: &Connection,
