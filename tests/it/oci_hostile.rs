@@ -763,6 +763,19 @@ fn foreign_manifests_and_configs_are_refused_with_6() {
         |m| m["layers"][1]["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into(),
     );
     p.refused(6, &["tar+gzip", "not a pack"]);
+
+    // A multi-platform image index under the tag, whatever Accept said.
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": p.manifest_digest, "size": p.manifest_bytes.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    });
+    p.retag(index.to_string().as_bytes());
+    p.refused(6, &["not an OCI manifest"]);
 }
 
 #[test]
