@@ -21,6 +21,8 @@ mod import_hostile;
 mod import_ok;
 mod layers;
 mod mutate;
+mod oci_auth;
+mod oci_fake;
 mod oci_hostile;
 mod reader;
 mod reports;
