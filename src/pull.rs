@@ -34,7 +34,7 @@ use crate::remote::format::{
     CHUNK_MAP, ChunkMap, IMAGE_CACHE_ARTIFACT, MAX_CHUNK_MAP_BYTES, MAX_PACK_BYTES, MapFile,
     OciManifest, PACK, SNAPSHOT_ARTIFACT, SNAPSHOT_CONFIG, TITLE, malformed, parse_config,
 };
-use crate::remote::reference::{image_tag, snapshot_tag};
+use crate::remote::reference::{image_tag, snapshot_of_tag, snapshot_tag};
 use crate::remote::{Access, Client, ClientOptions, RemoteRef};
 use crate::staged::{StagedSet, StagedSnapshot};
 
@@ -274,6 +274,17 @@ impl Registry {
                 reference: source.to_string(),
             })?;
         let head_digest = head.parsed.digest;
+        // A `sha256-<hex>` tag names a snapshot by its identity: the
+        // registry must serve that snapshot under it, not another.
+        if let Some(tag) = &source.tag
+            && let Some(named) = snapshot_of_tag(tag)
+            && named != head_digest
+        {
+            return Err(Error::Integrity {
+                subject: format!("{}:{tag}", source.repository_name()),
+                detail: format!("names snapshot {head_digest}, not {named}"),
+            });
+        }
         let conn = self.db().conn();
         let mut chain = Vec::new();
         let mut seen = HashSet::new();
@@ -373,21 +384,14 @@ impl Registry {
             let manifest_path = dir.join("manifest.json");
             std::fs::write(&manifest_path, &s.config).at("write", &manifest_path)?;
             progress.finish();
-            crate::remote::holdings::record_map(
-                self.db().conn(),
-                &source.registry,
-                repo,
-                &map,
-                &pack_sizes,
-            )?;
-            maps.push((map, dir));
+            maps.push((map, dir, pack_sizes));
         }
         crate::failpoint::hit(crate::failpoint::PULL_ASSEMBLED)?;
 
         let mut set = StagedSet::default();
         let mut journal = Vec::new();
         let names = self.pull_names(chain, head_name)?;
-        for ((s, (map, dir)), name) in chain.iter().zip(&maps).zip(names) {
+        for ((s, (map, dir, _)), name) in chain.iter().zip(&maps).zip(names) {
             let staged = self.check_assembled(s, map, dir, name, source, &mut journal, progress)?;
             set.snapshots.push(staged);
         }
@@ -420,6 +424,16 @@ impl Registry {
             tx.commit()?;
         }
         let outcome = install(self, lease, &set)?;
+        // Only the maps of an installed pull: a refused one teaches nothing.
+        for (map, _, pack_sizes) in &maps {
+            crate::remote::holdings::record_map(
+                self.db().conn(),
+                &source.registry,
+                repo,
+                map,
+                pack_sizes,
+            )?;
+        }
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
@@ -827,7 +841,7 @@ impl Registry {
         let Some((bytes, _)) = client.get_manifest(repo, &tag).await? else {
             return Ok(());
         };
-        let subject = format!("{}:{tag}", client.registry());
+        let subject = crate::remote::reference::joined(client.registry(), repo, &tag);
         let manifest = OciManifest::parse(&bytes, IMAGE_CACHE_ARTIFACT, &subject)?;
         let cache_dir = lease.staging().join("pulled-cache");
         let mut seen = HashSet::new();
@@ -883,7 +897,7 @@ async fn fetch_snapshot(
     let Some((bytes, digest)) = client.get_manifest(repo, reference).await? else {
         return Ok(None);
     };
-    let subject = format!("{}/{repo}:{reference}", client.registry());
+    let subject = crate::remote::reference::joined(client.registry(), repo, reference);
     let manifest = OciManifest::parse(&bytes, SNAPSHOT_ARTIFACT, &subject)?;
     if manifest.config.media_type != SNAPSHOT_CONFIG
         || manifest.config.size > crate::manifest::MAX_MANIFEST_BYTES
@@ -974,6 +988,12 @@ fn decompress_chunk(
                 .read_to_end(&mut bytes)
                 .map_err(refused)?;
         }
+    }
+    if bytes.len() as u64 > len {
+        return Err(malformed(
+            &subject,
+            format!("decompresses to more than the chunk's {len} bytes"),
+        ));
     }
     let length_ok = if exact {
         bytes.len() as u64 == len

@@ -261,6 +261,9 @@ impl Client {
                 r.header(reqwest::header::RANGE, range.as_str())
             })
             .await?;
+        // 206: the range itself; 200 (Range ignored): the whole blob, read
+        // through to the range's end. Only a 206 can say too much.
+        let partial = res.status() == StatusCode::PARTIAL_CONTENT;
         let skip = match res.status() {
             StatusCode::PARTIAL_CONTENT => 0,
             StatusCode::OK => start,
@@ -272,6 +275,29 @@ impl Client {
             }
             _ => return Err(self.unexpected(&format!("GET {subject}"), res).await),
         };
+        // Checked here, not only on the pieces read: the last piece may end
+        // exactly at the range, leaving the excess unread and unnoticed.
+        if partial && content_length(&res).is_some_and(|l| l > len) {
+            return Err(super::format::malformed(
+                &subject,
+                "the registry sends more than the range asked for".into(),
+            ));
+        }
+        if partial
+            && let Some(answered) = res
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+            && !answered.starts_with(&format!("bytes {start}-{}/", start + len - 1))
+        {
+            return Err(super::format::malformed(
+                &subject,
+                format!(
+                    "the registry answers with {}, not the range asked for",
+                    crate::text::escape(answered)
+                ),
+            ));
+        }
         let mut body = Vec::with_capacity(len as usize);
         let mut seen = 0u64;
         while body.len() as u64 != len {
@@ -282,7 +308,7 @@ impl Client {
             seen += piece.len() as u64;
             let want = (len - body.len() as u64) as usize;
             let take = &piece[from..];
-            if skip == 0 && take.len() > want {
+            if partial && take.len() > want {
                 return Err(super::format::malformed(
                     &subject,
                     "the registry sends more than the range asked for".into(),
@@ -349,12 +375,12 @@ impl Client {
         let stream = file_stream(file);
         let req = self
             .http
-            .put(url)
+            .put(url.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(stream));
         let res = self
-            .authorize(req, &[&scope(repository, Access::Push)])
+            .authorize(req, &url, &[&scope(repository, Access::Push)])
             .send()
             .await
             .map_err(|e| self.transfer(&format!("upload of {}", path.display()), &e))?;
@@ -436,7 +462,10 @@ impl Client {
                     .await);
             }
         }
-        let subject = format!("manifest {}/{repository}:{reference}", self.registry);
+        let subject = format!(
+            "manifest {}",
+            super::reference::joined(&self.registry, repository, reference)
+        );
         let max = super::format::MAX_OCI_MANIFEST_BYTES;
         let too_large =
             || super::format::malformed(&subject, format!("manifest larger than {max} bytes"));
@@ -522,6 +551,7 @@ impl Client {
             attempt += 1;
             let req = self.authorize(
                 build(self.http.request(method.clone(), url.clone())),
+                &url,
                 scopes,
             );
             let res = match req.send().await {
@@ -535,7 +565,9 @@ impl Client {
                 }
             };
             match res.status() {
-                StatusCode::UNAUTHORIZED if !challenged => {
+                // Another host's challenge (an upload Location elsewhere)
+                // is not answered with our credentials.
+                StatusCode::UNAUTHORIZED if !challenged && self.is_registry(&url) => {
                     challenged = true;
                     let challenge = res
                         .headers()
@@ -577,8 +609,21 @@ impl Client {
         }
     }
 
-    /// `req` with the Authorization the registry asked for, if any.
-    fn authorize(&self, req: RequestBuilder, scopes: &[&str]) -> RequestBuilder {
+    /// Whether `url` is on the registry itself (scheme, host and port):
+    /// credentials and tokens go nowhere else.
+    fn is_registry(&self, url: &Url) -> bool {
+        url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// `req` (to `url`) with the Authorization the registry asked for, if
+    /// any, and only when `url` is on the registry: a Location naming
+    /// another host gets none, as a redirect there gets none.
+    fn authorize(&self, req: RequestBuilder, url: &Url, scopes: &[&str]) -> RequestBuilder {
+        if !self.is_registry(url) {
+            return req;
+        }
         let auth = self.auth.lock().expect("auth state lock");
         match (&auth.scheme, &self.credentials) {
             (Scheme::Basic, Credentials::Basic { username, password }) => {
@@ -688,9 +733,17 @@ impl Client {
             .map_err(|e| self.transfer("token request", &e))?;
         if res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::FORBIDDEN {
             let said = error_text(res).await;
+            let hint = if self.credentials.is_anonymous() {
+                format!(
+                    "; the registry wants credentials: give --username and --password-stdin, or `docker login {}`",
+                    self.registry
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::RemoteAuth {
                 registry: self.registry.clone(),
-                detail: format!("the token service refused: {said}"),
+                detail: format!("the token service refused: {said}{hint}"),
             });
         }
         if !res.status().is_success() {

@@ -68,8 +68,9 @@ impl Credentials {
             // The helper's stdout may hold a secret: name the helper and
             // the first line of what it said on stderr, nothing more.
             Err(CredentialRetrievalError::HelperFailure { helper, stderr, .. }) => {
+                // `helper` is the program's full name, docker-credential-….
                 Err(refused(format!(
-                    "credential helper docker-credential-{helper} failed: {}",
+                    "credential helper {helper} failed: {}",
                     crate::text::escape(stderr.lines().next().unwrap_or("").trim())
                 )))
             }

@@ -24,9 +24,25 @@ pub fn snapshot_tag(snapshot: &Digest) -> String {
     format!("sha256-{}", snapshot.hex())
 }
 
+/// The snapshot a `sha256-<hex>` tag names by its identity, if `tag` is one.
+pub fn snapshot_of_tag(tag: &str) -> Option<Digest> {
+    Digest::from_hex(tag.strip_prefix("sha256-")?).ok()
+}
+
 /// The tag of an image's cache artifacts: `image-sha256-<hex>`.
 pub fn image_tag(image_manifest: &Digest) -> String {
     format!("image-sha256-{}", image_manifest.hex())
+}
+
+/// `host/repository:tag`, or `host/repository@sha256:…` when `reference`
+/// is a manifest digest, as a person would write it.
+pub fn joined(registry: &str, repository: &str, reference: &str) -> String {
+    let sep = if reference.parse::<Digest>().is_ok() {
+        '@'
+    } else {
+        ':'
+    };
+    format!("{registry}/{repository}{sep}{reference}")
 }
 
 /// Whether `tag` is a valid OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
@@ -205,6 +221,10 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad}: {e}");
         }
         assert!(is_valid_tag("sha256-abc"));
+        let d = Digest::of(b"x");
+        assert_eq!(snapshot_of_tag(&snapshot_tag(&d)), Some(d));
+        assert_eq!(snapshot_of_tag("sha256-abc"), None);
+        assert_eq!(snapshot_of_tag("py-deps"), None);
         assert!(!is_valid_tag(&"a".repeat(129)));
         assert!(!is_valid_tag("a/b"));
     }
