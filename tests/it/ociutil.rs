@@ -29,7 +29,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// Whether the registry tests run: false only under `MSB_SKIP_OCI=1`
-/// (said on stderr); panics naming `scripts/test-deps.sh` when a tool is
+/// (said on stderr); panics naming `scripts/test.sh` when a tool is
 /// missing, so a bare machine fails loudly instead of skipping.
 #[track_caller]
 pub fn enabled() -> bool {
@@ -44,8 +44,8 @@ pub fn enabled() -> bool {
         .collect();
     assert!(
         missing.is_empty(),
-        "the OCI registry tests need {}: run `sudo scripts/test-deps.sh` to install them \
-         (or set {SKIP_ENV}=1 to skip these tests)",
+        "the OCI registry tests need {}: run the tests with `scripts/test.sh`, which installs \
+         them (or install them with `sudo scripts/test-deps.sh`; {SKIP_ENV}=1 skips these tests)",
         missing.join(", ")
     );
     true
