@@ -173,6 +173,10 @@ pub fn hit(name: &str) -> Result<()> {
             unsafe {
                 libc::raise(libc::SIGSTOP);
             }
+            // A signal sent while we were stopped is delivered on SIGCONT
+            // to any thread of the process, maybe not this one: give its
+            // handler time to run before this thread looks at the flag.
+            std::thread::sleep(std::time::Duration::from_millis(100));
             Ok(())
         }
         "error" => Err(Error::Failpoint(name.to_string())),

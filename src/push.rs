@@ -711,7 +711,7 @@ impl Registry {
                 .await
                 .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
             let desc = Descriptor::of(PACK, &body);
-            let stored = store_one(conn, client, registry, repo, &desc, body).await?;
+            let stored = store_one(conn, client, registry, repo, &desc, Body::Memory(body)).await?;
             Ok::<_, Error>((desc, stored, frames, logical))
         }))
         .buffer_unordered(jobs);
@@ -751,7 +751,7 @@ impl Registry {
     ) -> Result<()> {
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let conn = self.db().conn();
-        let stored = store_one(conn, client, registry, repo, desc, body).await?;
+        let stored = store_one(conn, client, registry, repo, desc, Body::Memory(body)).await?;
         counts.add(&stored, desc.size);
         db::remote::record_remote(conn, registry, repo, &desc.digest, desc.size)?;
         crate::failpoint::hit(crate::failpoint::PUSH_BLOB_STORED)?;
@@ -845,7 +845,7 @@ impl Registry {
         }
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let mut results = stream::iter(files.into_iter().map(|(desc, path)| async move {
-            let stored = store_file(conn, client, registry, repo, &desc, &path).await?;
+            let stored = store_one(conn, client, registry, repo, &desc, Body::File(&path)).await?;
             Ok::<_, Error>((stored, desc))
         }))
         .buffer_unordered(jobs);
@@ -907,16 +907,22 @@ fn file_descriptor(path: &std::path::Path, file: &CacheFile) -> Result<Descripto
     })
 }
 
+/// What a blob's body comes from.
+enum Body<'a> {
+    Memory(Bytes),
+    File(&'a std::path::Path),
+}
+
 /// Store one blob unless the repository holds it (recorded, or found by
 /// a HEAD); mounted from another repository of the registry when one is
-/// known to hold it.
+/// known to hold it; else uploaded, a file streamed from disk.
 async fn store_one(
     conn: &rusqlite::Connection,
     client: &Client,
     registry: &str,
     repo: &str,
     desc: &Descriptor,
-    body: Bytes,
+    body: Body<'_>,
 ) -> Result<Stored> {
     if db::remote::remote_has(conn, registry, repo, &desc.digest)?
         || client.head_blob(repo, &desc.digest).await?.is_some()
@@ -928,32 +934,14 @@ async fn store_one(
     {
         return Ok(Stored::Mounted);
     }
-    client.put_blob(repo, &desc.digest, body).await?;
-    Ok(Stored::Uploaded)
-}
-
-/// [`store_one`] for a file, streamed from disk.
-async fn store_file(
-    conn: &rusqlite::Connection,
-    client: &Client,
-    registry: &str,
-    repo: &str,
-    desc: &Descriptor,
-    path: &std::path::Path,
-) -> Result<Stored> {
-    if db::remote::remote_has(conn, registry, repo, &desc.digest)?
-        || client.head_blob(repo, &desc.digest).await?.is_some()
-    {
-        return Ok(Stored::Present);
+    match body {
+        Body::Memory(bytes) => client.put_blob(repo, &desc.digest, bytes).await?,
+        Body::File(path) => {
+            client
+                .put_blob_file(repo, &desc.digest, path, desc.size)
+                .await?
+        }
     }
-    if let Some(from) = db::remote::remote_holder(conn, registry, repo, &desc.digest)?
-        && client.mount_blob(repo, &desc.digest, &from).await?
-    {
-        return Ok(Stored::Mounted);
-    }
-    client
-        .put_blob_file(repo, &desc.digest, path, desc.size)
-        .await?;
     Ok(Stored::Uploaded)
 }
 

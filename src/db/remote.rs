@@ -21,6 +21,16 @@ pub struct PackedChunk {
     pub base: Option<Digest>,
 }
 
+/// A [`PackedChunk`] from the columns `pack, offset, length, base` from `first` on.
+fn packed(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<PackedChunk> {
+    Ok(PackedChunk {
+        pack: r.get(first)?,
+        offset: r.get::<_, i64>(first + 1)? as u64,
+        length: r.get::<_, i64>(first + 2)? as u64,
+        base: r.get(first + 3)?,
+    })
+}
+
 /// Where `repository` of `registry` holds `chunk`, if known.
 pub fn remote_chunk(
     conn: &Connection,
@@ -33,14 +43,7 @@ pub fn remote_chunk(
             "SELECT pack, offset, length, base FROM remote_chunks
              WHERE registry = ?1 AND repository = ?2 AND chunk = ?3",
         )?
-        .query_row(params![registry, repository, chunk], |r| {
-            Ok(PackedChunk {
-                pack: r.get(0)?,
-                offset: r.get::<_, i64>(1)? as u64,
-                length: r.get::<_, i64>(2)? as u64,
-                base: r.get(3)?,
-            })
-        })
+        .query_row(params![registry, repository, chunk], |r| packed(r, 0))
         .optional()?)
 }
 
@@ -55,15 +58,7 @@ pub fn remote_chunks_of(
          WHERE registry = ?1 AND repository = ?2",
     )?;
     let rows = stmt.query_map(params![registry, repository], |r| {
-        Ok((
-            r.get(0)?,
-            PackedChunk {
-                pack: r.get(1)?,
-                offset: r.get::<_, i64>(2)? as u64,
-                length: r.get::<_, i64>(3)? as u64,
-                base: r.get(4)?,
-            },
-        ))
+        Ok((r.get(0)?, packed(r, 1)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -108,15 +103,7 @@ pub fn remote_chunk_elsewhere(
              WHERE registry = ?1 AND repository <> ?2 AND chunk = ?3 LIMIT 1",
         )?
         .query_row(params![registry, repository, chunk], |r| {
-            Ok((
-                r.get(0)?,
-                PackedChunk {
-                    pack: r.get(1)?,
-                    offset: r.get::<_, i64>(2)? as u64,
-                    length: r.get::<_, i64>(3)? as u64,
-                    base: r.get(4)?,
-                },
-            ))
+            Ok((r.get(0)?, packed(r, 1)?))
         })
         .optional()?)
 }
