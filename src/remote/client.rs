@@ -556,7 +556,13 @@ impl Client {
             );
             let res = match req.send().await {
                 Ok(res) => res,
-                Err(e) if attempt < ATTEMPTS && (e.is_connect() || e.is_request()) => {
+                // A refused certificate is refused again: no retry.
+                Err(e)
+                    if attempt < ATTEMPTS
+                        && (e.is_connect() || e.is_request())
+                        && !chain(&e).contains("certificate")
+                        && !chain(&e).contains("InvalidContentType") =>
+                {
                     tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
                     continue;
                 }
