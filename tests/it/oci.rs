@@ -258,6 +258,16 @@ fn tree_outside_staging(reg: &Reg) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// After a pull from `a` into `b`: py-app's files are `a`'s, and gc on
+/// `b` finds nothing to do (no staging left behind, no debris).
+fn pulled_app_is_whole(a: &Reg, b: &Reg) {
+    same_files(
+        &a.root().join("snapshots/py-app"),
+        &b.root().join("snapshots/py-app"),
+    );
+    gc_plans_nothing(b);
+}
+
 fn same_files(a: &Path, b: &Path) {
     for name in ["manifest.json", "upper.ext4"] {
         assert!(
@@ -689,11 +699,7 @@ fn a_pull_killed_part_way_resumes_with_the_chunks_it_wrote() {
                 && again.bytes_downloaded < clean.bytes_downloaded,
             "{point}: {again:?} against a clean pull {clean:?}"
         );
-        same_files(
-            &a.root().join("snapshots/py-app"),
-            &b.root().join("snapshots/py-app"),
-        );
-        gc_plans_nothing(&b);
+        pulled_app_is_whole(&a, &b);
         verify_content(&b);
     }
     verify_content(&a);
@@ -937,11 +943,7 @@ fn a_registry_that_goes_away_mid_transfer_fails_cleanly_and_the_rerun_finishes()
             && pulled.chunks_downloaded < clean.chunks_downloaded,
         "the rerun keeps what was downloaded: {pulled:?} against {clean:?}"
     );
-    same_files(
-        &a.root().join("snapshots/py-app"),
-        &b.root().join("snapshots/py-app"),
-    );
-    gc_plans_nothing(&b);
+    pulled_app_is_whole(&a, &b);
     verify_content(&a);
     verify_content(&b);
 }
