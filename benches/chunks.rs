@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use msb_registry::sample::ext4::{Round, make_child, make_upper, tools_available};
 
 const SIZES: [usize; 7] = [

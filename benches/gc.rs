@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use msb_registry::NoProgress;
 use msb_registry::db::{self, SnapshotFileRow, SnapshotRow};
-use msb_registry::digest::{Digest, ExtentsSha256, LogicalSink};
-use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
+use msb_registry::model::digest::{Digest, ExtentsSha256, LogicalSink};
+use msb_registry::model::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
 use msb_registry::{GcOptions, Registry, gc};
 
 const SNAPSHOTS: usize = 10_000;

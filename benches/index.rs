@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use msb_registry::Registry;
 use msb_registry::db::{self, SnapshotFileRow, SnapshotRow};
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -149,7 +149,7 @@ fn main() {
 /// (50 MiB of data), each child sharing 95% of its parent's chunks; and the
 /// size the chunk index adds to the database per GiB of snapshot data.
 fn du_scale() {
-    use msb_registry::chunk::{CHUNK_SIZE, Chunk, ChunkList};
+    use msb_registry::model::chunk::{CHUNK_SIZE, Chunk, ChunkList};
 
     let total = env_or("MSB_BENCH_DU_SNAPSHOTS", 10_000);
     let per = env_or("MSB_BENCH_DU_CHUNKS", 400);

@@ -17,8 +17,8 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
-use msb_registry::chunk::CHUNK_SIZE;
-use msb_registry::digest::Digest;
+use msb_registry::model::chunk::CHUNK_SIZE;
+use msb_registry::model::digest::Digest;
 use msb_registry::sample::ext4::{BLOCK, Round, make_child, make_upper, tools_available};
 use msb_registry::sample::{SnapshotSpec, write_image_cache, write_manifest};
 

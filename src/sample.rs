@@ -10,13 +10,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::digest::{Digest, LogicalSink, PlainSha256, SparseSha256V1};
-use crate::error::{IoContext, Result};
-use crate::files::{Piece, read_logical};
-use crate::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
-use crate::manifest::{
+use crate::model::digest::{Digest, LogicalSink, PlainSha256, SparseSha256V1};
+use crate::model::error::{IoContext, Result};
+use crate::model::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
+use crate::model::manifest::{
     Format, INTEGRITY_SHA256, INTEGRITY_SPARSE_SHA256_V1, ImagePin, Integrity, Manifest, Upper,
 };
+use crate::store::files::{Piece, read_logical};
 
 /// How to build a sample snapshot.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use libfuzzer_sys::fuzz_target;
 use msb_registry::Registry;
 use msb_registry::{ImportOptions, ImportSource};
-use msb_registry::digest::{Digest, LogicalSink, PlainSha256};
+use msb_registry::model::digest::{Digest, LogicalSink, PlainSha256};
 use msb_registry::NoProgress;
 
 fn digest(path: &Path) -> Digest {

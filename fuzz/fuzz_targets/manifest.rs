@@ -5,10 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use msb_registry::digest::Digest;
-use msb_registry::image::{CacheFile, ImageMetadata, normalize_ref};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, ImageMetadata, normalize_ref};
 use msb_registry::SnapshotName;
-use msb_registry::manifest::Manifest;
+use msb_registry::model::manifest::Manifest;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = Manifest::parse(data) {

@@ -8,17 +8,17 @@ use std::path::Path;
 
 use super::streamed::{Streamed, StreamedSnapshot};
 use crate::db::SnapshotFileRow;
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::files::read_limited;
-use crate::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
-use crate::layout::{Layout, SnapshotName};
-use crate::stage::check_integrity;
-use crate::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, Result};
+use crate::model::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
+use crate::store::files::read_limited;
+use crate::store::layout::{Layout, SnapshotName};
+use crate::store::stage::check_integrity;
+use crate::store::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
 
 use super::entry::MANIFEST_FILE;
 
-/// A staged archive that passed every check, ready for [`crate::install::install`].
+/// A staged archive that passed every check, ready for [`crate::ops::install::install`].
 #[derive(Debug)]
 pub struct CheckedSet {
     /// What to install.

@@ -6,10 +6,10 @@
 
 use std::collections::HashSet;
 
-use crate::digest::is_lower_hex;
-use crate::error::{Error, Result};
-use crate::image::{CacheFile, CacheKind, MAX_METADATA_BYTES};
-use crate::manifest::{MAX_MANIFEST_BYTES, is_normal_file_name};
+use crate::model::digest::is_lower_hex;
+use crate::model::error::{Error, Result};
+use crate::model::image::{CacheFile, CacheKind, MAX_METADATA_BYTES};
+use crate::model::manifest::{MAX_MANIFEST_BYTES, is_normal_file_name};
 
 /// The directory of cache members.
 pub const CACHE_DIR: &str = "cache";
@@ -419,7 +419,7 @@ pub fn manifest_first(prefix: &str, known: bool) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
+    use crate::model::digest::Digest;
 
     const PREFIX: &str = "sha256-0123456789abcdef";
 
@@ -436,7 +436,7 @@ mod tests {
         match r {
             Err(e @ Error::Rejected { .. }) => {
                 assert!(e.to_string().contains(text), "{e} lacks {text:?}");
-                assert_eq!(e.exit_code(), crate::error::exit::REJECTED);
+                assert_eq!(e.exit_code(), crate::model::error::exit::REJECTED);
             }
             other => panic!("expected a rejection containing {text:?}, got {other:?}"),
         }

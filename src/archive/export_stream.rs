@@ -22,10 +22,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::entry::NAME_COMMENT;
 use super::tar;
-use crate::digest::{Digest, ExtentsSha256, LogicalSink, zero_buffer};
-use crate::error::{Error, IoContext, Result};
-use crate::files::{CHUNK, data_extents, open_regular};
-use crate::progress::Progress;
+use crate::model::digest::{Digest, ExtentsSha256, LogicalSink, zero_buffer};
+use crate::model::error::{Error, IoContext, Result};
+use crate::process::progress::Progress;
+use crate::store::files::{CHUNK, data_extents, open_regular};
 
 /// One file to archive.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,20 +1,15 @@
-//! The archive format (DESIGN §2): export and import of `.tar.zst` / tar
-//! streams that interoperate with microsandbox's snapshot save/load.
+//! The archive format (DESIGN §2): the member grammar, the tar reader and
+//! writer, and the checks that import and export (in `ops`) run over the
+//! `.tar.zst` / tar streams microsandbox's snapshot save/load also reads.
 
 pub mod check;
 pub mod entry;
-pub mod export;
-pub mod export_plan;
 pub mod export_stream;
-pub mod import;
 pub mod import_source;
 pub mod names;
 pub mod streamed;
 pub mod tar;
 pub mod tar_reader;
 
-pub use export::{Compression, ExportOptions, ExportReport, ExportTarget};
-pub use export_plan::Selection;
-pub use import::{ImportOptions, ImportReport, ImportSource};
 pub use import_source::OpenedSource;
 pub use tar_reader::{Chunk, ReadError, TarReader};

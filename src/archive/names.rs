@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use super::streamed::StreamedSnapshot;
 use crate::db;
-use crate::digest::Digest;
-use crate::error::Result;
-use crate::layout::SnapshotName;
+use crate::model::digest::Digest;
+use crate::model::error::Result;
+use crate::store::layout::SnapshotName;
 
 /// Longest part of a refused carried name repeated in a message.
 const SHOWN_NAME_CHARS: usize = 64;

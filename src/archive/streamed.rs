@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::image::CacheFile;
-use crate::manifest::ParsedManifest;
-use crate::stage::StagedBytes;
+use crate::model::image::CacheFile;
+use crate::model::manifest::ParsedManifest;
+use crate::store::stage::StagedBytes;
 
 /// One archive member written into staging.
 #[derive(Debug)]

@@ -9,7 +9,7 @@
 
 use tokio_tar::{EntryType, GnuExtSparseHeader, GnuSparseHeader, Header};
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// Size of a tar block.
 pub const BLOCK: usize = 512;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::error::exit;
+use crate::model::error::exit;
 
 /// The environment variable naming the registry root.
 const ROOT_ENV: &str = "MSB_REGISTRY_ROOT";
@@ -169,7 +169,7 @@ pub enum Command {
         #[arg(long)]
         unsafe_ignore_unreadable_msb_db: bool,
         /// Leave debris changed less than this many seconds ago (0: remove all debris).
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::gc::DEFAULT_GRACE_SECS)]
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::ops::gc::DEFAULT_GRACE_SECS)]
         grace: u64,
     },
     /// Check the index against the disk; exit 5 when anything is wrong.
@@ -235,7 +235,7 @@ pub struct PushArgs {
     #[arg(long)]
     pub with_image: bool,
     /// Blob transfers in flight.
-    #[arg(long, value_name = "N", default_value_t = crate::push::DEFAULT_JOBS as u16,
+    #[arg(long, value_name = "N", default_value_t = crate::ops::push::DEFAULT_JOBS as u16,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
     /// How to reach the registry.
@@ -253,7 +253,7 @@ pub struct PullArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Blob transfers in flight.
-    #[arg(long, value_name = "N", default_value_t = crate::push::DEFAULT_JOBS as u16,
+    #[arg(long, value_name = "N", default_value_t = crate::ops::push::DEFAULT_JOBS as u16,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
     /// Largest file a pulled chunk map may describe, in bytes [default: 1 TiB].
@@ -323,7 +323,7 @@ pub struct ExportArgs {
         long,
         value_name = "N",
         value_parser = clap::value_parser!(i32).range(1..=19),
-        default_value_t = crate::archive::export::DEFAULT_LEVEL
+        default_value_t = crate::ops::export::DEFAULT_LEVEL
     )]
     pub level: i32,
     /// Export only the snapshots after REF in the chain, for a receiver that

@@ -38,7 +38,11 @@ impl Printer {
     /// Write one line of text, every character a terminal would interpret
     /// escaped (names and labels in the index may predate their refusal).
     pub fn line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
-        writeln!(self.out, "{}", crate::text::escape(&text.to_string()))
+        writeln!(
+            self.out,
+            "{}",
+            crate::model::text::escape(&text.to_string())
+        )
     }
 
     /// Write rows as a table with aligned columns under a header.
@@ -48,7 +52,7 @@ impl Printer {
             .chain(rows.iter().cloned())
             .map(|row| {
                 row.iter()
-                    .map(|c| crate::text::escape(c).into_owned())
+                    .map(|c| crate::model::text::escape(c).into_owned())
                     .collect()
             })
             .collect();

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::progress::Progress;
+use crate::process::progress::Progress;
 
 /// A progress bar on stderr, shown only on a terminal and without `-q`.
 pub struct BarProgress {

@@ -6,17 +6,18 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::printer::{Printer, aligned, human_bytes, plural};
-use crate::add::AddReport;
-use crate::archive::{ExportReport, ImportReport};
-use crate::demo::DemoReport;
-use crate::du::DuReport;
-use crate::gc::{GcReport, Kept, KeptReason};
-use crate::query::{LineageEntry, ListEntry, ShowReport};
-use crate::reindex::ReindexReport;
-use crate::remove::RemoveReport;
-use crate::rename::RenameReport;
-use crate::shared_home::HomeReport;
-use crate::verify::VerifyReport;
+use crate::ops::add::AddReport;
+use crate::ops::demo::DemoReport;
+use crate::ops::du::DuReport;
+use crate::ops::export::ExportReport;
+use crate::ops::gc::{GcReport, Kept, KeptReason};
+use crate::ops::import::ImportReport;
+use crate::ops::query::{LineageEntry, ListEntry, ShowReport};
+use crate::ops::reindex::ReindexReport;
+use crate::ops::remove::RemoveReport;
+use crate::ops::rename::RenameReport;
+use crate::ops::verify::VerifyReport;
+use crate::store::shared_home::HomeReport;
 
 /// Outcome of rendering: an I/O error on stdout (a closed pipe ends quietly).
 pub type Rendered = std::io::Result<()>;
@@ -238,7 +239,7 @@ pub fn import(p: &mut Printer, r: &ImportReport) -> Rendered {
 }
 
 /// `push`.
-pub fn push(p: &mut Printer, r: &crate::push::PushReport) -> Rendered {
+pub fn push(p: &mut Printer, r: &crate::ops::push::PushReport) -> Rendered {
     let head = r.snapshots.last();
     let mut out = vec![format!(
         "pushed {} to {}:{} ({}): {} uploaded ({}), {} already there ({}){}",
@@ -271,7 +272,7 @@ pub fn push(p: &mut Printer, r: &crate::push::PushReport) -> Rendered {
 }
 
 /// `pull`.
-pub fn pull(p: &mut Printer, r: &crate::pull::PullReport) -> Rendered {
+pub fn pull(p: &mut Printer, r: &crate::ops::pull::PullReport) -> Rendered {
     let t = &r.transfer;
     let mut out = vec![format!(
         "pulled {} ({}): {} new, {} already present; {} downloaded ({}), {} local ({}){}{}",

@@ -10,16 +10,17 @@ use super::args::{Cli, Command, ExportArgs, PullArgs, PushArgs, RemoteArgs};
 use super::printer::Printer;
 use super::progress::BarProgress;
 use super::render::{self, Rendered, emit, summary};
-use crate::add::AddOptions;
-use crate::archive::import::{ImportOptions, ImportSource};
-use crate::archive::{Compression, ExportOptions, ExportTarget, Selection};
-use crate::error::{Error, Result};
-use crate::gc::GcOptions;
-use crate::layout::Layout;
-use crate::pull::PullOptions;
-use crate::push::PushOptions;
-use crate::registry::Registry;
+use crate::model::error::{Error, Result};
+use crate::ops::add::AddOptions;
+use crate::ops::export::plan::Selection;
+use crate::ops::export::{Compression, ExportOptions, ExportTarget};
+use crate::ops::gc::GcOptions;
+use crate::ops::import::{ImportOptions, ImportSource};
+use crate::ops::pull::PullOptions;
+use crate::ops::push::PushOptions;
+use crate::ops::registry::Registry;
 use crate::remote::{ClientOptions, Credentials, RemoteRef};
+use crate::store::layout::Layout;
 
 fn root_of(cli: &Cli) -> Result<PathBuf> {
     cli.global
@@ -173,7 +174,7 @@ fn dispatch(
             verify(registry, reference.as_deref(), content, p, progress)?
         }
         Command::Export(args) => {
-            crate::interrupt::install();
+            crate::process::interrupt::install();
             export(registry, args, p, progress)?
         }
         Command::Import {
@@ -277,7 +278,7 @@ fn import(
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
-    crate::interrupt::install();
+    crate::process::interrupt::install();
     let r = registry.import(source, opts, progress)?;
     for f in &r.name_fallbacks {
         eprintln!(
@@ -350,7 +351,7 @@ fn demo(dir: Option<PathBuf>, p: &mut Printer, progress: &BarProgress) -> Result
             .map_err(|e| Error::io("create a demo directory", std::env::temp_dir(), e))?
             .keep(),
     };
-    let r = crate::demo::run(&dir, progress)?;
+    let r = crate::ops::demo::run(&dir, progress)?;
     Ok(summary(p, &r, |p, r| render::demo(p, r, &dir)))
 }
 

@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::Path;
 
 use super::printer::Printer;
-use crate::error::Result;
-use crate::query::SqlSink;
-use crate::text::escape;
+use crate::model::error::Result;
+use crate::model::text::escape;
+use crate::ops::query::SqlSink;
 
 /// Text rows whose column widths are fixed by the first this many rows.
 const WIDTH_ROWS: usize = 1000;
@@ -16,7 +16,7 @@ const WIDTH_ROWS: usize = 1000;
 /// Run `query` and stream its rows to the printer.
 pub fn run(root: &Path, query: &str, p: &mut Printer) -> Result<std::io::Result<()>> {
     if p.json {
-        crate::query::sql(
+        crate::ops::query::sql(
             root,
             query,
             &mut JsonRows {
@@ -26,7 +26,7 @@ pub fn run(root: &Path, query: &str, p: &mut Printer) -> Result<std::io::Result<
             },
         )
     } else {
-        crate::query::sql(
+        crate::ops::query::sql(
             root,
             query,
             &mut TextRows {

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::snapshots::{SnapshotFileRow, SnapshotRow};
-use crate::chunk::{Chunk, ChunkList};
-use crate::digest::Digest;
-use crate::error::Result;
+use crate::model::chunk::{Chunk, ChunkList};
+use crate::model::digest::Digest;
+use crate::model::error::Result;
 
 /// Record a snapshot's row, its files' rows and their chunk lists (inside
 /// the caller's transaction).

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use rusqlite::{Connection, params};
 
 use crate::db::{ImportState, SnapshotFileRow};
-use crate::digest::Digest;
-use crate::error::Result;
+use crate::model::digest::Digest;
+use crate::model::error::Result;
 
 /// An image with its metadata file and layers.
 #[derive(Debug, Clone, PartialEq, Eq)]

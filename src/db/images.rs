@@ -3,9 +3,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::image::{CacheFile, ImageMetadata, LayerInfo};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, Result};
+use crate::model::image::{CacheFile, ImageMetadata, LayerInfo};
 
 /// An image whose metadata is in the cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,7 +55,7 @@ pub fn insert_image(
         )?
         .execute(params![
             meta.manifest_digest,
-            reference.map(crate::image::normalize_ref),
+            reference.map(crate::model::image::normalize_ref),
             meta.config_digest,
             metadata_file
         ])? > 0;

@@ -3,8 +3,8 @@
 use rusqlite::{Connection, Row, params};
 use serde::Serialize;
 
-use crate::digest::Digest;
-use crate::error::Result;
+use crate::model::digest::Digest;
+use crate::model::error::Result;
 
 /// Where an import is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 pub use images::{CacheFileRow, ImageRow};
 pub use imports::{ImportFileRow, ImportRow, ImportState};
@@ -119,7 +119,7 @@ impl Db {
         configure(&conn)?;
         match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
             Ok(verdict) => Ok(verdict != "ok"),
-            Err(e) if crate::error::is_corrupt(&e) => Ok(true),
+            Err(e) if crate::model::error::is_corrupt(&e) => Ok(true),
             Err(e) => Err(e.into()),
         }
     }
@@ -166,7 +166,7 @@ fn migration_error(e: refinery::Error) -> Error {
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {
         if let Some(db) = cause.downcast_ref::<rusqlite::Error>()
-            && crate::error::is_corrupt(db)
+            && crate::model::error::is_corrupt(db)
         {
             return Error::Db(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),

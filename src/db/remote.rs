@@ -5,8 +5,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::now_unix;
-use crate::digest::Digest;
-use crate::error::Result;
+use crate::model::digest::Digest;
+use crate::model::error::Result;
 
 /// Where a repository holds a chunk: a zstd frame inside a pack blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

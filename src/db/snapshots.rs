@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::manifest::ParsedManifest;
+use crate::model::digest::Digest;
+use crate::model::error::{Error, Result};
+use crate::model::manifest::ParsedManifest;
 
 /// A snapshot as the index records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,9 +9,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::db::{self, Db, ImportState, now_unix};
-use crate::error::{Error, IoContext, Result};
-use crate::files::remove_dir_if_exists;
-use crate::layout::Layout;
+use crate::model::error::{Error, IoContext, Result};
+use crate::store::files::remove_dir_if_exists;
+use crate::store::layout::Layout;
 
 /// A live import's lease: its id, its held lock and its staging directory.
 pub struct Lease {
@@ -58,7 +58,7 @@ impl Lease {
             let _ = std::fs::remove_file(&lock_path);
             return Err(e);
         }
-        crate::failpoint::hit(crate::failpoint::LEASE_ACQUIRED)?;
+        crate::process::failpoint::hit(crate::process::failpoint::LEASE_ACQUIRED)?;
         Ok(Lease {
             id,
             staging,
@@ -124,7 +124,7 @@ impl Lease {
     /// this way before the journal write needs some).
     pub fn finish(self, db: &mut Db, state: ImportState, error: Option<&str>) -> Result<()> {
         remove_dir_if_exists(&self.staging)?;
-        crate::failpoint::hit(crate::failpoint::LEASE_STAGING_REMOVED)?;
+        crate::process::failpoint::hit(crate::process::failpoint::LEASE_STAGING_REMOVED)?;
         {
             let tx = db.write()?;
             db::imports::set_import_state(&tx, &self.id, state, Some(now_unix()), error)?;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::db;
-use crate::error::{Error, IoContext, Result};
-use crate::layout::Layout;
+use crate::model::error::{Error, IoContext, Result};
+use crate::store::layout::Layout;
 
 /// The exclusive registry lock; released on drop.
 pub struct RegistryLock(#[allow(dead_code)] File);

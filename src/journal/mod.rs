@@ -3,7 +3,7 @@
 //! recovery pass that reads them all. This layer is handed a [`Layout`]
 //! and a [`Db`]; it never reaches up for a `Registry`.
 //!
-//! [`Layout`]: crate::layout::Layout
+//! [`Layout`]: crate::store::layout::Layout
 //! [`Db`]: crate::db::Db
 
 pub mod lease;

@@ -2,10 +2,10 @@
 //! and by recovery, which undoes the renames of a promotion that died.
 
 use crate::db::imports::Move;
-use crate::error::{IoContext, Result};
-use crate::failpoint;
-use crate::files::fsync_dir;
-use crate::layout::Layout;
+use crate::model::error::{IoContext, Result};
+use crate::process::failpoint;
+use crate::store::files::fsync_dir;
+use crate::store::layout::Layout;
 
 /// Rename every staged path to its target, then fsync the target directories.
 pub(super) fn rename_all(layout: &Layout, moves: &[Move]) -> Result<()> {

@@ -15,10 +15,10 @@ use super::lock::RegistryLock;
 use super::moves::{rename_all, undo};
 use super::recovery::recover_locked;
 use crate::db::{self, Db, ImportState, now_unix};
-use crate::error::{Error, Result};
-use crate::failpoint;
-use crate::files::sync_filesystem;
-use crate::layout::Layout;
+use crate::model::error::{Error, Result};
+use crate::process::failpoint;
+use crate::store::files::sync_filesystem;
+use crate::store::layout::Layout;
 
 /// Install `moves` and commit the rows `insert` writes, all or nothing.
 ///

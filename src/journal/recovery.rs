@@ -10,10 +10,10 @@ use super::moves::undo;
 use super::removal::finish_removals;
 use super::renaming::finish_renames;
 use crate::db::{self, Db, ImportState, now_unix};
-use crate::error::{IoContext, Result};
-use crate::failpoint;
-use crate::files::remove_dir_if_exists;
-use crate::layout::Layout;
+use crate::model::error::{IoContext, Result};
+use crate::process::failpoint;
+use crate::store::files::remove_dir_if_exists;
+use crate::store::layout::Layout;
 
 /// Roll back every promotion whose process died mid-way, and mark it failed;
 /// finish every `rm` or `rename` that died before moving its directory. Runs

@@ -2,10 +2,10 @@
 //! the rows of but not yet moved out of `snapshots/`.
 
 use crate::db::{self, Db};
-use crate::digest::Digest;
-use crate::error::{IoContext, Result};
-use crate::files::remove_dir_if_exists;
-use crate::layout::{Layout, SnapshotName};
+use crate::model::digest::Digest;
+use crate::model::error::{IoContext, Result};
+use crate::store::files::remove_dir_if_exists;
+use crate::store::layout::{Layout, SnapshotName};
 
 /// Finish every removal a crashed `rm` left recorded. The caller holds the
 /// registry lock.
@@ -36,7 +36,7 @@ pub fn finish_removal(
     if !reused && dir.symlink_metadata().is_ok() {
         remove_dir_if_exists(&doomed)?;
         std::fs::rename(&dir, &doomed).at("rename", &dir)?;
-        crate::failpoint::hit(crate::failpoint::RM_RENAMED)?;
+        crate::process::failpoint::hit(crate::process::failpoint::RM_RENAMED)?;
     }
     remove_dir_if_exists(&doomed)?;
     db::snapshots::delete_pending_removal(conn, digest)

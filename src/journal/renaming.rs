@@ -2,9 +2,9 @@
 //! a new name but whose directory has not yet moved to it.
 
 use crate::db::{self, Db};
-use crate::digest::Digest;
-use crate::error::{IoContext, Result};
-use crate::layout::{Layout, SnapshotName};
+use crate::model::digest::Digest;
+use crate::model::error::{IoContext, Result};
+use crate::store::layout::{Layout, SnapshotName};
 
 /// Finish every rename a crashed `rename` left recorded. The caller holds
 /// the registry lock.
@@ -33,8 +33,8 @@ pub fn finish_rename(
     let to = layout.snapshot(new);
     if to.symlink_metadata().is_err() && from.symlink_metadata().is_ok() {
         std::fs::rename(&from, &to).at("rename", &from)?;
-        crate::files::fsync_dir(&layout.snapshots())?;
-        crate::failpoint::hit(crate::failpoint::RENAME_MOVED)?;
+        crate::store::files::fsync_dir(&layout.snapshots())?;
+        crate::process::failpoint::hit(crate::process::failpoint::RENAME_MOVED)?;
     }
     db::snapshots::delete_pending_rename(db.conn(), digest)
 }

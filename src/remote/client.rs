@@ -16,8 +16,8 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
 use super::credentials::Credentials;
-use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, IoContext, Result};
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -294,7 +294,7 @@ impl Client {
                 &subject,
                 format!(
                     "the registry answers with {}, not the range asked for",
-                    crate::text::escape(answered)
+                    crate::model::text::escape(answered)
                 ),
             ));
         }
@@ -676,7 +676,7 @@ impl Client {
                 registry: self.registry.clone(),
                 detail: format!(
                     "unsupported authentication challenge {}",
-                    crate::text::escape(&kind)
+                    crate::model::text::escape(&kind)
                 ),
             }),
         }
@@ -688,12 +688,16 @@ impl Client {
         service: Option<&str>,
         scopes: &[&str],
     ) -> Result<String> {
-        let mut url = Url::parse(realm)
-            .map_err(|e| self.remote(format!("token realm {}: {e}", crate::text::escape(realm))))?;
+        let mut url = Url::parse(realm).map_err(|e| {
+            self.remote(format!(
+                "token realm {}: {e}",
+                crate::model::text::escape(realm)
+            ))
+        })?;
         if url.scheme() != "https" && !(url.scheme() == "http" && self.base.scheme() == "http") {
             return Err(self.remote(format!(
                 "token realm {} is not HTTPS; credentials are not sent there",
-                crate::text::escape(realm)
+                crate::model::text::escape(realm)
             )));
         }
         let req = match &self.credentials {
@@ -862,7 +866,7 @@ async fn error_text(mut res: Response) -> String {
     };
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let cut: String = one_line.chars().take(300).collect();
-    crate::text::escape(&cut).into_owned()
+    crate::model::text::escape(&cut).into_owned()
 }
 
 /// The error and its causes, on one line (reqwest hides the interesting

@@ -7,7 +7,7 @@ use std::fmt;
 
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// What to authenticate with.
 #[derive(Clone, Default)]
@@ -71,7 +71,7 @@ impl Credentials {
                 // `helper` is the program's full name, docker-credential-….
                 Err(refused(format!(
                     "credential helper {helper} failed: {}",
-                    crate::text::escape(stderr.lines().next().unwrap_or("").trim())
+                    crate::model::text::escape(stderr.lines().next().unwrap_or("").trim())
                 )))
             }
             Err(e) => Err(refused(format!("docker config: {e}"))),

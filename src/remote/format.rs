@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, Result};
+use crate::model::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest, is_normal_file_name};
 
 /// `mediaType` of the manifests we push.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -128,13 +128,13 @@ impl OciManifest {
             return Err(bad(format!(
                 "not an OCI image manifest (schemaVersion {}, mediaType {})",
                 m.schema_version,
-                crate::text::escape(&m.media_type)
+                crate::model::text::escape(&m.media_type)
             )));
         }
         if m.artifact_type.as_deref() != Some(artifact) {
             return Err(bad(format!(
                 "artifactType is {}, not {artifact}: not a microsandbox {}",
-                crate::text::escape(m.artifact_type.as_deref().unwrap_or("(none)")),
+                crate::model::text::escape(m.artifact_type.as_deref().unwrap_or("(none)")),
                 if artifact == SNAPSHOT_ARTIFACT {
                     "snapshot"
                 } else {
@@ -263,7 +263,7 @@ impl ChunkMap {
             return Err(bad(format!(
                 "schema {} / compression {} is not schema 1 / zstd",
                 map.schema,
-                crate::text::escape(&map.compression)
+                crate::model::text::escape(&map.compression)
             )));
         }
         if map.snapshot != snapshot.digest {
@@ -348,7 +348,7 @@ impl ChunkMap {
         let upper = &snapshot.manifest.upper;
         let mut names = HashSet::new();
         for f in &map.files {
-            let name = crate::text::escape(&f.path);
+            let name = crate::model::text::escape(&f.path);
             if !is_normal_file_name(&f.path) || f.path == "manifest.json" {
                 return Err(bad(format!(
                     "file name {name} is not a plain snapshot file name"
@@ -387,7 +387,7 @@ impl ChunkMap {
         if !names.contains(upper.file.as_str()) {
             return Err(bad(format!(
                 "has no entry for the upper {}",
-                crate::text::escape(&upper.file)
+                crate::model::text::escape(&upper.file)
             )));
         }
         Ok(map)
@@ -422,7 +422,7 @@ pub fn parse_config(bytes: &[u8], subject: &str) -> Result<ParsedManifest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{Format, ImagePin, Upper};
+    use crate::model::manifest::{Format, ImagePin, Upper};
 
     fn snapshot() -> ParsedManifest {
         let m = Manifest {

@@ -6,7 +6,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::format::ChunkMap;
 use crate::db::remote::{PackedChunk, record_remote, record_remote_chunk};
-use crate::error::Result;
+use crate::model::error::Result;
 
 /// Record, in one transaction, that `repo` of `registry` holds the packs
 /// of `map` (`pack_sizes` aligned with `map.packs`) and its chunks where

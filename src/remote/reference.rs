@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, Result};
 
 /// A repository of a registry, and optionally a tag or digest in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl RemoteRef {
         let bad = |why: &str| {
             Error::Usage(format!(
                 "{}: {why} (expected HOST[:PORT]/REPOSITORY[:TAG] or HOST[:PORT]/REPOSITORY@sha256:HEX)",
-                crate::text::escape(s)
+                crate::model::text::escape(s)
             ))
         };
         let (rest, digest) = match s.split_once('@') {

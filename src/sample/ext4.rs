@@ -11,9 +11,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 
-use crate::error::{Error, IoContext, Result};
-use crate::files::data_extents;
+use crate::model::error::{Error, IoContext, Result};
 use crate::sample::mixed_bytes;
+use crate::store::files::data_extents;
 
 /// ext4 block size used for the images.
 pub const BLOCK: u64 = 4096;

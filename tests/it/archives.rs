@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use msb_registry::digest::Digest;
-use msb_registry::image::{CacheFile, ImageMetadata};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, ImageMetadata};
 
 use crate::reports::ListEntry;
 use crate::tarcraft::{Tar, data_extents};

@@ -17,7 +17,7 @@ use std::time::Duration;
 use msb_registry::NoProgress;
 use msb_registry::OpenedSource;
 use msb_registry::Registry;
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use msb_registry::{ImportOptions, ImportSource};
 use msb_registry::{TarChunk as Chunk, TarReader};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -250,7 +250,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Digest>) {
 
 /// SHA-256 of a file's bytes, streamed.
 pub fn file_digest(path: &Path) -> Digest {
-    use msb_registry::digest::{LogicalSink, PlainSha256};
+    use msb_registry::model::digest::{LogicalSink, PlainSha256};
     use std::io::Read;
     let mut f = std::fs::File::open(path).unwrap();
     let mut h = PlainSha256::default();

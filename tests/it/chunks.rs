@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 
-use msb_registry::chunk::CHUNK_SIZE;
-use msb_registry::digest::Digest;
+use msb_registry::model::chunk::CHUNK_SIZE;
+use msb_registry::model::digest::Digest;
 
 use crate::reports::{DuReport, Usage};
 use crate::util::{

@@ -1,6 +1,6 @@
 //! Registry core through the binary: add, list, show, lineage, sql, rm, reindex.
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 
 use crate::reports::{AddReport, LineageEntry, ListEntry};
 use crate::util::*;
@@ -162,8 +162,8 @@ fn add_refuses_bad_artifacts_and_changes_nothing() {
     let misaligned = reg.path("cache2");
     let image2 = make_image_cache(&misaligned, "python:3.12", 2, &[4096]);
     let f = misaligned.join(
-        msb_registry::image::CacheFile {
-            kind: msb_registry::image::CacheKind::Fsmeta,
+        msb_registry::model::image::CacheFile {
+            kind: msb_registry::model::image::CacheKind::Fsmeta,
             key: image2.manifest_digest,
         }
         .rel_path(),

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use msb_registry::sample::{SnapshotSpec, write_manifest};
 
 use crate::tarcraft::{Flavour, Tar, data_extents, header, seal};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use msb_registry::failpoint;
+use msb_registry::process::failpoint;
 
 use crate::util::*;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use msb_registry::digest::Digest;
-use msb_registry::manifest::Manifest;
+use msb_registry::model::digest::Digest;
+use msb_registry::model::manifest::Manifest;
 
 use crate::diskfull::Mount;
 use crate::util::*;

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use msb_registry::NoProgress;
 use msb_registry::Registry;
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use msb_registry::{ImportOptions, ImportSource};
 
 use crate::chaos::{content_tree, file_digest};

@@ -477,8 +477,8 @@ fn add_twins(reg: &Reg) -> String {
 
 /// A root snapshot's manifest with label `n`, a raw upper of `size` bytes
 /// and no integrity recorded.
-fn plain_manifest(n: u32, size: u64) -> msb_registry::manifest::Manifest {
-    use msb_registry::manifest::{Format, ImagePin, Manifest, Upper};
+fn plain_manifest(n: u32, size: u64) -> msb_registry::model::manifest::Manifest {
+    use msb_registry::model::manifest::{Format, ImagePin, Manifest, Upper};
     Manifest {
         schema: 1,
         format: Format::Raw,
@@ -500,7 +500,7 @@ fn plain_manifest(n: u32, size: u64) -> msb_registry::manifest::Manifest {
 }
 
 /// Add a snapshot of `manifest` whose upper is one hole, named `name`.
-fn add_hollow(reg: &Reg, name: &str, manifest: &msb_registry::manifest::Manifest) {
+fn add_hollow(reg: &Reg, name: &str, manifest: &msb_registry::model::manifest::Manifest) {
     let dir = reg.path(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::File::create(dir.join("upper.ext4"))

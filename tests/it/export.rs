@@ -7,8 +7,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use msb_registry::digest::Digest;
-use msb_registry::image::{CacheFile, CacheKind, ImageMetadata};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, CacheKind, ImageMetadata};
 
 use crate::reports::ExportReport;
 use crate::util::*;

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use msb_registry::digest::Digest;
-use msb_registry::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, CacheKind, ImageMetadata, LayerInfo};
 
 use crate::reports::{GcReport, Removed, VerifyReport};
 use crate::util::*;

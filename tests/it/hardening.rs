@@ -9,8 +9,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use msb_registry::digest::Digest;
-use msb_registry::image::ImageMetadata;
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::ImageMetadata;
 
 use crate::tarcraft::Tar;
 use crate::util::*;
@@ -426,7 +426,7 @@ fn sql_stops_on_sigint() {
 /// An archive of a chain of `n` snapshots with 4 KiB uppers and no
 /// integrity, parents first; returns it and the digests, root first.
 pub fn chain_archive(n: usize) -> (Vec<u8>, Vec<Digest>) {
-    use msb_registry::manifest::{Format, ImagePin, Manifest, Upper};
+    use msb_registry::model::manifest::{Format, ImagePin, Manifest, Upper};
     let mut t = Tar::new();
     let mut digests: Vec<Digest> = Vec::new();
     for i in 0..n {

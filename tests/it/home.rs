@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use msb_registry::db::microsandbox::SCHEMA_FOR_TESTS;
-use msb_registry::digest::Digest;
-use msb_registry::image::{CacheFile, CacheKind, ImageMetadata};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, CacheKind, ImageMetadata};
 use rusqlite::{Connection, params};
 use serde_json::Value;
 

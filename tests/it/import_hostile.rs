@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use msb_registry::digest::Digest;
-use msb_registry::image::{CacheFile, CacheKind};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, CacheKind};
 
 use crate::archives::*;
 use crate::tarcraft::{Flavour, Tar, header, zstd};

@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use msb_registry::digest::Digest;
-use msb_registry::image::CacheKind;
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::CacheKind;
 
 use crate::archives::*;
 use crate::reports::ImportReport;

@@ -6,81 +6,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Layers from the top. A pattern ending in `::*` covers a module's children.
+/// Layers from the top, each the folders (top-level modules) it holds. A
+/// module's layer is its folder's: `src/ops/gc/plan.rs` is an operation
+/// because it lives under `ops/`, whatever it is called.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("cli", &["main", "cli", "cli::*"]),
+    ("interface", &["main", "cli"]),
+    ("operations", &["ops"]),
     (
-        "operations",
-        &[
-            "lib",
-            "registry",
-            "add",
-            "gc",
-            "gc::*",
-            "verify",
-            "reindex",
-            "remove",
-            "rename",
-            "query",
-            "demo",
-            "du",
-            "install",
-            "archive",
-            "archive::import",
-            "archive::export",
-            "archive::export_plan",
-            "push",
-            "pull",
-        ],
+        "formats and protocols",
+        &["archive", "journal", "remote", "sample"],
     ),
-    (
-        "archive/journal",
-        &[
-            "archive::*",
-            "journal",
-            "journal::*",
-            "sample",
-            "sample::*",
-            "remote",
-            "remote::*",
-        ],
-    ),
-    (
-        "db/layout/files",
-        &[
-            "db",
-            "db::*",
-            "layout",
-            "files",
-            "foreign",
-            "chunk",
-            "shared_home",
-            "stage",
-            "staged",
-        ],
-    ),
-    (
-        "manifest/image/digest/error",
-        &[
-            "manifest",
-            "image",
-            "digest",
-            "error",
-            "text",
-            "progress",
-            "failpoint",
-            "interrupt",
-        ],
-    ),
+    ("storage", &["db", "store"]),
+    ("model", &["model", "process"]),
 ];
 
+/// `lib.rs` only declares the folders and re-exports: it is the crate's
+/// front door, above every layer.
+const ROOT: &str = "lib";
+
 fn layer_of(module: &str) -> Option<usize> {
-    LAYERS.iter().position(|(_, patterns)| {
-        patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(parent) => module.starts_with(parent),
-            None => *p == module,
-        })
-    })
+    let folder = module.split("::").next().unwrap_or(module);
+    LAYERS
+        .iter()
+        .position(|(_, folders)| folders.contains(&folder))
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -289,6 +237,9 @@ fn every_module_has_a_layer_and_no_arrow_points_up() {
     );
     let mut problems = Vec::new();
     for (from, targets) in &edges {
+        if from == ROOT {
+            continue;
+        }
         let Some(lf) = layer_of(from) else {
             problems.push(format!("{from} has no layer"));
             continue;
@@ -318,4 +269,59 @@ fn the_module_graph_has_no_import_loop() {
         "the graph sees `crate::` paths"
     );
     assert_eq!(find_loop(&edges), None);
+}
+
+/// `src/` holds `lib.rs`, `main.rs` and the layers' folders, each maybe with
+/// its module file beside it (`sample.rs` for `sample/`), and nothing else:
+/// a new file has to choose its layer by choosing its folder.
+#[test]
+fn the_source_root_holds_only_the_layer_folders() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let folders: Vec<&str> = LAYERS.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+    let mut stray = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let stem = name.strip_suffix(".rs");
+        let known = match stem {
+            Some(stem) => {
+                ["lib", "main"].contains(&stem)
+                    || (folders.contains(&stem) && src.join(stem).is_dir())
+            }
+            None => path.is_dir() && folders.contains(&name.as_str()),
+        };
+        if !known {
+            stray.push(name);
+        }
+    }
+    assert!(stray.is_empty(), "not in a layer's folder: {stray:?}");
+    for folder in folders.iter().filter(|f| **f != "main") {
+        assert!(src.join(folder).is_dir(), "{folder}/ is listed but absent");
+    }
+}
+
+/// Modules import from the module that defines a thing, never through the
+/// names `lib.rs` re-exports (`crate::Registry`): such a path hides the
+/// arrow from the graph above and would let any layer reach any other.
+#[test]
+fn no_module_imports_through_the_root_re_exports() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
+    let mut problems = Vec::new();
+    for file in &files {
+        let module = module_of(&src, file);
+        if module == ROOT {
+            continue;
+        }
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        for (anchor, segs) in paths(&code) {
+            let first = segs.first().map(String::as_str).unwrap_or("");
+            if anchor == "crate" && !modules.contains(first) {
+                problems.push(format!("{module} uses crate::{}", segs.join("::")));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -23,8 +23,8 @@ use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use msb_registry::digest::Digest;
-use msb_registry::image::CacheFile;
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::CacheFile;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};

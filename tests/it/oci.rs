@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use msb_registry::sample::SnapshotSpec;
 use msb_registry::sample::ext4::{self, Round};
 use serde::Deserialize;

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use msb_registry::sample::mixed_bytes;
 use serde_json::{Value, json};
 

@@ -5,7 +5,7 @@
 //! endless bodies and failures. Each refusal has its exit code, one line
 //! naming what was wrong, and leaves the pulling registry as it was.
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use msb_registry::sample::mixed_bytes;
 use serde_json::{Value, json};
 

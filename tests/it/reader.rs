@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use msb_registry::digest::Digest;
-use msb_registry::image::{CacheFile, CacheKind};
-use msb_registry::manifest::{Format, ImagePin, Manifest, Upper};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, CacheKind};
+use msb_registry::model::manifest::{Format, ImagePin, Manifest, Upper};
 use msb_registry::sample::ext4::{self, Round};
 use msb_registry::sample::{SnapshotSpec, write_manifest};
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use serde::Deserialize;
 
 /// One row of `list --json`.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 
-use msb_registry::digest::Digest;
+use msb_registry::model::digest::Digest;
 use serde_json::Value;
 
 use crate::util::*;

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use msb_registry::image::{CacheFile, CacheKind};
+use msb_registry::model::image::{CacheFile, CacheKind};
 
 use crate::crash::{assert_clean, fixture};
 use crate::util::*;

@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
 
-use msb_registry::digest::Digest;
-use msb_registry::image::{ImageMetadata, LayerInfo};
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{ImageMetadata, LayerInfo};
 use msb_registry::sample;
 use serde::de::DeserializeOwned;
 

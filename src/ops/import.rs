@@ -1,0 +1,620 @@
+//! `import`: an archive (file or stdin, zstd or plain tar) into the
+//! registry, all or nothing. The flow of DESIGN §4 and §5: take a lease,
+//! check every header against the grammar before its data is written,
+//! stream each file into `staging/<id>/` while hashing it, record the staged
+//! files in one transaction, verify the whole set ([`crate::archive::check`]), then
+//! hand it to [`install`], which checks compatibility and promotes under the
+//! journal.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::archive::check::{self, CheckedSet};
+use crate::archive::entry::{
+    DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, carried_name, check_size, classify,
+    manifest_first,
+};
+use crate::archive::import_source::{self, OpenedSource, Pump, PumpError};
+use crate::archive::names::{self, NameFallback};
+use crate::archive::streamed::{StagedMember, Streamed, StreamedSnapshot};
+use crate::archive::tar_reader::{Chunk, ReadError, TarReader};
+use crate::db::{self, ImportState};
+use crate::journal::Lease;
+use crate::journal::lease::clear_dead_staging;
+use crate::model::chunk::is_zero;
+use crate::model::digest::Digest;
+use crate::model::error::{Error, IoContext, Result};
+use crate::model::image::CacheFile;
+use crate::model::manifest::{Integrity, Manifest};
+use crate::ops::install::install;
+use crate::ops::registry::Registry;
+use crate::process::failpoint;
+use crate::process::progress::Progress;
+use crate::store::files::{CHUNK, Piece, tree_allocated_bytes};
+use crate::store::layout::{Layout, SnapshotName};
+use crate::store::stage::{PROGRESS_STEP, StagedBytes, StagingFile};
+
+pub use crate::archive::import_source::ImportSource;
+
+/// Options of `import`.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Name for the head snapshot, over the name the archive carries; the
+    /// others take the names the archive carries when those are free, else
+    /// their archive prefix. A head already present under another name is
+    /// renamed to it.
+    pub name: Option<String>,
+    /// Largest logical size of one file; `None` means
+    /// [`DEFAULT_MAX_FILE_BYTES`] (1 TiB).
+    pub max_file_bytes: Option<u64>,
+    /// Accept an archive whose first snapshot's parent is neither in the
+    /// archive nor in the registry (the snapshots land shallow); refused
+    /// otherwise, naming the missing base.
+    pub allow_shallow: bool,
+}
+
+/// What `import` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// The archive's head: the last snapshot that is no other's parent.
+    pub head: Digest,
+    /// The head's name in the registry.
+    pub name: String,
+    /// Snapshots newly installed, parents first.
+    pub imported: Vec<Digest>,
+    /// Snapshots that were already present, left as they were.
+    pub skipped: Vec<Digest>,
+    /// Cache files newly installed.
+    pub cache_files_installed: usize,
+    /// Cache files already present with the same content.
+    pub cache_files_skipped: usize,
+    /// Names the archive carried that were not used (taken here, or not
+    /// valid names): those snapshots landed under their archive prefix.
+    pub name_fallbacks: Vec<NameFallback>,
+    /// In a shared home whose snapshots this changed: how to refresh
+    /// microsandbox's view (`msb snapshot reindex`); null otherwise.
+    pub microsandbox_hint: Option<String>,
+}
+
+impl Registry {
+    /// Import an archive: everything in it lands, or nothing does.
+    pub fn import(
+        &mut self,
+        source: &ImportSource,
+        opts: &ImportOptions,
+        progress: &dyn Progress,
+    ) -> Result<ImportReport> {
+        let opened = import_source::open(source)?;
+        self.import_from(source, opened, opts, progress)
+    }
+
+    /// Import from a source already opened, which `source` names (the
+    /// journal's label, error messages). [`OpenedSource::from_reader`] makes
+    /// one of any byte stream.
+    pub fn import_from(
+        &mut self,
+        source: &ImportSource,
+        opened: OpenedSource,
+        opts: &ImportOptions,
+        progress: &dyn Progress,
+    ) -> Result<ImportReport> {
+        let head_name = opts.name.as_deref().map(SnapshotName::chosen).transpose()?;
+        let (layout, db) = self.parts();
+        clear_dead_staging(layout, db)?;
+        let lease = Lease::acquire(layout, db, &source.label())?;
+        let mut result = self
+            .import_leased(&lease, source, opened, head_name, opts, progress)
+            .map_err(|e| e.naming_archive(&source.display_name()));
+        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
+            let staging = lease.staging();
+            *cleaned = format!(
+                "removed this import's staging {} ({} bytes on disk); the registry is unchanged",
+                staging
+                    .strip_prefix(self.layout().root())
+                    .unwrap_or(staging)
+                    .display(),
+                tree_allocated_bytes(staging)
+            );
+        }
+        let (state, message) = match &result {
+            Ok(_) => (ImportState::Done, None),
+            Err(e) => (ImportState::Failed, Some(e.with_causes())),
+        };
+        let finished = lease.finish(self.db_mut(), state, message.as_deref());
+        let report = result?;
+        finished?;
+        Ok(report)
+    }
+
+    fn import_leased(
+        &mut self,
+        lease: &Lease,
+        source: &ImportSource,
+        opened: OpenedSource,
+        head_name: Option<SnapshotName>,
+        opts: &ImportOptions,
+        progress: &dyn Progress,
+    ) -> Result<ImportReport> {
+        let layout = self.layout().clone();
+        let streamed = self.stream(lease, source, opened, opts, progress)?;
+        failpoint::hit(failpoint::IMPORT_STREAMED)?;
+
+        let head = check::head(&streamed.snapshots)?;
+        if !opts.allow_shallow {
+            check::base_present(self.db().conn(), &streamed.snapshots)?;
+        }
+        let conn = self.db().conn();
+        let (names, name_fallbacks) =
+            names::decide(conn, &streamed.snapshots, head, head_name.as_ref(), |d| {
+                Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some())
+            })?;
+        record(self, lease, &streamed, &names)?;
+        failpoint::hit(failpoint::IMPORT_RECORDED)?;
+
+        let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
+        failpoint::hit(failpoint::IMPORT_VERIFIED)?;
+        crate::process::interrupt::check()?;
+
+        let head_row = &streamed.snapshots[head];
+        let rename_to = self.head_rename(&head_row.parsed.digest, head_name)?;
+        let outcome = install(self, lease, &checked.set)?;
+        if let Some(wanted) = &rename_to {
+            self.rename(&head_row.parsed.digest.to_string(), wanted.as_str())?;
+        }
+        let name = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?
+            .map(|r| r.name)
+            .unwrap_or_else(|| names[head].to_string());
+        Ok(ImportReport {
+            microsandbox_hint: if outcome.imported.is_empty() {
+                None
+            } else {
+                crate::store::shared_home::reindex_hint(self.layout())
+            },
+            head: head_row.parsed.digest,
+            name,
+            imported: outcome.imported,
+            skipped: outcome.skipped,
+            cache_files_installed: outcome.cache_files_installed,
+            cache_files_skipped: outcome.cache_files_skipped,
+            name_fallbacks,
+        })
+    }
+}
+
+impl Registry {
+    /// Read the whole archive into staging on a one-worker runtime, with
+    /// progress in logical bytes: the compressed size a file source offers
+    /// would give an ETA off by the archive's compression ratio and its holes.
+    fn stream(
+        &self,
+        lease: &Lease,
+        source: &ImportSource,
+        opened: OpenedSource,
+        opts: &ImportOptions,
+        progress: &dyn Progress,
+    ) -> Result<Streamed> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .at("start runtime for", source.label())?;
+        progress.start("import", None);
+        let streamed = runtime.block_on(read_archive(
+            self.layout(),
+            self.db().conn(),
+            lease.id(),
+            source,
+            opened,
+            opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            progress,
+        ));
+        runtime.shutdown_background();
+        progress.finish();
+        streamed
+    }
+
+    /// The name `--name` asks for a head that is already present under
+    /// another name (it is renamed after install), refused when taken.
+    fn head_rename(
+        &self,
+        head: &Digest,
+        head_name: Option<SnapshotName>,
+    ) -> Result<Option<SnapshotName>> {
+        let conn = self.db().conn();
+        let present = db::snapshots::snapshot_by_digest(conn, head)?;
+        let Some(wanted) = head_name.filter(|n| present.is_some_and(|r| r.name != n.as_str()))
+        else {
+            return Ok(None);
+        };
+        if let Some(other) = db::snapshots::snapshot_by_name(conn, wanted.as_str())? {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: format!(
+                    "the head {head} is already here under another name, and the name is taken by snapshot {}",
+                    other.digest
+                ),
+            });
+        }
+        if self.layout().snapshot(&wanted).symlink_metadata().is_ok() {
+            return Err(Error::Conflict {
+                subject: wanted.to_string(),
+                detail: "snapshots/ holds a directory of that name without a row (debris; `gc` removes it)".into(),
+            });
+        }
+        Ok(Some(wanted))
+    }
+}
+
+/// Record every staged file in one transaction: the import's lease on them.
+fn record(
+    registry: &mut Registry,
+    lease: &Lease,
+    streamed: &Streamed,
+    names: &[SnapshotName],
+) -> Result<()> {
+    let layout = registry.layout().clone();
+    let rel = |p: &Path| -> String {
+        p.strip_prefix(layout.root())
+            .expect("staging is under the root")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut rows = Vec::new();
+    for (s, name) in streamed.snapshots.iter().zip(names) {
+        for (file, m) in &s.files {
+            rows.push(db::ImportFileRow {
+                member: m.member.clone(),
+                staged_path: rel(&m.path),
+                final_path: rel(&layout.snapshot_file(name, file)),
+                kind: "snapshot".into(),
+                size: m.bytes.size,
+                digest: m.bytes.digest,
+                promote: true,
+            });
+        }
+    }
+    for (file, m) in &streamed.cache {
+        rows.push(db::ImportFileRow {
+            member: m.member.clone(),
+            staged_path: rel(&m.path),
+            final_path: rel(&layout.cache_file(file)),
+            kind: file.kind.as_str().into(),
+            size: m.bytes.size,
+            digest: m.bytes.digest,
+            promote: true,
+        });
+    }
+    let tx = registry.db_mut().write()?;
+    db::imports::insert_import_files(&tx, lease.id(), &rows)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Read the whole archive into staging; the decompressing worker's failure
+/// takes precedence over the tar reader's, since it is the cause.
+async fn read_archive(
+    layout: &Layout,
+    conn: &rusqlite::Connection,
+    id: &str,
+    source: &ImportSource,
+    opened: OpenedSource,
+    max_file_bytes: u64,
+    progress: &dyn Progress,
+) -> Result<Streamed> {
+    let (tar, pump) = Pump::start(opened);
+    let mut reader = TarReader::new(tar, &layout.import_staging(id));
+    let mut stager = Stager {
+        layout,
+        conn,
+        id,
+        max_file_bytes,
+        pinned: HashSet::new(),
+        members: MemberSet::default(),
+        streamed: Streamed::default(),
+        by_prefix: HashMap::new(),
+        progress,
+        buf: vec![0u8; CHUNK],
+        last: None,
+    };
+    let outcome = tokio::select! {
+        r = stager.run(&mut reader) => r,
+        e = crate::process::interrupt::wait() => Err(e),
+    };
+    if let Err(e @ Error::Interrupted { .. }) = outcome {
+        // The source may block for ever (a silent pipe): do not wait for it.
+        pump.abort();
+        return Err(e);
+    }
+    let trailing = match &outcome {
+        Ok(()) => reader.finish().await,
+        Err(_) => Ok(()),
+    };
+    drop(reader);
+    match pump.finish().await {
+        Err(PumpError::Zstd(e)) => Err(zstd_error(e)),
+        Err(PumpError::Read(e)) => Err(Error::io("read", source.label(), e)),
+        Err(PumpError::NotAnArchive(what)) => Err(Error::rejected_archive(format!(
+            "{}; import takes a tar archive, zstd-compressed (as export writes it) or plain{}",
+            match what {
+                "empty" => "it is empty".to_string(),
+                _ => format!("it is {what}, not a tar archive"),
+            },
+            match what {
+                "a gzip-compressed file" =>
+                    " (for a .tar.gz: gzip -dc FILE | msb-registry import -)",
+                "an xz-compressed file" => " (for a .tar.xz: xz -dc FILE | msb-registry import -)",
+                "a bzip2-compressed file" =>
+                    " (for a .tar.bz2: bzip2 -dc FILE | msb-registry import -)",
+                _ => "",
+            }
+        ))),
+        Ok(_) => {
+            outcome?;
+            trailing.map_err(|e| tar_error(&None, e))?;
+            Ok(stager.streamed)
+        }
+    }
+}
+
+/// Why a zstd stream was refused. zstd reports a window above the limit as
+/// a memory error; say which limit and how to meet it instead.
+fn zstd_error(e: std::io::Error) -> Error {
+    if e.to_string().contains("too much memory") {
+        let mib = (1u64 << import_source::ZSTD_WINDOW_LOG_MAX) >> 20;
+        Error::rejected_archive(format!(
+            "zstd frame needs a window larger than {mib} MiB (compressed with --long?); \
+             recompress with a window of at most {mib} MiB"
+        ))
+    } else {
+        Error::unreadable_archive("corrupt or truncated zstd stream", e)
+    }
+}
+
+/// Map a tar reader failure to a refusal of the archive, naming the last
+/// member read before the stream broke.
+fn tar_error(after: &Option<String>, e: ReadError) -> Error {
+    let whence = match after {
+        Some(m) => format!(" after member {m}"),
+        None => String::new(),
+    };
+    Error::rejected_archive(format!("{e}{whence}"))
+}
+
+type Reader = TarReader<tokio::io::DuplexStream>;
+
+struct Stager<'a> {
+    layout: &'a Layout,
+    /// For recording, as each manifest arrives, the image it pins.
+    conn: &'a rusqlite::Connection,
+    id: &'a str,
+    max_file_bytes: u64,
+    /// Images already recorded in `import_pins`.
+    pinned: HashSet<Digest>,
+    members: MemberSet,
+    streamed: Streamed,
+    by_prefix: HashMap<String, usize>,
+    /// Advanced by the logical bytes staged (holes included): what the
+    /// time is proportional to, since the integrity digests hash every byte.
+    progress: &'a dyn Progress,
+    buf: Vec<u8>,
+    last: Option<String>,
+}
+
+impl Stager<'_> {
+    /// Read members until the end-of-archive marker; every header is checked
+    /// against the grammar ([`crate::archive::entry`]) before its data is read.
+    async fn run(&mut self, reader: &mut Reader) -> Result<()> {
+        loop {
+            let Some(header) = reader.next().await.map_err(|e| tar_error(&self.last, e))? else {
+                return Ok(());
+            };
+            let member = classify(header.typeflag, Some(&header.link), &header.path)?;
+            let member_path = member.path();
+            self.members.insert(&member)?;
+            self.last = Some(member_path.clone());
+            let size = header.size;
+            check_size(&member, size, self.max_file_bytes).map_err(|r| r.of(&member_path))?;
+            let is_file = matches!(member, Member::SnapshotFile { .. } | Member::CacheFile(_));
+            match member {
+                Member::Root
+                | Member::SnapshotDir { .. }
+                | Member::CacheDir
+                | Member::CacheKindDir(_) => {}
+                Member::SnapshotFile { prefix, file } if file == MANIFEST_FILE => {
+                    let carried = header.comment.as_deref().and_then(carried_name);
+                    let carried = carried.map(<[u8]>::to_vec);
+                    self.manifest(reader, member_path, prefix, size, carried)
+                        .await?;
+                }
+                Member::SnapshotFile { prefix, file } => {
+                    self.snapshot_file(reader, member_path, prefix, file, size)
+                        .await?;
+                }
+                Member::CacheFile(file) => {
+                    self.cache_file(reader, member_path, file, size).await?;
+                }
+            }
+            if is_file {
+                failpoint::hit(failpoint::IMPORT_MEMBER_STAGED)?;
+            }
+        }
+    }
+
+    async fn manifest(
+        &mut self,
+        reader: &mut Reader,
+        member: String,
+        prefix: String,
+        size: u64,
+        carried_name: Option<Vec<u8>>,
+    ) -> Result<()> {
+        let mut bytes = vec![0u8; size as usize];
+        let mut filled = 0;
+        while let Some(chunk) = reader
+            .read_data(&mut bytes[filled..])
+            .await
+            .map_err(|e| Error::rejected(&member, e.to_string()))?
+        {
+            match chunk {
+                Chunk::Data(n) => filled += n,
+                Chunk::Zeros(n) => filled += n as usize,
+            }
+        }
+        let parsed = Manifest::parse(&bytes).map_err(|source| Error::Manifest {
+            path: member.clone(),
+            source,
+        })?;
+        let expected = parsed.digest.archive_prefix();
+        if expected != prefix {
+            return Err(Error::integrity(
+                member,
+                format!(
+                    "manifest digest is {}, so its directory must be {expected}, not {prefix}",
+                    parsed.digest
+                ),
+            ));
+        }
+        let image = parsed.manifest.image.manifest_digest;
+        if self.pinned.insert(image) {
+            db::imports::insert_pin(self.conn, self.id, &image)?;
+        }
+        let dir = self.layout.staged_snapshot(self.id, &prefix);
+        std::fs::create_dir_all(&dir).at("create directory", &dir)?;
+        let path = dir.join(MANIFEST_FILE);
+        // Stored as its canonical bytes, so the file hashes to the snapshot digest.
+        let canonical = parsed.manifest.canonical_bytes();
+        let mut out = StagingFile::create(&path, canonical.len() as u64, None)?.chunked();
+        out.piece(Piece::Data(&canonical))?;
+        let staged = out.finish()?;
+        self.by_prefix
+            .insert(prefix.clone(), self.streamed.snapshots.len());
+        self.streamed.snapshots.push(StreamedSnapshot {
+            prefix,
+            parsed,
+            dir,
+            files: vec![(
+                MANIFEST_FILE.to_string(),
+                StagedMember {
+                    member,
+                    path,
+                    bytes: staged,
+                },
+            )],
+            carried_name,
+        });
+        Ok(())
+    }
+
+    async fn snapshot_file(
+        &mut self,
+        reader: &mut Reader,
+        member: String,
+        prefix: String,
+        file: String,
+        size: u64,
+    ) -> Result<()> {
+        let index = self.by_prefix.get(&prefix).copied();
+        manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
+        let index = index.expect("checked by manifest_first");
+        let snapshot = &self.streamed.snapshots[index];
+        let upper = &snapshot.parsed.manifest.upper;
+        let integrity = if file == upper.file {
+            if size != upper.size_bytes {
+                return Err(Error::integrity(
+                    member,
+                    format!(
+                        "size is {size} bytes, manifest records {}",
+                        upper.size_bytes
+                    ),
+                ));
+            }
+            upper.integrity.clone()
+        } else {
+            None
+        };
+        let path = snapshot.dir.join(&file);
+        let bytes = self
+            .stage(reader, &member, &path, size, integrity.as_ref(), true)
+            .await?;
+        self.streamed.snapshots[index].files.push((
+            file,
+            StagedMember {
+                member,
+                path,
+                bytes,
+            },
+        ));
+        Ok(())
+    }
+
+    async fn cache_file(
+        &mut self,
+        reader: &mut Reader,
+        member: String,
+        file: CacheFile,
+        size: u64,
+    ) -> Result<()> {
+        let path = self.layout.staged_cache_file(self.id, &file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).at("create directory", parent)?;
+        }
+        let bytes = self
+            .stage(reader, &member, &path, size, None, false)
+            .await?;
+        self.streamed.cache.push((
+            file,
+            StagedMember {
+                member,
+                path,
+                bytes,
+            },
+        ));
+        Ok(())
+    }
+
+    /// Stream one member's data into `path`, hashing it (and with `chunked`
+    /// cutting it into chunks) on the way; runs of zeros become holes.
+    async fn stage(
+        &mut self,
+        reader: &mut Reader,
+        member: &str,
+        path: &Path,
+        size: u64,
+        integrity: Option<&Integrity>,
+        chunked: bool,
+    ) -> Result<StagedBytes> {
+        let mut out = StagingFile::create(path, size, integrity)?;
+        if chunked {
+            out = out.chunked();
+        }
+        while let Some(chunk) = reader
+            .read_data(&mut self.buf)
+            .await
+            .map_err(|e| Error::rejected(member, e.to_string()))?
+        {
+            match chunk {
+                // A hole is hashed too: fed in steps, so the bar moves through it.
+                Chunk::Zeros(mut n) => {
+                    while n > 0 {
+                        let step = n.min(PROGRESS_STEP);
+                        out.piece(Piece::Zeros(step))?;
+                        self.progress.advance(step);
+                        n -= step;
+                    }
+                }
+                Chunk::Data(n) => {
+                    let data = &self.buf[..n];
+                    out.piece(if is_zero(data) {
+                        Piece::Zeros(n as u64)
+                    } else {
+                        Piece::Data(data)
+                    })?;
+                    self.progress.advance(n as u64);
+                }
+            }
+        }
+        out.finish()
+    }
+}

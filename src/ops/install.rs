@@ -1,0 +1,220 @@
+//! Installing a verified, staged set of snapshots and cache files: the
+//! compatibility check against the index, then journaled promotion and the
+//! row inserts. `add` and `import` both end here.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
+use crate::journal::Lease;
+use crate::journal::promote::{Move, promote};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, Result};
+use crate::model::image::CacheFile;
+use crate::ops::registry::Registry;
+use crate::store::layout::{Layout, SnapshotName};
+use crate::store::staged::StagedSet;
+
+/// What an install did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InstallOutcome {
+    /// Snapshots newly installed.
+    pub imported: Vec<Digest>,
+    /// Snapshots already present (by digest), left as they were.
+    pub skipped: Vec<Digest>,
+    /// Cache files newly installed.
+    pub cache_files_installed: usize,
+    /// Cache files already present with the same content.
+    pub cache_files_skipped: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    new_snapshots: Vec<usize>,
+    new_cache_files: Vec<usize>,
+}
+
+fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
+    let mut plan = Plan {
+        new_snapshots: Vec::new(),
+        new_cache_files: Vec::new(),
+    };
+    let mut named: std::collections::HashMap<&SnapshotName, usize> =
+        std::collections::HashMap::new();
+    for (i, s) in set.snapshots.iter().enumerate() {
+        if let Some(present) = db::snapshots::snapshot_by_digest(conn, &s.parsed.digest)? {
+            same_files(conn, &present.name, &s.parsed.digest, &s.files)?;
+            continue;
+        }
+        if let Some(other) = db::snapshots::snapshot_by_name(conn, s.name.as_str())? {
+            return Err(Error::conflict(
+                format!("snapshot name {}", s.name),
+                format!("already names {}, not {}", other.digest, s.parsed.digest),
+            ));
+        }
+        if let Some(&j) = named.get(&s.name) {
+            return Err(Error::conflict(
+                format!("snapshot name {}", s.name),
+                format!(
+                    "would name both {} and {}; choose another --name",
+                    set.snapshots[j].parsed.digest, s.parsed.digest
+                ),
+            ));
+        }
+        named.insert(&s.name, i);
+        plan.new_snapshots.push(i);
+    }
+    for (i, c) in set.cache_files.iter().enumerate() {
+        match db::images::cache_file(conn, &c.file)? {
+            Some(row) if row.digest == c.digest && row.size == c.size => {}
+            Some(row) => {
+                return Err(Error::conflict(
+                    format!("cache/{}", c.file.rel_path()),
+                    format!(
+                        "installed file has digest {} ({} bytes); incoming has {} ({} bytes)",
+                        row.digest, row.size, c.digest, c.size
+                    ),
+                ));
+            }
+            None => plan.new_cache_files.push(i),
+        }
+    }
+    Ok(plan)
+}
+
+/// A snapshot already present is identified by its manifest alone, which
+/// may record no integrity: its incoming files must be the stored ones, file
+/// for file, or the first copy to arrive would win unchecked.
+fn same_files(
+    conn: &Connection,
+    name: &str,
+    digest: &Digest,
+    incoming: &[SnapshotFileRow],
+) -> Result<()> {
+    let stored = db::snapshots::snapshot_files(conn, digest)?;
+    let subject = |path: &str| format!("snapshots/{name}/{path}");
+    for f in incoming {
+        match stored.iter().find(|s| s.path == f.path) {
+            Some(s) if s.digest == f.digest && s.size == f.size => {}
+            Some(s) => {
+                return Err(Error::conflict(
+                    subject(&f.path),
+                    format!(
+                        "snapshot {digest} is already present with this file at digest {} ({} bytes); incoming has {} ({} bytes)",
+                        s.digest, s.size, f.digest, f.size
+                    ),
+                ));
+            }
+            None => {
+                return Err(Error::conflict(
+                    subject(&f.path),
+                    format!("snapshot {digest} is already present without this file"),
+                ));
+            }
+        }
+    }
+    if let Some(s) = stored
+        .iter()
+        .find(|s| !incoming.iter().any(|f| f.path == s.path))
+    {
+        return Err(Error::conflict(
+            subject(&s.path),
+            format!(
+                "snapshot {digest} is already present with this file; the incoming copy lacks it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check `set` against the index and install what is new, all or nothing.
+pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Result<InstallOutcome> {
+    let lock = registry.lock()?;
+    let planned = plan(registry.db().conn(), set)?;
+    let moves = moves(registry.layout(), set, &planned);
+    let now = now_unix();
+    let (layout, db) = registry.parts();
+    promote(
+        layout,
+        db,
+        &lock,
+        lease,
+        &moves,
+        |conn| {
+            if plan(conn, set)? != planned {
+                return Err(Error::conflict(
+                    "registry",
+                    "changed while the import was being checked; retry",
+                ));
+            }
+            Ok(())
+        },
+        |conn| insert_rows(conn, set, &planned, now),
+    )?;
+    Ok(InstallOutcome {
+        imported: planned
+            .new_snapshots
+            .iter()
+            .map(|&i| set.snapshots[i].parsed.digest)
+            .collect(),
+        skipped: set
+            .snapshots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !planned.new_snapshots.contains(i))
+            .map(|(_, s)| s.parsed.digest)
+            .collect(),
+        cache_files_installed: planned.new_cache_files.len(),
+        cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len(),
+    })
+}
+
+/// The moves from staging to their places under the root of what `planned`
+/// installs, both relative to the root.
+fn moves(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
+    let rel = |p: std::path::PathBuf| -> String {
+        p.strip_prefix(layout.root())
+            .expect("layout paths are under the root")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut moves = Vec::new();
+    for &i in &planned.new_snapshots {
+        let s = &set.snapshots[i];
+        moves.push(Move {
+            staged: s.staged_dir.clone(),
+            target: rel(layout.snapshot(&s.name)),
+        });
+    }
+    for &i in &planned.new_cache_files {
+        let c = &set.cache_files[i];
+        moves.push(Move {
+            staged: c.staged.clone(),
+            target: rel(layout.cache_file(&c.file)),
+        });
+    }
+    moves
+}
+
+/// The rows of what `planned` installs, inserted in the promotion's
+/// transaction.
+fn insert_rows(conn: &Connection, set: &StagedSet, planned: &Plan, now: i64) -> Result<()> {
+    for &i in &planned.new_snapshots {
+        let s = &set.snapshots[i];
+        let row = SnapshotRow::from_manifest(&s.parsed, s.name.as_str(), now);
+        db::chunks::insert_snapshot_with_chunks(conn, &row, &s.files, &s.chunks)?;
+    }
+    for &i in &planned.new_cache_files {
+        let c = &set.cache_files[i];
+        db::images::insert_cache_file(conn, &c.file, c.size, &c.digest, now)?;
+    }
+    for (meta, reference) in &set.images {
+        db::images::insert_image(
+            conn,
+            meta,
+            &CacheFile::metadata_for_ref(reference),
+            Some(reference),
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! What the whole process shares, beside the data model at the bottom:
+//! progress events, the interrupt flag set by SIGINT/SIGTERM, and the
+//! failpoints the crash tests arm.
+
+#[doc(hidden)]
+pub mod failpoint;
+pub(crate) mod interrupt;
+pub(crate) mod progress;

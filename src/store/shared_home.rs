@@ -1,0 +1,130 @@
+//! A root shared with microsandbox (DESIGN §9): whether it is one, which
+//! cache artifacts microsandbox's index says it uses, and the hint that
+//! keeps microsandbox's view of `snapshots/` in step after we change it.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::db::microsandbox::{self, Unusable};
+use crate::model::digest::Digest;
+use crate::model::image::{CacheFile, CacheKind};
+use crate::store::layout::Layout;
+
+/// The hint printed after `import`, `add` or `rm` change `snapshots/` of a shared home.
+pub const REINDEX_HINT: &str = "this root is a microsandbox home: run `msb snapshot reindex` to refresh microsandbox's view of its snapshots (msb-registry never writes db/msb.db)";
+
+/// The hint when `layout` is a shared home.
+pub fn reindex_hint(layout: &Layout) -> Option<String> {
+    layout.is_shared_home().then(|| REINDEX_HINT.to_string())
+}
+
+/// The state of `db/msb.db`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MsbDbState {
+    /// No `db/msb.db`.
+    Absent,
+    /// Read: gc keeps what it names.
+    Readable,
+    /// Present but could not be opened or read.
+    Unreadable,
+    /// Readable, but without the tables and columns gc relies on.
+    UnknownSchema,
+}
+
+/// What a root shares with microsandbox, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct HomeReport {
+    /// The root holds `db/msb.db` or `sandboxes/`.
+    pub shared: bool,
+    /// The state of `db/msb.db`.
+    pub msb_db: MsbDbState,
+    /// Why microsandbox's use is unknown, when it is (shared and not readable).
+    pub detail: Option<String>,
+    /// Cache artifacts microsandbox's index names (present or not).
+    pub in_use: usize,
+    /// gc swept the cache although microsandbox's use is unknown (the
+    /// override flag).
+    pub overridden: bool,
+}
+
+/// Which cache artifacts microsandbox uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MicrosandboxRoots {
+    /// Not a shared home: microsandbox uses nothing here.
+    #[default]
+    None,
+    /// `<kind>/<file>` under `cache/` of every artifact microsandbox uses.
+    InUse(HashSet<String>),
+    /// Shared, but its use cannot be known: every cache artifact is kept.
+    Unknown,
+}
+
+/// Read microsandbox's roots of the home at `layout`. With `overridden`,
+/// an unknown use counts as none.
+pub fn roots(layout: &Layout, overridden: bool) -> (MicrosandboxRoots, HomeReport) {
+    let mut report = HomeReport {
+        shared: layout.is_shared_home(),
+        msb_db: MsbDbState::Absent,
+        detail: None,
+        in_use: 0,
+        overridden: false,
+    };
+    if !report.shared {
+        return (MicrosandboxRoots::None, report);
+    }
+    let path = layout.msb_db();
+    let unknown = if path.symlink_metadata().is_err() {
+        "sandboxes/ is present but db/msb.db is not: which images the sandboxes use is unknown"
+            .to_string()
+    } else {
+        match microsandbox::read_use(&path) {
+            Ok(found) => {
+                let paths = in_use_paths(&found);
+                report.msb_db = MsbDbState::Readable;
+                report.in_use = paths.len();
+                return (MicrosandboxRoots::InUse(paths), report);
+            }
+            Err(Unusable::Unreadable(why)) => {
+                report.msb_db = MsbDbState::Unreadable;
+                format!("db/msb.db cannot be read ({why})")
+            }
+            Err(Unusable::UnknownSchema(why)) => {
+                report.msb_db = MsbDbState::UnknownSchema;
+                format!("db/msb.db is not a schema msb-registry knows ({why})")
+            }
+        }
+    };
+    report.detail = Some(unknown);
+    if overridden {
+        report.overridden = true;
+        (MicrosandboxRoots::None, report)
+    } else {
+        (MicrosandboxRoots::Unknown, report)
+    }
+}
+
+/// The cache paths of what microsandbox uses: each used manifest's fsmeta
+/// and vmdk, each pulled reference's metadata, each linked layer. Values
+/// that are not `sha256:<hex>` name no file of ours and are left out.
+fn in_use_paths(found: &microsandbox::MicrosandboxUse) -> HashSet<String> {
+    let keyed = |kind: CacheKind, digest: &str| {
+        digest
+            .parse::<Digest>()
+            .ok()
+            .map(|key| CacheFile { kind, key }.rel_path())
+    };
+    let mut paths = HashSet::new();
+    for m in &found.manifests {
+        paths.extend(keyed(CacheKind::Fsmeta, m));
+        paths.extend(keyed(CacheKind::Vmdk, m));
+    }
+    for l in &found.layers {
+        paths.extend(keyed(CacheKind::Layers, l));
+    }
+    for r in &found.references {
+        paths.insert(CacheFile::metadata_for_ref(r).rel_path());
+    }
+    paths
+}
