@@ -342,8 +342,9 @@ pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
 /// time), but garbage in them makes GNU tar exit 2 (mode, mtime; uid and gid
 /// when the user or group name does not resolve on the machine at hand) and
 /// bsdtar refuse the archive (device numbers too), so each must be a number
-/// [`number`] reads or all NULs (which both read as 0). A negative base-256
-/// mtime is accepted (both read it); a uid or gid over 2^32 - 1 is not.
+/// [`number`] reads or all NULs (which both read as 0); a uid or gid over
+/// 2^32 - 1 is refused (GNU tar exits 2), and so is a negative base-256
+/// mtime (GNU tar warns of an implausibly old time stamp).
 pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
     let mut fields = vec![
         (100, 8, "mode"),
@@ -361,7 +362,7 @@ pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
         }
         match (number(bytes), name) {
             (Ok(v), "uid" | "gid") if v > u64::from(u32::MAX) => Err(NumberProblem::OverId),
-            (Ok(_), _) | (Err(NumberProblem::Negative), "mtime") => Ok(()),
+            (Ok(_), _) => Ok(()),
             (Err(problem), _) => Err(problem),
         }
         .map_err(|problem| ReadError::Number {
