@@ -87,7 +87,7 @@ pub enum Refusal {
     #[error("empty path components are not allowed")]
     EmptyComponent,
     /// A component with bytes a file name may not hold.
-    #[error("path component {0:?} is not a normal file name")]
+    #[error("path component \"{0}\" is not a normal file name")]
     NotNormal(String),
     /// A component over [`MAX_COMPONENT_BYTES`].
     #[error("a path component of {0} bytes is longer than {MAX_COMPONENT_BYTES}")]
@@ -114,10 +114,10 @@ pub enum Refusal {
     #[error("members live under sha256-<16 hex digits>/ or cache/")]
     Outside,
     /// `cache/<unknown>/`.
-    #[error("unknown cache kind {0:?}; expected manifests, layers, fsmeta or vmdk")]
+    #[error("unknown cache kind \"{0}\"; expected manifests, layers, fsmeta or vmdk")]
     UnknownCacheKind(String),
     /// A cache file name not valid for its kind.
-    #[error("file name {name:?} is not valid in cache/{kind}/; expected {expected}")]
+    #[error("file name \"{name}\" is not valid in cache/{kind}/; expected {expected}")]
     CacheFileName {
         /// The name.
         name: String,

@@ -249,3 +249,22 @@ async fn copy_out<R: AsyncRead + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zstd_is_told_by_its_first_frame() {
+        assert!(is_zstd(&[0x28, 0xb5, 0x2f, 0xfd, 0x04]));
+        for first in 0x50..=0x5f {
+            assert!(
+                is_zstd(&[first, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]),
+                "{first:#x}"
+            );
+        }
+        assert!(!is_zstd(&[0x60, 0x2a, 0x4d, 0x18]));
+        assert!(!is_zstd(&[0x50, 0x2a, 0x4d]));
+        assert!(!is_zstd(b"sha256-0123456789abcdef/manifest.json"));
+    }
+}

@@ -152,7 +152,7 @@ impl fmt::Display for ReadError {
             ReadError::Pax(why) => write!(f, "corrupt tar stream: malformed pax records: {why}"),
             ReadError::PaxKeyword(key) => write!(
                 f,
-                "pax keyword {:?} is not accepted; only {} are",
+                "pax keyword \"{}\" is not accepted; only {} are",
                 shown_name(key),
                 PAX_KEYWORDS
             ),

@@ -611,3 +611,39 @@ fn seeded_fuzz_of_header_encodings_agrees_with_gnu_tar() {
         );
     }
 }
+
+/// A name from an archive is cut and escaped in the refusal that quotes
+/// it: a 1 MB member name and a manifest's JSON turned into a GNU long
+/// name give one short line each.
+#[test]
+fn names_quoted_in_refusals_are_cut_and_escaped() {
+    let work = tempfile::tempdir().unwrap();
+    let s = snap(work.path(), "names", 1, 4096, 8192);
+    let reg = Reg::new();
+    reg.run(&["gc"]).ok();
+    let huge = format!("{}/{}", s.prefix, "a".repeat(1_000_000));
+    let mut json = s.manifest.clone();
+    json.extend(b"\n\x1b[2J");
+    for (label, name, words) in [
+        ("huge", huge.as_bytes(), "longer than 255"),
+        ("json", &json[..], "is not a normal file name"),
+    ] {
+        let mut t = Tar::new();
+        t.long_name_raw(name, name.len() as u64).file("short", b"x");
+        let path = reg.path(&format!("{label}.tar"));
+        std::fs::write(&path, t.finish()).unwrap();
+        let run = reg.run(&["import", path.to_str().unwrap()]).fails(6, words);
+        let line = run.stderr.trim_end();
+        assert_eq!(line.lines().count(), 1, "{label}: {line}");
+        assert!(
+            line.len() < 600,
+            "{label}: a {}-byte error line",
+            line.len()
+        );
+        assert!(!line.contains('\x1b'), "{label}: {line}");
+        assert!(
+            line.contains(&format!("… ({} bytes)", name.len())),
+            "{label}: {line}"
+        );
+    }
+}
