@@ -1,5 +1,5 @@
 //! `pull`: a snapshot and the ancestors the registry lacks, from an OCI
-//! registry (README "Push and pull"). Every chunk found locally (any
+//! registry (docs/oci.md). Every chunk found locally (any
 //! snapshot, through the chunk index) is copied; only the rest is
 //! downloaded. Files are assembled in the lease's staging (holes stay
 //! holes), hashed in place as `add` hashes, and installed by the same

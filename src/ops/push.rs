@@ -1,6 +1,6 @@
 //! `push`: a snapshot (and with `--with-parents` its ancestors) into an OCI
-//! registry, sending only the blobs the repository lacks (README "Push and
-//! pull"). Blobs first, in parallel; then each snapshot's manifest by
+//! registry, sending only the blobs the repository lacks (docs/oci.md).
+//! Blobs first, in parallel; then each snapshot's manifest by
 //! digest; tags last, so no tag ever names a half-pushed snapshot.
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,4 +1,4 @@
-//! The OCI form of a snapshot (README "Push and pull"; DESIGN §8): one
+//! The OCI form of a snapshot (docs/oci.md; DESIGN §8): one
 //! image manifest per snapshot whose config is the canonical manifest.json
 //! (so the config digest is the snapshot digest), whose first layer is the
 //! chunk map, and whose other layers are packs: concatenated zstd frames,
