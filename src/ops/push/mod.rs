@@ -1,6 +1,7 @@
 //! `push`: a snapshot (and with `--with-parents` its ancestors) into an OCI
-//! registry, sending only the blobs the repository lacks (docs/oci.md). Blobs first, in parallel; then each snapshot's manifest by
-//! digest; tags last, so no tag ever names a half-pushed snapshot.
+//! registry, sending only the blobs the repository lacks (docs/oci.md).
+//! Blobs first, in parallel; then each snapshot's manifest by digest; tags
+//! last, so no tag ever names a half-pushed snapshot.
 //!
 //! By step: `resolve` (the chain, configs and chunk lists), `plan` (what
 //! the repository holds, what it lacks), `transfer` (packs and blobs),
