@@ -596,3 +596,30 @@ fn sparse_slots_are_read_as_gnu_tar_reads_them() {
     flagged[..BLOCK].copy_from_slice(&h);
     assert!(matches!(read(flagged), Err(ReadError::SparseMap(_))));
 }
+
+#[test]
+fn what_export_writes_for_unaligned_extents_reads_back_whole() {
+    let size = 5000u64;
+    let raw = [(0u64, 100u64), (1000, 50), (1100, 3), (3000, 7)];
+    let mut logical = vec![0u8; size as usize];
+    for (i, &(off, len)) in raw.iter().enumerate() {
+        logical[off as usize..(off + len) as usize].fill(i as u8 + 1);
+    }
+    let member = |extents: &[(u64, u64)]| {
+        let mut out = super::tar::sparse("sp.bin", extents, size, 0).unwrap();
+        let data: Vec<u8> = extents
+            .iter()
+            .flat_map(|&(o, l)| logical[o as usize..(o + l) as usize].to_vec())
+            .collect();
+        out.extend_from_slice(&data);
+        out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
+        out
+    };
+    // The map as the file system might report it, data back to back: the
+    // old model, which GNU tar reads otherwise. Refused.
+    assert!(matches!(read(member(&raw)), Err(ReadError::SparseMap(_))));
+    // The map export writes: whole blocks but the last. Reads back whole.
+    let aligned = super::tar::gnu_extents(&raw, size);
+    let got = paths(member(&aligned)).unwrap();
+    assert_eq!(got, one("sp.bin", &logical));
+}
