@@ -319,7 +319,7 @@ pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
     if !gnu && !ustar && magic.iter().any(|&b| b != 0) {
         return Err(ReadError::Magic);
     }
-    metadata(block, gnu || ustar)?;
+    metadata(block, gnu || ustar, ustar && looks_like_star(block))?;
     let mut name = Vec::new();
     let prefix = text(&block[345..500]);
     if ustar && !prefix.is_empty() {
@@ -344,8 +344,9 @@ pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
 /// bsdtar refuse the archive (device numbers too), so each must be a number
 /// [`number`] reads or all NULs (which both read as 0); a uid or gid over
 /// 2^32 - 1 is refused (GNU tar exits 2), and so is a negative base-256
-/// mtime (GNU tar warns of an implausibly old time stamp).
-pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
+/// mtime (GNU tar warns of an implausibly old time stamp). In a header GNU
+/// tar takes for star's format (`star`), atime and ctime are parsed too.
+pub fn metadata(block: &[u8; BLOCK], extended: bool, star: bool) -> Result<(), ReadError> {
     let mut fields = vec![
         (100, 8, "mode"),
         (108, 8, "uid"),
@@ -354,6 +355,9 @@ pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
     ];
     if extended {
         fields.extend([(329, 8, "devmajor"), (337, 8, "devminor")]);
+    }
+    if star {
+        fields.extend([(476, 12, "atime"), (488, 12, "ctime")]);
     }
     for (at, len, name) in fields {
         let bytes = &block[at..at + len];
@@ -371,6 +375,18 @@ pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
         })?;
     }
     Ok(())
+}
+
+/// Whether GNU tar reads a ustar header as star's format, whose prefix is
+/// 131 bytes followed by atime and ctime: the prefix's last byte NUL, and
+/// each time starting with an octal digit and ending in a space.
+pub fn looks_like_star(block: &[u8; BLOCK]) -> bool {
+    let octal = |b: u8| (b'0'..=b'7').contains(&b);
+    block[475] == 0
+        && octal(block[476])
+        && block[487] == b' '
+        && octal(block[488])
+        && block[499] == b' '
 }
 
 /// One slot of a sparse map: `None` for an empty slot (its length field
