@@ -13,15 +13,19 @@
 //!
 //! What it accepts is a strict subset of what GNU tar reads, each part
 //! decoded as GNU tar decodes it: GNU, ustar and v7 headers (the ustar
-//! prefix joined as GNU tar joins it), header checksums (unsigned or
+//! prefix joined as GNU tar joins it), octal header checksums (unsigned or
 //! signed sums), numeric fields in octal or positive base-256, local pax
-//! records (`path`, `linkpath`, `size` applied; `GNU.sparse.*` refused),
-//! GNU long names and link names, and old-GNU sparse members (type `S`:
-//! four map slots in the header, then extension blocks of 21). Where GNU
-//! tar would accept something odd (overlapping sparse extents, a map that
-//! stops short of the real size, a lone zero block, bytes after the end of
-//! the archive), this reader refuses instead: a refusal is always safe,
-//! a different reading never is.
+//! records (`path`, `linkpath`, `size` applied, attribute keywords checked,
+//! `GNU.sparse.*` and unknown keywords refused), GNU long names and link
+//! names, and old-GNU sparse members (type `S`: four map slots in the
+//! header, then extension blocks of 21). Where GNU tar would accept
+//! something odd (overlapping sparse extents, a map that stops short of the
+//! real size, a lone zero block, bytes after the end of the archive), warns
+//! or fails, or reads a form otherwise than bsdtar (several blanks after a
+//! pax length, a long name running into its padding, sparse extents off
+//! 512 before another), this reader refuses instead: a refusal is always
+//! safe, a different reading never is. docs/archives.md lists the rules
+//! field by field; `tar_grammar_tests` tests each.
 //!
 //! The sparse map is streamed: the first [`MAP_IN_MEMORY`] extents are
 //! kept in memory, the rest spilled to an unnamed file while the extension
