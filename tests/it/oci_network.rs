@@ -10,6 +10,7 @@ use msb_registry::sample::mixed_bytes;
 use serde_json::{Value, json};
 
 use crate::oci_fake::*;
+use crate::util::Reg;
 
 /// The kinds of request a push and a pull make, as (method, path regex).
 const KINDS: [(&str, &str); 8] = [
@@ -442,5 +443,105 @@ fn a_token_realm_on_another_host_is_followed() {
                 .as_str()
                 .is_some_and(|a| a.starts_with("Bearer "))),
         "a push request went without its token"
+    );
+}
+
+/// What a pull leaves that a clean run must match: the snapshots by name
+/// and digest, and the files of the registry with their sizes.
+type Pulled = (Vec<(String, String)>, Vec<(String, u64)>);
+
+fn pulled_state(dst: &Reg) -> Pulled {
+    let list: Vec<Value> = dst.json(&["list"]);
+    let mut snapshots: Vec<(String, String)> = list
+        .iter()
+        .map(|s| (s["name"].to_string(), s["digest"].to_string()))
+        .collect();
+    snapshots.sort();
+    (snapshots, dst.tree().into_iter().collect())
+}
+
+/// A source registry holding `base` and its child `child`.
+fn chain_source() -> Reg {
+    let (src, base) = source("base");
+    let mut spec = sample_spec(&src, "child").parent(base);
+    spec.data = vec![(0, mixed_bytes(1, 200_000)), (5 << 20, vec![9; 4096])];
+    add(&src, "child", &spec);
+    src
+}
+
+/// Push `child` with its parent to `repo` of `fake`, then pull it into a
+/// fresh registry; the pull's state, the repository's tags (tag →
+/// manifest digest), and the notices of retries.
+fn round(
+    env: &Env,
+    src: &Reg,
+    fake: &Fake,
+    repo: &str,
+) -> (Pulled, Value, usize) {
+    let target = format!("{}/{repo}:child", fake.host());
+    let pushed = env.run(
+        src,
+        &["push", "child", &target, "--with-parents", "--insecure"],
+        b"",
+    );
+    let pushed = pushed.ok();
+    let dst = populated();
+    let pulled = env.run(&dst, &["pull", &target, "--insecure"], b"").ok();
+    dst.run(&["verify", "--content"]).ok();
+    let tags = fake.control(json!({"op": "tags", "repo": repo}))["tags"].clone();
+    let retries = [&pushed.stderr, &pulled.stderr]
+        .iter()
+        .flat_map(|s| s.lines())
+        .filter(|l| is_retry(l))
+        .count();
+    (pulled_state(&dst), tags, retries)
+}
+
+#[test]
+fn a_flaky_registry_soak_ends_as_a_clean_run() {
+    // 50 push/pull rounds (MSB_NET_SOAK_ROUNDS for more) in five lanes,
+    // against a fake failing 10 % of requests at random (seeded): 5xx,
+    // 429, resets, bodies cut half way.
+    let rounds: usize = std::env::var("MSB_NET_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let lanes = 5;
+    let env = Env::new();
+    let clean_fake = Fake::start();
+    let clean = round(&env, &chain_source(), &clean_fake, "soak/clean");
+    assert_eq!(clean.2, 0, "a clean run retried");
+
+    let fake = Fake::start();
+    fake.config(json!({"fail_rate": {"rate": 0.1, "seed": 24}}));
+    let retries: usize = std::thread::scope(|s| {
+        let lanes: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let (env, fake, clean) = (&env, &fake, &clean);
+                s.spawn(move || {
+                    let src = chain_source();
+                    let mut retries = 0;
+                    for r in (lane..rounds).step_by(lanes) {
+                        let (state, tags, n) = round(env, &src, fake, &format!("soak/r{r}"));
+                        assert_eq!(state, clean.0, "round {r}: the pull differs");
+                        assert_eq!(tags, clean.1, "round {r}: the repository differs");
+                        retries += n;
+                    }
+                    retries
+                })
+            })
+            .collect();
+        lanes.into_iter().map(|l| l.join().unwrap()).sum()
+    });
+    let log = fake.log();
+    let failed = log.iter().filter(|e| e["injected"].is_string()).count();
+    // A body cut after what the client needed (the `{}` of GET /v2/)
+    // costs nothing; every other failure costs one retry.
+    let cut = log.iter().filter(|e| e["injected"] == "truncate").count();
+    eprintln!("{rounds} rounds: {failed} requests failed ({cut} cut), {retries} retries");
+    assert!(failed > rounds, "the fake failed only {failed} requests");
+    assert!(
+        (failed - cut..=failed).contains(&retries),
+        "a failure was not retried, or a retry not said"
     );
 }
