@@ -5,7 +5,6 @@
 //! the registry is bounded and every blob digest-checked as it streams; an
 //! error names the registry and what it said, never a credential.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +14,13 @@ use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHEN
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
+mod auth;
+mod body;
+
+use self::auth::AuthState;
+use self::body::{
+    BodyFail, chain, content_length, error_text, file_stream, pieces, read_body, res_digest_header,
+};
 use super::credentials::Credentials;
 use super::deadline::{Activity, Cut, Deadline, Limits};
 use super::retry::{Fail, RetryPolicy, is_transient, jitter, retry_after};
@@ -71,8 +77,9 @@ impl std::fmt::Debug for Notices {
 
 /// The largest error body or token response read.
 const MAX_SMALL_BODY: u64 = 64 * 1024;
-/// The pieces a body is sent in (so its progress can be watched).
-const PIECE: usize = 256 * 1024;
+/// The pieces a body is sent in: small, so that progress is seen at a
+/// finer grain than `--min-rate` × `--stall-timeout` bytes.
+const PIECE: usize = 16 * 1024;
 
 /// Whether a request may push or only pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,23 +88,6 @@ pub enum Access {
     Pull,
     /// `pull,push`.
     Push,
-}
-
-#[derive(Debug, Clone, Default)]
-enum Scheme {
-    #[default]
-    Unknown,
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
-}
-
-#[derive(Default)]
-struct AuthState {
-    scheme: Scheme,
-    tokens: HashMap<String, String>,
 }
 
 /// A client of one registry.
@@ -721,11 +711,7 @@ impl Client {
         scopes: &[&str],
         build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
     ) -> std::result::Result<Response, Fail> {
-        if let Some((realm, service)) = self.bearer_without_token(scopes) {
-            let token = self.fetch_token(&realm, service.as_deref(), scopes).await?;
-            let mut auth = self.auth.lock().expect("auth state lock");
-            auth.tokens.insert(scopes.join(" "), token);
-        }
+        self.token_ahead(scopes).await?;
         let what = format!("{method} {}", url.path());
         let mut challenged = false;
         loop {
@@ -806,205 +792,6 @@ impl Client {
         }
     }
 
-    /// The token service to ask, when the registry uses bearer tokens and
-    /// we hold none for `scopes` yet (a new scope costs no extra 401).
-    fn bearer_without_token(&self, scopes: &[&str]) -> Option<(String, Option<String>)> {
-        let auth = self.auth.lock().expect("auth state lock");
-        match &auth.scheme {
-            Scheme::Bearer { realm, service } if !auth.tokens.contains_key(&scopes.join(" ")) => {
-                Some((realm.clone(), service.clone()))
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether `url` is on the registry itself (scheme, host and port):
-    /// credentials and tokens go nowhere else.
-    fn is_registry(&self, url: &Url) -> bool {
-        url.scheme() == self.base.scheme()
-            && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default()
-    }
-
-    /// `req` (to `url`) with the Authorization the registry asked for, if
-    /// any, and only when `url` is on the registry: a Location naming
-    /// another host gets none, as a redirect there gets none.
-    fn authorize(&self, req: RequestBuilder, url: &Url, scopes: &[&str]) -> RequestBuilder {
-        if !self.is_registry(url) {
-            return req;
-        }
-        let auth = self.auth.lock().expect("auth state lock");
-        match (&auth.scheme, &self.credentials) {
-            (Scheme::Basic, Credentials::Basic { username, password }) => {
-                req.basic_auth(username, Some(password))
-            }
-            (Scheme::Bearer { .. }, _) => match auth.tokens.get(&scopes.join(" ")) {
-                Some(token) => req.bearer_auth(token),
-                None => req,
-            },
-            _ => req,
-        }
-    }
-
-    /// Take the registry's challenge: remember basic, or fetch a token.
-    async fn answer(&self, challenge: &str, scopes: &[&str]) -> std::result::Result<(), Fail> {
-        let (kind, params) = parse_challenge(challenge);
-        match kind.to_ascii_lowercase().as_str() {
-            "basic" => {
-                if !matches!(self.credentials, Credentials::Basic { .. }) {
-                    return Err(Fail::Stop(Error::RemoteAuth {
-                        registry: self.registry.clone(),
-                        detail: format!(
-                            "the registry wants a user name and password: give --username and --password-stdin, or `docker login {}`",
-                            self.registry
-                        ),
-                    }));
-                }
-                self.auth.lock().expect("auth state lock").scheme = Scheme::Basic;
-                Ok(())
-            }
-            "bearer" => {
-                let realm = params
-                    .get("realm")
-                    .cloned()
-                    .ok_or_else(|| self.remote("a Bearer challenge without a realm"))?;
-                let service = params.get("service").cloned();
-                let token = self.fetch_token(&realm, service.as_deref(), scopes).await?;
-                let mut auth = self.auth.lock().expect("auth state lock");
-                auth.scheme = Scheme::Bearer { realm, service };
-                auth.tokens.insert(scopes.join(" "), token);
-                Ok(())
-            }
-            _ => Err(Fail::Stop(Error::RemoteAuth {
-                registry: self.registry.clone(),
-                detail: format!(
-                    "unsupported authentication challenge {}",
-                    crate::model::text::escape(&kind)
-                ),
-            })),
-        }
-    }
-
-    /// A token for `scopes` from the token service at `realm`.
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[&str],
-    ) -> std::result::Result<String, Fail> {
-        let url = Url::parse(realm).map_err(|e| {
-            self.remote(format!(
-                "token realm {}: {e}",
-                crate::model::text::escape(realm)
-            ))
-        })?;
-        if url.scheme() != "https" && !(url.scheme() == "http" && self.base.scheme() == "http") {
-            return Err(self
-                .remote(format!(
-                    "token realm {} is not HTTPS; credentials are not sent there",
-                    crate::model::text::escape(realm)
-                ))
-                .into());
-        }
-        let res = self
-            .token_request(url, service, scopes)
-            .send()
-            .await
-            .map_err(|e| self.cut_off("token request", &e))?;
-        match res.status() {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(self.token_refused(res).await.into())
-            }
-            s if is_transient(s) => Err(self.transient("token request", res).await),
-            s if !s.is_success() => Err(self.unexpected("token request", res).await.into()),
-            _ => self.read_token(res).await,
-        }
-    }
-
-    /// Docker's token request: an OAuth2 refresh-token POST for an
-    /// identity token, else a GET with basic credentials when we have them.
-    fn token_request(
-        &self,
-        mut url: Url,
-        service: Option<&str>,
-        scopes: &[&str],
-    ) -> RequestBuilder {
-        if let Credentials::IdentityToken(refresh) = &self.credentials {
-            let mut form = vec![
-                ("grant_type", "refresh_token".to_string()),
-                ("refresh_token", refresh.clone()),
-                ("client_id", "msb-registry".to_string()),
-                ("scope", scopes.join(" ")),
-            ];
-            if let Some(s) = service {
-                form.push(("service", s.to_string()));
-            }
-            return self
-                .http
-                .post(url)
-                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(url::form_urlencoded_pairs(&form));
-        }
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            for s in scopes {
-                q.append_pair("scope", s);
-            }
-            q.append_pair("client_id", "msb-registry");
-        }
-        let req = self.http.get(url);
-        match &self.credentials {
-            Credentials::Basic { username, password } => req.basic_auth(username, Some(password)),
-            _ => req,
-        }
-    }
-
-    async fn token_refused(&self, res: Response) -> Error {
-        let said = error_text(res).await;
-        let hint = if self.credentials.is_anonymous() {
-            format!(
-                "; the registry wants credentials: give --username and --password-stdin, or `docker login {}`",
-                self.registry
-            )
-        } else {
-            String::new()
-        };
-        Error::RemoteAuth {
-            registry: self.registry.clone(),
-            detail: format!("the token service refused: {said}{hint}"),
-        }
-    }
-
-    /// The token in the token service's answer (at most 64 KiB of JSON).
-    async fn read_token(&self, res: Response) -> std::result::Result<String, Fail> {
-        let mut body = Vec::new();
-        read_body(res, 0, None, false, &Activity::default(), &mut |piece| {
-            body.extend_from_slice(piece);
-            if body.len() as u64 > MAX_SMALL_BODY {
-                return Err(self.remote("token response larger than 64 KiB").into());
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|f| self.fail_in("token", f))?;
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
-            self.remote("the token service answered with something that is not a token")
-        })?;
-        Ok(answer
-            .token
-            .or(answer.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.remote("the token service answered without a token"))?)
-    }
-
     fn transfer(&self, what: &str, e: &reqwest::Error) -> Error {
         let text = chain(e);
         let hint = if self.base.scheme() == "https" && text.contains("InvalidContentType") {
@@ -1032,161 +819,11 @@ fn scope(repository: &str, access: Access) -> String {
     }
 }
 
-fn content_length(res: &Response) -> Option<u64> {
-    res.headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-fn res_digest_header(res: &Response) -> Option<Digest> {
-    res.headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 fn with_digest(mut location: Url, digest: &Digest) -> Url {
     location
         .query_pairs_mut()
         .append_pair("digest", &digest.to_string());
     location
-}
-
-/// What an error response says, from the distribution error body when it
-/// has one: `CODE: message`, one line, escaped, bounded.
-async fn error_text(mut res: Response) -> String {
-    let status = res.status();
-    let mut body = Vec::new();
-    while let Ok(Some(piece)) = res.chunk().await {
-        body.extend_from_slice(&piece);
-        if body.len() as u64 > MAX_SMALL_BODY {
-            break;
-        }
-    }
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        errors: Vec<ErrorItem>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ErrorItem {
-        code: Option<String>,
-        message: Option<String>,
-    }
-    let text = match serde_json::from_slice::<Errors>(&body) {
-        Ok(e) if !e.errors.is_empty() => e
-            .errors
-            .iter()
-            .map(|i| {
-                format!(
-                    "{}: {}",
-                    i.code.as_deref().unwrap_or("ERROR"),
-                    i.message.as_deref().unwrap_or("")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-        _ => format!("{status}"),
-    };
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let cut: String = one_line.chars().take(300).collect();
-    crate::model::text::escape(&cut).into_owned()
-}
-
-/// The error and its causes, on one line (reqwest hides the interesting
-/// part — refused, reset, certificate — in the sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-/// Split `Bearer realm="…",service="…"` into its scheme and parameters.
-fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
-    let header = header.trim();
-    let (kind, rest) = header.split_once(' ').unwrap_or((header, ""));
-    let mut params = HashMap::new();
-    let mut rest = rest.trim();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.find('"') {
-                Some(end) => (&quoted[..end], &quoted[end + 1..]),
-                None => (quoted, ""),
-            }
-        } else {
-            match after.find(',') {
-                Some(end) => (&after[..end], &after[end..]),
-                None => (after, ""),
-            }
-        };
-        params.insert(key, value.to_string());
-        rest = tail.trim_start_matches(',').trim();
-    }
-    (kind.to_string(), params)
-}
-
-/// A failure while reading a body: the network's, or the reader's own.
-enum BodyFail {
-    Net(reqwest::Error),
-    Fail(Fail),
-}
-
-impl From<Fail> for BodyFail {
-    fn from(f: Fail) -> Self {
-        BodyFail::Fail(f)
-    }
-}
-
-impl From<Error> for BodyFail {
-    fn from(e: Error) -> Self {
-        BodyFail::Fail(Fail::Stop(e))
-    }
-}
-
-/// Read `res`'s body into `take`, counting it in `activity`: the first
-/// `skip` bytes dropped, and when `stop_at` is given, no more than that
-/// after them (`cut`: the last piece shortened to fit; else handed over
-/// whole, for `take` to judge).
-async fn read_body(
-    mut res: Response,
-    skip: u64,
-    stop_at: Option<u64>,
-    cut: bool,
-    activity: &Activity,
-    take: &mut dyn FnMut(&[u8]) -> std::result::Result<(), BodyFail>,
-) -> std::result::Result<(), BodyFail> {
-    let (mut seen, mut given) = (0u64, 0u64);
-    while stop_at.is_none_or(|n| given < n) {
-        let Some(piece) = res.chunk().await.map_err(BodyFail::Net)? else {
-            break;
-        };
-        activity.moved(piece.len());
-        let from = skip.saturating_sub(seen).min(piece.len() as u64) as usize;
-        seen += piece.len() as u64;
-        let mut part = &piece[from..];
-        if cut && let Some(n) = stop_at {
-            part = &part[..part.len().min((n - given) as usize)];
-        }
-        given += part.len() as u64;
-        take(part)?;
-    }
-    Ok(())
 }
 
 /// The refusal of a registry sending more than a span asked for.
@@ -1229,85 +866,4 @@ fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>> {
         )));
     }
     Ok(certs)
-}
-
-/// `body` as a stream of pieces, each counted in `activity` as it goes.
-fn pieces(
-    body: Bytes,
-    activity: Activity,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let n = body.len().div_ceil(PIECE);
-    futures_util::stream::iter((0..n).map(move |i| {
-        let piece = body.slice(i * PIECE..((i + 1) * PIECE).min(body.len()));
-        activity.moved(piece.len());
-        Ok(piece)
-    }))
-}
-
-/// The file `path` as a stream of pieces, opened when first read, each
-/// piece counted in `activity`.
-fn file_stream(
-    path: std::path::PathBuf,
-    activity: Activity,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    use tokio::io::AsyncReadExt;
-    enum State {
-        Closed(std::path::PathBuf),
-        Open(tokio::fs::File),
-    }
-    futures_util::stream::unfold(Some(State::Closed(path)), move |state| {
-        let activity = activity.clone();
-        async move {
-            let mut file = match state? {
-                State::Open(file) => file,
-                State::Closed(path) => match tokio::fs::File::open(&path).await {
-                    Ok(file) => file,
-                    Err(e) => return Some((Err(e), None)),
-                },
-            };
-            let mut buf = vec![0u8; PIECE];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    activity.moved(n);
-                    Some((Ok(Bytes::from(buf)), Some(State::Open(file))))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        }
-    })
-}
-
-mod url {
-    /// `application/x-www-form-urlencoded` of `pairs`.
-    pub fn form_urlencoded_pairs(pairs: &[(&str, String)]) -> String {
-        let mut s = reqwest::Url::parse("x:/").expect("static URL");
-        {
-            let mut q = s.query_pairs_mut();
-            for (k, v) in pairs {
-                q.append_pair(k, v);
-            }
-        }
-        s.query().unwrap_or("").to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenges_parse_as_docker_sends_them() {
-        let (kind, p) = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
-        );
-        assert_eq!(kind, "Bearer");
-        assert_eq!(p["realm"], "https://auth.example/token");
-        assert_eq!(p["service"], "registry.example");
-        assert_eq!(p["scope"], "repository:a/b:pull,push");
-        let (kind, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
-        assert_eq!(kind, "Basic");
-        assert_eq!(p["realm"], "Registry Realm");
-    }
 }

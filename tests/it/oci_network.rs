@@ -472,12 +472,7 @@ fn chain_source() -> Reg {
 /// Push `child` with its parent to `repo` of `fake`, then pull it into a
 /// fresh registry; the pull's state, the repository's tags (tag →
 /// manifest digest), and the notices of retries.
-fn round(
-    env: &Env,
-    src: &Reg,
-    fake: &Fake,
-    repo: &str,
-) -> (Pulled, Value, usize) {
+fn round(env: &Env, src: &Reg, fake: &Fake, repo: &str) -> (Pulled, Value, usize) {
     let target = format!("{}/{repo}:child", fake.host());
     let pushed = env.run(
         src,
