@@ -540,3 +540,42 @@ fn a_flaky_registry_soak_ends_as_a_clean_run() {
         "a failure was not retried, or a retry not said"
     );
 }
+
+#[test]
+fn seventeen_concurrent_pushes_to_one_distribution_repository_all_land() {
+    // Distribution 2.8 itself answered one push of 17 like these with
+    // HTTP 500 before retries: the same packs uploaded side by side.
+    if !crate::ociutil::enabled() {
+        return;
+    }
+    let remote = crate::ociutil::OciRegistry::start(crate::ociutil::Options::plain());
+    let repo = remote.repo("snaps");
+    let env = Env::new();
+    let sources: Vec<(Reg, _)> = (0..17).map(|i| source(&format!("s{i}"))).collect();
+    let runs: Vec<_> = std::thread::scope(|s| {
+        let pushes: Vec<_> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, (src, _))| {
+                let (env, target) = (&env, format!("{repo}:s{i}"));
+                s.spawn(move || {
+                    let name = format!("s{i}");
+                    env.run(src, &["push", &name, &target, "--insecure"], b"")
+                })
+            })
+            .collect();
+        pushes.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    let retries: usize = runs
+        .into_iter()
+        .map(|r| r.ok().stderr.lines().filter(|l| is_retry(l)).count())
+        .sum();
+    eprintln!("17 concurrent pushes: {retries} retries");
+    let dst = populated();
+    for (i, (_, digest)) in sources.iter().enumerate() {
+        let target = format!("{repo}:s{i}");
+        let run = env.run(&dst, &["pull", &target, "--insecure", "--json"], b"");
+        assert_eq!(run.ok().json::<Value>()["head"], digest.to_string());
+    }
+    dst.run(&["verify", "--content"]).ok();
+}
