@@ -579,3 +579,47 @@ fn seventeen_concurrent_pushes_to_one_distribution_repository_all_land() {
     }
     dst.run(&["verify", "--content"]).ok();
 }
+
+#[test]
+fn docker_hub_references_ask_for_dockers_credential_key() {
+    // A credential helper that records the server it is asked about and
+    // fails, so nothing is contacted: which key each reference looks up.
+    let env = Env::new();
+    let dst = populated();
+    std::fs::create_dir_all(env.bin()).unwrap();
+    let asked = env.dir.path().join("asked");
+    let helper = env.bin().join("docker-credential-msbask");
+    let script = format!(
+        "#!/bin/sh\nread server\necho \"$server\" >> '{}'\necho 'no credentials here' >&2\nexit 1\n",
+        asked.display()
+    );
+    std::fs::write(&helper, script).unwrap();
+    let mut perms = std::fs::metadata(&helper).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&helper, perms).unwrap();
+    env.write_config(&json!({"credsStore": "msbask"}));
+    let hub = "https://index.docker.io/v1/";
+    let cases = [
+        ("team/snaps:app", hub),
+        ("snaps:app", hub),
+        ("docker.io/team/snaps:app", hub),
+        ("index.docker.io/library/snaps:app", hub),
+        ("registry-1.docker.io/team/snaps:app", hub),
+        ("localhost:5000/team/snaps:app", "localhost:5000"),
+        (
+            "registry.example.com/team/snaps:app",
+            "registry.example.com",
+        ),
+    ];
+    for (reference, _) in cases {
+        let run = env.run(&dst, &["pull", reference], b"");
+        failed(
+            &run,
+            9,
+            &["docker-credential-msbask failed", "no credentials here"],
+        );
+    }
+    let got = std::fs::read_to_string(&asked).unwrap();
+    let want: Vec<&str> = cases.iter().map(|c| c.1).collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+}
