@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::CommandFactory;
 
@@ -19,7 +20,9 @@ use crate::ops::import::{ImportOptions, ImportSource};
 use crate::ops::pull::PullOptions;
 use crate::ops::push::PushOptions;
 use crate::ops::registry::Registry;
-use crate::remote::{ClientOptions, Credentials, RemoteRef};
+use crate::remote::deadline::Limits;
+use crate::remote::retry::RetryPolicy;
+use crate::remote::{ClientOptions, Credentials, Notices, RemoteRef};
 use crate::store::layout::Layout;
 
 fn root_of(cli: &Cli) -> Result<PathBuf> {
@@ -384,7 +387,7 @@ fn push(
         with_parents: args.with_parents,
         with_image: args.with_image,
         jobs: usize::from(args.jobs),
-        client: client_options(&target, args.remote)?,
+        client: client_options(&target, args.remote, progress)?,
     };
     let r = registry.push(&args.reference, &target, &opts, progress)?;
     for w in &r.warnings {
@@ -405,7 +408,7 @@ fn pull(
         name: args.name,
         jobs: usize::from(args.jobs),
         max_file_bytes: args.max_file_size,
-        client: client_options(&source, args.remote)?,
+        client: client_options(&source, args.remote, progress)?,
     };
     let r = registry.pull(&source, &opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());
@@ -413,8 +416,13 @@ fn pull(
 }
 
 /// Transport and credentials: `--username` with the password on stdin,
-/// else the docker config's for the registry, else none.
-fn client_options(remote: &RemoteRef, args: RemoteArgs) -> Result<ClientOptions> {
+/// else the docker config's for the registry, else none; the deadline and
+/// retry settings; retries said on stderr, above the bar.
+fn client_options(
+    remote: &RemoteRef,
+    args: RemoteArgs,
+    progress: &BarProgress,
+) -> Result<ClientOptions> {
     let credentials = match args.username {
         Some(username) => {
             use std::io::Read;
@@ -453,5 +461,15 @@ fn client_options(remote: &RemoteRef, args: RemoteArgs) -> Result<ClientOptions>
         insecure: args.insecure,
         ca_cert: args.ca_cert,
         credentials,
+        limits: Limits {
+            timeout: args.timeout.map(Duration::from_secs),
+            stall: Duration::from_secs(args.stall_timeout),
+            min_rate: args.min_rate,
+        },
+        retry: RetryPolicy {
+            retries: args.retries,
+            ..RetryPolicy::default()
+        },
+        notices: Notices::new(progress.notice_printer()),
     })
 }

@@ -27,6 +27,7 @@ mod oci;
 mod oci_auth;
 mod oci_fake;
 mod oci_hostile;
+mod oci_network;
 mod ociutil;
 mod reader;
 mod reports;
