@@ -26,6 +26,7 @@ mod oci;
 mod oci_auth;
 mod oci_fake;
 mod oci_hostile;
+mod oci_pushpull;
 mod ociutil;
 mod reader;
 mod reports;
