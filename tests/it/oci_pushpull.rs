@@ -516,3 +516,62 @@ fn walkdir_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `len` pseudo-random bytes: zstd cannot shrink them.
+fn incompressible(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn push_and_pull_bound_bytes_in_flight_not_requests() {
+    // 96 MiB that does not compress, 24 packs of 4 MiB, --jobs 32 to a
+    // slow registry: every pack could be in flight at once, and once was.
+    let fake = Fake::start();
+    let env = Env::new();
+    let src = Reg::new();
+    let mut spec = sample_spec(&src, "noise");
+    spec.len = 100 << 20;
+    spec.data = vec![(0, incompressible(7, 96 << 20))];
+    add(&src, "noise", &spec);
+    fake.config(json!({"stall": 0.3}));
+    let target = fake.at("noise");
+    let (run, kib) = measuring_rss(
+        &env,
+        &src,
+        &[
+            "push",
+            "noise",
+            &target,
+            "--insecure",
+            "--jobs",
+            "32",
+            "--json",
+        ],
+    );
+    let report: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    assert!(report["blobs_uploaded"].as_u64().unwrap() >= 24, "{report}");
+    eprintln!("push of 96 MiB incompressible, --jobs 32: peak RSS {kib:?} KiB");
+    if let Some(kib) = kib {
+        assert!(kib <= 64 << 10, "push peak RSS {kib} KiB");
+    }
+    let dst = Reg::new();
+    let (run, kib) = measuring_rss(
+        &env,
+        &dst,
+        &["pull", &target, "--insecure", "--jobs", "32", "--json"],
+    );
+    run.ok();
+    eprintln!("pull of it, --jobs 32: peak RSS {kib:?} KiB");
+    if let Some(kib) = kib {
+        assert!(kib <= 64 << 10, "pull peak RSS {kib} KiB");
+    }
+    dst.run(&["verify", "--content"]).ok();
+}
