@@ -191,8 +191,14 @@ fn dispatch(
                 progress,
             )?
         }
-        Command::Push(args) => push(registry, args, p, progress)?,
-        Command::Pull(args) => pull(registry, args, p, progress)?,
+        Command::Push(args) => {
+            crate::process::interrupt::install();
+            push(registry, args, p, progress)?
+        }
+        Command::Pull(args) => {
+            crate::process::interrupt::install();
+            pull(registry, args, p, progress)?
+        }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
         Command::Demo | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the registry root is chosen")

@@ -28,6 +28,7 @@ mod oci_auth;
 mod oci_fake;
 mod oci_hostile;
 mod oci_network;
+mod oci_pushpull;
 mod ociutil;
 mod reader;
 mod reports;
