@@ -179,11 +179,23 @@ impl Client {
             let res = self
                 .send_once(&Method::GET, &url, &[&scope], &|r| r)
                 .await?;
-            if res.status().is_success() {
-                Ok(())
-            } else {
-                Err(self.unexpected("GET /v2/", res).await.into())
+            let status = res.status();
+            if status.is_success() {
+                return Ok(());
             }
+            let error = self.unexpected("GET /v2/", res).await;
+            // What a TLS server answers a plain-HTTP request with.
+            Err(
+                if status == StatusCode::BAD_REQUEST && self.base.scheme() == "http" {
+                    with_hint(
+                        error,
+                        "; the registry seems to speak HTTPS: drop --insecure",
+                    )
+                } else {
+                    error
+                }
+                .into(),
+            )
         })
         .await
     }
@@ -839,15 +851,20 @@ fn span_overflow(span: &Span<'_>) -> Fail {
     Fail::Stop(super::format::malformed(span.subject, reason))
 }
 
-/// `error` with `why` it is final appended to what it says.
-fn with_detail(error: Error, why: &str) -> Error {
+/// `error` with `hint` appended to what it says.
+fn with_hint(error: Error, hint: &str) -> Error {
     match error {
         Error::Remote { registry, detail } => Error::Remote {
             registry,
-            detail: format!("{detail} (gave up: {why})"),
+            detail: format!("{detail}{hint}"),
         },
         other => other,
     }
+}
+
+/// `error` with `why` it is final appended to what it says.
+fn with_detail(error: Error, why: &str) -> Error {
+    with_hint(error, &format!(" (gave up: {why})"))
 }
 
 /// The certificates of the PEM file given as `--ca-cert`.

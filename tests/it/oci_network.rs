@@ -623,3 +623,20 @@ fn docker_hub_references_ask_for_dockers_credential_key() {
     let want: Vec<&str> = cases.iter().map(|c| c.1).collect();
     assert_eq!(got.lines().collect::<Vec<_>>(), want);
 }
+
+#[test]
+fn insecure_against_a_tls_registry_says_so() {
+    if !crate::ociutil::enabled() {
+        return;
+    }
+    let remote = crate::ociutil::OciRegistry::start(crate::ociutil::Options::tls());
+    let env = Env::new();
+    let (src, _) = source("base");
+    let target = format!("{}:base", remote.repo("snaps"));
+    let run = env.run(&src, &["push", "base", &target, "--insecure"], b"");
+    failed(
+        &run,
+        8,
+        &[&remote.host(), "400", "speak HTTPS: drop --insecure"],
+    );
+}
