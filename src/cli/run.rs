@@ -57,6 +57,7 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         _ => {}
     }
     refuse_terminals(&cli.command)?;
+    crate::db::check_wait_limit()?;
     let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => super::sql::run(&root, &query, &mut p)?,

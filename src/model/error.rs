@@ -223,6 +223,64 @@ pub enum Error {
         artifacts: String,
     },
 
+    /// The index's schema history is damaged: what `reindex` repairs.
+    #[error(
+        "the index {} is corrupt: {detail} (`msb-registry reindex` moves it aside and rebuilds the index from the files)",
+        db.display()
+    )]
+    IndexHistory {
+        /// `registry.db`.
+        db: PathBuf,
+        /// What is wrong with the history.
+        detail: String,
+    },
+
+    /// `registry.db` is an SQLite database some other program wrote: it is
+    /// neither read nor migrated.
+    #[error(
+        "{} is not an msb-registry index: {detail}; nothing was changed (move it away, or choose another --root)",
+        db.display()
+    )]
+    ForeignIndex {
+        /// `registry.db`.
+        db: PathBuf,
+        /// What it holds instead.
+        detail: String,
+    },
+
+    /// `registry.db` exists but is not a regular file.
+    #[error(
+        "the index {} is {kind}, not a file; move it away, then `msb-registry reindex` rebuilds the index from the files",
+        db.display()
+    )]
+    IndexNotFile {
+        /// `registry.db`.
+        db: PathBuf,
+        /// "a directory", "a FIFO" …
+        kind: &'static str,
+    },
+
+    /// The index was written by a newer msb-registry, with migrations this
+    /// binary does not know: reads go on where the schema allows, writes are refused.
+    #[error(
+        "the index {} was written by a newer msb-registry{} (schema V{version}); this is msb-registry {}, which knows the schema up to V{known}: upgrade msb-registry to {what}",
+        db.display(),
+        writer.as_deref().map(|w| format!(" ({w})")).unwrap_or_default(),
+        env!("CARGO_PKG_VERSION")
+    )]
+    IndexTooNew {
+        /// `registry.db`.
+        db: PathBuf,
+        /// The highest schema version applied.
+        version: i64,
+        /// The highest version this binary embeds.
+        known: i64,
+        /// The version of msb-registry that last migrated it, when recorded.
+        writer: Option<String>,
+        /// What was refused ("write to it", "read it").
+        what: &'static str,
+    },
+
     /// The registry lock stayed held by another command past the timeout.
     #[error("{} is still held by another msb-registry command after {waited_secs} s; retry when it ends", path.display())]
     LockTimeout {
@@ -310,7 +368,11 @@ impl Error {
             Error::ReadOnlySql(_) => exit::USAGE,
             Error::Interrupted { signal, .. } => 128 + signal,
             Error::NoRegistry { .. } => exit::NOT_FOUND,
-            Error::IndexLost { .. } => exit::INTEGRITY,
+            Error::IndexLost { .. }
+            | Error::IndexHistory { .. }
+            | Error::ForeignIndex { .. }
+            | Error::IndexNotFile { .. } => exit::INTEGRITY,
+            Error::IndexTooNew { .. } => exit::USAGE,
             Error::LockTimeout { .. } => exit::CONFLICT,
             Error::Db(e) if is_corrupt(e) || is_bad_value(e) => exit::INTEGRITY,
             Error::Db(rusqlite::Error::SqliteFailure(f, _))
@@ -329,6 +391,12 @@ impl Error {
     /// what `reindex` repairs by rebuilding it.
     pub fn is_damaged_index(&self) -> bool {
         matches!(self, Error::Db(e) if is_corrupt(e) || is_bad_value(e))
+            || matches!(self, Error::IndexHistory { .. })
+    }
+
+    /// Whether a file-system operation was refused for want of permission.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
     }
 
     /// Whether the file system refused a write for want of space or

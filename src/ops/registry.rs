@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::db::schema::Schema;
 use crate::db::{self, Db, SnapshotRow};
 use crate::journal::{self, RegistryLock, lock::lock_exclusive};
 use crate::model::digest::{Digest, is_lower_hex};
@@ -37,8 +38,10 @@ impl Registry {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
+        check_index_is_file(&layout)?;
         check_index_present(&layout)?;
         check_not_foreign(&layout)?;
+        probe_index(&layout, false)?;
         Self::open_writable(layout)
     }
 
@@ -59,22 +62,30 @@ impl Registry {
     /// snapshot while writers work), and a read-only root works. A root
     /// without an index is exit 3, or exit 5 when artifacts show the index
     /// was lost. An index whose schema is behind is brought up to date
-    /// through a writable open first.
+    /// through a writable open first, or, where it cannot be written
+    /// (read-only or full storage), read through a migrated private copy.
     pub fn open_read(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
+        check_index_is_file(&layout)?;
         check_index_present(&layout)?;
         if !layout.db().is_file() {
             return Err(Error::NoRegistry {
                 root: layout.root().to_path_buf(),
             });
         }
-        let db = Db::open_read(&layout.db())?;
-        if db.needs_migration()? {
-            drop(db);
-            return Self::open_writable(layout);
+        let (db, schema) = Db::open_read(&layout.db())?;
+        if !matches!(schema, Schema::Behind | Schema::New) {
+            return Ok(Registry { layout, db });
         }
-        Ok(Registry { layout, db })
+        drop(db);
+        match Self::open_writable(layout.clone()) {
+            Err(e) if e.is_storage() || e.is_permission_denied() => Ok(Registry {
+                db: Db::open_migrated_copy(&layout.db())?,
+                layout,
+            }),
+            other => other,
+        }
     }
 
     /// Open for `reindex`. A healthy index is opened as usual. Otherwise
@@ -90,7 +101,9 @@ impl Registry {
     pub fn open_for_reindex(root: impl Into<PathBuf>, rebuild: bool) -> Result<(Self, Rebuild)> {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
+        check_index_is_file(&layout)?;
         check_not_foreign(&layout)?;
+        probe_index(&layout, true)?;
         for dir in layout.dirs() {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         }
@@ -270,6 +283,49 @@ fn move_aside(layout: &Layout) -> Result<PathBuf> {
     }
     crate::store::files::fsync_dir(layout.root())?;
     Ok(aside)
+}
+
+/// Before a writer creates anything: an existing index that is not ours
+/// is refused, one a newer msb-registry migrated is not written, and
+/// (unless `damage_ok`, for reindex) a damaged schema history is corruption.
+fn probe_index(layout: &Layout, damage_ok: bool) -> Result<()> {
+    if index_state(layout).is_some() {
+        return Ok(());
+    }
+    match Db::open_read(&layout.db()) {
+        Ok((db, Schema::Newer { version })) => Err(db.too_new(&layout.db(), version)),
+        Ok(_) => Ok(()),
+        Err(e @ Error::ForeignIndex { .. }) => Err(e),
+        Err(e @ Error::IndexHistory { .. }) if !damage_ok => Err(e),
+        // Other damage is for the writable open to report, or reindex to repair.
+        Err(_) => Ok(()),
+    }
+}
+
+/// An index that exists must be a regular file (a symbolic link to one
+/// is followed): a directory or a FIFO there is damage nothing moves aside
+/// by itself, and a FIFO would make SQLite wait forever.
+fn check_index_is_file(layout: &Layout) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(layout.db()) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    let kind = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    };
+    Err(Error::IndexNotFile {
+        db: layout.db(),
+        kind,
+    })
 }
 
 /// A root that exists must be a directory (a missing one is created by the

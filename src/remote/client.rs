@@ -371,7 +371,7 @@ impl Client {
     ) -> Result<()> {
         let location = self.start_upload(repository).await?;
         let url = with_digest(location, digest);
-        let file = tokio::fs::File::open(path).await.at("open", path)?;
+        let file = tokio::fs::File::from_std(crate::store::files::open_regular(path)?);
         let stream = file_stream(file);
         let req = self
             .http

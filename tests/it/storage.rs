@@ -1,0 +1,292 @@
+//! Issue 22, storage robustness: damage to the schema history, indexes
+//! from a newer msb-registry or from another program, FIFOs where locks
+//! belong, read-only and full storage, interrupted `add`s and failing
+//! commands on a root that was not a registry.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn sql(reg: &Reg) -> rusqlite::Connection {
+    rusqlite::Connection::open(reg.root().join("registry.db")).unwrap()
+}
+
+fn names(reg: &Reg) -> Vec<String> {
+    let list: Vec<serde_json::Value> = reg.json(&["list"]);
+    let mut names: Vec<String> = list
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A snapshot directory (outside the root) to add, pinning the chain's image.
+fn another(reg: &Reg, image: &msb_registry::model::image::ImageMetadata, tag: &str) -> String {
+    let dir = reg.path(&format!("src/{tag}"));
+    make_snapshot(&dir, &SnapSpec::new(image).label("tag", tag));
+    dir.to_str().unwrap().to_string()
+}
+
+const REINDEX_HINT: &str = "`msb-registry reindex` moves it aside";
+
+#[test]
+fn issue_22_a_damaged_schema_history_is_corruption_that_reindex_repairs() {
+    for damage in [
+        "UPDATE refinery_schema_history SET applied_on = 'last tuesday' WHERE version = 1",
+        "DELETE FROM refinery_schema_history",
+        "UPDATE refinery_schema_history SET checksum = '12345' WHERE version = 2",
+        "UPDATE refinery_schema_history SET checksum = 'x' WHERE version = 2",
+        "DELETE FROM refinery_schema_history WHERE version = 3",
+        "DROP TABLE refinery_schema_history",
+        "UPDATE refinery_schema_history SET version = 'one' WHERE version = 1",
+    ] {
+        let reg = Reg::new();
+        let (_, image) = chain_in_registry(&reg);
+        let rows = crate::crash::rows(&reg);
+        sql(&reg).execute_batch(damage).unwrap();
+        let files = reg.tree();
+        let more = another(&reg, &image, "more");
+        for args in [
+            &["list"][..],
+            &["show", "app"],
+            &["sql", "SELECT 1"],
+            &["verify"],
+            &["gc"],
+            &["rm", "app"],
+            &["rename", "app", "web"],
+            &["add", &more],
+        ] {
+            let run = reg.run(args).fails(5, REINDEX_HINT);
+            assert!(
+                run.stderr.contains("refinery_schema_history"),
+                "{damage}: {args:?}: {}",
+                run.stderr
+            );
+            assert_eq!(reg.tree(), files, "{damage}: {args:?} changed files");
+        }
+        reg.run(&["reindex"]).ok();
+        assert_eq!(crate::crash::rows(&reg), rows, "{damage}");
+        reg.run(&["verify", "--content"]).ok();
+        reg.run(&["add", &more, "--name", "more"]).ok();
+    }
+}
+
+#[test]
+fn issue_22_an_index_from_a_newer_msb_registry_says_so_and_still_reads() {
+    let reg = Reg::new();
+    let (_, image) = chain_in_registry(&reg);
+    let conn = sql(&reg);
+    conn.execute_batch(
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+         VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '42');
+         PRAGMA user_version = 2003004;",
+    )
+    .unwrap();
+    drop(conn);
+    let before = reg.dump();
+    assert_eq!(names(&reg), ["app", "base", "deps"]);
+    reg.run(&["show", "app"]).ok();
+    reg.run(&["verify", "--content"]).ok();
+    reg.run(&["sql", "SELECT count(*) FROM snapshots"]).ok();
+    let more = another(&reg, &image, "more");
+    for args in [
+        &["add", &more][..],
+        &["rm", "app"],
+        &["rename", "app", "web"],
+        &["gc"],
+        &["reindex"],
+    ] {
+        let run = reg.run(args).fails(2, "written by a newer msb-registry");
+        assert!(
+            run.stderr.contains("msb-registry 2.3.4") && run.stderr.contains("schema V99"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(reg.dump(), before, "a refused writer changed the registry");
+}
+
+#[test]
+fn issue_22_a_database_that_is_not_ours_is_refused_and_never_migrated() {
+    let reg = Reg::new();
+    std::fs::create_dir_all(reg.root()).unwrap();
+    let db = reg.root().join("registry.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE people (name TEXT); INSERT INTO people VALUES ('ada');")
+        .unwrap();
+    drop(conn);
+    let bytes = std::fs::read(&db).unwrap();
+    let cache = reg.path("cache");
+    let image = make_image_cache(&cache, "python:3.12", 7, &[4096]);
+    let dir = another(&reg, &image, "one");
+    for args in [
+        &["list"][..],
+        &["sql", "SELECT * FROM people"],
+        &["verify"],
+        &["gc"],
+        &["reindex"],
+        &["add", &dir],
+        &["rm", "x"],
+    ] {
+        let run = reg.run(args).fails(5, "is not an msb-registry index");
+        assert!(run.stderr.contains("people"), "{args:?}: {}", run.stderr);
+        let entries: Vec<String> = std::fs::read_dir(reg.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(entries, ["registry.db"], "{args:?} created files");
+        assert_eq!(std::fs::read(&db).unwrap(), bytes, "{args:?} wrote to it");
+    }
+}
+
+#[test]
+fn issue_22_an_index_that_is_a_directory_is_a_clear_error() {
+    let reg = Reg::new();
+    let (_, image) = chain_in_registry(&reg);
+    let db = reg.root().join("registry.db");
+    std::fs::remove_file(&db).unwrap();
+    std::fs::create_dir(&db).unwrap();
+    let more = another(&reg, &image, "more");
+    for args in [&["list"][..], &["gc"], &["reindex"], &["add", &more]] {
+        reg.run(args).fails(5, "is a directory, not a file");
+    }
+    std::fs::remove_dir(&db).unwrap();
+    reg.run(&["reindex"]).ok();
+    assert_eq!(names(&reg), ["app", "base", "deps"]);
+}
+
+/// A command that has not ended after this long is hung (a guard against
+/// hangs, not a speed assertion).
+const HUNG: Duration = Duration::from_secs(120);
+
+/// Run the binary on `reg` and fail (rather than hang) when it does not end.
+fn bounded(reg: &Reg, args: &[&str]) -> Run {
+    let mut child = reg
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > HUNG {
+            child.kill().unwrap();
+            panic!("{args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Run::from(child.wait_with_output().unwrap())
+}
+
+/// An artifact's `.lock` beside it, as microsandbox names it.
+fn lock_of(artifact: &Path) -> PathBuf {
+    let mut name = artifact.as_os_str().to_os_string();
+    name.push(".lock");
+    name.into()
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "{path:?}");
+}
+
+/// Every regular file under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path().strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn issue_22_a_fifo_where_a_lock_belongs_never_blocks() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let cache = reg.root().join("cache");
+    let artifacts = files_under(&cache);
+    assert!(!artifacts.is_empty());
+    // An unreferenced artifact whose .lock is a FIFO: gc keeps it.
+    let model = artifacts
+        .iter()
+        .find(|a| {
+            a.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("sha256_")
+        })
+        .unwrap();
+    let name = model.file_name().unwrap().to_str().unwrap();
+    let orphan =
+        cache
+            .join(model)
+            .with_file_name(format!("sha256_{}{}", "ab".repeat(32), &name[7 + 64..]));
+    std::fs::write(&orphan, b"orphan").unwrap();
+    for a in &artifacts {
+        mkfifo(&lock_of(&cache.join(a)));
+    }
+    mkfifo(&lock_of(&orphan));
+    for args in [
+        &["gc", "--dry-run", "--grace", "0"][..],
+        &["gc", "--grace", "0"],
+        &["reindex"],
+        &["verify", "--content"],
+    ] {
+        let run = bounded(&reg, args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+    }
+    assert_eq!(
+        files_under(&cache).len(),
+        artifacts.len() + 1,
+        "gc deleted an artifact"
+    );
+    assert_eq!(names(&reg), ["app", "base", "deps"]);
+
+    // registry.lock itself a FIFO: readers read, writers refuse at once.
+    let lock = reg.root().join("registry.lock");
+    std::fs::remove_file(&lock).unwrap();
+    mkfifo(&lock);
+    bounded(&reg, &["list"]).ok();
+    for args in [&["gc"][..], &["rm", "app"], &["reindex"]] {
+        let run = bounded(&reg, args);
+        assert_eq!(run.code, 5, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("registry.lock: is a FIFO, not a regular file"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(names(&reg), ["app", "base", "deps"]);
+}
+
+#[test]
+fn issue_22_a_bad_lock_timeout_is_refused() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    for value in ["2s", "abc", "-1", "", "1.5", "+3"] {
+        for args in [&["list"][..], &["gc"]] {
+            reg.run_env(args, &[("MSB_REGISTRY_LOCK_TIMEOUT", value)])
+                .fails(2, "MSB_REGISTRY_LOCK_TIMEOUT");
+        }
+    }
+    reg.run_env(&["gc"], &[("MSB_REGISTRY_LOCK_TIMEOUT", "0")])
+        .ok();
+    reg.run_env(&["list"], &[("MSB_REGISTRY_LOCK_TIMEOUT", "30")])
+        .ok();
+}
