@@ -18,7 +18,7 @@ use crate::ops::gc::GcOptions;
 use crate::ops::import::{ImportOptions, ImportSource};
 use crate::ops::pull::PullOptions;
 use crate::ops::push::PushOptions;
-use crate::ops::registry::Registry;
+use crate::ops::registry::{FreshRoot, Registry};
 use crate::remote::{ClientOptions, Credentials, RemoteRef};
 use crate::store::layout::Layout;
 
@@ -71,13 +71,20 @@ pub fn run(cli: Cli) -> Result<Rendered> {
             }
             other => other?,
         },
-        command => {
-            let mut registry = if command.only_reads() {
-                Registry::open_read(&root)?
-            } else {
-                Registry::open(&root)?
-            };
+        command if command.only_reads() => {
+            let mut registry = Registry::open_read(&root)?;
             dispatch(&mut registry, command, &mut p, &progress)?
+        }
+        command => {
+            let fresh = FreshRoot::note(&root);
+            let result = Registry::open(&root)
+                .and_then(|mut registry| dispatch(&mut registry, command, &mut p, &progress));
+            if result.is_err()
+                && let Some(fresh) = fresh
+            {
+                fresh.undo();
+            }
+            result?
         }
     };
     Ok(rendered.and_then(|()| p.flush()))
@@ -135,6 +142,7 @@ fn dispatch(
             name,
             cache_dir,
         } => {
+            crate::process::interrupt::install();
             let report = registry.add(&dir, &AddOptions { name, cache_dir }, progress)?;
             p.hint(report.microsandbox_hint.as_deref());
             summary(p, &report, render::add)

@@ -178,6 +178,14 @@ impl Registry {
         lock_exclusive(&self.layout)
     }
 
+    /// Clear what `add`s and imports that died while staging left (their
+    /// staging directory and lock; their journal row is marked failed):
+    /// every writer but gc (which reports what it clears) does this first.
+    pub fn clear_dead_staging(&mut self) -> Result<usize> {
+        let (layout, db) = self.parts();
+        journal::lease::clear_dead_staging(layout, db)
+    }
+
     /// Find a snapshot by name, full digest, or unique hex prefix of at least
     /// eight digits (with or without `sha256:`).
     pub fn resolve(&self, reference: &str) -> Result<SnapshotRow> {
@@ -218,6 +226,68 @@ impl Registry {
                     })
                     .collect::<Result<_>>()?,
             }),
+        }
+    }
+}
+
+/// A root with no index before a writing command opens it: when the
+/// command fails, [`FreshRoot::undo`] takes back the empty registry it
+/// created, so a typo'd `--root` given to a failing `rm`, `rename` or
+/// `import` leaves no registry behind.
+pub struct FreshRoot {
+    layout: Layout,
+    /// The directories (the root included) that did not exist, parents first.
+    missing: Vec<PathBuf>,
+}
+
+impl FreshRoot {
+    /// Note what is missing at `root`; `None` when it already has an index.
+    pub fn note(root: &Path) -> Option<FreshRoot> {
+        let layout = Layout::new(root);
+        if layout.db().symlink_metadata().is_ok() {
+            return None;
+        }
+        let missing = layout
+            .dirs()
+            .into_iter()
+            .filter(|d| d.symlink_metadata().is_err())
+            .collect();
+        Some(FreshRoot { layout, missing })
+    }
+
+    /// After the command failed: when every directory it created is still
+    /// empty (nothing was installed or staged), remove the index, its side
+    /// files and the lock it made, then those directories. Anything else
+    /// found there is kept, and so is everything when it is not empty.
+    pub fn undo(self) {
+        let Ok(Some(lock)) = crate::store::files::open_lock(&self.layout.lock_file(), false) else {
+            return;
+        };
+        if lock.try_lock().is_err() {
+            return;
+        }
+        let holds_only_created = |d: &Path| {
+            std::fs::read_dir(d).is_ok_and(|entries| {
+                entries
+                    .into_iter()
+                    .all(|e| e.is_ok_and(|e| self.missing.contains(&e.path())))
+            })
+        };
+        let root = self.layout.root();
+        if !self
+            .missing
+            .iter()
+            .filter(|d| d.as_path() != root)
+            .all(|d| holds_only_created(d))
+        {
+            return;
+        }
+        for file in Layout::with_companions(&self.layout.db()) {
+            let _ = std::fs::remove_file(file);
+        }
+        let _ = std::fs::remove_file(self.layout.lock_file());
+        for dir in self.missing.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }

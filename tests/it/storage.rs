@@ -290,3 +290,119 @@ fn issue_22_a_bad_lock_timeout_is_refused() {
     reg.run_env(&["list"], &[("MSB_REGISTRY_LOCK_TIMEOUT", "30")])
         .ok();
 }
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+fn staging_entries(reg: &Reg) -> Vec<String> {
+    std::fs::read_dir(reg.root().join("staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn issue_22_an_interrupted_add_says_so_and_leaves_no_staging() {
+    let reg = Reg::new();
+    let (_, image) = chain_in_registry(&reg);
+    let before = crate::crash::state(&reg);
+    let more = another(&reg, &image, "more");
+    for (sig, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let held = reg.held_at(&["add", &more], "add.staged", Hold::Stop);
+        assert!(!staging_entries(&reg).is_empty());
+        signal(held.child.id(), sig);
+        signal(held.child.id(), libc::SIGCONT);
+        let Held { child, mut stderr } = held;
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{name}: {rest}");
+        assert_eq!(rest.trim_end().lines().count(), 1, "{rest}");
+        assert!(
+            rest.contains(&format!(
+                "interrupted by {name}; removed this add's staging staging/"
+            )) && rest.contains("the registry is unchanged"),
+            "{rest}"
+        );
+        assert!(
+            staging_entries(&reg).is_empty(),
+            "{:?}",
+            staging_entries(&reg)
+        );
+        assert_eq!(crate::crash::state(&reg), before, "{name}");
+    }
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn issue_22_a_killed_adds_staging_is_cleared_by_the_next_writer() {
+    let reg = Reg::new();
+    let (_, image) = chain_in_registry(&reg);
+    let more = another(&reg, &image, "more");
+    let writers: [&[&str]; 3] = [
+        &["rm", "base", "--force"],
+        &["rename", "app", "web"],
+        &["add", &more],
+    ];
+    for writer in writers {
+        let mut held = reg.held_at(
+            &["add", &more, "--name", "killed"],
+            "add.staged",
+            Hold::Pause,
+        );
+        held.child.kill().unwrap();
+        held.child.wait().unwrap();
+        assert!(!staging_entries(&reg).is_empty());
+        reg.run(writer).ok();
+        assert!(
+            staging_entries(&reg).is_empty(),
+            "{writer:?} left {:?}",
+            staging_entries(&reg)
+        );
+    }
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn issue_22_a_failing_command_creates_no_registry() {
+    let reg = Reg::new();
+    let missing = reg.path("no-such.tar.zst");
+    let cache = reg.path("cache");
+    let image = make_image_cache(&cache, "python:3.12", 7, &[4096]);
+    let dir = another(&reg, &image, "one");
+    let bad = reg.path("src/bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("manifest.json"), b"{}").unwrap();
+    for args in [
+        &["rm", "app"][..],
+        &["rename", "app", "web"],
+        &["import", missing.to_str().unwrap()],
+        &["add", bad.to_str().unwrap()],
+        &["add", &dir, "--name", "no/slash"],
+    ] {
+        for existed in [false, true] {
+            let typo = reg.path("typo-root");
+            if existed {
+                std::fs::create_dir(&typo).unwrap();
+            }
+            let run = Run::from(command_at(&typo, args).output().unwrap());
+            assert_ne!(run.code, 0, "{args:?} succeeded");
+            if existed {
+                let left: Vec<_> = std::fs::read_dir(&typo).unwrap().collect();
+                assert!(left.is_empty(), "{args:?} left {left:?}");
+                std::fs::remove_dir(&typo).unwrap();
+            } else {
+                assert!(!typo.exists(), "{args:?} created {}", typo.display());
+            }
+        }
+    }
+    // A command that succeeds still creates the registry.
+    let root = reg.path("new-root");
+    Run::from(command_at(&root, &["add", &dir]).output().unwrap()).ok();
+    assert!(root.join("registry.db").is_file());
+}
