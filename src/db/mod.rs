@@ -76,8 +76,23 @@ impl Db {
     /// one a newer msb-registry migrated is not written.
     /// The caller serialises first opens of a new registry (see `Registry::open`).
     pub fn open(path: &Path) -> Result<Self> {
+        match Self::open_with(path, false) {
+            Err(Error::Db(e)) if is_shm_storage(&e) => Self::open_with(path, true),
+            other => other,
+        }
+    }
+
+    /// [`Db::open`]; with `exclusive`, in exclusive locking mode, where
+    /// SQLite keeps the WAL index in memory instead of a `-shm` file: for a
+    /// full file system, where the `-shm` cannot be made or grown, so a
+    /// writer (gc) can still open the index to free space. Readers then
+    /// see the lock and read through a private copy or wait.
+    fn open_with(path: &Path, exclusive: bool) -> Result<Self> {
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
+        if exclusive {
+            conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        }
         if let Schema::Newer { version } = schema::inspect(&conn, path, &known())? {
             return Err(too_new(&conn, path, version, "write to it"));
         }
@@ -254,6 +269,14 @@ fn open_read_only(path: &Path) -> Result<Connection> {
     configure(&conn)?;
     conn.pragma_update(None, "query_only", true)?;
     Ok(conn)
+}
+
+/// An error making, growing or mapping the `-shm` file: on a writable
+/// file system, only a full one causes it.
+pub fn is_shm_storage(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::{SQLITE_IOERR_SHMMAP, SQLITE_IOERR_SHMOPEN, SQLITE_IOERR_SHMSIZE};
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.extended_code, SQLITE_IOERR_SHMMAP | SQLITE_IOERR_SHMOPEN | SQLITE_IOERR_SHMSIZE))
 }
 
 /// Errors of a read-only open that mean SQLite could not make or map the

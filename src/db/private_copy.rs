@@ -74,14 +74,22 @@ pub fn has_wal(path: &Path) -> bool {
 
 /// Whether some process has the WAL-mode database at `path` open: every
 /// connection holds a shared lock on the "DMS" byte of the `-shm` file
-/// (byte 128 in SQLite's unix VFS) while it is open. No `-shm` means no
-/// connection; a `-shm` that cannot be opened or tested counts as live.
+/// (byte 128 in SQLite's unix VFS), and one in exclusive locking mode (no
+/// `-shm`) holds locks on the database file itself. A file that cannot be
+/// opened or tested counts as live.
 pub fn connection_live(path: &Path) -> bool {
-    let shm = side_file(path, "-shm");
+    // SQLite's lock bytes: PENDING at 1 GiB, then RESERVED and 510 SHARED bytes.
+    const PENDING: i64 = 0x4000_0000;
+    lock_held(path, PENDING, 512) || lock_held(&side_file(path, "-shm"), 128, 1)
+}
+
+/// Whether another process holds an fcntl lock on `len` bytes of `path`
+/// from `start`. An absent file holds none.
+fn lock_held(path: &Path, start: i64, len: i64) -> bool {
     let file = match File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(&shm)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
     {
         Ok(f) => f,
         Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
@@ -94,8 +102,8 @@ pub fn connection_live(path: &Path) -> bool {
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = libc::F_WRLCK as libc::c_short;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock.l_start = 128;
-    lock.l_len = 1;
+    lock.l_start = start;
+    lock.l_len = len;
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the call; `lock` outlives it.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };

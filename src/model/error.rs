@@ -410,10 +410,13 @@ impl Error {
                     StorageFull | QuotaExceeded | ReadOnlyFilesystem
                 )
             }
-            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => matches!(
-                e.code,
-                rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
-            ),
+            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => {
+                use rusqlite::ffi::{SQLITE_IOERR_SHMMAP, SQLITE_IOERR_SHMSIZE};
+                matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
+                ) || matches!(e.extended_code, SQLITE_IOERR_SHMMAP | SQLITE_IOERR_SHMSIZE)
+            }
             _ => false,
         }
     }

@@ -406,3 +406,170 @@ fn issue_22_a_failing_command_creates_no_registry() {
     Run::from(command_at(&root, &["add", &dir]).output().unwrap()).ok();
     assert!(root.join("registry.db").is_file());
 }
+
+/// The root of `reg` on its own tmpfs, so it can be remounted read-only
+/// or filled; `None` (test skipped) without root.
+fn on_tmpfs(reg: &Reg, size: &str) -> Option<crate::diskfull::Mount> {
+    crate::diskfull::Mount::tmpfs(&reg.root(), size)
+}
+
+fn side(reg: &Reg, suffix: &str) -> PathBuf {
+    reg.root().join(format!("registry.db{suffix}"))
+}
+
+#[test]
+fn issue_22_a_read_only_root_reads_every_committed_row_in_every_wal_state() {
+    let reg = Reg::new();
+    let Some(mount) = on_tmpfs(&reg, "64m") else {
+        return;
+    };
+    let (_, image) = chain_in_registry(&reg);
+    let more = another(&reg, &image, "more");
+    // A writer killed right after its commit: the row lives in the -wal.
+    let mut held = reg.held_at(
+        &["add", &more, "--name", "more"],
+        "add.installed",
+        Hold::Pause,
+    );
+    held.child.kill().unwrap();
+    held.child.wait().unwrap();
+    let expect = ["app", "base", "deps", "more"];
+    assert!(std::fs::metadata(side(&reg, "-wal")).unwrap().len() > 0);
+    let db_bytes = std::fs::read(side(&reg, "")).unwrap();
+    let reads: [&[&str]; 4] = [
+        &["show", "more"],
+        &["sql", "SELECT count(*) FROM snapshots"],
+        &["verify"],
+        &["lineage", "app"],
+    ];
+    for state in ["-wal and -shm", "-wal without -shm", "no -wal"] {
+        match state {
+            "-wal without -shm" => std::fs::remove_file(side(&reg, "-shm")).unwrap(),
+            "no -wal" => {
+                reg.run(&["gc", "--dry-run"]).ok();
+                assert!(!side(&reg, "-wal").exists());
+            }
+            _ => {}
+        }
+        let files: Vec<String> = std::fs::read_dir(reg.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        mount.remount(&reg.root(), "remount,ro");
+        assert_eq!(names(&reg), expect, "{state}");
+        for args in reads {
+            reg.run(args).ok();
+        }
+        reg.run(&["rm", "more"]).fails(7, "Read-only file system");
+        mount.remount(&reg.root(), "remount,rw");
+        let after: Vec<String> = std::fs::read_dir(reg.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(after, files, "{state}: reads created files");
+        if state != "no -wal" {
+            assert_eq!(std::fs::read(side(&reg, "")).unwrap(), db_bytes, "{state}");
+        }
+    }
+    reg.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn issue_22_an_older_schema_on_a_read_only_root_is_read_not_migrated() {
+    let reg = Reg::new();
+    let Some(mount) = on_tmpfs(&reg, "64m") else {
+        return;
+    };
+    chain_in_registry(&reg);
+    sql(&reg)
+        .execute_batch(
+            "DROP TABLE remote_chunks; DROP TABLE remote_blobs;
+             DELETE FROM refinery_schema_history WHERE version = 6;",
+        )
+        .unwrap();
+    let db_bytes = std::fs::read(side(&reg, "")).unwrap();
+    mount.remount(&reg.root(), "remount,ro");
+    assert_eq!(names(&reg), ["app", "base", "deps"]);
+    reg.run(&["show", "app"]).ok();
+    reg.run(&["verify", "--content"]).ok();
+    mount.remount(&reg.root(), "remount,rw");
+    assert_eq!(std::fs::read(side(&reg, "")).unwrap(), db_bytes);
+    // Writable again: the first command migrates it.
+    reg.run(&["list"]).ok();
+    reg.run(&["sql", "SELECT count(*) FROM remote_blobs"]).ok();
+}
+
+/// Fill the file system holding `dir` to the last byte.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0x5au8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    let small = [0x5au8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[test]
+fn issue_22_on_a_full_disk_reads_work_writes_exit_7_and_gc_frees_space() {
+    let reg = Reg::new();
+    let Some(_mount) = on_tmpfs(&reg, "48m") else {
+        return;
+    };
+    let (_, image) = chain_in_registry(&reg);
+    let archive = reg.path("app.tar.zst");
+    reg.run(&[
+        "export",
+        "app",
+        "--with-parents",
+        "-o",
+        archive.to_str().unwrap(),
+    ])
+    .ok();
+    let more = another(&reg, &image, "more");
+    reg.run(&["rm", "app", "deps"]).ok();
+    let cache_files = files_under(&reg.root().join("cache")).len();
+    assert!(
+        !side(&reg, "-shm").exists(),
+        "the last writer removed the -shm"
+    );
+    fill(&reg.root());
+
+    assert_eq!(names(&reg), ["base"]);
+    reg.run(&["show", "base"]).ok();
+    reg.run(&["verify", "--content"]).ok();
+    reg.run(&["sql", "SELECT name FROM snapshots"]).ok();
+    // Through the binary: the sqlite3 shell cannot read on a full disk.
+    let rows = || {
+        let q = "SELECT * FROM snapshots; SELECT * FROM snapshot_files; SELECT * FROM cache_files";
+        let mut out = String::new();
+        for one in q.split("; ") {
+            out += &reg.run(&["sql", one]).ok().stdout;
+        }
+        out
+    };
+    let before = rows();
+    for args in [
+        &["add", &more, "--name", "more"][..],
+        &["import", archive.to_str().unwrap()],
+        &["rename", "base", "root"],
+        &["rm", "base"],
+    ] {
+        let run = reg.run(args);
+        assert_eq!(run.code, 7, "{args:?}: {}", run.stderr);
+        assert_eq!(run.stderr.trim_end().lines().count(), 1, "{}", run.stderr);
+        assert_eq!(rows(), before, "{args:?}");
+    }
+    assert!(staging_entries(&reg).is_empty());
+    // The last snapshot removed while there was room, the disk full again:
+    // gc still deletes the image it pinned.
+    std::fs::remove_file(reg.root().join("filler")).unwrap();
+    reg.run(&["rm", "base"]).ok();
+    fill(&reg.root());
+    assert!(!side(&reg, "-shm").exists());
+    assert!(cache_files > 0);
+    reg.run(&["gc"]).ok();
+    assert!(files_under(&reg.root().join("cache")).is_empty());
+    reg.run(&["verify", "--content"]).ok();
+    assert_eq!(names(&reg), Vec::<String>::new());
+}
