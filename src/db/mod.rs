@@ -121,27 +121,32 @@ impl Db {
         });
         match in_place {
             Ok((conn, schema)) => Ok((Db { conn, _copy: None }, schema)),
-            Err(Error::Db(e))
-                if cannot_read_in_place(&e) && !private_copy::connection_live(path) =>
-            {
-                let (conn, copy) = if private_copy::has_wal(path) {
-                    let copy = PrivateCopy::of(path).map_err(|e| Error::io("copy", path, e))?;
-                    (open_read_only(copy.path())?, Some(copy))
-                } else {
-                    let uri = format!("file:{}?immutable=1", uri_path(path));
-                    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                        | OpenFlags::SQLITE_OPEN_URI;
-                    let conn = Connection::open_with_flags(uri, flags)?;
-                    configure(&conn)?;
-                    conn.pragma_update(None, "query_only", true)?;
-                    (conn, None)
-                };
-                let schema = schema::inspect(&conn, path, &known())?;
-                Ok((Db { conn, _copy: copy }, schema))
+            Err(Error::Db(e)) if cannot_read_in_place(&e) && no_connection_soon(path) => {
+                Self::open_aside(path)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Read the index at `path` without SQLite's shared memory: as
+    /// immutable when it has no `-wal`, else through a private copy of it
+    /// and its `-wal`. Only sound while no process has it open.
+    fn open_aside(path: &Path) -> Result<(Self, Schema)> {
+        let (conn, copy) = if private_copy::has_wal(path) {
+            let copy = PrivateCopy::of(path).map_err(|e| Error::io("copy", path, e))?;
+            (open_read_only(copy.path())?, Some(copy))
+        } else {
+            let uri = format!("file:{}?immutable=1", uri_path(path));
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
+            let conn = Connection::open_with_flags(uri, flags)?;
+            configure(&conn)?;
+            conn.pragma_update(None, "query_only", true)?;
+            (conn, None)
+        };
+        let schema = schema::inspect(&conn, path, &known())?;
+        Ok((Db { conn, _copy: copy }, schema))
     }
 
     /// Read an index whose schema is behind without writing it: a private
@@ -317,6 +322,19 @@ fn uri_path(path: &Path) -> String {
         }
     }
     out
+}
+
+/// Wait (as for another writer, up to the same limit) until no process
+/// has the index at `path` open; `false` when one still has.
+fn no_connection_soon(path: &Path) -> bool {
+    let mut attempts = 0;
+    while private_copy::connection_live(path) {
+        if !wait_for_writer(attempts) {
+            return false;
+        }
+        attempts += 1;
+    }
+    true
 }
 
 /// How often a connection waiting for another writer retries.

@@ -410,13 +410,7 @@ impl Error {
                     StorageFull | QuotaExceeded | ReadOnlyFilesystem
                 )
             }
-            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => {
-                use rusqlite::ffi::{SQLITE_IOERR_SHMMAP, SQLITE_IOERR_SHMSIZE};
-                matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
-                ) || matches!(e.extended_code, SQLITE_IOERR_SHMMAP | SQLITE_IOERR_SHMSIZE)
-            }
+            Error::Db(e) => is_storage_refusal(e),
             _ => false,
         }
     }
@@ -554,12 +548,23 @@ pub fn is_bad_value(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// SQLite could not write for want of space or because the file system
+/// (or the index) is read-only; growing the `-shm` fails only for space.
+fn is_storage_refusal(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::{SQLITE_IOERR_SHMMAP, SQLITE_IOERR_SHMSIZE};
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly)
+            || matches!(f.extended_code, SQLITE_IOERR_SHMMAP | SQLITE_IOERR_SHMSIZE))
+}
+
 fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
     if is_corrupt(e) {
         " is corrupt (`msb-registry reindex` moves it aside and rebuilds the index from the files)"
     } else if matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
     {
         " stayed busy: another msb-registry command kept writing it; retry when it ends"
+    } else if is_storage_refusal(e) {
+        " could not be written: the file system is full or read-only; free space (or remount) and retry"
     } else if is_bad_value(e) {
         " holds a value the registry cannot have written (`msb-registry reindex` rebuilds the index from the files)"
     } else {
