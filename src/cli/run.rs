@@ -19,7 +19,7 @@ use crate::ops::gc::GcOptions;
 use crate::ops::import::{ImportOptions, ImportSource};
 use crate::ops::pull::PullOptions;
 use crate::ops::push::PushOptions;
-use crate::ops::registry::Registry;
+use crate::ops::registry::{FreshRoot, Registry};
 use crate::remote::deadline::Limits;
 use crate::remote::retry::RetryPolicy;
 use crate::remote::{ClientOptions, Credentials, Notices, RemoteRef};
@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         _ => {}
     }
     refuse_terminals(&cli.command)?;
+    crate::db::check_wait_limit()?;
     let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => super::sql::run(&root, &query, &mut p)?,
@@ -73,13 +74,20 @@ pub fn run(cli: Cli) -> Result<Rendered> {
             }
             other => other?,
         },
-        command => {
-            let mut registry = if command.only_reads() {
-                Registry::open_read(&root)?
-            } else {
-                Registry::open(&root)?
-            };
+        command if command.only_reads() => {
+            let mut registry = Registry::open_read(&root)?;
             dispatch(&mut registry, command, &mut p, &progress)?
+        }
+        command => {
+            let fresh = FreshRoot::note(&root);
+            let result = Registry::open(&root)
+                .and_then(|mut registry| dispatch(&mut registry, command, &mut p, &progress));
+            if result.is_err()
+                && let Some(fresh) = fresh
+            {
+                fresh.undo();
+            }
+            result?
         }
     };
     Ok(rendered.and_then(|()| p.flush()))
@@ -206,7 +214,7 @@ fn dispatch(
     })
 }
 
-/// `add`, with the hint a shared microsandbox home needs.
+/// `add`, interruptible, with the hint a shared microsandbox home needs.
 fn add(
     registry: &mut Registry,
     dir: &Path,
@@ -214,6 +222,7 @@ fn add(
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
+    crate::process::interrupt::install();
     let r = registry.add(dir, opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::add))

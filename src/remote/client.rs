@@ -477,7 +477,7 @@ impl Client {
         len: u64,
     ) -> Result<()> {
         // Opened here so a missing file is our error, not the network's.
-        tokio::fs::metadata(path).await.at("open", path)?;
+        crate::store::files::open_regular(path)?;
         self.upload(repository, digest, len, &|activity| {
             reqwest::Body::wrap_stream(file_stream(path.to_path_buf(), activity.clone()))
         })

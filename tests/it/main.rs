@@ -34,5 +34,6 @@ mod reader;
 mod reports;
 mod roundtrip;
 mod soak;
+mod storage;
 mod tarcraft;
 mod util;

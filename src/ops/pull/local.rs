@@ -104,14 +104,23 @@ impl Registry {
 /// Open (or create) a staged file of `size` bytes; `true` when it is new
 /// (nothing in it to resume from).
 pub(super) fn open_staged(path: &Path, size: u64) -> Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)
         .at("open", path)?;
-    let len = file.metadata().at("stat", path)?.len();
+    let meta = file.metadata().at("stat", path)?;
+    if !meta.is_file() {
+        return Err(crate::model::error::Error::integrity(
+            path.display().to_string(),
+            "is not a regular file",
+        ));
+    }
+    let len = meta.len();
     if len == size {
         return Ok((file, false));
     }

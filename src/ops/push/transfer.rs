@@ -1,7 +1,6 @@
 //! Transfer: pack and compress the chunks a repository lacks and store
 //! them, and store single blobs, each recorded as it lands.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -207,7 +206,7 @@ fn delta_frame(bytes: &[u8], reference: &[u8]) -> std::io::Result<Vec<u8>> {
 /// The bytes of `chunk` at its source, checked against its digest.
 fn read_chunk(chunk: &Digest, (path, offset, len): &ChunkSource) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; *len as usize];
-    let file = File::open(path.as_path()).at("open", path.as_path())?;
+    let file = crate::store::files::open_regular(path.as_path())?;
     file.read_exact_at(&mut buf, *offset)
         .at("read", path.as_path())?;
     let found = Digest::of(&buf);

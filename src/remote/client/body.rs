@@ -144,9 +144,9 @@ pub(super) fn file_stream(
         async move {
             let mut file = match state? {
                 State::Open(file) => file,
-                State::Closed(path) => match tokio::fs::File::open(&path).await {
-                    Ok(file) => file,
-                    Err(e) => return Some((Err(e), None)),
+                State::Closed(path) => match crate::store::files::open_regular(&path) {
+                    Ok(file) => tokio::fs::File::from_std(file),
+                    Err(e) => return Some((Err(std::io::Error::other(e.to_string())), None)),
                 },
             };
             let mut buf = vec![0u8; PIECE];
