@@ -114,6 +114,25 @@ pub enum Command {
         /// A microsandbox cache directory to take the pinned image's artifacts from.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        /// An armored SSH signature of the snapshot (ssh-keygen -Y sign -n
+        /// msb-registry-snapshot over its digest), recorded with it; repeatable.
+        #[arg(long, value_name = "FILE")]
+        signature: Vec<PathBuf>,
+        /// Signing policy.
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Sign a snapshot with an SSH key (SSHSIG over its digest, namespace
+    /// msb-registry-snapshot) and record the signature in the index.
+    Sign {
+        /// Name, full digest, or unique digest prefix.
+        reference: String,
+        /// An unencrypted OpenSSH private key (ed25519 or ECDSA P-256).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Who signs, as the trust file's allowed_signers lists them (recorded, shown by show).
+        #[arg(long, value_name = "NAME")]
+        principal: Option<String>,
     },
     /// List every snapshot, newest first.
     List,
@@ -177,8 +196,14 @@ pub enum Command {
         /// Check only this snapshot (name, digest or prefix) and its image.
         reference: Option<String>,
         /// Also re-hash every file against its recorded digest.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "signatures")]
         content: bool,
+        /// Check the stored signatures instead (and the chain below each signed snapshot).
+        #[arg(long)]
+        signatures: bool,
+        /// With --signatures: every signature must be by a key this allowed_signers file allows.
+        #[arg(long, value_name = "FILE", requires = "signatures")]
+        trust: Option<PathBuf>,
     },
     /// Write a snapshot (and optionally its chain and image) as an archive.
     Export(ExportArgs),
@@ -205,6 +230,9 @@ pub enum Command {
         /// in this registry: the snapshots arrive shallow.
         #[arg(long)]
         allow_shallow: bool,
+        /// Signing policy.
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Push a snapshot (with --with-parents its chain) to an OCI registry, sending only the
     /// chunks the repository lacks.
@@ -262,6 +290,28 @@ pub struct PullArgs {
     /// How to reach the registry.
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// The signing policy of a write (import, add, pull).
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Refuse (exit 10) unless every snapshot brought is signed by a key the trust
+    /// file allows, or is an ancestor of one that is; nothing is installed otherwise.
+    #[arg(long)]
+    pub require_signed: bool,
+    /// The allowed_signers file for --require-signed [default: ROOT/trust/allowed_signers].
+    #[arg(long, value_name = "FILE", requires = "require_signed")]
+    pub trust: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    /// The library's options.
+    pub fn options(self) -> crate::ops::sign::TrustOptions {
+        crate::ops::sign::TrustOptions {
+            require_signed: self.require_signed,
+            trust: self.trust,
+        }
+    }
 }
 
 /// Credentials and transport for push and pull.

@@ -133,8 +133,16 @@ fn dispatch(
             dir,
             name,
             cache_dir,
+            signature,
+            trust,
         } => {
-            let report = registry.add(&dir, &AddOptions { name, cache_dir }, progress)?;
+            let opts = AddOptions {
+                name,
+                cache_dir,
+                signatures: signature,
+                trust: trust.options(),
+            };
+            let report = registry.add(&dir, &opts, progress)?;
             p.hint(report.microsandbox_hint.as_deref());
             summary(p, &report, render::add)
         }
@@ -170,8 +178,28 @@ fn dispatch(
             gc(registry, &opts, p, progress)?
         }
         Command::Du { references } => du(registry, &references, p)?,
-        Command::Verify { reference, content } => {
-            verify(registry, reference.as_deref(), content, p, progress)?
+        Command::Verify {
+            reference,
+            signatures: true,
+            trust,
+            ..
+        } => verify_signatures(registry, reference.as_deref(), trust, p)?,
+        Command::Verify {
+            reference, content, ..
+        } => verify(registry, reference.as_deref(), content, p, progress)?,
+        Command::Sign {
+            reference,
+            key,
+            principal,
+        } => {
+            let r = registry.sign(&reference, &key, principal.as_deref())?;
+            if !r.added {
+                eprintln!(
+                    "{} ({}) was already signed by key {}; kept that signature",
+                    r.name, r.snapshot, r.fingerprint
+                );
+            }
+            emit(p, &r, render::sign)
         }
         Command::Export(args) => {
             crate::process::interrupt::install();
@@ -182,11 +210,13 @@ fn dispatch(
             name,
             max_file_size,
             allow_shallow,
+            trust,
         } => {
             let opts = ImportOptions {
                 name,
                 max_file_bytes: max_file_size,
                 allow_shallow,
+                trust: trust.options(),
             };
             import(
                 registry,
@@ -267,6 +297,28 @@ fn verify(
     let _ = emit(p, &r, render::verify).and_then(|()| p.flush());
     Err(Error::VerifyFailed {
         problems: r.problems.len(),
+    })
+}
+
+/// `verify --signatures`: the report is printed even when it fails, then exit 5.
+fn verify_signatures(
+    registry: &Registry,
+    reference: Option<&str>,
+    trust: Option<PathBuf>,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let trusts = match trust {
+        Some(path) => vec![crate::ops::sign::read_trust(&path)?],
+        None => Vec::new(),
+    };
+    let r = registry.verify_signatures(reference, &trusts)?;
+    if r.ok {
+        return Ok(summary(p, &r, render::signatures));
+    }
+    let _ = emit(p, &r, render::signatures).and_then(|()| p.flush());
+    Err(Error::VerifyFailed {
+        problems: r.signatures.iter().filter(|s| s.problem.is_some()).count()
+            + r.chain_problems.len(),
     })
 }
 

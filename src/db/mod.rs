@@ -7,6 +7,7 @@ pub mod images;
 pub mod imports;
 pub mod microsandbox;
 pub mod remote;
+pub mod signatures;
 pub mod snapshots;
 
 use std::path::Path;
