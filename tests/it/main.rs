@@ -29,6 +29,7 @@ mod ociutil;
 mod reader;
 mod reports;
 mod roundtrip;
+mod signing;
 mod soak;
 mod tarcraft;
 mod util;
