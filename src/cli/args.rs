@@ -105,23 +105,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register an existing snapshot directory (copied in, verified, hashed).
-    Add {
-        /// The snapshot directory (holding manifest.json and the upper file).
-        dir: PathBuf,
-        /// Name in the registry [default: the directory's name].
-        #[arg(long)]
-        name: Option<String>,
-        /// A microsandbox cache directory to take the pinned image's artifacts from.
-        #[arg(long, value_name = "DIR")]
-        cache_dir: Option<PathBuf>,
-        /// An armored SSH signature of the snapshot (ssh-keygen -Y sign -n
-        /// msb-registry-snapshot over its digest), recorded with it; repeatable.
-        #[arg(long, value_name = "FILE")]
-        signature: Vec<PathBuf>,
-        /// Signing policy.
-        #[command(flatten)]
-        trust: TrustArgs,
-    },
+    Add(AddArgs),
     /// Sign a snapshot with an SSH key (SSHSIG over its digest, namespace
     /// msb-registry-snapshot) and record the signature in the index.
     Sign {
@@ -215,25 +199,7 @@ pub enum Command {
     /// default registry.
     Demo,
     /// Import an archive (zstd or plain tar) written by export or microsandbox's save.
-    Import {
-        /// The archive file, or - for standard input.
-        archive: String,
-        /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>];
-        /// a head already present under another name is renamed to it.
-        #[arg(long)]
-        name: Option<String>,
-        /// Largest logical size of one file in bytes; a header claiming more is refused before
-        /// any data is read [default: 1099511627776, 1 TiB].
-        #[arg(long, value_name = "BYTES")]
-        max_file_size: Option<u64>,
-        /// Accept an archive whose base (the parent of its first snapshot) is not
-        /// in this registry: the snapshots arrive shallow.
-        #[arg(long)]
-        allow_shallow: bool,
-        /// Signing policy.
-        #[command(flatten)]
-        trust: TrustArgs,
-    },
+    Import(ImportArgs),
     /// Push a snapshot (with --with-parents its chain) to an OCI registry, sending only the
     /// chunks the repository lacks.
     Push(PushArgs),
@@ -290,6 +256,48 @@ pub struct PullArgs {
     /// How to reach the registry.
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// `add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The snapshot directory (holding manifest.json and the upper file).
+    pub dir: PathBuf,
+    /// Name in the registry [default: the directory's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A microsandbox cache directory to take the pinned image's artifacts from.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// An armored SSH signature of the snapshot (ssh-keygen -Y sign -n
+    /// msb-registry-snapshot over its digest), recorded with it; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub signature: Vec<PathBuf>,
+    /// Signing policy.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive file, or - for standard input.
+    pub archive: String,
+    /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>];
+    /// a head already present under another name is renamed to it.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Largest logical size of one file in bytes; a header claiming more is refused before
+    /// any data is read [default: 1099511627776, 1 TiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_file_size: Option<u64>,
+    /// Accept an archive whose base (the parent of its first snapshot) is not
+    /// in this registry: the snapshots arrive shallow.
+    #[arg(long)]
+    pub allow_shallow: bool,
+    /// Signing policy.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 /// The signing policy of a write (import, add, pull).

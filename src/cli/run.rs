@@ -2,11 +2,11 @@
 //! report to the renderer ([`super::render`]).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 
-use super::args::{Cli, Command, ExportArgs, PullArgs, PushArgs, RemoteArgs};
+use super::args::{AddArgs, Cli, Command, ExportArgs, ImportArgs, PullArgs, PushArgs, RemoteArgs};
 use super::printer::Printer;
 use super::progress::BarProgress;
 use super::render::{self, Rendered, emit, summary};
@@ -113,7 +113,7 @@ fn refuse_terminals(command: &Command) -> Result<()> {
                     .into(),
             ))
         }
-        Command::Import { archive, .. } if archive == "-" && std::io::stdin().is_terminal() => {
+        Command::Import(args) if args.archive == "-" && std::io::stdin().is_terminal() => {
             Err(Error::Usage(
                 "import -: standard input is a terminal; pipe an archive in or name a file".into(),
             ))
@@ -129,23 +129,7 @@ fn dispatch(
     progress: &BarProgress,
 ) -> Result<Rendered> {
     Ok(match command {
-        Command::Add {
-            dir,
-            name,
-            cache_dir,
-            signature,
-            trust,
-        } => {
-            let opts = AddOptions {
-                name,
-                cache_dir,
-                signatures: signature,
-                trust: trust.options(),
-            };
-            let report = registry.add(&dir, &opts, progress)?;
-            p.hint(report.microsandbox_hint.as_deref());
-            summary(p, &report, render::add)
-        }
+        Command::Add(args) => add(registry, args, p, progress)?,
         Command::List => emit(p, &registry.list()?, |p, e| render::list(p, e)),
         Command::Show { reference } => emit(p, &registry.show(&reference)?, render::show),
         Command::Lineage {
@@ -159,11 +143,7 @@ fn dispatch(
         Command::Rename {
             reference,
             new_name,
-        } => {
-            let r = registry.rename(&reference, &new_name)?;
-            p.hint(r.microsandbox_hint.as_deref());
-            summary(p, &r, render::rename)
-        }
+        } => rename(registry, &reference, &new_name, p)?,
         Command::Reindex => summary(p, &registry.reindex(progress)?, render::reindex),
         Command::Gc {
             dry_run,
@@ -191,41 +171,12 @@ fn dispatch(
             reference,
             key,
             principal,
-        } => {
-            let r = registry.sign(&reference, &key, principal.as_deref())?;
-            if !r.added {
-                eprintln!(
-                    "{} ({}) was already signed by key {}; kept that signature",
-                    r.name, r.snapshot, r.fingerprint
-                );
-            }
-            emit(p, &r, render::sign)
-        }
+        } => sign(registry, &reference, &key, principal.as_deref(), p)?,
         Command::Export(args) => {
             crate::process::interrupt::install();
             export(registry, args, p, progress)?
         }
-        Command::Import {
-            archive,
-            name,
-            max_file_size,
-            allow_shallow,
-            trust,
-        } => {
-            let opts = ImportOptions {
-                name,
-                max_file_bytes: max_file_size,
-                allow_shallow,
-                trust: trust.options(),
-            };
-            import(
-                registry,
-                &ImportSource::from_arg(&archive),
-                &opts,
-                p,
-                progress,
-            )?
-        }
+        Command::Import(args) => import(registry, args, p, progress)?,
         Command::Push(args) => push(registry, args, p, progress)?,
         Command::Pull(args) => pull(registry, args, p, progress)?,
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
@@ -233,6 +184,54 @@ fn dispatch(
             unreachable!("handled before the registry root is chosen")
         }
     })
+}
+
+/// `add`, with the hint a shared microsandbox home needs.
+fn add(
+    registry: &mut Registry,
+    args: AddArgs,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let opts = AddOptions {
+        name: args.name,
+        cache_dir: args.cache_dir,
+        signatures: args.signature,
+        trust: args.trust.options(),
+    };
+    let r = registry.add(&args.dir, &opts, progress)?;
+    p.hint(r.microsandbox_hint.as_deref());
+    Ok(summary(p, &r, render::add))
+}
+
+/// `sign`: the signature on stdout; a key that had already signed is said on stderr.
+fn sign(
+    registry: &mut Registry,
+    reference: &str,
+    key: &Path,
+    principal: Option<&str>,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let r = registry.sign(reference, key, principal)?;
+    if !r.added {
+        eprintln!(
+            "{} ({}) was already signed by key {}; kept that signature",
+            r.name, r.snapshot, r.fingerprint
+        );
+    }
+    Ok(emit(p, &r, render::sign))
+}
+
+/// `rename`, with the hint a shared microsandbox home needs.
+fn rename(
+    registry: &mut Registry,
+    reference: &str,
+    new_name: &str,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let r = registry.rename(reference, new_name)?;
+    p.hint(r.microsandbox_hint.as_deref());
+    Ok(summary(p, &r, render::rename))
 }
 
 /// `rm`: one REF keeps the single-object shape scripts already read.
@@ -325,13 +324,18 @@ fn verify_signatures(
 /// `import`, interruptible, with a warning per carried name that could not be used.
 fn import(
     registry: &mut Registry,
-    source: &ImportSource,
-    opts: &ImportOptions,
+    args: ImportArgs,
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
     crate::process::interrupt::install();
-    let r = registry.import(source, opts, progress)?;
+    let opts = ImportOptions {
+        name: args.name,
+        max_file_bytes: args.max_file_size,
+        allow_shallow: args.allow_shallow,
+        trust: args.trust.options(),
+    };
+    let r = registry.import(&ImportSource::from_arg(&args.archive), &opts, progress)?;
     for f in &r.name_fallbacks {
         eprintln!(
             "warning: {} came named {:?}, but {}; it is named {}",

@@ -11,6 +11,7 @@ mod damage;
 mod demo;
 mod differential;
 mod diskfull;
+mod docs;
 mod everyday;
 mod everyday2;
 mod export;
