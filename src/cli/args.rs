@@ -253,6 +253,9 @@ pub struct PullArgs {
     /// Largest file a pulled chunk map may describe, in bytes [default: 1 TiB].
     #[arg(long, value_name = "BYTES")]
     pub max_file_size: Option<u64>,
+    /// Signing policy (signatures are found under the tag sha256-<hex>.sig).
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// How to reach the registry.
     #[command(flatten)]
     pub remote: RemoteArgs,

@@ -445,6 +445,7 @@ fn pull(
         jobs: usize::from(args.jobs),
         max_file_bytes: args.max_file_size,
         client: client_options(&source, args.remote)?,
+        trust: args.trust.options(),
     };
     let r = registry.pull(&source, &opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());

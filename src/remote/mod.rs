@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod format;
 pub mod holdings;
 pub mod reference;
+pub mod signatures;
 
 pub use client::{Access, Client, ClientOptions};
 pub use credentials::Credentials;

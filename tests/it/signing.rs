@@ -536,3 +536,97 @@ fn keys_we_take_and_keys_we_refuse() {
     assert_eq!(out.code, exit::INTEGRITY, "{}", out.stderr);
     assert!(out.stdout.contains("not trusted by"), "{}", out.stdout);
 }
+
+/// A pull refused with exit 10 naming `text`, leaving `reg` without a snapshot.
+#[track_caller]
+fn pull_refused(reg: &Reg, args: &[&str], text: &str) {
+    let mut a = vec!["pull"];
+    a.extend(args);
+    a.push("--insecure");
+    let run = reg.run(&a);
+    assert_eq!(run.code, exit::SIGNATURE, "{}", run.stderr);
+    assert!(run.stderr.contains(text), "{:?} lacks {text:?}", run.stderr);
+    let left = std::fs::read_dir(reg.root().join("snapshots")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "a refused pull installed something");
+}
+
+#[test]
+fn signatures_travel_through_a_registry_and_pull_holds_the_policy() {
+    use crate::ociutil::{OciRegistry, Options, enabled};
+    if !enabled() {
+        return;
+    }
+    let remote = OciRegistry::start(Options::plain());
+    let src = Reg::new();
+    let (digests, _) = chain_in_registry(&src);
+    let alice = ed25519(src.dir.path(), "alice");
+    src.run(&["sign", "app", "--key", s(&alice), "--principal", "alice"])
+        .ok();
+    let allowed = trust(&src, "allowed", &[("alice", &alice)]);
+    let target = format!("{}:app", remote.repo("team/snaps"));
+    let pushed: serde_json::Value = src
+        .run(&[
+            "push",
+            "app",
+            &target,
+            "--with-parents",
+            "--with-image",
+            "--insecure",
+            "--json",
+        ])
+        .ok()
+        .json();
+    let head = pushed["snapshots"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(head["signatures"], 1);
+    let sig_tag = format!("sha256-{}.sig", digests[2].hex());
+    assert!(
+        remote.tags("team/snaps").contains(&sig_tag),
+        "{:?}",
+        remote.tags("team/snaps")
+    );
+
+    let policy = ["--require-signed", "--trust", s(&allowed)];
+    let dst = Reg::new();
+    let mut args = vec!["pull", &target, "--insecure"];
+    args.extend(policy);
+    dst.run(&args).ok();
+    let show: serde_json::Value = dst.json(&["show", "app"]);
+    assert_eq!(show["signers"][0]["principal"], "alice");
+    dst.run(&["verify", "--signatures", "--trust", s(&allowed)])
+        .ok();
+    dst.run(&["verify", "--content"]).ok();
+
+    // Someone else pushes a different snapshot under the same tag: unsigned, refused.
+    let mallory = Reg::new();
+    let other = snap(&mallory, "evil", None, "evil");
+    mallory.run(&["add", s(&other.dir), "--name", "app"]).ok();
+    mallory.run(&["push", "app", &target, "--insecure"]).ok();
+    let mut args = vec![target.as_str()];
+    args.extend(policy);
+    pull_refused(&Reg::new(), &args, "it is not signed");
+    // ... and with alice's signature of the real head copied under its own: refused, never installed.
+    let stolen = keygen_sign(&alice, NS, &digests[2]);
+    let sig_file = write(&mallory, "stolen.sig", &stolen);
+    let forged = Command::new("sqlite3")
+        .arg(mallory.root().join("registry.db"))
+        .arg(format!(
+            "INSERT INTO signatures VALUES ('{}', 'SHA256:x', NULL, '{NS}', CAST(readfile('{}') AS TEXT), 0)",
+            other.digest,
+            sig_file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        forged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
+    mallory.run(&["push", "app", &target, "--insecure"]).ok();
+    pull_refused(&Reg::new(), &[target.as_str()], "does not verify");
+    pull_refused(&Reg::new(), &args, "does not verify");
+}

@@ -37,11 +37,15 @@ impl Registry {
         head_name: Option<&SnapshotName>,
         images: &HashSet<Digest>,
         maps: &[(ChunkMap, PathBuf, Vec<u64>)],
+        signatures: Vec<crate::db::signatures::SignatureRow>,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
         let repo = source.repository.as_str();
-        let mut set = StagedSet::default();
+        let mut set = StagedSet {
+            signatures,
+            ..StagedSet::default()
+        };
         let mut journal = Vec::new();
         let names = self.pull_names(chain, head_name)?;
         for ((s, (map, dir, _)), name) in chain.iter().zip(maps).zip(names) {
