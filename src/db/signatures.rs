@@ -56,6 +56,9 @@ pub fn insert_signature(conn: &Connection, row: &SignatureRow) -> Result<bool> {
 
 /// The signatures of one snapshot, by fingerprint.
 pub fn signatures_of(conn: &Connection, snapshot: &Digest) -> Result<Vec<SignatureRow>> {
+    if !has_table(conn)? {
+        return Ok(Vec::new());
+    }
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM signatures WHERE snapshot = ?1 ORDER BY fingerprint"
     ))?;
@@ -65,11 +68,25 @@ pub fn signatures_of(conn: &Connection, snapshot: &Digest) -> Result<Vec<Signatu
 
 /// Every signature in the index, by snapshot then fingerprint.
 pub fn all_signatures(conn: &Connection) -> Result<Vec<SignatureRow>> {
+    if !has_table(conn)? {
+        return Ok(Vec::new());
+    }
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM signatures ORDER BY snapshot, fingerprint"
     ))?;
     let rows = stmt.query_map([], map_signature)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whether the index has the table: an index of an older schema on a
+/// read-only root is read as it stands, without signatures (none can be
+/// there).
+fn has_table(conn: &Connection) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'signatures'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0)
 }
 
 #[cfg(test)]
