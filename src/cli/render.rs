@@ -16,6 +16,7 @@ use crate::ops::query::{LineageEntry, ListEntry, ShowReport};
 use crate::ops::reindex::ReindexReport;
 use crate::ops::remove::RemoveReport;
 use crate::ops::rename::RenameReport;
+use crate::ops::sign::{SignReport, SignaturesReport};
 use crate::ops::verify::VerifyReport;
 use crate::store::shared_home::HomeReport;
 
@@ -153,6 +154,13 @@ pub fn show(p: &mut Printer, r: &ShowReport) -> Rendered {
     }
     for (k, v) in &s.labels {
         lines.push(format!("label:           {k}={v}"));
+    }
+    for signer in &r.signers {
+        lines.push(format!(
+            "signed by:       {} ({})",
+            signer.principal.as_deref().unwrap_or("-"),
+            signer.fingerprint
+        ));
     }
     lines.push("files:".into());
     for f in &r.files {
@@ -402,6 +410,41 @@ pub fn verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
         p.line(plural(r.problems.len(), "problem"))?;
     }
     Ok(())
+}
+
+/// `sign`: the signature itself on stdout, so `> FILE` keeps it for ssh-keygen.
+pub fn sign(p: &mut Printer, r: &SignReport) -> Rendered {
+    r.signature.lines().try_for_each(|l| p.line(l.to_string()))
+}
+
+/// `verify --signatures`.
+pub fn signatures(p: &mut Printer, r: &SignaturesReport) -> Rendered {
+    for s in &r.signatures {
+        let who = s
+            .trusted
+            .as_deref()
+            .or(s.principal.as_deref())
+            .unwrap_or("-");
+        match &s.problem {
+            None => p.line(format!(
+                "ok: {} ({}) signed by {who} ({})",
+                s.name, s.snapshot, s.fingerprint
+            ))?,
+            Some(why) => p.line(format!(
+                "problem: signature: {} ({}) by {}: {why}",
+                s.name, s.snapshot, s.fingerprint
+            ))?,
+        }
+    }
+    for c in &r.chain_problems {
+        p.line(format!("problem: chain: {c}"))?;
+    }
+    p.line(format!(
+        "{}: checked {}, {}",
+        if r.ok { "ok" } else { "FAILED" },
+        plural(r.signatures.len(), "signature"),
+        plural(r.links_checked, "chain link")
+    ))
 }
 
 /// One line saying why gc kept `k` and what to do about it.

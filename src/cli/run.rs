@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use super::args::{Cli, Command, ExportArgs, PullArgs, PushArgs, RemoteArgs};
+use super::args::{AddArgs, Cli, Command, ExportArgs, ImportArgs, PullArgs, PushArgs, RemoteArgs};
 use super::printer::Printer;
 use super::progress::BarProgress;
 use super::render::{self, Rendered, emit, summary};
@@ -124,7 +124,7 @@ fn refuse_terminals(command: &Command) -> Result<()> {
                     .into(),
             ))
         }
-        Command::Import { archive, .. } if archive == "-" && std::io::stdin().is_terminal() => {
+        Command::Import(args) if args.archive == "-" && std::io::stdin().is_terminal() => {
             Err(Error::Usage(
                 "import -: standard input is a terminal; pipe an archive in or name a file".into(),
             ))
@@ -140,11 +140,7 @@ fn dispatch(
     progress: &BarProgress,
 ) -> Result<Rendered> {
     Ok(match command {
-        Command::Add {
-            dir,
-            name,
-            cache_dir,
-        } => add(registry, &dir, &AddOptions { name, cache_dir }, p, progress)?,
+        Command::Add(args) => add(registry, args, p, progress)?,
         Command::List => emit(p, &registry.list()?, |p, e| render::list(p, e)),
         Command::Show { reference } => emit(p, &registry.show(&reference)?, render::show),
         Command::Lineage {
@@ -173,32 +169,25 @@ fn dispatch(
             gc(registry, &opts, p, progress)?
         }
         Command::Du { references } => du(registry, &references, p)?,
-        Command::Verify { reference, content } => {
-            verify(registry, reference.as_deref(), content, p, progress)?
-        }
+        Command::Verify {
+            reference,
+            signatures: true,
+            trust,
+            ..
+        } => verify_signatures(registry, reference.as_deref(), trust, p)?,
+        Command::Verify {
+            reference, content, ..
+        } => verify(registry, reference.as_deref(), content, p, progress)?,
+        Command::Sign {
+            reference,
+            key,
+            principal,
+        } => sign(registry, &reference, &key, principal.as_deref(), p)?,
         Command::Export(args) => {
             crate::process::interrupt::install();
             export(registry, args, p, progress)?
         }
-        Command::Import {
-            archive,
-            name,
-            max_file_size,
-            allow_shallow,
-        } => {
-            let opts = ImportOptions {
-                name,
-                max_file_bytes: max_file_size,
-                allow_shallow,
-            };
-            import(
-                registry,
-                &ImportSource::from_arg(&archive),
-                &opts,
-                p,
-                progress,
-            )?
-        }
+        Command::Import(args) => import(registry, args, p, progress)?,
         Command::Push(args) => {
             crate::process::interrupt::install();
             push(registry, args, p, progress)?
@@ -217,15 +206,38 @@ fn dispatch(
 /// `add`, interruptible, with the hint a shared microsandbox home needs.
 fn add(
     registry: &mut Registry,
-    dir: &Path,
-    opts: &AddOptions,
+    args: AddArgs,
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
     crate::process::interrupt::install();
-    let r = registry.add(dir, opts, progress)?;
+    let opts = AddOptions {
+        name: args.name,
+        cache_dir: args.cache_dir,
+        signatures: args.signature,
+        trust: args.trust.options(),
+    };
+    let r = registry.add(&args.dir, &opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::add))
+}
+
+/// `sign`: the signature on stdout; a key that had already signed is said on stderr.
+fn sign(
+    registry: &mut Registry,
+    reference: &str,
+    key: &Path,
+    principal: Option<&str>,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let r = registry.sign(reference, key, principal)?;
+    if !r.added {
+        eprintln!(
+            "{} ({}) was already signed by key {}; kept that signature",
+            r.name, r.snapshot, r.fingerprint
+        );
+    }
+    Ok(emit(p, &r, render::sign))
 }
 
 /// `rename`, with the hint a shared microsandbox home needs.
@@ -305,16 +317,43 @@ fn verify(
     })
 }
 
+/// `verify --signatures`: the report is printed even when it fails, then exit 5.
+fn verify_signatures(
+    registry: &Registry,
+    reference: Option<&str>,
+    trust: Option<PathBuf>,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let trusts = match trust {
+        Some(path) => vec![crate::ops::sign::read_trust(&path)?],
+        None => Vec::new(),
+    };
+    let r = registry.verify_signatures(reference, &trusts)?;
+    if r.ok {
+        return Ok(summary(p, &r, render::signatures));
+    }
+    let _ = emit(p, &r, render::signatures).and_then(|()| p.flush());
+    Err(Error::VerifyFailed {
+        problems: r.signatures.iter().filter(|s| s.problem.is_some()).count()
+            + r.chain_problems.len(),
+    })
+}
+
 /// `import`, interruptible, with a warning per carried name that could not be used.
 fn import(
     registry: &mut Registry,
-    source: &ImportSource,
-    opts: &ImportOptions,
+    args: ImportArgs,
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
     crate::process::interrupt::install();
-    let r = registry.import(source, opts, progress)?;
+    let opts = ImportOptions {
+        name: args.name,
+        max_file_bytes: args.max_file_size,
+        allow_shallow: args.allow_shallow,
+        trust: args.trust.options(),
+    };
+    let r = registry.import(&ImportSource::from_arg(&args.archive), &opts, progress)?;
     for f in &r.name_fallbacks {
         eprintln!(
             "warning: {} came named {:?}, but {}; it is named {}",
@@ -424,6 +463,7 @@ fn pull(
         jobs: usize::from(args.jobs),
         max_file_bytes: args.max_file_size,
         client: client_options(&source, args.remote, progress)?,
+        trust: args.trust.options(),
     };
     let r = registry.pull(&source, &opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());

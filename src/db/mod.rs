@@ -9,6 +9,7 @@ pub mod microsandbox;
 pub mod private_copy;
 pub mod remote;
 pub mod schema;
+pub mod signatures;
 pub mod snapshots;
 
 use std::path::Path;

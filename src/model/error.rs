@@ -32,6 +32,9 @@ pub mod exit {
     pub const REMOTE: i32 = 8;
     /// A remote registry refused our credentials (or asked for some we lack).
     pub const AUTH: i32 = 9;
+    /// A signature refused, or a trust policy not met: a snapshot without a
+    /// valid signature by an allowed principal. Nothing was installed.
+    pub const SIGNATURE: i32 = 10;
 }
 
 /// Placeholder member of a refusal about the whole archive, replaced by its
@@ -333,6 +336,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A signature that is malformed or does not verify, or a snapshot a
+    /// trust policy requires signed that no allowed principal signed.
+    #[error("signature refused: {subject}: {detail}")]
+    Signature {
+        /// The snapshot digest, signature member or file concerned.
+        subject: String,
+        /// What is missing or wrong.
+        detail: String,
+    },
+
     /// A failpoint fired (crash-injection testing only).
     #[error("failpoint {0} fired")]
     Failpoint(String),
@@ -365,6 +378,7 @@ impl Error {
             | Error::RemoteRejected { .. } => exit::REJECTED,
             Error::Remote { .. } => exit::REMOTE,
             Error::RemoteAuth { .. } => exit::AUTH,
+            Error::Signature { .. } => exit::SIGNATURE,
             Error::ReadOnlySql(_) => exit::USAGE,
             Error::Interrupted { signal, .. } => 128 + signal,
             Error::NoRegistry { .. } => exit::NOT_FOUND,
@@ -512,6 +526,14 @@ impl Error {
     /// Shorthand for an [`Error::Integrity`] about `subject`.
     pub fn integrity(subject: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Integrity {
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Signature`] about `subject`.
+    pub fn signature(subject: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Signature {
             subject: subject.into(),
             detail: detail.into(),
         }

@@ -16,6 +16,7 @@ use crate::model::manifest::{
 };
 use crate::ops::install::install;
 use crate::ops::registry::Registry;
+use crate::ops::sign::{Arriving, TrustOptions, admit, read_signature_files};
 use crate::process::progress::Progress;
 use crate::store::files::{read_limited, read_logical};
 use crate::store::layout::SnapshotName;
@@ -29,6 +30,10 @@ pub struct AddOptions {
     pub name: Option<String>,
     /// A microsandbox cache directory to take the pinned image's artifacts from.
     pub cache_dir: Option<PathBuf>,
+    /// Armored signatures of the snapshot to record with it.
+    pub signatures: Vec<PathBuf>,
+    /// Which signatures the snapshot must carry.
+    pub trust: TrustOptions,
 }
 
 /// What `add` did.
@@ -139,6 +144,14 @@ impl Registry {
         opts: &AddOptions,
         progress: &dyn Progress,
     ) -> Result<AddReport> {
+        let trusts = self.trust_policy(&opts.trust)?;
+        let signatures = read_signature_files(&opts.signatures)?;
+        let arriving = Arriving {
+            digest: parsed.digest,
+            parent: parsed.manifest.parent,
+            signatures: &signatures,
+        };
+        let signatures = admit(self.db().conn(), &trusts, &[arriving])?;
         db::imports::insert_pin(
             self.db().conn(),
             lease.id(),
@@ -149,7 +162,10 @@ impl Registry {
         let mut journal = Vec::new();
         let snapshot =
             self.stage_snapshot(lease, &sources, &parsed, &name, progress, &mut journal)?;
-        let mut set = StagedSet::default();
+        let mut set = StagedSet {
+            signatures,
+            ..StagedSet::default()
+        };
         if let Some(cache_dir) = &opts.cache_dir {
             self.stage_cache(lease, cache_dir, &parsed, progress, &mut journal, &mut set)?;
         }

@@ -27,6 +27,8 @@ pub const CHUNK_MAP: &str = "application/vnd.microsandbox.snapshot.chunkmap.v1+j
 pub const PACK: &str = "application/vnd.microsandbox.snapshot.pack.v1+zstd";
 /// `artifactType` of an image's cache artifacts.
 pub const IMAGE_CACHE_ARTIFACT: &str = "application/vnd.microsandbox.image-cache.v1";
+/// `artifactType` of a snapshot's signatures (tagged `sha256-<hex>.sig`).
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.microsandbox.snapshot.signatures.v1";
 /// `mediaType` of a cache file layer.
 pub const IMAGE_CACHE_FILE: &str = "application/vnd.microsandbox.image-cache.file.v1";
 /// The OCI empty config (`{}`), for the image-cache manifest.
@@ -135,10 +137,10 @@ impl OciManifest {
             return Err(bad(format!(
                 "artifactType is {}, not {artifact}: not a microsandbox {}",
                 crate::model::text::escape(m.artifact_type.as_deref().unwrap_or("(none)")),
-                if artifact == SNAPSHOT_ARTIFACT {
-                    "snapshot"
-                } else {
-                    "image cache"
+                match artifact {
+                    SNAPSHOT_ARTIFACT => "snapshot",
+                    SIGNATURE_ARTIFACT => "snapshot's signatures",
+                    _ => "image cache",
                 }
             )));
         }

@@ -9,6 +9,7 @@ pub mod format;
 pub mod holdings;
 pub mod reference;
 pub mod retry;
+pub mod signatures;
 
 pub use client::{Access, Client, ClientOptions, Notices};
 pub use credentials::Credentials;

@@ -33,6 +33,7 @@ mod ociutil;
 mod reader;
 mod reports;
 mod roundtrip;
+mod signing;
 mod soak;
 mod storage;
 mod tarcraft;

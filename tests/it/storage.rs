@@ -483,8 +483,8 @@ fn issue_22_an_older_schema_on_a_read_only_root_is_read_not_migrated() {
     chain_in_registry(&reg);
     sql(&reg)
         .execute_batch(
-            "DROP TABLE remote_chunks; DROP TABLE remote_blobs;
-             DELETE FROM refinery_schema_history WHERE version = 6;",
+            "DROP TABLE signatures; DROP TABLE remote_chunks; DROP TABLE remote_blobs;
+             DELETE FROM refinery_schema_history WHERE version >= 6;",
         )
         .unwrap();
     let db_bytes = std::fs::read(side(&reg, "")).unwrap();

@@ -37,11 +37,15 @@ impl Registry {
         head_name: Option<&SnapshotName>,
         images: &HashSet<Digest>,
         maps: &[Assembled],
+        signatures: Vec<crate::db::signatures::SignatureRow>,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
         let repo = source.repository.as_str();
-        let mut set = StagedSet::default();
+        let mut set = StagedSet {
+            signatures,
+            ..StagedSet::default()
+        };
         let mut journal = Vec::new();
         let names = self.pull_names(chain, head_name)?;
         // Hashing a large sparse upper takes a while: the bar counts it.

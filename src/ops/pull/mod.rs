@@ -26,12 +26,15 @@ use std::collections::HashSet;
 
 pub use self::report::{PullOptions, PullReport, Transfer};
 use self::resolve::RemoteSnapshot;
+use crate::db::signatures::SignatureRow;
 use crate::db::{self, ImportState};
 use crate::journal::Lease;
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::ops::registry::Registry;
+use crate::ops::sign::{Arriving, admit};
 use crate::process::progress::Progress;
+use crate::remote::signatures::fetch_signatures;
 use crate::remote::{Client, RemoteRef};
 use crate::store::layout::SnapshotName;
 
@@ -79,6 +82,7 @@ impl Registry {
             return Ok(report);
         }
         self.check_name_free(&head, head_name.as_ref())?;
+        let signatures = runtime.block_on(self.pulled_signatures(&client, source, &chain, opts))?;
         let key = format!(
             "{}{}@{manifest_digest}",
             db::gc::PULL_SOURCE_PREFIX,
@@ -94,6 +98,7 @@ impl Registry {
                     &chain,
                     head_name.as_ref(),
                     opts,
+                    signatures,
                     &mut report,
                     progress,
                 ) => r,
@@ -165,6 +170,7 @@ impl Registry {
         chain: &[RemoteSnapshot],
         head_name: Option<&SnapshotName>,
         opts: &PullOptions,
+        signatures: Vec<SignatureRow>,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
@@ -197,9 +203,37 @@ impl Registry {
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PULL_ASSEMBLED)?;
         self.install_pulled(
-            client, source, lease, chain, head_name, &images, &maps, report, progress,
+            client, source, lease, chain, head_name, &images, &maps, signatures, report, progress,
         )
         .await
+    }
+
+    /// The signatures the repository holds for each snapshot of `chain`,
+    /// checked against the policy before a byte of content is downloaded:
+    /// a signature that does not verify refuses the pull, as does a
+    /// snapshot the trust files require signed that no allowed key covers.
+    async fn pulled_signatures(
+        &self,
+        client: &Client,
+        source: &RemoteRef,
+        chain: &[RemoteSnapshot],
+        opts: &PullOptions,
+    ) -> Result<Vec<SignatureRow>> {
+        let trusts = self.trust_policy(&opts.trust)?;
+        let mut found = Vec::new();
+        for s in chain {
+            found.push(fetch_signatures(client, &source.repository, &s.parsed.digest).await?);
+        }
+        let arriving: Vec<Arriving> = chain
+            .iter()
+            .zip(&found)
+            .map(|(s, signatures)| Arriving {
+                digest: s.parsed.digest,
+                parent: s.parsed.manifest.parent,
+                signatures,
+            })
+            .collect();
+        admit(self.db().conn(), &trusts, &arriving)
     }
 }
 

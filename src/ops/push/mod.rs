@@ -29,6 +29,7 @@ use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::format::{CHUNK_MAP, Descriptor, OCI_MANIFEST, SNAPSHOT_CONFIG};
 use crate::remote::reference::{is_valid_tag, snapshot_of_tag, snapshot_tag};
+use crate::remote::signatures::push_signatures;
 use crate::remote::{Access, Client, RemoteRef};
 use crate::store::layout::SnapshotName;
 
@@ -146,7 +147,15 @@ impl Registry {
             .push_manifests(client, target, chain, jobs, &mut counts, progress)
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PUSH_MANIFESTS_STORED)?;
-        let snapshots = set_tags(client, &target.repository, chain, tag, &manifests).await?;
+        let mut snapshots = set_tags(client, &target.repository, chain, tag, &manifests).await?;
+        for pushed in &mut snapshots {
+            let rows = db::signatures::signatures_of(self.db().conn(), &pushed.digest)?;
+            if !rows.is_empty() {
+                let armored: Vec<String> = rows.into_iter().map(|r| r.signature).collect();
+                push_signatures(client, &target.repository, &pushed.digest, &armored).await?;
+                pushed.signatures = armored.len();
+            }
+        }
         Ok(PushReport {
             repository: target.repository_name(),
             tag: tag.to_string(),
@@ -325,6 +334,7 @@ async fn set_tags(
             name: snapshot.name.clone(),
             manifest_digest: *digest,
             tags,
+            signatures: 0,
         });
     }
     Ok(pushed)

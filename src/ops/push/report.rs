@@ -35,6 +35,8 @@ pub struct PushedSnapshot {
     pub manifest_digest: Digest,
     /// The tags set on it.
     pub tags: Vec<String>,
+    /// Signatures stored with it (tag `sha256-<hex>.sig`), set after its tags.
+    pub signatures: usize,
 }
 
 /// The image cache artifacts a push stored.
