@@ -18,7 +18,7 @@ use crate::archive::entry::{
 };
 use crate::archive::import_source::{self, OpenedSource, Pump, PumpError};
 use crate::archive::names::{self, NameFallback};
-use crate::archive::streamed::{StagedMember, Streamed, StreamedSnapshot};
+use crate::archive::streamed::{CarriedName, StagedMember, Streamed, StreamedSnapshot};
 use crate::archive::tar_reader::{Chunk, ReadError, TarReader};
 use crate::db::{self, ImportState};
 use crate::journal::Lease;
@@ -153,26 +153,27 @@ impl Registry {
         record(self, lease, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
-        let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
+        let head_digest = streamed.snapshots[head].digest;
+        let head_fallback = names[head].to_string();
+        let checked: CheckedSet = check::verify(&layout, streamed, names)?;
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
         crate::process::interrupt::check()?;
 
-        let head_row = &streamed.snapshots[head];
-        let rename_to = self.head_rename(&head_row.parsed.digest, head_name)?;
+        let rename_to = self.head_rename(&head_digest, head_name)?;
         let outcome = install(self, lease, &checked.set)?;
         if let Some(wanted) = &rename_to {
-            self.rename(&head_row.parsed.digest.to_string(), wanted.as_str())?;
+            self.rename(&head_digest.to_string(), wanted.as_str())?;
         }
-        let name = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?
+        let name = db::snapshots::snapshot_by_digest(self.db().conn(), &head_digest)?
             .map(|r| r.name)
-            .unwrap_or_else(|| names[head].to_string());
+            .unwrap_or(head_fallback);
         Ok(ImportReport {
             microsandbox_hint: if outcome.imported.is_empty() {
                 None
             } else {
                 crate::store::shared_home::reindex_hint(self.layout())
             },
-            head: head_row.parsed.digest,
+            head: head_digest,
             name,
             imported: outcome.imported,
             skipped: outcome.skipped,
@@ -248,6 +249,7 @@ impl Registry {
 }
 
 /// Record every staged file in one transaction: the import's lease on them.
+/// Row by row, so the rows are never all in memory at once.
 fn record(
     registry: &mut Registry,
     lease: &Lease,
@@ -261,22 +263,25 @@ fn record(
             .to_string_lossy()
             .into_owned()
     };
-    let mut rows = Vec::new();
+    let tx = registry.db_mut().write()?;
+    let insert = |row: db::ImportFileRow| {
+        db::imports::insert_import_files(&tx, lease.id(), std::slice::from_ref(&row))
+    };
     for (s, name) in streamed.snapshots.iter().zip(names) {
-        for (file, m) in &s.files {
-            rows.push(db::ImportFileRow {
-                member: m.member.clone(),
-                staged_path: rel(&m.path),
+        for (file, bytes) in &s.files {
+            insert(db::ImportFileRow {
+                member: s.member(file),
+                staged_path: rel(&s.dir(&streamed.staged).join(file)),
                 final_path: rel(&layout.snapshot_file(name, file)),
                 kind: "snapshot".into(),
-                size: m.bytes.size,
-                digest: m.bytes.digest,
+                size: bytes.size,
+                digest: bytes.digest,
                 promote: true,
-            });
+            })?;
         }
     }
     for (file, m) in &streamed.cache {
-        rows.push(db::ImportFileRow {
+        insert(db::ImportFileRow {
             member: m.member.clone(),
             staged_path: rel(&m.path),
             final_path: rel(&layout.cache_file(file)),
@@ -284,10 +289,8 @@ fn record(
             size: m.bytes.size,
             digest: m.bytes.digest,
             promote: true,
-        });
+        })?;
     }
-    let tx = registry.db_mut().write()?;
-    db::imports::insert_import_files(&tx, lease.id(), &rows)?;
     tx.commit()?;
     Ok(())
 }
@@ -312,7 +315,10 @@ async fn read_archive(
         max_file_bytes,
         pinned: HashSet::new(),
         members: MemberSet::default(),
-        streamed: Streamed::default(),
+        streamed: Streamed {
+            staged: layout.staged_snapshots(id),
+            ..Streamed::default()
+        },
         by_prefix: HashMap::new(),
         progress,
         buf: vec![0u8; CHUNK],
@@ -424,7 +430,7 @@ impl Stager<'_> {
                 | Member::CacheKindDir(_) => {}
                 Member::SnapshotFile { prefix, file } if file == MANIFEST_FILE => {
                     let carried = header.comment.as_deref().and_then(carried_name);
-                    let carried = carried.map(<[u8]>::to_vec);
+                    let carried = carried.map(names::judge);
                     self.manifest(reader, member_path, prefix, size, carried)
                         .await?;
                 }
@@ -448,7 +454,7 @@ impl Stager<'_> {
         member: String,
         prefix: String,
         size: u64,
-        carried_name: Option<Vec<u8>>,
+        carried_name: Option<CarriedName>,
     ) -> Result<()> {
         let mut bytes = vec![0u8; size as usize];
         let mut filled = 0;
@@ -490,20 +496,9 @@ impl Stager<'_> {
         let staged = out.finish()?;
         self.by_prefix
             .insert(prefix.clone(), self.streamed.snapshots.len());
-        self.streamed.snapshots.push(StreamedSnapshot {
-            prefix,
-            parsed,
-            dir,
-            files: vec![(
-                MANIFEST_FILE.to_string(),
-                StagedMember {
-                    member,
-                    path,
-                    bytes: staged,
-                },
-            )],
-            carried_name,
-        });
+        let mut snapshot = StreamedSnapshot::new(&parsed, carried_name);
+        snapshot.files.push((MANIFEST_FILE.to_string(), staged));
+        self.streamed.snapshots.push(snapshot);
         Ok(())
     }
 
@@ -519,7 +514,7 @@ impl Stager<'_> {
         manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
         let index = index.expect("checked by manifest_first");
         let snapshot = &self.streamed.snapshots[index];
-        let upper = &snapshot.parsed.manifest.upper;
+        let upper = &snapshot.upper;
         let integrity = if file == upper.file {
             if size != upper.size_bytes {
                 return Err(Error::integrity(
@@ -534,18 +529,11 @@ impl Stager<'_> {
         } else {
             None
         };
-        let path = snapshot.dir.join(&file);
+        let path = snapshot.dir(&self.streamed.staged).join(&file);
         let bytes = self
             .stage(reader, &member, &path, size, integrity.as_ref(), true)
             .await?;
-        self.streamed.snapshots[index].files.push((
-            file,
-            StagedMember {
-                member,
-                path,
-                bytes,
-            },
-        ));
+        self.streamed.snapshots[index].files.push((file, bytes));
         Ok(())
     }
 

@@ -36,7 +36,7 @@ use crate::remote::reference::{image_tag, snapshot_of_tag, snapshot_tag};
 use crate::remote::{Access, Client, ClientOptions, RemoteRef};
 use crate::store::files::write_at_sparse;
 use crate::store::layout::SnapshotName;
-use crate::store::staged::{StagedSet, StagedSnapshot};
+use crate::store::staged::{StagedManifest, StagedSet, StagedSnapshot};
 
 /// The most snapshots one pull walks up a chain.
 pub const MAX_CHAIN: usize = 100_000;
@@ -438,7 +438,7 @@ impl Registry {
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
         let head = set.snapshots.last().expect("a chain is never empty");
-        report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.parsed.digest)?
+        report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.manifest.digest())?
             .map(|r| r.name)
             .unwrap_or_else(|| head.name.to_string());
         if !report.imported.is_empty() {
@@ -819,7 +819,7 @@ impl Registry {
             chunks.push((file_name.to_string(), list));
         }
         Ok(StagedSnapshot {
-            parsed: s.parsed.clone(),
+            manifest: StagedManifest::Held(Box::new(s.parsed.clone())),
             name,
             staged_dir: rel(dir),
             files,
