@@ -101,12 +101,12 @@ pub fn verify(layout: &Layout, streamed: Streamed, names: Vec<SnapshotName>) -> 
             let mut chunks = Vec::new();
             for (file, bytes) in s.files {
                 files.push(SnapshotFileRow {
-                    path: file.clone(),
+                    path: file.to_string(),
                     size: bytes.size,
                     digest: bytes.digest,
                 });
                 if let Some(list) = bytes.chunks {
-                    chunks.push((file, list));
+                    chunks.push((file.into_string(), list));
                 }
             }
             StagedSnapshot {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::digest::Digest;
 use crate::model::image::CacheFile;
-use crate::model::manifest::{ParsedManifest, Upper};
+use crate::model::manifest::{Integrity, ParsedManifest};
 use crate::store::layout::SnapshotName;
 use crate::store::stage::StagedBytes;
 
@@ -40,6 +40,18 @@ pub enum CarriedName {
     },
 }
 
+/// What a snapshot's manifest says about its upper, in fewer bytes than
+/// [`crate::model::manifest::Upper`].
+#[derive(Debug)]
+pub struct UpperFacts {
+    /// File name inside the snapshot directory.
+    pub file: Box<str>,
+    /// Apparent (logical) size in bytes.
+    pub size_bytes: u64,
+    /// Recorded checksum, if any.
+    pub integrity: Option<Box<Integrity>>,
+}
+
 /// A snapshot directory as it came out of the archive.
 #[derive(Debug)]
 pub struct StreamedSnapshot {
@@ -51,10 +63,10 @@ pub struct StreamedSnapshot {
     /// manifest digest it pins.
     pub image: (CacheFile, Digest),
     /// The upper its manifest describes.
-    pub upper: Upper,
+    pub upper: UpperFacts,
     /// Its files by name, in archive order (the manifest first), each
     /// staged as `dir/<name>` from member `<prefix>/<name>`.
-    pub files: Vec<(String, StagedBytes)>,
+    pub files: Vec<(Box<str>, StagedBytes)>,
     /// The name the archive carried for it (boxed: most carry none).
     pub carried_name: Option<Box<CarriedName>>,
 }
@@ -70,7 +82,11 @@ impl StreamedSnapshot {
                 CacheFile::metadata_for_ref(&m.image.reference),
                 m.image.manifest_digest,
             ),
-            upper: m.upper.clone(),
+            upper: UpperFacts {
+                file: m.upper.file.as_str().into(),
+                size_bytes: m.upper.size_bytes,
+                integrity: m.upper.integrity.clone().map(Box::new),
+            },
             files: Vec::with_capacity(2),
             carried_name: carried_name.map(Box::new),
         }
@@ -93,7 +109,10 @@ impl StreamedSnapshot {
 
     /// What staging its file `name` found.
     pub fn file(&self, name: &str) -> Option<&StagedBytes> {
-        self.files.iter().find(|(n, _)| n == name).map(|(_, m)| m)
+        self.files
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, m)| m)
     }
 }
 

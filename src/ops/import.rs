@@ -271,7 +271,7 @@ fn record(
         for (file, bytes) in &s.files {
             insert(db::ImportFileRow {
                 member: s.member(file),
-                staged_path: rel(&s.dir(&streamed.staged).join(file)),
+                staged_path: rel(&s.dir(&streamed.staged).join(&**file)),
                 final_path: rel(&layout.snapshot_file(name, file)),
                 kind: "snapshot".into(),
                 size: bytes.size,
@@ -497,7 +497,7 @@ impl Stager<'_> {
         self.by_prefix
             .insert(prefix.clone(), self.streamed.snapshots.len());
         let mut snapshot = StreamedSnapshot::new(&parsed, carried_name);
-        snapshot.files.push((MANIFEST_FILE.to_string(), staged));
+        snapshot.files.push((MANIFEST_FILE.into(), staged));
         self.streamed.snapshots.push(snapshot);
         Ok(())
     }
@@ -515,7 +515,7 @@ impl Stager<'_> {
         let index = index.expect("checked by manifest_first");
         let snapshot = &self.streamed.snapshots[index];
         let upper = &snapshot.upper;
-        let integrity = if file == upper.file {
+        let integrity = if *file == *upper.file {
             if size != upper.size_bytes {
                 return Err(Error::integrity(
                     member,
@@ -531,9 +531,11 @@ impl Stager<'_> {
         };
         let path = snapshot.dir(&self.streamed.staged).join(&file);
         let bytes = self
-            .stage(reader, &member, &path, size, integrity.as_ref(), true)
+            .stage(reader, &member, &path, size, integrity.as_deref(), true)
             .await?;
-        self.streamed.snapshots[index].files.push((file, bytes));
+        self.streamed.snapshots[index]
+            .files
+            .push((file.into_boxed_str(), bytes));
         Ok(())
     }
 
