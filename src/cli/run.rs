@@ -181,11 +181,13 @@ fn dispatch(
             archive,
             name,
             max_file_size,
+            max_hole_bytes,
             allow_shallow,
         } => {
             let opts = ImportOptions {
                 name,
                 max_file_bytes: max_file_size,
+                max_hole_bytes,
                 allow_shallow,
             };
             import(

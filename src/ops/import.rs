@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -16,6 +18,7 @@ use crate::archive::entry::{
     DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, carried_name, check_size, classify,
     manifest_first,
 };
+use crate::archive::hole_budget::{DEFAULT_FREE_HOLE_BYTES, HoleBudget};
 use crate::archive::import_source::{self, OpenedSource, Pump, PumpError};
 use crate::archive::names::{self, NameFallback};
 use crate::archive::streamed::{CarriedName, StagedMember, Streamed, StreamedSnapshot};
@@ -49,6 +52,10 @@ pub struct ImportOptions {
     /// Largest logical size of one file; `None` means
     /// [`DEFAULT_MAX_FILE_BYTES`] (1 TiB).
     pub max_file_bytes: Option<u64>,
+    /// The fixed part of the budget of hole bytes hashed for upper
+    /// integrity ([`crate::archive::hole_budget`]); `None` means
+    /// [`DEFAULT_FREE_HOLE_BYTES`] (64 GiB).
+    pub max_hole_bytes: Option<u64>,
     /// Accept an archive whose first snapshot's parent is neither in the
     /// archive nor in the registry (the snapshots land shallow); refused
     /// otherwise, naming the missing base.
@@ -208,7 +215,10 @@ impl Registry {
             lease.id(),
             source,
             opened,
-            opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            Limits {
+                max_file_bytes: opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+                free_hole_bytes: opts.max_hole_bytes.unwrap_or(DEFAULT_FREE_HOLE_BYTES),
+            },
             progress,
         ));
         runtime.shutdown_background();
@@ -303,16 +313,19 @@ async fn read_archive(
     id: &str,
     source: &ImportSource,
     opened: OpenedSource,
-    max_file_bytes: u64,
+    limits: Limits,
     progress: &dyn Progress,
 ) -> Result<Streamed> {
+    let (opened, source_bytes) = opened.counted();
     let (tar, pump) = Pump::start(opened);
     let mut reader = TarReader::new(tar, &layout.import_staging(id));
     let mut stager = Stager {
         layout,
         conn,
         id,
-        max_file_bytes,
+        max_file_bytes: limits.max_file_bytes,
+        holes: HoleBudget::new(limits.free_hole_bytes),
+        source_bytes,
         pinned: HashSet::new(),
         members: MemberSet::default(),
         streamed: Streamed {
@@ -390,12 +403,22 @@ fn tar_error(after: &Option<String>, e: ReadError) -> Error {
 
 type Reader = TarReader<tokio::io::DuplexStream>;
 
+/// The import's bounds on what one archive may cost.
+struct Limits {
+    max_file_bytes: u64,
+    free_hole_bytes: u64,
+}
+
 struct Stager<'a> {
     layout: &'a Layout,
     /// For recording, as each manifest arrives, the image it pins.
     conn: &'a rusqlite::Connection,
     id: &'a str,
     max_file_bytes: u64,
+    /// Hole bytes hashed for upper integrity, against their budget.
+    holes: HoleBudget,
+    /// Bytes read from the source so far, which the budget grows with.
+    source_bytes: Arc<AtomicU64>,
     /// Images already recorded in `import_pins`.
     pinned: HashSet<Digest>,
     members: MemberSet,
@@ -435,7 +458,8 @@ impl Stager<'_> {
                         .await?;
                 }
                 Member::SnapshotFile { prefix, file } => {
-                    self.snapshot_file(reader, member_path, prefix, file, size)
+                    let holes = size.saturating_sub(header.stored);
+                    self.snapshot_file(reader, member_path, prefix, file, (size, holes))
                         .await?;
                 }
                 Member::CacheFile(file) => {
@@ -508,7 +532,7 @@ impl Stager<'_> {
         member: String,
         prefix: String,
         file: String,
-        size: u64,
+        (size, holes): (u64, u64),
     ) -> Result<()> {
         let index = self.by_prefix.get(&prefix).copied();
         manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
@@ -529,6 +553,10 @@ impl Stager<'_> {
         } else {
             None
         };
+        if integrity.is_some() {
+            let read = self.source_bytes.load(Ordering::Relaxed);
+            self.holes.charge(&member, holes, read)?;
+        }
         let path = snapshot.dir(&self.streamed.staged).join(&file);
         let bytes = self
             .stage(reader, &member, &path, size, integrity.as_deref(), true)

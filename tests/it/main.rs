@@ -17,6 +17,7 @@ mod export;
 mod gc;
 mod hardening;
 mod home;
+mod import_bounds;
 mod import_hostile;
 mod import_ok;
 mod layers;
