@@ -284,6 +284,21 @@ pub struct RemoteArgs {
     /// INSECURE: talk plain HTTP, unencrypted and unauthenticated (a registry on localhost).
     #[arg(long, conflicts_with = "ca_cert")]
     pub insecure: bool,
+    /// Give up the command's network work after this many seconds [default: no limit].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+    /// Cut an attempt that moves less than --min-rate × SECS bytes in any SECS seconds
+    /// (waiting for an answer moves none).
+    #[arg(long, value_name = "SECS", default_value_t = crate::remote::deadline::DEFAULT_STALL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_timeout: u64,
+    /// The slowest transfer accepted, in bytes per second, judged over --stall-timeout.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::remote::deadline::DEFAULT_MIN_RATE)]
+    pub min_rate: u64,
+    /// Attempts after the first for a transient failure (408, 425, 429, 5xx, a cut connection).
+    #[arg(long, value_name = "N", default_value_t = crate::remote::retry::DEFAULT_RETRIES,
+          value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
 }
 
 impl Command {

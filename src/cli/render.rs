@@ -238,24 +238,33 @@ pub fn import(p: &mut Printer, r: &ImportReport) -> Rendered {
     out.into_iter().try_for_each(|l| p.line(l))
 }
 
+/// Blobs (packs, maps, configs) the repository held or mounted, when any.
+fn blobs_found(r: &crate::ops::push::PushReport) -> String {
+    match (r.blobs_present, r.blobs_mounted) {
+        (0, 0) => String::new(),
+        (present, 0) => format!("; {} already there", plural(present as usize, "blob")),
+        (present, mounted) => format!(
+            "; {} already there, {mounted} mounted from another repository",
+            plural(present as usize, "blob")
+        ),
+    }
+}
+
 /// `push`.
 pub fn push(p: &mut Printer, r: &crate::ops::push::PushReport) -> Rendered {
     let head = r.snapshots.last();
     let mut out = vec![format!(
-        "pushed {} to {}:{} ({}): {} uploaded ({}), {} already there ({}){}",
+        "pushed {} to {}:{} ({}): {} sent in {} ({}); {} already there ({} not sent){}",
         head.map(|s| s.name.as_str()).unwrap_or(""),
         r.repository,
         r.tag,
         plural(r.snapshots.len(), "snapshot"),
-        plural(r.blobs_uploaded as usize, "blob"),
+        plural(r.chunks_uploaded as usize, "chunk"),
+        plural(r.blobs_uploaded as usize, "new blob"),
         human_bytes(r.bytes_uploaded),
-        plural(r.blobs_present as usize, "blob"),
-        human_bytes(r.bytes_present),
-        if r.blobs_mounted > 0 {
-            format!(", {} mounted", plural(r.blobs_mounted as usize, "blob"))
-        } else {
-            String::new()
-        }
+        plural(r.chunks_present as usize, "chunk"),
+        human_bytes(r.bytes_not_sent),
+        blobs_found(r),
     )];
     out.extend(r.snapshots.iter().map(|s| {
         format!(

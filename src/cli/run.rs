@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::CommandFactory;
 
@@ -18,8 +19,10 @@ use crate::ops::gc::GcOptions;
 use crate::ops::import::{ImportOptions, ImportSource};
 use crate::ops::pull::PullOptions;
 use crate::ops::push::PushOptions;
-use crate::ops::registry::Registry;
-use crate::remote::{ClientOptions, Credentials, RemoteRef};
+use crate::ops::registry::{FreshRoot, Registry};
+use crate::remote::deadline::Limits;
+use crate::remote::retry::RetryPolicy;
+use crate::remote::{ClientOptions, Credentials, Notices, RemoteRef};
 use crate::store::layout::Layout;
 
 fn root_of(cli: &Cli) -> Result<PathBuf> {
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         _ => {}
     }
     refuse_terminals(&cli.command)?;
+    crate::db::check_wait_limit()?;
     let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => super::sql::run(&root, &query, &mut p)?,
@@ -70,13 +74,20 @@ pub fn run(cli: Cli) -> Result<Rendered> {
             }
             other => other?,
         },
-        command => {
-            let mut registry = if command.only_reads() {
-                Registry::open_read(&root)?
-            } else {
-                Registry::open(&root)?
-            };
+        command if command.only_reads() => {
+            let mut registry = Registry::open_read(&root)?;
             dispatch(&mut registry, command, &mut p, &progress)?
+        }
+        command => {
+            let fresh = FreshRoot::note(&root);
+            let result = Registry::open(&root)
+                .and_then(|mut registry| dispatch(&mut registry, command, &mut p, &progress));
+            if result.is_err()
+                && let Some(fresh) = fresh
+            {
+                fresh.undo();
+            }
+            result?
         }
     };
     Ok(rendered.and_then(|()| p.flush()))
@@ -190,8 +201,14 @@ fn dispatch(
                 progress,
             )?
         }
-        Command::Push(args) => push(registry, args, p, progress)?,
-        Command::Pull(args) => pull(registry, args, p, progress)?,
+        Command::Push(args) => {
+            crate::process::interrupt::install();
+            push(registry, args, p, progress)?
+        }
+        Command::Pull(args) => {
+            crate::process::interrupt::install();
+            pull(registry, args, p, progress)?
+        }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
         Command::Demo | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the registry root is chosen")
@@ -199,7 +216,7 @@ fn dispatch(
     })
 }
 
-/// `add`, with the hint a shared microsandbox home needs.
+/// `add`, interruptible, with the hint a shared microsandbox home needs.
 fn add(
     registry: &mut Registry,
     dir: &Path,
@@ -207,6 +224,7 @@ fn add(
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
+    crate::process::interrupt::install();
     let r = registry.add(dir, opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::add))
@@ -386,7 +404,7 @@ fn push(
         with_parents: args.with_parents,
         with_image: args.with_image,
         jobs: usize::from(args.jobs),
-        client: client_options(&target, args.remote)?,
+        client: client_options(&target, args.remote, progress)?,
     };
     let r = registry.push(&args.reference, &target, &opts, progress)?;
     for w in &r.warnings {
@@ -407,7 +425,7 @@ fn pull(
         name: args.name,
         jobs: usize::from(args.jobs),
         max_file_bytes: args.max_file_size,
-        client: client_options(&source, args.remote)?,
+        client: client_options(&source, args.remote, progress)?,
     };
     let r = registry.pull(&source, &opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());
@@ -415,8 +433,13 @@ fn pull(
 }
 
 /// Transport and credentials: `--username` with the password on stdin,
-/// else the docker config's for the registry, else none.
-fn client_options(remote: &RemoteRef, args: RemoteArgs) -> Result<ClientOptions> {
+/// else the docker config's for the registry, else none; the deadline and
+/// retry settings; retries said on stderr, above the bar.
+fn client_options(
+    remote: &RemoteRef,
+    args: RemoteArgs,
+    progress: &BarProgress,
+) -> Result<ClientOptions> {
     let credentials = match args.username {
         Some(username) => {
             use std::io::Read;
@@ -455,5 +478,15 @@ fn client_options(remote: &RemoteRef, args: RemoteArgs) -> Result<ClientOptions>
         insecure: args.insecure,
         ca_cert: args.ca_cert,
         credentials,
+        limits: Limits {
+            timeout: args.timeout.map(Duration::from_secs),
+            stall: Duration::from_secs(args.stall_timeout),
+            min_rate: args.min_rate,
+        },
+        retry: RetryPolicy {
+            retries: args.retries,
+            ..RetryPolicy::default()
+        },
+        notices: Notices::new(progress.notice_printer()),
     })
 }

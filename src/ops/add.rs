@@ -105,9 +105,21 @@ impl Registry {
                     .unwrap_or_default(),
             )?,
         };
+        self.clear_dead_staging()?;
         let (layout, db) = self.parts();
         let mut lease = Lease::acquire(layout, db, &dir.display().to_string())?;
-        let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
+        let mut result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
+        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
+            let staging = lease.staging();
+            *cleaned = format!(
+                "removed this add's staging {} ({} bytes on disk); the registry is unchanged",
+                staging
+                    .strip_prefix(self.layout().root())
+                    .unwrap_or(staging)
+                    .display(),
+                crate::store::files::tree_allocated_bytes(staging)
+            );
+        }
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.with_causes())),
@@ -148,6 +160,7 @@ impl Registry {
             tx.commit()?;
         }
         crate::process::failpoint::hit(crate::process::failpoint::ADD_STAGED)?;
+        crate::process::interrupt::check()?;
         let bytes = snapshot.files.iter().map(|f| f.size).sum();
         let file_count = snapshot.files.len();
         set.snapshots.push(snapshot);
@@ -359,6 +372,7 @@ fn copy_into(
         out = out.chunked();
     }
     read_logical(&file, len, src, |piece| {
+        crate::process::interrupt::check()?;
         progress.advance(match piece {
             crate::store::files::Piece::Data(d) => d.len() as u64,
             crate::store::files::Piece::Zeros(n) => n,

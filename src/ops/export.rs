@@ -327,7 +327,7 @@ fn remove_stale_partials(dir: &Path, prefix: &str) {
             continue;
         }
         let path = entry.path();
-        let Ok(file) = File::open(&path) else {
+        let Ok(file) = crate::store::files::open_regular(&path) else {
             continue;
         };
         let now = crate::db::now_unix();
