@@ -403,6 +403,13 @@ fn tar_error(after: &Option<String>, e: ReadError) -> Error {
 
 type Reader = TarReader<tokio::io::DuplexStream>;
 
+/// An archive prefix (`sha256-<16 hex>`, checked by the grammar) as a
+/// number: the same bits in 8 bytes instead of a 16-byte string.
+fn prefix_key(prefix: &str) -> u64 {
+    let hex = prefix.strip_prefix("sha256-").unwrap_or(prefix);
+    u64::from_str_radix(hex, 16).expect("the grammar checked 16 hex digits")
+}
+
 /// The import's bounds on what one archive may cost.
 struct Limits {
     max_file_bytes: u64,
@@ -423,7 +430,8 @@ struct Stager<'a> {
     pinned: HashSet<Digest>,
     members: MemberSet,
     streamed: Streamed,
-    by_prefix: HashMap<String, usize>,
+    /// Each snapshot's index by its archive prefix's 16 hex digits.
+    by_prefix: HashMap<u64, usize>,
     /// Advanced by the logical bytes staged (holes included): what the
     /// time is proportional to, since the integrity digests hash every byte.
     progress: &'a dyn Progress,
@@ -519,7 +527,7 @@ impl Stager<'_> {
         out.piece(Piece::Data(&canonical))?;
         let staged = out.finish()?;
         self.by_prefix
-            .insert(prefix.clone(), self.streamed.snapshots.len());
+            .insert(prefix_key(&prefix), self.streamed.snapshots.len());
         let mut snapshot = StreamedSnapshot::new(&parsed, carried_name);
         snapshot.files.push((MANIFEST_FILE.into(), staged));
         self.streamed.snapshots.push(snapshot);
@@ -534,7 +542,7 @@ impl Stager<'_> {
         file: String,
         (size, holes): (u64, u64),
     ) -> Result<()> {
-        let index = self.by_prefix.get(&prefix).copied();
+        let index = self.by_prefix.get(&prefix_key(&prefix)).copied();
         manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
         let index = index.expect("checked by manifest_first");
         let snapshot = &self.streamed.snapshots[index];

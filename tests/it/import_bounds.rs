@@ -189,7 +189,7 @@ fn export_refuses_a_chain_import_would_refuse_and_names_a_base() {
         .unwrap()
         .to_string();
     assert!(
-        run.stderr.contains("writes the newest 32767 snapshots"),
+        run.stderr.contains("writes the newest 32768 snapshots"),
         "{}",
         run.stderr
     );
