@@ -11,10 +11,11 @@ use crate::db::SnapshotFileRow;
 use crate::model::digest::Digest;
 use crate::model::error::{Error, Result};
 use crate::model::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
+use crate::model::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::store::files::read_limited;
 use crate::store::layout::{Layout, SnapshotName};
 use crate::store::stage::check_integrity;
-use crate::store::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
+use crate::store::staged::{StagedCacheFile, StagedManifest, StagedSet, StagedSnapshot};
 
 use super::entry::MANIFEST_FILE;
 
@@ -36,34 +37,31 @@ pub fn head(snapshots: &[StreamedSnapshot]) -> Result<usize> {
     let position: HashMap<Digest, usize> = snapshots
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.parsed.digest, i))
+        .map(|(i, s)| (s.digest, i))
         .collect();
     for (i, s) in snapshots.iter().enumerate() {
-        if let Some(parent) = s.parsed.manifest.parent
+        if let Some(parent) = s.parent
             && position.get(&parent).is_some_and(|&j| j > i)
         {
             return Err(Error::rejected(
-                format!("{}/{MANIFEST_FILE}", s.prefix),
+                format!("{}/{MANIFEST_FILE}", s.prefix()),
                 format!("its parent {parent} comes later in the archive; parents must come first"),
             ));
         }
     }
-    let parents: HashSet<Digest> = snapshots
-        .iter()
-        .filter_map(|s| s.parsed.manifest.parent)
-        .collect();
+    let parents: HashSet<Digest> = snapshots.iter().filter_map(|s| s.parent).collect();
     Ok((0..snapshots.len())
         .rev()
-        .find(|&i| !parents.contains(&snapshots[i].parsed.digest))
+        .find(|&i| !parents.contains(&snapshots[i].digest))
         .expect("with parents first, the last snapshot is no other's parent"))
 }
 
 /// Every parent a snapshot of the archive names is in the archive or in
 /// the registry; otherwise the archive's base is missing (exit 3).
 pub fn base_present(conn: &rusqlite::Connection, snapshots: &[StreamedSnapshot]) -> Result<()> {
-    let inside: HashSet<Digest> = snapshots.iter().map(|s| s.parsed.digest).collect();
+    let inside: HashSet<Digest> = snapshots.iter().map(|s| s.digest).collect();
     for s in snapshots {
-        if let Some(parent) = s.parsed.manifest.parent
+        if let Some(parent) = s.parent
             && !inside.contains(&parent)
             && crate::db::snapshots::snapshot_by_digest(conn, &parent)?.is_none()
         {
@@ -71,7 +69,8 @@ pub fn base_present(conn: &rusqlite::Connection, snapshots: &[StreamedSnapshot])
                 what: "base",
                 reference: format!(
                     "{parent}, the parent of {} (archive directory {}): the archive is not self-contained; import its base first, or pass --allow-shallow to import it shallow",
-                    s.parsed.digest, s.prefix
+                    s.digest,
+                    s.prefix()
                 ),
             });
         }
@@ -81,11 +80,11 @@ pub fn base_present(conn: &rusqlite::Connection, snapshots: &[StreamedSnapshot])
 
 /// Verify the staged archive and turn it into the set to install, each
 /// snapshot under its name in `names`.
-pub fn verify(layout: &Layout, streamed: &Streamed, names: &[SnapshotName]) -> Result<CheckedSet> {
+pub fn verify(layout: &Layout, streamed: Streamed, names: Vec<SnapshotName>) -> Result<CheckedSet> {
     for s in &streamed.snapshots {
         check_upper(s)?;
     }
-    let images = check_cache(streamed)?;
+    let images = check_cache(&streamed)?;
     let rel = |p: &Path| -> String {
         p.strip_prefix(layout.root())
             .expect("staging is under the root")
@@ -94,26 +93,29 @@ pub fn verify(layout: &Layout, streamed: &Streamed, names: &[SnapshotName]) -> R
     };
     let snapshots = streamed
         .snapshots
-        .iter()
+        .into_iter()
         .zip(names)
-        .map(|(s, name)| StagedSnapshot {
-            parsed: s.parsed.clone(),
-            name: name.clone(),
-            staged_dir: rel(&s.dir),
-            files: s
-                .files
-                .iter()
-                .map(|(file, m)| SnapshotFileRow {
-                    path: file.clone(),
-                    size: m.bytes.size,
-                    digest: m.bytes.digest,
-                })
-                .collect(),
-            chunks: s
-                .files
-                .iter()
-                .filter_map(|(file, m)| Some((file.clone(), m.bytes.chunks.clone()?)))
-                .collect(),
+        .map(|(s, name)| {
+            let staged_dir = rel(&s.dir(&streamed.staged));
+            let mut files = Vec::with_capacity(s.files.len());
+            let mut chunks = Vec::new();
+            for (file, bytes) in s.files {
+                files.push(SnapshotFileRow {
+                    path: file.to_string(),
+                    size: bytes.size,
+                    digest: bytes.digest,
+                });
+                if let Some(list) = bytes.chunks {
+                    chunks.push((file.into_string(), list));
+                }
+            }
+            StagedSnapshot {
+                manifest: StagedManifest::OnDisk(s.digest),
+                name,
+                staged_dir,
+                files,
+                chunks,
+            }
         })
         .collect();
     let cache_files = streamed
@@ -138,25 +140,25 @@ pub fn verify(layout: &Layout, streamed: &Streamed, names: &[SnapshotName]) -> R
 
 /// The upper is present, has the manifest's size, and matches its recorded integrity.
 pub fn check_upper(s: &StreamedSnapshot) -> Result<()> {
-    let upper = &s.parsed.manifest.upper;
-    let member = format!("{}/{}", s.prefix, upper.file);
+    let upper = &s.upper;
+    let member = format!("{}/{}", s.prefix(), upper.file);
     let Some(staged) = s.file(&upper.file) else {
         return Err(Error::integrity(
             member,
             "the upper file named by the manifest is missing from the archive",
         ));
     };
-    if staged.bytes.size != upper.size_bytes {
+    if staged.size != upper.size_bytes {
         return Err(Error::integrity(
             member,
             format!(
                 "size is {} bytes, manifest records {}",
-                staged.bytes.size, upper.size_bytes
+                staged.size, upper.size_bytes
             ),
         ));
     }
     if let Some(integrity) = &upper.integrity {
-        check_integrity(&member, integrity, staged.bytes.integrity)?;
+        check_integrity(&member, integrity, staged.integrity)?;
     }
     Ok(())
 }
@@ -164,13 +166,15 @@ pub fn check_upper(s: &StreamedSnapshot) -> Result<()> {
 /// Check image metadata and the cache file set; returns each image with
 /// the reference of a snapshot that pins it.
 pub fn check_cache(streamed: &Streamed) -> Result<Vec<(ImageMetadata, String)>> {
-    let mut pins: HashMap<CacheFile, Vec<(&str, Digest)>> = HashMap::new();
-    for s in &streamed.snapshots {
-        let image = &s.parsed.manifest.image;
-        pins.entry(CacheFile::metadata_for_ref(&image.reference))
-            .or_default()
-            .push((image.reference.as_str(), image.manifest_digest));
+    // A snapshot pinning each (metadata file, image), and the first pin
+    // through each metadata file.
+    let mut pins: HashMap<(CacheFile, Digest), usize> = HashMap::new();
+    let mut first: HashMap<CacheFile, (Digest, usize)> = HashMap::new();
+    for (i, s) in streamed.snapshots.iter().enumerate() {
+        pins.entry(s.image).or_insert(i);
+        first.entry(s.image.0).or_insert((s.image.1, i));
     }
+    let reference = |i: usize| image_reference(&streamed.snapshots[i].dir(&streamed.staged));
     let mut expected = BTreeSet::new();
     let mut images = Vec::new();
     for (file, staged) in streamed
@@ -179,7 +183,7 @@ pub fn check_cache(streamed: &Streamed) -> Result<Vec<(ImageMetadata, String)>> 
         .filter(|(f, _)| f.kind == CacheKind::Manifests)
     {
         let member = &staged.member;
-        let Some(users) = pins.get(file) else {
+        let Some(&(pin, user)) = first.get(file) else {
             return Err(Error::integrity(
                 member,
                 "image metadata for a reference no snapshot in the archive uses",
@@ -192,20 +196,19 @@ pub fn check_cache(streamed: &Streamed) -> Result<Vec<(ImageMetadata, String)>> 
             path: member.to_string(),
             source,
         })?;
-        let Some((reference, _)) = users.iter().find(|(_, pin)| *pin == meta.manifest_digest)
-        else {
-            let (reference, pin) = users[0];
+        let Some(&user) = pins.get(&(*file, meta.manifest_digest)) else {
             return Err(Error::integrity(
                 member,
                 format!(
-                    "metadata describes image {}, but the snapshot using {reference} pins {pin}",
-                    meta.manifest_digest
+                    "metadata describes image {}, but the snapshot using {} pins {pin}",
+                    meta.manifest_digest,
+                    reference(user)?
                 ),
             ));
         };
         expected.insert(*file);
         expected.extend(meta.artifact_files());
-        images.push((meta, reference.to_string()));
+        images.push((meta, reference(user)?));
     }
     let mut present = BTreeSet::new();
     for (file, staged) in &streamed.cache {
@@ -231,4 +234,17 @@ pub fn check_cache(streamed: &Streamed) -> Result<Vec<(ImageMetadata, String)>> 
         ));
     }
     Ok(images)
+}
+
+/// The image reference of a staged snapshot, read back from its staged
+/// manifest (held in memory only while the archive streamed).
+fn image_reference(dir: &Path) -> Result<String> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = read_limited(&path, MAX_MANIFEST_BYTES)?
+        .ok_or_else(|| Error::integrity(path.display().to_string(), "staged manifest grew"))?;
+    let parsed = Manifest::parse(&bytes).map_err(|source| Error::Manifest {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(parsed.manifest.image.reference)
 }

@@ -4,9 +4,13 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use async_compression::tokio::bufread::ZstdDecoder;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadBuf};
 use tokio::task::JoinHandle;
 
 use crate::model::error::{Error, IoContext, Result};
@@ -81,6 +85,42 @@ impl OpenedSource {
     /// Any byte stream as a source (tests drive import through chaos readers this way).
     pub fn from_reader(reader: Box<dyn AsyncRead + Unpin + Send>, len: Option<u64>) -> Self {
         OpenedSource { reader, len }
+    }
+
+    /// The same source, counting the bytes read from it into the returned
+    /// counter (what the archive cost its sender, before decompression).
+    pub fn counted(self) -> (Self, Arc<AtomicU64>) {
+        let count = Arc::new(AtomicU64::new(0));
+        let reader = Counted {
+            inner: self.reader,
+            count: count.clone(),
+        };
+        (
+            OpenedSource {
+                reader: Box::new(reader),
+                len: self.len,
+            },
+            count,
+        )
+    }
+}
+
+struct Counted {
+    inner: Box<dyn AsyncRead + Unpin + Send>,
+    count: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.count.fetch_add(read, Ordering::Relaxed);
+        polled
     }
 }
 

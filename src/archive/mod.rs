@@ -5,6 +5,7 @@
 pub mod check;
 pub mod entry;
 pub mod export_stream;
+pub mod hole_budget;
 pub mod import_source;
 pub mod names;
 pub mod streamed;

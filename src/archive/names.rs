@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::streamed::StreamedSnapshot;
+use super::streamed::{CarriedName, StreamedSnapshot};
 use crate::db;
 use crate::model::digest::Digest;
 use crate::model::error::Result;
@@ -17,6 +17,10 @@ use crate::store::layout::SnapshotName;
 
 /// Longest part of a refused carried name repeated in a message.
 const SHOWN_NAME_CHARS: usize = 64;
+
+/// Longest carried name looked at: longer is no valid name (names are at
+/// most 128 bytes), and its text is not repeated whole in the reason.
+const MAX_NAME_BYTES: usize = 128;
 
 /// A carried name the import did not use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,17 +49,25 @@ pub fn decide(
     let mut fallbacks = Vec::new();
     let mut used: HashSet<String> = HashSet::new();
     for (i, s) in snapshots.iter().enumerate() {
-        let prefix: SnapshotName = s.prefix.parse()?;
-        let digest = s.parsed.digest;
+        let prefix: SnapshotName = s.prefix().parse()?;
+        let digest = s.digest;
         let name = match (head_name, i == head, &s.carried_name) {
             (Some(n), true, _) => n.clone(),
             (_, _, Some(carried)) if !present(&digest)? => {
-                match refusal(conn, &digest, carried, &used)? {
-                    Ok(name) => name,
-                    Err(reason) => {
+                let carried: &CarriedName = carried;
+                let refused = match carried {
+                    CarriedName::Valid(name) => {
+                        taken(conn, &digest, name, &used)?.map(|reason| (name.to_string(), reason))
+                    }
+                    CarriedName::Refused { shown, reason } => Some((shown.clone(), reason.clone())),
+                };
+                match (carried, refused) {
+                    (CarriedName::Valid(name), None) => name.clone(),
+                    (_, refused) => {
+                        let (carried, reason) = refused.unwrap_or_default();
                         fallbacks.push(NameFallback {
                             digest,
-                            carried: shown(carried),
+                            carried,
                             name: prefix.to_string(),
                             reason,
                         });
@@ -71,37 +83,53 @@ pub fn decide(
     Ok((names, fallbacks))
 }
 
-/// The carried name as a usable name, or why it is not one.
-fn refusal(
+/// A carried name as it arrives: a valid chosen name, or what to show of
+/// it and why it is not one. Held for every snapshot until the import
+/// ends, so what it keeps is bounded whatever the archive carried.
+pub fn judge(carried: &[u8]) -> CarriedName {
+    let refused = |reason: String| CarriedName::Refused {
+        shown: shown(carried),
+        reason,
+    };
+    if carried.len() > MAX_NAME_BYTES {
+        return refused(format!(
+            "invalid snapshot name of {} bytes: use 1-{MAX_NAME_BYTES} of A-Z a-z 0-9 . _ - starting with a letter or digit",
+            carried.len()
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(carried) else {
+        return refused("it is not UTF-8".into());
+    };
+    match SnapshotName::chosen(text) {
+        Ok(name) => CarriedName::Valid(name),
+        Err(e) => refused(e.to_string()),
+    }
+}
+
+/// Why a valid carried name cannot be used here, if it cannot.
+fn taken(
     conn: &rusqlite::Connection,
     digest: &Digest,
-    carried: &[u8],
+    name: &SnapshotName,
     used: &HashSet<String>,
-) -> Result<std::result::Result<SnapshotName, String>> {
-    let Ok(text) = std::str::from_utf8(carried) else {
-        return Ok(Err("it is not UTF-8".into()));
-    };
-    let name = match SnapshotName::chosen(text) {
-        Ok(n) => n,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
+) -> Result<Option<String>> {
     if used.contains(name.as_str()) {
-        return Ok(Err("another snapshot in the archive takes it".into()));
+        return Ok(Some("another snapshot in the archive takes it".into()));
     }
     if let Some(other) = db::snapshots::snapshot_by_name(conn, name.as_str())?
         && other.digest != *digest
     {
-        return Ok(Err(format!("it is taken by snapshot {}", other.digest)));
+        return Ok(Some(format!("it is taken by snapshot {}", other.digest)));
     }
     // A directory of that name without a row is not looked at: it may be a
     // dead promotion's, which this import's promotion rolls back first;
     // real debris stops the promotion with a pointer to `gc`, as it does
     // for a prefix name.
-    Ok(Ok(name))
+    Ok(None)
 }
 
 fn shown(carried: &[u8]) -> String {
-    String::from_utf8_lossy(carried)
+    String::from_utf8_lossy(&carried[..carried.len().min(4 * SHOWN_NAME_CHARS)])
         .chars()
         .take(SHOWN_NAME_CHARS)
         .collect()

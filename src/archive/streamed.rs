@@ -1,11 +1,18 @@
 //! What an archive held once it is staged: each member's staged path and
 //! the size and digests found while writing it, grouped by snapshot.
-//! Produced by [`super::import`], verified by [`super::check`].
+//! Produced by `ops::import`, verified by [`super::check`].
+//!
+//! Kept small per snapshot, since an archive may hold tens of thousands:
+//! the manifest itself stays in its staged `manifest.json` (up to 1 MiB
+//! each) and only the facts the checks need are held here; a carried name
+//! is judged as it arrives and held only when it is a valid name.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::model::digest::Digest;
 use crate::model::image::CacheFile;
-use crate::model::manifest::ParsedManifest;
+use crate::model::manifest::{Integrity, ParsedManifest};
+use crate::store::layout::SnapshotName;
 use crate::store::stage::StagedBytes;
 use crate::trust::sshsig::Signature;
 
@@ -20,34 +27,105 @@ pub struct StagedMember {
     pub bytes: StagedBytes,
 }
 
+/// The name an archive carried for a snapshot, judged on arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CarriedName {
+    /// A valid chosen name; whether it is free is decided later.
+    Valid(SnapshotName),
+    /// Not a usable name: what to show of it (cut to 64 characters) and why.
+    Refused {
+        /// The carried bytes as lossy UTF-8, cut.
+        shown: String,
+        /// Why it is not a name.
+        reason: String,
+    },
+}
+
+/// What a snapshot's manifest says about its upper, in fewer bytes than
+/// [`crate::model::manifest::Upper`].
+#[derive(Debug)]
+pub struct UpperFacts {
+    /// File name inside the snapshot directory.
+    pub file: Box<str>,
+    /// Apparent (logical) size in bytes.
+    pub size_bytes: u64,
+    /// Recorded checksum, if any.
+    pub integrity: Option<Box<Integrity>>,
+}
+
 /// A snapshot directory as it came out of the archive.
 #[derive(Debug)]
 pub struct StreamedSnapshot {
-    /// `sha256-<16 hex>`.
-    pub prefix: String,
-    /// The parsed manifest.
-    pub parsed: ParsedManifest,
-    /// The staged directory.
-    pub dir: PathBuf,
-    /// Its files by name, in archive order (the manifest first).
-    pub files: Vec<(String, StagedMember)>,
-    /// The name the archive carried for it, unchecked.
-    pub carried_name: Option<Vec<u8>>,
+    /// The snapshot digest.
+    pub digest: Digest,
+    /// The parent its manifest names.
+    pub parent: Option<Digest>,
+    /// The image metadata file its image reference maps to, and the image
+    /// manifest digest it pins.
+    pub image: (CacheFile, Digest),
+    /// The upper its manifest describes.
+    pub upper: UpperFacts,
+    /// Its files by name, in archive order (the manifest first), each
+    /// staged as `dir/<name>` from member `<prefix>/<name>`.
+    pub files: Vec<(Box<str>, StagedBytes)>,
+    /// The name the archive carried for it (boxed: most carry none).
+    pub carried_name: Option<Box<CarriedName>>,
     /// Its signatures (member, parsed), each from a distinct key; checked
     /// over the digest before anything is installed.
     pub signatures: Vec<(String, Signature)>,
 }
 
 impl StreamedSnapshot {
-    /// The staged file named `name`.
-    pub fn file(&self, name: &str) -> Option<&StagedMember> {
-        self.files.iter().find(|(n, _)| n == name).map(|(_, m)| m)
+    /// The facts of `parsed` a staged snapshot keeps.
+    pub fn new(parsed: &ParsedManifest, carried_name: Option<CarriedName>) -> Self {
+        let m = &parsed.manifest;
+        StreamedSnapshot {
+            digest: parsed.digest,
+            parent: m.parent,
+            image: (
+                CacheFile::metadata_for_ref(&m.image.reference),
+                m.image.manifest_digest,
+            ),
+            upper: UpperFacts {
+                file: m.upper.file.as_str().into(),
+                size_bytes: m.upper.size_bytes,
+                integrity: m.upper.integrity.clone().map(Box::new),
+            },
+            files: Vec::with_capacity(2),
+            carried_name: carried_name.map(Box::new),
+            signatures: Vec::new(),
+        }
+    }
+
+    /// Its staged directory, under the import's `staged` snapshots directory.
+    pub fn dir(&self, staged: &Path) -> PathBuf {
+        staged.join(self.prefix())
+    }
+
+    /// `sha256-<16 hex>`, its directory in the archive.
+    pub fn prefix(&self) -> String {
+        self.digest.archive_prefix()
+    }
+
+    /// The archive member of its file `name`.
+    pub fn member(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix())
+    }
+
+    /// What staging its file `name` found.
+    pub fn file(&self, name: &str) -> Option<&StagedBytes> {
+        self.files
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, m)| m)
     }
 }
 
 /// Everything an archive held, staged.
 #[derive(Debug, Default)]
 pub struct Streamed {
+    /// The directory the snapshot directories are staged in.
+    pub staged: PathBuf,
     /// Snapshots in the order of their manifests.
     pub snapshots: Vec<StreamedSnapshot>,
     /// Cache files in archive order.

@@ -294,6 +294,11 @@ pub struct ImportArgs {
     /// any data is read [default: 1099511627776, 1 TiB].
     #[arg(long, value_name = "BYTES")]
     pub max_file_size: Option<u64>,
+    /// Hole bytes the integrity checks of one import may hash, besides 4,096 per byte of
+    /// archive read; a sparse upper claiming more is refused at its header
+    /// [default: 68719476736, 64 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_hole_bytes: Option<u64>,
     /// Accept an archive whose base (the parent of its first snapshot) is not
     /// in this registry: the snapshots arrive shallow.
     #[arg(long)]

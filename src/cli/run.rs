@@ -350,6 +350,7 @@ fn import(
     let opts = ImportOptions {
         name: args.name,
         max_file_bytes: args.max_file_size,
+        max_hole_bytes: args.max_hole_bytes,
         allow_shallow: args.allow_shallow,
         trust: args.trust.options(),
     };

@@ -21,7 +21,7 @@ use crate::process::progress::Progress;
 use crate::store::files::{read_limited, read_logical};
 use crate::store::layout::SnapshotName;
 use crate::store::stage::{StagingFile, check_integrity};
-use crate::store::staged::{StagedCacheFile, StagedSet, StagedSnapshot};
+use crate::store::staged::{StagedCacheFile, StagedManifest, StagedSet, StagedSnapshot};
 
 /// Options of `add`.
 #[derive(Debug, Clone, Default)]
@@ -269,7 +269,7 @@ impl Registry {
             }
         }
         Ok(StagedSnapshot {
-            parsed: parsed.clone(),
+            manifest: StagedManifest::Held(Box::new(parsed.clone())),
             name: name.clone(),
             staged_dir: under_root(root, &staged_dir),
             files,

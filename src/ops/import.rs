@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -16,9 +18,10 @@ use crate::archive::entry::{
     DEFAULT_MAX_FILE_BYTES, MANIFEST_FILE, Member, MemberSet, carried_name, check_size, classify,
     manifest_first,
 };
+use crate::archive::hole_budget::{DEFAULT_FREE_HOLE_BYTES, HoleBudget};
 use crate::archive::import_source::{self, OpenedSource, Pump, PumpError};
 use crate::archive::names::{self, NameFallback};
-use crate::archive::streamed::{StagedMember, Streamed, StreamedSnapshot};
+use crate::archive::streamed::{CarriedName, StagedMember, Streamed, StreamedSnapshot};
 use crate::archive::tar_reader::{Chunk, ReadError, TarReader};
 use crate::db::{self, ImportState};
 use crate::journal::Lease;
@@ -51,6 +54,10 @@ pub struct ImportOptions {
     /// Largest logical size of one file; `None` means
     /// [`DEFAULT_MAX_FILE_BYTES`] (1 TiB).
     pub max_file_bytes: Option<u64>,
+    /// The fixed part of the budget of hole bytes hashed for upper
+    /// integrity ([`crate::archive::hole_budget`]); `None` means
+    /// [`DEFAULT_FREE_HOLE_BYTES`] (64 GiB).
+    pub max_hole_bytes: Option<u64>,
     /// Accept an archive whose first snapshot's parent is neither in the
     /// archive nor in the registry (the snapshots land shallow); refused
     /// otherwise, naming the missing base.
@@ -143,7 +150,7 @@ impl Registry {
     ) -> Result<ImportReport> {
         let trusts = self.trust_policy(&opts.trust)?;
         let layout = self.layout().clone();
-        let streamed = self.stream(lease, source, opened, opts, progress)?;
+        let mut streamed = self.stream(lease, source, opened, opts, progress)?;
         failpoint::hit(failpoint::IMPORT_STREAMED)?;
 
         let head = check::head(&streamed.snapshots)?;
@@ -158,36 +165,41 @@ impl Registry {
         record(self, lease, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
-        let mut checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
-        let arriving: Vec<Arriving> = streamed
+        let head_digest = streamed.snapshots[head].digest;
+        let head_fallback = names[head].to_string();
+        let arrivals: Vec<_> = streamed
             .snapshots
+            .iter_mut()
+            .map(|s| (s.digest, s.parent, std::mem::take(&mut s.signatures)))
+            .collect();
+        let mut checked: CheckedSet = check::verify(&layout, streamed, names)?;
+        let arriving: Vec<Arriving> = arrivals
             .iter()
-            .map(|s| Arriving {
-                digest: s.parsed.digest,
-                parent: s.parsed.manifest.parent,
-                signatures: &s.signatures,
+            .map(|(digest, parent, signatures)| Arriving {
+                digest: *digest,
+                parent: *parent,
+                signatures,
             })
             .collect();
         checked.set.signatures = admit(self.db().conn(), &trusts, &arriving)?;
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
         crate::process::interrupt::check()?;
 
-        let head_row = &streamed.snapshots[head];
-        let rename_to = self.head_rename(&head_row.parsed.digest, head_name)?;
+        let rename_to = self.head_rename(&head_digest, head_name)?;
         let outcome = install(self, lease, &checked.set)?;
         if let Some(wanted) = &rename_to {
-            self.rename(&head_row.parsed.digest.to_string(), wanted.as_str())?;
+            self.rename(&head_digest.to_string(), wanted.as_str())?;
         }
-        let name = db::snapshots::snapshot_by_digest(self.db().conn(), &head_row.parsed.digest)?
+        let name = db::snapshots::snapshot_by_digest(self.db().conn(), &head_digest)?
             .map(|r| r.name)
-            .unwrap_or_else(|| names[head].to_string());
+            .unwrap_or(head_fallback);
         Ok(ImportReport {
             microsandbox_hint: if outcome.imported.is_empty() {
                 None
             } else {
                 crate::store::shared_home::reindex_hint(self.layout())
             },
-            head: head_row.parsed.digest,
+            head: head_digest,
             name,
             imported: outcome.imported,
             skipped: outcome.skipped,
@@ -222,7 +234,10 @@ impl Registry {
             lease.id(),
             source,
             opened,
-            opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+            Limits {
+                max_file_bytes: opts.max_file_bytes.unwrap_or(DEFAULT_MAX_FILE_BYTES),
+                free_hole_bytes: opts.max_hole_bytes.unwrap_or(DEFAULT_FREE_HOLE_BYTES),
+            },
             progress,
         ));
         runtime.shutdown_background();
@@ -263,6 +278,7 @@ impl Registry {
 }
 
 /// Record every staged file in one transaction: the import's lease on them.
+/// Row by row, so the rows are never all in memory at once.
 fn record(
     registry: &mut Registry,
     lease: &Lease,
@@ -276,22 +292,25 @@ fn record(
             .to_string_lossy()
             .into_owned()
     };
-    let mut rows = Vec::new();
+    let tx = registry.db_mut().write()?;
+    let insert = |row: db::ImportFileRow| {
+        db::imports::insert_import_files(&tx, lease.id(), std::slice::from_ref(&row))
+    };
     for (s, name) in streamed.snapshots.iter().zip(names) {
-        for (file, m) in &s.files {
-            rows.push(db::ImportFileRow {
-                member: m.member.clone(),
-                staged_path: rel(&m.path),
+        for (file, bytes) in &s.files {
+            insert(db::ImportFileRow {
+                member: s.member(file),
+                staged_path: rel(&s.dir(&streamed.staged).join(&**file)),
                 final_path: rel(&layout.snapshot_file(name, file)),
                 kind: "snapshot".into(),
-                size: m.bytes.size,
-                digest: m.bytes.digest,
+                size: bytes.size,
+                digest: bytes.digest,
                 promote: true,
-            });
+            })?;
         }
     }
     for (file, m) in &streamed.cache {
-        rows.push(db::ImportFileRow {
+        insert(db::ImportFileRow {
             member: m.member.clone(),
             staged_path: rel(&m.path),
             final_path: rel(&layout.cache_file(file)),
@@ -299,10 +318,8 @@ fn record(
             size: m.bytes.size,
             digest: m.bytes.digest,
             promote: true,
-        });
+        })?;
     }
-    let tx = registry.db_mut().write()?;
-    db::imports::insert_import_files(&tx, lease.id(), &rows)?;
     tx.commit()?;
     Ok(())
 }
@@ -315,19 +332,25 @@ async fn read_archive(
     id: &str,
     source: &ImportSource,
     opened: OpenedSource,
-    max_file_bytes: u64,
+    limits: Limits,
     progress: &dyn Progress,
 ) -> Result<Streamed> {
+    let (opened, source_bytes) = opened.counted();
     let (tar, pump) = Pump::start(opened);
     let mut reader = TarReader::new(tar, &layout.import_staging(id));
     let mut stager = Stager {
         layout,
         conn,
         id,
-        max_file_bytes,
+        max_file_bytes: limits.max_file_bytes,
+        holes: HoleBudget::new(limits.free_hole_bytes),
+        source_bytes,
         pinned: HashSet::new(),
         members: MemberSet::default(),
-        streamed: Streamed::default(),
+        streamed: Streamed {
+            staged: layout.staged_snapshots(id),
+            ..Streamed::default()
+        },
         by_prefix: HashMap::new(),
         progress,
         buf: vec![0u8; CHUNK],
@@ -399,17 +422,35 @@ fn tar_error(after: &Option<String>, e: ReadError) -> Error {
 
 type Reader = TarReader<tokio::io::DuplexStream>;
 
+/// An archive prefix (`sha256-<16 hex>`, checked by the grammar) as a
+/// number: the same bits in 8 bytes instead of a 16-byte string.
+fn prefix_key(prefix: &str) -> u64 {
+    let hex = prefix.strip_prefix("sha256-").unwrap_or(prefix);
+    u64::from_str_radix(hex, 16).expect("the grammar checked 16 hex digits")
+}
+
+/// The import's bounds on what one archive may cost.
+struct Limits {
+    max_file_bytes: u64,
+    free_hole_bytes: u64,
+}
+
 struct Stager<'a> {
     layout: &'a Layout,
     /// For recording, as each manifest arrives, the image it pins.
     conn: &'a rusqlite::Connection,
     id: &'a str,
     max_file_bytes: u64,
+    /// Hole bytes hashed for upper integrity, against their budget.
+    holes: HoleBudget,
+    /// Bytes read from the source so far, which the budget grows with.
+    source_bytes: Arc<AtomicU64>,
     /// Images already recorded in `import_pins`.
     pinned: HashSet<Digest>,
     members: MemberSet,
     streamed: Streamed,
-    by_prefix: HashMap<String, usize>,
+    /// Each snapshot's index by its archive prefix's 16 hex digits.
+    by_prefix: HashMap<u64, usize>,
     /// Advanced by the logical bytes staged (holes included): what the
     /// time is proportional to, since the integrity digests hash every byte.
     progress: &'a dyn Progress,
@@ -443,12 +484,13 @@ impl Stager<'_> {
                 }
                 Member::SnapshotFile { prefix, file } if file == MANIFEST_FILE => {
                     let carried = header.comment.as_deref().and_then(carried_name);
-                    let carried = carried.map(<[u8]>::to_vec);
+                    let carried = carried.map(names::judge);
                     self.manifest(reader, member_path, prefix, size, carried)
                         .await?;
                 }
                 Member::SnapshotFile { prefix, file } => {
-                    self.snapshot_file(reader, member_path, prefix, file, size)
+                    let holes = size.saturating_sub(header.stored);
+                    self.snapshot_file(reader, member_path, prefix, file, (size, holes))
                         .await?;
                 }
                 Member::CacheFile(file) => {
@@ -467,7 +509,7 @@ impl Stager<'_> {
         member: String,
         prefix: String,
         size: u64,
-        carried_name: Option<Vec<u8>>,
+        carried_name: Option<CarriedName>,
     ) -> Result<()> {
         let mut bytes = vec![0u8; size as usize];
         let mut filled = 0;
@@ -508,22 +550,10 @@ impl Stager<'_> {
         out.piece(Piece::Data(&canonical))?;
         let staged = out.finish()?;
         self.by_prefix
-            .insert(prefix.clone(), self.streamed.snapshots.len());
-        self.streamed.snapshots.push(StreamedSnapshot {
-            prefix,
-            parsed,
-            dir,
-            files: vec![(
-                MANIFEST_FILE.to_string(),
-                StagedMember {
-                    member,
-                    path,
-                    bytes: staged,
-                },
-            )],
-            carried_name,
-            signatures: Vec::new(),
-        });
+            .insert(prefix_key(&prefix), self.streamed.snapshots.len());
+        let mut snapshot = StreamedSnapshot::new(&parsed, carried_name);
+        snapshot.files.push((MANIFEST_FILE.into(), staged));
+        self.streamed.snapshots.push(snapshot);
         Ok(())
     }
 
@@ -537,7 +567,7 @@ impl Stager<'_> {
         prefix: String,
         size: u64,
     ) -> Result<()> {
-        let index = self.by_prefix.get(&prefix).copied();
+        let index = self.by_prefix.get(&prefix_key(&prefix)).copied();
         manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
         let index = index.expect("checked by manifest_first");
         let bytes = self.small(reader, &member, size).await?;
@@ -552,7 +582,7 @@ impl Stager<'_> {
                 &member,
                 format!(
                     "a second signature by key {} of {} (the first is {first})",
-                    parsed.fingerprint, snapshot.parsed.digest
+                    parsed.fingerprint, snapshot.digest
                 ),
             ));
         }
@@ -583,14 +613,14 @@ impl Stager<'_> {
         member: String,
         prefix: String,
         file: String,
-        size: u64,
+        (size, holes): (u64, u64),
     ) -> Result<()> {
-        let index = self.by_prefix.get(&prefix).copied();
+        let index = self.by_prefix.get(&prefix_key(&prefix)).copied();
         manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
         let index = index.expect("checked by manifest_first");
         let snapshot = &self.streamed.snapshots[index];
-        let upper = &snapshot.parsed.manifest.upper;
-        let integrity = if file == upper.file {
+        let upper = &snapshot.upper;
+        let integrity = if *file == *upper.file {
             if size != upper.size_bytes {
                 return Err(Error::integrity(
                     member,
@@ -604,18 +634,17 @@ impl Stager<'_> {
         } else {
             None
         };
-        let path = snapshot.dir.join(&file);
+        if integrity.is_some() {
+            let read = self.source_bytes.load(Ordering::Relaxed);
+            self.holes.charge(&member, holes, read)?;
+        }
+        let path = snapshot.dir(&self.streamed.staged).join(&file);
         let bytes = self
-            .stage(reader, &member, &path, size, integrity.as_ref(), true)
+            .stage(reader, &member, &path, size, integrity.as_deref(), true)
             .await?;
-        self.streamed.snapshots[index].files.push((
-            file,
-            StagedMember {
-                member,
-                path,
-                bytes,
-            },
-        ));
+        self.streamed.snapshots[index]
+            .files
+            .push((file.into_boxed_str(), bytes));
         Ok(())
     }
 

@@ -5,15 +5,18 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
+use crate::archive::entry::MANIFEST_FILE;
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::journal::Lease;
 use crate::journal::promote::{Move, promote};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, Result};
 use crate::model::image::CacheFile;
+use crate::model::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest};
 use crate::ops::registry::Registry;
+use crate::store::files::read_limited;
 use crate::store::layout::{Layout, SnapshotName};
-use crate::store::staged::StagedSet;
+use crate::store::staged::{StagedManifest, StagedSet};
 
 /// What an install did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -42,14 +45,18 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
     let mut named: std::collections::HashMap<&SnapshotName, usize> =
         std::collections::HashMap::new();
     for (i, s) in set.snapshots.iter().enumerate() {
-        if let Some(present) = db::snapshots::snapshot_by_digest(conn, &s.parsed.digest)? {
-            same_files(conn, &present.name, &s.parsed.digest, &s.files)?;
+        if let Some(present) = db::snapshots::snapshot_by_digest(conn, &s.manifest.digest())? {
+            same_files(conn, &present.name, &s.manifest.digest(), &s.files)?;
             continue;
         }
         if let Some(other) = db::snapshots::snapshot_by_name(conn, s.name.as_str())? {
             return Err(Error::conflict(
                 format!("snapshot name {}", s.name),
-                format!("already names {}, not {}", other.digest, s.parsed.digest),
+                format!(
+                    "already names {}, not {}",
+                    other.digest,
+                    s.manifest.digest()
+                ),
             ));
         }
         if let Some(&j) = named.get(&s.name) {
@@ -57,7 +64,8 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
                 format!("snapshot name {}", s.name),
                 format!(
                     "would name both {} and {}; choose another --name",
-                    set.snapshots[j].parsed.digest, s.parsed.digest
+                    set.snapshots[j].manifest.digest(),
+                    s.manifest.digest()
                 ),
             ));
         }
@@ -149,20 +157,20 @@ pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Resul
             }
             Ok(())
         },
-        |conn| insert_rows(conn, set, &planned, now),
+        |conn| insert_rows(conn, layout, set, &planned, now),
     )?;
     Ok(InstallOutcome {
         imported: planned
             .new_snapshots
             .iter()
-            .map(|&i| set.snapshots[i].parsed.digest)
+            .map(|&i| set.snapshots[i].manifest.digest())
             .collect(),
         skipped: set
             .snapshots
             .iter()
             .enumerate()
             .filter(|(i, _)| !planned.new_snapshots.contains(i))
-            .map(|(_, s)| s.parsed.digest)
+            .map(|(_, s)| s.manifest.digest())
             .collect(),
         cache_files_installed: planned.new_cache_files.len(),
         cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len(),
@@ -198,10 +206,20 @@ fn moves(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
 
 /// The rows of what `planned` installs, inserted in the promotion's
 /// transaction.
-fn insert_rows(conn: &Connection, set: &StagedSet, planned: &Plan, now: i64) -> Result<()> {
+fn insert_rows(
+    conn: &Connection,
+    layout: &Layout,
+    set: &StagedSet,
+    planned: &Plan,
+    now: i64,
+) -> Result<()> {
     for &i in &planned.new_snapshots {
         let s = &set.snapshots[i];
-        let row = SnapshotRow::from_manifest(&s.parsed, s.name.as_str(), now);
+        let parsed = match &s.manifest {
+            StagedManifest::Held(parsed) => (**parsed).clone(),
+            StagedManifest::OnDisk(digest) => installed_manifest(layout, &s.name, digest)?,
+        };
+        let row = SnapshotRow::from_manifest(&parsed, s.name.as_str(), now);
         db::chunks::insert_snapshot_with_chunks(conn, &row, &s.files, &s.chunks)?;
     }
     for &i in &planned.new_cache_files {
@@ -220,4 +238,29 @@ fn insert_rows(conn: &Connection, set: &StagedSet, planned: &Plan, now: i64) -> 
         )?;
     }
     Ok(())
+}
+
+/// The manifest of a snapshot just renamed into place, read back (one at a
+/// time, so an import's memory does not hold every manifest); it must still
+/// hash to the digest it was verified under.
+fn installed_manifest(
+    layout: &Layout,
+    name: &SnapshotName,
+    digest: &Digest,
+) -> Result<ParsedManifest> {
+    let path = layout.snapshot_file(name, MANIFEST_FILE);
+    let subject = || path.display().to_string();
+    let bytes = read_limited(&path, MAX_MANIFEST_BYTES)?
+        .ok_or_else(|| Error::integrity(subject(), "manifest changed after it was verified"))?;
+    let parsed = Manifest::parse(&bytes).map_err(|source| Error::Manifest {
+        path: subject(),
+        source,
+    })?;
+    if parsed.digest != *digest {
+        return Err(Error::integrity(
+            subject(),
+            "manifest changed after it was verified",
+        ));
+    }
+    Ok(parsed)
 }

@@ -201,7 +201,12 @@ impl Layout {
     /// `staging/<id>/snapshots/<dir>/`: a snapshot directory staged by an
     /// import; `dir` is a validated archive prefix (`sha256-<16 hex>`).
     pub fn staged_snapshot(&self, id: &str, dir: &str) -> PathBuf {
-        self.import_staging(id).join("snapshots").join(dir)
+        self.staged_snapshots(id).join(dir)
+    }
+
+    /// `staging/<id>/snapshots/`: where an import stages snapshot directories.
+    pub fn staged_snapshots(&self, id: &str) -> PathBuf {
+        self.import_staging(id).join("snapshots")
     }
 
     /// `staging/<id>/cache/<kind>/<file>`: a cache file staged by an import.

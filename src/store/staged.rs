@@ -10,11 +10,33 @@ use crate::model::image::{CacheFile, ImageMetadata};
 use crate::model::manifest::ParsedManifest;
 use crate::store::layout::SnapshotName;
 
+/// The manifest of a staged snapshot: held (`add`, `pull`: a few
+/// snapshots), or left in the staged `manifest.json` and read back when its
+/// row is written (`import`: any number of manifests of up to 1 MiB, so
+/// memory does not grow with them).
+#[derive(Debug, Clone)]
+pub enum StagedManifest {
+    /// Parsed and held.
+    Held(Box<ParsedManifest>),
+    /// In the snapshot directory, as its canonical bytes hashing to this digest.
+    OnDisk(Digest),
+}
+
+impl StagedManifest {
+    /// The snapshot digest.
+    pub fn digest(&self) -> Digest {
+        match self {
+            StagedManifest::Held(p) => p.digest,
+            StagedManifest::OnDisk(d) => *d,
+        }
+    }
+}
+
 /// A verified snapshot directory in staging.
 #[derive(Debug, Clone)]
 pub struct StagedSnapshot {
     /// Its manifest and digest.
-    pub parsed: ParsedManifest,
+    pub manifest: StagedManifest,
     /// The name it is installed under.
     pub name: SnapshotName,
     /// The staged directory, relative to the root.

@@ -19,6 +19,7 @@ mod forms;
 mod gc;
 mod hardening;
 mod home;
+mod import_bounds;
 mod import_hostile;
 mod import_ok;
 mod layers;

@@ -5,7 +5,7 @@
 //! The plan is owned data, so the database connection is never held while
 //! the archive streams.
 
-use crate::archive::entry::signature_member;
+use crate::archive::entry::{MAX_MEMBERS, signature_member};
 use crate::db::{self, SnapshotRow};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, Result};
@@ -67,8 +67,11 @@ impl Registry {
         let head = self.resolve(reference)?;
         let chain = self.chain(&head, selection)?;
         let mut files = Vec::new();
+        let mut per_snapshot = Vec::with_capacity(chain.len());
         for snapshot in &chain {
-            files.extend(self.snapshot_members(snapshot)?);
+            let members = self.snapshot_members(snapshot)?;
+            per_snapshot.push(members.len());
+            files.extend(members);
         }
         let mut cache_files = Vec::new();
         if selection.with_image {
@@ -84,7 +87,7 @@ impl Registry {
         }
         let missing_parent = chain.first().and_then(|s| s.parent);
         let mut signatures = Vec::new();
-        for snapshot in &chain {
+        for (snapshot, members) in chain.iter().zip(per_snapshot.iter_mut()) {
             let mtime = created_at(snapshot)?;
             let rows = db::signatures::signatures_of(self.db().conn(), &snapshot.digest)?;
             for (i, row) in rows.into_iter().take(MAX_SIGNATURES).enumerate() {
@@ -93,8 +96,10 @@ impl Registry {
                     bytes: row.signature.into_bytes(),
                     mtime,
                 });
+                *members += 1;
             }
         }
+        within_member_bound(&chain, &per_snapshot, files.len() + signatures.len())?;
         Ok(ExportPlan {
             signatures,
             missing_parent,
@@ -216,6 +221,42 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// An export holds no more members than import takes ([`MAX_MEMBERS`]):
+/// refused before a byte is written, naming a `--base` that splits the
+/// chain (`per_snapshot` counts each snapshot's members, root first; the
+/// rest of `total` is the image's).
+fn within_member_bound(chain: &[SnapshotRow], per_snapshot: &[usize], total: usize) -> Result<()> {
+    if total <= MAX_MEMBERS {
+        return Ok(());
+    }
+    let image = total - per_snapshot.iter().sum::<usize>();
+    let mut tail = image;
+    let mut first = chain.len();
+    while first > 0 && tail + per_snapshot[first - 1] <= MAX_MEMBERS {
+        first -= 1;
+        tail += per_snapshot[first];
+    }
+    let hint = match first {
+        0 => unreachable!("the whole chain is over the bound"),
+        _ if first == chain.len() => format!(
+            "snapshot {} alone holds {} files; no archive of it can be imported",
+            chain[first - 1].digest,
+            per_snapshot[first - 1]
+        ),
+        _ => format!(
+            "export it in parts: --base {base} writes the newest {} snapshots, then export \
+             {base} the same way for the older ones",
+            chain.len() - first,
+            base = chain[first - 1].digest,
+        ),
+    };
+    Err(Error::Usage(format!(
+        "the archive would hold {total} members, and import takes at most {MAX_MEMBERS} \
+         (about {} snapshots of two files each); {hint}",
+        MAX_MEMBERS / 2
+    )))
 }
 
 fn created_at(snapshot: &SnapshotRow) -> Result<u64> {

@@ -94,7 +94,7 @@ impl Registry {
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
         let head = set.snapshots.last().expect("a chain is never empty");
-        report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.parsed.digest)?
+        report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.manifest.digest())?
             .map(|r| r.name)
             .unwrap_or_else(|| head.name.to_string());
         if !report.imported.is_empty() {

@@ -13,7 +13,7 @@ use crate::process::progress::Progress;
 use crate::remote::RemoteRef;
 use crate::remote::format::{ChunkMap, MapFile, malformed};
 use crate::store::layout::SnapshotName;
-use crate::store::staged::StagedSnapshot;
+use crate::store::staged::{StagedManifest, StagedSnapshot};
 
 impl Registry {
     /// Hash the assembled files in place, as `add` hashes what it stages:
@@ -85,7 +85,7 @@ impl Registry {
             chunks.push((file_name.to_string(), list));
         }
         Ok(StagedSnapshot {
-            parsed: s.parsed.clone(),
+            manifest: StagedManifest::Held(Box::new(s.parsed.clone())),
             name,
             staged_dir: rel(dir),
             files,
