@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::db::microsandbox::{self, Unusable};
 use crate::model::digest::Digest;
 use crate::model::image::{CacheFile, CacheKind};
+use crate::model::text::{escape, has_terminal_control};
 use crate::store::layout::Layout;
 
 /// The hint printed after `import`, `add` or `rm` change `snapshots/` of a shared home.
@@ -79,12 +80,15 @@ pub fn roots(layout: &Layout, overridden: bool) -> (MicrosandboxRoots, HomeRepor
         "sandboxes/ is present but db/msb.db is not: which images the sandboxes use is unknown"
             .to_string()
     } else {
-        match microsandbox::read_use(&path) {
-            Ok(found) => {
-                let paths = in_use_paths(&found);
+        match microsandbox::read_use(&path).map(|found| in_use_paths(&found)) {
+            Ok(Ok(paths)) => {
                 report.msb_db = MsbDbState::Readable;
                 report.in_use = paths.len();
                 return (MicrosandboxRoots::InUse(paths), report);
+            }
+            Ok(Err(value)) => {
+                report.msb_db = MsbDbState::UnknownSchema;
+                format!("db/msb.db holds a value msb-registry cannot interpret ({value})")
             }
             Err(Unusable::Unreadable(why)) => {
                 report.msb_db = MsbDbState::Unreadable;
@@ -106,25 +110,30 @@ pub fn roots(layout: &Layout, overridden: bool) -> (MicrosandboxRoots, HomeRepor
 }
 
 /// The cache paths of what microsandbox uses: each used manifest's fsmeta
-/// and vmdk, each pulled reference's metadata, each linked layer. Values
-/// that are not `sha256:<hex>` name no file of ours and are left out.
-fn in_use_paths(found: &microsandbox::MicrosandboxUse) -> HashSet<String> {
+/// and vmdk, each pulled reference's metadata, each linked layer. A value
+/// that is not what microsandbox writes (a digest not `sha256:<64 lowercase
+/// hex>`, an empty or control-character reference) is `Err`, described: gc
+/// cannot say what it names, so it must keep everything.
+fn in_use_paths(found: &microsandbox::MicrosandboxUse) -> Result<HashSet<String>, String> {
     let keyed = |kind: CacheKind, digest: &str| {
         digest
             .parse::<Digest>()
-            .ok()
             .map(|key| CacheFile { kind, key }.rel_path())
+            .map_err(|_| format!("digest {}", escape(digest)))
     };
     let mut paths = HashSet::new();
     for m in &found.manifests {
-        paths.extend(keyed(CacheKind::Fsmeta, m));
-        paths.extend(keyed(CacheKind::Vmdk, m));
+        paths.insert(keyed(CacheKind::Fsmeta, m)?);
+        paths.insert(keyed(CacheKind::Vmdk, m)?);
     }
     for l in &found.layers {
-        paths.extend(keyed(CacheKind::Layers, l));
+        paths.insert(keyed(CacheKind::Layers, l)?);
     }
     for r in &found.references {
+        if r.is_empty() || has_terminal_control(r) || r.chars().any(char::is_whitespace) {
+            return Err(format!("image reference {:?}", escape(r)));
+        }
         paths.insert(CacheFile::metadata_for_ref(r).rel_path());
     }
-    paths
+    Ok(paths)
 }

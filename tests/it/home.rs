@@ -417,6 +417,58 @@ fn an_unusable_msb_db_keeps_every_cache_artifact() {
     assert_eq!(v["ok"], true, "{v}");
 }
 
+#[test]
+fn issue_22_values_in_msb_db_gc_cannot_interpret_keep_every_cache_artifact() {
+    let h = home();
+    let root = h.reg.root();
+    let alpine = h.alpine.manifest_digest.to_string();
+    let cache_before = cache_listing(&root);
+    let writes: [(&str, String); 3] = [
+        (
+            "bare digest",
+            alpine.trim_start_matches("sha256:").to_string(),
+        ),
+        (
+            "upper case",
+            alpine.to_uppercase().replace("SHA256:", "sha256:"),
+        ),
+        ("layer diff_id", "sha256:xyz".to_string()),
+    ];
+    for (what, value) in writes {
+        let conn = Connection::open(root.join("db/msb.db")).unwrap();
+        if what == "layer diff_id" {
+            conn.execute("UPDATE layer SET diff_id = ?1 WHERE id = 1", [&value])
+                .unwrap();
+        } else {
+            conn.execute("UPDATE manifest SET digest = ?1 WHERE id = 2", [&value])
+                .unwrap();
+        }
+        drop(conn);
+        let dry: Value = h.reg.json(&["gc", "--dry-run", "--grace", "0"]);
+        assert_eq!(
+            dry["microsandbox"]["msb_db"], "unknown-schema",
+            "{what}: {dry}"
+        );
+        let detail = dry["microsandbox"]["detail"].as_str().unwrap();
+        assert!(detail.contains("cannot interpret"), "{what}: {detail}");
+        let real: Value = h.reg.json(&["gc", "--grace", "0"]);
+        assert!(removed(&real).is_empty(), "{what}: {real}");
+        assert!(
+            kept(&real).iter().any(|(p, _)| *p == alpine),
+            "{what}: {real}"
+        );
+        assert_eq!(cache_listing(&root), cache_before, "{what}");
+        let conn = Connection::open(root.join("db/msb.db")).unwrap();
+        conn.execute("UPDATE manifest SET digest = ?1 WHERE id = 2", [&alpine])
+            .unwrap();
+        conn.execute(
+            "UPDATE layer SET diff_id = ?1 WHERE id = 1",
+            [h.python.layers[0].diff_id.to_string()],
+        )
+        .unwrap();
+    }
+}
+
 fn cache_listing(root: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).unwrap() {

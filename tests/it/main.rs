@@ -14,6 +14,7 @@ mod diskfull;
 mod everyday;
 mod everyday2;
 mod export;
+mod failclosed;
 mod gc;
 mod hardening;
 mod home;

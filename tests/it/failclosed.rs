@@ -1,0 +1,270 @@
+//! Issue 22 (gc and repair): gc deletes only what it positively knows is
+//! ours and unused. Snapshot directories it cannot prove are not snapshots,
+//! directories holding another snapshot than their row, and everything an
+//! unindexed snapshot pins are kept, each with a reason `gc --dry-run`
+//! prints; verify names them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use msb_registry::model::digest::Digest;
+use msb_registry::model::image::{CacheFile, ImageMetadata};
+use serde_json::Value;
+
+use crate::util::*;
+
+/// Rewrite `dir/manifest.json` through `edit` (pretty-printed, as a
+/// hand edit or another writer would leave it).
+pub fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = dir.join("manifest.json");
+    let mut value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+}
+
+/// Every file under `dir` with the digest of its bytes.
+pub fn files_of(dir: &Path) -> BTreeMap<String, Digest> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, Digest::of(&std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Every cache file an image owns, root-relative.
+fn image_paths(image: &ImageMetadata, reference: &str) -> Vec<String> {
+    let mut v = vec![format!(
+        "cache/{}",
+        CacheFile::metadata_for_ref(reference).rel_path()
+    )];
+    for f in image.artifact_files() {
+        v.push(format!("cache/{}", f.rel_path()));
+    }
+    v
+}
+
+/// `(path, reason)` of each kept entry of a gc report.
+fn kept(r: &Value) -> Vec<(String, String)> {
+    r["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["path"].as_str().unwrap().to_string(),
+                k["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn removed(r: &Value) -> Vec<String> {
+    r["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A sample snapshot directory written at `dir` pinned to `image`.
+fn sample_dir(dir: &Path, image: &ImageMetadata, seed: &str) -> Digest {
+    make_snapshot(dir, &SnapSpec::new(image).label("seed", seed))
+}
+
+#[test]
+fn issue_22_a_manifest_gc_cannot_validate_is_kept_and_named() {
+    let reg = Reg::new();
+    let cache = reg.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+    add_pinned(&reg, "app", &image, "python:3.12", &cache);
+    let snapshots = reg.root().join("snapshots");
+    type Edit = fn(&mut Value);
+    let unvalidated: [(&str, Edit, &str); 3] = [
+        (
+            "algo",
+            |m| m["upper"]["integrity"]["algorithm"] = "blake3".into(),
+            "blake3",
+        ),
+        (
+            "tab",
+            |m| m["labels"]["note"] = "a\tb".into(),
+            "labels.note",
+        ),
+        (
+            "newer",
+            |m| {
+                m["schema"] = 2.into();
+                m["zstd_frames"] = Value::Array(vec![]);
+            },
+            "zstd_frames",
+        ),
+    ];
+    for (name, edit, _) in &unvalidated {
+        let dir = snapshots.join(name);
+        sample_dir(&dir, &image, name);
+        rewrite_manifest(&dir, edit);
+    }
+    // Provably not snapshots: a manifest that is not JSON, and none at all.
+    let junk = snapshots.join("junk");
+    sample_dir(&junk, &image, "junk");
+    std::fs::write(junk.join("manifest.json"), b"\x00\x01 not json").unwrap();
+    let bare = snapshots.join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    std::fs::write(bare.join("upper.ext4"), b"x").unwrap();
+    let before: Vec<_> = unvalidated
+        .iter()
+        .map(|(n, _, _)| files_of(&snapshots.join(n)))
+        .collect();
+
+    let dry: Value = reg.json(&["gc", "--dry-run", "--grace", "0"]);
+    let text = reg.run(&["gc", "--dry-run", "--grace", "0"]).ok().stdout;
+    let real: Value = reg.json(&["gc", "--grace", "0"]);
+    assert_eq!(removed(&dry), removed(&real));
+    assert_eq!(removed(&real), ["snapshots/bare", "snapshots/junk"]);
+    let mut expected: Vec<(String, String)> = unvalidated
+        .iter()
+        .map(|(n, _, _)| (format!("snapshots/{n}"), "unvalidated".to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(kept(&real), expected);
+    for (i, (name, _, why)) in unvalidated.iter().enumerate() {
+        assert_eq!(files_of(&snapshots.join(name)), before[i], "{name}");
+        let path = format!("snapshots/{name}");
+        let k = real["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["path"] == path.as_str())
+            .unwrap();
+        assert!(k["why"].as_str().unwrap().contains(why), "{k}");
+        assert!(text.contains(&format!("snapshots/{name}")), "{text}");
+    }
+    assert!(text.contains("cannot validate"), "{text}");
+    // The image the kept directories pin keeps its files.
+    for p in image_paths(&image, "python:3.12") {
+        assert!(reg.root().join(&p).exists(), "{p}");
+    }
+
+    let v = reg.run(&["verify"]);
+    assert_eq!(v.code, 5, "{}", v.stdout);
+    for (name, _, why) in &unvalidated {
+        let line = v
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!("snapshots/{name}")))
+            .unwrap_or_else(|| panic!("{name}: {}", v.stdout));
+        assert!(
+            line.contains("cannot be validated") && line.contains(why),
+            "{line}"
+        );
+    }
+    // reindex leaves them too, and still nothing is deleted.
+    reg.run(&["reindex"]);
+    reg.run(&["gc", "--grace", "0"]).ok();
+    for (i, (name, _, _)) in unvalidated.iter().enumerate() {
+        assert_eq!(files_of(&snapshots.join(name)), before[i], "{name}");
+    }
+}
+
+#[test]
+fn issue_22_a_directory_holding_another_snapshot_than_its_row_loses_nothing() {
+    let reg = Reg::new();
+    let cache = reg.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+    add_pinned(&reg, "head", &image, "python:3.12", &cache);
+    // microsandbox re-saves `head` as a qcow2 snapshot (or an older index
+    // is restored): the directory holds another valid snapshot.
+    let head = reg.root().join("snapshots/head");
+    std::fs::remove_dir_all(&head).unwrap();
+    sample_dir(&head, &image, "resaved");
+    std::fs::rename(head.join("upper.ext4"), head.join("upper.qcow2")).unwrap();
+    rewrite_manifest(&head, |m| {
+        m["format"] = "qcow2".into();
+        m["upper"]["file"] = "upper.qcow2".into();
+    });
+    let before = files_of(&head);
+
+    let real: Value = reg.json(&["gc", "--grace", "0"]);
+    assert!(removed(&real).is_empty(), "{real}");
+    assert_eq!(
+        kept(&real),
+        [("snapshots/head".to_string(), "mismatch".to_string())]
+    );
+    assert!(
+        real["kept"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("the index records"),
+        "{real}"
+    );
+    assert_eq!(files_of(&head), before);
+    let v = reg.run(&["verify"]);
+    assert_eq!(v.code, 5);
+    assert!(
+        v.stdout.contains("missing: snapshots/head/upper.ext4"),
+        "{}",
+        v.stdout
+    );
+    // Without the manifest, nothing says it is not a snapshot: still kept.
+    std::fs::remove_file(head.join("manifest.json")).unwrap();
+    let real: Value = reg.json(&["gc", "--grace", "0"]);
+    assert!(removed(&real).is_empty(), "{real}");
+    assert_eq!(
+        kept(&real),
+        [("snapshots/head".to_string(), "mismatch".to_string())]
+    );
+    assert!(head.join("upper.qcow2").exists());
+}
+
+#[test]
+fn issue_22_an_image_only_an_unindexed_snapshot_pins_keeps_its_files() {
+    let reg = Reg::new();
+    let (cache_a, cache_b) = (reg.path("cache-a"), reg.path("cache-b"));
+    let a = make_image_cache(&cache_a, "python:3.12", 1, &[4096, 8192]);
+    let b = make_image_cache(&cache_b, "alpine:3.20", 2, &[4096]);
+    add_pinned(&reg, "s1", &a, "python:3.12", &cache_a);
+    let db = reg.root().join("registry.db");
+    let backup = reg.path("backup.db");
+    std::fs::copy(&db, &backup).unwrap();
+    add_pinned(&reg, "s2", &b, "alpine:3.20", &cache_b);
+    for side in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(reg.root().join(format!("registry.db{side}")));
+    }
+    std::fs::copy(&backup, &db).unwrap();
+    let s2 = files_of(&reg.root().join("snapshots/s2"));
+    let b_files = image_paths(&b, "alpine:3.20");
+    let b_bytes: Vec<Vec<u8>> = b_files
+        .iter()
+        .map(|p| std::fs::read(reg.root().join(p)).unwrap())
+        .collect();
+
+    let dry: Value = reg.json(&["gc", "--dry-run", "--grace", "0"]);
+    let real: Value = reg.json(&["gc", "--grace", "0"]);
+    assert_eq!(removed(&dry), removed(&real));
+    assert!(removed(&real).is_empty(), "{real}");
+    let kept = kept(&real);
+    for p in &b_files {
+        assert!(
+            kept.contains(&(p.clone(), "pinned-unindexed".to_string())),
+            "{p}: {kept:?}"
+        );
+    }
+    for (p, bytes) in b_files.iter().zip(&b_bytes) {
+        assert_eq!(&std::fs::read(reg.root().join(p)).unwrap(), bytes, "{p}");
+    }
+    assert_eq!(files_of(&reg.root().join("snapshots/s2")), s2);
+    // reindex adopts s2 with its image; then everything is clean.
+    reg.run(&["reindex"]).ok();
+    let v = reg.run(&["verify", "--content"]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+}
