@@ -16,6 +16,8 @@ pub const MIN_PREFIX: usize = 8;
 pub struct Registry {
     layout: Layout,
     db: Db,
+    /// The registry lock, held from open to install by a rebuilding reindex.
+    held: Option<RegistryLock>,
 }
 
 /// How [`Registry::open_for_reindex`] found the index.
@@ -51,7 +53,11 @@ impl Registry {
             Db::open(&layout.db())?
         };
         journal::recover(&layout, &mut db)?;
-        Ok(Registry { layout, db })
+        Ok(Registry {
+            layout,
+            db,
+            held: None,
+        })
     }
 
     /// Open an existing registry for reading only: nothing is created, no
@@ -74,7 +80,11 @@ impl Registry {
             drop(db);
             return Self::open_writable(layout);
         }
-        Ok(Registry { layout, db })
+        Ok(Registry {
+            layout,
+            db,
+            held: None,
+        })
     }
 
     /// Open for `reindex`. A healthy index is opened as usual. Otherwise
@@ -117,7 +127,11 @@ impl Registry {
         }
         let db = Db::open(&building)?;
         Ok((
-            Registry { layout, db },
+            Registry {
+                layout,
+                db,
+                held: Some(lock),
+            },
             Rebuild {
                 moved_aside,
                 building: Some(building),
@@ -126,14 +140,19 @@ impl Registry {
     }
 
     /// Put an index [`Registry::open_for_reindex`] built aside in place.
-    pub fn install_rebuilt(self, rebuild: Rebuild) -> Result<()> {
+    /// The registry lock taken by that open is held until the rename is
+    /// done: no other reindex can replace or remove the rebuild meanwhile.
+    pub fn install_rebuilt(mut self, rebuild: Rebuild) -> Result<()> {
         let Some(building) = rebuild.building else {
             return Ok(());
         };
-        let layout = self.layout.clone();
-        let _lock = lock_exclusive(&layout)?;
-        drop(self);
         crate::process::failpoint::hit(crate::process::failpoint::REINDEX_REBUILT)?;
+        let layout = self.layout.clone();
+        let _lock = match self.held.take() {
+            Some(lock) => lock,
+            None => lock_exclusive(&layout)?,
+        };
+        drop(self);
         std::fs::rename(&building, layout.db()).at("rename", &building)?;
         crate::store::files::fsync_dir(layout.root())
     }
@@ -162,7 +181,10 @@ impl Registry {
     /// (saying so on stderr after a second, giving up after
     /// [`journal::lock::lock_timeout`]).
     pub fn lock(&self) -> Result<RegistryLock> {
-        lock_exclusive(&self.layout)
+        match &self.held {
+            Some(outer) => Ok(RegistryLock::within(outer)),
+            None => lock_exclusive(&self.layout),
+        }
     }
 
     /// Find a snapshot by name, full digest, or unique hex prefix of at least

@@ -268,3 +268,45 @@ fn issue_22_an_image_only_an_unindexed_snapshot_pins_keeps_its_files() {
     let v = reg.run(&["verify", "--content"]);
     assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
 }
+
+/// `kill -CONT` a process a failpoint stopped; its exit code.
+fn resume(held: Held) -> i32 {
+    let Held { mut child, .. } = held;
+    let status = std::process::Command::new("kill")
+        .args(["-CONT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait().unwrap().code().unwrap_or(-1)
+}
+
+#[test]
+fn issue_22_two_reindex_runs_on_a_lost_index_never_install_an_empty_one() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    std::fs::remove_file(reg.root().join("registry.db")).unwrap();
+    // The first reindex has built the new index and not installed it yet.
+    let first = reg.held_at(&["reindex"], "reindex.rebuilt", Hold::Stop);
+    // It still holds the registry lock: a second reindex cannot start,
+    // so cannot remove or replace the rebuild it is about to install.
+    let second = reg.run_env(&["reindex"], &[("MSB_REGISTRY_LOCK_TIMEOUT", "1")]);
+    assert_eq!(second.code, 4, "{}", second.stderr);
+    assert!(second.stderr.contains("registry.lock"), "{}", second.stderr);
+    assert_eq!(resume(first), 0);
+    let list: Vec<Value> = reg.json(&["list"]);
+    assert_eq!(list.len(), 3, "{list:?}");
+    // A rebuild left by a reindex killed before installing it is never
+    // installed by the next: that one builds (and installs) its own.
+    std::fs::remove_file(reg.root().join("registry.db")).unwrap();
+    let killed = reg.held_at(&["reindex"], "reindex.rebuilt", Hold::Pause);
+    let Held { mut child, .. } = killed;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rebuild = reg.root().join("registry.db.rebuild");
+    assert!(rebuild.exists());
+    std::fs::write(&rebuild, b"not the index the next reindex builds").unwrap();
+    reg.run(&["reindex"]).ok();
+    let list: Vec<Value> = reg.json(&["list"]);
+    assert_eq!(list.len(), 3, "{list:?}");
+    reg.run(&["verify", "--content"]).ok();
+}
