@@ -81,7 +81,7 @@ fn refusal(
     let Ok(text) = std::str::from_utf8(carried) else {
         return Ok(Err("it is not UTF-8".into()));
     };
-    let name = match SnapshotName::chosen(text) {
+    let name = match SnapshotName::chosen_for(text, digest) {
         Ok(n) => n,
         Err(e) => return Ok(Err(e.to_string())),
     };

@@ -691,7 +691,7 @@ impl Registry {
             places.push((path.clone(), *offset, *length));
         }
         if let Some(place) = db::remote::chunk_place(conn, chunk)?
-            && let Ok(name) = SnapshotName::chosen(&place.name)
+            && let Ok(name) = place.name.parse::<SnapshotName>()
             && let Some(length) = db::chunks::chunk_length(conn, chunk)?
         {
             places.push((
@@ -732,7 +732,7 @@ impl Registry {
                 .manifest
                 .annotations
                 .get(TITLE)
-                .and_then(|t| SnapshotName::chosen(t).ok())
+                .and_then(|t| SnapshotName::chosen_for(t, &digest).ok())
                 .filter(|n| !used.contains(n.as_str()))
                 .filter(|n| {
                     db::snapshots::snapshot_by_name(conn, n.as_str())

@@ -36,6 +36,7 @@ impl Registry {
         let new = SnapshotName::chosen(new_name)?;
         let _lock = self.lock()?;
         let row = self.resolve(reference)?;
+        new.impersonation(&row.digest)?;
         let report = |name: String| RenameReport {
             digest: row.digest,
             old_name: row.name.clone(),

@@ -310,3 +310,65 @@ fn issue_22_two_reindex_runs_on_a_lost_index_never_install_an_empty_one() {
     assert_eq!(list.len(), 3, "{list:?}");
     reg.run(&["verify", "--content"]).ok();
 }
+
+/// Give snapshot `from` of `reg` the name `to` behind the registry's back
+/// (as an older version could have): row and directory.
+fn force_name(reg: &Reg, from: &str, to: &str) {
+    let conn = rusqlite::Connection::open(reg.root().join("registry.db")).unwrap();
+    conn.execute("UPDATE snapshots SET name = ?1 WHERE name = ?2", [to, from])
+        .unwrap();
+    std::fs::rename(
+        reg.root().join("snapshots").join(from),
+        reg.root().join("snapshots").join(to),
+    )
+    .unwrap();
+}
+
+#[test]
+fn issue_22_names_the_foreign_grammar_hides_or_that_impersonate_a_digest_are_refused() {
+    let reg = Reg::new();
+    let cache = reg.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+    let (x, b) = (reg.path("x"), reg.path("b"));
+    let xd = sample_dir(&x, &image, "x");
+    let bd = sample_dir(&b, &image, "b");
+    let b_prefix = format!("sha256-{}", &bd.hex()[..16]);
+    let hidden = ["web.lock", "web.part", "web.work"];
+    for name in hidden.iter().copied().chain([b_prefix.as_str()]) {
+        reg.run(&["add", x.to_str().unwrap(), "--name", name])
+            .fails(2, "invalid snapshot name");
+    }
+    // Its own digest-prefix name is fine.
+    let own = format!("sha256-{}", &xd.hex()[..16]);
+    reg.run(&["add", x.to_str().unwrap(), "--name", &own]).ok();
+    for name in hidden.iter().copied().chain([b_prefix.as_str()]) {
+        reg.run(&["rename", &own, name])
+            .fails(2, "invalid snapshot name");
+    }
+    reg.run(&["rename", &own, "web"]).ok();
+
+    // Carried names: the same names fall back to the digest prefix, saying so.
+    for carried in hidden.iter().copied().chain([b_prefix.as_str()]) {
+        let src = Reg::new();
+        src.run(&["add", x.to_str().unwrap(), "--name", "web"]).ok();
+        force_name(&src, "web", carried);
+        let archive = src.path("x.tar.zst");
+        src.run(&["export", carried, "-o", archive.to_str().unwrap()])
+            .ok();
+        let dst = Reg::new();
+        let r = dst.run(&["import", archive.to_str().unwrap()]).ok();
+        assert!(
+            r.stderr.contains("invalid snapshot name"),
+            "{carried}: {}",
+            r.stderr
+        );
+        let list: Vec<Value> = dst.json(&["list"]);
+        assert_eq!(list[0]["name"], own.as_str(), "{carried}");
+        // The genuine B, arriving unnamed later, takes its own prefix name.
+        dst.run(&["add", b.to_str().unwrap(), "--name", &b_prefix])
+            .ok();
+        let export = dst.run(&["show", &b_prefix, "--json"]).ok();
+        assert!(export.stdout.contains(&bd.to_string()), "{}", export.stdout);
+        dst.run(&["verify"]).ok();
+    }
+}
