@@ -7,7 +7,7 @@ use crate::db::{self, Db, SnapshotRow};
 use crate::journal::{self, RegistryLock, lock::lock_exclusive};
 use crate::model::digest::{Digest, is_lower_hex};
 use crate::model::error::{Error, IoContext, Result};
-use crate::store::layout::Layout;
+use crate::store::layout::{Layout, SnapshotName};
 
 /// The shortest digest prefix accepted as a reference.
 pub const MIN_PREFIX: usize = 8;
@@ -155,6 +155,23 @@ impl Registry {
         drop(self);
         std::fs::rename(&building, layout.db()).at("rename", &building)?;
         crate::store::files::fsync_dir(layout.root())
+    }
+
+    /// The directory holding snapshot `name`'s files now: its own, or, while
+    /// a crashed `rename` to `name` is not rolled forward yet (the next
+    /// writer does that), the old one. Readers read through this, so they
+    /// see the renamed snapshot whole without waiting for a writer.
+    pub fn snapshot_dir(&self, name: &SnapshotName) -> SnapshotName {
+        if self.layout.snapshot(name).symlink_metadata().is_ok() {
+            return name.clone();
+        }
+        let pending = db::snapshots::pending_renames(self.db.conn()).unwrap_or_default();
+        pending
+            .into_iter()
+            .filter(|(_, _, new)| new == name.as_str())
+            .find_map(|(_, old, _)| old.parse::<SnapshotName>().ok())
+            .filter(|old| self.layout.snapshot(old).is_dir())
+            .unwrap_or_else(|| name.clone())
     }
 
     /// The paths of this registry.

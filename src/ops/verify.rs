@@ -300,7 +300,7 @@ impl Registry {
         for k in planned.kept.iter() {
             match k.reason {
                 KeptReason::Unindexed if k.path.starts_with("snapshots/") => {
-                    problems.push(self.unindexed_problem(k)?)
+                    problems.extend(self.unindexed_problem(k)?)
                 }
                 KeptReason::Unvalidated => problems.push(kept_problem(k)),
                 // The snapshot's own checks name what differs, when they can.
@@ -335,7 +335,15 @@ impl Registry {
 
     /// The problem of a snapshot directory gc keeps because it has no row:
     /// a copy of an indexed snapshot, or one `reindex` would adopt.
-    fn unindexed_problem(&self, kept: &Kept) -> Result<Problem> {
+    /// None for the directory of a crashed `rename` not rolled forward yet:
+    /// it is the snapshot's only copy, which readers read through.
+    fn unindexed_problem(&self, kept: &Kept) -> Result<Option<Problem>> {
+        let renaming = db::snapshots::pending_renames(self.db().conn())?
+            .into_iter()
+            .any(|(d, old, _)| Some(d) == kept.digest && kept.path == format!("snapshots/{old}"));
+        if renaming {
+            return Ok(None);
+        }
         let indexed = match &kept.digest {
             Some(d) => db::snapshots::snapshot_by_digest(self.db().conn(), d)?,
             None => None,
@@ -347,12 +355,12 @@ impl Registry {
             ),
             None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
         };
-        Ok(Problem {
+        Ok(Some(Problem {
             kind: ProblemKind::Unindexed,
             path: kept.path.clone(),
             digest: kept.digest,
             detail,
-        })
+        }))
     }
 
     fn snapshot_checks(
@@ -376,6 +384,7 @@ impl Registry {
                 return;
             }
         };
+        let name = self.snapshot_dir(&name);
         let dir = self.layout().snapshot(&name);
         if !dir.is_dir() {
             problems.push(problem(

@@ -372,3 +372,44 @@ fn issue_22_names_the_foreign_grammar_hides_or_that_impersonate_a_digest_are_ref
         dst.run(&["verify"]).ok();
     }
 }
+
+#[test]
+fn issue_22_after_a_crashed_rename_readers_see_it_renamed_and_verify_advises_no_deletion() {
+    let reg = Reg::new();
+    let cache = reg.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+    add_pinned(&reg, "web", &image, "python:3.12", &cache);
+    let before = files_of(&reg.root().join("snapshots/web"));
+    let crashed = reg.run_env(
+        &["rename", "web", "site"],
+        &[("MSB_FAILPOINT", "rename.committed:abort")],
+    );
+    assert_ne!(crashed.code, 0);
+    assert!(reg.root().join("snapshots/web").is_dir());
+    assert!(!reg.root().join("snapshots/site").exists());
+    // Readers, before any writer rolls the rename forward.
+    let v = reg.run(&["verify", "--content"]);
+    assert_eq!(v.code, 0, "{}{}", v.stdout, v.stderr);
+    assert!(!v.stdout.contains("remove the copy"), "{}", v.stdout);
+    let archive = reg.path("site.tar.zst");
+    reg.run(&["export", "site", "-o", archive.to_str().unwrap()])
+        .ok();
+    let du: Value = reg.json(&["du"]);
+    assert!(
+        du["snapshots"][0]["data_bytes"].as_u64().unwrap() > 0,
+        "{du}"
+    );
+    assert!(
+        !reg.root().join("snapshots/site").exists(),
+        "a reader wrote"
+    );
+    let other = Reg::new();
+    other.run(&["import", archive.to_str().unwrap()]).ok();
+    other.run(&["verify", "--content"]).ok();
+    // gc (a writer) rolls it forward and deletes nothing.
+    let gc: Value = reg.json(&["gc", "--grace", "0"]);
+    assert!(removed(&gc).is_empty(), "{gc}");
+    assert_eq!(files_of(&reg.root().join("snapshots/site")), before);
+    assert!(!reg.root().join("snapshots/web").exists());
+    reg.run(&["verify", "--content"]).ok();
+}
