@@ -78,9 +78,9 @@ impl Registry {
         }
         crate::process::failpoint::hit(crate::process::failpoint::RENAME_COMMITTED)?;
         let (layout, db) = self.parts();
-        finish_rename(layout, db, &row.digest, &old, &new)?;
+        let microsandbox_hint = finish_rename(layout, db, &row.digest, &old, &new)?;
         Ok(RenameReport {
-            microsandbox_hint: crate::store::shared_home::reindex_hint(self.layout()),
+            microsandbox_hint,
             ..report(new.to_string())
         })
     }

@@ -10,14 +10,66 @@ use crate::db::microsandbox::{self, Unusable};
 use crate::model::digest::Digest;
 use crate::model::image::{CacheFile, CacheKind};
 use crate::model::text::{escape, has_terminal_control};
-use crate::store::layout::Layout;
+use crate::store::layout::{Layout, SnapshotName};
 
-/// The hint printed after `import`, `add` or `rm` change `snapshots/` of a shared home.
-pub const REINDEX_HINT: &str = "this root is a microsandbox home: run `msb snapshot reindex` to refresh microsandbox's view of its snapshots (msb-registry never writes db/msb.db)";
+/// The hint printed after `import` or `add` add to `snapshots/` of a shared home.
+pub const REINDEX_HINT: &str = "this root is a microsandbox home: run `msb snapshot reindex` to refresh microsandbox's view of its snapshots (msb-registry writes db/msb.db only to drop or move the snapshot_index row of a snapshot it removes or renames)";
 
 /// The hint when `layout` is a shared home.
 pub fn reindex_hint(layout: &Layout) -> Option<String> {
     layout.is_shared_home().then(|| REINDEX_HINT.to_string())
+}
+
+/// After our `rm` of snapshot `digest`: drop its row from msb.db's
+/// `snapshot_index`, as microsandbox's own remove does, so microsandbox no
+/// longer lists it. Returns a hint when that could not be done.
+pub fn forget_snapshot(layout: &Layout, digest: &Digest) -> Option<String> {
+    if !layout.is_shared_home() {
+        return None;
+    }
+    microsandbox::forget_snapshot(&layout.msb_db(), &digest.to_string())
+        .err()
+        .map(|why| {
+            format!(
+                "db/msb.db could not be updated ({why}): microsandbox may still list snapshot {digest}; run `msb snapshot rm {digest}` once it can be"
+            )
+        })
+}
+
+/// After our `rename` of snapshot `digest` from `old` to `new`: point its
+/// msb.db `snapshot_index` row at the new directory and name. Returns a
+/// hint when that could not be done.
+pub fn move_snapshot(
+    layout: &Layout,
+    digest: &Digest,
+    old: &SnapshotName,
+    new: &SnapshotName,
+) -> Option<String> {
+    if !layout.is_shared_home() {
+        return None;
+    }
+    let mut dirs = vec![(layout.snapshot(old), layout.snapshot(new))];
+    if let Ok(real) = layout.snapshots().canonicalize() {
+        dirs.insert(0, (real.join(old.as_str()), real.join(new.as_str())));
+    }
+    for (from, to) in &dirs {
+        let moved = microsandbox::move_snapshot(
+            &layout.msb_db(),
+            &digest.to_string(),
+            (old.as_str(), new.as_str()),
+            (&from.to_string_lossy(), &to.to_string_lossy()),
+        );
+        match moved {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(why) => {
+                return Some(format!(
+                    "db/msb.db could not be updated ({why}): run `msb snapshot reindex` to give microsandbox the new path"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The state of `db/msb.db`.
