@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the tools `cargo test` drives, when absent (Debian/Ubuntu, as root):
-# GNU tar, zstd, sqlite3, mkfs.ext4/debugfs (realistic ext4 uppers), strace,
+# GNU tar, bsdtar (libarchive-tools: the second reference reader), zstd and
+# pzstd, sqlite3, mkfs.ext4/debugfs (realistic ext4 uppers), strace,
 # script, taskset, flock, GNU time, python3, groff; and for push/pull against
 # a real OCI registry: docker-registry (Distribution), skopeo (a third-party
 # client reading what we push), htpasswd (apache2-utils) and openssl (a
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 need=()
-for pair in tar:tar zstd:zstd sqlite3:sqlite3 mkfs.ext4:e2fsprogs debugfs:e2fsprogs \
+for pair in tar:tar bsdtar:libarchive-tools zstd:zstd pzstd:zstd sqlite3:sqlite3 mkfs.ext4:e2fsprogs debugfs:e2fsprogs \
     strace:strace script:bsdutils taskset:util-linux flock:util-linux python3:python3 \
     groff:groff-base docker-registry:docker-registry skopeo:skopeo \
     htpasswd:apache2-utils openssl:openssl; do

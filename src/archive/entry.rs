@@ -10,6 +10,7 @@ use crate::model::digest::is_lower_hex;
 use crate::model::error::{Error, Result};
 use crate::model::image::{CacheFile, CacheKind, MAX_METADATA_BYTES};
 use crate::model::manifest::{MAX_MANIFEST_BYTES, is_normal_file_name};
+use crate::model::text::shown_name;
 
 /// The directory of cache members.
 pub const CACHE_DIR: &str = "cache";
@@ -86,7 +87,7 @@ pub enum Refusal {
     #[error("empty path components are not allowed")]
     EmptyComponent,
     /// A component with bytes a file name may not hold.
-    #[error("path component {0:?} is not a normal file name")]
+    #[error("path component \"{0}\" is not a normal file name")]
     NotNormal(String),
     /// A component over [`MAX_COMPONENT_BYTES`].
     #[error("a path component of {0} bytes is longer than {MAX_COMPONENT_BYTES}")]
@@ -113,10 +114,10 @@ pub enum Refusal {
     #[error("members live under sha256-<16 hex digits>/ or cache/")]
     Outside,
     /// `cache/<unknown>/`.
-    #[error("unknown cache kind {0:?}; expected manifests, layers, fsmeta or vmdk")]
+    #[error("unknown cache kind \"{0}\"; expected manifests, layers, fsmeta or vmdk")]
     UnknownCacheKind(String),
     /// A cache file name not valid for its kind.
-    #[error("file name {name:?} is not valid in cache/{kind}/; expected {expected}")]
+    #[error("file name \"{name}\" is not valid in cache/{kind}/; expected {expected}")]
     CacheFileName {
         /// The name.
         name: String,
@@ -218,7 +219,7 @@ impl Member {
 /// Check one header: its entry type (the tar type flag byte), link name and
 /// path. Returns the member it names.
 pub fn classify(typeflag: u8, link_name: Option<&[u8]>, path: &[u8]) -> Result<Member> {
-    let shown = String::from_utf8_lossy(path).into_owned();
+    let shown = shown_name(path);
     let reject = |reason: Refusal| reason.of(shown.clone());
     let kind = entry_kind(typeflag).map_err(reject)?;
     no_link_name(link_name).map_err(reject)?;
@@ -293,7 +294,9 @@ pub fn components(path: &str, kind: EntryKind) -> Result<Vec<&str>, Refusal> {
             ".." => return Err(Refusal::DotDot),
             "." => return Err(Refusal::Dot),
             "" => return Err(Refusal::EmptyComponent),
-            p if !is_normal_file_name(p) => return Err(Refusal::NotNormal(p.to_string())),
+            p if !is_normal_file_name(p) => {
+                return Err(Refusal::NotNormal(shown_name(p.as_bytes())));
+            }
             p if p.len() > MAX_COMPONENT_BYTES => return Err(Refusal::ComponentTooLong(p.len())),
             _ => {}
         }
@@ -338,7 +341,7 @@ pub fn file_member(parts: &[&str]) -> Result<Member, Refusal> {
 
 /// A cache kind directory: manifests, layers, fsmeta or vmdk.
 pub fn cache_kind(name: &str) -> Result<CacheKind, Refusal> {
-    CacheKind::from_dir(name).ok_or_else(|| Refusal::UnknownCacheKind(name.to_string()))
+    CacheKind::from_dir(name).ok_or_else(|| Refusal::UnknownCacheKind(shown_name(name.as_bytes())))
 }
 
 /// A cache file name valid for its kind (digest-named, right extension).
@@ -350,7 +353,7 @@ pub fn cache_file(kind: CacheKind, name: &str) -> Result<CacheFile, Refusal> {
             CacheKind::Vmdk => "sha256_<64 hex>.vmdk",
         };
         Refusal::CacheFileName {
-            name: name.to_string(),
+            name: shown_name(name.as_bytes()),
             kind,
             expected,
         }

@@ -76,7 +76,7 @@ impl OpenedFile {
                 format!("size is {len} bytes, index records {}", planned.size),
             ));
         }
-        let extents = data_extents(&file, len).at("seek", path)?;
+        let extents = tar::gnu_extents(&data_extents(&file, len).at("seek", path)?, len);
         Ok(OpenedFile {
             planned: planned.clone(),
             file,

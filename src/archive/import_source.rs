@@ -1,6 +1,6 @@
 //! The byte stream an import reads: the source (a file, stdin, or any
-//! reader), zstd told apart from plain tar by its magic bytes, decompressed
-//! on a worker task so decoding overlaps hashing.
+//! reader), zstd told apart from plain tar by the zstd frame grammar (see
+//! [`is_zstd`]), decompressed on a worker task so decoding overlaps hashing.
 
 use std::io;
 use std::path::PathBuf;
@@ -13,6 +13,21 @@ use crate::model::error::{Error, IoContext, Result};
 
 /// The zstd frame magic, `28 b5 2f fd`.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// The magic of zstd skippable frames: `0x184D2A50` to `0x184D2A5F`, little
+/// endian, so the first byte varies (`5?`) and the next three are these.
+pub const ZSTD_SKIPPABLE_MAGIC_TAIL: [u8; 3] = [0x2a, 0x4d, 0x18];
+
+/// Whether a stream starting with `head` is zstd by the frame format: its
+/// first frame is a zstd frame or a skippable frame (what `pzstd` writes
+/// first, and what any zstd decoder passes over). A plain tar starts with
+/// its first member's name; one starting with these bytes (not UTF-8, or a
+/// control character fourth, both refused by the member grammar anyway) is
+/// read as zstd and refused as such.
+pub fn is_zstd(head: &[u8]) -> bool {
+    head.starts_with(&ZSTD_MAGIC)
+        || (head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == ZSTD_SKIPPABLE_MAGIC_TAIL)
+}
 
 /// Largest zstd window accepted (2^25 = 32 MiB), which bounds the decoder's memory.
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 25;
@@ -181,7 +196,7 @@ impl Pump {
             if let Some(what) = not_an_archive(&head) {
                 return Err(PumpError::NotAnArchive(what));
             }
-            let zstd = head.starts_with(&ZSTD_MAGIC);
+            let zstd = is_zstd(&head);
             let head = std::io::Cursor::new(head);
             let joined = BufReader::with_capacity(PIPE_BYTES, head.chain(input));
             if zstd {
@@ -232,5 +247,24 @@ async fn copy_out<R: AsyncRead + Unpin>(
             // The reader stopped (refusal or end of archive): not our error.
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zstd_is_told_by_its_first_frame() {
+        assert!(is_zstd(&[0x28, 0xb5, 0x2f, 0xfd, 0x04]));
+        for first in 0x50..=0x5f {
+            assert!(
+                is_zstd(&[first, 0x2a, 0x4d, 0x18, 0, 0, 0, 0]),
+                "{first:#x}"
+            );
+        }
+        assert!(!is_zstd(&[0x60, 0x2a, 0x4d, 0x18]));
+        assert!(!is_zstd(&[0x50, 0x2a, 0x4d]));
+        assert!(!is_zstd(b"sha256-0123456789abcdef/manifest.json"));
     }
 }

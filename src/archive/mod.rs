@@ -13,3 +13,6 @@ pub mod tar_reader;
 
 pub use import_source::OpenedSource;
 pub use tar_reader::{Chunk, ReadError, TarReader};
+
+#[cfg(test)]
+mod tar_grammar_tests;

@@ -71,6 +71,29 @@ pub fn sparse(name: &str, extents: &[(u64, u64)], real_size: u64, mtime: u64) ->
     Ok(out)
 }
 
+/// `extents` (data extents of a file of `size` bytes, in order, not
+/// overlapping) made into a map GNU tar and our reader read alike: GNU tar
+/// reads each extent of a sparse member from whole blocks, so every extent
+/// but the last must be a multiple of 512 bytes long. Each is lengthened to
+/// one (into the hole after it, whose bytes read as zeros; never past
+/// `size`), and extents that then touch are joined. File systems report
+/// extents in whole file-system blocks, so this changes something only on
+/// one that does not.
+pub fn gnu_extents(extents: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(extents.len());
+    for &(off, len) in extents.iter().filter(|e| e.1 > 0) {
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 >= off => {
+                last.1 = (off + len).max(last.0 + last.1) - last.0
+            }
+            _ => out.push((off, len)),
+        }
+        let last = out.last_mut().expect("just pushed or extended");
+        last.1 = (last.1.div_ceil(BLOCK as u64) * BLOCK as u64).min(size - last.0);
+    }
+    out
+}
+
 /// A pax extended header (type `x`) for the member `name`, holding one
 /// record `<key>=<value>`, its data padded to whole blocks. The header's own
 /// name is `<dir>/PaxHeaders/<file>`, as GNU tar writes it.
@@ -178,6 +201,38 @@ mod tests {
             ));
         }
         out
+    }
+
+    #[test]
+    fn extents_are_made_whole_blocks_but_the_last() {
+        assert_eq!(
+            gnu_extents(&[(0, 4096), (8192, 100)], 8292),
+            [(0, 4096), (8192, 100)]
+        );
+        assert_eq!(
+            gnu_extents(&[(0, 100), (1024, 100)], 2048),
+            [(0, 512), (1024, 512)]
+        );
+        // Lengthened into the next extent: joined.
+        assert_eq!(gnu_extents(&[(0, 100), (300, 100)], 400), [(0, 400)]);
+        assert_eq!(
+            gnu_extents(&[(0, 100), (512, 10), (600, 1)], 601),
+            [(0, 601)]
+        );
+        assert_eq!(gnu_extents(&[(10, 5)], 100), [(10, 90)]);
+        assert_eq!(gnu_extents(&[], 100), []);
+        for extents in [
+            vec![(0u64, 1u64), (513, 7), (2000, 700), (4096, 4096), (9000, 3)],
+            vec![(100, 412), (1000, 24)],
+        ] {
+            let aligned = gnu_extents(&extents, 9003);
+            let (last, rest) = aligned.split_last().unwrap();
+            assert!(rest.iter().all(|e| e.1 % 512 == 0), "{aligned:?}");
+            assert!(last.0 + last.1 <= 9003);
+            for &(off, len) in &extents {
+                assert!(aligned.iter().any(|a| a.0 <= off && off + len <= a.0 + a.1));
+            }
+        }
     }
 
     #[test]

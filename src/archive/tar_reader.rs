@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::model::text::shown_name;
+
 /// Size of a tar block.
 pub const BLOCK: usize = 512;
 
@@ -83,6 +85,11 @@ pub enum ReadError {
     PaxSparse,
     /// Malformed pax records.
     Pax(&'static str),
+    /// A pax keyword this reader does not accept (GNU tar ignores unknown
+    /// ones with a warning, and uses others for members import refuses).
+    PaxKeyword(Vec<u8>),
+    /// A GNU long name or link name GNU tar and bsdtar would read differently.
+    LongName(&'static str),
     /// Two extension headers of the same kind, or a pax path with a GNU long name.
     ExtensionTwice,
     /// Extension headers with no member after them.
@@ -108,6 +115,10 @@ pub enum NumberProblem {
     Negative,
     /// Larger than GNU tar's range (2^63 - 1), including base-256 with high bytes set.
     OutOfRange,
+    /// A uid or gid over 2^32 - 1 (GNU tar's uid_t and gid_t range).
+    OverId,
+    /// Base-256 in the checksum field, which GNU tar reads as octal only.
+    NotOctal,
 }
 
 impl fmt::Display for ReadError {
@@ -126,6 +137,8 @@ impl fmt::Display for ReadError {
                     NumberProblem::NotANumber => "is not an octal or base-256 number",
                     NumberProblem::Negative => "is negative (base-256 with the sign bit)",
                     NumberProblem::OutOfRange => "is out of range (over 2^63 - 1)",
+                    NumberProblem::OverId => "is out of range (over 2^32 - 1)",
+                    NumberProblem::NotOctal => "is base-256, where GNU tar reads only octal",
                 };
                 write!(f, "corrupt tar stream: {field} field {why}")
             }
@@ -137,6 +150,13 @@ impl fmt::Display for ReadError {
                 "pax GNU.sparse records are not supported; use GNU sparse ('S') entries",
             ),
             ReadError::Pax(why) => write!(f, "corrupt tar stream: malformed pax records: {why}"),
+            ReadError::PaxKeyword(key) => write!(
+                f,
+                "pax keyword \"{}\" is not accepted; only {} are",
+                shown_name(key),
+                PAX_KEYWORDS
+            ),
+            ReadError::LongName(why) => write!(f, "corrupt tar stream: GNU long name: {why}"),
             ReadError::ExtensionTwice => {
                 f.write_str("corrupt tar stream: two extension headers name the same member field")
             }
@@ -235,6 +255,26 @@ fn text(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
+/// The name a GNU long name or link name header (`L`, `K`) holds, from its
+/// data of `size` bytes followed by its padding. GNU tar reads the name to
+/// the first NUL of the whole blocks, padding included; bsdtar to the first
+/// NUL within the size. They agree when a NUL comes within the size or the
+/// padding is zeros; anything else is refused, as is an empty name (GNU tar
+/// substitutes '.', bsdtar skips the member).
+pub fn gnu_long_name(padded: &[u8], size: usize) -> Result<&[u8], ReadError> {
+    let (data, padding) = padded.split_at(size);
+    let name = text(data);
+    if name.len() == data.len() && padding.iter().any(|&b| b != 0) {
+        return Err(ReadError::LongName(
+            "no NUL within its size and bytes in its padding (GNU tar and bsdtar read it differently)",
+        ));
+    }
+    if name.is_empty() {
+        return Err(ReadError::LongName("it is empty"));
+    }
+    Ok(name)
+}
+
 /// One header block, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawHeader {
@@ -257,6 +297,12 @@ pub fn is_zero_block(block: &[u8; BLOCK]) -> bool {
 
 /// Decode a header block (not a zero block): checksum, magic, name, type, size.
 pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
+    if block[148] & 0x80 != 0 {
+        return Err(ReadError::Number {
+            field: "checksum",
+            problem: NumberProblem::NotOctal,
+        });
+    }
     let recorded = field(block, 148, 8, "checksum")?;
     let (mut unsigned, mut signed) = (0u64, 0i64);
     for (i, &b) in block.iter().enumerate() {
@@ -273,6 +319,7 @@ pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
     if !gnu && !ustar && magic.iter().any(|&b| b != 0) {
         return Err(ReadError::Magic);
     }
+    metadata(block, gnu || ustar)?;
     let mut name = Vec::new();
     let prefix = text(&block[345..500]);
     if ustar && !prefix.is_empty() {
@@ -287,6 +334,43 @@ pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
         size: field(block, 124, 12, "size")?,
         gnu,
     })
+}
+
+/// The numeric fields GNU tar parses besides size and checksum: mode, uid,
+/// gid and mtime, and the device numbers of ustar and GNU headers. Their
+/// values are not used (import installs files with its own owner, mode and
+/// time), but garbage in them makes GNU tar exit 2 (mode, mtime; uid and gid
+/// when the user or group name does not resolve on the machine at hand) and
+/// bsdtar refuse the archive (device numbers too), so each must be a number
+/// [`number`] reads or all NULs (which both read as 0); a uid or gid over
+/// 2^32 - 1 is refused (GNU tar exits 2), and so is a negative base-256
+/// mtime (GNU tar warns of an implausibly old time stamp).
+pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
+    let mut fields = vec![
+        (100, 8, "mode"),
+        (108, 8, "uid"),
+        (116, 8, "gid"),
+        (136, 12, "mtime"),
+    ];
+    if extended {
+        fields.extend([(329, 8, "devmajor"), (337, 8, "devminor")]);
+    }
+    for (at, len, name) in fields {
+        let bytes = &block[at..at + len];
+        if bytes.iter().all(|&b| b == 0) {
+            continue;
+        }
+        match (number(bytes), name) {
+            (Ok(v), "uid" | "gid") if v > u64::from(u32::MAX) => Err(NumberProblem::OverId),
+            (Ok(_), _) => Ok(()),
+            (Err(problem), _) => Err(problem),
+        }
+        .map_err(|problem| ReadError::Number {
+            field: name,
+            problem,
+        })?;
+    }
+    Ok(())
 }
 
 /// One slot of a sparse map: `None` for an empty slot (its length field
@@ -334,52 +418,186 @@ pub struct Pax {
     pub comment: Option<Vec<u8>>,
 }
 
-/// Parse local pax records (`<len> <key>=<value>\n` each); other keys than
-/// path, linkpath and size are metadata GNU tar applies to attributes only,
-/// and are ignored; `GNU.sparse.*` is refused.
+/// The pax keywords [`pax_records`] accepts, as refusals list them.
+pub const PAX_KEYWORDS: &str = "path, linkpath, size, comment, mtime, atime, ctime, uid, gid, \
+uname, gname, charset, SCHILY.xattr.*, SCHILY.acl.* and RHT.security.selinux";
+
+/// Parse local pax records (`<len> <key>=<value>\n` each, see
+/// [`pax_record`]). `path`, `linkpath` and `size` are applied, `comment`
+/// kept; the attribute keywords GNU tar decodes are checked as it checks
+/// them (a value it calls malformed makes it exit 2) and otherwise ignored;
+/// `GNU.sparse.*` and every other keyword are refused (GNU tar warns about
+/// unknown ones, and uses `GNU.dumpdir` and `GNU.volume.*` for members import
+/// does not take).
 pub fn pax_records(mut data: &[u8]) -> Result<Pax, ReadError> {
     let mut pax = Pax::default();
     while !data.is_empty() {
-        let space = data
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or(ReadError::Pax("a record has no length"))?;
-        let len: usize = std::str::from_utf8(&data[..space])
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or(ReadError::Pax("a record length is not a number"))?;
-        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err(ReadError::Pax("a record's length does not match it"));
-        }
-        let body = &data[space + 1..len - 1];
-        let eq = body
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or(ReadError::Pax("a record has no '='"))?;
-        let (key, value) = (&body[..eq], &body[eq + 1..]);
-        if key.starts_with(b"GNU.sparse.") {
-            return Err(ReadError::PaxSparse);
-        }
-        match key {
-            b"path" => pax.path = Some(value.to_vec()),
-            b"linkpath" => pax.linkpath = Some(value.to_vec()),
-            b"comment" => pax.comment = Some(value.to_vec()),
-            b"size" => {
-                let size = std::str::from_utf8(value)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .filter(|&v| v <= i64::MAX as u64)
-                    .ok_or(ReadError::Pax("size is not a decimal number in range"))?;
-                pax.size = Some(size);
-            }
-            b"" => return Err(ReadError::Pax("a record has an empty key")),
-            _ => {}
-        }
-        data = &data[len..];
+        let (key, value, rest) = pax_record(data)?;
+        apply_pax(&mut pax, key, value)?;
+        data = rest;
     }
     Ok(pax)
+}
+
+/// A pax record's key and value, and the records after it.
+pub type RecordSplit<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Split the first record off `data`: its key, its value and the rest. The
+/// grammar is where GNU tar 1.34 and bsdtar read a record alike: decimal
+/// digits, exactly one space (GNU tar skips a run of blanks there and
+/// applies the record; bsdtar reads the extra blanks into the keyword and
+/// ignores it), the key up to the first `=`, the value, a newline as the
+/// record's last byte, and no NUL anywhere in it (GNU tar stops decoding the
+/// header at a NUL in a keyword and cuts a value at one).
+pub fn pax_record(data: &[u8]) -> Result<RecordSplit<'_>, ReadError> {
+    let digits = data.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(ReadError::Pax("a record does not start with its length"));
+    }
+    if data.get(digits) != Some(&b' ') {
+        return Err(ReadError::Pax(
+            "a record's length is not followed by a space",
+        ));
+    }
+    if matches!(data.get(digits + 1), Some(b' ' | b'\t')) {
+        return Err(ReadError::Pax(
+            "more than one blank after a record's length (GNU tar and bsdtar read it differently)",
+        ));
+    }
+    let len = std::str::from_utf8(&data[..digits])
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&len| len > digits + 2 && len <= data.len())
+        .ok_or(ReadError::Pax("a record's length does not match it"))?;
+    let (record, rest) = data.split_at(len);
+    if record[len - 1] != b'\n' {
+        return Err(ReadError::Pax("a record does not end in a newline"));
+    }
+    if record.contains(&0) {
+        return Err(ReadError::Pax("a record holds a NUL byte"));
+    }
+    let body = &record[digits + 1..len - 1];
+    let eq = body
+        .iter()
+        .position(|&b| b == b'=')
+        .ok_or(ReadError::Pax("a record has no '='"))?;
+    if eq == 0 {
+        return Err(ReadError::Pax("a record has an empty key"));
+    }
+    Ok((&body[..eq], &body[eq + 1..], rest))
+}
+
+/// Apply one record to `pax`, or refuse it (see [`pax_records`]).
+fn apply_pax(pax: &mut Pax, key: &[u8], value: &[u8]) -> Result<(), ReadError> {
+    match key {
+        b"path" if value.is_empty() => {
+            return Err(ReadError::Pax(
+                "an empty path (GNU tar substitutes '.', bsdtar keeps the header's)",
+            ));
+        }
+        b"path" => pax.path = Some(value.to_vec()),
+        b"linkpath" => pax.linkpath = Some(value.to_vec()),
+        b"comment" => pax.comment = Some(value.to_vec()),
+        b"size" => {
+            let size = decimal(value)
+                .filter(|&v| v <= i64::MAX as u64)
+                .ok_or(ReadError::Pax("size is not a decimal number in range"))?;
+            pax.size = Some(size);
+        }
+        b"uid" | b"gid" => {
+            decimal(value)
+                .filter(|&v| v <= u64::from(u32::MAX))
+                .ok_or(ReadError::Pax(
+                    "a uid or gid is not a decimal number in range",
+                ))?;
+        }
+        b"mtime" | b"atime" | b"ctime" => {
+            let digits = value.strip_prefix(b"-").unwrap_or(value);
+            let (whole, fraction) = match digits.iter().position(|&b| b == b'.') {
+                Some(dot) => (&digits[..dot], Some(&digits[dot + 1..])),
+                None => (digits, None),
+            };
+            if decimal(whole).is_none() || fraction.is_some_and(|f| decimal(f).is_none()) {
+                return Err(ReadError::Pax("a time is not a decimal number of seconds"));
+            }
+        }
+        b"uname" | b"gname" | b"charset" => {
+            if std::str::from_utf8(value).is_err() {
+                return Err(ReadError::Pax("a user, group or charset name is not UTF-8"));
+            }
+        }
+        b"SCHILY.acl.access"
+        | b"SCHILY.acl.default"
+        | b"SCHILY.acl.ace"
+        | b"RHT.security.selinux" => {}
+        k if k.starts_with(b"SCHILY.xattr.") => {}
+        k if k.starts_with(b"GNU.sparse.") => return Err(ReadError::PaxSparse),
+        other => return Err(ReadError::PaxKeyword(other.to_vec())),
+    }
+    Ok(())
+}
+
+/// A run of ASCII decimal digits (no sign, no blanks), if it fits a u64.
+fn decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// A member's header with its extensions applied: a pax `path` or GNU long
+/// name over the header's name, a pax `linkpath` or GNU long link name over
+/// its link name, a pax `size` over its size (both kinds for one field are
+/// refused).
+fn apply_extensions(
+    header: RawHeader,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Pax,
+) -> Result<MemberHeader, ReadError> {
+    if (pax.path.is_some() && long_name.is_some())
+        || (pax.linkpath.is_some() && long_link.is_some())
+    {
+        return Err(ReadError::ExtensionTwice);
+    }
+    let stored = pax.size.unwrap_or(header.size);
+    Ok(MemberHeader {
+        path: pax.path.or(long_name).unwrap_or(header.name),
+        link: pax.linkpath.or(long_link).unwrap_or(header.link),
+        typeflag: header.typeflag,
+        size: stored,
+        stored,
+        extents: 0,
+        comment: pax.comment,
+    })
+}
+
+/// Add the slots of one map block (the header's or an extension block's) to
+/// `map`; whether an extension block follows.
+fn map_block(
+    map: &mut MapBuilder,
+    block: &[u8; BLOCK],
+    in_header: bool,
+) -> Result<bool, ReadError> {
+    let (slots, extended) = sparse_slots(block, in_header);
+    let mut ended = false;
+    for slot in slots {
+        match sparse_slot(slot)? {
+            Some(_) if ended => {
+                return Err(ReadError::SparseMap("an entry follows an empty slot"));
+            }
+            Some(entry) => map.push(entry)?,
+            None => ended = true,
+        }
+    }
+    match extended {
+        0 => Ok(false),
+        1 if ended => Err(ReadError::SparseMap(
+            "an extension block follows a map that ended",
+        )),
+        1 => Ok(true),
+        _ => Err(ReadError::SparseMap("the extended flag is not 0 or 1")),
+    }
 }
 
 /// A member's header, extensions applied.
@@ -448,16 +666,40 @@ struct MapBuilder {
     data: u64,
     count: u64,
     closed: bool,
+    /// A data extent whose length is not a multiple of [`BLOCK`] was seen.
+    unaligned: bool,
     head: Vec<(u64, u64)>,
     spill: Option<BufWriter<File>>,
     spill_dir: PathBuf,
 }
 
 impl MapBuilder {
+    fn new(real_size: u64, stored: u64, spill_dir: PathBuf) -> Self {
+        MapBuilder {
+            real_size,
+            stored,
+            end: 0,
+            data: 0,
+            count: 0,
+            closed: false,
+            unaligned: false,
+            head: Vec::new(),
+            spill: None,
+            spill_dir,
+        }
+    }
+
     fn push(&mut self, (off, len): (u64, u64)) -> Result<(), ReadError> {
         if self.closed {
             return Err(ReadError::SparseMap("an entry follows the empty final one"));
         }
+        if len > 0 && self.unaligned {
+            return Err(ReadError::SparseMap(
+                "an extent whose length is not a multiple of 512 is not the last (GNU tar reads \
+                 each extent from whole blocks, bsdtar back to back)",
+            ));
+        }
+        self.unaligned |= len % BLOCK as u64 != 0;
         if off < self.end {
             return Err(ReadError::SparseMap("extents out of order or overlapping"));
         }
@@ -608,16 +850,16 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
         Ok(())
     }
 
-    /// Extension data (pax records, long names): bounded by the budget.
+    /// Extension data (pax records, long names) with its padding to whole
+    /// blocks: bounded by the budget.
     async fn extension(&mut self, size: u64, budget: &mut u64) -> Result<Vec<u8>, ReadError> {
         let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
         if padded > *budget {
             return Err(ReadError::ExtensionTooLarge);
         }
         *budget -= padded;
-        let mut data = vec![0u8; size as usize];
+        let mut data = vec![0u8; padded as usize];
         self.fill(&mut data, "an extension header").await?;
-        self.skip(padded - size, "an extension header").await?;
         Ok(data)
     }
 
@@ -663,7 +905,7 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
                         return Err(ReadError::ExtensionTwice);
                     }
                     let data = self.extension(header.size, &mut budget).await?;
-                    pax = Some(pax_records(&data)?);
+                    pax = Some(pax_records(&data[..header.size as usize])?);
                 }
                 b'L' | b'K' => {
                     let data = self.extension(header.size, &mut budget).await?;
@@ -675,7 +917,7 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
                     if slot.is_some() {
                         return Err(ReadError::ExtensionTwice);
                     }
-                    *slot = Some(text(&data).to_vec());
+                    *slot = Some(gnu_long_name(&data, header.size as usize)?.to_vec());
                 }
                 _ => return self.member(block, header, long_name, long_link, pax).await,
             }
@@ -691,70 +933,46 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
         pax: Option<Pax>,
     ) -> Result<Option<MemberHeader>, ReadError> {
         let pax = pax.unwrap_or_default();
-        if (pax.path.is_some() && long_name.is_some())
-            || (pax.linkpath.is_some() && long_link.is_some())
-        {
-            return Err(ReadError::ExtensionTwice);
-        }
-        let path = pax.path.or(long_name).unwrap_or(header.name);
-        let link = pax.linkpath.or(long_link).unwrap_or(header.link);
-        let stored = pax.size.unwrap_or(header.size);
-        let mut member = MemberHeader {
-            path,
-            link,
-            typeflag: header.typeflag,
-            size: stored,
-            stored,
-            extents: 0,
-            comment: pax.comment,
-        };
-        if header.typeflag != b'S' {
+        let pax_size = pax.size.is_some();
+        let (typeflag, gnu) = (header.typeflag, header.gnu);
+        let mut member = apply_extensions(header, long_name, long_link, pax)?;
+        let stored = member.stored;
+        self.pad = padding(stored);
+        if typeflag != b'S' {
             self.data = Data::Dense { left: stored };
-            self.pad = padding(stored);
             return Ok(Some(member));
         }
-        if !header.gnu {
+        if !gnu {
             return Err(ReadError::SparseNotGnu);
         }
-        if pax.size.is_some() {
+        if pax_size {
             return Err(ReadError::SparseMap("a pax size on a GNU sparse member"));
         }
         let real_size = field(&block, 483, 12, "sparse real size")?;
-        let mut map = MapBuilder {
-            real_size,
-            stored,
-            end: 0,
-            data: 0,
-            count: 0,
-            closed: false,
-            head: Vec::new(),
-            spill: None,
-            spill_dir: self.spill_dir.clone(),
+        let map = MapBuilder::new(real_size, stored, self.spill_dir.clone());
+        let (mut map, count) = self.sparse_map(block, map).await?.finish()?;
+        let extent = map.next()?;
+        member.size = real_size;
+        member.extents = count;
+        self.data = Data::Sparse {
+            map,
+            pos: 0,
+            size: real_size,
+            extent,
         };
-        let mut current = block;
+        Ok(Some(member))
+    }
+
+    /// Read a GNU sparse member's map: the four slots of its header, then
+    /// extension blocks of 21 for as long as the extended flag says.
+    async fn sparse_map(
+        &mut self,
+        header: [u8; BLOCK],
+        mut map: MapBuilder,
+    ) -> Result<MapBuilder, ReadError> {
+        let mut current = header;
         let mut in_header = true;
-        loop {
-            let (slots, extended) = sparse_slots(&current, in_header);
-            let mut ended = false;
-            for slot in slots {
-                match sparse_slot(slot)? {
-                    Some(_) if ended => {
-                        return Err(ReadError::SparseMap("an entry follows an empty slot"));
-                    }
-                    Some(entry) => map.push(entry)?,
-                    None => ended = true,
-                }
-            }
-            match extended {
-                0 => break,
-                1 if ended => {
-                    return Err(ReadError::SparseMap(
-                        "an extension block follows a map that ended",
-                    ));
-                }
-                1 => {}
-                _ => return Err(ReadError::SparseMap("the extended flag is not 0 or 1")),
-            }
+        while map_block(&mut map, &current, in_header)? {
             let mut next = [0u8; BLOCK];
             self.fill(&mut next, "a sparse extension block").await?;
             if next[504..].iter().skip(1).any(|&b| b != 0) {
@@ -765,18 +983,7 @@ impl<R: AsyncRead + Unpin> TarReader<R> {
             current = next;
             in_header = false;
         }
-        let (mut map, count) = map.finish()?;
-        let extent = map.next()?;
-        member.size = real_size;
-        member.extents = count;
-        self.data = Data::Sparse {
-            map,
-            pos: 0,
-            size: real_size,
-            extent,
-        };
-        self.pad = padding(stored);
-        Ok(Some(member))
+        Ok(map)
     }
 
     /// The next piece of the current member's logical content: data fills

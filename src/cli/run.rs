@@ -2,7 +2,7 @@
 //! report to the renderer ([`super::render`]).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 
@@ -133,11 +133,7 @@ fn dispatch(
             dir,
             name,
             cache_dir,
-        } => {
-            let report = registry.add(&dir, &AddOptions { name, cache_dir }, progress)?;
-            p.hint(report.microsandbox_hint.as_deref());
-            summary(p, &report, render::add)
-        }
+        } => add(registry, &dir, &AddOptions { name, cache_dir }, p, progress)?,
         Command::List => emit(p, &registry.list()?, |p, e| render::list(p, e)),
         Command::Show { reference } => emit(p, &registry.show(&reference)?, render::show),
         Command::Lineage {
@@ -151,11 +147,7 @@ fn dispatch(
         Command::Rename {
             reference,
             new_name,
-        } => {
-            let r = registry.rename(&reference, &new_name)?;
-            p.hint(r.microsandbox_hint.as_deref());
-            summary(p, &r, render::rename)
-        }
+        } => rename(registry, &reference, &new_name, p)?,
         Command::Reindex => summary(p, &registry.reindex(progress)?, render::reindex),
         Command::Gc {
             dry_run,
@@ -203,6 +195,31 @@ fn dispatch(
             unreachable!("handled before the registry root is chosen")
         }
     })
+}
+
+/// `add`, with the hint a shared microsandbox home needs.
+fn add(
+    registry: &mut Registry,
+    dir: &Path,
+    opts: &AddOptions,
+    p: &mut Printer,
+    progress: &BarProgress,
+) -> Result<Rendered> {
+    let r = registry.add(dir, opts, progress)?;
+    p.hint(r.microsandbox_hint.as_deref());
+    Ok(summary(p, &r, render::add))
+}
+
+/// `rename`, with the hint a shared microsandbox home needs.
+fn rename(
+    registry: &mut Registry,
+    reference: &str,
+    new_name: &str,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let r = registry.rename(reference, new_name)?;
+    p.hint(r.microsandbox_hint.as_deref());
+    Ok(summary(p, &r, render::rename))
 }
 
 /// `rm`: one REF keeps the single-object shape scripts already read.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::model::digest::{Digest, LogicalSink, PlainSha256};
 
 /// The registry's chunk size: 128 KiB, chosen by `cargo bench --bench chunks`
-/// (README "Chunk index"). Recorded per file, so it can change later.
+/// (docs/chunks.md). Recorded per file, so it can change later.
 pub const CHUNK_SIZE: u64 = 128 * 1024;
 
 /// One data chunk of a file.

@@ -40,9 +40,47 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Characters of a name from outside (an archive member's path, a pax
+/// keyword, a carried snapshot name) that a message quotes; the rest is
+/// cut, so a 1 MB name never makes a 1 MB error line.
+pub const SHOWN_NAME_CHARS: usize = 120;
+
+/// How a message quotes a name read from outside: its bytes as UTF-8
+/// (invalid sequences as U+FFFD), cut to [`SHOWN_NAME_CHARS`] characters
+/// with the full length appended when longer, then [`escape`]d. The one
+/// place every archive name printed in a refusal goes through.
+pub fn shown_name(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(SHOWN_NAME_CHARS).collect();
+    let mut out = escape(&head).into_owned();
+    if chars.next().is_some() {
+        out.push_str(&format!("… ({} bytes)", bytes.len()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_names_are_cut_and_escaped() {
+        assert_eq!(
+            shown_name(b"sha256-0123456789abcdef/upper.ext4"),
+            "sha256-0123456789abcdef/upper.ext4"
+        );
+        let long = vec![b'a'; 1 << 20];
+        let shown = shown_name(&long);
+        assert_eq!(
+            shown,
+            format!("{}… (1048576 bytes)", "a".repeat(SHOWN_NAME_CHARS))
+        );
+        assert_eq!(shown_name(b"a\x1b[2J\xffb\n"), "a\\u{1b}[2J\u{fffd}b\\n");
+        let json = format!("{{\"key\": \"{}\"}}\n", "v".repeat(4000));
+        let shown = shown_name(json.as_bytes());
+        assert!(shown.len() < 200 && !shown.contains('\n'), "{shown}");
+    }
 
     #[test]
     fn escapes_what_a_terminal_interprets_and_nothing_else() {

@@ -1,4 +1,4 @@
-//! The OCI form of a snapshot (README "Push and pull"; DESIGN §8): one
+//! The OCI form of a snapshot (docs/oci.md; DESIGN §8): one
 //! image manifest per snapshot whose config is the canonical manifest.json
 //! (so the config digest is the snapshot digest), whose first layer is the
 //! chunk map, and whose other layers are packs: concatenated zstd frames,
@@ -259,138 +259,177 @@ impl ChunkMap {
         let bad = |reason: String| malformed(&subject, reason);
         let map: ChunkMap =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("not a chunk map: {e}")))?;
-        if map.schema != 1 || map.compression != "zstd" {
-            return Err(bad(format!(
+        map.check_header(snapshot).map_err(bad)?;
+        let pack_sizes = map.check_packs(layers).map_err(bad)?;
+        map.check_chunks(&pack_sizes).map_err(bad)?;
+        map.check_deltas().map_err(bad)?;
+        map.check_files(snapshot, max_file_bytes).map_err(bad)?;
+        Ok(map)
+    }
+
+    /// Schema, compression, snapshot and chunk size.
+    fn check_header(&self, snapshot: &ParsedManifest) -> std::result::Result<(), String> {
+        if self.schema != 1 || self.compression != "zstd" {
+            return Err(format!(
                 "schema {} / compression {} is not schema 1 / zstd",
-                map.schema,
-                crate::model::text::escape(&map.compression)
-            )));
+                self.schema,
+                crate::model::text::escape(&self.compression)
+            ));
         }
-        if map.snapshot != snapshot.digest {
-            return Err(bad(format!("describes snapshot {}", map.snapshot)));
+        if self.snapshot != snapshot.digest {
+            return Err(format!("describes snapshot {}", self.snapshot));
         }
-        if !CHUNK_SIZES.contains(&map.chunk_size) || !map.chunk_size.is_power_of_two() {
-            return Err(bad(format!(
+        if !CHUNK_SIZES.contains(&self.chunk_size) || !self.chunk_size.is_power_of_two() {
+            return Err(format!(
                 "chunk size {} is not a power of two between 4 KiB and 4 MiB",
-                map.chunk_size
-            )));
+                self.chunk_size
+            ));
         }
+        Ok(())
+    }
+
+    /// Every pack a layer of the manifest, once; returns their sizes.
+    fn check_packs(&self, layers: &[Descriptor]) -> std::result::Result<Vec<u64>, String> {
         let listed: HashMap<Digest, u64> = layers.iter().map(|l| (l.digest, l.size)).collect();
-        let mut pack_sizes = Vec::with_capacity(map.packs.len());
-        for p in &map.packs {
+        let mut pack_sizes = Vec::with_capacity(self.packs.len());
+        for p in &self.packs {
             match listed.get(p) {
                 Some(&size)
-                    if !pack_sizes.is_empty() && map.packs[..pack_sizes.len()].contains(p) =>
+                    if !pack_sizes.is_empty() && self.packs[..pack_sizes.len()].contains(p) =>
                 {
-                    return Err(bad(format!("lists pack {p} twice ({size} bytes)")));
+                    return Err(format!("lists pack {p} twice ({size} bytes)"));
                 }
                 Some(&size) => pack_sizes.push(size),
                 None => {
-                    return Err(bad(format!(
+                    return Err(format!(
                         "pack {p} is not a layer of the snapshot's manifest"
-                    )));
+                    ));
                 }
             }
         }
+        Ok(pack_sizes)
+    }
+
+    /// Every chunk once, its frame inside its pack and no larger than a
+    /// chunk compresses to.
+    fn check_chunks(&self, pack_sizes: &[u64]) -> std::result::Result<(), String> {
         let mut seen = HashSet::new();
-        for c in &map.chunks {
+        for c in &self.chunks {
             if !seen.insert(c.chunk()) {
-                return Err(bad(format!("lists chunk {} twice", c.chunk())));
+                return Err(format!("lists chunk {} twice", c.chunk()));
             }
             let Some(&pack_size) = pack_sizes.get(c.pack()) else {
-                return Err(bad(format!(
+                return Err(format!(
                     "chunk {}: pack index {} out of range",
                     c.chunk(),
                     c.pack()
-                )));
+                ));
             };
-            if c.frame_len() == 0 || c.frame_len() > max_chunk_frame(map.chunk_size) {
-                return Err(bad(format!(
+            if c.frame_len() == 0 || c.frame_len() > max_chunk_frame(self.chunk_size) {
+                return Err(format!(
                     "chunk {}: a frame of {} bytes cannot hold a chunk of at most {} bytes",
                     c.chunk(),
                     c.frame_len(),
-                    map.chunk_size
-                )));
+                    self.chunk_size
+                ));
             }
             if c.offset()
                 .checked_add(c.frame_len())
                 .is_none_or(|end| end > pack_size)
             {
-                return Err(bad(format!(
+                return Err(format!(
                     "chunk {}: frame at {}+{} runs past its pack's {pack_size} bytes",
                     c.chunk(),
                     c.offset(),
                     c.frame_len()
-                )));
+                ));
             }
         }
-        let mut delta_of = vec![None; map.chunks.len()];
-        for &(chunk, base) in &map.deltas {
+        Ok(())
+    }
+
+    /// Each delta names two chunks, has one base, and its base is plain.
+    fn check_deltas(&self) -> std::result::Result<(), String> {
+        let mut delta_of = vec![None; self.chunks.len()];
+        for &(chunk, base) in &self.deltas {
             let (c, b) = (chunk as usize, base as usize);
-            if c >= map.chunks.len() || b >= map.chunks.len() || c == b {
-                return Err(bad(format!(
-                    "delta [{chunk}, {base}] names no pair of chunks"
-                )));
+            if c >= self.chunks.len() || b >= self.chunks.len() || c == b {
+                return Err(format!("delta [{chunk}, {base}] names no pair of chunks"));
             }
             if delta_of[c].replace(b).is_some() {
-                return Err(bad(format!("chunk index {chunk} has two bases")));
+                return Err(format!("chunk index {chunk} has two bases"));
             }
         }
-        if let Some(&(chunk, base)) = map
+        if let Some(&(chunk, base)) = self
             .deltas
             .iter()
             .find(|&&(_, b)| delta_of[b as usize].is_some())
         {
-            return Err(bad(format!(
+            return Err(format!(
                 "delta [{chunk}, {base}]: its base is itself a delta"
-            )));
+            ));
         }
+        Ok(())
+    }
+
+    /// Plain, distinct file names within the size limit, the upper among
+    /// them at its manifest's size, and each file's extents in order,
+    /// aligned and inside it.
+    fn check_files(
+        &self,
+        snapshot: &ParsedManifest,
+        max_file_bytes: u64,
+    ) -> std::result::Result<(), String> {
         let upper = &snapshot.manifest.upper;
         let mut names = HashSet::new();
-        for f in &map.files {
+        for f in &self.files {
             let name = crate::model::text::escape(&f.path);
             if !is_normal_file_name(&f.path) || f.path == "manifest.json" {
-                return Err(bad(format!(
+                return Err(format!(
                     "file name {name} is not a plain snapshot file name"
-                )));
+                ));
             }
             if !names.insert(f.path.as_str()) {
-                return Err(bad(format!("lists file {name} twice")));
+                return Err(format!("lists file {name} twice"));
             }
             if f.size > max_file_bytes {
-                return Err(bad(format!(
+                return Err(format!(
                     "file {name} claims {} bytes, more than the {max_file_bytes}-byte limit (--max-file-size)",
                     f.size
-                )));
+                ));
             }
             if f.path == upper.file && f.size != upper.size_bytes {
-                return Err(bad(format!(
+                return Err(format!(
                     "upper {name} has {} bytes; the manifest says {}",
                     f.size, upper.size_bytes
-                )));
+                ));
             }
-            let mut next = 0u64;
-            for &(offset, index) in &f.extents {
-                if offset < next || offset % map.chunk_size != 0 || offset >= f.size {
-                    return Err(bad(format!(
-                        "file {name}: offset {offset} is out of order, unaligned or past its end"
-                    )));
-                }
-                if index as usize >= map.chunks.len() {
-                    return Err(bad(format!(
-                        "file {name}: chunk index {index} out of range"
-                    )));
-                }
-                next = offset + map.chunk_size;
-            }
+            self.check_extents(f, &name)?;
         }
         if !names.contains(upper.file.as_str()) {
-            return Err(bad(format!(
+            return Err(format!(
                 "has no entry for the upper {}",
                 crate::model::text::escape(&upper.file)
-            )));
+            ));
         }
-        Ok(map)
+        Ok(())
+    }
+
+    /// A file's extents: in order, aligned, inside it, naming a chunk.
+    fn check_extents(&self, f: &MapFile, name: &str) -> std::result::Result<(), String> {
+        let mut next = 0u64;
+        for &(offset, index) in &f.extents {
+            if offset < next || offset % self.chunk_size != 0 || offset >= f.size {
+                return Err(format!(
+                    "file {name}: offset {offset} is out of order, unaligned or past its end"
+                ));
+            }
+            if index as usize >= self.chunks.len() {
+                return Err(format!("file {name}: chunk index {index} out of range"));
+            }
+            next = offset + self.chunk_size;
+        }
+        Ok(())
     }
 }
 

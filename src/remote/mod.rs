@@ -1,5 +1,5 @@
-//! OCI distribution registries as a place for snapshots (README "Push and
-//! pull"): references, credentials, the HTTP client and the OCI form of a
+//! OCI distribution registries as a place for snapshots (docs/oci.md):
+//! references, credentials, the HTTP client and the OCI form of a
 //! snapshot. Push and pull (the operations) are built on these.
 
 pub mod client;

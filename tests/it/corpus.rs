@@ -164,7 +164,7 @@ pub fn smuggling(work: &Path) -> (Archive, String) {
 }
 
 /// A valid one-snapshot archive (manifest + dense upper) written with tarcraft.
-fn small_snapshot(work: &Path) -> (String, Vec<u8>, Vec<u8>) {
+pub fn small_snapshot(work: &Path) -> (String, Vec<u8>, Vec<u8>) {
     let dir = work.join("small");
     let d = extents_snapshot(&dir, 3, 4096, 16384, true);
     let manifest = std::fs::read(dir.join("manifest.json")).unwrap();

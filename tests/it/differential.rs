@@ -16,20 +16,37 @@ use msb_registry::{ImportOptions, ImportSource};
 use crate::chaos::{content_tree, file_digest};
 use crate::corpus::{self, Archive};
 
+/// What a reference reader extracted: the files as the registry would
+/// hold them, what it printed on stderr, and whether it exited 0.
+pub struct View {
+    pub files: BTreeMap<String, Digest>,
+    pub stderr: String,
+    pub ok: bool,
+}
+
 /// What GNU tar extracts from `bytes` (zstd decompressed first), as the
 /// registry would hold it: `sha256-…/<file>` under `snapshots/`, `cache/…`
 /// as is; `None` when the bytes are not a zstd stream the zstd tool reads.
-pub fn gnu_tar_view(bytes: &[u8], out: &Path) -> Option<(BTreeMap<String, Digest>, String)> {
+pub fn gnu_tar_view(bytes: &[u8], out: &Path) -> Option<View> {
+    extract_view(&["tar", "-xSf", "-", "-C"], bytes, out)
+}
+
+/// What bsdtar (libarchive, the other reference reader) extracts, likewise.
+pub fn bsdtar_view(bytes: &[u8], out: &Path) -> Option<View> {
+    extract_view(&["bsdtar", "-xf", "-", "-C"], bytes, out)
+}
+
+fn extract_view(command: &[&str], bytes: &[u8], out: &Path) -> Option<View> {
     let tar = corpus::plain_tar(bytes)?;
     std::fs::create_dir_all(out).unwrap();
-    let mut child = Command::new("tar")
-        .args(["-xSf", "-", "-C"])
+    let mut child = Command::new(command[0])
+        .args(&command[1..])
         .arg(out)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{} (scripts/test-deps.sh installs it): {e}", command[0]));
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(&tar);
@@ -38,7 +55,11 @@ pub fn gnu_tar_view(bytes: &[u8], out: &Path) -> Option<(BTreeMap<String, Digest
     writer.join().unwrap();
     let mut files = BTreeMap::new();
     walk(out, out, &mut files);
-    Some((files, String::from_utf8_lossy(&done.stderr).into_owned()))
+    Some(View {
+        files,
+        stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+        ok: done.status.success(),
+    })
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Digest>) {
@@ -62,7 +83,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Digest>) {
 }
 
 /// Import `bytes` into a fresh registry at `root` through the library.
-fn import(root: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Digest>, String> {
+pub fn import(root: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Digest>, String> {
     let file = root.with_extension("archive");
     std::fs::write(&file, bytes).unwrap();
     let mut registry = Registry::open(root).unwrap();
@@ -78,24 +99,39 @@ fn import(root: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Digest>, String>
     }
 }
 
-/// Import either refuses `a` or installs exactly GNU tar's view of it;
-/// returns whether it was accepted.
-fn agrees_with_gnu_tar(work: &Path, tag: &str, a: &Archive) -> bool {
+/// Import either refuses `a` or installs exactly GNU tar's view of it, and
+/// then GNU tar exited 0 and bsdtar extracted the same files and bytes
+/// (where the two reference readers differ, or GNU tar fails, import must
+/// refuse); returns whether it was accepted.
+pub fn agrees_with_gnu_tar(work: &Path, tag: &str, a: &Archive) -> bool {
     let root = work.join(format!("reg-{tag}"));
     let ours = import(&root, &a.bytes);
     let accepted = ours.is_ok();
     if let Ok(ours) = ours {
-        let Some((gnu, stderr)) = gnu_tar_view(&a.bytes, &work.join(format!("gnu-{tag}"))) else {
+        let Some(gnu) = gnu_tar_view(&a.bytes, &work.join(format!("gnu-{tag}"))) else {
             panic!("{}: import accepted what zstd cannot decompress", a.name);
         };
         assert_eq!(
-            ours, gnu,
-            "{}: import installed other files or bytes than GNU tar extracts (tar said: {stderr})",
-            a.name
+            ours, gnu.files,
+            "{}: import installed other files or bytes than GNU tar extracts (tar said: {})",
+            a.name, gnu.stderr
+        );
+        assert!(
+            gnu.ok && gnu.stderr.is_empty(),
+            "{}: import accepted what GNU tar fails or warns on: {}",
+            a.name,
+            gnu.stderr
+        );
+        let bsd = bsdtar_view(&a.bytes, &work.join(format!("bsd-{tag}"))).unwrap();
+        assert_eq!(
+            ours, bsd.files,
+            "{}: import accepted an archive bsdtar reads otherwise than GNU tar (bsdtar said: {})",
+            a.name, bsd.stderr
         );
     }
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(work.join(format!("gnu-{tag}")));
+    let _ = std::fs::remove_dir_all(work.join(format!("bsd-{tag}")));
     accepted
 }
 

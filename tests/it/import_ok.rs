@@ -399,3 +399,37 @@ fn scattered_chain(reg: &Reg, n: usize) -> Source {
         cache,
     }
 }
+
+/// zstd is told apart by its frame grammar, not its first four bytes: what
+/// `pzstd` writes (a skippable frame before each zstd frame) imports, and so
+/// does a zstd stream behind a crafted skippable frame of another magic.
+#[test]
+fn zstd_streams_starting_with_skippable_frames_import() {
+    let reg = Reg::new();
+    let src = source(&reg, "c", 3, 5);
+    let tar = write(&reg, "a.tar", &full_archive(&src, true).finish());
+    let pzstd = Command::new("pzstd")
+        .args(["-q", "-f", "-p", "2", &tar, "-o"])
+        .arg(reg.path("a.tar.pzst"))
+        .status()
+        .expect("pzstd (scripts/test-deps.sh installs zstd)");
+    assert!(pzstd.success());
+    let parallel = std::fs::read(reg.path("a.tar.pzst")).unwrap();
+    assert_eq!(
+        &parallel[..4],
+        &0x184D_2A50u32.to_le_bytes(),
+        "pzstd starts with a skippable frame"
+    );
+    let mut skippable = 0x184D_2A5Fu32.to_le_bytes().to_vec();
+    skippable.extend(7u32.to_le_bytes());
+    skippable.extend(b"payload");
+    skippable.extend(zstd(&std::fs::read(&tar).unwrap()));
+    let digests: Vec<Digest> = src.snaps.iter().map(|(d, _)| *d).collect();
+    for (label, bytes) in [("pzstd", parallel), ("skippable", skippable)] {
+        let reg = Reg::new();
+        let path = write(&reg, &format!("{label}.tar.zst"), &bytes);
+        let r: ImportReport = reg.json(&["import", &path]);
+        assert_eq!(r.imported, digests, "{label}");
+        reg.run(&["verify", "--content"]).ok();
+    }
+}

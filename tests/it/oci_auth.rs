@@ -1,5 +1,5 @@
 //! Credentials and where they go, through the fake registry of
-//! [`crate::oci_fake`] (README "Hostile registries"): basic and bearer
+//! [`crate::oci_fake`] (docs/oci.md): basic and bearer
 //! challenges answered from `--password-stdin`, docker config `auths`,
 //! identity tokens, `credHelpers` and `credsStore`; refusals exit 9; no
 //! credential is printed or stored, nor sent to another host by a redirect

@@ -1,5 +1,5 @@
 //! The harness for `push` and `pull` against a fake OCI registry
-//! (tests/fixtures/oci_server.py; README "Hostile registries"): the fake as
+//! (tests/fixtures/oci_server.py; docs/oci.md): the fake as
 //! a child process steered over HTTP, an environment with its own docker
 //! config, snapshots pushed honestly to rewrite, and the assertions every
 //! refusal shares (exit code, one line, registry unchanged, verify clean).

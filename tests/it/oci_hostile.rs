@@ -1,5 +1,5 @@
-//! `push` and `pull` against a hostile OCI registry (README "Hostile
-//! registries"), through the fake of [`crate::oci_fake`]: it first stores
+//! `push` and `pull` against a hostile OCI registry (docs/oci.md,
+//! "Hostile registries"), through the fake of [`crate::oci_fake`]: it first stores
 //! a real push honestly, then serves wrong digests, forged frames, a
 //! non-canonical config, lying chunk maps and deltas, foreign artifacts,
 //! endless bodies and failures. Each refusal has its exit code, one line

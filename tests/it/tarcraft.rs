@@ -232,3 +232,67 @@ pub fn zstd_with(bytes: &[u8], params: &[async_compression::zstd::CParameter]) -
         enc.into_inner()
     })
 }
+
+/// `<len><sep><key>=<value>\n` with its length computed, `sep` as given
+/// (one space in a well-formed record).
+pub fn pax_record(sep: &str, key: &[u8], value: &[u8]) -> Vec<u8> {
+    let body_len = sep.len() + key.len() + value.len() + 2;
+    let mut len = body_len + 1;
+    while len.to_string().len() + body_len != len {
+        len += 1;
+    }
+    let mut out = format!("{len}{sep}").into_bytes();
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+    out
+}
+
+impl Tar {
+    /// A local pax header ('x') holding `data` exactly as given.
+    pub fn pax_raw(&mut self, data: &[u8]) -> &mut Self {
+        let h = header(
+            Flavour::Ustar,
+            b'x',
+            b"PaxHeaders/x",
+            data.len() as u64,
+            b"",
+        );
+        self.raw(h, data)
+    }
+
+    /// A GNU long name ('L') whose size field says `size` and whose data
+    /// blocks hold `data` (padding included, zero-filled to a block).
+    pub fn long_name_raw(&mut self, data: &[u8], size: u64) -> &mut Self {
+        let h = header(Flavour::Gnu, b'L', b"././@LongLink", size, b"");
+        self.raw(h, data)
+    }
+
+    /// A GNU sparse ('S') member with exactly this `map` (header slots only,
+    /// at most four entries), `real_size`, and `data` as its stored bytes;
+    /// the size field says `stored`.
+    pub fn sparse_raw(
+        &mut self,
+        path: &str,
+        real_size: u64,
+        map: &[(u64, u64)],
+        data: &[u8],
+        stored: u64,
+    ) -> &mut Self {
+        assert!(map.len() <= 4);
+        let mut h = header(Flavour::Gnu, b'S', path.as_bytes(), stored, b"");
+        for (i, (o, l)) in map.iter().enumerate() {
+            let at = 386 + i * 24;
+            octal(&mut h[at..at + 12], *o);
+            octal(&mut h[at + 12..at + 24], *l);
+        }
+        octal(&mut h[483..495], real_size);
+        self.raw(h, data)
+    }
+
+    /// Offset of the next header written.
+    pub fn at(&self) -> usize {
+        self.bytes.len()
+    }
+}

@@ -1,0 +1,219 @@
+//! Assemble: write every file of each snapshot's chunk map into the
+//! lease's staging: chunks already there (an interrupted pull's), then
+//! chunks found locally, then downloads. Holes stay holes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::local::{Written, holds, open_staged};
+use super::report::Transfer;
+use super::resolve::RemoteSnapshot;
+use super::transfer::{Range, Wanted};
+use crate::journal::Lease;
+use crate::model::digest::Digest;
+use crate::model::error::{IoContext, Result};
+use crate::ops::registry::Registry;
+use crate::process::progress::Progress;
+use crate::remote::Client;
+use crate::remote::format::ChunkMap;
+use crate::store::files::write_at_sparse;
+
+/// A snapshot assembled in staging: its chunk map, its directory and the
+/// size of each of its packs.
+pub(super) type Assembled = (ChunkMap, PathBuf, Vec<u64>);
+
+impl Registry {
+    /// Fetch each snapshot's chunk map and assemble its files in the
+    /// lease's staging, parents first.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn assemble_chain(
+        &self,
+        client: &Client,
+        repo: &str,
+        lease: &Lease,
+        chain: &[RemoteSnapshot],
+        jobs: usize,
+        max_file: u64,
+        report: &mut Transfer,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Assembled>> {
+        let mut written = Written::new();
+        let mut maps = Vec::new();
+        for s in chain {
+            let (map, pack_sizes) = self.fetch_map(client, repo, s, max_file, report).await?;
+            let total = map
+                .files
+                .iter()
+                .map(|f| f.extents.len() as u64)
+                .sum::<u64>();
+            progress.start("pull", Some(total * map.chunk_size));
+            let dir = lease.staging().join("pull").join(s.parsed.digest.hex());
+            std::fs::create_dir_all(&dir).at("create directory", &dir)?;
+            self.assemble(
+                client,
+                repo,
+                &dir,
+                &map,
+                jobs,
+                &pack_sizes,
+                &mut written,
+                report,
+                progress,
+            )
+            .await?;
+            let manifest_path = dir.join("manifest.json");
+            std::fs::write(&manifest_path, &s.config).at("write", &manifest_path)?;
+            progress.finish();
+            maps.push((map, dir, pack_sizes));
+        }
+        Ok(maps)
+    }
+
+    /// Write every file of `map` into `dir`: chunks already there (an
+    /// interrupted pull's), then chunks found locally, then downloads.
+    #[allow(clippy::too_many_arguments)]
+    async fn assemble(
+        &self,
+        client: &Client,
+        repo: &str,
+        dir: &Path,
+        map: &ChunkMap,
+        jobs: usize,
+        pack_sizes: &[u64],
+        written: &mut Written,
+        report: &mut Transfer,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let (files, wanted) = self.place_local(dir, map, written, report, progress)?;
+        let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
+            wanted.into_values().partition(|w| w.base.is_some());
+        self.add_bases(map, &deltas, &mut plain, written)?;
+        // Plain frames first (bases among them), then the deltas.
+        let cell = std::cell::RefCell::new(std::mem::take(written));
+        let kept = std::cell::RefCell::new(HashMap::new());
+        let mut landed = |range: &Range, received: u64| -> Result<()> {
+            report.bytes_downloaded += received;
+            for w in range.chunks.iter().filter(|w| !w.targets.is_empty()) {
+                report.chunks_downloaded += 1;
+                let (index, offset) = w.targets[0];
+                cell.borrow_mut()
+                    .insert(w.chunk, (files[index].1.clone(), offset, w.len));
+                progress.advance(w.len * w.targets.len() as u64);
+                crate::process::failpoint::hit(crate::process::failpoint::PULL_CHUNK_WRITTEN)?;
+            }
+            Ok(())
+        };
+        let mut result = Ok(());
+        for phase in [plain, deltas] {
+            result = self
+                .download(
+                    client,
+                    repo,
+                    map,
+                    pack_sizes,
+                    &files,
+                    &cell,
+                    &kept,
+                    phase,
+                    jobs,
+                    &mut landed,
+                )
+                .await;
+            if result.is_err() {
+                break;
+            }
+        }
+        *written = cell.into_inner();
+        result
+    }
+
+    /// Open each file of `map` in `dir` and write the chunks already on
+    /// this machine; returns the files and the chunks left to download.
+    #[allow(clippy::type_complexity)]
+    fn place_local(
+        &self,
+        dir: &Path,
+        map: &ChunkMap,
+        written: &mut Written,
+        report: &mut Transfer,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<(File, PathBuf)>, HashMap<Digest, Wanted>)> {
+        let mut files = Vec::new();
+        let mut wanted: HashMap<Digest, Wanted> = HashMap::new();
+        let bases = map.bases();
+        for f in &map.files {
+            let path = dir.join(&f.path);
+            let (file, fresh) = open_staged(&path, f.size)?;
+            let index = files.len();
+            for &(offset, i) in &f.extents {
+                let c = map.chunks[i as usize];
+                let len = map.chunk_len(f, offset);
+                if !fresh && holds(&file, offset, len, &c.chunk())? {
+                    report.chunks_resumed += 1;
+                    written.insert(c.chunk(), (path.clone(), offset, len));
+                    progress.advance(len);
+                    continue;
+                }
+                if let Some(bytes) = self.local_chunk(written, &c.chunk(), Some(len))? {
+                    write_at_sparse(&file, &bytes, offset).at("write", &path)?;
+                    report.chunks_local += 1;
+                    report.bytes_local += len;
+                    written.insert(c.chunk(), (path.clone(), offset, len));
+                    progress.advance(len);
+                    crate::process::failpoint::hit(crate::process::failpoint::PULL_CHUNK_WRITTEN)?;
+                    continue;
+                }
+                wanted
+                    .entry(c.chunk())
+                    .or_insert_with(|| Wanted {
+                        chunk: c.chunk(),
+                        pack: c.pack(),
+                        frame: (c.offset(), c.frame_len()),
+                        len,
+                        base: bases[i as usize].map(|b| map.chunks[b].chunk()),
+                        targets: Vec::new(),
+                    })
+                    .targets
+                    .push((index, offset));
+            }
+            files.push((file, path));
+        }
+        Ok((files, wanted))
+    }
+
+    /// Bases of `deltas` that are neither here nor downloaded anyway come
+    /// down too, kept in memory only until their deltas are decoded.
+    fn add_bases(
+        &self,
+        map: &ChunkMap,
+        deltas: &[Wanted],
+        plain: &mut Vec<Wanted>,
+        written: &Written,
+    ) -> Result<()> {
+        let mut extra = HashSet::new();
+        for d in deltas {
+            let b = d.base.expect("a delta has a base");
+            if !plain.iter().any(|w| w.chunk == b)
+                && self.local_chunk(written, &b, None)?.is_none()
+                && extra.insert(b)
+            {
+                let i = map
+                    .chunks
+                    .iter()
+                    .position(|c| c.chunk() == b)
+                    .expect("a base is in the map");
+                let c = map.chunks[i];
+                plain.push(Wanted {
+                    chunk: b,
+                    pack: c.pack(),
+                    frame: (c.offset(), c.frame_len()),
+                    len: map.chunk_size,
+                    base: None,
+                    targets: Vec::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

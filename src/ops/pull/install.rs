@@ -1,0 +1,200 @@
+//! Install: name the pulled snapshots, stage the image's cache artifacts
+//! when the repository has them, and install the whole chain by the same
+//! journaled install as import; then record what the repository holds.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use super::report::PullReport;
+use super::resolve::RemoteSnapshot;
+use crate::db::{self, ImportFileRow};
+use crate::journal::Lease;
+use crate::model::digest::Digest;
+use crate::model::error::{IoContext, Result};
+use crate::model::image::CacheFile;
+use crate::model::manifest::ParsedManifest;
+use crate::ops::install::install;
+use crate::ops::registry::Registry;
+use crate::process::progress::Progress;
+use crate::remote::format::{ChunkMap, IMAGE_CACHE_ARTIFACT, OciManifest, TITLE, malformed};
+use crate::remote::reference::image_tag;
+use crate::remote::{Client, RemoteRef};
+use crate::store::layout::SnapshotName;
+use crate::store::staged::StagedSet;
+
+impl Registry {
+    /// Check each assembled snapshot of `chain` (in `maps`' directories),
+    /// stage the images it pins that are not here, and install them all.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn install_pulled(
+        &mut self,
+        client: &Client,
+        source: &RemoteRef,
+        lease: &mut Lease,
+        chain: &[RemoteSnapshot],
+        head_name: Option<&SnapshotName>,
+        images: &HashSet<Digest>,
+        maps: &[(ChunkMap, PathBuf, Vec<u64>)],
+        report: &mut PullReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let repo = source.repository.as_str();
+        let mut set = StagedSet::default();
+        let mut journal = Vec::new();
+        let names = self.pull_names(chain, head_name)?;
+        for ((s, (map, dir, _)), name) in chain.iter().zip(maps).zip(names) {
+            let staged = self.check_assembled(s, map, dir, name, source, &mut journal, progress)?;
+            set.snapshots.push(staged);
+        }
+        // What an interrupted run of this pull staged of the image is redone.
+        crate::store::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
+        for image in images {
+            let parsed = &chain
+                .iter()
+                .find(|s| s.parsed.manifest.image.manifest_digest == *image)
+                .expect("every image comes from the chain")
+                .parsed;
+            if db::images::image_by_digest(self.db().conn(), image)?.is_none() {
+                self.pull_image(
+                    client,
+                    repo,
+                    lease,
+                    parsed,
+                    report,
+                    &mut journal,
+                    &mut set,
+                    progress,
+                )
+                .await?;
+            }
+        }
+        {
+            let tx = self.db_mut().write()?;
+            db::imports::delete_import_files(&tx, lease.id())?;
+            db::imports::insert_import_files(&tx, lease.id(), &journal)?;
+            tx.commit()?;
+        }
+        let outcome = install(self, lease, &set)?;
+        // Only the maps of an installed pull: a refused one teaches nothing.
+        for (map, _, pack_sizes) in maps {
+            crate::remote::holdings::record_map(
+                self.db().conn(),
+                &source.registry,
+                repo,
+                map,
+                pack_sizes,
+            )?;
+        }
+        report.image_files_installed = outcome.cache_files_installed;
+        report.imported = outcome.imported;
+        report.skipped = outcome.skipped;
+        let head = set.snapshots.last().expect("a chain is never empty");
+        report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.parsed.digest)?
+            .map(|r| r.name)
+            .unwrap_or_else(|| head.name.to_string());
+        if !report.imported.is_empty() {
+            report.microsandbox_hint = crate::store::shared_home::reindex_hint(self.layout());
+        }
+        Ok(())
+    }
+
+    /// The names the chain's snapshots are installed under: the head's
+    /// `--name`, else the name each was pushed under (its title) when it is
+    /// valid and free, else its digest prefix, as import names them.
+    fn pull_names(
+        &self,
+        chain: &[RemoteSnapshot],
+        head_name: Option<&SnapshotName>,
+    ) -> Result<Vec<SnapshotName>> {
+        let conn = self.db().conn();
+        let mut used = HashSet::new();
+        let mut names = Vec::new();
+        for (i, s) in chain.iter().enumerate() {
+            let digest = s.parsed.digest;
+            let carried = s
+                .manifest
+                .annotations
+                .get(TITLE)
+                .and_then(|t| SnapshotName::chosen_for(t, &digest).ok())
+                .filter(|n| !used.contains(n.as_str()))
+                .filter(|n| {
+                    db::snapshots::snapshot_by_name(conn, n.as_str())
+                        .ok()
+                        .flatten()
+                        .is_none_or(|other| other.digest == digest)
+                });
+            let name = match (head_name, i + 1 == chain.len(), carried) {
+                (Some(n), true, _) => n.clone(),
+                (_, _, Some(n)) => n,
+                _ => digest.archive_prefix().parse()?,
+            };
+            used.insert(name.to_string());
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// Download the image cache artifacts tagged for `parsed`'s image, if
+    /// the repository has them, and stage them as `add --cache-dir` does.
+    #[allow(clippy::too_many_arguments)]
+    async fn pull_image(
+        &self,
+        client: &Client,
+        repo: &str,
+        lease: &Lease,
+        parsed: &ParsedManifest,
+        report: &mut PullReport,
+        journal: &mut Vec<ImportFileRow>,
+        set: &mut StagedSet,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let tag = image_tag(&parsed.manifest.image.manifest_digest);
+        let Some((bytes, _)) = client.get_manifest(repo, &tag).await? else {
+            return Ok(());
+        };
+        let subject = crate::remote::reference::joined(client.registry(), repo, &tag);
+        let manifest = OciManifest::parse(&bytes, IMAGE_CACHE_ARTIFACT, &subject)?;
+        let cache_dir = lease.staging().join("pulled-cache");
+        let mut seen = HashSet::new();
+        for layer in &manifest.layers {
+            let title = layer
+                .annotations
+                .get(TITLE)
+                .map(String::as_str)
+                .unwrap_or("");
+            let file = CacheFile::parse_rel(title)
+                .filter(|f| seen.insert(*f))
+                .ok_or_else(|| {
+                    malformed(
+                        &subject,
+                        format!(
+                            "layer {} is not named as a cache file: {}",
+                            layer.digest,
+                            crate::model::text::escape(title)
+                        ),
+                    )
+                })?;
+            if layer.size > crate::archive::entry::DEFAULT_MAX_FILE_BYTES {
+                return Err(malformed(
+                    &subject,
+                    format!("{title} claims {} bytes", layer.size),
+                ));
+            }
+            let path = cache_dir.join(file.rel_path());
+            let parent = path.parent().expect("a cache file has a kind directory");
+            std::fs::create_dir_all(parent).at("create directory", parent)?;
+            let out = File::create(&path).at("create", &path)?;
+            let mut at = 0u64;
+            report.transfer.bytes_downloaded += client
+                .get_blob_into(repo, &layer.digest, layer.size, |piece| {
+                    out.write_all_at(piece, at).at("write", &path)?;
+                    at += piece.len() as u64;
+                    Ok(())
+                })
+                .await?;
+        }
+        self.stage_cache(lease, &cache_dir, parsed, progress, journal, set)
+    }
+}

@@ -1,0 +1,184 @@
+//! Resolve what a pull fetches: the head's manifest and config, its
+//! parents' until one is here, and each one's chunk map, all checked
+//! before anything trusts them.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+use super::report::{MAX_CHAIN, Transfer};
+use crate::db;
+use crate::model::digest::Digest;
+use crate::model::error::{Error, Result};
+use crate::model::manifest::ParsedManifest;
+use crate::ops::registry::Registry;
+use crate::remote::format::{
+    CHUNK_MAP, ChunkMap, MAX_CHUNK_MAP_BYTES, MAX_PACK_BYTES, OciManifest, PACK, SNAPSHOT_ARTIFACT,
+    SNAPSHOT_CONFIG, malformed, parse_config,
+};
+use crate::remote::reference::{snapshot_of_tag, snapshot_tag};
+use crate::remote::{Access, Client, RemoteRef};
+
+/// A snapshot of the chain being pulled, as its manifest describes it.
+pub(super) struct RemoteSnapshot {
+    pub(super) manifest: OciManifest,
+    pub(super) config: Bytes,
+    pub(super) parsed: ParsedManifest,
+}
+
+impl Registry {
+    /// Fetch the head's manifest and config, then its parents' (through
+    /// their `sha256-<hex>` tags) until one is present here. Returns the
+    /// snapshots to pull, parents first (empty when the head is here).
+    pub(super) async fn resolve_chain(
+        &self,
+        client: &Client,
+        source: &RemoteRef,
+        reference: &str,
+        transfer: &mut Transfer,
+    ) -> Result<(Vec<RemoteSnapshot>, Digest, Digest)> {
+        let repo = source.repository.as_str();
+        client.ping(repo, Access::Pull).await?;
+        let (head, manifest_digest) = fetch_snapshot(client, repo, reference, transfer)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: "snapshot",
+                reference: source.to_string(),
+            })?;
+        let head_digest = head.parsed.digest;
+        // A `sha256-<hex>` tag names a snapshot by its identity: the
+        // registry must serve that snapshot under it, not another.
+        if let Some(tag) = &source.tag
+            && let Some(named) = snapshot_of_tag(tag)
+            && named != head_digest
+        {
+            return Err(Error::Integrity {
+                subject: format!("{}:{tag}", source.repository_name()),
+                detail: format!("names snapshot {head_digest}, not {named}"),
+            });
+        }
+        let conn = self.db().conn();
+        let mut chain = Vec::new();
+        let mut seen = HashSet::new();
+        let mut next = Some(head);
+        while let Some(s) = next.take() {
+            if db::snapshots::snapshot_by_digest(conn, &s.parsed.digest)?.is_some() {
+                break;
+            }
+            if !seen.insert(s.parsed.digest) || seen.len() > MAX_CHAIN {
+                return Err(malformed(
+                    &source.repository_name(),
+                    format!("the chain above {head_digest} loops or is longer than {MAX_CHAIN}"),
+                ));
+            }
+            if let Some(parent) = s.parsed.manifest.parent
+                && db::snapshots::snapshot_by_digest(conn, &parent)?.is_none()
+            {
+                let tag = snapshot_tag(&parent);
+                let (p, _) = fetch_snapshot(client, repo, &tag, transfer)
+                    .await?
+                    .ok_or_else(|| Error::NotFound {
+                        what: "parent",
+                        reference: format!(
+                            "{parent} of {}: neither in this registry nor tagged {tag} in {}",
+                            s.parsed.digest,
+                            source.repository_name()
+                        ),
+                    })?;
+                if p.parsed.digest != parent {
+                    return Err(Error::Integrity {
+                        subject: format!("{}:{tag}", source.repository_name()),
+                        detail: format!("names snapshot {}, not {parent}", p.parsed.digest),
+                    });
+                }
+                next = Some(p);
+            }
+            chain.push(s);
+        }
+        chain.reverse();
+        Ok((chain, head_digest, manifest_digest))
+    }
+
+    /// Fetch and check the chunk map, the first layer of `s`'s manifest.
+    pub(super) async fn fetch_map(
+        &self,
+        client: &Client,
+        repo: &str,
+        s: &RemoteSnapshot,
+        max_file: u64,
+        report: &mut Transfer,
+    ) -> Result<(ChunkMap, Vec<u64>)> {
+        let subject = format!("manifest of snapshot {}", s.parsed.digest);
+        let Some((first, chunks)) = s.manifest.layers.split_first() else {
+            return Err(malformed(&subject, "has no layers".into()));
+        };
+        if first.media_type != CHUNK_MAP || first.size > MAX_CHUNK_MAP_BYTES {
+            return Err(malformed(
+                &subject,
+                format!(
+                    "its first layer is {} of {} bytes, not a chunk map of at most {MAX_CHUNK_MAP_BYTES}",
+                    crate::model::text::escape(&first.media_type),
+                    first.size
+                ),
+            ));
+        }
+        if let Some(bad) = chunks
+            .iter()
+            .find(|l| l.media_type != PACK || l.size > MAX_PACK_BYTES)
+        {
+            return Err(malformed(
+                &subject,
+                format!(
+                    "layer {} is {} of {} bytes, not a pack of at most {MAX_PACK_BYTES}",
+                    bad.digest,
+                    crate::model::text::escape(&bad.media_type),
+                    bad.size
+                ),
+            ));
+        }
+        let bytes = client.get_blob(repo, &first.digest, first.size).await?;
+        report.bytes_downloaded += bytes.len() as u64;
+        let map = ChunkMap::parse(&bytes, &s.parsed, chunks, max_file)?;
+        let sizes = map.pack_sizes(chunks);
+        Ok((map, sizes))
+    }
+}
+/// Fetch a snapshot's manifest and config by tag or digest; `None` when
+/// the repository has no such manifest.
+async fn fetch_snapshot(
+    client: &Client,
+    repo: &str,
+    reference: &str,
+    report: &mut Transfer,
+) -> Result<Option<(RemoteSnapshot, Digest)>> {
+    let Some((bytes, digest)) = client.get_manifest(repo, reference).await? else {
+        return Ok(None);
+    };
+    let subject = crate::remote::reference::joined(client.registry(), repo, reference);
+    let manifest = OciManifest::parse(&bytes, SNAPSHOT_ARTIFACT, &subject)?;
+    if manifest.config.media_type != SNAPSHOT_CONFIG
+        || manifest.config.size > crate::model::manifest::MAX_MANIFEST_BYTES
+    {
+        return Err(malformed(
+            &subject,
+            format!(
+                "config is {} of {} bytes, not a snapshot manifest",
+                crate::model::text::escape(&manifest.config.media_type),
+                manifest.config.size
+            ),
+        ));
+    }
+    let config = client
+        .get_blob(repo, &manifest.config.digest, manifest.config.size)
+        .await?;
+    report.bytes_downloaded += config.len() as u64;
+    let parsed = parse_config(&config, &format!("{subject} config"))?;
+    Ok(Some((
+        RemoteSnapshot {
+            manifest,
+            config,
+            parsed,
+        },
+        digest,
+    )))
+}

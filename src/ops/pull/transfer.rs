@@ -1,0 +1,204 @@
+//! Transfer: the frames a pull lacks, coalesced into range requests and
+//! fetched `jobs` at a time, each decoded (a delta against its base),
+//! checked and written where it goes.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+use futures_util::stream::{self, StreamExt};
+
+use super::local::Written;
+use crate::model::digest::Digest;
+use crate::model::error::{Error, IoContext, Result};
+use crate::ops::registry::Registry;
+use crate::remote::Client;
+use crate::remote::format::{ChunkMap, malformed};
+use crate::store::files::write_at_sparse;
+
+/// A chunk to download: its frame in a pack, and the file offsets it goes to.
+pub(super) struct Wanted {
+    pub(super) chunk: Digest,
+    pub(super) pack: usize,
+    /// Offset and length of its zstd frame in the pack.
+    pub(super) frame: (u64, u64),
+    /// Its uncompressed length (at most, for a base no file holds).
+    pub(super) len: u64,
+    /// The chunk its frame is a delta against, if any.
+    pub(super) base: Option<Digest>,
+    /// (file index, offset) it is written at.
+    pub(super) targets: Vec<(usize, u64)>,
+}
+
+/// Frames of one pack fetched with one range request.
+pub(super) struct Range {
+    pub(super) pack: usize,
+    pub(super) chunks: Vec<Wanted>,
+}
+
+impl Range {
+    /// First byte and length of the range.
+    pub(super) fn span(&self) -> (u64, u64) {
+        let start = self.chunks[0].frame.0;
+        let last = &self.chunks[self.chunks.len() - 1];
+        (start, last.frame.0 + last.frame.1 - start)
+    }
+}
+
+/// The most bytes one range request asks for.
+const MAX_RANGE: u64 = 4 << 20;
+/// Bytes of frames not needed that a range may span rather than split.
+const MAX_GAP: u64 = 64 << 10;
+
+/// Group the wanted frames into range requests: by pack, in pack order,
+/// a new range where the gap to the last frame is large or the range full.
+fn coalesce(mut wanted: Vec<Wanted>) -> Vec<Range> {
+    wanted.sort_by_key(|w| (w.pack, w.frame.0));
+    let mut ranges: Vec<Range> = Vec::new();
+    for w in wanted {
+        if let Some(r) = ranges.last_mut()
+            && r.pack == w.pack
+        {
+            let (start, len) = r.span();
+            let end = start + len;
+            if w.frame.0 >= end
+                && w.frame.0 - end <= MAX_GAP
+                && w.frame.0 + w.frame.1 - start <= MAX_RANGE
+            {
+                r.chunks.push(w);
+                continue;
+            }
+        }
+        ranges.push(Range {
+            pack: w.pack,
+            chunks: vec![w],
+        });
+    }
+    ranges
+}
+
+impl Registry {
+    /// Download the frames `wanted` needs, coalesced into range requests,
+    /// `jobs` at a time; decode each (a delta against its base, from
+    /// `kept` or this registry) and write it where it goes, calling
+    /// `landed` as each range is done. Decoded chunks with no place to go
+    /// (bases) are kept in `kept`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn download(
+        &self,
+        client: &Client,
+        repo: &str,
+        map: &ChunkMap,
+        pack_sizes: &[u64],
+        files: &[(File, PathBuf)],
+        written: &std::cell::RefCell<Written>,
+        kept: &std::cell::RefCell<HashMap<Digest, Vec<u8>>>,
+        wanted: Vec<Wanted>,
+        jobs: usize,
+        landed: &mut dyn FnMut(&Range, u64) -> Result<()>,
+    ) -> Result<()> {
+        let ranges = coalesce(wanted);
+        let mut results = stream::iter(ranges.into_iter().map(|range| async move {
+            let pack = map.packs[range.pack];
+            let (start, len) = range.span();
+            let body = client
+                .get_range(repo, &pack, pack_sizes[range.pack], start, len)
+                .await?;
+            for w in &range.chunks {
+                let frame = &body[(w.frame.0 - start) as usize..][..w.frame.1 as usize];
+                let base = match &w.base {
+                    Some(b) => {
+                        let held = kept.borrow().get(b).cloned();
+                        let found = match held {
+                            Some(bytes) => Some(bytes),
+                            None => self.local_chunk(&written.borrow(), b, None)?,
+                        };
+                        Some(found.ok_or_else(|| Error::Integrity {
+                            subject: format!("chunk {} in pack {pack}", w.chunk),
+                            detail: format!("its base chunk {b} is nowhere to be found"),
+                        })?)
+                    }
+                    None => None,
+                };
+                let exact = !w.targets.is_empty();
+                let bytes =
+                    decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, &pack)?;
+                if w.targets.is_empty() {
+                    kept.borrow_mut().insert(w.chunk, bytes);
+                    continue;
+                }
+                for &(index, offset) in &w.targets {
+                    let (file, path) = &files[index];
+                    write_at_sparse(file, &bytes, offset).at("write", path)?;
+                }
+            }
+            Ok::<_, Error>((range, len))
+        }))
+        .buffer_unordered(jobs);
+        while let Some(done) = results.next().await {
+            let (range, received) = done?;
+            landed(&range, received)?;
+        }
+        Ok(())
+    }
+}
+/// Decompress a downloaded chunk frame (against `base` as its zstd prefix
+/// when it is a delta), bounded by the chunk's length (exactly `len` when
+/// `exact`, else at most), and check it is the chunk the map names.
+fn decompress_chunk(
+    frame: &[u8],
+    len: u64,
+    exact: bool,
+    base: Option<&[u8]>,
+    chunk: &Digest,
+    pack: &Digest,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let subject = format!("chunk {chunk} in pack {pack}");
+    let refused = |e: std::io::Error| {
+        malformed(
+            &subject,
+            format!("not a zstd frame of at most {len} bytes: {e}"),
+        )
+    };
+    let mut bytes = Vec::with_capacity(len as usize);
+    match base {
+        None => {
+            zstd::stream::read::Decoder::with_buffer(frame)
+                .map_err(refused)?
+                .single_frame()
+                .take(len + 1)
+                .read_to_end(&mut bytes)
+                .map_err(refused)?;
+        }
+        Some(base) => {
+            zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(frame), base)
+                .map_err(refused)?
+                .single_frame()
+                .take(len + 1)
+                .read_to_end(&mut bytes)
+                .map_err(refused)?;
+        }
+    }
+    if bytes.len() as u64 > len {
+        return Err(malformed(
+            &subject,
+            format!("decompresses to more than the chunk's {len} bytes"),
+        ));
+    }
+    let length_ok = if exact {
+        bytes.len() as u64 == len
+    } else {
+        bytes.len() as u64 <= len
+    };
+    if !length_ok || Digest::of(&bytes) != *chunk {
+        return Err(Error::Integrity {
+            subject,
+            detail: format!(
+                "decompresses to {} bytes that are not chunk {chunk}",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,268 @@
+//! `push`: a snapshot (and with `--with-parents` its ancestors) into an OCI
+//! registry, sending only the blobs the repository lacks (docs/oci.md).
+//! Blobs first, in parallel; then each snapshot's manifest by digest; tags
+//! last, so no tag ever names a half-pushed snapshot.
+//!
+//! By step: `resolve` (the chain, configs and chunk lists), `plan` (what
+//! the repository holds, what it lacks), `transfer` (packs and blobs),
+//! `manifest` (chunk map and OCI manifest), `image` (`--with-image`).
+
+mod image;
+mod manifest;
+mod plan;
+mod report;
+mod resolve;
+mod transfer;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use self::report::Counts;
+pub use self::report::{DEFAULT_JOBS, PushOptions, PushReport, PushedImage, PushedSnapshot};
+use crate::db::{self, SnapshotRow};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, IoContext, Result};
+use crate::ops::registry::Registry;
+use crate::process::progress::Progress;
+use crate::remote::format::{CHUNK_MAP, Descriptor, OCI_MANIFEST, SNAPSHOT_CONFIG};
+use crate::remote::reference::{is_valid_tag, snapshot_tag};
+use crate::remote::{Access, Client, RemoteRef};
+use crate::store::layout::SnapshotName;
+
+impl Registry {
+    /// Push snapshot `reference` to `target`.
+    pub fn push(
+        &mut self,
+        reference: &str,
+        target: &RemoteRef,
+        opts: &PushOptions,
+        progress: &dyn Progress,
+    ) -> Result<PushReport> {
+        if target.digest.is_some() {
+            return Err(Error::Usage(format!(
+                "{target}: push takes a tag (REPOSITORY[:TAG]), not a digest"
+            )));
+        }
+        let head = self.resolve(reference)?;
+        let tag = match &target.tag {
+            Some(t) => t.clone(),
+            None if is_valid_tag(&head.name) => head.name.clone(),
+            None => {
+                return Err(Error::Usage(format!(
+                    "snapshot name {} is not a valid tag; give one: {}:TAG",
+                    crate::model::text::escape(&head.name),
+                    target.repository_name()
+                )));
+            }
+        };
+        let chain = self.push_chain(&head, opts.with_parents)?;
+        let client = Client::new(&target.registry, &opts.client)?;
+        // What push writes is a cache of what the registry holds: losing
+        // its last commits to a power cut costs only a HEAD or a resend.
+        self.db().relax_durability()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .at("start", "the async runtime")?;
+        let first =
+            runtime.block_on(self.push_async(&client, target, &tag, &chain, opts, progress));
+        match first {
+            // The registry lost blobs we recorded (its garbage collection
+            // ran): forget what we knew of the repository, and push again.
+            Err(Error::Remote { detail, .. }) if detail.contains("BLOB_UNKNOWN") => {
+                db::remote::forget_remote(self.db().conn(), &target.registry, &target.repository)?;
+                runtime.block_on(self.push_async(&client, target, &tag, &chain, opts, progress))
+            }
+            other => other,
+        }
+    }
+
+    async fn push_async(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        tag: &str,
+        chain: &[SnapshotRow],
+        opts: &PushOptions,
+        progress: &dyn Progress,
+    ) -> Result<PushReport> {
+        client.ping(&target.repository, Access::Push).await?;
+        let jobs = if opts.jobs == 0 {
+            DEFAULT_JOBS
+        } else {
+            opts.jobs
+        };
+        let mut counts = Counts::default();
+        let warnings = parent_warning(client, target, &chain[0]).await?;
+        let image = if opts.with_image {
+            Some(
+                self.push_image(client, target, &chain[chain.len() - 1], jobs, &mut counts)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let manifests = self
+            .push_manifests(client, target, chain, jobs, &mut counts, progress)
+            .await?;
+        crate::process::failpoint::hit(crate::process::failpoint::PUSH_MANIFESTS_STORED)?;
+        let snapshots = set_tags(client, &target.repository, chain, tag, &manifests).await?;
+        Ok(PushReport {
+            repository: target.repository_name(),
+            tag: tag.to_string(),
+            snapshots,
+            blobs_uploaded: counts.uploaded,
+            bytes_uploaded: counts.bytes_uploaded,
+            blobs_present: counts.present,
+            bytes_present: counts.bytes_present,
+            blobs_mounted: counts.mounted,
+            chunks_uploaded: counts.chunks_uploaded,
+            chunks_present: counts.chunks_present,
+            image,
+            warnings: warnings.into_iter().collect(),
+        })
+    }
+
+    /// Store every snapshot of `chain` (parents first) by manifest digest;
+    /// returns each manifest's bytes and digest.
+    async fn push_manifests(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        chain: &[SnapshotRow],
+        jobs: usize,
+        counts: &mut Counts,
+        progress: &dyn Progress,
+    ) -> Result<Vec<(Bytes, Digest)>> {
+        let total: u64 = chain
+            .iter()
+            .map(|s| self.data_bytes(s))
+            .sum::<Result<u64>>()?;
+        progress.start("push", Some(total));
+        let mut manifests: Vec<(Bytes, Digest)> = Vec::new();
+        let mut previous: Option<(Digest, Descriptor)> = None;
+        for snapshot in chain {
+            let manifest = self
+                .push_snapshot(
+                    client,
+                    target,
+                    snapshot,
+                    previous.as_ref(),
+                    jobs,
+                    counts,
+                    progress,
+                )
+                .await?;
+            let digest = Digest::of(&manifest);
+            previous = Some((
+                snapshot.digest,
+                Descriptor {
+                    media_type: OCI_MANIFEST.into(),
+                    digest,
+                    size: manifest.len() as u64,
+                    annotations: BTreeMap::new(),
+                },
+            ));
+            manifests.push((manifest, digest));
+        }
+        progress.finish();
+        Ok(manifests)
+    }
+
+    /// Store one snapshot's packs, chunk map, config and manifest (by
+    /// digest); returns the manifest's bytes.
+    #[allow(clippy::too_many_arguments)]
+    async fn push_snapshot(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        snapshot: &SnapshotRow,
+        parent: Option<&(Digest, Descriptor)>,
+        jobs: usize,
+        counts: &mut Counts,
+        progress: &dyn Progress,
+    ) -> Result<Bytes> {
+        let name = SnapshotName::chosen(&snapshot.name)?;
+        let config = self.read_config(snapshot, &name)?;
+        let (files, order, places) = self.cut_files(snapshot, &name)?;
+        let pushed_parent = parent.map(|(d, _)| d);
+        let held = self
+            .find_held(client, target, snapshot, pushed_parent, &order, counts)
+            .await?;
+        let unplaced = self.unplaced(snapshot, &order, &places, &held, counts, progress)?;
+        self.store_packs(client, target, unplaced, jobs, counts, progress)
+            .await?;
+        let map = self.chunk_map(target, snapshot, files, &order)?;
+        let map_bytes = Bytes::from(map.to_bytes());
+        let map_desc = Descriptor::of(CHUNK_MAP, &map_bytes);
+        let config_desc = Descriptor::of(SNAPSHOT_CONFIG, &config);
+        let mut layers = vec![map_desc.clone()];
+        layers.extend(self.pack_layers(client, target, &map.packs).await?);
+        for (desc, body) in [
+            (map_desc, map_bytes),
+            (config_desc.clone(), Bytes::from(config)),
+        ] {
+            self.store_blob(client, target, &desc, body, counts).await?;
+        }
+        let bytes = self
+            .snapshot_manifest(client, target, snapshot, parent, config_desc, layers)
+            .await?;
+        let digest = Digest::of(&bytes);
+        client
+            .put_manifest(&target.repository, &digest.to_string(), bytes.clone())
+            .await?;
+        Ok(bytes)
+    }
+}
+
+/// A warning when the first snapshot's parent is not in the repository.
+async fn parent_warning(
+    client: &Client,
+    target: &RemoteRef,
+    first: &SnapshotRow,
+) -> Result<Option<String>> {
+    let Some(parent) = first.parent else {
+        return Ok(None);
+    };
+    if client
+        .head_manifest(&target.repository, &snapshot_tag(&parent))
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "parent {parent} of {} is not in {}; a pull elsewhere needs it there (push --with-parents) or locally",
+        first.name,
+        target.repository_name()
+    )))
+}
+
+/// Tag each pushed manifest `sha256-<hex>` of its snapshot, and the head
+/// `tag` too: tags last, so none names a half-pushed snapshot.
+async fn set_tags(
+    client: &Client,
+    repo: &str,
+    chain: &[SnapshotRow],
+    tag: &str,
+    manifests: &[(Bytes, Digest)],
+) -> Result<Vec<PushedSnapshot>> {
+    let mut pushed = Vec::new();
+    for (snapshot, (bytes, digest)) in chain.iter().zip(manifests) {
+        let mut tags = vec![snapshot_tag(&snapshot.digest)];
+        if snapshot.digest == chain[chain.len() - 1].digest && !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_string());
+        }
+        for t in &tags {
+            client.put_manifest(repo, t, bytes.clone()).await?;
+        }
+        pushed.push(PushedSnapshot {
+            digest: snapshot.digest,
+            name: snapshot.name.clone(),
+            manifest_digest: *digest,
+            tags,
+        });
+    }
+    Ok(pushed)
+}

@@ -1,0 +1,183 @@
+//! Plan a snapshot's transfer: what the repository is known to hold (from
+//! earlier pushes, the parent's chunk map there, or a mount from another
+//! repository), and which chunks it lacks, each with the base to send it as
+//! a delta against.
+
+use std::collections::HashMap;
+
+use super::report::Counts;
+use super::resolve::ChunkSource;
+use super::transfer::Unplaced;
+use crate::db::{self, SnapshotRow, remote::PackedChunk};
+use crate::model::digest::Digest;
+use crate::model::error::Result;
+use crate::model::manifest::MAX_MANIFEST_BYTES;
+use crate::ops::registry::Registry;
+use crate::process::progress::Progress;
+use crate::remote::format::{
+    CHUNK_MAP, ChunkMap, MAX_CHUNK_MAP_BYTES, OciManifest, SNAPSHOT_ARTIFACT, parse_config,
+};
+use crate::remote::reference::snapshot_tag;
+use crate::remote::{Client, RemoteRef};
+use crate::store::layout::SnapshotName;
+
+/// What a repository is known to hold, by chunk.
+pub(super) type Held = HashMap<Digest, PackedChunk>;
+
+/// Where the repository holds `chunk`, when it can be decoded there: a
+/// plain frame, or a delta whose base it holds as a plain frame.
+pub(super) fn placed(held: &Held, chunk: &Digest) -> Option<PackedChunk> {
+    let at = *held.get(chunk)?;
+    match at.base {
+        Some(base) if held.get(&base).is_none_or(|b| b.base.is_some()) => None,
+        _ => Some(at),
+    }
+}
+
+impl Registry {
+    /// Learn and mount what the repository may hold of `order` beyond what
+    /// is recorded; returns what it is then known to hold.
+    pub(super) async fn find_held(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        snapshot: &SnapshotRow,
+        pushed_parent: Option<&Digest>,
+        order: &[Digest],
+        counts: &mut Counts,
+    ) -> Result<Held> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
+        if let Some(p) = snapshot.parent
+            && pushed_parent.is_none_or(|d| *d != p)
+            && order.iter().any(|c| placed(&held, c).is_none())
+        {
+            // Another machine may have pushed the parent: its chunk map
+            // says where the repository holds the chunks they share.
+            self.learn_from(client, target, &p).await?;
+        }
+        let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
+        if order.iter().any(|c| placed(&held, c).is_none()) {
+            self.mount_packs(client, target, order, &held, counts)
+                .await?;
+        }
+        db::remote::remote_chunks_of(self.db().conn(), registry, repo)
+    }
+
+    /// The chunks of `order` the repository lacks, each with its delta
+    /// base when the parent's chunk at the same offset is held there;
+    /// chunks it holds are counted present.
+    pub(super) fn unplaced(
+        &self,
+        snapshot: &SnapshotRow,
+        order: &[Digest],
+        places: &[ChunkSource],
+        held: &Held,
+        counts: &mut Counts,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Unplaced>> {
+        let parent_chunks = self.parent_chunks(snapshot)?;
+        let mut unplaced = Vec::new();
+        for (i, chunk) in order.iter().enumerate() {
+            if placed(held, chunk).is_some() {
+                counts.chunks_present += 1;
+                progress.advance(places[i].2);
+                continue;
+            }
+            let (path, offset, _) = &places[i];
+            let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let base = match parent_chunks.get(&(file.to_string(), *offset)) {
+                Some(r) if r != chunk => self.delta_base(held, r)?,
+                _ => None,
+            };
+            unplaced.push(Unplaced {
+                chunk: *chunk,
+                source: places[i].clone(),
+                base,
+            });
+        }
+        Ok(unplaced)
+    }
+
+    /// The base for a delta against chunk `reference`: a plain chunk the
+    /// repository holds (the reference, or the base it is itself a delta
+    /// of) that is readable here.
+    fn delta_base(&self, held: &Held, reference: &Digest) -> Result<Option<(Digest, ChunkSource)>> {
+        let conn = self.db().conn();
+        let Some(at) = placed(held, reference) else {
+            return Ok(None);
+        };
+        let base = at.base.unwrap_or(*reference);
+        let Some(place) = db::remote::chunk_place(conn, &base)? else {
+            return Ok(None);
+        };
+        let Some(length) = db::chunks::chunk_length(conn, &base)? else {
+            return Ok(None);
+        };
+        let name = SnapshotName::chosen(&place.name)?;
+        let path = std::sync::Arc::new(self.layout().snapshot_file(&name, &place.path));
+        Ok(Some((base, (path, place.offset, length))))
+    }
+
+    /// Mount into the repository the packs other repositories of the
+    /// registry hold the chunks in that it lacks (where the registry
+    /// supports cross-repository mounts), and record what they hold.
+    async fn mount_packs(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        chunks: &[Digest],
+        held: &Held,
+        counts: &mut Counts,
+    ) -> Result<()> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let conn = self.db().conn();
+        let mut tried = std::collections::HashSet::new();
+        for chunk in chunks {
+            if held.contains_key(chunk) {
+                continue;
+            }
+            let Some((from, at)) = db::remote::remote_chunk_elsewhere(conn, registry, repo, chunk)?
+            else {
+                continue;
+            };
+            if !tried.insert(at.pack) {
+                continue;
+            }
+            if client.mount_blob(repo, &at.pack, &from).await? {
+                db::remote::copy_pack_holdings(conn, registry, &from, repo, &at.pack)?;
+                counts.mounted += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record where the repository holds the chunks of snapshot `digest`,
+    /// from its chunk map there (if it is there).
+    async fn learn_from(&self, client: &Client, target: &RemoteRef, digest: &Digest) -> Result<()> {
+        let repo = target.repository.as_str();
+        let Some((bytes, _)) = client.get_manifest(repo, &snapshot_tag(digest)).await? else {
+            return Ok(());
+        };
+        let subject = format!("{}:{}", target.repository_name(), snapshot_tag(digest));
+        let manifest = OciManifest::parse(&bytes, SNAPSHOT_ARTIFACT, &subject)?;
+        let Some((first, packs)) = manifest.layers.split_first() else {
+            return Ok(());
+        };
+        if first.media_type != CHUNK_MAP || first.size > MAX_CHUNK_MAP_BYTES {
+            return Ok(());
+        }
+        let config = client
+            .get_blob(
+                repo,
+                &manifest.config.digest,
+                manifest.config.size.min(MAX_MANIFEST_BYTES),
+            )
+            .await?;
+        let parsed = parse_config(&config, &subject)?;
+        let map_bytes = client.get_blob(repo, &first.digest, first.size).await?;
+        let map = ChunkMap::parse(&map_bytes, &parsed, packs, u64::MAX)?;
+        let sizes = map.pack_sizes(packs);
+        crate::remote::holdings::record_map(self.db().conn(), &target.registry, repo, &map, &sizes)
+    }
+}

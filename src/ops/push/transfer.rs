@@ -1,0 +1,213 @@
+//! Transfer: pack and compress the chunks a repository lacks and store
+//! them, and store single blobs, each recorded as it lands.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+
+use super::report::{CHUNK_ZSTD_LEVEL, Counts, PACK_CHUNKS, Stored};
+use super::resolve::ChunkSource;
+use crate::db::{self, remote::PackedChunk};
+use crate::model::digest::Digest;
+use crate::model::error::{Error, IoContext, Result};
+use crate::ops::registry::Registry;
+use crate::process::progress::Progress;
+use crate::remote::format::{Descriptor, PACK};
+use crate::remote::{Client, RemoteRef};
+
+/// A chunk's zstd frame in a pack.
+struct Frame {
+    chunk: Digest,
+    offset: u64,
+    length: u64,
+    /// The chunk it was compressed against, if it is a delta.
+    base: Option<Digest>,
+}
+
+/// A chunk the repository lacks: where to read it, and the base (a plain
+/// chunk the repository holds) to send it as a delta against, if any.
+#[derive(Clone)]
+pub(super) struct Unplaced {
+    pub(super) chunk: Digest,
+    pub(super) source: ChunkSource,
+    pub(super) base: Option<(Digest, ChunkSource)>,
+}
+
+impl Registry {
+    /// Pack `unplaced` chunks (in order, [`PACK_CHUNKS`] a pack), compress
+    /// them on the blocking pool, and store each pack the repository
+    /// lacks, `jobs` at a time; each stored pack is recorded (blob and
+    /// chunk places) in its own transaction as it lands.
+    pub(super) async fn store_packs(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        unplaced: Vec<Unplaced>,
+        jobs: usize,
+        counts: &mut Counts,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let batches: Vec<Vec<Unplaced>> = unplaced.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
+        let conn = self.db().conn();
+        let mut results = stream::iter(batches.into_iter().map(|batch| async move {
+            let logical: u64 = batch.iter().map(|u| u.source.2).sum();
+            let (body, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
+                .await
+                .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
+            let desc = Descriptor::of(PACK, &body);
+            let stored = store_one(conn, client, registry, repo, &desc, Body::Memory(body)).await?;
+            Ok::<_, Error>((desc, stored, frames, logical))
+        }))
+        .buffer_unordered(jobs);
+        while let Some(done) = results.next().await {
+            let (desc, stored, frames, logical) = done?;
+            counts.add(&stored, desc.size);
+            counts.chunks_uploaded += frames.len() as u64;
+            let tx = rusqlite::Transaction::new_unchecked(
+                conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )?;
+            db::remote::record_remote(&tx, registry, repo, &desc.digest, desc.size)?;
+            for f in &frames {
+                let at = PackedChunk {
+                    pack: desc.digest,
+                    offset: f.offset,
+                    length: f.length,
+                    base: f.base,
+                };
+                db::remote::record_remote_chunk(&tx, registry, repo, &f.chunk, &at)?;
+            }
+            tx.commit()?;
+            progress.advance(logical);
+            crate::process::failpoint::hit(crate::process::failpoint::PUSH_BLOB_STORED)?;
+        }
+        Ok(())
+    }
+
+    /// Store one blob held in memory unless the repository holds it.
+    pub(super) async fn store_blob(
+        &self,
+        client: &Client,
+        target: &RemoteRef,
+        desc: &Descriptor,
+        body: Bytes,
+        counts: &mut Counts,
+    ) -> Result<()> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        let conn = self.db().conn();
+        let stored = store_one(conn, client, registry, repo, desc, Body::Memory(body)).await?;
+        counts.add(&stored, desc.size);
+        db::remote::record_remote(conn, registry, repo, &desc.digest, desc.size)?;
+        crate::process::failpoint::hit(crate::process::failpoint::PUSH_BLOB_STORED)?;
+        Ok(())
+    }
+}
+/// What a blob's body comes from.
+pub(super) enum Body<'a> {
+    Memory(Bytes),
+    File(&'a std::path::Path),
+}
+
+/// Store one blob unless the repository holds it (recorded, or found by
+/// a HEAD); mounted from another repository of the registry when one is
+/// known to hold it; else uploaded, a file streamed from disk.
+pub(super) async fn store_one(
+    conn: &rusqlite::Connection,
+    client: &Client,
+    registry: &str,
+    repo: &str,
+    desc: &Descriptor,
+    body: Body<'_>,
+) -> Result<Stored> {
+    if db::remote::remote_has(conn, registry, repo, &desc.digest)?
+        || client.head_blob(repo, &desc.digest).await?.is_some()
+    {
+        return Ok(Stored::Present);
+    }
+    if let Some(from) = db::remote::remote_holder(conn, registry, repo, &desc.digest)?
+        && client.mount_blob(repo, &desc.digest, &from).await?
+    {
+        return Ok(Stored::Mounted);
+    }
+    match body {
+        Body::Memory(bytes) => client.put_blob(repo, &desc.digest, bytes).await?,
+        Body::File(path) => {
+            client
+                .put_blob_file(repo, &desc.digest, path, desc.size)
+                .await?
+        }
+    }
+    Ok(Stored::Uploaded)
+}
+
+/// Read, check and compress each chunk of a batch into one pack: zstd
+/// frames one after another. A chunk with a base is compressed with the
+/// base's bytes as its prefix when that makes it smaller. Returns the pack
+/// and each chunk's frame.
+fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Vec<Frame>)> {
+    let data: u64 = batch.iter().map(|u| u.source.2).sum();
+    let mut pack = Vec::with_capacity(
+        (data + batch.len() as u64 * crate::remote::format::max_chunk_frame(0)) as usize
+            + data as usize / 128,
+    );
+    let mut frames = Vec::with_capacity(batch.len());
+    let mut compressor =
+        zstd::bulk::Compressor::new(CHUNK_ZSTD_LEVEL).map_err(|e| Error::io("start", "zstd", e))?;
+    for u in batch {
+        let bytes = read_chunk(&u.chunk, &u.source)?;
+        let plain = compressor
+            .compress(&bytes)
+            .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
+        let mut frame = (plain, None);
+        if let Some((base, source)) = &u.base
+            && let Ok(reference) = read_chunk(base, source)
+        {
+            let delta = delta_frame(&bytes, &reference)
+                .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
+            if delta.len() < frame.0.len() {
+                frame = (delta, Some(*base));
+            }
+        }
+        frames.push(Frame {
+            chunk: u.chunk,
+            offset: pack.len() as u64,
+            length: frame.0.len() as u64,
+            base: frame.1,
+        });
+        pack.extend_from_slice(&frame.0);
+    }
+    Ok((Bytes::from(pack), frames))
+}
+
+/// zstd of `bytes` with `reference` as its prefix (`zstd --patch-from`).
+fn delta_frame(bytes: &[u8], reference: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut encoder =
+        zstd::stream::write::Encoder::with_ref_prefix(&mut out, CHUNK_ZSTD_LEVEL, reference)?;
+    encoder.include_contentsize(true)?;
+    encoder.set_pledged_src_size(Some(bytes.len() as u64))?;
+    std::io::Write::write_all(&mut encoder, bytes)?;
+    encoder.finish()?;
+    Ok(out)
+}
+
+/// The bytes of `chunk` at its source, checked against its digest.
+fn read_chunk(chunk: &Digest, (path, offset, len): &ChunkSource) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; *len as usize];
+    let file = File::open(path.as_path()).at("open", path.as_path())?;
+    file.read_exact_at(&mut buf, *offset)
+        .at("read", path.as_path())?;
+    let found = Digest::of(&buf);
+    if found != *chunk {
+        return Err(Error::integrity(
+            path.display().to_string(),
+            format!(
+                "the {len} bytes at offset {offset} hash to {found}, not the indexed chunk {chunk}; run `msb-registry verify --content`"
+            ),
+        ));
+    }
+    Ok(buf)
+}
