@@ -207,7 +207,8 @@ impl Layout {
     }
 
     /// `db/msb.db`: microsandbox's own index, present when the root is a
-    /// microsandbox home (DESIGN §9). Read only, never written.
+    /// microsandbox home (DESIGN §9). Read only, but for the `snapshot_index`
+    /// row of a snapshot `rm` or `rename` changes.
     pub fn msb_db(&self) -> PathBuf {
         self.root.join("db").join("msb.db")
     }
