@@ -56,10 +56,7 @@ impl Registry {
         if target.symlink_metadata().is_ok() {
             return Err(Error::Conflict {
                 subject: new.to_string(),
-                detail: format!(
-                    "{} exists without a row (debris; `gc` removes it)",
-                    target.display()
-                ),
+                detail: crate::ops::gc::in_the_way(&target),
             });
         }
         let old: SnapshotName = row.name.parse()?;

@@ -413,3 +413,58 @@ fn issue_22_after_a_crashed_rename_readers_see_it_renamed_and_verify_advises_no_
     assert!(!reg.root().join("snapshots/web").exists());
     reg.run(&["verify", "--content"]).ok();
 }
+
+#[test]
+fn issue_22_a_damaged_snapshot_is_repaired_by_the_documented_commands() {
+    let reg = Reg::new();
+    let cache = reg.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+    add_pinned(&reg, "web", &image, "python:3.12", &cache);
+    let good = reg.path("good.tar.zst");
+    reg.run(&["export", "web", "-o", good.to_str().unwrap()])
+        .ok();
+    let web = reg.root().join("snapshots/web");
+    let before = files_of(&web);
+
+    // A bit flipped in the upper: verify names it; rm, then import the good copy.
+    let upper = web.join("upper.ext4");
+    let mut bytes = std::fs::read(&upper).unwrap();
+    bytes[1 << 20] ^= 1;
+    std::fs::write(&upper, bytes).unwrap();
+    let v = reg.run(&["verify", "--content"]);
+    assert_eq!(v.code, 5, "{}", v.stdout);
+    assert!(
+        v.stdout.contains("snapshots/web/upper.ext4"),
+        "{}",
+        v.stdout
+    );
+    reg.run(&["rm", "web"]).ok();
+    reg.run(&["import", good.to_str().unwrap()]).ok();
+    assert_eq!(files_of(&web), before);
+    reg.run(&["verify", "--content"]).ok();
+
+    // A deleted manifest, and a reindex that dropped the row: the import
+    // names the command that clears the directory, and that command works.
+    std::fs::remove_file(web.join("manifest.json")).unwrap();
+    reg.run(&["reindex"]);
+    let refused = reg.run(&["import", good.to_str().unwrap()]);
+    assert_eq!(refused.code, 4, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("msb-registry gc"),
+        "{}",
+        refused.stderr
+    );
+    let gc: Value = reg.json(&["gc", "--grace", "0"]);
+    // (The image goes too: no snapshot pins it any more.)
+    assert!(removed(&gc).contains(&"snapshots/web".to_string()), "{gc}");
+    reg.run(&["import", good.to_str().unwrap()]).ok();
+    assert_eq!(files_of(&web), before);
+    reg.run(&["verify", "--content"]).ok();
+
+    // A rename onto an unindexed snapshot's directory says reindex, not gc.
+    let lost = reg.root().join("snapshots/lost");
+    sample_dir(&lost, &image, "lost");
+    let r = reg.run(&["rename", "web", "lost"]);
+    assert_eq!(r.code, 4);
+    assert!(r.stderr.contains("msb-registry reindex"), "{}", r.stderr);
+}

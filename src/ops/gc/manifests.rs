@@ -72,6 +72,21 @@ pub fn judge(dir: &Path) -> (ManifestState, Result<Option<Pin>, String>) {
     }
 }
 
+/// What a directory under `snapshots/` without a row is, and the command
+/// that clears it, for the conflict an `import`, `add` or `rename` reports
+/// when that directory is in the way of a name.
+pub fn in_the_way(dir: &Path) -> String {
+    match judge(dir).0 {
+        ManifestState::Valid(d) => format!(
+            "snapshots/ holds snapshot {d} under that name without a row: `msb-registry reindex` indexes it (then `msb-registry rm` removes it), or move the directory away yourself"
+        ),
+        ManifestState::Unvalidated(why) => format!(
+            "snapshots/ holds a directory of that name whose manifest.json cannot be validated ({why}); gc never deletes it: move it away yourself"
+        ),
+        ManifestState::Absent | ManifestState::NotJson => "snapshots/ holds a directory of that name that is not a snapshot (debris): `msb-registry gc` removes it once it is older than the grace period (`--grace 0` at once), or delete it yourself".to_string(),
+    }
+}
+
 /// `image.ref` and `image.manifest_digest` of JSON that is not a valid manifest.
 fn loose_pin(value: &serde_json::Value) -> Result<Option<Pin>, String> {
     let image = &value["image"];

@@ -41,6 +41,7 @@ mod manifests;
 mod plan;
 mod sweep;
 
+pub use manifests::in_the_way;
 pub use plan::{
     DEFAULT_GRACE_SECS, DiskEntry, Doomed, GcOptions, GcPlan, GcReport, IN_USE_REASON, IndexView,
     JOURNAL_RETENTION_SECS, Kept, KeptReason, KindTotal, Listing, ManifestState, Removal,
