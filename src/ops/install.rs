@@ -52,7 +52,6 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
                 format!("already names {}, not {}", other.digest, s.parsed.digest),
             ));
         }
-        s.name.impersonation(&s.parsed.digest)?;
         if let Some(&j) = named.get(&s.name) {
             return Err(Error::conflict(
                 format!("snapshot name {}", s.name),
@@ -62,6 +61,7 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
                 ),
             ));
         }
+        s.name.impersonation(&s.parsed.digest)?;
         named.insert(&s.name, i);
         plan.new_snapshots.push(i);
     }

@@ -468,3 +468,147 @@ fn issue_22_a_damaged_snapshot_is_repaired_by_the_documented_commands() {
     assert_eq!(r.code, 4);
     assert!(r.stderr.contains("msb-registry reindex"), "{}", r.stderr);
 }
+
+/// Every directory under `snapshots/` whose manifest.json is JSON, as
+/// (digest of its manifest bytes → its files), one entry per copy.
+fn json_snapshots(root: &Path) -> Vec<(Digest, BTreeMap<String, Digest>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root.join("snapshots")) else {
+        return out;
+    };
+    for e in entries {
+        let dir = e.unwrap().path();
+        let Ok(bytes) = std::fs::read(dir.join("manifest.json")) else {
+            continue;
+        };
+        if serde_json::from_slice::<Value>(&bytes).is_ok() {
+            out.push((Digest::of(&bytes), files_of(&dir)));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A tiny deterministic generator (xorshift64*): seeded, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+#[test]
+fn issue_22_random_operations_and_crashes_never_lose_a_snapshot_rm_did_not_name() {
+    let seeds: u64 = std::env::var("MSB_PROPERTY_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    for seed in 1..=seeds {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let reg = Reg::new();
+        let cache = reg.path("src-cache");
+        let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+        let mut names: Vec<String> = Vec::new();
+        let mut backup: Option<Vec<u8>> = None;
+        // Manifests (by digest of their bytes) that may vanish: of snapshots
+        // rm named (finished later by recovery when rm crashed), and of adds
+        // that crashed mid-promotion (rolled back by the next open).
+        let mut may_vanish: std::collections::HashSet<Digest> = Default::default();
+        let manifest_of =
+            |dir: &Path| std::fs::read(dir.join("manifest.json")).map(|b| Digest::of(&b));
+        for step in 0..14 {
+            let before = json_snapshots(&reg.root());
+            let failpoints = [
+                "promote.renamed",
+                "rm.committed",
+                "rename.committed",
+                "gc.rows-deleted",
+                "reindex.before-commit",
+                "reindex.rebuilt",
+            ];
+            let env: Vec<(&str, String)> = if rng.below(3) == 0 {
+                let p = failpoints[rng.below(failpoints.len() as u64) as usize];
+                vec![("MSB_FAILPOINT", format!("{p}:abort"))]
+            } else {
+                vec![]
+            };
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut removed_name: Option<String> = None;
+            let op = rng.below(8);
+            match op {
+                0 | 1 => {
+                    let name = format!("s{seed}-{step}");
+                    let dir = reg.path(&format!("src/{name}"));
+                    sample_dir(&dir, &image, &name);
+                    let cache_s = cache.to_str().unwrap().to_string();
+                    let args = [
+                        "add",
+                        dir.to_str().unwrap(),
+                        "--name",
+                        &name,
+                        "--cache-dir",
+                        &cache_s,
+                    ];
+                    if reg.run_env(&args, &env).code == 0 {
+                        names.push(name);
+                    } else {
+                        may_vanish.extend(manifest_of(&dir));
+                    }
+                }
+                2 if !names.is_empty() => {
+                    let name = names.remove(rng.below(names.len() as u64) as usize);
+                    may_vanish.extend(manifest_of(&reg.root().join("snapshots").join(&name)));
+                    reg.run_env(&["rm", "--force", &name], &env);
+                    removed_name = Some(name);
+                }
+                3 if !names.is_empty() => {
+                    let i = rng.below(names.len() as u64) as usize;
+                    let new = format!("{}-r", names[i]);
+                    if reg.run_env(&["rename", &names[i], &new], &env).code == 0 {
+                        names[i] = new;
+                    }
+                }
+                4 => drop(reg.run_env(&["reindex"], &env)),
+                5 => drop(reg.run_env(&["gc", "--grace", "0"], &env)),
+                6 => {
+                    // Back up registry.db, or restore the backup.
+                    let db = reg.root().join("registry.db");
+                    match backup.take() {
+                        None => backup = std::fs::read(&db).ok(),
+                        Some(bytes) => {
+                            for side in ["-wal", "-shm"] {
+                                let _ = std::fs::remove_file(
+                                    reg.root().join(format!("registry.db{side}")),
+                                );
+                            }
+                            std::fs::write(&db, bytes).unwrap();
+                        }
+                    }
+                }
+                _ => {
+                    // microsandbox writes into the home: a snapshot of a
+                    // newer schema, and work files.
+                    let dir = reg.root().join(format!("snapshots/msb-{seed}-{step}"));
+                    sample_dir(&dir, &image, "msb");
+                    rewrite_manifest(&dir, |m| m["schema"] = 2.into());
+                    let tmp = reg.root().join("cache/tmp");
+                    std::fs::create_dir_all(&tmp).unwrap();
+                    std::fs::write(tmp.join(format!("{step}.part")), b"x").unwrap();
+                }
+            }
+            let after = json_snapshots(&reg.root());
+            for copy in before.iter().filter(|c| !after.contains(c)) {
+                assert!(
+                    may_vanish.contains(&copy.0),
+                    "seed {seed} step {step} op {op} {env:?} (rm {removed_name:?}): a snapshot was lost or altered"
+                );
+            }
+        }
+        // Whatever happened, one reindex makes the registry consistent.
+        let _ = reg.run(&["reindex"]);
+    }
+}
