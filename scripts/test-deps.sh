@@ -5,7 +5,8 @@
 # script, taskset, flock, GNU time, python3, groff; and for push/pull against
 # a real OCI registry: docker-registry (Distribution), skopeo (a third-party
 # client reading what we push), htpasswd (apache2-utils) and openssl (a
-# private CA). The registry tests fail, naming this script, when one of
+# private CA); ssh-keygen (openssh-client) makes and checks signing keys and
+# signatures. The registry tests fail, naming this script, when one of
 # theirs is missing (MSB_SKIP_OCI=1 skips them instead).
 set -euo pipefail
 
@@ -13,7 +14,7 @@ need=()
 for pair in tar:tar bsdtar:libarchive-tools zstd:zstd pzstd:zstd sqlite3:sqlite3 mkfs.ext4:e2fsprogs debugfs:e2fsprogs \
     strace:strace script:bsdutils taskset:util-linux flock:util-linux python3:python3 \
     groff:groff-base docker-registry:docker-registry skopeo:skopeo \
-    htpasswd:apache2-utils openssl:openssl; do
+    htpasswd:apache2-utils openssl:openssl ssh-keygen:openssh-client; do
     tool=${pair%%:*} package=${pair#*:}
     command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/sbin:/usr/sbin" command -v "$tool" >/dev/null 2>&1 || need+=("$package")
 done

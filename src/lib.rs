@@ -79,6 +79,7 @@ pub mod remote;
 #[doc(hidden)]
 pub mod sample;
 mod store;
+mod trust;
 
 pub use archive::{Chunk as TarChunk, OpenedSource, ReadError, TarReader};
 pub use model::digest::Digest;

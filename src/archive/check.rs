@@ -131,6 +131,7 @@ pub fn verify(layout: &Layout, streamed: &Streamed, names: &[SnapshotName]) -> R
             snapshots,
             cache_files,
             images,
+            signatures: Vec::new(),
         },
     })
 }

@@ -11,9 +11,23 @@ use crate::model::error::{Error, Result};
 use crate::model::image::{CacheFile, CacheKind, MAX_METADATA_BYTES};
 use crate::model::manifest::{MAX_MANIFEST_BYTES, is_normal_file_name};
 use crate::model::text::shown_name;
+use crate::trust::sshsig::{MAX_SIGNATURE_BYTES, MAX_SIGNATURES};
 
 /// The directory of cache members.
 pub const CACHE_DIR: &str = "cache";
+
+/// The directory of signature members: `signatures/<prefix>/<n>.sshsig`,
+/// after every snapshot and cache member (README "Signing and trust").
+pub const SIGNATURES_DIR: &str = "signatures";
+
+/// The extension of a signature member.
+pub const SIGNATURE_EXT: &str = ".sshsig";
+
+/// The member path of signature `index` of the snapshot whose archive
+/// directory is `prefix`.
+pub fn signature_member(prefix: &str, index: usize) -> String {
+    format!("{SIGNATURES_DIR}/{prefix}/{index}{SIGNATURE_EXT}")
+}
 
 /// The name of a snapshot's manifest inside its directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -149,6 +163,15 @@ pub enum Refusal {
     /// Image metadata over [`MAX_METADATA_BYTES`].
     #[error("image metadata is {0} bytes; the limit is 16 MiB")]
     MetadataTooLarge(u64),
+    /// A file under `signatures/` that is not `<prefix>/<n>.sshsig`.
+    #[error(
+        "signature members are signatures/sha256-<16 hex digits>/<n>.sshsig with n from 0 to {}",
+        MAX_SIGNATURES - 1
+    )]
+    SignatureName,
+    /// A signature over [`MAX_SIGNATURE_BYTES`].
+    #[error("signature is {0} bytes; the limit is {MAX_SIGNATURE_BYTES}")]
+    SignatureTooLarge(u64),
     /// A file whose logical size is over the import's limit.
     #[error(
         "logical size of {size} bytes is over the limit of {limit} bytes per file (raise it with --max-file-size)"
@@ -200,6 +223,19 @@ pub enum Member {
     CacheKindDir(CacheKind),
     /// `cache/<kind>/<file>`.
     CacheFile(CacheFile),
+    /// `signatures/` or `signatures/<prefix>/`.
+    SignaturesDir {
+        /// The snapshot's archive directory, for `signatures/<prefix>/`.
+        prefix: Option<String>,
+    },
+    /// `signatures/<prefix>/<index>.sshsig`: an armored SSHSIG of the
+    /// snapshot whose archive directory is `prefix`.
+    Signature {
+        /// `sha256-<16 hex>`.
+        prefix: String,
+        /// Below [`MAX_SIGNATURES`].
+        index: usize,
+    },
 }
 
 impl Member {
@@ -212,6 +248,9 @@ impl Member {
             Member::CacheDir => format!("{CACHE_DIR}/"),
             Member::CacheKindDir(kind) => format!("{CACHE_DIR}/{kind}/"),
             Member::CacheFile(f) => format!("{CACHE_DIR}/{}", f.rel_path()),
+            Member::SignaturesDir { prefix: None } => format!("{SIGNATURES_DIR}/"),
+            Member::SignaturesDir { prefix: Some(p) } => format!("{SIGNATURES_DIR}/{p}/"),
+            Member::Signature { prefix, index } => signature_member(prefix, *index),
         }
     }
 }
@@ -319,6 +358,10 @@ pub fn directory_member(parts: &[&str]) -> Result<Member, Refusal> {
         }),
         [CACHE_DIR] => Ok(Member::CacheDir),
         [CACHE_DIR, kind] => cache_kind(kind).map(Member::CacheKindDir),
+        [SIGNATURES_DIR] => Ok(Member::SignaturesDir { prefix: None }),
+        [SIGNATURES_DIR, prefix] if is_snapshot_prefix(prefix) => Ok(Member::SignaturesDir {
+            prefix: Some(prefix.to_string()),
+        }),
         [_] => Err(Refusal::TopLevelDirectory),
         _ => Err(Refusal::DeepDirectory),
     }
@@ -332,11 +375,26 @@ pub fn file_member(parts: &[&str]) -> Result<Member, Refusal> {
             file: file.to_string(),
         }),
         [CACHE_DIR, kind, file] => cache_file(cache_kind(kind)?, file).map(Member::CacheFile),
+        [SIGNATURES_DIR, prefix, file] if is_snapshot_prefix(prefix) => Ok(Member::Signature {
+            prefix: prefix.to_string(),
+            index: signature_index(file)?,
+        }),
+        [SIGNATURES_DIR, ..] => Err(Refusal::SignatureName),
         [] | [_] => Err(Refusal::TopLevelFile),
         [first, ..] if is_snapshot_prefix(first) => Err(Refusal::NestedSnapshotFile),
         [CACHE_DIR, ..] => Err(Refusal::CacheShape),
         _ => Err(Refusal::Outside),
     }
+}
+
+/// `<n>.sshsig`, `n` a decimal below [`MAX_SIGNATURES`] without leading zeros.
+fn signature_index(file: &str) -> Result<usize, Refusal> {
+    file.strip_suffix(SIGNATURE_EXT)
+        .filter(|n| !n.is_empty() && (n.len() == 1 || !n.starts_with('0')))
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && n.len() <= 2)
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&i| i < MAX_SIGNATURES)
+        .ok_or(Refusal::SignatureName)
 }
 
 /// A cache kind directory: manifests, layers, fsmeta or vmdk.
@@ -386,7 +444,11 @@ impl MemberSet {
 /// logical size exceeds `max_file_bytes`.
 pub fn check_size(member: &Member, size: u64, max_file_bytes: u64) -> Result<(), Refusal> {
     match member {
-        Member::Root | Member::SnapshotDir { .. } | Member::CacheDir | Member::CacheKindDir(_) => {
+        Member::Root
+        | Member::SnapshotDir { .. }
+        | Member::CacheDir
+        | Member::CacheKindDir(_)
+        | Member::SignaturesDir { .. } => {
             if size == 0 {
                 Ok(())
             } else {
@@ -398,6 +460,9 @@ pub fn check_size(member: &Member, size: u64, max_file_bytes: u64) -> Result<(),
         }
         Member::CacheFile(f) if f.kind == CacheKind::Manifests && size > MAX_METADATA_BYTES => {
             Err(Refusal::MetadataTooLarge(size))
+        }
+        Member::Signature { .. } if size > MAX_SIGNATURE_BYTES => {
+            Err(Refusal::SignatureTooLarge(size))
         }
         _ if size > max_file_bytes => Err(Refusal::FileTooLarge {
             size,
@@ -584,6 +649,49 @@ mod tests {
         refused(
             file(&format!("cache/layers/sub/sha256_{}.erofs", d.hex())),
             "cache members are",
+        );
+    }
+
+    #[test]
+    fn signature_members() {
+        assert_eq!(
+            file(&format!("signatures/{PREFIX}/15.sshsig")).unwrap(),
+            Member::Signature {
+                prefix: PREFIX.into(),
+                index: 15
+            }
+        );
+        assert_eq!(
+            file(&signature_member(PREFIX, 0)).unwrap().path(),
+            format!("signatures/{PREFIX}/0.sshsig")
+        );
+        assert_eq!(
+            dir(&format!("signatures/{PREFIX}/")).unwrap().path(),
+            format!("signatures/{PREFIX}/")
+        );
+        for bad in [
+            "16.sshsig",
+            "01.sshsig",
+            "a.sshsig",
+            "0.sig",
+            ".sshsig",
+            "0.sshsig.x",
+        ] {
+            refused(
+                file(&format!("signatures/{PREFIX}/{bad}")),
+                "signature members are",
+            );
+        }
+        refused(file("signatures/x/0.sshsig"), "signature members are");
+        refused(
+            file(&format!("signatures/{PREFIX}")),
+            "signature members are",
+        );
+        refused(dir("signatures/x/"), "directories are allowed only");
+        let sig = file(&signature_member(PREFIX, 1)).unwrap();
+        assert_eq!(
+            check_size(&sig, MAX_SIGNATURE_BYTES + 1, u64::MAX),
+            Err(Refusal::SignatureTooLarge(MAX_SIGNATURE_BYTES + 1))
         );
     }
 

@@ -185,6 +185,15 @@ impl<'a, W: AsyncWrite + Unpin> MemberWriter<'a, W> {
         Ok(())
     }
 
+    /// Write a small member held in memory (a signature) as a regular entry.
+    pub async fn small(&mut self, member: &str, bytes: &[u8], mtime: u64) -> Result<()> {
+        let header = tar::regular(member, bytes.len() as u64, mtime)?;
+        self.put(&header).await?;
+        self.put(bytes).await?;
+        self.put(&zero_buffer()[..tar::padding(bytes.len() as u64)])
+            .await
+    }
+
     /// End the archive and flush every layer below, returning the writer.
     pub async fn finish(mut self) -> Result<W> {
         self.put(&tar::END_OF_ARCHIVE).await?;

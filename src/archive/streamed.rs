@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::model::image::CacheFile;
 use crate::model::manifest::ParsedManifest;
 use crate::store::stage::StagedBytes;
+use crate::trust::sshsig::Signature;
 
 /// One archive member written into staging.
 #[derive(Debug)]
@@ -32,6 +33,9 @@ pub struct StreamedSnapshot {
     pub files: Vec<(String, StagedMember)>,
     /// The name the archive carried for it, unchecked.
     pub carried_name: Option<Vec<u8>>,
+    /// Its signatures (member, parsed), each from a distinct key; checked
+    /// over the digest before anything is installed.
+    pub signatures: Vec<(String, Signature)>,
 }
 
 impl StreamedSnapshot {

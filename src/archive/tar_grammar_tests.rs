@@ -306,6 +306,19 @@ fn metadata_fields_are_numbers_or_refused() {
             problem: NumberProblem::OverId
         })
     ));
+    // A header GNU tar takes for star's: its atime and ctime are parsed.
+    let star = |atime: &[u8; 12]| {
+        let atime = *atime;
+        decode_header(&block_with(USTAR, b"f", 0, move |b| {
+            b[476..488].copy_from_slice(&atime);
+            b[488..500].copy_from_slice(b"14524155400 ");
+        }))
+    };
+    assert!(star(b"14524155400 ").is_ok());
+    assert!(matches!(
+        star(b"1zzzzzzzzzz "),
+        Err(ReadError::Number { field: "atime", .. })
+    ));
     // User and group names are not parsed by either.
     assert!(set(265, b"\xff\xfe\x01", GNU).is_ok());
 }

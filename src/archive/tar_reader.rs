@@ -13,15 +13,19 @@
 //!
 //! What it accepts is a strict subset of what GNU tar reads, each part
 //! decoded as GNU tar decodes it: GNU, ustar and v7 headers (the ustar
-//! prefix joined as GNU tar joins it), header checksums (unsigned or
+//! prefix joined as GNU tar joins it), octal header checksums (unsigned or
 //! signed sums), numeric fields in octal or positive base-256, local pax
-//! records (`path`, `linkpath`, `size` applied; `GNU.sparse.*` refused),
-//! GNU long names and link names, and old-GNU sparse members (type `S`:
-//! four map slots in the header, then extension blocks of 21). Where GNU
-//! tar would accept something odd (overlapping sparse extents, a map that
-//! stops short of the real size, a lone zero block, bytes after the end of
-//! the archive), this reader refuses instead: a refusal is always safe,
-//! a different reading never is.
+//! records (`path`, `linkpath`, `size` applied, attribute keywords checked,
+//! `GNU.sparse.*` and unknown keywords refused), GNU long names and link
+//! names, and old-GNU sparse members (type `S`: four map slots in the
+//! header, then extension blocks of 21). Where GNU tar would accept
+//! something odd (overlapping sparse extents, a map that stops short of the
+//! real size, a lone zero block, bytes after the end of the archive), warns
+//! or fails, or reads a form otherwise than bsdtar (several blanks after a
+//! pax length, a long name running into its padding, sparse extents off
+//! 512 before another), this reader refuses instead: a refusal is always
+//! safe, a different reading never is. docs/archives.md lists the rules
+//! field by field; `tar_grammar_tests` tests each.
 //!
 //! The sparse map is streamed: the first [`MAP_IN_MEMORY`] extents are
 //! kept in memory, the rest spilled to an unnamed file while the extension
@@ -319,7 +323,7 @@ pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
     if !gnu && !ustar && magic.iter().any(|&b| b != 0) {
         return Err(ReadError::Magic);
     }
-    metadata(block, gnu || ustar)?;
+    metadata(block, gnu || ustar, ustar && looks_like_star(block))?;
     let mut name = Vec::new();
     let prefix = text(&block[345..500]);
     if ustar && !prefix.is_empty() {
@@ -344,8 +348,9 @@ pub fn decode_header(block: &[u8; BLOCK]) -> Result<RawHeader, ReadError> {
 /// bsdtar refuse the archive (device numbers too), so each must be a number
 /// [`number`] reads or all NULs (which both read as 0); a uid or gid over
 /// 2^32 - 1 is refused (GNU tar exits 2), and so is a negative base-256
-/// mtime (GNU tar warns of an implausibly old time stamp).
-pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
+/// mtime (GNU tar warns of an implausibly old time stamp). In a header GNU
+/// tar takes for star's format (`star`), atime and ctime are parsed too.
+pub fn metadata(block: &[u8; BLOCK], extended: bool, star: bool) -> Result<(), ReadError> {
     let mut fields = vec![
         (100, 8, "mode"),
         (108, 8, "uid"),
@@ -354,6 +359,9 @@ pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
     ];
     if extended {
         fields.extend([(329, 8, "devmajor"), (337, 8, "devminor")]);
+    }
+    if star {
+        fields.extend([(476, 12, "atime"), (488, 12, "ctime")]);
     }
     for (at, len, name) in fields {
         let bytes = &block[at..at + len];
@@ -371,6 +379,18 @@ pub fn metadata(block: &[u8; BLOCK], extended: bool) -> Result<(), ReadError> {
         })?;
     }
     Ok(())
+}
+
+/// Whether GNU tar reads a ustar header as star's format, whose prefix is
+/// 131 bytes followed by atime and ctime: the prefix's last byte NUL, and
+/// each time starting with an octal digit and ending in a space.
+pub fn looks_like_star(block: &[u8; BLOCK]) -> bool {
+    let octal = |b: u8| (b'0'..=b'7').contains(&b);
+    block[475] == 0
+        && octal(block[476])
+        && block[487] == b' '
+        && octal(block[488])
+        && block[499] == b' '
 }
 
 /// One slot of a sparse map: `None` for an empty slot (its length field

@@ -105,15 +105,18 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Register an existing snapshot directory (copied in, verified, hashed).
-    Add {
-        /// The snapshot directory (holding manifest.json and the upper file).
-        dir: PathBuf,
-        /// Name in the registry [default: the directory's name].
-        #[arg(long)]
-        name: Option<String>,
-        /// A microsandbox cache directory to take the pinned image's artifacts from.
-        #[arg(long, value_name = "DIR")]
-        cache_dir: Option<PathBuf>,
+    Add(AddArgs),
+    /// Sign a snapshot with an SSH key (SSHSIG over its digest, namespace
+    /// msb-registry-snapshot) and record the signature in the index.
+    Sign {
+        /// Name, full digest, or unique digest prefix.
+        reference: String,
+        /// An unencrypted OpenSSH private key (ed25519 or ECDSA P-256).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Who signs, as the trust file's allowed_signers lists them (recorded, shown by show).
+        #[arg(long, value_name = "NAME")]
+        principal: Option<String>,
     },
     /// List every snapshot, newest first.
     List,
@@ -177,8 +180,14 @@ pub enum Command {
         /// Check only this snapshot (name, digest or prefix) and its image.
         reference: Option<String>,
         /// Also re-hash every file against its recorded digest.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "signatures")]
         content: bool,
+        /// Check the stored signatures instead (and the chain below each signed snapshot).
+        #[arg(long)]
+        signatures: bool,
+        /// With --signatures: every signature must be by a key this allowed_signers file allows.
+        #[arg(long, value_name = "FILE", requires = "signatures")]
+        trust: Option<PathBuf>,
     },
     /// Write a snapshot (and optionally its chain and image) as an archive.
     Export(ExportArgs),
@@ -190,22 +199,7 @@ pub enum Command {
     /// default registry.
     Demo,
     /// Import an archive (zstd or plain tar) written by export or microsandbox's save.
-    Import {
-        /// The archive file, or - for standard input.
-        archive: String,
-        /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>];
-        /// a head already present under another name is renamed to it.
-        #[arg(long)]
-        name: Option<String>,
-        /// Largest logical size of one file in bytes; a header claiming more is refused before
-        /// any data is read [default: 1099511627776, 1 TiB].
-        #[arg(long, value_name = "BYTES")]
-        max_file_size: Option<u64>,
-        /// Accept an archive whose base (the parent of its first snapshot) is not
-        /// in this registry: the snapshots arrive shallow.
-        #[arg(long)]
-        allow_shallow: bool,
-    },
+    Import(ImportArgs),
     /// Push a snapshot (with --with-parents its chain) to an OCI registry, sending only the
     /// chunks the repository lacks.
     Push(PushArgs),
@@ -259,9 +253,76 @@ pub struct PullArgs {
     /// Largest file a pulled chunk map may describe, in bytes [default: 1 TiB].
     #[arg(long, value_name = "BYTES")]
     pub max_file_size: Option<u64>,
+    /// Signing policy (signatures are found under the tag sha256-<hex>.sig).
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// How to reach the registry.
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// `add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The snapshot directory (holding manifest.json and the upper file).
+    pub dir: PathBuf,
+    /// Name in the registry [default: the directory's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A microsandbox cache directory to take the pinned image's artifacts from.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// An armored SSH signature of the snapshot (ssh-keygen -Y sign -n
+    /// msb-registry-snapshot over its digest), recorded with it; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub signature: Vec<PathBuf>,
+    /// Signing policy.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// `import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive file, or - for standard input.
+    pub archive: String,
+    /// Name for the head snapshot [default: its archive directory, sha256-<16 hex>];
+    /// a head already present under another name is renamed to it.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Largest logical size of one file in bytes; a header claiming more is refused before
+    /// any data is read [default: 1099511627776, 1 TiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_file_size: Option<u64>,
+    /// Accept an archive whose base (the parent of its first snapshot) is not
+    /// in this registry: the snapshots arrive shallow.
+    #[arg(long)]
+    pub allow_shallow: bool,
+    /// Signing policy.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// The signing policy of a write (import, add, pull).
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Refuse (exit 10) unless every snapshot brought is signed by a key the trust
+    /// file allows, or is an ancestor of one that is; nothing is installed otherwise.
+    #[arg(long)]
+    pub require_signed: bool,
+    /// The allowed_signers file for --require-signed [default: ROOT/trust/allowed_signers].
+    #[arg(long, value_name = "FILE", requires = "require_signed")]
+    pub trust: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    /// The library's options.
+    pub fn options(self) -> crate::ops::sign::TrustOptions {
+        crate::ops::sign::TrustOptions {
+            require_signed: self.require_signed,
+            trust: self.trust,
+        }
+    }
 }
 
 /// Credentials and transport for push and pull.
@@ -279,6 +340,21 @@ pub struct RemoteArgs {
     /// INSECURE: talk plain HTTP, unencrypted and unauthenticated (a registry on localhost).
     #[arg(long, conflicts_with = "ca_cert")]
     pub insecure: bool,
+    /// Give up the command's network work after this many seconds [default: no limit].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+    /// Cut an attempt that moves less than --min-rate × SECS bytes in any SECS seconds
+    /// (waiting for an answer moves none).
+    #[arg(long, value_name = "SECS", default_value_t = crate::remote::deadline::DEFAULT_STALL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stall_timeout: u64,
+    /// The slowest transfer accepted, in bytes per second, judged over --stall-timeout.
+    #[arg(long, value_name = "BYTES", default_value_t = crate::remote::deadline::DEFAULT_MIN_RATE)]
+    pub min_rate: u64,
+    /// Attempts after the first for a transient failure (408, 425, 429, 5xx, a cut connection).
+    #[arg(long, value_name = "N", default_value_t = crate::remote::retry::DEFAULT_RETRIES,
+          value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
 }
 
 impl Command {

@@ -21,6 +21,12 @@ impl BarProgress {
         };
         BarProgress { bar }
     }
+
+    /// Prints a line on stderr without tearing the bar.
+    pub fn notice_printer(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let bar = self.bar.clone();
+        move |line: &str| bar.suspend(|| eprintln!("{line}"))
+    }
 }
 
 impl Progress for BarProgress {

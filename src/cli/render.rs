@@ -17,6 +17,7 @@ use crate::ops::query::{LineageEntry, ListEntry, ShowReport};
 use crate::ops::reindex::ReindexReport;
 use crate::ops::remove::RemoveReport;
 use crate::ops::rename::RenameReport;
+use crate::ops::sign::{SignReport, SignaturesReport};
 use crate::ops::verify::VerifyReport;
 use crate::store::shared_home::HomeReport;
 
@@ -155,6 +156,13 @@ pub fn show(p: &mut Printer, r: &ShowReport) -> Rendered {
     for (k, v) in &s.labels {
         lines.push(format!("label:           {k}={v}"));
     }
+    for signer in &r.signers {
+        lines.push(format!(
+            "signed by:       {} ({})",
+            signer.principal.as_deref().unwrap_or("-"),
+            signer.fingerprint
+        ));
+    }
     lines.push("files:".into());
     for f in &r.files {
         lines.push(format!(
@@ -239,24 +247,33 @@ pub fn import(p: &mut Printer, r: &ImportReport) -> Rendered {
     out.into_iter().try_for_each(|l| p.line(l))
 }
 
+/// Blobs (packs, maps, configs) the repository held or mounted, when any.
+fn blobs_found(r: &crate::ops::push::PushReport) -> String {
+    match (r.blobs_present, r.blobs_mounted) {
+        (0, 0) => String::new(),
+        (present, 0) => format!("; {} already there", plural(present as usize, "blob")),
+        (present, mounted) => format!(
+            "; {} already there, {mounted} mounted from another repository",
+            plural(present as usize, "blob")
+        ),
+    }
+}
+
 /// `push`.
 pub fn push(p: &mut Printer, r: &crate::ops::push::PushReport) -> Rendered {
     let head = r.snapshots.last();
     let mut out = vec![format!(
-        "pushed {} to {}:{} ({}): {} uploaded ({}), {} already there ({}){}",
+        "pushed {} to {}:{} ({}): {} sent in {} ({}); {} already there ({} not sent){}",
         head.map(|s| s.name.as_str()).unwrap_or(""),
         r.repository,
         r.tag,
         plural(r.snapshots.len(), "snapshot"),
-        plural(r.blobs_uploaded as usize, "blob"),
+        plural(r.chunks_uploaded as usize, "chunk"),
+        plural(r.blobs_uploaded as usize, "new blob"),
         human_bytes(r.bytes_uploaded),
-        plural(r.blobs_present as usize, "blob"),
-        human_bytes(r.bytes_present),
-        if r.blobs_mounted > 0 {
-            format!(", {} mounted", plural(r.blobs_mounted as usize, "blob"))
-        } else {
-            String::new()
-        }
+        plural(r.chunks_present as usize, "chunk"),
+        human_bytes(r.bytes_not_sent),
+        blobs_found(r),
     )];
     out.extend(r.snapshots.iter().map(|s| {
         format!(
@@ -394,6 +411,41 @@ pub fn verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
         p.line(plural(r.problems.len(), "problem"))?;
     }
     Ok(())
+}
+
+/// `sign`: the signature itself on stdout, so `> FILE` keeps it for ssh-keygen.
+pub fn sign(p: &mut Printer, r: &SignReport) -> Rendered {
+    r.signature.lines().try_for_each(|l| p.line(l.to_string()))
+}
+
+/// `verify --signatures`.
+pub fn signatures(p: &mut Printer, r: &SignaturesReport) -> Rendered {
+    for s in &r.signatures {
+        let who = s
+            .trusted
+            .as_deref()
+            .or(s.principal.as_deref())
+            .unwrap_or("-");
+        match &s.problem {
+            None => p.line(format!(
+                "ok: {} ({}) signed by {who} ({})",
+                s.name, s.snapshot, s.fingerprint
+            ))?,
+            Some(why) => p.line(format!(
+                "problem: signature: {} ({}) by {}: {why}",
+                s.name, s.snapshot, s.fingerprint
+            ))?,
+        }
+    }
+    for c in &r.chain_problems {
+        p.line(format!("problem: chain: {c}"))?;
+    }
+    p.line(format!(
+        "{}: checked {}, {}",
+        if r.ok { "ok" } else { "FAILED" },
+        plural(r.signatures.len(), "signature"),
+        plural(r.links_checked, "chain link")
+    ))
 }
 
 /// One line saying why gc kept `k` and what to do about it.

@@ -3,10 +3,11 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::CommandFactory;
 
-use super::args::{Cli, Command, ExportArgs, PullArgs, PushArgs, RemoteArgs};
+use super::args::{AddArgs, Cli, Command, ExportArgs, ImportArgs, PullArgs, PushArgs, RemoteArgs};
 use super::printer::Printer;
 use super::progress::BarProgress;
 use super::render::{self, Rendered, emit, summary};
@@ -18,8 +19,10 @@ use crate::ops::gc::GcOptions;
 use crate::ops::import::{ImportOptions, ImportSource};
 use crate::ops::pull::PullOptions;
 use crate::ops::push::PushOptions;
-use crate::ops::registry::Registry;
-use crate::remote::{ClientOptions, Credentials, RemoteRef};
+use crate::ops::registry::{FreshRoot, Registry};
+use crate::remote::deadline::Limits;
+use crate::remote::retry::RetryPolicy;
+use crate::remote::{ClientOptions, Credentials, Notices, RemoteRef};
 use crate::store::layout::Layout;
 
 fn root_of(cli: &Cli) -> Result<PathBuf> {
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         _ => {}
     }
     refuse_terminals(&cli.command)?;
+    crate::db::check_wait_limit()?;
     let root = root_of(&cli)?;
     let rendered = match cli.command {
         Command::Sql { query } => super::sql::run(&root, &query, &mut p)?,
@@ -70,13 +74,20 @@ pub fn run(cli: Cli) -> Result<Rendered> {
             }
             other => other?,
         },
-        command => {
-            let mut registry = if command.only_reads() {
-                Registry::open_read(&root)?
-            } else {
-                Registry::open(&root)?
-            };
+        command if command.only_reads() => {
+            let mut registry = Registry::open_read(&root)?;
             dispatch(&mut registry, command, &mut p, &progress)?
+        }
+        command => {
+            let fresh = FreshRoot::note(&root);
+            let result = Registry::open(&root)
+                .and_then(|mut registry| dispatch(&mut registry, command, &mut p, &progress));
+            if result.is_err()
+                && let Some(fresh) = fresh
+            {
+                fresh.undo();
+            }
+            result?
         }
     };
     Ok(rendered.and_then(|()| p.flush()))
@@ -113,7 +124,7 @@ fn refuse_terminals(command: &Command) -> Result<()> {
                     .into(),
             ))
         }
-        Command::Import { archive, .. } if archive == "-" && std::io::stdin().is_terminal() => {
+        Command::Import(args) if args.archive == "-" && std::io::stdin().is_terminal() => {
             Err(Error::Usage(
                 "import -: standard input is a terminal; pipe an archive in or name a file".into(),
             ))
@@ -129,11 +140,7 @@ fn dispatch(
     progress: &BarProgress,
 ) -> Result<Rendered> {
     Ok(match command {
-        Command::Add {
-            dir,
-            name,
-            cache_dir,
-        } => add(registry, &dir, &AddOptions { name, cache_dir }, p, progress)?,
+        Command::Add(args) => add(registry, args, p, progress)?,
         Command::List => emit(p, &registry.list()?, |p, e| render::list(p, e)),
         Command::Show { reference } => emit(p, &registry.show(&reference)?, render::show),
         Command::Lineage {
@@ -162,34 +169,33 @@ fn dispatch(
             gc(registry, &opts, p, progress)?
         }
         Command::Du { references } => du(registry, &references, p)?,
-        Command::Verify { reference, content } => {
-            verify(registry, reference.as_deref(), content, p, progress)?
-        }
+        Command::Verify {
+            reference,
+            signatures: true,
+            trust,
+            ..
+        } => verify_signatures(registry, reference.as_deref(), trust, p)?,
+        Command::Verify {
+            reference, content, ..
+        } => verify(registry, reference.as_deref(), content, p, progress)?,
+        Command::Sign {
+            reference,
+            key,
+            principal,
+        } => sign(registry, &reference, &key, principal.as_deref(), p)?,
         Command::Export(args) => {
             crate::process::interrupt::install();
             export(registry, args, p, progress)?
         }
-        Command::Import {
-            archive,
-            name,
-            max_file_size,
-            allow_shallow,
-        } => {
-            let opts = ImportOptions {
-                name,
-                max_file_bytes: max_file_size,
-                allow_shallow,
-            };
-            import(
-                registry,
-                &ImportSource::from_arg(&archive),
-                &opts,
-                p,
-                progress,
-            )?
+        Command::Import(args) => import(registry, args, p, progress)?,
+        Command::Push(args) => {
+            crate::process::interrupt::install();
+            push(registry, args, p, progress)?
         }
-        Command::Push(args) => push(registry, args, p, progress)?,
-        Command::Pull(args) => pull(registry, args, p, progress)?,
+        Command::Pull(args) => {
+            crate::process::interrupt::install();
+            pull(registry, args, p, progress)?
+        }
         Command::Sql { .. } => unreachable!("handled before the registry is opened"),
         Command::Demo | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the registry root is chosen")
@@ -197,17 +203,41 @@ fn dispatch(
     })
 }
 
-/// `add`, with the hint a shared microsandbox home needs.
+/// `add`, interruptible, with the hint a shared microsandbox home needs.
 fn add(
     registry: &mut Registry,
-    dir: &Path,
-    opts: &AddOptions,
+    args: AddArgs,
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
-    let r = registry.add(dir, opts, progress)?;
+    crate::process::interrupt::install();
+    let opts = AddOptions {
+        name: args.name,
+        cache_dir: args.cache_dir,
+        signatures: args.signature,
+        trust: args.trust.options(),
+    };
+    let r = registry.add(&args.dir, &opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::add))
+}
+
+/// `sign`: the signature on stdout; a key that had already signed is said on stderr.
+fn sign(
+    registry: &mut Registry,
+    reference: &str,
+    key: &Path,
+    principal: Option<&str>,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let r = registry.sign(reference, key, principal)?;
+    if !r.added {
+        eprintln!(
+            "{} ({}) was already signed by key {}; kept that signature",
+            r.name, r.snapshot, r.fingerprint
+        );
+    }
+    Ok(emit(p, &r, render::sign))
 }
 
 /// `rename`, with the hint a shared microsandbox home needs.
@@ -287,16 +317,43 @@ fn verify(
     })
 }
 
+/// `verify --signatures`: the report is printed even when it fails, then exit 5.
+fn verify_signatures(
+    registry: &Registry,
+    reference: Option<&str>,
+    trust: Option<PathBuf>,
+    p: &mut Printer,
+) -> Result<Rendered> {
+    let trusts = match trust {
+        Some(path) => vec![crate::ops::sign::read_trust(&path)?],
+        None => Vec::new(),
+    };
+    let r = registry.verify_signatures(reference, &trusts)?;
+    if r.ok {
+        return Ok(summary(p, &r, render::signatures));
+    }
+    let _ = emit(p, &r, render::signatures).and_then(|()| p.flush());
+    Err(Error::VerifyFailed {
+        problems: r.signatures.iter().filter(|s| s.problem.is_some()).count()
+            + r.chain_problems.len(),
+    })
+}
+
 /// `import`, interruptible, with a warning per carried name that could not be used.
 fn import(
     registry: &mut Registry,
-    source: &ImportSource,
-    opts: &ImportOptions,
+    args: ImportArgs,
     p: &mut Printer,
     progress: &BarProgress,
 ) -> Result<Rendered> {
     crate::process::interrupt::install();
-    let r = registry.import(source, opts, progress)?;
+    let opts = ImportOptions {
+        name: args.name,
+        max_file_bytes: args.max_file_size,
+        allow_shallow: args.allow_shallow,
+        trust: args.trust.options(),
+    };
+    let r = registry.import(&ImportSource::from_arg(&args.archive), &opts, progress)?;
     for f in &r.name_fallbacks {
         eprintln!(
             "warning: {} came named {:?}, but {}; it is named {}",
@@ -384,7 +441,7 @@ fn push(
         with_parents: args.with_parents,
         with_image: args.with_image,
         jobs: usize::from(args.jobs),
-        client: client_options(&target, args.remote)?,
+        client: client_options(&target, args.remote, progress)?,
     };
     let r = registry.push(&args.reference, &target, &opts, progress)?;
     for w in &r.warnings {
@@ -405,7 +462,8 @@ fn pull(
         name: args.name,
         jobs: usize::from(args.jobs),
         max_file_bytes: args.max_file_size,
-        client: client_options(&source, args.remote)?,
+        client: client_options(&source, args.remote, progress)?,
+        trust: args.trust.options(),
     };
     let r = registry.pull(&source, &opts, progress)?;
     p.hint(r.microsandbox_hint.as_deref());
@@ -413,8 +471,13 @@ fn pull(
 }
 
 /// Transport and credentials: `--username` with the password on stdin,
-/// else the docker config's for the registry, else none.
-fn client_options(remote: &RemoteRef, args: RemoteArgs) -> Result<ClientOptions> {
+/// else the docker config's for the registry, else none; the deadline and
+/// retry settings; retries said on stderr, above the bar.
+fn client_options(
+    remote: &RemoteRef,
+    args: RemoteArgs,
+    progress: &BarProgress,
+) -> Result<ClientOptions> {
     let credentials = match args.username {
         Some(username) => {
             use std::io::Read;
@@ -453,5 +516,15 @@ fn client_options(remote: &RemoteRef, args: RemoteArgs) -> Result<ClientOptions>
         insecure: args.insecure,
         ca_cert: args.ca_cert,
         credentials,
+        limits: Limits {
+            timeout: args.timeout.map(Duration::from_secs),
+            stall: Duration::from_secs(args.stall_timeout),
+            min_rate: args.min_rate,
+        },
+        retry: RetryPolicy {
+            retries: args.retries,
+            ..RetryPolicy::default()
+        },
+        notices: Notices::new(progress.notice_printer()),
     })
 }

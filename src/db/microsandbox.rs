@@ -18,6 +18,10 @@
 //!   immutable (no locks, no side files) and the read is kept only if no
 //!   `-wal` appeared and the file did not change meanwhile; else it is
 //!   redone the first way.
+//! - A `-wal` without a `-shm` is what a microsandbox that died leaves (a
+//!   live connection keeps a `-shm`); reading it in place would create the
+//!   `-shm`, so msb.db and its `-wal` are copied to a private temporary
+//!   directory and read there.
 
 use std::path::Path;
 use std::time::Duration;
@@ -84,7 +88,24 @@ fn quiet_read<T>(
             return quiet;
         }
     }
+    if side_file(path, "-shm").symlink_metadata().is_err() {
+        // A -wal without a -shm: the microsandbox that wrote it died, and
+        // SQLite would create the -shm beside it to read the -wal.
+        return read_private_copy(path, read);
+    }
     let conn = open_read_only(path).map_err(|e| Unusable::Unreadable(e.to_string()))?;
+    read(&conn)
+}
+
+/// Read a copy of msb.db and its `-wal` made in a private temporary
+/// directory: every committed row, and nothing created beside msb.db.
+fn read_private_copy<T>(
+    path: &Path,
+    read: impl Fn(&Connection) -> Result<T, Unusable>,
+) -> Result<T, Unusable> {
+    let copy = super::private_copy::PrivateCopy::of(path)
+        .map_err(|e| Unusable::Unreadable(format!("copy {}: {e}", path.display())))?;
+    let conn = open_read_only(copy.path()).map_err(|e| Unusable::Unreadable(e.to_string()))?;
     read(&conn)
 }
 

@@ -6,7 +6,10 @@ pub mod gc;
 pub mod images;
 pub mod imports;
 pub mod microsandbox;
+pub mod private_copy;
 pub mod remote;
+pub mod schema;
+pub mod signatures;
 pub mod snapshots;
 
 use std::path::Path;
@@ -15,6 +18,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::model::error::{Error, Result};
+use private_copy::PrivateCopy;
+use schema::Schema;
 
 pub use images::{CacheFileRow, ImageRow};
 pub use imports::{ImportFileRow, ImportRow, ImportState};
@@ -29,98 +34,157 @@ mod embedded {
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `MSB_REGISTRY_LOCK_TIMEOUT` (seconds), when set: how long any wait for
-/// another msb-registry command lasts before this one gives up.
+/// another msb-registry command lasts before this one gives up. A value
+/// that is not a whole number of seconds is refused by [`check_wait_limit`]
+/// before any command runs.
 pub fn wait_limit() -> Option<Duration> {
-    static LIMIT: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("MSB_REGISTRY_LOCK_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs)
-    })
+    parse_wait_limit().ok().flatten()
+}
+
+/// Refuse (exit 2) a `MSB_REGISTRY_LOCK_TIMEOUT` that is not a whole
+/// number of seconds (`2s`, `abc`, `-1`).
+pub fn check_wait_limit() -> Result<()> {
+    parse_wait_limit().map(drop)
+}
+
+fn parse_wait_limit() -> Result<Option<Duration>> {
+    let Some(value) = std::env::var_os("MSB_REGISTRY_LOCK_TIMEOUT") else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    match text.parse::<u64>() {
+        Ok(secs) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(Duration::from_secs(secs))),
+        _ => Err(Error::Usage(format!(
+            "MSB_REGISTRY_LOCK_TIMEOUT={:?}: expected a whole number of seconds, such as 600",
+            crate::model::text::escape(&text)
+        ))),
+    }
 }
 
 /// A connection to the index.
 pub struct Db {
     conn: Connection,
+    /// The private copy the connection reads, when the index could not be
+    /// read in place (dropped after the connection).
+    _copy: Option<PrivateCopy>,
 }
 
 impl Db {
     /// Open (creating if needed) the index at `path` and bring its schema up to date.
     ///
+    /// The schema history is checked first: a damaged one is corruption, a
+    /// database that is not an msb-registry index is refused untouched, and
+    /// one a newer msb-registry migrated is not written.
     /// The caller serialises first opens of a new registry (see `Registry::open`).
     pub fn open(path: &Path) -> Result<Self> {
+        match Self::open_with(path, false) {
+            Err(Error::Db(e)) if is_shm_storage(&e) => Self::open_with(path, true),
+            other => other,
+        }
+    }
+
+    /// [`Db::open`]; with `exclusive`, in exclusive locking mode, where
+    /// SQLite keeps the WAL index in memory instead of a `-shm` file: for a
+    /// full file system, where the `-shm` cannot be made or grown, so a
+    /// writer (gc) can still open the index to free space. Readers then
+    /// see the lock and read through a private copy or wait.
+    fn open_with(path: &Path, exclusive: bool) -> Result<Self> {
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
+        if exclusive {
+            conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        }
+        if let Schema::Newer { version } = schema::inspect(&conn, path, &known())? {
+            return Err(too_new(&conn, path, version, "write to it"));
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         embedded::migrations::runner()
             .run(&mut conn)
             .map_err(migration_error)?;
-        Ok(Db { conn })
+        let recorded: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if recorded < version_code() {
+            conn.pragma_update(None, "user_version", version_code())?;
+        }
+        Ok(Db { conn, _copy: None })
     }
 
     /// Open an existing index read-only: read commands and user queries.
-    /// Nothing is created; on a root the process cannot write, where
-    /// SQLite cannot make the WAL index, it reads the file as it stands
-    /// (no writer can be at work there).
-    pub fn open_read(path: &Path) -> Result<Self> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)?;
-        configure(&conn)?;
-        conn.pragma_update(None, "query_only", true)?;
-        match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-            r.get::<_, i64>(0)
-        }) {
-            Ok(_) => Ok(Db { conn }),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly
-                ) =>
-            {
-                drop(conn);
-                let uri = format!("file:{}?immutable=1", uri_path(path));
-                let conn = Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
-                configure(&conn)?;
-                conn.pragma_update(None, "query_only", true)?;
-                Ok(Db { conn })
+    /// Nothing is created beside it. Where SQLite cannot read it in place
+    /// (a read-only or full file system, where the `-shm` cannot be made
+    /// or grown) and no process has it open, it is read as immutable, or,
+    /// when its `-wal` holds commits, through a private copy (see
+    /// [`private_copy`]). Returns how its schema stands.
+    pub fn open_read(path: &Path) -> Result<(Self, Schema)> {
+        let in_place = open_read_only(path).and_then(|conn| {
+            let schema = schema::inspect(&conn, path, &known())?;
+            Ok((conn, schema))
+        });
+        match in_place {
+            Ok((conn, schema)) => Ok((Db { conn, _copy: None }, schema)),
+            Err(Error::Db(e)) if cannot_read_in_place(&e) && no_connection_soon(path) => {
+                Self::open_aside(path)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
-    /// Whether migrations this binary embeds are not yet applied.
-    pub fn needs_migration(&self) -> Result<bool> {
-        let latest = embedded::migrations::runner()
-            .get_migrations()
-            .iter()
-            .map(|m| m.version())
-            .max()
-            .unwrap_or(0);
-        let applied: Option<i64> = match self.conn.query_row(
-            "SELECT max(version) FROM refinery_schema_history",
-            [],
-            |r| r.get(0),
-        ) {
-            Ok(v) => v,
-            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
-                None
-            }
-            Err(e) => return Err(e.into()),
+    /// Read the index at `path` without SQLite's shared memory: as
+    /// immutable when it has no `-wal`, else through a private copy of it
+    /// and its `-wal`. Only sound while no process has it open.
+    fn open_aside(path: &Path) -> Result<(Self, Schema)> {
+        let (conn, copy) = if private_copy::has_wal(path) {
+            let copy = PrivateCopy::of(path).map_err(|e| Error::io("copy", path, e))?;
+            (open_read_only(copy.path())?, Some(copy))
+        } else {
+            let uri = format!("file:{}?immutable=1", uri_path(path));
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
+            let conn = Connection::open_with_flags(uri, flags)?;
+            configure(&conn)?;
+            conn.pragma_update(None, "query_only", true)?;
+            (conn, None)
         };
-        Ok(applied.unwrap_or(0) < i64::from(latest))
+        let schema = schema::inspect(&conn, path, &known())?;
+        Ok((Db { conn, _copy: copy }, schema))
+    }
+
+    /// Read an index whose schema is behind without writing it: a private
+    /// copy (with its `-wal`) is migrated and read instead, for readers on
+    /// storage where the index cannot be migrated in place.
+    pub fn open_migrated_copy(path: &Path) -> Result<Self> {
+        let copy = PrivateCopy::of(path).map_err(|e| Error::io("copy", path, e))?;
+        let mut db = Db::open(copy.path())?;
+        db.conn.pragma_update(None, "query_only", true)?;
+        db._copy = Some(copy);
+        Ok(db)
+    }
+
+    /// The refusal to write an index of schema `version`, newer than this
+    /// binary's, naming the msb-registry that migrated it when recorded.
+    pub fn too_new(&self, path: &Path, version: i64) -> Error {
+        too_new(&self.conn, path, version, "write to it")
     }
 
     /// Whether the index file at `path` is damaged: not a database, or
     /// failing SQLite's quick check.
+    /// A damaged schema history counts; a database that is not an
+    /// msb-registry index is refused ([`Error::ForeignIndex`]).
     pub fn is_damaged(path: &Path) -> Result<bool> {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         configure(&conn)?;
         match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
-            Ok(verdict) => Ok(verdict != "ok"),
-            Err(e) if crate::model::error::is_corrupt(&e) => Ok(true),
-            Err(e) => Err(e.into()),
+            Ok(verdict) if verdict != "ok" => return Ok(true),
+            Ok(_) => {}
+            Err(e) if crate::model::error::is_corrupt(&e) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+        match schema::inspect(&conn, path, &known()) {
+            Ok(_) => Ok(false),
+            Err(Error::IndexHistory { .. }) => Ok(true),
+            Err(Error::Db(e)) if crate::model::error::is_corrupt(&e) => Ok(true),
+            Err(e) => Err(e),
         }
     }
 
@@ -129,7 +193,7 @@ impl Db {
         let mut conn = Connection::open_in_memory()?;
         configure(&conn)?;
         embedded::migrations::runner().run(&mut conn)?;
-        Ok(Db { conn })
+        Ok(Db { conn, _copy: None })
     }
 
     /// The raw connection, for read queries in this module's children.
@@ -158,6 +222,75 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
+}
+
+/// The migrations this binary embeds.
+fn known() -> Vec<schema::Known> {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| (i64::from(m.version()), m.name().to_string(), m.checksum()))
+        .collect()
+}
+
+/// This binary's version as a number for `PRAGMA user_version`
+/// (major, minor and patch, three decimal digits each), which records the
+/// newest msb-registry that opened the index for writing.
+fn version_code() -> i64 {
+    let part = |s: &str| s.parse::<i64>().unwrap_or(0).min(999);
+    let mut parts = env!("CARGO_PKG_VERSION").split(['.', '-']);
+    let mut code = 0;
+    for _ in 0..3 {
+        code = code * 1000 + parts.next().map(part).unwrap_or(0);
+    }
+    code
+}
+
+fn too_new(conn: &Connection, path: &Path, version: i64, what: &'static str) -> Error {
+    let writer = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .ok()
+        .filter(|&v| v > 0)
+        .map(|v| {
+            format!(
+                "msb-registry {}.{}.{}",
+                v / 1_000_000,
+                v / 1000 % 1000,
+                v % 1000
+            )
+        });
+    Error::IndexTooNew {
+        db: path.to_path_buf(),
+        version,
+        known: known().iter().map(|k| k.0).max().unwrap_or(0),
+        writer,
+        what,
+    }
+}
+
+/// A read-only connection to `path`, refusing writes.
+fn open_read_only(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    configure(&conn)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// An error making, growing or mapping the `-shm` file: on a writable
+/// file system, only a full one causes it.
+pub fn is_shm_storage(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::{SQLITE_IOERR_SHMMAP, SQLITE_IOERR_SHMOPEN, SQLITE_IOERR_SHMSIZE};
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.extended_code, SQLITE_IOERR_SHMMAP | SQLITE_IOERR_SHMOPEN | SQLITE_IOERR_SHMSIZE))
+}
+
+/// Errors of a read-only open that mean SQLite could not make or map the
+/// `-shm` beside the index: a read-only or full file system.
+fn cannot_read_in_place(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, CannotOpen | ReadOnly | DiskFull | SystemIoFailure))
 }
 
 /// A migration that failed because the index is corrupt is reported as
@@ -190,6 +323,19 @@ fn uri_path(path: &Path) -> String {
         }
     }
     out
+}
+
+/// Wait (as for another writer, up to the same limit) until no process
+/// has the index at `path` open; `false` when one still has.
+fn no_connection_soon(path: &Path) -> bool {
+    let mut attempts = 0;
+    while private_copy::connection_live(path) {
+        if !wait_for_writer(attempts) {
+            return false;
+        }
+        attempts += 1;
+    }
+    true
 }
 
 /// How often a connection waiting for another writer retries.
@@ -254,7 +400,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db");
         Db::open(&path).unwrap();
-        let db = Db::open_read(&path).unwrap();
+        let (db, _) = Db::open_read(&path).unwrap();
         assert!(db.conn().execute("DELETE FROM snapshots", []).is_err());
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::db::{self, Db, ImportState, now_unix};
 use crate::model::error::{Error, IoContext, Result};
-use crate::store::files::remove_dir_if_exists;
+use crate::store::files::{open_lock, remove_dir_if_exists};
 use crate::store::layout::Layout;
 
 /// A live import's lease: its id, its held lock and its staging directory.
@@ -73,10 +73,8 @@ impl Lease {
     /// or gc cleared it first.
     pub fn adopt(layout: &Layout, db: &Db, id: &str) -> Result<Option<Lease>> {
         let lock_path = layout.import_lock(id);
-        let lock = match File::options().write(true).open(&lock_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("open", lock_path, e)),
+        let Some(lock) = open_lock(&lock_path, false)? else {
+            return Ok(None);
         };
         match lock.try_lock() {
             Ok(()) => {}
@@ -138,10 +136,8 @@ impl Lease {
 /// Whether the import `id` is live (its lock is held by some process).
 pub fn is_live(layout: &Layout, id: &str) -> Result<bool> {
     let path = layout.import_lock(id);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io("open", path, e)),
+    let Some(file) = open_lock(&path, false)? else {
+        return Ok(false);
     };
     match file.try_lock() {
         Ok(()) => Ok(false),
@@ -163,12 +159,8 @@ pub struct DeadLease {
 /// waiting and keep it until the guard drops. `None` when it is live.
 pub fn claim_dead(layout: &Layout, id: &str) -> Result<Option<DeadLease>> {
     let path = layout.import_lock(id);
-    let file = match File::options().write(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Some(DeadLease { _lock: None }));
-        }
-        Err(e) => return Err(Error::io("open", path, e)),
+    let Some(file) = open_lock(&path, false)? else {
+        return Ok(Some(DeadLease { _lock: None }));
     };
     match file.try_lock() {
         Ok(()) => {}

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::db;
-use crate::model::error::{Error, IoContext, Result};
+use crate::model::error::{Error, Result};
+use crate::store::files::open_lock;
 use crate::store::layout::Layout;
 
 /// The exclusive registry lock; released on drop. A lock [`RegistryLock::within`]
@@ -36,12 +37,8 @@ const LOCK_NOTICE_AFTER: Duration = Duration::from_secs(1);
 /// (saying so on stderr after a second, giving up after [`lock_timeout`]).
 pub fn lock_exclusive(layout: &Layout) -> Result<RegistryLock> {
     let path = layout.lock_file();
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .at("open", &path)?;
+    let file = open_lock(&path, true)?
+        .ok_or_else(|| Error::io("open", &path, std::io::ErrorKind::NotFound.into()))?;
     wait_for_lock(&file, &path)?;
     Ok(RegistryLock(Some(file)))
 }

@@ -32,6 +32,9 @@ pub mod exit {
     pub const REMOTE: i32 = 8;
     /// A remote registry refused our credentials (or asked for some we lack).
     pub const AUTH: i32 = 9;
+    /// A signature refused, or a trust policy not met: a snapshot without a
+    /// valid signature by an allowed principal. Nothing was installed.
+    pub const SIGNATURE: i32 = 10;
 }
 
 /// Placeholder member of a refusal about the whole archive, replaced by its
@@ -223,6 +226,64 @@ pub enum Error {
         artifacts: String,
     },
 
+    /// The index's schema history is damaged: what `reindex` repairs.
+    #[error(
+        "the index {} is corrupt: {detail} (`msb-registry reindex` moves it aside and rebuilds the index from the files)",
+        db.display()
+    )]
+    IndexHistory {
+        /// `registry.db`.
+        db: PathBuf,
+        /// What is wrong with the history.
+        detail: String,
+    },
+
+    /// `registry.db` is an SQLite database some other program wrote: it is
+    /// neither read nor migrated.
+    #[error(
+        "{} is not an msb-registry index: {detail}; nothing was changed (move it away, or choose another --root)",
+        db.display()
+    )]
+    ForeignIndex {
+        /// `registry.db`.
+        db: PathBuf,
+        /// What it holds instead.
+        detail: String,
+    },
+
+    /// `registry.db` exists but is not a regular file.
+    #[error(
+        "the index {} is {kind}, not a file; move it away, then `msb-registry reindex` rebuilds the index from the files",
+        db.display()
+    )]
+    IndexNotFile {
+        /// `registry.db`.
+        db: PathBuf,
+        /// "a directory", "a FIFO" …
+        kind: &'static str,
+    },
+
+    /// The index was written by a newer msb-registry, with migrations this
+    /// binary does not know: reads go on where the schema allows, writes are refused.
+    #[error(
+        "the index {} was written by a newer msb-registry{} (schema V{version}); this is msb-registry {}, which knows the schema up to V{known}: upgrade msb-registry to {what}",
+        db.display(),
+        writer.as_deref().map(|w| format!(" ({w})")).unwrap_or_default(),
+        env!("CARGO_PKG_VERSION")
+    )]
+    IndexTooNew {
+        /// `registry.db`.
+        db: PathBuf,
+        /// The highest schema version applied.
+        version: i64,
+        /// The highest version this binary embeds.
+        known: i64,
+        /// The version of msb-registry that last migrated it, when recorded.
+        writer: Option<String>,
+        /// What was refused ("write to it", "read it").
+        what: &'static str,
+    },
+
     /// The registry lock stayed held by another command past the timeout.
     #[error("{} is still held by another msb-registry command after {waited_secs} s; retry when it ends", path.display())]
     LockTimeout {
@@ -275,6 +336,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A signature that is malformed or does not verify, or a snapshot a
+    /// trust policy requires signed that no allowed principal signed.
+    #[error("signature refused: {subject}: {detail}")]
+    Signature {
+        /// The snapshot digest, signature member or file concerned.
+        subject: String,
+        /// What is missing or wrong.
+        detail: String,
+    },
+
     /// A failpoint fired (crash-injection testing only).
     #[error("failpoint {0} fired")]
     Failpoint(String),
@@ -307,10 +378,15 @@ impl Error {
             | Error::RemoteRejected { .. } => exit::REJECTED,
             Error::Remote { .. } => exit::REMOTE,
             Error::RemoteAuth { .. } => exit::AUTH,
+            Error::Signature { .. } => exit::SIGNATURE,
             Error::ReadOnlySql(_) => exit::USAGE,
             Error::Interrupted { signal, .. } => 128 + signal,
             Error::NoRegistry { .. } => exit::NOT_FOUND,
-            Error::IndexLost { .. } => exit::INTEGRITY,
+            Error::IndexLost { .. }
+            | Error::IndexHistory { .. }
+            | Error::ForeignIndex { .. }
+            | Error::IndexNotFile { .. } => exit::INTEGRITY,
+            Error::IndexTooNew { .. } => exit::USAGE,
             Error::LockTimeout { .. } => exit::CONFLICT,
             Error::Db(e) if is_corrupt(e) || is_bad_value(e) => exit::INTEGRITY,
             Error::Db(rusqlite::Error::SqliteFailure(f, _))
@@ -329,6 +405,12 @@ impl Error {
     /// what `reindex` repairs by rebuilding it.
     pub fn is_damaged_index(&self) -> bool {
         matches!(self, Error::Db(e) if is_corrupt(e) || is_bad_value(e))
+            || matches!(self, Error::IndexHistory { .. })
+    }
+
+    /// Whether a file-system operation was refused for want of permission.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
     }
 
     /// Whether the file system refused a write for want of space or
@@ -342,10 +424,7 @@ impl Error {
                     StorageFull | QuotaExceeded | ReadOnlyFilesystem
                 )
             }
-            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => matches!(
-                e.code,
-                rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly
-            ),
+            Error::Db(e) => is_storage_refusal(e),
             _ => false,
         }
     }
@@ -452,6 +531,14 @@ impl Error {
         }
     }
 
+    /// Shorthand for an [`Error::Signature`] about `subject`.
+    pub fn signature(subject: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Signature {
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+
     /// Shorthand for an [`Error::Conflict`] about `subject`.
     pub fn conflict(subject: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Conflict {
@@ -483,12 +570,23 @@ pub fn is_bad_value(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// SQLite could not write for want of space or because the file system
+/// (or the index) is read-only; growing the `-shm` fails only for space.
+fn is_storage_refusal(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::{SQLITE_IOERR_SHMMAP, SQLITE_IOERR_SHMSIZE};
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::ReadOnly)
+            || matches!(f.extended_code, SQLITE_IOERR_SHMMAP | SQLITE_IOERR_SHMSIZE))
+}
+
 fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
     if is_corrupt(e) {
         " is corrupt (`msb-registry reindex` moves it aside and rebuilds the index from the files)"
     } else if matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy)
     {
         " stayed busy: another msb-registry command kept writing it; retry when it ends"
+    } else if is_storage_refusal(e) {
+        " could not be written: the file system is full or read-only; free space (or remount) and retry"
     } else if is_bad_value(e) {
         " holds a value the registry cannot have written (`msb-registry reindex` rebuilds the index from the files)"
     } else {

@@ -16,6 +16,7 @@ use crate::model::manifest::{
 };
 use crate::ops::install::install;
 use crate::ops::registry::Registry;
+use crate::ops::sign::{Arriving, TrustOptions, admit, read_signature_files};
 use crate::process::progress::Progress;
 use crate::store::files::{read_limited, read_logical};
 use crate::store::layout::SnapshotName;
@@ -29,6 +30,10 @@ pub struct AddOptions {
     pub name: Option<String>,
     /// A microsandbox cache directory to take the pinned image's artifacts from.
     pub cache_dir: Option<PathBuf>,
+    /// Armored signatures of the snapshot to record with it.
+    pub signatures: Vec<PathBuf>,
+    /// Which signatures the snapshot must carry.
+    pub trust: TrustOptions,
 }
 
 /// What `add` did.
@@ -106,9 +111,21 @@ impl Registry {
                 &parsed.digest,
             )?,
         };
+        self.clear_dead_staging()?;
         let (layout, db) = self.parts();
         let mut lease = Lease::acquire(layout, db, &dir.display().to_string())?;
-        let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
+        let mut result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
+        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
+            let staging = lease.staging();
+            *cleaned = format!(
+                "removed this add's staging {} ({} bytes on disk); the registry is unchanged",
+                staging
+                    .strip_prefix(self.layout().root())
+                    .unwrap_or(staging)
+                    .display(),
+                crate::store::files::tree_allocated_bytes(staging)
+            );
+        }
         let (state, message) = match &result {
             Ok(_) => (ImportState::Done, None),
             Err(e) => (ImportState::Failed, Some(e.with_causes())),
@@ -128,6 +145,14 @@ impl Registry {
         opts: &AddOptions,
         progress: &dyn Progress,
     ) -> Result<AddReport> {
+        let trusts = self.trust_policy(&opts.trust)?;
+        let signatures = read_signature_files(&opts.signatures)?;
+        let arriving = Arriving {
+            digest: parsed.digest,
+            parent: parsed.manifest.parent,
+            signatures: &signatures,
+        };
+        let signatures = admit(self.db().conn(), &trusts, &[arriving])?;
         db::imports::insert_pin(
             self.db().conn(),
             lease.id(),
@@ -138,7 +163,10 @@ impl Registry {
         let mut journal = Vec::new();
         let snapshot =
             self.stage_snapshot(lease, &sources, &parsed, &name, progress, &mut journal)?;
-        let mut set = StagedSet::default();
+        let mut set = StagedSet {
+            signatures,
+            ..StagedSet::default()
+        };
         if let Some(cache_dir) = &opts.cache_dir {
             self.stage_cache(lease, cache_dir, &parsed, progress, &mut journal, &mut set)?;
         }
@@ -149,6 +177,7 @@ impl Registry {
             tx.commit()?;
         }
         crate::process::failpoint::hit(crate::process::failpoint::ADD_STAGED)?;
+        crate::process::interrupt::check()?;
         let bytes = snapshot.files.iter().map(|f| f.size).sum();
         let file_count = snapshot.files.len();
         set.snapshots.push(snapshot);
@@ -360,6 +389,7 @@ fn copy_into(
         out = out.chunked();
     }
     read_logical(&file, len, src, |piece| {
+        crate::process::interrupt::check()?;
         progress.advance(match piece {
             crate::store::files::Piece::Data(d) => d.len() as u64,
             crate::store::files::Piece::Zeros(n) => n,

@@ -163,6 +163,7 @@ fn build_chain(
         let opts = AddOptions {
             name: Some(name.to_string()),
             cache_dir: (i == 0).then(|| cache_dir.clone()),
+            ..AddOptions::default()
         };
         source.add(&snapshot_dir, &opts, progress)?;
     }

@@ -31,7 +31,7 @@ use crate::model::error::{Error, IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::store::files::{CHUNK, changed_at, fsync_dir, start_writeback};
-use plan::{ExportPlan, PlannedFile, Selection};
+use plan::{ExportPlan, PlannedFile, PlannedSignature, Selection};
 
 /// Compression level used when none is given.
 pub const DEFAULT_LEVEL: i32 = 3;
@@ -163,6 +163,7 @@ impl Registry {
         }
         let files = Files {
             planned: &plan.files,
+            signatures: if opts.dense { &[] } else { &plan.signatures },
             total,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -202,6 +203,7 @@ fn report(plan: ExportPlan, target: &ExportTarget, bytes: u64) -> ExportReport {
 /// time as they are written.
 struct Files<'a> {
     planned: &'a [PlannedFile],
+    signatures: &'a [PlannedSignature],
     total: u64,
 }
 
@@ -327,7 +329,7 @@ fn remove_stale_partials(dir: &Path, prefix: &str) {
             continue;
         }
         let path = entry.path();
-        let Ok(file) = File::open(&path) else {
+        let Ok(file) = crate::store::files::open_regular(&path) else {
             continue;
         };
         let now = crate::db::now_unix();
@@ -373,6 +375,9 @@ async fn write_archive<W: AsyncWrite + Unpin + Send>(
     let mut writer = MemberWriter::new(sink, out_name, opts.dense, progress);
     for p in files.planned {
         writer.member(&OpenedFile::open(p)?).await?;
+    }
+    for s in files.signatures {
+        writer.small(&s.member, &s.bytes, s.mtime).await?;
     }
     writer.finish().await?;
     progress.finish();

@@ -30,11 +30,13 @@ use crate::model::image::CacheFile;
 use crate::model::manifest::{Integrity, Manifest};
 use crate::ops::install::install;
 use crate::ops::registry::Registry;
+use crate::ops::sign::{Arriving, TrustOptions, admit};
 use crate::process::failpoint;
 use crate::process::progress::Progress;
 use crate::store::files::{CHUNK, Piece, tree_allocated_bytes};
 use crate::store::layout::{Layout, SnapshotName};
 use crate::store::stage::{PROGRESS_STEP, StagedBytes, StagingFile};
+use crate::trust::sshsig::Signature;
 
 pub use crate::archive::import_source::ImportSource;
 
@@ -53,6 +55,8 @@ pub struct ImportOptions {
     /// archive nor in the registry (the snapshots land shallow); refused
     /// otherwise, naming the missing base.
     pub allow_shallow: bool,
+    /// Which signatures the snapshots must carry.
+    pub trust: TrustOptions,
 }
 
 /// What `import` did.
@@ -137,6 +141,7 @@ impl Registry {
         opts: &ImportOptions,
         progress: &dyn Progress,
     ) -> Result<ImportReport> {
+        let trusts = self.trust_policy(&opts.trust)?;
         let layout = self.layout().clone();
         let streamed = self.stream(lease, source, opened, opts, progress)?;
         failpoint::hit(failpoint::IMPORT_STREAMED)?;
@@ -153,7 +158,17 @@ impl Registry {
         record(self, lease, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
-        let checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
+        let mut checked: CheckedSet = check::verify(&layout, &streamed, &names)?;
+        let arriving: Vec<Arriving> = streamed
+            .snapshots
+            .iter()
+            .map(|s| Arriving {
+                digest: s.parsed.digest,
+                parent: s.parsed.manifest.parent,
+                signatures: &s.signatures,
+            })
+            .collect();
+        checked.set.signatures = admit(self.db().conn(), &trusts, &arriving)?;
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
         crate::process::interrupt::check()?;
 
@@ -421,7 +436,11 @@ impl Stager<'_> {
                 Member::Root
                 | Member::SnapshotDir { .. }
                 | Member::CacheDir
-                | Member::CacheKindDir(_) => {}
+                | Member::CacheKindDir(_)
+                | Member::SignaturesDir { .. } => {}
+                Member::Signature { prefix, .. } => {
+                    self.signature(reader, member_path, prefix, size).await?;
+                }
                 Member::SnapshotFile { prefix, file } if file == MANIFEST_FILE => {
                     let carried = header.comment.as_deref().and_then(carried_name);
                     let carried = carried.map(<[u8]>::to_vec);
@@ -503,8 +522,59 @@ impl Stager<'_> {
                 },
             )],
             carried_name,
+            signatures: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Read a signature member (at most 8 KiB, checked at the header) into
+    /// memory; it must follow its snapshot's manifest and be the only one
+    /// of its key for that snapshot.
+    async fn signature(
+        &mut self,
+        reader: &mut Reader,
+        member: String,
+        prefix: String,
+        size: u64,
+    ) -> Result<()> {
+        let index = self.by_prefix.get(&prefix).copied();
+        manifest_first(&prefix, index.is_some()).map_err(|r| r.of(&member))?;
+        let index = index.expect("checked by manifest_first");
+        let bytes = self.small(reader, &member, size).await?;
+        let parsed = Signature::parse(&bytes).map_err(|why| Error::signature(&member, why))?;
+        let snapshot = &mut self.streamed.snapshots[index];
+        if let Some((first, _)) = snapshot
+            .signatures
+            .iter()
+            .find(|(_, s)| s.fingerprint == parsed.fingerprint)
+        {
+            return Err(Error::signature(
+                &member,
+                format!(
+                    "a second signature by key {} of {} (the first is {first})",
+                    parsed.fingerprint, snapshot.parsed.digest
+                ),
+            ));
+        }
+        snapshot.signatures.push((member, parsed));
+        Ok(())
+    }
+
+    /// The whole data of a member whose size the grammar bounded.
+    async fn small(&mut self, reader: &mut Reader, member: &str, size: u64) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; size as usize];
+        let mut filled = 0;
+        while let Some(chunk) = reader
+            .read_data(&mut bytes[filled..])
+            .await
+            .map_err(|e| Error::rejected(member, e.to_string()))?
+        {
+            match chunk {
+                Chunk::Data(n) => filled += n,
+                Chunk::Zeros(n) => filled += n as usize,
+            }
+        }
+        Ok(bytes)
     }
 
     async fn snapshot_file(

@@ -209,6 +209,9 @@ fn insert_rows(conn: &Connection, set: &StagedSet, planned: &Plan, now: i64) -> 
         let c = &set.cache_files[i];
         db::images::insert_cache_file(conn, &c.file, c.size, &c.digest, now)?;
     }
+    for s in &set.signatures {
+        db::signatures::insert_signature(conn, s)?;
+    }
     for (meta, reference) in &set.images {
         db::images::insert_image(
             conn,

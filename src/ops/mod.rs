@@ -17,4 +17,5 @@ pub mod registry;
 pub mod reindex;
 pub mod remove;
 pub mod rename;
+pub mod sign;
 pub mod verify;

@@ -34,6 +34,30 @@ pub struct ListEntry {
     pub labels: BTreeMap<String, String>,
     /// The parent is named but absent from the registry.
     pub shallow: bool,
+    /// Who signed it (`sign`, or signatures an import or pull brought).
+    pub signers: Vec<Signer>,
+}
+
+/// One signature of a snapshot, as `list` and `show` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Signer {
+    /// The signer's principal, when `sign --principal` named it or a trust
+    /// file matched it; null otherwise.
+    pub principal: Option<String>,
+    /// `SHA256:<base64>` of the signing key.
+    pub fingerprint: String,
+    /// Unix seconds when the signature entered this registry.
+    pub created: i64,
+}
+
+impl From<db::signatures::SignatureRow> for Signer {
+    fn from(r: db::signatures::SignatureRow) -> Self {
+        Signer {
+            principal: r.principal,
+            fingerprint: r.fingerprint,
+            created: r.created,
+        }
+    }
 }
 
 /// What `show` prints.
@@ -54,6 +78,8 @@ pub struct ShowReport {
     pub image_cached: bool,
     /// Whether the root is a microsandbox home (`db/msb.db` or `sandboxes/`).
     pub shared_home: bool,
+    /// Who signed it.
+    pub signers: Vec<Signer>,
 }
 
 /// One row of `lineage`.
@@ -128,6 +154,10 @@ impl Registry {
         let conn = self.db().conn();
         let rows = db::snapshots::all_snapshots(conn)?;
         let present: std::collections::HashSet<Digest> = rows.iter().map(|r| r.digest).collect();
+        let mut signers: std::collections::HashMap<Digest, Vec<Signer>> = Default::default();
+        for s in db::signatures::all_signatures(conn)? {
+            signers.entry(s.snapshot).or_default().push(s.into());
+        }
         let mut rows: Vec<(Option<i128>, SnapshotRow)> = rows
             .into_iter()
             .map(|r| (crate::model::manifest::unix_nanos(&r.created_at), r))
@@ -139,6 +169,7 @@ impl Registry {
             .map(|r| ListEntry {
                 allocated_bytes: self.allocated(&r.name),
                 shallow: r.parent.is_some_and(|p| !present.contains(&p)),
+                signers: signers.remove(&r.digest).unwrap_or_default(),
                 digest: r.digest,
                 name: r.name,
                 parent: r.parent,
@@ -178,6 +209,10 @@ impl Registry {
             image_cached: db::images::image_by_digest(conn, &snapshot.image_manifest_digest)?
                 .is_some(),
             shared_home: self.layout().is_shared_home(),
+            signers: db::signatures::signatures_of(conn, &snapshot.digest)?
+                .into_iter()
+                .map(Signer::from)
+                .collect(),
             snapshot,
         })
     }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::db::schema::Schema;
 use crate::db::{self, Db, SnapshotRow};
 use crate::journal::{self, RegistryLock, lock::lock_exclusive};
 use crate::model::digest::{Digest, is_lower_hex};
@@ -39,8 +40,10 @@ impl Registry {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
+        check_index_is_file(&layout)?;
         check_index_present(&layout)?;
         check_not_foreign(&layout)?;
+        probe_index(&layout, false)?;
         Self::open_writable(layout)
     }
 
@@ -65,26 +68,35 @@ impl Registry {
     /// snapshot while writers work), and a read-only root works. A root
     /// without an index is exit 3, or exit 5 when artifacts show the index
     /// was lost. An index whose schema is behind is brought up to date
-    /// through a writable open first.
+    /// through a writable open first, or, where it cannot be written
+    /// (read-only or full storage), read through a migrated private copy.
     pub fn open_read(root: impl Into<PathBuf>) -> Result<Self> {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
+        check_index_is_file(&layout)?;
         check_index_present(&layout)?;
         if !layout.db().is_file() {
             return Err(Error::NoRegistry {
                 root: layout.root().to_path_buf(),
             });
         }
-        let db = Db::open_read(&layout.db())?;
-        if db.needs_migration()? {
-            drop(db);
-            return Self::open_writable(layout);
+        let (db, schema) = Db::open_read(&layout.db())?;
+        if !matches!(schema, Schema::Behind | Schema::New) {
+            return Ok(Registry {
+                layout,
+                db,
+                held: None,
+            });
         }
-        Ok(Registry {
-            layout,
-            db,
-            held: None,
-        })
+        drop(db);
+        match Self::open_writable(layout.clone()) {
+            Err(e) if e.is_storage() || e.is_permission_denied() => Ok(Registry {
+                db: Db::open_migrated_copy(&layout.db())?,
+                layout,
+                held: None,
+            }),
+            other => other,
+        }
     }
 
     /// Open for `reindex`. A healthy index is opened as usual. Otherwise
@@ -100,7 +112,9 @@ impl Registry {
     pub fn open_for_reindex(root: impl Into<PathBuf>, rebuild: bool) -> Result<(Self, Rebuild)> {
         let layout = Layout::new(root);
         check_root_is_directory(&layout)?;
+        check_index_is_file(&layout)?;
         check_not_foreign(&layout)?;
+        probe_index(&layout, true)?;
         for dir in layout.dirs() {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         }
@@ -204,6 +218,14 @@ impl Registry {
         }
     }
 
+    /// Clear what `add`s and imports that died while staging left (their
+    /// staging directory and lock; their journal row is marked failed):
+    /// every writer but gc (which reports what it clears) does this first.
+    pub fn clear_dead_staging(&mut self) -> Result<usize> {
+        let (layout, db) = self.parts();
+        journal::lease::clear_dead_staging(layout, db)
+    }
+
     /// Find a snapshot by name, full digest, or unique hex prefix of at least
     /// eight digits (with or without `sha256:`).
     pub fn resolve(&self, reference: &str) -> Result<SnapshotRow> {
@@ -244,6 +266,68 @@ impl Registry {
                     })
                     .collect::<Result<_>>()?,
             }),
+        }
+    }
+}
+
+/// A root with no index before a writing command opens it: when the
+/// command fails, [`FreshRoot::undo`] takes back the empty registry it
+/// created, so a typo'd `--root` given to a failing `rm`, `rename` or
+/// `import` leaves no registry behind.
+pub struct FreshRoot {
+    layout: Layout,
+    /// The directories (the root included) that did not exist, parents first.
+    missing: Vec<PathBuf>,
+}
+
+impl FreshRoot {
+    /// Note what is missing at `root`; `None` when it already has an index.
+    pub fn note(root: &Path) -> Option<FreshRoot> {
+        let layout = Layout::new(root);
+        if layout.db().symlink_metadata().is_ok() {
+            return None;
+        }
+        let missing = layout
+            .dirs()
+            .into_iter()
+            .filter(|d| d.symlink_metadata().is_err())
+            .collect();
+        Some(FreshRoot { layout, missing })
+    }
+
+    /// After the command failed: when every directory it created is still
+    /// empty (nothing was installed or staged), remove the index, its side
+    /// files and the lock it made, then those directories. Anything else
+    /// found there is kept, and so is everything when it is not empty.
+    pub fn undo(self) {
+        let Ok(Some(lock)) = crate::store::files::open_lock(&self.layout.lock_file(), false) else {
+            return;
+        };
+        if lock.try_lock().is_err() {
+            return;
+        }
+        let holds_only_created = |d: &Path| {
+            std::fs::read_dir(d).is_ok_and(|entries| {
+                entries
+                    .into_iter()
+                    .all(|e| e.is_ok_and(|e| self.missing.contains(&e.path())))
+            })
+        };
+        let root = self.layout.root();
+        if !self
+            .missing
+            .iter()
+            .filter(|d| d.as_path() != root)
+            .all(|d| holds_only_created(d))
+        {
+            return;
+        }
+        for file in Layout::with_companions(&self.layout.db()) {
+            let _ = std::fs::remove_file(file);
+        }
+        let _ = std::fs::remove_file(self.layout.lock_file());
+        for dir in self.missing.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -309,6 +393,49 @@ fn move_aside(layout: &Layout) -> Result<PathBuf> {
     }
     crate::store::files::fsync_dir(layout.root())?;
     Ok(aside)
+}
+
+/// Before a writer creates anything: an existing index that is not ours
+/// is refused, one a newer msb-registry migrated is not written, and
+/// (unless `damage_ok`, for reindex) a damaged schema history is corruption.
+fn probe_index(layout: &Layout, damage_ok: bool) -> Result<()> {
+    if index_state(layout).is_some() {
+        return Ok(());
+    }
+    match Db::open_read(&layout.db()) {
+        Ok((db, Schema::Newer { version })) => Err(db.too_new(&layout.db(), version)),
+        Ok(_) => Ok(()),
+        Err(e @ Error::ForeignIndex { .. }) => Err(e),
+        Err(e @ Error::IndexHistory { .. }) if !damage_ok => Err(e),
+        // Other damage is for the writable open to report, or reindex to repair.
+        Err(_) => Ok(()),
+    }
+}
+
+/// An index that exists must be a regular file (a symbolic link to one
+/// is followed): a directory or a FIFO there is damage nothing moves aside
+/// by itself, and a FIFO would make SQLite wait forever.
+fn check_index_is_file(layout: &Layout) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(layout.db()) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    let kind = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    };
+    Err(Error::IndexNotFile {
+        db: layout.db(),
+        kind,
+    })
 }
 
 /// A root that exists must be a directory (a missing one is created by the

@@ -50,6 +50,7 @@ impl Registry {
     /// ([`crate::journal::recover`]), so the name is free again at once.
     pub fn remove_all(&mut self, references: &[String], force: bool) -> Result<Vec<RemoveReport>> {
         let _lock = self.lock()?;
+        self.clear_dead_staging()?;
         let mut rows = Vec::new();
         for reference in references {
             let row = self.resolve(reference)?;

@@ -35,6 +35,7 @@ impl Registry {
     pub fn rename(&mut self, reference: &str, new_name: &str) -> Result<RenameReport> {
         let new = SnapshotName::chosen(new_name)?;
         let _lock = self.lock()?;
+        self.clear_dead_staging()?;
         let row = self.resolve(reference)?;
         new.impersonation(&row.digest)?;
         let report = |name: String| RenameReport {

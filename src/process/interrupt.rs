@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM during `import` and `export`: the binary turns them
+//! SIGINT and SIGTERM during `import`, `export`, `push` and `pull`: the binary turns them
 //! into a flag ([`install`]); the long loops poll it ([`check`], [`wait`])
 //! and fail with [`Error::Interrupted`], so the ordinary failure path
 //! removes what the process created (an import's staging, an export's

@@ -2,6 +2,7 @@
 //! progress events, the interrupt flag set by SIGINT/SIGTERM, and the
 //! failpoints the crash tests arm.
 
+pub(crate) mod budget;
 #[doc(hidden)]
 pub mod failpoint;
 pub(crate) mod interrupt;

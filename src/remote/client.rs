@@ -5,9 +5,8 @@
 //! the registry is bounded and every blob digest-checked as it streams; an
 //! error names the registry and what it said, never a credential.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +14,16 @@ use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHEN
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
+mod auth;
+mod body;
+
+use self::auth::AuthState;
+use self::body::{
+    BodyFail, chain, content_length, error_text, file_stream, pieces, read_body, res_digest_header,
+};
 use super::credentials::Credentials;
+use super::deadline::{Activity, Cut, Deadline, Limits};
+use super::retry::{Fail, RetryPolicy, is_transient, jitter, retry_after};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 
@@ -28,12 +36,50 @@ pub struct ClientOptions {
     pub ca_cert: Option<std::path::PathBuf>,
     /// What to authenticate with.
     pub credentials: Credentials,
+    /// The overall timeout and the minimum rate of every attempt.
+    pub limits: Limits,
+    /// When and how often a failed request is tried again.
+    pub retry: RetryPolicy,
+    /// Where the one-line notice of each retry goes.
+    pub notices: Notices,
+}
+
+/// A receiver of one-line notices (each retry); the library prints
+/// nothing itself.
+#[derive(Clone, Default)]
+pub struct Notices(Option<Arc<Say>>);
+
+/// What a notice is handed to.
+type Say = dyn Fn(&str) + Send + Sync;
+
+impl Notices {
+    /// Notices passed to `say`.
+    pub fn new(say: impl Fn(&str) + Send + Sync + 'static) -> Notices {
+        Notices(Some(Arc::new(say)))
+    }
+
+    fn say(&self, line: &str) {
+        if let Some(say) = &self.0 {
+            say(line);
+        }
+    }
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Notices"
+        } else {
+            "NoNotices"
+        })
+    }
 }
 
 /// The largest error body or token response read.
 const MAX_SMALL_BODY: u64 = 64 * 1024;
-/// Attempts for a request that fails to connect or is cut off.
-const ATTEMPTS: u32 = 3;
+/// The pieces a body is sent in: small, so that progress is seen at a
+/// finer grain than `--min-rate` × `--stall-timeout` bytes.
+const PIECE: usize = 16 * 1024;
 
 /// Whether a request may push or only pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,23 +90,6 @@ pub enum Access {
     Push,
 }
 
-#[derive(Debug, Clone, Default)]
-enum Scheme {
-    #[default]
-    Unknown,
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
-}
-
-#[derive(Default)]
-struct AuthState {
-    scheme: Scheme,
-    tokens: HashMap<String, String>,
-}
-
 /// A client of one registry.
 pub struct Client {
     http: reqwest::Client,
@@ -68,6 +97,9 @@ pub struct Client {
     registry: String,
     credentials: Credentials,
     auth: Mutex<AuthState>,
+    deadline: Deadline,
+    retry: RetryPolicy,
+    notices: Notices,
 }
 
 /// What a HEAD found.
@@ -79,32 +111,33 @@ pub struct Found {
     pub size: u64,
 }
 
+/// A part of a blob to read: `len` bytes from `start` of the `size`.
+struct Span<'a> {
+    repository: &'a str,
+    digest: &'a Digest,
+    size: u64,
+    start: u64,
+    len: u64,
+    /// The whole blob, asked for without a Range until part of it is read.
+    whole: bool,
+    subject: &'a str,
+}
+
 impl Client {
-    /// A client of `registry` (`host[:port]`).
+    /// A client of `registry` (`host[:port]`, or `docker.io` for Docker
+    /// Hub, reached at its API host); the `--timeout` starts now.
     pub fn new(registry: &str, opts: &ClientOptions) -> Result<Client> {
         let scheme = if opts.insecure { "http" } else { "https" };
-        let base = Url::parse(&format!("{scheme}://{registry}/"))
+        let host = super::reference::api_host(registry);
+        let base = Url::parse(&format!("{scheme}://{host}/"))
             .map_err(|e| Error::Usage(format!("registry {registry}: {e}")))?;
+        // Read stalls are the deadline's business (a window per attempt).
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("msb-registry/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
             .redirect(reqwest::redirect::Policy::limited(5));
         if let Some(path) = &opts.ca_cert {
-            let pem = std::fs::read(path).at("read", path)?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::Usage(format!(
-                    "--ca-cert {}: not a PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(Error::Usage(format!(
-                    "--ca-cert {}: no PEM certificate in it",
-                    path.display()
-                )));
-            }
-            builder = builder.tls_certs_merge(certs);
+            builder = builder.tls_certs_merge(read_ca_certs(path)?);
         }
         let http = builder.build().map_err(|e| Error::Remote {
             registry: registry.to_string(),
@@ -116,6 +149,9 @@ impl Client {
             registry: registry.to_string(),
             credentials: opts.credentials.clone(),
             auth: Mutex::new(AuthState::default()),
+            deadline: Deadline::start(opts.limits),
+            retry: opts.retry,
+            notices: opts.notices.clone(),
         })
     }
 
@@ -138,27 +174,48 @@ impl Client {
     /// Check that the registry answers the distribution API (and that our
     /// credentials are good for `repository`).
     pub async fn ping(&self, repository: &str, access: Access) -> Result<()> {
-        let res = self
-            .send(Method::GET, self.url("v2/"), repository, access, |r| r)
-            .await?;
-        if res.status().is_success() {
-            Ok(())
-        } else {
-            Err(self.unexpected("GET /v2/", res).await)
-        }
+        let (url, scope) = (self.url("v2/"), scope(repository, access));
+        self.retrying("GET /v2/", async |_| {
+            let res = self
+                .send_once(&Method::GET, &url, &[&scope], &|r| r)
+                .await?;
+            let status = res.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let error = self.unexpected("GET /v2/", res).await;
+            // What a TLS server answers a plain-HTTP request with.
+            Err(
+                if status == StatusCode::BAD_REQUEST && self.base.scheme() == "http" {
+                    with_hint(
+                        error,
+                        "; the registry seems to speak HTTPS: drop --insecure",
+                    )
+                } else {
+                    error
+                }
+                .into(),
+            )
+        })
+        .await
     }
 
     /// The size of blob `digest` in `repository`, if it holds it.
     pub async fn head_blob(&self, repository: &str, digest: &Digest) -> Result<Option<u64>> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
-        let res = self
-            .send(Method::HEAD, url, repository, Access::Pull, |r| r)
-            .await?;
-        match res.status() {
-            s if s.is_success() => Ok(Some(content_length(&res).unwrap_or(0))),
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self.unexpected(&format!("HEAD blob {digest}"), res).await),
-        }
+        let scope = scope(repository, Access::Pull);
+        let what = format!("HEAD blob {digest}");
+        self.retrying(&what, async |_| {
+            let res = self
+                .send_once(&Method::HEAD, &url, &[&scope], &|r| r)
+                .await?;
+            match res.status() {
+                s if s.is_success() => Ok(Some(content_length(&res).unwrap_or(0))),
+                StatusCode::NOT_FOUND => Ok(None),
+                _ => Err(self.unexpected(&what, res).await.into()),
+            }
+        })
+        .await
     }
 
     /// Blob `digest` of `repository`, which must be `size` bytes, read
@@ -176,7 +233,8 @@ impl Client {
 
     /// Stream blob `digest` of `repository` (`size` bytes) into `sink`,
     /// refusing it the moment it runs past `size`, and checking its digest
-    /// at the end. Returns the bytes received.
+    /// at the end. A retry after a cut continues from the byte reached.
+    /// Returns the bytes received.
     pub async fn get_blob_into(
         &self,
         repository: &str,
@@ -184,47 +242,26 @@ impl Client {
         size: u64,
         mut sink: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<u64> {
-        let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
-        let mut res = self
-            .send(Method::GET, url, repository, Access::Pull, |r| r)
-            .await?;
-        match res.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => {
-                return Err(Error::NotFound {
-                    what: "blob",
-                    reference: format!("{}/{repository}@{digest}", self.registry),
-                });
-            }
-            _ => return Err(self.unexpected(&format!("GET blob {digest}"), res).await),
-        }
         let subject = format!("blob {digest}");
-        if let Some(len) = content_length(&res)
-            && len > size
-        {
-            return Err(super::format::malformed(
-                &subject,
-                format!("the registry sends {len} bytes; the manifest says {size}"),
-            ));
-        }
+        let span = Span {
+            repository,
+            digest,
+            size,
+            start: 0,
+            len: size,
+            whole: true,
+            subject: &subject,
+        };
         let mut hasher = Sha256::new();
-        let mut got = 0u64;
-        while let Some(piece) = res.chunk().await.map_err(|e| self.transfer(&subject, &e))? {
-            got += piece.len() as u64;
-            if got > size {
-                return Err(super::format::malformed(
-                    &subject,
-                    format!("the registry sends more than the {size} bytes the manifest says"),
-                ));
-            }
-            hasher.update(&piece);
-            sink(&piece)?;
-        }
-        if got != size {
-            return Err(self.remote(format!(
-                "{subject}: connection ended after {got} of {size} bytes"
-            )));
-        }
+        let mut done = 0u64;
+        let mut sink = |piece: &[u8]| {
+            hasher.update(piece);
+            sink(piece)
+        };
+        self.retrying(&format!("GET {subject}"), async |activity| {
+            self.read_span(&span, &mut done, &mut sink, activity).await
+        })
+        .await?;
         let found = Digest::from_bytes(hasher.finalize().into());
         if found != *digest {
             return Err(Error::Integrity {
@@ -232,13 +269,14 @@ impl Client {
                 detail: format!("the registry served bytes whose digest is {found}"),
             });
         }
-        Ok(got)
+        Ok(done)
     }
 
     /// Bytes `start..start + len` of blob `digest` of `repository` (`size`
     /// bytes in all), by an HTTP range request; a registry that ignores
-    /// the range is read through up to the end of the range. The caller
-    /// checks what the bytes hold (the blob's digest cannot be).
+    /// the range is read through up to the end of the range. A retry
+    /// after a cut asks only for the rest. The caller checks what the
+    /// bytes hold (the blob's digest cannot be).
     pub async fn get_range(
         &self,
         repository: &str,
@@ -254,69 +292,137 @@ impl Client {
                 format!("outside the blob's {size} bytes"),
             ));
         }
-        let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
-        let range = format!("bytes={start}-{}", start + len - 1);
-        let mut res = self
-            .send(Method::GET, url, repository, Access::Pull, |r| {
-                r.header(reqwest::header::RANGE, range.as_str())
+        let span = Span {
+            repository,
+            digest,
+            size,
+            start,
+            len,
+            whole: false,
+            subject: &subject,
+        };
+        let mut body = Vec::with_capacity(len as usize);
+        let mut done = 0u64;
+        self.retrying(&format!("GET {subject}"), async |activity| {
+            let mut sink = |piece: &[u8]| {
+                body.extend_from_slice(piece);
+                Ok(())
+            };
+            self.read_span(&span, &mut done, &mut sink, activity).await
+        })
+        .await?;
+        Ok(Bytes::from(body))
+    }
+
+    /// One attempt at the bytes of `span` from `*done` on, into `sink`,
+    /// advancing `*done`.
+    async fn read_span(
+        &self,
+        span: &Span<'_>,
+        done: &mut u64,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+        activity: &Activity,
+    ) -> std::result::Result<(), Fail> {
+        let ranged = !(span.whole && *done == 0);
+        let from = span.start + *done;
+        let range = format!("bytes={from}-{}", span.start + span.len.max(1) - 1);
+        let url = self.url(&format!("v2/{}/blobs/{}", span.repository, span.digest));
+        let scope = scope(span.repository, Access::Pull);
+        let res = self
+            .send_once(&Method::GET, &url, &[&scope], &|r| {
+                if ranged {
+                    r.header(reqwest::header::RANGE, range.as_str())
+                } else {
+                    r
+                }
             })
             .await?;
-        // 206: the range itself; 200 (Range ignored): the whole blob, read
-        // through to the range's end. Only a 206 can say too much.
+        let (skip, res) = self.span_answer(span, res, ranged, from).await?;
         let partial = res.status() == StatusCode::PARTIAL_CONTENT;
-        let skip = match res.status() {
-            StatusCode::PARTIAL_CONTENT => 0,
-            StatusCode::OK => start,
-            StatusCode::NOT_FOUND => {
-                return Err(Error::NotFound {
-                    what: "blob",
-                    reference: format!("{}/{repository}@{digest}", self.registry),
-                });
+        // A registry ignoring the Range is read only up to the span's end.
+        let stop_at = ranged.then_some(span.len - *done);
+        read_body(
+            res,
+            skip,
+            stop_at,
+            ranged && !partial,
+            activity,
+            &mut |piece| {
+                if piece.len() as u64 > span.len - *done && (partial || !ranged) {
+                    return Err(span_overflow(span).into());
+                }
+                *done += piece.len() as u64;
+                sink(piece).map_err(|e| Fail::Stop(e).into())
+            },
+        )
+        .await
+        .map_err(|f| self.fail_in(span.subject, f))?;
+        if *done != span.len {
+            return Err(Fail::again(self.remote(format!(
+                "{}: connection ended after {} of {} bytes",
+                span.subject, *done, span.len
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Check the answer to a read of `span` from byte `from`: the bytes to
+    /// skip before the span's (a registry ignoring the Range sends the
+    /// whole blob), or why the answer is refused.
+    async fn span_answer(
+        &self,
+        span: &Span<'_>,
+        res: Response,
+        ranged: bool,
+        from: u64,
+    ) -> std::result::Result<(u64, Response), Fail> {
+        let rest = span.len - (from - span.start);
+        match res.status() {
+            StatusCode::PARTIAL_CONTENT if ranged => {
+                // Checked here, not only on the pieces read: the last piece
+                // may end exactly at the range, leaving the excess unread.
+                if content_length(&res).is_some_and(|l| l > rest) {
+                    return Err(span_overflow(span));
+                }
+                let asked = format!("bytes {from}-{}/", span.start + span.len - 1);
+                if let Some(answered) = res
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    && !answered.starts_with(&asked)
+                {
+                    return Err(Fail::Stop(super::format::malformed(
+                        span.subject,
+                        format!(
+                            "the registry answers with {}, not the range asked for",
+                            crate::model::text::escape(answered)
+                        ),
+                    )));
+                }
+                Ok((0, res))
             }
-            _ => return Err(self.unexpected(&format!("GET {subject}"), res).await),
-        };
-        // Checked here, not only on the pieces read: the last piece may end
-        // exactly at the range, leaving the excess unread and unnoticed.
-        if partial && content_length(&res).is_some_and(|l| l > len) {
-            return Err(super::format::malformed(
-                &subject,
-                "the registry sends more than the range asked for".into(),
-            ));
-        }
-        if partial
-            && let Some(answered) = res
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-            && !answered.starts_with(&format!("bytes {start}-{}/", start + len - 1))
-        {
-            return Err(super::format::malformed(
-                &subject,
-                format!(
-                    "the registry answers with {}, not the range asked for",
-                    crate::model::text::escape(answered)
-                ),
-            ));
-        }
-        let mut body = Vec::with_capacity(len as usize);
-        let mut seen = 0u64;
-        while body.len() as u64 != len {
-            let Some(piece) = res.chunk().await.map_err(|e| self.transfer(&subject, &e))? else {
-                return Err(self.remote(format!("{subject}: connection ended early")));
-            };
-            let from = skip.saturating_sub(seen).min(piece.len() as u64) as usize;
-            seen += piece.len() as u64;
-            let want = (len - body.len() as u64) as usize;
-            let take = &piece[from..];
-            if partial && take.len() > want {
-                return Err(super::format::malformed(
-                    &subject,
-                    "the registry sends more than the range asked for".into(),
-                ));
+            StatusCode::OK => {
+                if let Some(len) = content_length(&res)
+                    && len > span.size
+                {
+                    return Err(Fail::Stop(super::format::malformed(
+                        span.subject,
+                        format!(
+                            "the registry sends {len} bytes; the manifest says {}",
+                            span.size
+                        ),
+                    )));
+                }
+                Ok((if ranged { from } else { 0 }, res))
             }
-            body.extend_from_slice(&take[..take.len().min(want)]);
+            StatusCode::NOT_FOUND => Err(Fail::Stop(Error::NotFound {
+                what: "blob",
+                reference: format!("{}/{}@{}", self.registry, span.repository, span.digest),
+            })),
+            _ => Err(Fail::Stop(
+                self.unexpected(&format!("GET {}", span.subject), res).await,
+            )),
         }
-        Ok(Bytes::from(body))
     }
 
     /// Mount blob `digest` into `repository` from `from` (same registry).
@@ -327,41 +433,42 @@ impl Client {
         url.query_pairs_mut()
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from);
-        let scope_from = format!("repository:{from}:pull");
-        let res = self
-            .send_scoped(
-                Method::POST,
-                url,
-                &[&scope(repository, Access::Push), &scope_from],
-                |r| r.header(CONTENT_LENGTH, 0),
-            )
-            .await?;
-        match res.status() {
-            StatusCode::CREATED => Ok(true),
-            // 202: the registry opened an upload instead; leave it to expire.
-            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.unexpected(&format!("mount blob {digest}"), res).await),
-        }
+        let scopes = [
+            scope(repository, Access::Push),
+            format!("repository:{from}:pull"),
+        ];
+        let scopes = [scopes[0].as_str(), scopes[1].as_str()];
+        let what = format!("mount blob {digest}");
+        self.retrying(&what, async |_| {
+            let res = self
+                .send_once(&Method::POST, &url, &scopes, &|r| {
+                    r.header(CONTENT_LENGTH, 0)
+                })
+                .await?;
+            match res.status() {
+                StatusCode::CREATED => Ok(true),
+                // 202: the registry opened an upload instead (as ECR does);
+                // leave it to expire.
+                s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(self.unexpected(&what, res).await.into()),
+            }
+        })
+        .await
     }
 
     /// Upload `body` as blob `digest` of `repository` in one request
-    /// (POST for a session, PUT with the digest).
+    /// (POST for a session, PUT with the digest); a retry starts the
+    /// upload again.
     pub async fn put_blob(&self, repository: &str, digest: &Digest, body: Bytes) -> Result<()> {
-        let location = self.start_upload(repository).await?;
-        let url = with_digest(location, digest);
-        let len = body.len();
-        let res = self
-            .send(Method::PUT, url, repository, Access::Push, move |r| {
-                r.header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, len)
-                    .body(body.clone())
-            })
-            .await?;
-        self.finish_upload(digest, res).await
+        let len = body.len() as u64;
+        self.upload(repository, digest, len, &|activity| {
+            reqwest::Body::wrap_stream(pieces(body.clone(), activity.clone()))
+        })
+        .await
     }
 
     /// Upload the file `path` (`len` bytes, digest `digest`) as a blob,
-    /// streaming it.
+    /// streaming it; a retry starts the upload again.
     pub async fn put_blob_file(
         &self,
         repository: &str,
@@ -369,74 +476,86 @@ impl Client {
         path: &Path,
         len: u64,
     ) -> Result<()> {
-        let location = self.start_upload(repository).await?;
-        let url = with_digest(location, digest);
-        let file = tokio::fs::File::open(path).await.at("open", path)?;
-        let stream = file_stream(file);
-        let req = self
-            .http
-            .put(url.clone())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(stream));
-        let res = self
-            .authorize(req, &url, &[&scope(repository, Access::Push)])
-            .send()
-            .await
-            .map_err(|e| self.transfer(&format!("upload of {}", path.display()), &e))?;
-        self.finish_upload(digest, res).await
+        // Opened here so a missing file is our error, not the network's.
+        crate::store::files::open_regular(path)?;
+        self.upload(repository, digest, len, &|activity| {
+            reqwest::Body::wrap_stream(file_stream(path.to_path_buf(), activity.clone()))
+        })
+        .await
     }
 
-    async fn start_upload(&self, repository: &str) -> Result<Url> {
+    /// POST for a session, then PUT the body `body` makes, `len` bytes.
+    async fn upload(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        len: u64,
+        body: &(dyn Fn(&Activity) -> reqwest::Body + Sync),
+    ) -> Result<()> {
+        let what = format!("upload blob {digest}");
+        let scope = scope(repository, Access::Push);
+        self.retrying(&what, async |activity| {
+            let location = self.start_upload(repository).await?;
+            let url = with_digest(location, digest);
+            let res = self
+                .send_once(&Method::PUT, &url, &[&scope], &|r| {
+                    r.header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, len)
+                        .body(body(activity))
+                })
+                .await?;
+            if res.status().is_success() {
+                Ok(())
+            } else {
+                Err(self.unexpected(&what, res).await.into())
+            }
+        })
+        .await
+    }
+
+    async fn start_upload(&self, repository: &str) -> std::result::Result<Url, Fail> {
         let url = self.url(&format!("v2/{repository}/blobs/uploads/"));
+        let scope = scope(repository, Access::Push);
         let res = self
-            .send(Method::POST, url.clone(), repository, Access::Push, |r| {
+            .send_once(&Method::POST, &url, &[&scope], &|r| {
                 r.header(CONTENT_LENGTH, 0)
             })
             .await?;
         if res.status() != StatusCode::ACCEPTED {
-            return Err(self.unexpected("start blob upload", res).await);
+            return Err(self.unexpected("start blob upload", res).await.into());
         }
         let location = res
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| self.remote("blob upload: no Location in the registry's answer"))?;
-        url.join(location)
-            .map_err(|e| self.remote(format!("blob upload: bad Location: {e}")))
-    }
-
-    async fn finish_upload(&self, digest: &Digest, res: Response) -> Result<()> {
-        if res.status() == StatusCode::CREATED || res.status().is_success() {
-            Ok(())
-        } else {
-            Err(self.unexpected(&format!("upload blob {digest}"), res).await)
-        }
+        Ok(url
+            .join(location)
+            .map_err(|e| self.remote(format!("blob upload: bad Location: {e}")))?)
     }
 
     /// The digest and size of manifest `reference` (tag or digest) of
     /// `repository`, if it holds one.
     pub async fn head_manifest(&self, repository: &str, reference: &str) -> Result<Option<Found>> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
-        let res = self
-            .send(Method::HEAD, url, repository, Access::Pull, |r| {
-                r.header(ACCEPT, super::format::OCI_MANIFEST)
-            })
-            .await?;
-        match res.status() {
-            s if s.is_success() => Ok(Some(Found {
-                digest: res
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()),
-                size: content_length(&res).unwrap_or(0),
-            })),
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self
-                .unexpected(&format!("HEAD manifest {reference}"), res)
-                .await),
-        }
+        let scope = scope(repository, Access::Pull);
+        let what = format!("HEAD manifest {reference}");
+        self.retrying(&what, async |_| {
+            let res = self
+                .send_once(&Method::HEAD, &url, &[&scope], &|r| {
+                    r.header(ACCEPT, super::format::OCI_MANIFEST)
+                })
+                .await?;
+            match res.status() {
+                s if s.is_success() => Ok(Some(Found {
+                    digest: res_digest_header(&res),
+                    size: content_length(&res).unwrap_or(0),
+                })),
+                StatusCode::NOT_FOUND => Ok(None),
+                _ => Err(self.unexpected(&what, res).await.into()),
+            }
+        })
+        .await
     }
 
     /// Manifest `reference` of `repository`: its bytes (at most
@@ -448,37 +567,32 @@ impl Client {
         reference: &str,
     ) -> Result<Option<(Bytes, Digest)>> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
-        let mut res = self
-            .send(Method::GET, url, repository, Access::Pull, |r| {
-                r.header(ACCEPT, super::format::OCI_MANIFEST)
-            })
-            .await?;
-        match res.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            _ => {
-                return Err(self
-                    .unexpected(&format!("GET manifest {reference}"), res)
-                    .await);
-            }
-        }
+        let scope = scope(repository, Access::Pull);
         let subject = format!(
             "manifest {}",
             super::reference::joined(&self.registry, repository, reference)
         );
-        let max = super::format::MAX_OCI_MANIFEST_BYTES;
-        let too_large =
-            || super::format::malformed(&subject, format!("manifest larger than {max} bytes"));
-        if content_length(&res).is_some_and(|l| l > max) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(piece) = res.chunk().await.map_err(|e| self.transfer(&subject, &e))? {
-            if (body.len() + piece.len()) as u64 > max {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&piece);
-        }
+        let what = format!("GET manifest {reference}");
+        let got = self
+            .retrying(&what, async |activity| {
+                let res = self
+                    .send_once(&Method::GET, &url, &[&scope], &|r| {
+                        r.header(ACCEPT, super::format::OCI_MANIFEST)
+                    })
+                    .await?;
+                match res.status() {
+                    s if s.is_success() => {}
+                    StatusCode::NOT_FOUND => return Ok(None),
+                    _ => return Err(self.unexpected(&what, res).await.into()),
+                }
+                let said = res_digest_header(&res);
+                let body = self.read_manifest(&subject, res, activity).await?;
+                Ok(Some((body, said)))
+            })
+            .await?;
+        let Some((body, said)) = got else {
+            return Ok(None);
+        };
         let digest = Digest::of(&body);
         if let Ok(asked) = reference.parse::<Digest>()
             && asked != digest
@@ -488,7 +602,7 @@ impl Client {
                 detail: format!("the registry served a manifest whose digest is {digest}"),
             });
         }
-        if let Some(said) = res_digest_header(&res)
+        if let Some(said) = said
             && said != digest
         {
             return Err(Error::Integrity {
@@ -501,79 +615,128 @@ impl Client {
         Ok(Some((Bytes::from(body), digest)))
     }
 
+    /// A manifest's body, refused past `MAX_OCI_MANIFEST_BYTES`.
+    async fn read_manifest(
+        &self,
+        subject: &str,
+        res: Response,
+        activity: &Activity,
+    ) -> std::result::Result<Vec<u8>, Fail> {
+        let max = super::format::MAX_OCI_MANIFEST_BYTES;
+        let too_large =
+            || super::format::malformed(subject, format!("manifest larger than {max} bytes"));
+        if content_length(&res).is_some_and(|l| l > max) {
+            return Err(too_large().into());
+        }
+        let mut body = Vec::new();
+        read_body(res, 0, None, false, activity, &mut |piece| {
+            if (body.len() + piece.len()) as u64 > max {
+                return Err(too_large().into());
+            }
+            body.extend_from_slice(piece);
+            Ok(())
+        })
+        .await
+        .map_err(|f| self.fail_in(subject, f))?;
+        Ok(body)
+    }
+
     /// Store `body` (an OCI image manifest) as `reference` (tag or digest) of `repository`.
     pub async fn put_manifest(&self, repository: &str, reference: &str, body: Bytes) -> Result<()> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
-        let res = self
-            .send(Method::PUT, url, repository, Access::Push, move |r| {
-                r.header(CONTENT_TYPE, super::format::OCI_MANIFEST)
-                    .body(body.clone())
-            })
-            .await?;
-        if res.status().is_success() {
-            Ok(())
-        } else {
-            Err(self
-                .unexpected(&format!("PUT manifest {reference}"), res)
-                .await)
-        }
+        let scope = scope(repository, Access::Push);
+        let what = format!("PUT manifest {reference}");
+        self.retrying(&what, async |_| {
+            let res = self
+                .send_once(&Method::PUT, &url, &[&scope], &|r| {
+                    r.header(CONTENT_TYPE, super::format::OCI_MANIFEST)
+                        .body(body.clone())
+                })
+                .await?;
+            if res.status().is_success() {
+                Ok(())
+            } else {
+                Err(self.unexpected(&what, res).await.into())
+            }
+        })
+        .await
     }
 
-    async fn send(
+    /// Run `attempt` until it succeeds or fails for good: a transient
+    /// failure is tried again after the policy's wait (saying so), while
+    /// attempts remain and the `--timeout` leaves time for it; each
+    /// attempt is cut when it moves too little for a window.
+    async fn retrying<T>(
         &self,
-        method: Method,
-        url: Url,
-        repository: &str,
-        access: Access,
-        build: impl Fn(RequestBuilder) -> RequestBuilder,
-    ) -> Result<Response> {
-        self.send_scoped(method, url, &[&scope(repository, access)], build)
-            .await
-    }
-
-    /// Send a request, answering the registry's auth challenge once, and
-    /// retrying a request that could not connect or was cut off.
-    async fn send_scoped(
-        &self,
-        method: Method,
-        url: Url,
-        scopes: &[&str],
-        build: impl Fn(RequestBuilder) -> RequestBuilder,
-    ) -> Result<Response> {
-        let mut challenged = false;
-        let mut attempt = 0;
-        if let Some((realm, service)) = self.bearer_without_token(scopes) {
-            let token = self.fetch_token(&realm, service.as_deref(), scopes).await?;
-            let mut auth = self.auth.lock().expect("auth state lock");
-            auth.tokens.insert(scopes.join(" "), token);
-        }
+        what: &str,
+        mut attempt: impl AsyncFnMut(&Activity) -> std::result::Result<T, Fail>,
+    ) -> Result<T> {
+        let mut retry = 0;
         loop {
-            attempt += 1;
-            let req = self.authorize(
-                build(self.http.request(method.clone(), url.clone())),
-                &url,
-                scopes,
-            );
-            let res = match req.send().await {
-                Ok(res) => res,
-                // A refused certificate is refused again: no retry.
-                Err(e)
-                    if attempt < ATTEMPTS
-                        && (e.is_connect() || e.is_request())
-                        && !chain(&e).contains("certificate")
-                        && !chain(&e).contains("InvalidContentType") =>
-                {
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                    continue;
-                }
-                Err(e) => {
-                    return Err(self.transfer(&format!("{method} {}", url.path()), &e));
-                }
+            if let Some(cut) = self.deadline.refuses(Duration::ZERO) {
+                return Err(self.remote(format!("{what}: {cut}")));
+            }
+            let activity = Activity::default();
+            let fail = match self.deadline.guard(&activity, attempt(&activity)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(fail)) => fail,
+                Err(cut @ Cut::Timeout(_)) => return Err(self.remote(format!("{what}: {cut}"))),
+                Err(cut) => Fail::again(self.remote(format!("{what}: {cut}"))),
             };
+            let (error, asked) = match fail {
+                Fail::Stop(e) => return Err(e),
+                Fail::Again { error, retry_after } => (error, retry_after),
+            };
+            retry += 1;
+            let wait = self.retry.delay(retry, asked, jitter());
+            let why_not = if retry > self.retry.retries {
+                Some(format!("{} attempts", retry))
+            } else if asked.is_some_and(|a| a > self.retry.max_retry_after) {
+                Some(format!(
+                    "it asks to be retried after {} s, longer than the {} s waited at most",
+                    wait.as_secs(),
+                    self.retry.max_retry_after.as_secs()
+                ))
+            } else {
+                self.deadline
+                    .refuses(wait)
+                    .map(|cut| format!("{cut} before a retry"))
+            };
+            if let Some(why) = why_not {
+                return Err(with_detail(error, &why));
+            }
+            self.notices.say(&format!(
+                "warning: retry {retry} of {} in {:.1} s: {error}",
+                self.retry.retries,
+                wait.as_secs_f64()
+            ));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Send one request, answering the registry's auth challenge once; a
+    /// transient answer or a cut connection is a [`Fail::Again`].
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &Url,
+        scopes: &[&str],
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> std::result::Result<Response, Fail> {
+        self.token_ahead(scopes).await?;
+        let what = format!("{method} {}", url.path());
+        let mut challenged = false;
+        loop {
+            let req = self.http.request(method.clone(), url.clone());
+            let res = self
+                .authorize(build(req), url, scopes)
+                .send()
+                .await
+                .map_err(|e| self.cut_off(&what, &e))?;
             match res.status() {
                 // Another host's challenge (an upload Location elsewhere)
                 // is not answered with our credentials.
-                StatusCode::UNAUTHORIZED if !challenged && self.is_registry(&url) => {
+                StatusCode::UNAUTHORIZED if !challenged && self.is_registry(url) => {
                     challenged = true;
                     let challenge = res
                         .headers()
@@ -582,203 +745,63 @@ impl Client {
                         .unwrap_or("")
                         .to_string();
                     self.answer(&challenge, scopes).await?;
-                    attempt = 0;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    let said = error_text(res).await;
-                    return Err(Error::RemoteAuth {
-                        registry: self.registry.clone(),
-                        detail: if self.credentials.is_anonymous() {
-                            format!(
-                                "{said}; the registry wants credentials: give --username and --password-stdin, or `docker login {}`",
-                                self.registry
-                            )
-                        } else {
-                            format!("{said}; the credentials given were refused")
-                        },
-                    });
+                    return Err(self.refused(res).await.into());
                 }
+                s if is_transient(s) => return Err(self.transient(&what, res).await),
                 _ => return Ok(res),
             }
         }
     }
 
-    /// The token service to ask, when the registry uses bearer tokens and
-    /// we hold none for `scopes` yet (a new scope costs no extra 401).
-    fn bearer_without_token(&self, scopes: &[&str]) -> Option<(String, Option<String>)> {
-        let auth = self.auth.lock().expect("auth state lock");
-        match &auth.scheme {
-            Scheme::Bearer { realm, service } if !auth.tokens.contains_key(&scopes.join(" ")) => {
-                Some((realm.clone(), service.clone()))
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether `url` is on the registry itself (scheme, host and port):
-    /// credentials and tokens go nowhere else.
-    fn is_registry(&self, url: &Url) -> bool {
-        url.scheme() == self.base.scheme()
-            && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default()
-    }
-
-    /// `req` (to `url`) with the Authorization the registry asked for, if
-    /// any, and only when `url` is on the registry: a Location naming
-    /// another host gets none, as a redirect there gets none.
-    fn authorize(&self, req: RequestBuilder, url: &Url, scopes: &[&str]) -> RequestBuilder {
-        if !self.is_registry(url) {
-            return req;
-        }
-        let auth = self.auth.lock().expect("auth state lock");
-        match (&auth.scheme, &self.credentials) {
-            (Scheme::Basic, Credentials::Basic { username, password }) => {
-                req.basic_auth(username, Some(password))
-            }
-            (Scheme::Bearer { .. }, _) => match auth.tokens.get(&scopes.join(" ")) {
-                Some(token) => req.bearer_auth(token),
-                None => req,
-            },
-            _ => req,
-        }
-    }
-
-    /// Take the registry's challenge: remember basic, or fetch a token.
-    async fn answer(&self, challenge: &str, scopes: &[&str]) -> Result<()> {
-        let (kind, params) = parse_challenge(challenge);
-        match kind.to_ascii_lowercase().as_str() {
-            "basic" => {
-                if !matches!(self.credentials, Credentials::Basic { .. }) {
-                    return Err(Error::RemoteAuth {
-                        registry: self.registry.clone(),
-                        detail: format!(
-                            "the registry wants a user name and password: give --username and --password-stdin, or `docker login {}`",
-                            self.registry
-                        ),
-                    });
-                }
-                self.auth.lock().expect("auth state lock").scheme = Scheme::Basic;
-                Ok(())
-            }
-            "bearer" => {
-                let realm = params
-                    .get("realm")
-                    .cloned()
-                    .ok_or_else(|| self.remote("a Bearer challenge without a realm"))?;
-                let service = params.get("service").cloned();
-                let token = self.fetch_token(&realm, service.as_deref(), scopes).await?;
-                let mut auth = self.auth.lock().expect("auth state lock");
-                auth.scheme = Scheme::Bearer { realm, service };
-                auth.tokens.insert(scopes.join(" "), token);
-                Ok(())
-            }
-            _ => Err(Error::RemoteAuth {
-                registry: self.registry.clone(),
-                detail: format!(
-                    "unsupported authentication challenge {}",
-                    crate::model::text::escape(&kind)
-                ),
-            }),
-        }
-    }
-
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[&str],
-    ) -> Result<String> {
-        let mut url = Url::parse(realm).map_err(|e| {
-            self.remote(format!(
-                "token realm {}: {e}",
-                crate::model::text::escape(realm)
-            ))
-        })?;
-        if url.scheme() != "https" && !(url.scheme() == "http" && self.base.scheme() == "http") {
-            return Err(self.remote(format!(
-                "token realm {} is not HTTPS; credentials are not sent there",
-                crate::model::text::escape(realm)
-            )));
-        }
-        let req = match &self.credentials {
-            Credentials::IdentityToken(refresh) => {
-                let mut form = vec![
-                    ("grant_type", "refresh_token".to_string()),
-                    ("refresh_token", refresh.clone()),
-                    ("client_id", "msb-registry".to_string()),
-                    ("scope", scopes.join(" ")),
-                ];
-                if let Some(s) = service {
-                    form.push(("service", s.to_string()));
-                }
-                let body = url::form_urlencoded_pairs(&form);
-                self.http
-                    .post(url)
-                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(body)
-            }
-            other => {
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                    for s in scopes {
-                        q.append_pair("scope", s);
-                    }
-                    q.append_pair("client_id", "msb-registry");
-                }
-                let req = self.http.get(url);
-                match other {
-                    Credentials::Basic { username, password } => {
-                        req.basic_auth(username, Some(password))
-                    }
-                    _ => req,
-                }
-            }
-        };
-        let mut res = req
-            .send()
-            .await
-            .map_err(|e| self.transfer("token request", &e))?;
-        if res.status() == StatusCode::UNAUTHORIZED || res.status() == StatusCode::FORBIDDEN {
-            let said = error_text(res).await;
-            let hint = if self.credentials.is_anonymous() {
+    /// The error of a 401 or 403 the challenge did not mend.
+    async fn refused(&self, res: Response) -> Error {
+        let said = error_text(res).await;
+        Error::RemoteAuth {
+            registry: self.registry.clone(),
+            detail: if self.credentials.is_anonymous() {
                 format!(
-                    "; the registry wants credentials: give --username and --password-stdin, or `docker login {}`",
+                    "{said}; the registry wants credentials: give --username and --password-stdin, or `docker login {}`",
                     self.registry
                 )
             } else {
-                String::new()
-            };
-            return Err(Error::RemoteAuth {
-                registry: self.registry.clone(),
-                detail: format!("the token service refused: {said}{hint}"),
-            });
+                format!("{said}; the credentials given were refused")
+            },
         }
-        if !res.status().is_success() {
-            return Err(self.unexpected("token request", res).await);
+    }
+
+    /// A transient answer, with the wait it asks for.
+    async fn transient(&self, what: &str, res: Response) -> Fail {
+        let retry_after = retry_after(res.headers());
+        Fail::Again {
+            error: self.unexpected(what, res).await,
+            retry_after,
         }
-        let mut body = Vec::new();
-        while let Some(piece) = res.chunk().await.map_err(|e| self.transfer("token", &e))? {
-            body.extend_from_slice(&piece);
-            if body.len() as u64 > MAX_SMALL_BODY {
-                return Err(self.remote("token response larger than 64 KiB"));
-            }
+    }
+
+    /// A failed send or body read: transient unless no retry can mend it
+    /// (a refused certificate, plain HTTP answering TLS, a redirect loop).
+    fn cut_off(&self, what: &str, e: &reqwest::Error) -> Fail {
+        let text = chain(e);
+        let error = self.transfer(what, e);
+        if e.is_builder()
+            || e.is_redirect()
+            || text.contains("certificate")
+            || text.contains("InvalidContentType")
+        {
+            Fail::Stop(error)
+        } else {
+            Fail::again(error)
         }
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            token: Option<String>,
-            access_token: Option<String>,
+    }
+
+    /// A body-read failure of `subject`, named.
+    fn fail_in(&self, subject: &str, f: BodyFail) -> Fail {
+        match f {
+            BodyFail::Net(e) => self.cut_off(subject, &e),
+            BodyFail::Fail(f) => f,
         }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
-            self.remote("the token service answered with something that is not a token")
-        })?;
-        answer
-            .token
-            .or(answer.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| self.remote("the token service answered without a token"))
     }
 
     fn transfer(&self, what: &str, e: &reqwest::Error) -> Error {
@@ -808,20 +831,6 @@ fn scope(repository: &str, access: Access) -> String {
     }
 }
 
-fn content_length(res: &Response) -> Option<u64> {
-    res.headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-fn res_digest_header(res: &Response) -> Option<Digest> {
-    res.headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 fn with_digest(mut location: Url, digest: &Digest) -> Url {
     location
         .query_pairs_mut()
@@ -829,142 +838,49 @@ fn with_digest(mut location: Url, digest: &Digest) -> Url {
     location
 }
 
-/// What an error response says, from the distribution error body when it
-/// has one: `CODE: message`, one line, escaped, bounded.
-async fn error_text(mut res: Response) -> String {
-    let status = res.status();
-    let mut body = Vec::new();
-    while let Ok(Some(piece)) = res.chunk().await {
-        body.extend_from_slice(&piece);
-        if body.len() as u64 > MAX_SMALL_BODY {
-            break;
-        }
-    }
-    #[derive(serde::Deserialize)]
-    struct Errors {
-        errors: Vec<ErrorItem>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ErrorItem {
-        code: Option<String>,
-        message: Option<String>,
-    }
-    let text = match serde_json::from_slice::<Errors>(&body) {
-        Ok(e) if !e.errors.is_empty() => e
-            .errors
-            .iter()
-            .map(|i| {
-                format!(
-                    "{}: {}",
-                    i.code.as_deref().unwrap_or("ERROR"),
-                    i.message.as_deref().unwrap_or("")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-        _ => format!("{status}"),
+/// The refusal of a registry sending more than a span asked for.
+fn span_overflow(span: &Span<'_>) -> Fail {
+    let reason = if span.whole {
+        format!(
+            "the registry sends more than the {} bytes the manifest says",
+            span.size
+        )
+    } else {
+        "the registry sends more than the range asked for".to_string()
     };
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let cut: String = one_line.chars().take(300).collect();
-    crate::model::text::escape(&cut).into_owned()
+    Fail::Stop(super::format::malformed(span.subject, reason))
 }
 
-/// The error and its causes, on one line (reqwest hides the interesting
-/// part — refused, reset, certificate — in the sources).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-/// Split `Bearer realm="…",service="…"` into its scheme and parameters.
-fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
-    let header = header.trim();
-    let (kind, rest) = header.split_once(' ').unwrap_or((header, ""));
-    let mut params = HashMap::new();
-    let mut rest = rest.trim();
-    while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else {
-            break;
-        };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
-            match quoted.find('"') {
-                Some(end) => (&quoted[..end], &quoted[end + 1..]),
-                None => (quoted, ""),
-            }
-        } else {
-            match after.find(',') {
-                Some(end) => (&after[..end], &after[end..]),
-                None => (after, ""),
-            }
-        };
-        params.insert(key, value.to_string());
-        rest = tail.trim_start_matches(',').trim();
-    }
-    (kind.to_string(), params)
-}
-
-/// A file as a stream of 256 KiB pieces, for a streaming upload body.
-fn file_stream(
-    file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    use tokio::io::AsyncReadExt;
-    futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 256 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), Some(file)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    })
-}
-
-mod url {
-    /// `application/x-www-form-urlencoded` of `pairs`.
-    pub fn form_urlencoded_pairs(pairs: &[(&str, String)]) -> String {
-        let mut s = reqwest::Url::parse("x:/").expect("static URL");
-        {
-            let mut q = s.query_pairs_mut();
-            for (k, v) in pairs {
-                q.append_pair(k, v);
-            }
-        }
-        s.query().unwrap_or("").to_string()
+/// `error` with `hint` appended to what it says.
+fn with_hint(error: Error, hint: &str) -> Error {
+    match error {
+        Error::Remote { registry, detail } => Error::Remote {
+            registry,
+            detail: format!("{detail}{hint}"),
+        },
+        other => other,
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// `error` with `why` it is final appended to what it says.
+fn with_detail(error: Error, why: &str) -> Error {
+    with_hint(error, &format!(" (gave up: {why})"))
+}
 
-    #[test]
-    fn challenges_parse_as_docker_sends_them() {
-        let (kind, p) = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
-        );
-        assert_eq!(kind, "Bearer");
-        assert_eq!(p["realm"], "https://auth.example/token");
-        assert_eq!(p["service"], "registry.example");
-        assert_eq!(p["scope"], "repository:a/b:pull,push");
-        let (kind, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
-        assert_eq!(kind, "Basic");
-        assert_eq!(p["realm"], "Registry Realm");
+/// The certificates of the PEM file given as `--ca-cert`.
+fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).at("read", path)?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        Error::Usage(format!(
+            "--ca-cert {}: not a PEM certificate: {e}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(Error::Usage(format!(
+            "--ca-cert {}: no PEM certificate in it",
+            path.display()
+        )));
     }
+    Ok(certs)
 }

@@ -43,13 +43,15 @@ impl Credentials {
     }
 
     /// The credentials the docker configuration holds for `registry`
-    /// (`host[:port]`); anonymous when it has none or there is no config.
+    /// (`host[:port]`; Docker Hub's under docker's key for it,
+    /// `https://index.docker.io/v1/`); anonymous when it has none or there
+    /// is no config.
     pub fn from_docker_config(registry: &str) -> Result<Credentials> {
         let refused = |detail: String| Error::RemoteAuth {
             registry: registry.to_string(),
             detail,
         };
-        match docker_credential::get_credential(registry) {
+        match docker_credential::get_credential(super::reference::credentials_key(registry)) {
             Ok(DockerCredential::UsernamePassword(username, password)) => {
                 Ok(Credentials::Basic { username, password })
             }

@@ -27,6 +27,8 @@ pub const CHUNK_MAP: &str = "application/vnd.microsandbox.snapshot.chunkmap.v1+j
 pub const PACK: &str = "application/vnd.microsandbox.snapshot.pack.v1+zstd";
 /// `artifactType` of an image's cache artifacts.
 pub const IMAGE_CACHE_ARTIFACT: &str = "application/vnd.microsandbox.image-cache.v1";
+/// `artifactType` of a snapshot's signatures (tagged `sha256-<hex>.sig`).
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.microsandbox.snapshot.signatures.v1";
 /// `mediaType` of a cache file layer.
 pub const IMAGE_CACHE_FILE: &str = "application/vnd.microsandbox.image-cache.file.v1";
 /// The OCI empty config (`{}`), for the image-cache manifest.
@@ -135,10 +137,10 @@ impl OciManifest {
             return Err(bad(format!(
                 "artifactType is {}, not {artifact}: not a microsandbox {}",
                 crate::model::text::escape(m.artifact_type.as_deref().unwrap_or("(none)")),
-                if artifact == SNAPSHOT_ARTIFACT {
-                    "snapshot"
-                } else {
-                    "image cache"
+                match artifact {
+                    SNAPSHOT_ARTIFACT => "snapshot",
+                    SIGNATURE_ARTIFACT => "snapshot's signatures",
+                    _ => "image cache",
                 }
             )));
         }
@@ -382,6 +384,7 @@ impl ChunkMap {
     ) -> std::result::Result<(), String> {
         let upper = &snapshot.manifest.upper;
         let mut names = HashSet::new();
+        let mut lengths = HashMap::new();
         for f in &self.files {
             let name = crate::model::text::escape(&f.path);
             if !is_normal_file_name(&f.path) || f.path == "manifest.json" {
@@ -391,6 +394,12 @@ impl ChunkMap {
             }
             if !names.insert(f.path.as_str()) {
                 return Err(format!("lists file {name} twice"));
+            }
+            if f.path != upper.file {
+                return Err(format!(
+                    "lists file {name}, which is not in the snapshot: its manifest names only the upper {}",
+                    crate::model::text::escape(&upper.file)
+                ));
             }
             if f.size > max_file_bytes {
                 return Err(format!(
@@ -404,7 +413,7 @@ impl ChunkMap {
                     f.size, upper.size_bytes
                 ));
             }
-            self.check_extents(f, &name)?;
+            self.check_extents(f, &name, &mut lengths)?;
         }
         if !names.contains(upper.file.as_str()) {
             return Err(format!(
@@ -415,8 +424,16 @@ impl ChunkMap {
         Ok(())
     }
 
-    /// A file's extents: in order, aligned, inside it, naming a chunk.
-    fn check_extents(&self, f: &MapFile, name: &str) -> std::result::Result<(), String> {
+    /// A file's extents: in order, aligned, inside it, naming a chunk,
+    /// and each chunk the same length wherever it is used (`lengths`, by
+    /// chunk index): a short final chunk cannot stand in for a whole one,
+    /// nor a whole one run past a file's end.
+    fn check_extents(
+        &self,
+        f: &MapFile,
+        name: &str,
+        lengths: &mut HashMap<u32, u64>,
+    ) -> std::result::Result<(), String> {
         let mut next = 0u64;
         for &(offset, index) in &f.extents {
             if offset < next || offset % self.chunk_size != 0 || offset >= f.size {
@@ -427,6 +444,14 @@ impl ChunkMap {
             if index as usize >= self.chunks.len() {
                 return Err(format!("file {name}: chunk index {index} out of range"));
             }
+            let len = self.chunk_len(f, offset);
+            if let Some(&other) = lengths.get(&index).filter(|&&l| l != len) {
+                return Err(format!(
+                    "file {name}: chunk {} is used for {len} bytes at offset {offset} and for {other} bytes elsewhere",
+                    self.chunks[index as usize].chunk()
+                ));
+            }
+            lengths.insert(index, len);
             next = offset + self.chunk_size;
         }
         Ok(())
@@ -580,6 +605,38 @@ mod tests {
         refuse(&|m| m.files[0].path = "../x".into(), "path");
         refuse(&|m| m.files[0].path = "other".into(), "no upper");
         refuse(&|m| m.snapshot = Digest::of(b"x"), "other snapshot");
+        let mut notes = m.clone();
+        notes.files.push(MapFile {
+            path: "notes.txt".into(),
+            ..m.files[0].clone()
+        });
+        let e = ChunkMap::parse(&notes.to_bytes(), &s, &layers, 1 << 40).unwrap_err();
+        assert!(e.to_string().contains("notes.txt, which is not in"), "{e}");
+    }
+
+    #[test]
+    fn a_chunk_is_one_length_wherever_it_is_used() {
+        let mut short = snapshot().manifest;
+        short.upper.size_bytes = 4096 * 3 + 100;
+        let s = Manifest::parse(&short.canonical_bytes()).unwrap();
+        let (mut m, layers) = map(&s);
+        m.chunk_size = 4096;
+        m.files[0].size = 4096 * 3 + 100;
+        m.files[0].extents = vec![(4096, 0), (4096 * 2, 0)];
+        assert!(ChunkMap::parse(&m.to_bytes(), &s, &layers, 1 << 40).is_ok());
+        // The final 100 bytes' chunk at a whole chunk's offset, or a whole
+        // chunk at the final offset: either way the file would grow.
+        for extents in [vec![(0, 0), (4096 * 3, 0)], vec![(4096 * 3, 0)]] {
+            m.files[0].extents = extents;
+            m.files[0].extents.insert(0, (4096, 0));
+            m.files[0].extents.sort();
+            let e = ChunkMap::parse(&m.to_bytes(), &s, &layers, 1 << 40).unwrap_err();
+            assert_eq!(e.exit_code(), 6, "{e}");
+            assert!(
+                e.to_string().contains("for 100 bytes at offset 12288"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

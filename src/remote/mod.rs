@@ -4,10 +4,13 @@
 
 pub mod client;
 pub mod credentials;
+pub mod deadline;
 pub mod format;
 pub mod holdings;
 pub mod reference;
+pub mod retry;
+pub mod signatures;
 
-pub use client::{Access, Client, ClientOptions};
+pub use client::{Access, Client, ClientOptions, Notices};
 pub use credentials::Credentials;
 pub use reference::RemoteRef;

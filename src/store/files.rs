@@ -192,7 +192,7 @@ pub fn changed_at(meta: &std::fs::Metadata, now: i64) -> i64 {
 /// written and every directory entry created on it so far is durable when
 /// this returns, in one flush however many files there are.
 pub fn sync_filesystem(path: &Path) -> Result<()> {
-    let dir = File::open(path).at("open", path)?;
+    let dir = open_dir(path).at("open", path)?;
     // SAFETY: syncfs on a descriptor we own; no memory is touched.
     if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
         return Err(Error::io("syncfs", path, io::Error::last_os_error()));
@@ -202,7 +202,17 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
 
 /// fsync a directory, making the renames and creations inside it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at("fsync", dir)
+    open_dir(dir).and_then(|d| d.sync_all()).at("fsync", dir)
+}
+
+/// Open a directory to sync it: a FIFO or other non-directory there fails
+/// at once (O_DIRECTORY, O_NONBLOCK) rather than blocking.
+fn open_dir(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// Remove a directory tree; absent is fine.
@@ -220,7 +230,7 @@ pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
 /// opening a FIFO return at once instead of waiting for a writer). A file
 /// that is absent stays an I/O error of kind `NotFound`.
 pub fn open_regular(path: &Path) -> Result<File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let file = match File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -236,8 +246,20 @@ pub fn open_regular(path: &Path) -> Result<File> {
         Err(e) => return Err(Error::io("open", path, e)),
     };
     let kind = file.metadata().at("stat", path)?.file_type();
-    let what = if kind.is_file() {
-        return Ok(file);
+    match not_regular(kind) {
+        None => Ok(file),
+        Some(what) => Err(Error::integrity(
+            path.display().to_string(),
+            format!("is {what}, not a regular file"),
+        )),
+    }
+}
+
+/// What a file type is when it is not a regular file.
+fn not_regular(kind: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    Some(if kind.is_file() {
+        return None;
     } else if kind.is_fifo() {
         "a FIFO"
     } else if kind.is_block_device() || kind.is_char_device() {
@@ -246,13 +268,46 @@ pub fn open_regular(path: &Path) -> Result<File> {
         "a socket"
     } else if kind.is_dir() {
         "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
     } else {
         "not a file"
+    })
+}
+
+/// Open the lock file at `path` (ours or microsandbox's) to flock it,
+/// creating it when `create`: without blocking (a FIFO there would
+/// otherwise wait for a writer forever) and without following a symbolic
+/// link. `Ok(None)` when it is absent and not to be created; anything but
+/// a regular file there is an integrity error naming it.
+pub fn open_lock(path: &Path, create: bool) -> Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match File::options()
+        .read(true)
+        .write(create)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !create => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::integrity(
+                path.display().to_string(),
+                "is a symbolic link, not a regular file",
+            ));
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
     };
-    Err(Error::integrity(
-        path.display().to_string(),
-        format!("is {what}, not a regular file"),
-    ))
+    let kind = file.metadata().at("stat", path)?.file_type();
+    match not_regular(kind) {
+        None => Ok(Some(file)),
+        Some(what) => Err(Error::integrity(
+            path.display().to_string(),
+            format!("is {what}, not a regular file"),
+        )),
+    }
 }
 
 /// Read a whole small file, refusing one larger than `limit` before buffering it.

@@ -13,6 +13,7 @@ use std::path::Path;
 use crate::model::error::{Error, Result};
 use crate::model::image::{CacheFile, CacheKind};
 use crate::model::manifest::is_normal_file_name;
+use crate::store::files::open_lock;
 pub use crate::store::layout::not_ours;
 use crate::store::layout::{Layout, SnapshotName};
 
@@ -43,15 +44,16 @@ impl ArtifactLock {
     /// Take the lock of the artifact at `path` without waiting. `None` when
     /// another process holds it. An artifact without a lock file has nobody
     /// materializing it: the guard then holds nothing (the lock file is not
-    /// created, so nothing of microsandbox's namespace is written).
+    /// created, so nothing of microsandbox's namespace is written). A
+    /// `.lock` that is not a regular file (a FIFO, a symbolic link) is
+    /// opened without blocking and counts as held: the artifact is kept.
     pub fn try_take(path: &Path) -> Result<Option<ArtifactLock>> {
         let lock = Layout::artifact_lock(path);
-        let file = match File::options().read(true).open(&lock) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Some(ArtifactLock { _file: None }));
-            }
-            Err(e) => return Err(Error::io("open", lock, e)),
+        let file = match open_lock(&lock, false) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(Some(ArtifactLock { _file: None })),
+            Err(Error::Integrity { .. }) => return Ok(None),
+            Err(e) => return Err(e),
         };
         match file.try_lock() {
             Ok(()) => Ok(Some(ArtifactLock { _file: Some(file) })),

@@ -80,7 +80,7 @@ impl Layout {
         let ours = |name: &str| {
             matches!(
                 name,
-                "registry.db" | "registry.lock" | "snapshots" | "cache" | "staging"
+                "registry.db" | "registry.lock" | "snapshots" | "cache" | "staging" | "trust"
             ) || name.starts_with("registry.db-")
                 || name.starts_with("registry.db.")
         };
@@ -170,6 +170,23 @@ impl Layout {
     /// `cache/<kind>/<file>`.
     pub fn cache_file(&self, file: &CacheFile) -> PathBuf {
         self.cache_kind(file.kind).join(file.file_name())
+    }
+
+    /// `trust/`: the registry's default signing policy.
+    pub fn trust(&self) -> PathBuf {
+        self.root.join("trust")
+    }
+
+    /// `trust/allowed_signers`: the trust file every write checks when
+    /// [`Layout::require_signed`] exists, in OpenSSH's allowed_signers format.
+    pub fn allowed_signers(&self) -> PathBuf {
+        self.trust().join("allowed_signers")
+    }
+
+    /// `trust/require-signed`: when this file exists, every import, add and
+    /// pull must bring snapshots signed by a key `trust/allowed_signers` allows.
+    pub fn require_signed(&self) -> PathBuf {
+        self.trust().join("require-signed")
     }
 
     /// `staging/`.

@@ -3,6 +3,7 @@
 //! and by the archive check, consumed by `install`.
 
 use crate::db::SnapshotFileRow;
+use crate::db::signatures::SignatureRow;
 use crate::model::chunk::ChunkList;
 use crate::model::digest::Digest;
 use crate::model::image::{CacheFile, ImageMetadata};
@@ -46,4 +47,7 @@ pub struct StagedSet {
     pub cache_files: Vec<StagedCacheFile>,
     /// Image metadata documents being installed, with the reference they were found under.
     pub images: Vec<(ImageMetadata, String)>,
+    /// Signatures recorded with the snapshots (new ones or ones already here),
+    /// in the same transaction as their rows.
+    pub signatures: Vec<SignatureRow>,
 }

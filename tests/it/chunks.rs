@@ -123,7 +123,8 @@ fn chunk_lists_exist_after_add_import_and_reindex() {
 fn downgrade_to_v3(reg: &Reg) {
     let conn = rusqlite::Connection::open(reg.root().join("registry.db")).unwrap();
     conn.execute_batch(
-        "DROP TABLE remote_chunks;
+        "DROP TABLE signatures;
+         DROP TABLE remote_chunks;
          DROP TABLE remote_blobs;
          DROP TRIGGER chunks_unreferenced;
          DROP TABLE file_chunks;

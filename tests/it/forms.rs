@@ -223,6 +223,15 @@ fn refused_forms(work: &Path) -> Vec<Refused> {
         form(name, bytes, refusal);
     }
 
+    // A ustar header GNU tar takes for star's: it parses atime (exit 2 here).
+    let mut bytes = manifest_first().finish();
+    edit(&mut bytes, 0, |h| {
+        h[257..265].copy_from_slice(b"ustar\x0000");
+        h[476..488].copy_from_slice(b"1zzzzzzzzzz ");
+        h[488..500].copy_from_slice(b"14524155400 ");
+    });
+    form("star-atime-garbage", bytes, "atime field is not an octal");
+
     for (name, key, value, refusal) in [
         (
             "pax-unknown-keyword",

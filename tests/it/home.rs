@@ -773,3 +773,47 @@ fn a_held_lock_keeps_an_unused_image_whole_until_it_is_free() {
     let v: Value = h.reg.json(&["verify", "--content"]);
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// Issue 22: a microsandbox that died left a `-wal` holding committed rows
+/// and no `-shm`. gc reads those rows (the image they pin is kept) and
+/// creates nothing beside msb.db.
+#[test]
+fn gc_reads_a_dead_microsandboxs_wal_without_creating_side_files() {
+    let h = home();
+    let root = h.reg.root();
+    let db = root.join("db/msb.db");
+    let script = r#"
+import sqlite3, sys, os
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA wal_autocheckpoint=0")
+db.execute("INSERT INTO manifest (id, digest) VALUES (4, ?)", (sys.argv[2],))
+db.execute("INSERT INTO image_ref (reference, manifest_id) VALUES ('docker.io/library/busybox:1', 4)")
+os._exit(0)
+"#;
+    let status = Command::new("python3")
+        .args(["-c", script])
+        .arg(&db)
+        .arg(h.busybox.manifest_digest.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let shm = root.join("db/msb.db-shm");
+    std::fs::remove_file(&shm).unwrap();
+    let main_file = std::fs::read(&db).unwrap();
+    let wal = std::fs::read(root.join("db/msb.db-wal")).unwrap();
+    assert!(!wal.is_empty(), "the committed rows live in the -wal");
+
+    let r: Value = h.reg.json(&["gc", "--grace", "0"]);
+    assert!(
+        kept(&r).contains(&(
+            h.busybox.manifest_digest.to_string(),
+            "microsandbox uses it (db/msb.db)".into()
+        )),
+        "{r}"
+    );
+    assert_all_exist(&root, &image_paths(&h.busybox, "busybox:1"));
+    assert!(!shm.exists(), "gc created {}", shm.display());
+    assert_eq!(std::fs::read(&db).unwrap(), main_file);
+    assert_eq!(std::fs::read(root.join("db/msb.db-wal")).unwrap(), wal);
+}

@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("operations", &["ops"]),
     (
         "formats and protocols",
-        &["archive", "journal", "remote", "sample"],
+        &["archive", "journal", "remote", "sample", "trust"],
     ),
     ("storage", &["db", "store"]),
     ("model", &["model", "process"]),

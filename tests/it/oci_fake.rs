@@ -249,12 +249,17 @@ impl Env {
     }
 }
 
-/// stderr without the `--insecure` warning.
+/// stderr without the `--insecure` warning and the notices of retries.
 pub fn error_lines(run: &Run) -> Vec<&str> {
     run.stderr
         .lines()
-        .filter(|l| !l.starts_with("warning: --insecure: plain HTTP"))
+        .filter(|l| !l.starts_with("warning: --insecure: plain HTTP") && !is_retry(l))
         .collect()
+}
+
+/// Whether `line` is the notice of a retry.
+pub fn is_retry(line: &str) -> bool {
+    line.starts_with("warning: retry ")
 }
 
 /// Assert `run` failed with `code` and one line of error containing every

@@ -5,12 +5,14 @@
 //! The plan is owned data, so the database connection is never held while
 //! the archive streams.
 
+use crate::archive::entry::signature_member;
 use crate::db::{self, SnapshotRow};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, Result};
 use crate::model::manifest::unix_seconds;
 use crate::ops::registry::Registry;
 use crate::store::layout::SnapshotName;
+use crate::trust::sshsig::MAX_SIGNATURES;
 
 pub use crate::archive::export_stream::PlannedFile;
 
@@ -42,6 +44,20 @@ pub struct ExportPlan {
     /// The parent the first exported snapshot names, which the archive does
     /// not hold; `None` when the archive is self-contained.
     pub missing_parent: Option<Digest>,
+    /// The exported snapshots' signatures, written after every other member
+    /// (not in `--dense` archives).
+    pub signatures: Vec<PlannedSignature>,
+}
+
+/// A signature member of an export.
+#[derive(Debug, Clone)]
+pub struct PlannedSignature {
+    /// `signatures/<prefix>/<n>.sshsig`.
+    pub member: String,
+    /// The armored signature.
+    pub bytes: Vec<u8>,
+    /// Its snapshot's `created_at`, as for its other members.
+    pub mtime: u64,
 }
 
 impl Registry {
@@ -67,7 +83,20 @@ impl Registry {
             }
         }
         let missing_parent = chain.first().and_then(|s| s.parent);
+        let mut signatures = Vec::new();
+        for snapshot in &chain {
+            let mtime = created_at(snapshot)?;
+            let rows = db::signatures::signatures_of(self.db().conn(), &snapshot.digest)?;
+            for (i, row) in rows.into_iter().take(MAX_SIGNATURES).enumerate() {
+                signatures.push(PlannedSignature {
+                    member: signature_member(&snapshot.digest.archive_prefix(), i),
+                    bytes: row.signature.into_bytes(),
+                    mtime,
+                });
+            }
+        }
         Ok(ExportPlan {
+            signatures,
             missing_parent,
             head: head.digest,
             snapshots: chain.iter().map(|s| s.digest).collect(),

@@ -209,18 +209,25 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
 /// import found live by then is spared. A cache file goes only while its
 /// `.lock` is taken; one held by then is spared (its row is gone: a later
 /// gc removes it as debris once the lock is free). Returns the paths spared.
+///
+/// On a full file system, where the index cannot take even the deletion
+/// (its WAL cannot grow), the files go first and the rows after, once
+/// their space is free: a crash in between leaves rows of unreferenced
+/// files that are gone, which the next gc deletes.
 pub fn apply(
     registry: &mut Registry,
     _lock: &RegistryLock,
     plan: &GcPlan,
     progress: &dyn Progress,
 ) -> Result<HashSet<String>> {
-    {
-        let tx = registry.db_mut().write()?;
-        db::gc::delete_rows(&tx, &plan.cache_rows, &plan.image_rows, &plan.import_rows)?;
-        tx.commit()?;
+    let files_first = match delete_rows(registry, plan) {
+        Ok(()) => false,
+        Err(e) if e.is_storage() && !plan.files.is_empty() => true,
+        Err(e) => return Err(e),
+    };
+    if !files_first {
+        crate::process::failpoint::hit(crate::process::failpoint::GC_ROWS_DELETED)?;
     }
-    crate::process::failpoint::hit(crate::process::failpoint::GC_ROWS_DELETED)?;
     let layout = registry.layout();
     progress.start("gc", Some(plan.files.iter().map(|f| f.bytes).sum()));
     let mut staging: BTreeMap<&str, Vec<&Doomed>> = BTreeMap::new();
@@ -260,7 +267,17 @@ pub fn apply(
         }
     }
     progress.finish();
+    if files_first {
+        delete_rows(registry, plan)?;
+    }
     Ok(spared)
+}
+
+/// Delete the rows `plan` names, in one committed transaction.
+fn delete_rows(registry: &mut Registry, plan: &GcPlan) -> Result<()> {
+    let tx = registry.db_mut().write()?;
+    db::gc::delete_rows(&tx, &plan.cache_rows, &plan.image_rows, &plan.import_rows)?;
+    Ok(tx.commit()?)
 }
 
 fn remove(path: &Path, dir: bool) -> Result<()> {

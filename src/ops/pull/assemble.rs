@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::local::{Written, holds, open_staged};
+use super::local::{Scratch, Written, holds, open_staged};
 use super::report::Transfer;
 use super::resolve::RemoteSnapshot;
 use super::transfer::{Range, Wanted};
@@ -19,9 +19,18 @@ use crate::remote::Client;
 use crate::remote::format::ChunkMap;
 use crate::store::files::write_at_sparse;
 
-/// A snapshot assembled in staging: its chunk map, its directory and the
-/// size of each of its packs.
-pub(super) type Assembled = (ChunkMap, PathBuf, Vec<u64>);
+/// A snapshot assembled in staging.
+pub(super) struct Assembled {
+    /// Its chunk map.
+    pub(super) map: ChunkMap,
+    /// The directory its files are in.
+    pub(super) dir: PathBuf,
+    /// The size of each of its packs.
+    pub(super) pack_sizes: Vec<u64>,
+    /// The chunks downloaded and decoded: what the repository is known to
+    /// hold (the rest of the map is its claim, unchecked).
+    pub(super) downloaded: HashSet<Digest>,
+}
 
 impl Registry {
     /// Fetch each snapshot's chunk map and assemble its files in the
@@ -50,22 +59,28 @@ impl Registry {
             progress.start("pull", Some(total * map.chunk_size));
             let dir = lease.staging().join("pull").join(s.parsed.digest.hex());
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
-            self.assemble(
-                client,
-                repo,
-                &dir,
-                &map,
-                jobs,
-                &pack_sizes,
-                &mut written,
-                report,
-                progress,
-            )
-            .await?;
+            let downloaded = self
+                .assemble(
+                    client,
+                    repo,
+                    &dir,
+                    &map,
+                    jobs,
+                    &pack_sizes,
+                    &mut written,
+                    report,
+                    progress,
+                )
+                .await?;
             let manifest_path = dir.join("manifest.json");
             std::fs::write(&manifest_path, &s.config).at("write", &manifest_path)?;
             progress.finish();
-            maps.push((map, dir, pack_sizes));
+            maps.push(Assembled {
+                map,
+                dir,
+                pack_sizes,
+                downloaded,
+            });
         }
         Ok(maps)
     }
@@ -84,16 +99,18 @@ impl Registry {
         written: &mut Written,
         report: &mut Transfer,
         progress: &dyn Progress,
-    ) -> Result<()> {
+    ) -> Result<HashSet<Digest>> {
         let (files, wanted) = self.place_local(dir, map, written, report, progress)?;
         let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
             wanted.into_values().partition(|w| w.base.is_some());
         self.add_bases(map, &deltas, &mut plain, written)?;
         // Plain frames first (bases among them), then the deltas.
         let cell = std::cell::RefCell::new(std::mem::take(written));
-        let kept = std::cell::RefCell::new(HashMap::new());
+        let scratch = Scratch::create(dir.with_extension("bases"))?;
+        let mut downloaded = HashSet::new();
         let mut landed = |range: &Range, received: u64| -> Result<()> {
             report.bytes_downloaded += received;
+            downloaded.extend(range.chunks.iter().map(|w| w.chunk));
             for w in range.chunks.iter().filter(|w| !w.targets.is_empty()) {
                 report.chunks_downloaded += 1;
                 let (index, offset) = w.targets[0];
@@ -114,7 +131,7 @@ impl Registry {
                     pack_sizes,
                     &files,
                     &cell,
-                    &kept,
+                    &scratch,
                     phase,
                     jobs,
                     &mut landed,
@@ -124,8 +141,13 @@ impl Registry {
                 break;
             }
         }
-        *written = cell.into_inner();
-        result
+        // The bases' places go with the file: a later snapshot of the chain
+        // finds its own bases here or downloads them again.
+        let mut written_now = cell.into_inner();
+        written_now.retain(|_, (path, ..)| *path != scratch.path());
+        *written = written_now;
+        scratch.remove()?;
+        result.map(|()| downloaded)
     }
 
     /// Open each file of `map` in `dir` and write the chunks already on

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 
+use super::assemble::Assembled;
 use super::report::PullReport;
 use super::resolve::RemoteSnapshot;
 use crate::db::{self, ImportFileRow};
@@ -18,7 +18,7 @@ use crate::model::manifest::ParsedManifest;
 use crate::ops::install::install;
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
-use crate::remote::format::{ChunkMap, IMAGE_CACHE_ARTIFACT, OciManifest, TITLE, malformed};
+use crate::remote::format::{IMAGE_CACHE_ARTIFACT, OciManifest, TITLE, malformed};
 use crate::remote::reference::image_tag;
 use crate::remote::{Client, RemoteRef};
 use crate::store::layout::SnapshotName;
@@ -36,18 +36,30 @@ impl Registry {
         chain: &[RemoteSnapshot],
         head_name: Option<&SnapshotName>,
         images: &HashSet<Digest>,
-        maps: &[(ChunkMap, PathBuf, Vec<u64>)],
+        maps: &[Assembled],
+        signatures: Vec<crate::db::signatures::SignatureRow>,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
         let repo = source.repository.as_str();
-        let mut set = StagedSet::default();
+        let mut set = StagedSet {
+            signatures,
+            ..StagedSet::default()
+        };
         let mut journal = Vec::new();
         let names = self.pull_names(chain, head_name)?;
-        for ((s, (map, dir, _)), name) in chain.iter().zip(maps).zip(names) {
-            let staged = self.check_assembled(s, map, dir, name, source, &mut journal, progress)?;
+        // Hashing a large sparse upper takes a while: the bar counts it.
+        let logical = chain
+            .iter()
+            .zip(maps)
+            .map(|(s, a)| s.config.len() as u64 + a.map.files.iter().map(|f| f.size).sum::<u64>());
+        progress.start("verify", Some(logical.sum()));
+        for ((s, a), name) in chain.iter().zip(maps).zip(names) {
+            let staged =
+                self.check_assembled(s, &a.map, &a.dir, name, source, &mut journal, progress)?;
             set.snapshots.push(staged);
         }
+        progress.finish();
         // What an interrupted run of this pull staged of the image is redone.
         crate::store::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
         for image in images {
@@ -77,16 +89,7 @@ impl Registry {
             tx.commit()?;
         }
         let outcome = install(self, lease, &set)?;
-        // Only the maps of an installed pull: a refused one teaches nothing.
-        for (map, _, pack_sizes) in maps {
-            crate::remote::holdings::record_map(
-                self.db().conn(),
-                &source.registry,
-                repo,
-                map,
-                pack_sizes,
-            )?;
-        }
+        self.record_pulled(&source.registry, repo, maps)?;
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
@@ -96,6 +99,24 @@ impl Registry {
             .unwrap_or_else(|| head.name.to_string());
         if !report.imported.is_empty() {
             report.microsandbox_hint = crate::store::shared_home::reindex_hint(self.layout());
+        }
+        Ok(())
+    }
+
+    /// Record what the repository holds, from the maps of an installed
+    /// pull (a refused one teaches nothing), and of each only the chunks
+    /// it downloaded and decoded: the rest is the map's claim, and push
+    /// skips what is recorded.
+    fn record_pulled(&self, registry: &str, repo: &str, maps: &[Assembled]) -> Result<()> {
+        for a in maps {
+            crate::remote::holdings::record_map(
+                self.db().conn(),
+                registry,
+                repo,
+                &a.map,
+                &a.pack_sizes,
+                &|c| a.downloaded.contains(c),
+            )?;
         }
         Ok(())
     }

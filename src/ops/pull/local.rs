@@ -15,6 +15,52 @@ use crate::store::layout::SnapshotName;
 /// Where a chunk's bytes already are: file, offset, length.
 pub(super) type Written = HashMap<Digest, (PathBuf, u64, u64)>;
 
+/// A file in staging for the bases of deltas that no file uses: each
+/// decoded base is written there (and found there by [`Written`]) rather
+/// than held in memory, whatever number of them a chunk map names.
+pub(super) struct Scratch {
+    file: File,
+    path: PathBuf,
+    end: std::cell::Cell<u64>,
+}
+
+impl Scratch {
+    /// A new, empty scratch file at `path`.
+    pub(super) fn create(path: PathBuf) -> Result<Scratch> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .at("create", &path)?;
+        Ok(Scratch {
+            file,
+            path,
+            end: std::cell::Cell::new(0),
+        })
+    }
+
+    /// Append `bytes`; returns where they are.
+    pub(super) fn keep(&self, bytes: &[u8]) -> Result<(PathBuf, u64, u64)> {
+        let at = self.end.get();
+        self.file.write_all_at(bytes, at).at("write", &self.path)?;
+        self.end.set(at + bytes.len() as u64);
+        Ok((self.path.clone(), at, bytes.len() as u64))
+    }
+
+    /// Where the file is.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Delete the file.
+    pub(super) fn remove(self) -> Result<()> {
+        drop(self.file);
+        std::fs::remove_file(&self.path).at("remove", &self.path)
+    }
+}
+
 impl Registry {
     /// The bytes of `chunk` (`len` bytes, when known) from this pull's
     /// files or any snapshot here, checked against its digest (a changed
@@ -58,14 +104,23 @@ impl Registry {
 /// Open (or create) a staged file of `size` bytes; `true` when it is new
 /// (nothing in it to resume from).
 pub(super) fn open_staged(path: &Path, size: u64) -> Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = File::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)
         .at("open", path)?;
-    let len = file.metadata().at("stat", path)?.len();
+    let meta = file.metadata().at("stat", path)?;
+    if !meta.is_file() {
+        return Err(crate::model::error::Error::integrity(
+            path.display().to_string(),
+            "is not a regular file",
+        ));
+    }
+    let len = meta.len();
     if len == size {
         return Ok((file, false));
     }

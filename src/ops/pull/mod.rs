@@ -26,12 +26,15 @@ use std::collections::HashSet;
 
 pub use self::report::{PullOptions, PullReport, Transfer};
 use self::resolve::RemoteSnapshot;
+use crate::db::signatures::SignatureRow;
 use crate::db::{self, ImportState};
 use crate::journal::Lease;
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::ops::registry::Registry;
+use crate::ops::sign::{Arriving, admit};
 use crate::process::progress::Progress;
+use crate::remote::signatures::fetch_signatures;
 use crate::remote::{Client, RemoteRef};
 use crate::store::layout::SnapshotName;
 
@@ -55,8 +58,14 @@ impl Registry {
             .build()
             .at("start", "the async runtime")?;
         let mut transfer = Transfer::default();
-        let (chain, head, manifest_digest) =
-            runtime.block_on(self.resolve_chain(&client, source, &reference, &mut transfer))?;
+        let (chain, head, manifest_digest) = runtime
+            .block_on(async {
+                tokio::select! {
+                    r = self.resolve_chain(&client, source, &reference, &mut transfer) => r,
+                    e = crate::process::interrupt::wait() => Err(e),
+                }
+            })
+            .map_err(explain_interrupt)?;
         let mut report = PullReport {
             head,
             name: String::new(),
@@ -68,39 +77,34 @@ impl Registry {
             microsandbox_hint: None,
         };
         if chain.is_empty() {
-            let row =
-                db::snapshots::snapshot_by_digest(self.db().conn(), &head)?.ok_or_else(|| {
-                    Error::NotFound {
-                        what: "snapshot",
-                        reference: head.to_string(),
-                    }
-                })?;
-            report.name = match head_name {
-                // As import does: a head already here takes the name asked for.
-                Some(n) if n.as_str() != row.name => {
-                    self.rename(&head.to_string(), n.as_str())?.name
-                }
-                _ => row.name,
-            };
+            report.name = self.name_present(&head, head_name.as_ref())?;
             report.skipped.push(head);
             return Ok(report);
         }
+        self.check_name_free(&head, head_name.as_ref())?;
+        let signatures = runtime.block_on(self.pulled_signatures(&client, source, &chain, opts))?;
         let key = format!(
             "{}{}@{manifest_digest}",
             db::gc::PULL_SOURCE_PREFIX,
             source.repository_name()
         );
         let mut lease = self.pull_lease(&key)?;
-        let result = runtime.block_on(self.pull_leased(
-            &client,
-            source,
-            &mut lease,
-            &chain,
-            head_name.as_ref(),
-            opts,
-            &mut report,
-            progress,
-        ));
+        let result = runtime.block_on(async {
+            tokio::select! {
+                r = self.pull_leased(
+                    &client,
+                    source,
+                    &mut lease,
+                    &chain,
+                    head_name.as_ref(),
+                    opts,
+                    signatures,
+                    &mut report,
+                    progress,
+                ) => r,
+                e = crate::process::interrupt::wait() => Err(e),
+            }
+        });
         match &result {
             // What was downloaded stays for the rerun to resume from.
             Err(e) if resumable(e) => lease.release(),
@@ -110,8 +114,38 @@ impl Registry {
                 lease.finish(self.db_mut(), ImportState::Failed, Some(&message))?;
             }
         }
-        result?;
+        result.map_err(explain_interrupt)?;
         Ok(report)
+    }
+
+    /// The name of `head`, already here: the one asked for (as import
+    /// does, a head already here takes it), else its own.
+    fn name_present(&mut self, head: &Digest, head_name: Option<&SnapshotName>) -> Result<String> {
+        let row = db::snapshots::snapshot_by_digest(self.db().conn(), head)?.ok_or_else(|| {
+            Error::NotFound {
+                what: "snapshot",
+                reference: head.to_string(),
+            }
+        })?;
+        Ok(match head_name {
+            Some(n) if n.as_str() != row.name => self.rename(&head.to_string(), n.as_str())?.name,
+            _ => row.name,
+        })
+    }
+
+    /// A `--name` taken by another snapshot is refused before any chunk
+    /// map or pack is downloaded (install would refuse it after).
+    fn check_name_free(&self, head: &Digest, head_name: Option<&SnapshotName>) -> Result<()> {
+        if let Some(n) = head_name
+            && let Some(other) = db::snapshots::snapshot_by_name(self.db().conn(), n.as_str())?
+            && other.digest != *head
+        {
+            return Err(Error::conflict(
+                format!("snapshot name {n}"),
+                format!("already names {}, not {head}", other.digest),
+            ));
+        }
+        Ok(())
     }
 
     /// The lease of an interrupted pull of the same manifest, or a new one.
@@ -136,6 +170,7 @@ impl Registry {
         chain: &[RemoteSnapshot],
         head_name: Option<&SnapshotName>,
         opts: &PullOptions,
+        signatures: Vec<SignatureRow>,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
@@ -168,9 +203,49 @@ impl Registry {
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PULL_ASSEMBLED)?;
         self.install_pulled(
-            client, source, lease, chain, head_name, &images, &maps, report, progress,
+            client, source, lease, chain, head_name, &images, &maps, signatures, report, progress,
         )
         .await
+    }
+
+    /// The signatures the repository holds for each snapshot of `chain`,
+    /// checked against the policy before a byte of content is downloaded:
+    /// a signature that does not verify refuses the pull, as does a
+    /// snapshot the trust files require signed that no allowed key covers.
+    async fn pulled_signatures(
+        &self,
+        client: &Client,
+        source: &RemoteRef,
+        chain: &[RemoteSnapshot],
+        opts: &PullOptions,
+    ) -> Result<Vec<SignatureRow>> {
+        let trusts = self.trust_policy(&opts.trust)?;
+        let mut found = Vec::new();
+        for s in chain {
+            found.push(fetch_signatures(client, &source.repository, &s.parsed.digest).await?);
+        }
+        let arriving: Vec<Arriving> = chain
+            .iter()
+            .zip(&found)
+            .map(|(s, signatures)| Arriving {
+                digest: s.parsed.digest,
+                parent: s.parsed.manifest.parent,
+                signatures,
+            })
+            .collect();
+        admit(self.db().conn(), &trusts, &arriving)
+    }
+}
+
+/// An interrupted pull says what is left: nothing installed, and what
+/// was downloaded kept for the rerun.
+fn explain_interrupt(e: Error) -> Error {
+    match e {
+        Error::Interrupted { signal, .. } => Error::Interrupted {
+            signal,
+            cleaned: "nothing was installed; what was downloaded stays in staging and a rerun resumes from it".into(),
+        },
+        e => e,
     }
 }
 

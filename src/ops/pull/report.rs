@@ -19,6 +19,8 @@ pub struct PullOptions {
     pub max_file_bytes: Option<u64>,
     /// How to reach the registry.
     pub client: ClientOptions,
+    /// Which signatures the pulled snapshots must carry.
+    pub trust: crate::ops::sign::TrustOptions,
 }
 
 /// What a pull did.

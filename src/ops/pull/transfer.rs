@@ -2,16 +2,16 @@
 //! fetched `jobs` at a time, each decoded (a delta against its base),
 //! checked and written where it goes.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 
 use futures_util::stream::{self, StreamExt};
 
-use super::local::Written;
+use super::local::{Scratch, Written};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::ops::registry::Registry;
+use crate::process::budget::{ByteBudget, MAX_IN_FLIGHT_BYTES};
 use crate::remote::Client;
 use crate::remote::format::{ChunkMap, malformed};
 use crate::store::files::write_at_sparse;
@@ -79,10 +79,11 @@ fn coalesce(mut wanted: Vec<Wanted>) -> Vec<Range> {
 
 impl Registry {
     /// Download the frames `wanted` needs, coalesced into range requests,
-    /// `jobs` at a time; decode each (a delta against its base, from
-    /// `kept` or this registry) and write it where it goes, calling
-    /// `landed` as each range is done. Decoded chunks with no place to go
-    /// (bases) are kept in `kept`.
+    /// `jobs` at a time and [`MAX_IN_FLIGHT_BYTES`] of ranges in memory at
+    /// most; decode each (a delta against its base, found on
+    /// this machine) and write it where it goes, calling `landed` as each
+    /// range is done. Decoded chunks with no place to go (bases no file
+    /// uses) are written to `scratch`, never held in memory.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn download(
         &self,
@@ -92,15 +93,18 @@ impl Registry {
         pack_sizes: &[u64],
         files: &[(File, PathBuf)],
         written: &std::cell::RefCell<Written>,
-        kept: &std::cell::RefCell<HashMap<Digest, Vec<u8>>>,
+        scratch: &Scratch,
         wanted: Vec<Wanted>,
         jobs: usize,
         landed: &mut dyn FnMut(&Range, u64) -> Result<()>,
     ) -> Result<()> {
         let ranges = coalesce(wanted);
+        let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
+        let budget = &budget;
         let mut results = stream::iter(ranges.into_iter().map(|range| async move {
             let pack = map.packs[range.pack];
             let (start, len) = range.span();
+            let _taken = budget.take(len).await;
             let body = client
                 .get_range(repo, &pack, pack_sizes[range.pack], start, len)
                 .await?;
@@ -108,11 +112,7 @@ impl Registry {
                 let frame = &body[(w.frame.0 - start) as usize..][..w.frame.1 as usize];
                 let base = match &w.base {
                     Some(b) => {
-                        let held = kept.borrow().get(b).cloned();
-                        let found = match held {
-                            Some(bytes) => Some(bytes),
-                            None => self.local_chunk(&written.borrow(), b, None)?,
-                        };
+                        let found = self.local_chunk(&written.borrow(), b, None)?;
                         Some(found.ok_or_else(|| Error::Integrity {
                             subject: format!("chunk {} in pack {pack}", w.chunk),
                             detail: format!("its base chunk {b} is nowhere to be found"),
@@ -124,7 +124,8 @@ impl Registry {
                 let bytes =
                     decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, &pack)?;
                 if w.targets.is_empty() {
-                    kept.borrow_mut().insert(w.chunk, bytes);
+                    let place = scratch.keep(&bytes)?;
+                    written.borrow_mut().insert(w.chunk, place);
                     continue;
                 }
                 for &(index, offset) in &w.targets {

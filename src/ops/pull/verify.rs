@@ -6,7 +6,8 @@ use std::path::Path;
 use super::resolve::RemoteSnapshot;
 use crate::db::{ImportFileRow, SnapshotFileRow};
 use crate::model::chunk::CHUNK_SIZE;
-use crate::model::error::Result;
+use crate::model::digest::Digest;
+use crate::model::error::{IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::RemoteRef;
@@ -46,6 +47,7 @@ impl Registry {
         {
             let path = dir.join(file_name);
             let file = crate::store::files::open_regular(&path)?;
+            check_length(&file, &path, len, s)?;
             let integrity = (file_name == upper.file)
                 .then_some(upper.integrity.as_ref())
                 .flatten();
@@ -92,8 +94,25 @@ impl Registry {
     }
 }
 
+/// An assembled file has the length its map (and for the upper, the
+/// manifest) gives it, whatever chunk size the map was cut at.
+fn check_length(file: &std::fs::File, path: &Path, len: u64, s: &RemoteSnapshot) -> Result<()> {
+    let assembled = file.metadata().at("stat", path)?.len();
+    if assembled == len {
+        return Ok(());
+    }
+    Err(malformed(
+        &format!("chunk map of {}", s.parsed.digest),
+        format!(
+            "file {} was assembled to {assembled} bytes; it has {len}",
+            crate::model::text::escape(&path.file_name().unwrap_or_default().to_string_lossy())
+        ),
+    ))
+}
+
 /// The chunk list cut from an assembled file must be its chunk map's
-/// (when both are cut at the same size): nothing more, nothing less.
+/// (when both are cut at the same size): nothing more, nothing less. The
+/// refusal names the first offset where they differ.
 fn matches_map(
     map: &ChunkMap,
     f: &MapFile,
@@ -103,21 +122,38 @@ fn matches_map(
     if map.chunk_size != CHUNK_SIZE {
         return Ok(());
     }
-    let same = found.len() == f.extents.len()
-        && found.iter().zip(&f.extents).all(|(c, &(offset, i))| {
-            c.offset == offset && c.digest == map.chunks[i as usize].chunk()
-        });
-    if same {
-        Ok(())
-    } else {
-        Err(malformed(
-            &format!("chunk map of {}", s.parsed.digest),
-            format!(
-                "file {} assembled from it has {} data chunks; the map lists {} (a listed chunk of zeros, or a missing one)",
-                crate::model::text::escape(&f.path),
-                found.len(),
-                f.extents.len()
-            ),
-        ))
-    }
+    let listed: Vec<(u64, Digest)> = f
+        .extents
+        .iter()
+        .map(|&(offset, i)| (offset, map.chunks[i as usize].chunk()))
+        .collect();
+    let cut: Vec<(u64, Digest)> = found.iter().map(|c| (c.offset, c.digest)).collect();
+    let Some(at) = (0..listed.len().max(cut.len())).find(|&i| listed.get(i) != cut.get(i)) else {
+        return Ok(());
+    };
+    let detail = match (listed.get(at), cut.get(at)) {
+        (Some((l, _)), Some((c, _))) if l < c => {
+            format!("the map lists chunk data at offset {l}, where the file holds only zeros")
+        }
+        (Some((l, _)), Some((c, _))) if c < l => {
+            format!("the file holds data at offset {c}, where the map lists none")
+        }
+        (Some((l, d)), Some((_, found))) => {
+            format!("the map lists chunk {d} at offset {l}, the file holds {found}")
+        }
+        (Some((l, _)), None) => {
+            format!("the map lists chunk data at offset {l}, where the file holds only zeros")
+        }
+        (None, Some((c, _))) => {
+            format!("the file holds data at offset {c}, where the map lists none")
+        }
+        (None, None) => unreachable!("a difference is at an index one of them has"),
+    };
+    Err(malformed(
+        &format!("chunk map of {}", s.parsed.digest),
+        format!(
+            "file {} assembled from it differs from it: {detail}",
+            crate::model::text::escape(&f.path)
+        ),
+    ))
 }

@@ -4,10 +4,12 @@
 //! last, so no tag ever names a half-pushed snapshot.
 //!
 //! By step: `resolve` (the chain, configs and chunk lists), `plan` (what
-//! the repository holds, what it lacks), `transfer` (packs and blobs),
+//! the repository holds, what it lacks; `learn` checks what a chunk map
+//! there claims), `transfer` (packs and blobs),
 //! `manifest` (chunk map and OCI manifest), `image` (`--with-image`).
 
 mod image;
+mod learn;
 mod manifest;
 mod plan;
 mod report;
@@ -26,7 +28,8 @@ use crate::model::error::{Error, IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::format::{CHUNK_MAP, Descriptor, OCI_MANIFEST, SNAPSHOT_CONFIG};
-use crate::remote::reference::{is_valid_tag, snapshot_tag};
+use crate::remote::reference::{is_valid_tag, snapshot_of_tag, snapshot_tag};
+use crate::remote::signatures::push_signatures;
 use crate::remote::{Access, Client, RemoteRef};
 use crate::store::layout::SnapshotName;
 
@@ -56,6 +59,7 @@ impl Registry {
                 )));
             }
         };
+        check_tag_free(&tag, &head.digest, target)?;
         let chain = self.push_chain(&head, opts.with_parents)?;
         let client = Client::new(&target.registry, &opts.client)?;
         // What push writes is a cache of what the registry holds: losing
@@ -65,16 +69,52 @@ impl Registry {
             .enable_all()
             .build()
             .at("start", "the async runtime")?;
-        let first =
-            runtime.block_on(self.push_async(&client, target, &tag, &chain, opts, progress));
-        match first {
+        let attempt = || {
+            runtime.block_on(async {
+                tokio::select! {
+                    r = self.push_async(&client, target, &tag, &chain, opts, progress) => r,
+                    e = crate::process::interrupt::wait() => Err(e),
+                }
+            })
+        };
+        let result = match attempt() {
             // The registry lost blobs we recorded (its garbage collection
             // ran): forget what we knew of the repository, and push again.
             Err(Error::Remote { detail, .. }) if detail.contains("BLOB_UNKNOWN") => {
                 db::remote::forget_remote(self.db().conn(), &target.registry, &target.repository)?;
-                runtime.block_on(self.push_async(&client, target, &tag, &chain, opts, progress))
+                attempt()
             }
             other => other,
+        };
+        result.map_err(|e| self.explain_push_failure(e, &chain))
+    }
+
+    /// A push that fails because a snapshot's files went away (an `rm`
+    /// while it was being pushed) says so, as export does (exit 3); an
+    /// interrupted one says what a rerun does.
+    fn explain_push_failure(&self, e: Error, chain: &[SnapshotRow]) -> Error {
+        match e {
+            Error::Interrupted { signal, .. } => Error::Interrupted {
+                signal,
+                cleaned: "no tag was set; a rerun sends only what the registry lacks".into(),
+            },
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                let conn = self.db().conn();
+                let gone = chain.iter().find(|s| {
+                    db::snapshots::snapshot_by_digest(conn, &s.digest).is_ok_and(|r| r.is_none())
+                });
+                match gone {
+                    Some(s) => Error::NotFound {
+                        what: "snapshot",
+                        reference: format!(
+                            "{} ({}): removed while it was being pushed",
+                            s.name, s.digest
+                        ),
+                    },
+                    None => e,
+                }
+            }
+            e => e,
         }
     }
 
@@ -107,7 +147,15 @@ impl Registry {
             .push_manifests(client, target, chain, jobs, &mut counts, progress)
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PUSH_MANIFESTS_STORED)?;
-        let snapshots = set_tags(client, &target.repository, chain, tag, &manifests).await?;
+        let mut snapshots = set_tags(client, &target.repository, chain, tag, &manifests).await?;
+        for pushed in &mut snapshots {
+            let rows = db::signatures::signatures_of(self.db().conn(), &pushed.digest)?;
+            if !rows.is_empty() {
+                let armored: Vec<String> = rows.into_iter().map(|r| r.signature).collect();
+                push_signatures(client, &target.repository, &pushed.digest, &armored).await?;
+                pushed.signatures = armored.len();
+            }
+        }
         Ok(PushReport {
             repository: target.repository_name(),
             tag: tag.to_string(),
@@ -119,6 +167,7 @@ impl Registry {
             blobs_mounted: counts.mounted,
             chunks_uploaded: counts.chunks_uploaded,
             chunks_present: counts.chunks_present,
+            bytes_not_sent: counts.bytes_not_sent,
             image,
             warnings: warnings.into_iter().collect(),
         })
@@ -188,7 +237,15 @@ impl Registry {
         let (files, order, places) = self.cut_files(snapshot, &name)?;
         let pushed_parent = parent.map(|(d, _)| d);
         let held = self
-            .find_held(client, target, snapshot, pushed_parent, &order, counts)
+            .find_held(
+                client,
+                target,
+                snapshot,
+                pushed_parent,
+                &order,
+                jobs,
+                counts,
+            )
             .await?;
         let unplaced = self.unplaced(snapshot, &order, &places, &held, counts, progress)?;
         self.store_packs(client, target, unplaced, jobs, counts, progress)
@@ -214,6 +271,21 @@ impl Registry {
             .await?;
         Ok(bytes)
     }
+}
+
+/// Refuse a tag that names something else by its identity:
+/// `sha256-<hex>` of another snapshot, or `image-sha256-<hex>`; later pulls
+/// find parents and images through them.
+fn check_tag_free(tag: &str, head: &Digest, target: &RemoteRef) -> Result<()> {
+    let reserved = tag.starts_with("image-sha256-")
+        || (tag.starts_with("sha256-") && snapshot_of_tag(tag) != Some(*head));
+    if !reserved {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "tag {tag} is reserved: sha256-<hex> names a snapshot by its digest and image-sha256-<hex> an image's cache artifacts; give another: {}:TAG",
+        target.repository_name()
+    )))
 }
 
 /// A warning when the first snapshot's parent is not in the repository.
@@ -262,6 +334,7 @@ async fn set_tags(
             name: snapshot.name.clone(),
             manifest_digest: *digest,
             tags,
+            signatures: 0,
         });
     }
     Ok(pushed)

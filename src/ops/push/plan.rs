@@ -11,13 +11,8 @@ use super::transfer::Unplaced;
 use crate::db::{self, SnapshotRow, remote::PackedChunk};
 use crate::model::digest::Digest;
 use crate::model::error::Result;
-use crate::model::manifest::MAX_MANIFEST_BYTES;
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
-use crate::remote::format::{
-    CHUNK_MAP, ChunkMap, MAX_CHUNK_MAP_BYTES, OciManifest, SNAPSHOT_ARTIFACT, parse_config,
-};
-use crate::remote::reference::snapshot_tag;
 use crate::remote::{Client, RemoteRef};
 use crate::store::layout::SnapshotName;
 
@@ -37,6 +32,7 @@ pub(super) fn placed(held: &Held, chunk: &Digest) -> Option<PackedChunk> {
 impl Registry {
     /// Learn and mount what the repository may hold of `order` beyond what
     /// is recorded; returns what it is then known to hold.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn find_held(
         &self,
         client: &Client,
@@ -44,6 +40,7 @@ impl Registry {
         snapshot: &SnapshotRow,
         pushed_parent: Option<&Digest>,
         order: &[Digest],
+        jobs: usize,
         counts: &mut Counts,
     ) -> Result<Held> {
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
@@ -54,7 +51,7 @@ impl Registry {
         {
             // Another machine may have pushed the parent: its chunk map
             // says where the repository holds the chunks they share.
-            self.learn_from(client, target, &p).await?;
+            self.learn_from(client, target, &p, order, jobs).await?;
         }
         let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
         if order.iter().any(|c| placed(&held, c).is_none()) {
@@ -81,6 +78,7 @@ impl Registry {
         for (i, chunk) in order.iter().enumerate() {
             if placed(held, chunk).is_some() {
                 counts.chunks_present += 1;
+                counts.bytes_not_sent += places[i].2;
                 progress.advance(places[i].2);
                 continue;
             }
@@ -150,34 +148,5 @@ impl Registry {
             }
         }
         Ok(())
-    }
-
-    /// Record where the repository holds the chunks of snapshot `digest`,
-    /// from its chunk map there (if it is there).
-    async fn learn_from(&self, client: &Client, target: &RemoteRef, digest: &Digest) -> Result<()> {
-        let repo = target.repository.as_str();
-        let Some((bytes, _)) = client.get_manifest(repo, &snapshot_tag(digest)).await? else {
-            return Ok(());
-        };
-        let subject = format!("{}:{}", target.repository_name(), snapshot_tag(digest));
-        let manifest = OciManifest::parse(&bytes, SNAPSHOT_ARTIFACT, &subject)?;
-        let Some((first, packs)) = manifest.layers.split_first() else {
-            return Ok(());
-        };
-        if first.media_type != CHUNK_MAP || first.size > MAX_CHUNK_MAP_BYTES {
-            return Ok(());
-        }
-        let config = client
-            .get_blob(
-                repo,
-                &manifest.config.digest,
-                manifest.config.size.min(MAX_MANIFEST_BYTES),
-            )
-            .await?;
-        let parsed = parse_config(&config, &subject)?;
-        let map_bytes = client.get_blob(repo, &first.digest, first.size).await?;
-        let map = ChunkMap::parse(&map_bytes, &parsed, packs, u64::MAX)?;
-        let sizes = map.pack_sizes(packs);
-        crate::remote::holdings::record_map(self.db().conn(), &target.registry, repo, &map, &sizes)
     }
 }

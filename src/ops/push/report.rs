@@ -35,6 +35,8 @@ pub struct PushedSnapshot {
     pub manifest_digest: Digest,
     /// The tags set on it.
     pub tags: Vec<String>,
+    /// Signatures stored with it (tag `sha256-<hex>.sig`), set after its tags.
+    pub signatures: usize,
 }
 
 /// The image cache artifacts a push stored.
@@ -69,6 +71,8 @@ pub struct PushReport {
     pub chunks_uploaded: u64,
     /// Chunks the repository already held (recorded, or learnt from the parent's chunk map there).
     pub chunks_present: u64,
+    /// Bytes of data in those chunks: what the push did not send.
+    pub bytes_not_sent: u64,
     /// The image cache artifacts, with `--with-image`.
     pub image: Option<PushedImage>,
     /// Things the user should know (a parent the repository lacks).
@@ -98,6 +102,7 @@ pub struct Counts {
     pub mounted: u64,
     pub chunks_uploaded: u64,
     pub chunks_present: u64,
+    pub bytes_not_sent: u64,
 }
 
 impl Counts {

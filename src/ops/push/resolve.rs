@@ -51,16 +51,10 @@ impl Registry {
         Ok(chain)
     }
 
-    /// Bytes of data (not holes) in the files of `s`.
+    /// Bytes of data (not holes) in the upper of `s`: what the push bar counts.
     pub(super) fn data_bytes(&self, s: &SnapshotRow) -> Result<u64> {
-        let conn = self.db().conn();
-        let mut total = 0;
-        for f in db::snapshots::snapshot_files(conn, &s.digest)? {
-            if let Some(list) = db::chunks::chunk_list(conn, &s.digest, &f.path)? {
-                total += list.data_bytes();
-            }
-        }
-        Ok(total)
+        let list = db::chunks::chunk_list(self.db().conn(), &s.digest, &s.upper_file)?;
+        Ok(list.map_or(0, |l| l.data_bytes()))
     }
 
     /// The canonical manifest bytes of `snapshot`, checked against its digest.
@@ -116,7 +110,7 @@ impl Registry {
         Ok(list)
     }
 
-    /// The chunk map's files of `snapshot` (every file but manifest.json),
+    /// The chunk map's files of `snapshot` (its upper),
     /// its distinct chunks in order of first use, and where each is.
     pub(super) fn cut_files(
         &self,
@@ -132,7 +126,9 @@ impl Registry {
         let mut order = Vec::new();
         let mut places = Vec::new();
         for f in db::snapshots::snapshot_files(conn, &snapshot.digest)? {
-            if f.path == "manifest.json" {
+            // The OCI form carries what the snapshot digest covers: the
+            // manifest (as the config) and the upper it names, nothing else.
+            if f.path != snapshot.upper_file {
                 continue;
             }
             let path = std::sync::Arc::new(self.layout().snapshot_file(name, &f.path));

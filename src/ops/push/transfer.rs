@@ -1,7 +1,6 @@
 //! Transfer: pack and compress the chunks a repository lacks and store
 //! them, and store single blobs, each recorded as it lands.
 
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -13,6 +12,7 @@ use crate::db::{self, remote::PackedChunk};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::ops::registry::Registry;
+use crate::process::budget::{ByteBudget, MAX_IN_FLIGHT_BYTES};
 use crate::process::progress::Progress;
 use crate::remote::format::{Descriptor, PACK};
 use crate::remote::{Client, RemoteRef};
@@ -38,7 +38,8 @@ pub(super) struct Unplaced {
 impl Registry {
     /// Pack `unplaced` chunks (in order, [`PACK_CHUNKS`] a pack), compress
     /// them on the blocking pool, and store each pack the repository
-    /// lacks, `jobs` at a time; each stored pack is recorded (blob and
+    /// lacks, `jobs` at a time and [`MAX_IN_FLIGHT_BYTES`] of packs in
+    /// memory at most; each stored pack is recorded (blob and
     /// chunk places) in its own transaction as it lands.
     pub(super) async fn store_packs(
         &self,
@@ -52,13 +53,18 @@ impl Registry {
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let batches: Vec<Vec<Unplaced>> = unplaced.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
         let conn = self.db().conn();
+        let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
+        let budget = &budget;
         let mut results = stream::iter(batches.into_iter().map(|batch| async move {
             let logical: u64 = batch.iter().map(|u| u.source.2).sum();
+            let mut taken = budget.take(pack_bound(&batch)).await;
             let (body, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
                 .await
                 .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
+            taken.shrink_to(body.len() as u64);
             let desc = Descriptor::of(PACK, &body);
             let stored = store_one(conn, client, registry, repo, &desc, Body::Memory(body)).await?;
+            drop(taken);
             Ok::<_, Error>((desc, stored, frames, logical))
         }))
         .buffer_unordered(jobs);
@@ -148,11 +154,7 @@ pub(super) async fn store_one(
 /// base's bytes as its prefix when that makes it smaller. Returns the pack
 /// and each chunk's frame.
 fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Vec<Frame>)> {
-    let data: u64 = batch.iter().map(|u| u.source.2).sum();
-    let mut pack = Vec::with_capacity(
-        (data + batch.len() as u64 * crate::remote::format::max_chunk_frame(0)) as usize
-            + data as usize / 128,
-    );
+    let mut pack = Vec::with_capacity(pack_bound(batch) as usize);
     let mut frames = Vec::with_capacity(batch.len());
     let mut compressor =
         zstd::bulk::Compressor::new(CHUNK_ZSTD_LEVEL).map_err(|e| Error::io("start", "zstd", e))?;
@@ -182,6 +184,13 @@ fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Vec<Frame>)> {
     Ok((Bytes::from(pack), frames))
 }
 
+/// The most bytes the pack of `batch` may take: zstd's bound for
+/// incompressible chunks.
+fn pack_bound(batch: &[Unplaced]) -> u64 {
+    let data: u64 = batch.iter().map(|u| u.source.2).sum();
+    data + batch.len() as u64 * crate::remote::format::max_chunk_frame(0) + data / 128
+}
+
 /// zstd of `bytes` with `reference` as its prefix (`zstd --patch-from`).
 fn delta_frame(bytes: &[u8], reference: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -197,7 +206,7 @@ fn delta_frame(bytes: &[u8], reference: &[u8]) -> std::io::Result<Vec<u8>> {
 /// The bytes of `chunk` at its source, checked against its digest.
 fn read_chunk(chunk: &Digest, (path, offset, len): &ChunkSource) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; *len as usize];
-    let file = File::open(path.as_path()).at("open", path.as_path())?;
+    let file = crate::store::files::open_regular(path.as_path())?;
     file.read_exact_at(&mut buf, *offset)
         .at("read", path.as_path())?;
     let found = Digest::of(&buf);
