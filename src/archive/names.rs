@@ -113,6 +113,9 @@ fn taken(
     name: &SnapshotName,
     used: &HashSet<String>,
 ) -> Result<Option<String>> {
+    if let Err(e) = name.impersonation(digest) {
+        return Ok(Some(e.to_string()));
+    }
     if used.contains(name.as_str()) {
         return Ok(Some("another snapshot in the archive takes it".into()));
     }

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::printer::{Printer, aligned, human_bytes, plural};
+use crate::model::text::escape;
 use crate::ops::add::AddReport;
 use crate::ops::demo::DemoReport;
 use crate::ops::du::DuReport;
@@ -463,7 +464,10 @@ fn kept_line(k: &Kept) -> String {
             "kept {}: changed within the grace period (--grace); a later gc removes it",
             k.path
         ),
-        _ => format!("kept {}: {}", k.path, k.detail),
+        _ => match &k.why {
+            Some(why) => format!("kept {}: {} ({})", k.path, k.detail, escape(why)),
+            None => format!("kept {}: {}", k.path, k.detail),
+        },
     }
 }
 

@@ -168,6 +168,13 @@ pub fn snapshot_file_names(conn: &Connection) -> Result<HashMap<String, Vec<Stri
     Ok(out)
 }
 
+/// The digest of the snapshot each name holds.
+pub fn snapshot_digests(conn: &Connection) -> Result<HashMap<String, Digest>> {
+    let mut stmt = conn.prepare_cached("SELECT name, digest FROM snapshots")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Every import journal row.
 pub fn import_entries(conn: &Connection) -> Result<Vec<ImportEntry>> {
     let mut stmt =

@@ -1,6 +1,10 @@
 //! microsandbox's own index, `db/msb.db` in a shared home (DESIGN §9):
-//! which cached images and layers microsandbox uses. Read only, never
-//! written, never blocking microsandbox.
+//! which cached images and layers microsandbox uses, read without ever
+//! writing or blocking microsandbox. The one write: after our `rm` or
+//! `rename` of a snapshot, its `snapshot_index` row (by digest) is deleted
+//! or moved, as microsandbox's own `store::remove_snapshot` does, since
+//! microsandbox's reindex never drops a row ([`forget_snapshot`],
+//! [`move_snapshot`]). Nothing else in msb.db is ever written.
 //!
 //! msb.db is in WAL mode and microsandbox may be writing it while we read.
 //! - While microsandbox has it open (a `-wal` file exists) the connection is
@@ -64,13 +68,22 @@ pub enum Unusable {
 /// Read what microsandbox uses from the msb.db at `path`, in one read
 /// transaction, creating and writing nothing beside it when nobody has it open.
 pub fn read_use(path: &Path) -> Result<MicrosandboxUse, Unusable> {
+    quiet_read(path, read_from)
+}
+
+/// Run `read` on msb.db the way the module doc says: immutable when nobody
+/// has it open, through SQLite's reader protocol otherwise.
+fn quiet_read<T>(
+    path: &Path,
+    read: impl Fn(&Connection) -> Result<T, Unusable>,
+) -> Result<T, Unusable> {
     let wal = side_file(path, "-wal");
     if wal.symlink_metadata().is_err()
         && let Some(before) = stamp(path)
     {
         let quiet = open_immutable(path)
             .map_err(|e| Unusable::Unreadable(e.to_string()))
-            .and_then(|conn| read_from(&conn));
+            .and_then(|conn| read(&conn));
         if wal.symlink_metadata().is_err() && stamp(path) == Some(before) {
             return quiet;
         }
@@ -78,19 +91,22 @@ pub fn read_use(path: &Path) -> Result<MicrosandboxUse, Unusable> {
     if side_file(path, "-shm").symlink_metadata().is_err() {
         // A -wal without a -shm: the microsandbox that wrote it died, and
         // SQLite would create the -shm beside it to read the -wal.
-        return read_private_copy(path);
+        return read_private_copy(path, read);
     }
     let conn = open_read_only(path).map_err(|e| Unusable::Unreadable(e.to_string()))?;
-    read_from(&conn)
+    read(&conn)
 }
 
 /// Read a copy of msb.db and its `-wal` made in a private temporary
 /// directory: every committed row, and nothing created beside msb.db.
-fn read_private_copy(path: &Path) -> Result<MicrosandboxUse, Unusable> {
+fn read_private_copy<T>(
+    path: &Path,
+    read: impl Fn(&Connection) -> Result<T, Unusable>,
+) -> Result<T, Unusable> {
     let copy = super::private_copy::PrivateCopy::of(path)
         .map_err(|e| Unusable::Unreadable(format!("copy {}: {e}", path.display())))?;
     let conn = open_read_only(copy.path()).map_err(|e| Unusable::Unreadable(e.to_string()))?;
-    read_from(&conn)
+    read(&conn)
 }
 
 /// `<path><suffix>`: SQLite's `-wal` and `-shm` files.
@@ -173,6 +189,124 @@ pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "query_only", true)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
     Ok(conn)
+}
+
+/// The columns of `snapshot_index` our `rm` and `rename` touch.
+const SNAPSHOT_INDEX: &[&str] = &[
+    "digest",
+    "name",
+    "parent_digest",
+    "artifact_path",
+    "child_count",
+];
+
+/// Delete the `snapshot_index` row of the snapshot `digest` (`sha256:<hex>`)
+/// and recompute its parent's `child_count`, in one write transaction.
+/// Returns whether a row was deleted; msb.db is opened for writing only
+/// when it holds such a row. `Err` says why it could not be done.
+pub fn forget_snapshot(path: &Path, digest: &str) -> Result<bool, String> {
+    if !has_snapshot_row(path, digest)? {
+        return Ok(false);
+    }
+    write_index(path, |conn| {
+        let parent: Option<String> = conn.query_row(
+            "SELECT parent_digest FROM snapshot_index WHERE digest = ?1",
+            [digest],
+            |r| r.get(0),
+        )?;
+        let n = conn.execute("DELETE FROM snapshot_index WHERE digest = ?1", [digest])?;
+        if let Some(parent) = parent {
+            conn.execute(
+                "UPDATE snapshot_index SET child_count =
+                   (SELECT count(*) FROM snapshot_index c WHERE c.parent_digest = ?1)
+                 WHERE digest = ?1",
+                [&parent],
+            )?;
+        }
+        Ok(n > 0)
+    })
+}
+
+/// Point the `snapshot_index` row of `digest` at its new directory: its
+/// `artifact_path` when it is `old_dir` (the path microsandbox recorded
+/// for our old directory) becomes `new_dir`, its `name` when it is
+/// `old_name` becomes `new_name`. Returns whether a row changed.
+pub fn move_snapshot(
+    path: &Path,
+    digest: &str,
+    (old_name, new_name): (&str, &str),
+    (old_dir, new_dir): (&str, &str),
+) -> Result<bool, String> {
+    if !has_snapshot_row(path, digest)? {
+        return Ok(false);
+    }
+    write_index(path, |conn| {
+        let paths = conn.execute(
+            "UPDATE snapshot_index SET artifact_path = ?2 WHERE digest = ?1 AND artifact_path = ?3",
+            [digest, new_dir, old_dir],
+        )?;
+        let names = conn.execute(
+            "UPDATE snapshot_index SET name = ?2 WHERE digest = ?1 AND name = ?3",
+            [digest, new_name, old_name],
+        )?;
+        Ok(paths + names > 0)
+    })
+}
+
+/// Whether msb.db has a `snapshot_index` with the columns we touch and a
+/// row for `digest` (read the way gc reads it: nothing written).
+fn has_snapshot_row(path: &Path, digest: &str) -> Result<bool, String> {
+    if path.symlink_metadata().is_err() {
+        return Ok(false);
+    }
+    let found = quiet_read(path, |conn| {
+        let unreadable = |e: rusqlite::Error| Unusable::Unreadable(e.to_string());
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('snapshot_index')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(unreadable)?;
+        if columns.is_empty() {
+            return Ok(false);
+        }
+        if let Some(missing) = SNAPSHOT_INDEX
+            .iter()
+            .find(|c| !columns.iter().any(|f| f == *c))
+        {
+            return Err(Unusable::UnknownSchema(format!(
+                "its snapshot_index has no column {missing}"
+            )));
+        }
+        conn.query_row(
+            "SELECT count(*) FROM snapshot_index WHERE digest = ?1",
+            [digest],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(unreadable)
+    });
+    found.map_err(|e| match e {
+        Unusable::Unreadable(why) | Unusable::UnknownSchema(why) => why,
+    })
+}
+
+/// Run `edit` in one `BEGIN IMMEDIATE` transaction on msb.db, waiting for
+/// microsandbox's writers as long as a read does; the file is never created.
+fn write_index(
+    path: &Path,
+    edit: impl FnOnce(&Connection) -> rusqlite::Result<bool>,
+) -> Result<bool, String> {
+    let run = || -> rusqlite::Result<bool> {
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changed = edit(&tx)?;
+        tx.commit()?;
+        Ok(changed)
+    };
+    run().map_err(|e| e.to_string())
 }
 
 /// Every table and column of [`REQUIRED`] exists.

@@ -11,8 +11,18 @@ use crate::model::error::{Error, Result};
 use crate::store::files::open_lock;
 use crate::store::layout::Layout;
 
-/// The exclusive registry lock; released on drop.
-pub struct RegistryLock(#[allow(dead_code)] File);
+/// The exclusive registry lock; released on drop. A lock [`RegistryLock::within`]
+/// another holds nothing itself: the outer one is held for longer.
+pub struct RegistryLock(#[allow(dead_code)] Option<File>);
+
+impl RegistryLock {
+    /// A lock for a step of an operation that holds the registry lock
+    /// already (a rebuilding `reindex`): flock is per open file, so taking
+    /// it again would wait for ourselves.
+    pub fn within(_outer: &RegistryLock) -> RegistryLock {
+        RegistryLock(None)
+    }
+}
 
 /// How long a command waits for the registry lock: `MSB_REGISTRY_LOCK_TIMEOUT`
 /// seconds, default ten minutes.
@@ -30,7 +40,7 @@ pub fn lock_exclusive(layout: &Layout) -> Result<RegistryLock> {
     let file = open_lock(&path, true)?
         .ok_or_else(|| Error::io("open", &path, std::io::ErrorKind::NotFound.into()))?;
     wait_for_lock(&file, &path)?;
-    Ok(RegistryLock(file))
+    Ok(RegistryLock(Some(file)))
 }
 
 /// Take `file`'s exclusive flock, polling: a notice on stderr after a

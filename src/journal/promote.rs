@@ -46,7 +46,7 @@ pub fn promote(
             if layout.resolve(&m.target).symlink_metadata().is_ok() {
                 return Err(Error::conflict(
                     m.target.clone(),
-                    "a file the index does not know is in the way; run `msb-registry gc` to clear debris",
+                    "a file or directory the index does not know is in the way: `msb-registry verify` says what it is (debris goes with `msb-registry gc --grace 0`, a snapshot without a row is indexed by `msb-registry reindex`)",
                 ));
             }
         }

@@ -12,7 +12,7 @@ use crate::store::layout::{Layout, SnapshotName};
 pub fn finish_removals(layout: &Layout, db: &Db) -> Result<()> {
     for (digest, name) in db::snapshots::pending_removals(db.conn())? {
         match name.parse::<SnapshotName>() {
-            Ok(name) => finish_removal(layout, db, &digest, &name)?,
+            Ok(name) => drop(finish_removal(layout, db, &digest, &name)?),
             // Not a name rm could have written; nothing on disk to move.
             Err(_) => db::snapshots::delete_pending_removal(db.conn(), &digest)?,
         }
@@ -21,14 +21,16 @@ pub fn finish_removals(layout: &Layout, db: &Db) -> Result<()> {
 }
 
 /// Move the removed snapshot's directory out of `snapshots/` (freeing its
-/// name at once), delete it, then drop the record. A directory that a
-/// snapshot row names again is not the removed one and stays.
+/// name at once), delete it, drop its row from microsandbox's
+/// `snapshot_index` in a shared home, then drop the record. A directory
+/// that a snapshot row names again is not the removed one and stays.
+/// Returns a hint when microsandbox's index could not be updated.
 pub fn finish_removal(
     layout: &Layout,
     db: &Db,
     digest: &Digest,
     name: &SnapshotName,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let conn = db.conn();
     let dir = layout.snapshot(name);
     let doomed = layout.staging().join(format!("rm-{}", digest.hex()));
@@ -39,5 +41,7 @@ pub fn finish_removal(
         crate::process::failpoint::hit(crate::process::failpoint::RM_RENAMED)?;
     }
     remove_dir_if_exists(&doomed)?;
-    db::snapshots::delete_pending_removal(conn, digest)
+    let hint = crate::store::shared_home::forget_snapshot(layout, digest);
+    db::snapshots::delete_pending_removal(conn, digest)?;
+    Ok(hint)
 }

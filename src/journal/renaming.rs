@@ -11,7 +11,7 @@ use crate::store::layout::{Layout, SnapshotName};
 pub fn finish_renames(layout: &Layout, db: &Db) -> Result<()> {
     for (digest, old, new) in db::snapshots::pending_renames(db.conn())? {
         match (old.parse::<SnapshotName>(), new.parse::<SnapshotName>()) {
-            (Ok(old), Ok(new)) => finish_rename(layout, db, &digest, &old, &new)?,
+            (Ok(old), Ok(new)) => drop(finish_rename(layout, db, &digest, &old, &new)?),
             // Not names rename could have written; nothing on disk to move.
             _ => db::snapshots::delete_pending_rename(db.conn(), &digest)?,
         }
@@ -20,15 +20,17 @@ pub fn finish_renames(layout: &Layout, db: &Db) -> Result<()> {
 }
 
 /// Move the directory from `old` to `new` unless that already happened,
-/// then drop the record. The row already carries `new`, so the move only
-/// ever goes forward; a directory at `new` is never replaced.
+/// point microsandbox's `snapshot_index` row at it in a shared home, then
+/// drop the record. The row already carries `new`, so the move only ever
+/// goes forward; a directory at `new` is never replaced. Returns a hint
+/// when microsandbox's index could not be updated.
 pub fn finish_rename(
     layout: &Layout,
     db: &Db,
     digest: &Digest,
     old: &SnapshotName,
     new: &SnapshotName,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let from = layout.snapshot(old);
     let to = layout.snapshot(new);
     if to.symlink_metadata().is_err() && from.symlink_metadata().is_ok() {
@@ -36,5 +38,7 @@ pub fn finish_rename(
         crate::store::files::fsync_dir(&layout.snapshots())?;
         crate::process::failpoint::hit(crate::process::failpoint::RENAME_MOVED)?;
     }
-    db::snapshots::delete_pending_rename(db.conn(), digest)
+    let hint = crate::store::shared_home::move_snapshot(layout, digest, old, new);
+    db::snapshots::delete_pending_rename(db.conn(), digest)?;
+    Ok(hint)
 }

@@ -101,13 +101,14 @@ impl Registry {
     ) -> Result<AddReport> {
         let parsed = read_manifest(dir)?;
         let name = match &opts.name {
-            Some(n) => SnapshotName::chosen(n)?,
-            None => SnapshotName::chosen(
+            Some(n) => SnapshotName::chosen_for(n, &parsed.digest)?,
+            None => SnapshotName::chosen_for(
                 dir.canonicalize()
                     .at("resolve", dir)?
                     .file_name()
                     .and_then(|n| n.to_str())
                     .unwrap_or_default(),
+                &parsed.digest,
             )?,
         };
         self.clear_dead_staging()?;

@@ -103,7 +103,9 @@ impl Registry {
             else {
                 continue;
             };
-            let path = self.layout().snapshot_file(&name, &f.path);
+            let path = self
+                .layout()
+                .snapshot_file(&self.snapshot_dir(&name), &f.path);
             let bytes = path
                 .symlink_metadata()
                 .map(|m| allocated_bytes(&m))

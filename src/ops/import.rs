@@ -270,7 +270,7 @@ impl Registry {
         if self.layout().snapshot(&wanted).symlink_metadata().is_ok() {
             return Err(Error::Conflict {
                 subject: wanted.to_string(),
-                detail: "snapshots/ holds a directory of that name without a row (debris; `gc` removes it)".into(),
+                detail: crate::ops::gc::in_the_way(&self.layout().snapshot(&wanted)),
             });
         }
         Ok(Some(wanted))

@@ -69,6 +69,7 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
                 ),
             ));
         }
+        s.name.impersonation(&s.manifest.digest())?;
         named.insert(&s.name, i);
         plan.new_snapshots.push(i);
     }

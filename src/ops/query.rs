@@ -187,7 +187,9 @@ impl Registry {
     fn allocated(&self, name: &str) -> u64 {
         name.parse::<crate::store::layout::SnapshotName>()
             .map_or(0, |n| {
-                crate::store::files::tree_allocated_bytes(&self.layout().snapshot(&n))
+                crate::store::files::tree_allocated_bytes(
+                    &self.layout().snapshot(&self.snapshot_dir(&n)),
+                )
             })
     }
 

@@ -8,7 +8,7 @@ use crate::db::{self, Db, SnapshotRow};
 use crate::journal::{self, RegistryLock, lock::lock_exclusive};
 use crate::model::digest::{Digest, is_lower_hex};
 use crate::model::error::{Error, IoContext, Result};
-use crate::store::layout::Layout;
+use crate::store::layout::{Layout, SnapshotName};
 
 /// The shortest digest prefix accepted as a reference.
 pub const MIN_PREFIX: usize = 8;
@@ -17,6 +17,8 @@ pub const MIN_PREFIX: usize = 8;
 pub struct Registry {
     layout: Layout,
     db: Db,
+    /// The registry lock, held from open to install by a rebuilding reindex.
+    held: Option<RegistryLock>,
 }
 
 /// How [`Registry::open_for_reindex`] found the index.
@@ -54,7 +56,11 @@ impl Registry {
             Db::open(&layout.db())?
         };
         journal::recover(&layout, &mut db)?;
-        Ok(Registry { layout, db })
+        Ok(Registry {
+            layout,
+            db,
+            held: None,
+        })
     }
 
     /// Open an existing registry for reading only: nothing is created, no
@@ -76,13 +82,18 @@ impl Registry {
         }
         let (db, schema) = Db::open_read(&layout.db())?;
         if !matches!(schema, Schema::Behind | Schema::New) {
-            return Ok(Registry { layout, db });
+            return Ok(Registry {
+                layout,
+                db,
+                held: None,
+            });
         }
         drop(db);
         match Self::open_writable(layout.clone()) {
             Err(e) if e.is_storage() || e.is_permission_denied() => Ok(Registry {
                 db: Db::open_migrated_copy(&layout.db())?,
                 layout,
+                held: None,
             }),
             other => other,
         }
@@ -130,7 +141,11 @@ impl Registry {
         }
         let db = Db::open(&building)?;
         Ok((
-            Registry { layout, db },
+            Registry {
+                layout,
+                db,
+                held: Some(lock),
+            },
             Rebuild {
                 moved_aside,
                 building: Some(building),
@@ -139,16 +154,38 @@ impl Registry {
     }
 
     /// Put an index [`Registry::open_for_reindex`] built aside in place.
-    pub fn install_rebuilt(self, rebuild: Rebuild) -> Result<()> {
+    /// The registry lock taken by that open is held until the rename is
+    /// done: no other reindex can replace or remove the rebuild meanwhile.
+    pub fn install_rebuilt(mut self, rebuild: Rebuild) -> Result<()> {
         let Some(building) = rebuild.building else {
             return Ok(());
         };
-        let layout = self.layout.clone();
-        let _lock = lock_exclusive(&layout)?;
-        drop(self);
         crate::process::failpoint::hit(crate::process::failpoint::REINDEX_REBUILT)?;
+        let layout = self.layout.clone();
+        let _lock = match self.held.take() {
+            Some(lock) => lock,
+            None => lock_exclusive(&layout)?,
+        };
+        drop(self);
         std::fs::rename(&building, layout.db()).at("rename", &building)?;
         crate::store::files::fsync_dir(layout.root())
+    }
+
+    /// The directory holding snapshot `name`'s files now: its own, or, while
+    /// a crashed `rename` to `name` is not rolled forward yet (the next
+    /// writer does that), the old one. Readers read through this, so they
+    /// see the renamed snapshot whole without waiting for a writer.
+    pub fn snapshot_dir(&self, name: &SnapshotName) -> SnapshotName {
+        if self.layout.snapshot(name).symlink_metadata().is_ok() {
+            return name.clone();
+        }
+        let pending = db::snapshots::pending_renames(self.db.conn()).unwrap_or_default();
+        pending
+            .into_iter()
+            .filter(|(_, _, new)| new == name.as_str())
+            .find_map(|(_, old, _)| old.parse::<SnapshotName>().ok())
+            .filter(|old| self.layout.snapshot(old).is_dir())
+            .unwrap_or_else(|| name.clone())
     }
 
     /// The paths of this registry.
@@ -175,7 +212,10 @@ impl Registry {
     /// (saying so on stderr after a second, giving up after
     /// [`journal::lock::lock_timeout`]).
     pub fn lock(&self) -> Result<RegistryLock> {
-        lock_exclusive(&self.layout)
+        match &self.held {
+            Some(outer) => Ok(RegistryLock::within(outer)),
+            None => lock_exclusive(&self.layout),
+        }
     }
 
     /// Clear what `add`s and imports that died while staging left (their

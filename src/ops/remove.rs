@@ -96,12 +96,12 @@ impl Registry {
             }
             crate::process::failpoint::hit(crate::process::failpoint::RM_COMMITTED)?;
             let (layout, db) = self.parts();
-            finish_removal(layout, db, &row.digest, &name)?;
+            let microsandbox_hint = finish_removal(layout, db, &row.digest, &name)?;
             reports.push(RemoveReport {
                 digest: row.digest,
                 name: row.name,
                 orphaned_children,
-                microsandbox_hint: crate::store::shared_home::reindex_hint(self.layout()),
+                microsandbox_hint,
             });
         }
         Ok(reports)

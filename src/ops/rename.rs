@@ -37,6 +37,7 @@ impl Registry {
         let _lock = self.lock()?;
         self.clear_dead_staging()?;
         let row = self.resolve(reference)?;
+        new.impersonation(&row.digest)?;
         let report = |name: String| RenameReport {
             digest: row.digest,
             old_name: row.name.clone(),
@@ -56,10 +57,7 @@ impl Registry {
         if target.symlink_metadata().is_ok() {
             return Err(Error::Conflict {
                 subject: new.to_string(),
-                detail: format!(
-                    "{} exists without a row (debris; `gc` removes it)",
-                    target.display()
-                ),
+                detail: crate::ops::gc::in_the_way(&target),
             });
         }
         let old: SnapshotName = row.name.parse()?;
@@ -78,9 +76,9 @@ impl Registry {
         }
         crate::process::failpoint::hit(crate::process::failpoint::RENAME_COMMITTED)?;
         let (layout, db) = self.parts();
-        finish_rename(layout, db, &row.digest, &old, &new)?;
+        let microsandbox_hint = finish_rename(layout, db, &row.digest, &old, &new)?;
         Ok(RenameReport {
-            microsandbox_hint: crate::store::shared_home::reindex_hint(self.layout()),
+            microsandbox_hint,
             ..report(new.to_string())
         })
     }

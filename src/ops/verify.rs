@@ -297,12 +297,21 @@ impl Registry {
             0,
         );
         // An unindexed cache file is already a missing-row problem.
-        for k in planned
-            .kept
-            .iter()
-            .filter(|k| k.reason == KeptReason::Unindexed && k.path.starts_with("snapshots/"))
-        {
-            problems.push(self.unindexed_problem(k)?);
+        for k in planned.kept.iter() {
+            match k.reason {
+                KeptReason::Unindexed if k.path.starts_with("snapshots/") => {
+                    problems.extend(self.unindexed_problem(k)?)
+                }
+                KeptReason::Unvalidated => problems.push(kept_problem(k)),
+                // The snapshot's own checks name what differs, when they can.
+                KeptReason::Mismatch => {
+                    let inside = format!("{}/", k.path);
+                    if !problems.iter().any(|p| p.path.starts_with(&inside)) {
+                        problems.push(kept_problem(k));
+                    }
+                }
+                _ => {}
+            }
         }
         let debris = planned
             .removals
@@ -326,7 +335,15 @@ impl Registry {
 
     /// The problem of a snapshot directory gc keeps because it has no row:
     /// a copy of an indexed snapshot, or one `reindex` would adopt.
-    fn unindexed_problem(&self, kept: &Kept) -> Result<Problem> {
+    /// None for the directory of a crashed `rename` not rolled forward yet:
+    /// it is the snapshot's only copy, which readers read through.
+    fn unindexed_problem(&self, kept: &Kept) -> Result<Option<Problem>> {
+        let renaming = db::snapshots::pending_renames(self.db().conn())?
+            .into_iter()
+            .any(|(d, old, _)| Some(d) == kept.digest && kept.path == format!("snapshots/{old}"));
+        if renaming {
+            return Ok(None);
+        }
         let indexed = match &kept.digest {
             Some(d) => db::snapshots::snapshot_by_digest(self.db().conn(), d)?,
             None => None,
@@ -338,12 +355,12 @@ impl Registry {
             ),
             None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
         };
-        Ok(Problem {
+        Ok(Some(Problem {
             kind: ProblemKind::Unindexed,
             path: kept.path.clone(),
             digest: kept.digest,
             detail,
-        })
+        }))
     }
 
     fn snapshot_checks(
@@ -367,6 +384,7 @@ impl Registry {
                 return;
             }
         };
+        let name = self.snapshot_dir(&name);
         let dir = self.layout().snapshot(&name);
         if !dir.is_dir() {
             problems.push(problem(
@@ -442,6 +460,24 @@ fn indexed_cache(
 
 /// Image rows whose metadata file is not a cache file name, and files an
 /// image needs that have no cache row.
+/// The problem of a snapshot directory gc keeps whole because its manifest
+/// cannot be validated or is not the snapshot its row records.
+fn kept_problem(kept: &Kept) -> Problem {
+    let why = kept.why.as_deref().unwrap_or("");
+    let detail = match kept.reason {
+        KeptReason::Unvalidated => format!(
+            "its manifest.json cannot be validated ({why}); gc keeps it: it may be a snapshot a newer microsandbox wrote"
+        ),
+        _ => format!("{why}; gc deletes nothing in it"),
+    };
+    Problem {
+        kind: ProblemKind::Manifest,
+        path: kept.path.clone(),
+        digest: kept.digest,
+        detail,
+    }
+}
+
 fn image_problems(images: &[ImageLayers], cache: &[CacheEntry]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let recorded: HashSet<&str> = cache.iter().map(|c| c.path.as_str()).collect();

@@ -14,21 +14,8 @@ use crate::model::error::{Error, Result};
 use crate::model::image::{CacheFile, CacheKind};
 use crate::model::manifest::is_normal_file_name;
 use crate::store::files::open_lock;
+pub use crate::store::layout::not_ours;
 use crate::store::layout::{Layout, SnapshotName};
-
-/// Why an entry named `name` is never ours whatever directory it is in, if
-/// it is not: a lock file, a file being written, or a work directory.
-pub fn not_ours(name: &str) -> Option<&'static str> {
-    if name.ends_with(".lock") {
-        Some("a lock file")
-    } else if name.ends_with(".part") {
-        Some("a partial file being written")
-    } else if name.ends_with(".work") {
-        Some("a work directory")
-    } else {
-        None
-    }
-}
 
 /// Whether an entry of `cache/<kind>/` is ours to judge: a name of the
 /// artifact grammar (DESIGN §1).

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::model::digest::Digest;
 use crate::model::error::Error;
 use crate::model::image::{CacheFile, CacheKind};
 
@@ -228,7 +229,8 @@ impl Layout {
     }
 
     /// `db/msb.db`: microsandbox's own index, present when the root is a
-    /// microsandbox home (DESIGN §9). Read only, never written.
+    /// microsandbox home (DESIGN §9). Read only, but for the `snapshot_index`
+    /// row of a snapshot `rm` or `rename` changes.
     pub fn msb_db(&self) -> PathBuf {
         self.root.join("db").join("msb.db")
     }
@@ -261,6 +263,20 @@ impl Layout {
     }
 }
 
+/// Why an entry named `name` is never ours whatever directory it is in, if
+/// it is not: a lock file, a file being written, or a work directory.
+pub fn not_ours(name: &str) -> Option<&'static str> {
+    if name.ends_with(".lock") {
+        Some("a lock file")
+    } else if name.ends_with(".part") {
+        Some("a partial file being written")
+    } else if name.ends_with(".work") {
+        Some("a work directory")
+    } else {
+        None
+    }
+}
+
 /// A snapshot's name: its directory under `snapshots/`.
 ///
 /// 1–128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit,
@@ -273,6 +289,9 @@ impl SnapshotName {
     /// A name a person chose for a snapshot (`add`, `import --name`,
     /// `rename`): a valid name that is not 8 or more hex digits, which would
     /// shadow the digest prefix it spells in every reference.
+    ///
+    /// Nor a name the foreign-name grammar hides ([`not_ours`]: `.lock`,
+    /// `.part`, `.work`): gc, verify and reindex would never see it.
     pub fn chosen(s: &str) -> Result<Self, Error> {
         let name: SnapshotName = s.parse()?;
         if s.len() >= 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -280,7 +299,39 @@ impl SnapshotName {
                 "invalid snapshot name {s:?}: 8 or more hex digits read as a digest prefix; add a letter outside a-f or a separator"
             )));
         }
+        if let Some(what) = not_ours(s) {
+            return Err(Error::Usage(format!(
+                "invalid snapshot name {s:?}: it ends like {what}, which msb-registry and microsandbox never treat as a snapshot"
+            )));
+        }
         Ok(name)
+    }
+
+    /// [`SnapshotName::chosen`] for the snapshot `digest`: and not a name
+    /// `sha256-<hex>` unless the hex starts that snapshot's own digest
+    /// (another snapshot's digest-prefix name would impersonate it).
+    pub fn chosen_for(s: &str, digest: &Digest) -> Result<Self, Error> {
+        let name = Self::chosen(s)?;
+        name.impersonation(digest)?;
+        Ok(name)
+    }
+
+    /// `Err` when this name spells a digest prefix (`sha256-<hex>`) that is
+    /// not `digest`'s own.
+    pub fn impersonation(&self, digest: &Digest) -> Result<(), Error> {
+        match self.0.strip_prefix("sha256-") {
+            Some(hex)
+                if !hex.is_empty()
+                    && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                    && !digest.hex().starts_with(hex) =>
+            {
+                Err(Error::Usage(format!(
+                    "invalid snapshot name {:?}: it spells the digest-prefix name of another snapshot than {digest}",
+                    self.0
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The name as text.
@@ -334,6 +385,19 @@ mod tests {
         }
         // Names already in a registry still parse, whatever made them.
         "deadbeef".parse::<SnapshotName>().unwrap();
+    }
+
+    #[test]
+    fn chosen_names_are_neither_hidden_nor_another_snapshots_prefix() {
+        let d = Digest::of(b"x");
+        for bad in ["a.lock", "a.part", "a.work"] {
+            assert!(SnapshotName::chosen(bad).is_err(), "{bad}");
+        }
+        let own = format!("sha256-{}", &d.hex()[..16]);
+        SnapshotName::chosen_for(&own, &d).unwrap();
+        SnapshotName::chosen_for("sha256-x", &d).unwrap();
+        let other = format!("sha256-{}", &Digest::of(b"y").hex()[..16]);
+        assert!(SnapshotName::chosen_for(&other, &d).is_err());
     }
 
     #[test]

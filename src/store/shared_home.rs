@@ -9,14 +9,67 @@ use serde::Serialize;
 use crate::db::microsandbox::{self, Unusable};
 use crate::model::digest::Digest;
 use crate::model::image::{CacheFile, CacheKind};
-use crate::store::layout::Layout;
+use crate::model::text::{escape, has_terminal_control};
+use crate::store::layout::{Layout, SnapshotName};
 
-/// The hint printed after `import`, `add` or `rm` change `snapshots/` of a shared home.
-pub const REINDEX_HINT: &str = "this root is a microsandbox home: run `msb snapshot reindex` to refresh microsandbox's view of its snapshots (msb-registry never writes db/msb.db)";
+/// The hint printed after `import` or `add` add to `snapshots/` of a shared home.
+pub const REINDEX_HINT: &str = "this root is a microsandbox home: run `msb snapshot reindex` to refresh microsandbox's view of its snapshots (msb-registry writes db/msb.db only to drop or move the snapshot_index row of a snapshot it removes or renames)";
 
 /// The hint when `layout` is a shared home.
 pub fn reindex_hint(layout: &Layout) -> Option<String> {
     layout.is_shared_home().then(|| REINDEX_HINT.to_string())
+}
+
+/// After our `rm` of snapshot `digest`: drop its row from msb.db's
+/// `snapshot_index`, as microsandbox's own remove does, so microsandbox no
+/// longer lists it. Returns a hint when that could not be done.
+pub fn forget_snapshot(layout: &Layout, digest: &Digest) -> Option<String> {
+    if !layout.is_shared_home() {
+        return None;
+    }
+    microsandbox::forget_snapshot(&layout.msb_db(), &digest.to_string())
+        .err()
+        .map(|why| {
+            format!(
+                "db/msb.db could not be updated ({why}): microsandbox may still list snapshot {digest}; run `msb snapshot rm {digest}` once it can be"
+            )
+        })
+}
+
+/// After our `rename` of snapshot `digest` from `old` to `new`: point its
+/// msb.db `snapshot_index` row at the new directory and name. Returns a
+/// hint when that could not be done.
+pub fn move_snapshot(
+    layout: &Layout,
+    digest: &Digest,
+    old: &SnapshotName,
+    new: &SnapshotName,
+) -> Option<String> {
+    if !layout.is_shared_home() {
+        return None;
+    }
+    let mut dirs = vec![(layout.snapshot(old), layout.snapshot(new))];
+    if let Ok(real) = layout.snapshots().canonicalize() {
+        dirs.insert(0, (real.join(old.as_str()), real.join(new.as_str())));
+    }
+    for (from, to) in &dirs {
+        let moved = microsandbox::move_snapshot(
+            &layout.msb_db(),
+            &digest.to_string(),
+            (old.as_str(), new.as_str()),
+            (&from.to_string_lossy(), &to.to_string_lossy()),
+        );
+        match moved {
+            Ok(true) => return None,
+            Ok(false) => {}
+            Err(why) => {
+                return Some(format!(
+                    "db/msb.db could not be updated ({why}): run `msb snapshot reindex` to give microsandbox the new path"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The state of `db/msb.db`.
@@ -79,12 +132,15 @@ pub fn roots(layout: &Layout, overridden: bool) -> (MicrosandboxRoots, HomeRepor
         "sandboxes/ is present but db/msb.db is not: which images the sandboxes use is unknown"
             .to_string()
     } else {
-        match microsandbox::read_use(&path) {
-            Ok(found) => {
-                let paths = in_use_paths(&found);
+        match microsandbox::read_use(&path).map(|found| in_use_paths(&found)) {
+            Ok(Ok(paths)) => {
                 report.msb_db = MsbDbState::Readable;
                 report.in_use = paths.len();
                 return (MicrosandboxRoots::InUse(paths), report);
+            }
+            Ok(Err(value)) => {
+                report.msb_db = MsbDbState::UnknownSchema;
+                format!("db/msb.db holds a value msb-registry cannot interpret ({value})")
             }
             Err(Unusable::Unreadable(why)) => {
                 report.msb_db = MsbDbState::Unreadable;
@@ -106,25 +162,30 @@ pub fn roots(layout: &Layout, overridden: bool) -> (MicrosandboxRoots, HomeRepor
 }
 
 /// The cache paths of what microsandbox uses: each used manifest's fsmeta
-/// and vmdk, each pulled reference's metadata, each linked layer. Values
-/// that are not `sha256:<hex>` name no file of ours and are left out.
-fn in_use_paths(found: &microsandbox::MicrosandboxUse) -> HashSet<String> {
+/// and vmdk, each pulled reference's metadata, each linked layer. A value
+/// that is not what microsandbox writes (a digest not `sha256:<64 lowercase
+/// hex>`, an empty or control-character reference) is `Err`, described: gc
+/// cannot say what it names, so it must keep everything.
+fn in_use_paths(found: &microsandbox::MicrosandboxUse) -> Result<HashSet<String>, String> {
     let keyed = |kind: CacheKind, digest: &str| {
         digest
             .parse::<Digest>()
-            .ok()
             .map(|key| CacheFile { kind, key }.rel_path())
+            .map_err(|_| format!("digest {}", escape(digest)))
     };
     let mut paths = HashSet::new();
     for m in &found.manifests {
-        paths.extend(keyed(CacheKind::Fsmeta, m));
-        paths.extend(keyed(CacheKind::Vmdk, m));
+        paths.insert(keyed(CacheKind::Fsmeta, m)?);
+        paths.insert(keyed(CacheKind::Vmdk, m)?);
     }
     for l in &found.layers {
-        paths.extend(keyed(CacheKind::Layers, l));
+        paths.insert(keyed(CacheKind::Layers, l)?);
     }
     for r in &found.references {
+        if r.is_empty() || has_terminal_control(r) || r.chars().any(char::is_whitespace) {
+            return Err(format!("image reference {:?}", escape(r)));
+        }
         paths.insert(CacheFile::metadata_for_ref(r).rel_path());
     }
-    paths
+    Ok(paths)
 }

@@ -211,7 +211,7 @@ fn rename_moves_row_and_directory_and_refuses_a_taken_name() {
     // A directory without a row is in the way too.
     std::fs::create_dir(reg.root().join("snapshots/stray")).unwrap();
     reg.run(&["rename", "web", "stray"])
-        .fails(4, "exists without a row");
+        .fails(4, "that is not a snapshot (debris)");
     std::fs::remove_dir(reg.root().join("snapshots/stray")).unwrap();
     assert_eq!(reg.tree(), before);
     // Its own name is a no-op; an unknown reference is exit 3.

@@ -15,6 +15,7 @@ mod docs;
 mod everyday;
 mod everyday2;
 mod export;
+mod failclosed;
 mod forms;
 mod gc;
 mod hardening;

@@ -177,12 +177,13 @@ impl Registry {
             });
         }
         let prefix = snapshot.digest.archive_prefix();
+        let dir = self.snapshot_dir(&name);
         Ok(rows
             .into_iter()
             .map(|r| PlannedFile {
                 carried_name: (r.path == MANIFEST_FILE).then(|| name.to_string()),
                 member: format!("{prefix}/{}", r.path),
-                path: self.layout().snapshot_file(&name, &r.path),
+                path: self.layout().snapshot_file(&dir, &r.path),
                 size: r.size,
                 digest: r.digest,
                 mtime,

@@ -21,23 +21,30 @@
 //! made again with those held at planning time, and apply takes each lock
 //! before unlinking.
 //!
-//! What gc will not delete: a directory under `snapshots/` that holds a
-//! valid manifest but has no row is *unindexed*, not debris (a lost or
-//! damaged index looks exactly like that); it is kept and reported, for
-//! `reindex` to index or the operator to remove. Debris changed less than
-//! the grace period ago (default an hour, like git's `gc.pruneExpire`) is
-//! kept too: something may still be writing it.
+//! What gc will not delete (`manifests.rs`): a directory under
+//! `snapshots/` goes only when it is provably not a snapshot (no
+//! `manifest.json`, or one that is not JSON at all). One holding a valid
+//! manifest but no row is *unindexed* (a lost or damaged index looks exactly
+//! like that), one holding JSON gc cannot validate may be a newer
+//! microsandbox's, and one whose manifest is not the snapshot its row records
+//! (matched by digest, not by name) is a mismatch: all are kept whole and
+//! reported, and every image their manifests pin keeps its files. Debris
+//! changed less than the grace period ago (default an hour, like git's
+//! `gc.pruneExpire`) is kept too: something may still be writing it. Every
+//! keep carries a reason `gc --dry-run` prints.
 //!
 //! Order: rows are deleted and committed first, files after, so a crash at
 //! any instant leaves a live artifact or debris the next gc removes, never a
 //! row without its file.
 
+mod manifests;
 mod plan;
 mod sweep;
 
+pub use manifests::in_the_way;
 pub use plan::{
     DEFAULT_GRACE_SECS, DiskEntry, Doomed, GcOptions, GcPlan, GcReport, IN_USE_REASON, IndexView,
-    JOURNAL_RETENTION_SECS, Kept, KeptReason, KindTotal, Listing, Removal, RemovalKind,
-    UNKNOWN_REASON, plan,
+    JOURNAL_RETENTION_SECS, Kept, KeptReason, KindTotal, Listing, ManifestState, Removal,
+    RemovalKind, UNKNOWN_REASON, plan,
 };
 pub use sweep::{Survey, apply, list_disk, survey};

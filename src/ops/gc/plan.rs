@@ -97,8 +97,13 @@ pub struct IndexView {
     pub leases: BTreeMap<String, Vec<String>>,
     /// The cache artifacts microsandbox uses, in a shared home.
     pub microsandbox: MicrosandboxRoots,
-    /// Names of snapshot directories an unfinished `rm` is removing.
-    pub removing: HashSet<String>,
+    /// Names of snapshot directories an unfinished `rm` is removing, with
+    /// the digest of the snapshot it removes.
+    pub removing: HashMap<String, Digest>,
+    /// The digest of the snapshot each indexed name holds.
+    pub digests: HashMap<String, Digest>,
+    /// The layer `diff_id`s of every image the index records.
+    pub known_layers: HashMap<Digest, Vec<Digest>>,
     /// `<kind>/<file>` of every artifact a pinned image names: without a
     /// row such a file is unindexed (a damaged index), not debris.
     pub pinned_files: HashSet<String>,
@@ -129,11 +134,38 @@ pub struct Listing {
     pub staging: Vec<DiskEntry>,
     /// Root-relative paths of artifacts whose `.lock` another process holds.
     pub held: HashSet<String>,
-    /// Directories of `snapshots/` without a row that hold a valid
-    /// manifest, with the digest it hashes to.
-    pub manifests: BTreeMap<String, Digest>,
-    /// Images those manifests pin: kept with their files, as if pinned.
+    /// What the `manifest.json` of each directory of `snapshots/` is.
+    pub manifests: BTreeMap<String, ManifestState>,
+    /// Images pinned by manifests on disk that are not their directory's
+    /// row (unindexed or mismatched snapshots): kept with their files.
     pub unindexed_pins: HashSet<Digest>,
+    /// `<kind>/<file>` of every cache artifact those images name.
+    pub unindexed_files: HashSet<String>,
+    /// Set when one of those images' layers cannot be listed (its metadata
+    /// is absent or unreadable and the index does not know it): every
+    /// layer without a row is kept. The text says which snapshot and why.
+    pub unknown_pins: Option<String>,
+}
+
+/// What a snapshot directory's `manifest.json` is, as gc judges it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestState {
+    /// A valid manifest hashing to this digest.
+    Valid(Digest),
+    /// No regular file `manifest.json`: not a snapshot.
+    Absent,
+    /// A file that is not JSON at all: not a snapshot.
+    NotJson,
+    /// JSON that is not a manifest msb-registry can validate (an unknown
+    /// integrity algorithm, a newer schema, …): maybe a snapshot, so kept.
+    Unvalidated(String),
+}
+
+impl ManifestState {
+    /// Whether the directory is provably not a snapshot.
+    pub fn not_a_snapshot(&self) -> bool {
+        matches!(self, ManifestState::Absent | ManifestState::NotJson)
+    }
 }
 
 /// A file or directory a plan deletes.
@@ -181,6 +213,17 @@ pub enum KeptReason {
     UnknownUse,
     /// Its `.lock` is held: microsandbox is materializing or using it.
     LockHeld,
+    /// A snapshot directory whose `manifest.json` is JSON msb-registry
+    /// cannot validate: maybe a snapshot, never debris.
+    Unvalidated,
+    /// An indexed name whose directory holds another snapshot, or a
+    /// manifest that is absent or cannot be validated: nothing in it goes.
+    Mismatch,
+    /// An image (or its file) pinned by a snapshot the index lacks.
+    PinnedUnindexed,
+    /// A layer file without a row while an unindexed snapshot pins an
+    /// image whose layers cannot be listed.
+    UnknownPins,
 }
 
 impl KeptReason {
@@ -192,6 +235,18 @@ impl KeptReason {
             KeptReason::InUse => IN_USE_REASON,
             KeptReason::UnknownUse => UNKNOWN_REASON,
             KeptReason::LockHeld => HELD_REASON,
+            KeptReason::Unvalidated => {
+                "its manifest.json is JSON this msb-registry cannot validate: maybe a snapshot, never debris (`msb-registry verify` says why)"
+            }
+            KeptReason::Mismatch => {
+                "the index records another snapshot under this name: nothing in it is deleted (`msb-registry verify` says what differs)"
+            }
+            KeptReason::PinnedUnindexed => {
+                "an unindexed snapshot pins it (run `msb-registry reindex`)"
+            }
+            KeptReason::UnknownPins => {
+                "an unindexed snapshot pins an image whose layers cannot be listed (run `msb-registry reindex`)"
+            }
         }
     }
 }
@@ -208,6 +263,9 @@ pub struct Kept {
     /// For an unindexed snapshot: the digest its manifest hashes to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
+    /// Specifics, when there are any (why a manifest cannot be validated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 impl Kept {
@@ -218,6 +276,15 @@ impl Kept {
             path,
             detail: reason.describe(),
             digest: None,
+            why: None,
+        }
+    }
+
+    /// The same, with specifics.
+    pub fn because(reason: KeptReason, path: String, why: String) -> Self {
+        Kept {
+            why: Some(why),
+            ..Kept::new(reason, path)
         }
     }
 }
@@ -421,9 +488,13 @@ fn plan_images(
             .iter()
             .find_map(|f| microsandbox_keeps(&index.microsandbox, f));
         let held_file = files.iter().find(|f| listing.held.contains(&cache_rel(f)));
-        if files.iter().any(|f| leased.covers(&cache_rel(f)))
-            || listing.unindexed_pins.contains(&image.manifest_digest)
-        {
+        if files.iter().any(|f| leased.covers(&cache_rel(f))) {
+            kept.extend(files);
+        } else if listing.unindexed_pins.contains(&image.manifest_digest) {
+            plan.kept.push(Kept::new(
+                KeptReason::PinnedUnindexed,
+                image.manifest_digest.to_string(),
+            ));
             kept.extend(files);
         } else if let Some(reason) = ms.or(held_file.map(|_| KeptReason::LockHeld)) {
             plan.kept
@@ -460,6 +531,10 @@ fn plan_cache_rows(
         };
         let path = cache_rel(&row.path);
         if kept.contains(&row.path) || leased.covers(&path) {
+            continue;
+        }
+        if listing.unindexed_files.contains(&row.path) {
+            plan.kept.push(Kept::new(KeptReason::PinnedUnindexed, path));
             continue;
         }
         let held = listing.held.contains(&path).then_some(KeptReason::LockHeld);
@@ -556,9 +631,21 @@ fn plan_cache_debris(index: &IndexView, listing: &Listing, rule: &Debris, plan: 
         rel.push_str(kind.as_str());
         rel.push('/');
         rel.push_str(&e.name);
-        if !e.dir && !index.cache_paths.contains(&rel) && index.pinned_files.contains(&rel) {
+        let unrecorded = !e.dir && !index.cache_paths.contains(&rel);
+        if unrecorded && index.pinned_files.contains(&rel) {
             plan.kept
                 .push(Kept::new(KeptReason::Unindexed, cache_rel(&rel)));
+        } else if unrecorded && listing.unindexed_files.contains(&rel) {
+            plan.kept
+                .push(Kept::new(KeptReason::PinnedUnindexed, cache_rel(&rel)));
+        } else if let (true, CacheKind::Layers, Some(why)) =
+            (unrecorded, kind, &listing.unknown_pins)
+        {
+            plan.kept.push(Kept::because(
+                KeptReason::UnknownPins,
+                cache_rel(&rel),
+                why.clone(),
+            ));
         } else if e.dir || !index.cache_paths.contains(&rel) {
             if let Some(reason) = microsandbox_keeps(&index.microsandbox, &rel) {
                 plan.kept.push(Kept::new(reason, cache_rel(&rel)));
@@ -569,32 +656,34 @@ fn plan_cache_debris(index: &IndexView, listing: &Listing, rule: &Debris, plan: 
     }
 }
 
-/// Snapshot directories without rows (kept when they hold a valid manifest:
-/// `reindex` adopts them) and files without rows inside indexed ones.
+/// Snapshot directories, matched to rows by the digest of their manifest:
+/// one without a row goes only when it is provably not a snapshot (or an
+/// unfinished `rm` of that very snapshot); files without rows go only from
+/// a directory holding exactly the snapshot its row records.
 fn plan_snapshot_debris(index: &IndexView, listing: &Listing, rule: &Debris, plan: &mut GcPlan) {
     for (top, children) in &listing.snapshots {
         if !foreign::is_snapshot_dir_name(&top.name) {
             continue;
         }
         let path = format!("snapshots/{}", top.name);
-        match index.snapshots.get(&top.name) {
-            None => match listing.manifests.get(&top.name) {
-                Some(digest)
-                    if !index.removing.contains(&top.name) && !rule.leased.covers(&path) =>
-                {
-                    plan.kept.push(Kept {
-                        digest: Some(*digest),
-                        ..Kept::new(KeptReason::Unindexed, path)
-                    });
+        if rule.leased.covers(&path) {
+            continue;
+        }
+        let state = listing.manifests.get(&top.name);
+        match index.digests.get(&top.name) {
+            None if !top.dir => rule.take(path, top, plan),
+            None => plan_unindexed_dir(index, &top.name, state, path, top, rule, plan),
+            Some(recorded) if top.dir => {
+                if let Some(kept) = mismatch(state, *recorded, path.clone()) {
+                    plan.kept.push(kept);
+                    continue;
                 }
-                _ => rule.take(path, top, plan),
-            },
-            Some(files) if top.dir => {
+                let files = index.snapshots.get(&top.name);
                 for c in children {
                     if !foreign::is_snapshot_file_name(&c.name) {
                         continue;
                     }
-                    if c.dir || !files.contains(&c.name) {
+                    if c.dir || !files.is_some_and(|f| f.contains(&c.name)) {
                         rule.take(format!("{path}/{}", c.name), c, plan);
                     }
                 }
@@ -602,6 +691,56 @@ fn plan_snapshot_debris(index: &IndexView, listing: &Listing, rule: &Debris, pla
             Some(_) => {}
         }
     }
+}
+
+/// A directory without a row: debris when provably not a snapshot, or
+/// when an unfinished `rm` removes the snapshot it holds; kept otherwise.
+fn plan_unindexed_dir(
+    index: &IndexView,
+    name: &str,
+    state: Option<&ManifestState>,
+    path: String,
+    top: &DiskEntry,
+    rule: &Debris,
+    plan: &mut GcPlan,
+) {
+    let removing = index.removing.get(name);
+    match state {
+        Some(ManifestState::Valid(d)) if removing != Some(d) => plan.kept.push(Kept {
+            digest: Some(*d),
+            ..Kept::new(KeptReason::Unindexed, path)
+        }),
+        Some(ManifestState::Unvalidated(why)) => {
+            plan.kept
+                .push(Kept::because(KeptReason::Unvalidated, path, why.clone()))
+        }
+        _ => rule.take(path, top, plan),
+    }
+}
+
+/// Why an indexed directory is kept whole, if its manifest is not the
+/// snapshot its row records.
+fn mismatch(state: Option<&ManifestState>, recorded: Digest, path: String) -> Option<Kept> {
+    let why = match state {
+        Some(ManifestState::Valid(d)) if *d == recorded => return None,
+        Some(ManifestState::Valid(d)) => {
+            let kept = Kept::because(
+                KeptReason::Mismatch,
+                path,
+                format!("its manifest.json is snapshot {d}, the index records {recorded}"),
+            );
+            return Some(Kept {
+                digest: Some(*d),
+                ..kept
+            });
+        }
+        Some(ManifestState::Unvalidated(why)) => {
+            format!("its manifest.json cannot be validated: {why}")
+        }
+        Some(ManifestState::NotJson) => "its manifest.json is not JSON".to_string(),
+        Some(ManifestState::Absent) | None => "it has no manifest.json".to_string(),
+    };
+    Some(Kept::because(KeptReason::Mismatch, path, why))
 }
 
 /// Staging entries of imports that are neither live nor promoting.
@@ -765,6 +904,18 @@ mod tests {
         (index, listing)
     }
 
+    /// Record snapshot `name` (digest `d(100)`, one file `manifest.json`)
+    /// whose directory holds exactly that snapshot.
+    fn indexed(index: &mut IndexView, listing: &mut Listing, name: &str) {
+        index
+            .snapshots
+            .insert(name.into(), ["manifest.json".to_string()].into());
+        index.digests.insert(name.into(), d(100));
+        listing
+            .manifests
+            .insert(name.into(), ManifestState::Valid(d(100)));
+    }
+
     fn kinds(plan: &GcPlan) -> Vec<(RemovalKind, &str)> {
         plan.removals
             .iter()
@@ -801,9 +952,7 @@ mod tests {
     #[test]
     fn nothing_to_do_on_a_clean_registry() {
         let (mut index, mut listing) = with_cache(&[&layer(1)]);
-        index
-            .snapshots
-            .insert("a".into(), ["manifest.json".to_string()].into());
+        indexed(&mut index, &mut listing, "a");
         listing
             .snapshots
             .push((dir("a", 10), vec![file("manifest.json", 10)]));
@@ -867,9 +1016,7 @@ mod tests {
         }
         .file_name();
         listing.cache.push((CacheKind::Vmdk, dir(&vmdk_dir, 3)));
-        index
-            .snapshots
-            .insert("a".into(), ["manifest.json".to_string()].into());
+        indexed(&mut index, &mut listing, "a");
         listing.snapshots.push((
             dir("a", 15),
             vec![file("manifest.json", 10), file("extra", 5)],
@@ -909,9 +1056,7 @@ mod tests {
         ] {
             listing.cache.push((kind, e));
         }
-        index
-            .snapshots
-            .insert("a".into(), ["manifest.json".to_string()].into());
+        indexed(&mut index, &mut listing, "a");
         listing.snapshots.push((
             dir("a", 15),
             vec![file("manifest.json", 10), file("upper.ext4.part", 5)],
@@ -1190,30 +1335,68 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_directory_with_a_valid_manifest_is_unindexed_not_debris() {
+    fn a_snapshot_directory_is_debris_only_when_provably_not_a_snapshot() {
         let (mut index, mut listing) = with_cache(&[]);
-        listing.snapshots.push((dir("lost", 10), vec![]));
-        listing.snapshots.push((dir("removing", 10), vec![]));
-        listing.snapshots.push((dir("junk", 10), vec![]));
-        for name in ["lost", "removing"] {
-            listing.manifests.insert(name.into(), d(1));
+        let states = [
+            ("lost", ManifestState::Valid(d(1))),
+            ("removing", ManifestState::Valid(d(1))),
+            ("replaced", ManifestState::Valid(d(2))),
+            ("newer", ManifestState::Unvalidated("unknown field".into())),
+            ("junk", ManifestState::NotJson),
+            ("empty", ManifestState::Absent),
+        ];
+        for (name, state) in states {
+            listing.snapshots.push((dir(name, 10), vec![]));
+            listing.manifests.insert(name.into(), state);
         }
-        index.removing.insert("removing".into());
+        // An unfinished rm removes d(1) from `removing` but d(3) from `replaced`.
+        index.removing.insert("removing".into(), d(1));
+        index.removing.insert("replaced".into(), d(3));
         let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
+        let kept: Vec<(&str, KeptReason)> = plan
+            .kept
+            .iter()
+            .map(|k| (k.path.as_str(), k.reason))
+            .collect();
         assert_eq!(
-            plan.kept,
-            [Kept {
-                digest: Some(d(1)),
-                ..Kept::new(KeptReason::Unindexed, "snapshots/lost".into())
-            }]
+            kept,
+            [
+                ("snapshots/lost", KeptReason::Unindexed),
+                ("snapshots/newer", KeptReason::Unvalidated),
+                ("snapshots/replaced", KeptReason::Unindexed),
+            ]
         );
+        assert_eq!(plan.kept[1].why.as_deref(), Some("unknown field"));
         assert_eq!(
             kinds(&plan),
             [
+                (RemovalKind::Debris, "snapshots/empty"),
                 (RemovalKind::Debris, "snapshots/junk"),
                 (RemovalKind::Debris, "snapshots/removing"),
             ]
         );
+    }
+
+    #[test]
+    fn an_indexed_name_holding_another_snapshot_loses_nothing() {
+        let (mut index, mut listing) = with_cache(&[]);
+        for (name, state) in [
+            ("other", ManifestState::Valid(d(2))),
+            ("newer", ManifestState::Unvalidated("x".into())),
+            ("gone", ManifestState::Absent),
+        ] {
+            indexed(&mut index, &mut listing, name);
+            listing.manifests.insert(name.into(), state);
+            listing.snapshots.push((
+                dir(name, 15),
+                vec![file("manifest.json", 10), file("upper.qcow2", 5)],
+            ));
+        }
+        let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
+        assert!(plan.removals.is_empty(), "{:?}", plan.removals);
+        assert!(plan.kept.iter().all(|k| k.reason == KeptReason::Mismatch));
+        assert_eq!(plan.kept.len(), 3);
+        assert_eq!(plan.kept[2].digest, Some(d(2)));
     }
 
     #[test]
@@ -1256,8 +1439,35 @@ mod tests {
         listing.unindexed_pins.insert(d(6));
         let plan = plan(&index, &listing, &HashSet::new(), 0, 0);
         assert!(plan.removals.is_empty(), "{:?}", plan.removals);
-        assert_eq!(plan.kept.len(), 1);
-        assert_eq!(plan.kept[0].reason, KeptReason::Unindexed);
+        let reasons: Vec<KeptReason> = plan.kept.iter().map(|k| k.reason).collect();
+        assert_eq!(
+            reasons,
+            [KeptReason::Unindexed, KeptReason::PinnedUnindexed],
+            "{:?}",
+            plan.kept
+        );
+    }
+
+    #[test]
+    fn files_an_unindexed_snapshot_pins_stay_without_rows() {
+        let (index, mut listing) = with_cache(&[]);
+        let (pinned, stray) = (layer(1), layer(2));
+        for rel in [&pinned, &stray] {
+            listing.cache.push((
+                CacheKind::Layers,
+                file(rel.split_once('/').unwrap().1, 4096),
+            ));
+        }
+        listing.unindexed_files.insert(pinned.clone());
+        let p = plan(&index, &listing, &HashSet::new(), 0, 0);
+        let stray_path = format!("cache/{stray}");
+        assert_eq!(kinds(&p), [(RemovalKind::Debris, stray_path.as_str())]);
+        assert_eq!(p.kept[0].reason, KeptReason::PinnedUnindexed);
+        // When some pinned image's layers cannot be listed, no layer goes.
+        listing.unknown_pins = Some("snapshots/x: metadata absent".into());
+        let p = plan(&index, &listing, &HashSet::new(), 0, 0);
+        assert!(p.removals.is_empty(), "{:?}", p.removals);
+        assert_eq!(p.kept[1].reason, KeptReason::UnknownPins);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
+use super::manifests;
 use super::plan::{
     DiskEntry, Doomed, GcOptions, GcPlan, GcReport, IndexView, Kept, KeptReason, Listing,
     image_files, import_id_of, lease_pinned_images, plan,
@@ -14,11 +15,10 @@ use crate::journal::lease::{claim_dead, is_live};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::model::image::{CacheFile, CacheKind};
-use crate::model::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::store::files::{
-    allocated_bytes, changed_at, read_limited, remove_dir_if_exists, tree_allocated_bytes,
+    allocated_bytes, changed_at, remove_dir_if_exists, tree_allocated_bytes,
 };
 use crate::store::foreign::{self, ArtifactLock};
 use crate::store::layout::Layout;
@@ -146,7 +146,12 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
             .collect();
         let unpinned_images = db::gc::unpinned_images(&tx)?;
         let unpinned: HashSet<Digest> = unpinned_images.iter().map(|i| i.manifest_digest).collect();
-        let pinned_files = db::gc::images_with_layers(&tx)?
+        let images = db::gc::images_with_layers(&tx)?;
+        let known_layers = images
+            .iter()
+            .map(|i| (i.manifest_digest, i.layers.clone()))
+            .collect();
+        let pinned_files = images
             .iter()
             .filter(|i| !unpinned.contains(&i.manifest_digest))
             .flat_map(image_files)
@@ -170,8 +175,10 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
             pinned_files,
             removing: db::snapshots::pending_removals(&tx)?
                 .into_iter()
-                .map(|(_, name)| name)
+                .map(|(digest, name)| (name, digest))
                 .collect(),
+            digests: db::gc::snapshot_digests(&tx)?,
+            known_layers,
             microsandbox,
         }
     };
@@ -322,17 +329,16 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
         (cache, snapshots)
     });
     let snapshots = snapshots?;
-    let mut manifests = BTreeMap::new();
-    let mut unindexed_pins = HashSet::new();
-    for (top, _) in &snapshots {
-        if top.dir
-            && !index.snapshots.contains_key(&top.name)
-            && let Some((digest, image)) = valid_manifest(&layout.snapshots().join(&top.name))
-        {
-            manifests.insert(top.name.clone(), digest);
-            unindexed_pins.insert(image);
-        }
-    }
+    let judged = manifests::judge_all(
+        layout,
+        snapshots
+            .iter()
+            .filter(|(top, _)| top.dir)
+            .map(|(top, _)| top.name.as_str()),
+        &index.digests,
+    );
+    let (unindexed_files, unknown_layers) =
+        manifests::pinned_files(layout, &judged.pins, &index.known_layers);
     Ok(Listing {
         cache: cache?,
         snapshots,
@@ -341,22 +347,11 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
             .map(|(e, _)| e)
             .collect(),
         held: HashSet::new(),
-        manifests,
-        unindexed_pins,
+        manifests: judged.manifests,
+        unindexed_pins: judged.pins.iter().map(|p| p.digest).collect(),
+        unindexed_files,
+        unknown_pins: judged.unknown.or(unknown_layers),
     })
-}
-
-/// The digest of `dir/manifest.json` and the image it pins, when it is a
-/// regular file holding a valid manifest.
-fn valid_manifest(dir: &Path) -> Option<(Digest, Digest)> {
-    let path = dir.join("manifest.json");
-    if !path.symlink_metadata().ok()?.is_file() {
-        return None;
-    }
-    let bytes = read_limited(&path, MAX_MANIFEST_BYTES).ok()??;
-    Manifest::parse(&bytes)
-        .ok()
-        .map(|m| (m.digest, m.manifest.image.manifest_digest))
 }
 
 fn list_snapshots(

@@ -138,7 +138,7 @@ impl Registry {
                 .manifest
                 .annotations
                 .get(TITLE)
-                .and_then(|t| SnapshotName::chosen(t).ok())
+                .and_then(|t| SnapshotName::chosen_for(t, &digest).ok())
                 .filter(|n| !used.contains(n.as_str()))
                 .filter(|n| {
                     db::snapshots::snapshot_by_name(conn, n.as_str())

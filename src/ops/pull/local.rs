@@ -77,7 +77,7 @@ impl Registry {
             places.push((path.clone(), *offset, *length));
         }
         if let Some(place) = db::remote::chunk_place(conn, chunk)?
-            && let Ok(name) = SnapshotName::chosen(&place.name)
+            && let Ok(name) = place.name.parse::<SnapshotName>()
             && let Some(length) = db::chunks::chunk_length(conn, chunk)?
         {
             places.push((
