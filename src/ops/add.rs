@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::db::{self, ImportFileRow, ImportState, SnapshotFileRow};
+use crate::db::{self, ImportFileRow, SnapshotFileRow};
 use crate::journal::Lease;
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
@@ -114,26 +114,8 @@ impl Registry {
         self.clear_dead_staging()?;
         let (layout, db) = self.parts();
         let mut lease = Lease::acquire(layout, db, &dir.display().to_string())?;
-        let mut result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
-        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
-            let staging = lease.staging();
-            *cleaned = format!(
-                "removed this add's staging {} ({} bytes on disk); the registry is unchanged",
-                staging
-                    .strip_prefix(self.layout().root())
-                    .unwrap_or(staging)
-                    .display(),
-                crate::store::files::tree_allocated_bytes(staging)
-            );
-        }
-        let (state, message) = match &result {
-            Ok(_) => (ImportState::Done, None),
-            Err(e) => (ImportState::Failed, Some(e.with_causes())),
-        };
-        let finished = lease.finish(self.db_mut(), state, message.as_deref());
-        let report = result?;
-        finished?;
-        Ok(report)
+        let result = self.add_leased(&mut lease, dir, name, parsed, opts, progress);
+        self.end_lease(lease, "add", result)
     }
 
     fn add_leased(

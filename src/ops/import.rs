@@ -23,7 +23,7 @@ use crate::archive::import_source::{self, OpenedSource, Pump, PumpError};
 use crate::archive::names::{self, NameFallback};
 use crate::archive::streamed::{CarriedName, StagedMember, Streamed, StreamedSnapshot};
 use crate::archive::tar_reader::{Chunk, ReadError, TarReader};
-use crate::db::{self, ImportState};
+use crate::db;
 use crate::journal::Lease;
 use crate::journal::lease::clear_dead_staging;
 use crate::model::chunk::is_zero;
@@ -36,7 +36,7 @@ use crate::ops::registry::Registry;
 use crate::ops::sign::{Arriving, TrustOptions, admit};
 use crate::process::failpoint;
 use crate::process::progress::Progress;
-use crate::store::files::{CHUNK, Piece, tree_allocated_bytes};
+use crate::store::files::{CHUNK, Piece};
 use crate::store::layout::{Layout, SnapshotName};
 use crate::store::stage::{PROGRESS_STEP, StagedBytes, StagingFile};
 use crate::trust::sshsig::Signature;
@@ -115,28 +115,10 @@ impl Registry {
         let (layout, db) = self.parts();
         clear_dead_staging(layout, db)?;
         let lease = Lease::acquire(layout, db, &source.label())?;
-        let mut result = self
+        let result = self
             .import_leased(&lease, source, opened, head_name, opts, progress)
             .map_err(|e| e.naming_archive(&source.display_name()));
-        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
-            let staging = lease.staging();
-            *cleaned = format!(
-                "removed this import's staging {} ({} bytes on disk); the registry is unchanged",
-                staging
-                    .strip_prefix(self.layout().root())
-                    .unwrap_or(staging)
-                    .display(),
-                tree_allocated_bytes(staging)
-            );
-        }
-        let (state, message) = match &result {
-            Ok(_) => (ImportState::Done, None),
-            Err(e) => (ImportState::Failed, Some(e.with_causes())),
-        };
-        let finished = lease.finish(self.db_mut(), state, message.as_deref());
-        let report = result?;
-        finished?;
-        Ok(report)
+        self.end_lease(lease, "import", result)
     }
 
     fn import_leased(

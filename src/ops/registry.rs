@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::db::ImportState;
 use crate::db::schema::Schema;
 use crate::db::{self, Db, SnapshotRow};
-use crate::journal::{self, RegistryLock, lock::lock_exclusive};
+use crate::journal::{self, Lease, RegistryLock, lock::lock_exclusive};
 use crate::model::digest::{Digest, is_lower_hex};
 use crate::model::error::{Error, IoContext, Result};
 use crate::store::layout::{Layout, SnapshotName};
@@ -31,6 +32,37 @@ pub struct Rebuild {
 }
 
 impl Registry {
+    /// End a staged operation (`what`: "add", "import") on `lease` with its
+    /// `result`: an interrupt says which staging it removed, the journal
+    /// records done or failed, and the operation's own error wins over the
+    /// journal's.
+    pub(crate) fn end_lease<T>(
+        &mut self,
+        lease: Lease,
+        what: &str,
+        mut result: Result<T>,
+    ) -> Result<T> {
+        if let Err(Error::Interrupted { cleaned, .. }) = &mut result {
+            let staging = lease.staging();
+            *cleaned = format!(
+                "removed this {what}'s staging {} ({} bytes on disk); the registry is unchanged",
+                staging
+                    .strip_prefix(self.layout().root())
+                    .unwrap_or(staging)
+                    .display(),
+                crate::store::files::tree_allocated_bytes(staging)
+            );
+        }
+        let (state, message) = match &result {
+            Ok(_) => (ImportState::Done, None),
+            Err(e) => (ImportState::Failed, Some(e.with_causes())),
+        };
+        let finished = lease.finish(self.db_mut(), state, message.as_deref());
+        let report = result?;
+        finished?;
+        Ok(report)
+    }
+
     /// Open the registry at `root`, creating it when absent, and repair any
     /// promotion a crashed process left half done.
     ///
