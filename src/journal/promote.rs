@@ -42,11 +42,13 @@ pub fn promote(
     {
         let tx = db.write()?;
         check(&tx)?;
-        for m in moves {
-            if layout.resolve(&m.target).symlink_metadata().is_ok() {
+        for (i, m) in moves.iter().enumerate() {
+            // A repair's first move takes the damaged directory out of the way.
+            let vacated = moves[..i].iter().any(|earlier| earlier.staged == m.target);
+            if !vacated && layout.resolve(&m.target).symlink_metadata().is_ok() {
                 return Err(Error::conflict(
                     m.target.clone(),
-                    "a file or directory the index does not know is in the way: `msb-registry verify` says what it is (debris goes with `msb-registry gc --grace 0`, a snapshot without a row is indexed by `msb-registry reindex`)",
+                    "a file or directory the index does not know appeared in the way while the install was checked: retry (`msb-registry verify` says what it is)",
                 ));
             }
         }

@@ -351,6 +351,7 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
         unindexed_pins: judged.pins.iter().map(|p| p.digest).collect(),
         unindexed_files,
         unknown_pins: judged.unknown.or(unknown_layers),
+        quarantine: crate::store::quarantine::list(layout, now)?,
     })
 }
 
