@@ -391,9 +391,16 @@ pub fn verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
         ))?;
     }
     for d in &r.debris {
-        p.line(format!(
-            "debris: {d} (no row; `msb-registry gc` removes it)"
-        ))?;
+        let lost_manifest = d
+            .strip_prefix("snapshots/")
+            .is_some_and(|name| !name.contains('/'));
+        p.line(if lost_manifest {
+            format!(
+                "debris: {d} (no row, no manifest that is JSON; `msb-registry gc` removes it; if it is a snapshot whose manifest was lost, import, add or pull a good copy under its name instead: that moves it to quarantine/)"
+            )
+        } else {
+            format!("debris: {d} (no row; `msb-registry gc` removes it)")
+        })?;
     }
     if r.microsandbox.shared {
         p.line(home_line(&r.microsandbox))?;

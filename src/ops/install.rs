@@ -165,6 +165,9 @@ pub fn install_checked(
     let mut moves = moves(registry.layout(), set, &planned);
     moves.splice(0..0, repairs.iter().filter_map(|r| r.quarantine.clone()));
     moves.extend(repairs.iter().filter_map(|r| r.reinstall.clone()));
+    let restored = restore_cache_files(registry.layout(), set, &planned);
+    let restored_count = restored.len();
+    moves.extend(restored);
     if repairs.iter().any(|r| r.quarantine.is_some()) {
         let dir = registry.layout().quarantine();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
@@ -206,10 +209,34 @@ pub fn install_checked(
             .map(|(_, s)| s.manifest.digest())
             .filter(|d| !reinstalled.contains(d))
             .collect(),
-        cache_files_installed: planned.new_cache_files.len(),
-        cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len(),
+        cache_files_installed: planned.new_cache_files.len() + restored_count,
+        cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len() - restored_count,
         repaired: repairs.into_iter().map(|r| r.repaired).collect(),
     })
+}
+
+/// The moves that put back cache files whose rows the index holds (with
+/// this content) but whose files are gone: a gc on a full disk frees space
+/// by deleting a file before its row, and a crash in between leaves such a
+/// row; its next gc deletes it, and until then an install that brings the
+/// file restores it rather than trusting the row.
+fn restore_cache_files(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
+    set.cache_files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !planned.new_cache_files.contains(i))
+        .filter(|(_, c)| {
+            layout.resolve(&c.staged).is_file()
+                && matches!(
+                    layout.cache_file(&c.file).symlink_metadata(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound
+                )
+        })
+        .map(|(_, c)| Move {
+            staged: c.staged.clone(),
+            target: format!("cache/{}", c.file.rel_path()),
+        })
+        .collect()
 }
 
 /// One repair an install makes: the damaged directory's move into

@@ -28,9 +28,12 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
-        let reg = Reg::new();
+        Self::in_reg(Reg::new())
+    }
+
+    fn in_reg(reg: Reg) -> Self {
         let cache = reg.path("src-cache");
-        let image = make_image_cache(&cache, "python:3.12", 3, &[4096]);
+        let image = make_image_cache(&cache, "python:3.12", 3, &[4096, 262144]);
         add_pinned(&reg, "web", &image, "python:3.12", &cache);
         let good = reg.path("good.tar.zst");
         reg.run(&["export", "web", "-o", good.to_str().unwrap()])
@@ -380,4 +383,112 @@ fn issue_22_a_pull_of_a_good_copy_repairs_a_snapshot_reindex_dropped() {
     assert!(names(&s.reg).is_empty(), "reindex dropped the row");
     let run = s.reg.run(&["pull", &target, "--insecure"]).ok();
     assert_repaired(&s, &run, "pull");
+}
+
+/// Fill the file system holding `dir` to the last byte.
+fn fill(dir: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0x5au8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    let small = [0x5au8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+}
+
+/// A gc on a full disk frees room for its row deletion one file at a time,
+/// files no row names first: killed after its first deletion, it leaves
+/// either no stale row (a quarantine entry went first) or one row of an
+/// unreferenced cache file whose file is gone, which verify reports, an
+/// import of that image restores and the next gc deletes. No file of a
+/// live snapshot is touched.
+#[test]
+fn issue_22_a_gc_killed_on_a_full_disk_leaves_no_unreported_stale_row() {
+    let reg = Reg::new();
+    let Some(_mount) = crate::diskfull::Mount::tmpfs(&reg.root(), "48m") else {
+        return;
+    };
+    let s = Setup::in_reg(reg);
+    let with_image = s.reg.path("web-image.tar.zst");
+    s.reg
+        .run(&[
+            "export",
+            "web",
+            "--with-image",
+            "-o",
+            with_image.to_str().unwrap(),
+        ])
+        .ok();
+    let other_cache = s.reg.path("other-cache");
+    let other_image = make_image_cache(&other_cache, "alpine:3", 9, &[4096]);
+    let other = s.reg.path("other");
+    let mut spec = SnapSpec::new(&other_image).label("seed", "other");
+    spec.image.0 = "alpine:3".into();
+    make_snapshot(&other, &spec);
+    let cache_files = || {
+        let v: Value = s.reg.json(&["sql", "SELECT path FROM cache_files"]);
+        v.as_array().unwrap().len()
+    };
+
+    // A quarantine entry older than the grace period goes first: a kill
+    // right after it leaves every row with its file.
+    damage(&s, Damage::Truncated);
+    s.reg.run(&["import", s.good.to_str().unwrap()]).ok();
+    s.reg.run(&["rm", "web"]).ok();
+    let pinned_before = cache_files();
+    assert!(pinned_before > 0);
+    fill(&s.reg.root());
+    crash_at(
+        &s.reg,
+        &["gc", "--grace", "0"],
+        &format!("{}@1", failpoint::GC_FILE_REMOVED),
+        Kill::Abort,
+    );
+    assert!(quarantined(&s.reg).is_empty());
+    s.reg.run(&["verify", "--content"]).ok();
+    assert_eq!(cache_files(), pinned_before);
+
+    // Nothing without a row to delete: one cache file goes before its row.
+    fill(&s.reg.root());
+    crash_at(
+        &s.reg,
+        &["gc", "--grace", "0"],
+        &format!("{}@1", failpoint::GC_FILE_REMOVED),
+        Kill::Abort,
+    );
+    let v = s.reg.run(&["verify"]);
+    assert_eq!(v.code, 5, "the stale row is reported: {}", v.stdout);
+    assert!(
+        v.stdout.contains("problem: missing: cache/"),
+        "{}",
+        v.stdout
+    );
+    std::fs::remove_file(s.reg.root().join("filler")).unwrap();
+    // An import bringing the image puts the file back under its row.
+    s.reg.run(&["import", with_image.to_str().unwrap()]).ok();
+    s.reg.run(&["verify", "--content"]).ok();
+
+    // And a gc that finishes deletes the rest, rows and files.
+    s.reg
+        .run(&[
+            "add",
+            other.to_str().unwrap(),
+            "--name",
+            "other",
+            "--cache-dir",
+            other_cache.to_str().unwrap(),
+        ])
+        .ok();
+    let other_files = files_of(&s.reg.root().join("snapshots/other"));
+    s.reg.run(&["rm", "web"]).ok();
+    fill(&s.reg.root());
+    crash_at(
+        &s.reg,
+        &["gc", "--grace", "0"],
+        &format!("{}@1", failpoint::GC_FILE_REMOVED),
+        Kill::Abort,
+    );
+    s.reg.run(&["gc", "--grace", "0"]).ok();
+    s.reg.run(&["verify", "--content"]).ok();
+    assert_eq!(files_of(&s.reg.root().join("snapshots/other")), other_files);
 }
