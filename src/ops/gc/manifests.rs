@@ -85,7 +85,7 @@ pub fn in_the_way(dir: &Path) -> String {
         ManifestState::Unvalidated(why) => format!(
             "snapshots/ holds a directory of that name whose manifest.json cannot be validated ({why}); gc never deletes it: move it away yourself"
         ),
-        ManifestState::Absent | ManifestState::NotJson => "snapshots/ holds a directory of that name that is not a snapshot (debris, or a snapshot whose manifest is lost): import, add or pull a good copy of that snapshot under that name, which moves the directory to quarantine/ (gc would delete it after the grace period)".to_string(),
+        ManifestState::Absent | ManifestState::NotJson => "snapshots/ holds a directory of that name that is not a snapshot (debris), or a snapshot whose manifest is lost: import, add or pull a good copy of that snapshot under that name, which moves the directory to quarantine/ (gc would delete it after the grace period)".to_string(),
     }
 }
 
