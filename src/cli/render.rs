@@ -246,6 +246,11 @@ pub fn import(p: &mut Printer, r: &ImportReport) -> Rendered {
     )];
     out.extend(r.imported.iter().map(|d| format!("  new      {d}")));
     out.extend(r.skipped.iter().map(|d| format!("  present  {d}")));
+    out.extend(
+        r.repaired
+            .iter()
+            .map(|x| format!("  repaired {}", x.digest)),
+    );
     out.into_iter().try_for_each(|l| p.line(l))
 }
 
@@ -320,6 +325,11 @@ pub fn pull(p: &mut Printer, r: &crate::ops::pull::PullReport) -> Rendered {
     )];
     out.extend(r.imported.iter().map(|d| format!("  new      {d}")));
     out.extend(r.skipped.iter().map(|d| format!("  present  {d}")));
+    out.extend(
+        r.repaired
+            .iter()
+            .map(|x| format!("  repaired {}", x.digest)),
+    );
     out.into_iter().try_for_each(|l| p.line(l))
 }
 

@@ -43,7 +43,9 @@ pub fn parse_entry_name(entry: &str) -> Option<(&str, i64)> {
 }
 
 /// Every entry of `quarantine/`, by path; none when it does not exist.
-/// Entries whose names are not UTF-8 are listed lossily.
+/// Names a repair never writes and the foreign-name grammar hides (lock
+/// files, `.part` files, `.work` directories) or that are not UTF-8 are
+/// left out: never listed, so never removed.
 pub fn list(layout: &Layout, now: i64) -> Result<Vec<QuarantineEntry>> {
     let dir = layout.quarantine();
     let read = match std::fs::read_dir(&dir) {
@@ -54,7 +56,12 @@ pub fn list(layout: &Layout, now: i64) -> Result<Vec<QuarantineEntry>> {
     let mut out = Vec::new();
     for entry in read {
         let entry = entry.at("read directory", &dir)?;
-        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(file_name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if super::layout::not_ours(&file_name).is_some() {
+            continue;
+        }
         let meta = match entry.path().symlink_metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

@@ -299,9 +299,19 @@ fn issue_22_quarantine_is_removed_only_by_its_command_or_by_gc_after_grace() {
     damage(&s, Damage::Truncated);
     s.reg.run(&["import", s.good.to_str().unwrap()]).ok();
     assert_eq!(quarantined(&s.reg).len(), 1);
+    // A name the foreign-name grammar hides is never listed nor removed.
+    let foreign = s.reg.root().join("quarantine/web-1.lock");
+    std::fs::write(&foreign, b"").unwrap();
     let gc: Value = s.reg.json(&["gc", "--grace", "0"]);
     assert_eq!(gc["totals"].as_array().unwrap().len(), 1, "{gc}");
-    assert!(quarantined(&s.reg).is_empty());
+    assert_eq!(quarantined(&s.reg), ["web-1.lock"]);
+    assert!(
+        !s.reg
+            .run(&["quarantine", "list"])
+            .ok()
+            .stdout
+            .contains(".lock")
+    );
     s.reg.run(&["verify", "--content"]).ok();
     assert_eq!(files_of(&s.web()), s.before);
 }
