@@ -221,10 +221,11 @@ pub fn install_checked(
 /// row; its next gc deletes it, and until then an install that brings the
 /// file restores it rather than trusting the row.
 fn restore_cache_files(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
+    let new: std::collections::HashSet<usize> = planned.new_cache_files.iter().copied().collect();
     set.cache_files
         .iter()
         .enumerate()
-        .filter(|(i, _)| !planned.new_cache_files.contains(i))
+        .filter(|(i, _)| !new.contains(i))
         .filter(|(_, c)| {
             layout.resolve(&c.staged).is_file()
                 && matches!(
@@ -263,9 +264,10 @@ fn plan_repairs(
     let conn = registry.db().conn();
     let mut repairs: Vec<RepairPlan> = Vec::new();
     let mut taken: Vec<String> = Vec::new();
+    let new: std::collections::HashSet<usize> = planned.new_snapshots.iter().copied().collect();
     for (i, s) in set.snapshots.iter().enumerate() {
         let digest = s.manifest.digest();
-        let (name, condition, present) = if planned.new_snapshots.contains(&i) {
+        let (name, condition, present) = if new.contains(&i) {
             let dir = layout.snapshot(&s.name);
             (s.name.clone(), repair::examine_unindexed(&dir)?, false)
         } else {

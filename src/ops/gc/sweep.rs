@@ -240,8 +240,9 @@ pub fn apply(
         match &doomed.import {
             Some(id) => staging.entry(id.as_str()).or_default().push(doomed),
             None => {
-                remove_one(layout, doomed, &mut spared)?;
-                progress.advance(doomed.bytes);
+                if remove_one(layout, doomed, &mut spared)? {
+                    progress.advance(doomed.bytes);
+                }
             }
         }
     }
