@@ -33,7 +33,22 @@ impl Digest {
 
     /// The 64 lowercase hex digits, without the algorithm prefix.
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        let mut out = String::with_capacity(64);
+        out.push_str(self.hex_digits().as_str());
+        out
+    }
+
+    /// The 64 lowercase hex digits on the stack: digests are written by
+    /// the tens of thousands per import (rows, paths), so without the
+    /// per-character iterator and allocation of [`hex::encode`].
+    fn hex_digits(&self) -> HexDigits {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
+        }
+        HexDigits(out)
     }
 
     /// Parse 64 lowercase hex digits without the `sha256:` prefix.
@@ -69,9 +84,19 @@ impl FromStr for Digest {
     }
 }
 
+/// 64 lowercase hex digits.
+struct HexDigits([u8; 64]);
+
+impl HexDigits {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
+        f.write_str("sha256:")?;
+        f.write_str(self.hex_digits().as_str())
     }
 }
 
@@ -96,7 +121,10 @@ impl<'de> Deserialize<'de> for Digest {
 
 impl rusqlite::ToSql for Digest {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(rusqlite::types::ToSqlOutput::from(self.to_string()))
+        let mut text = String::with_capacity(71);
+        text.push_str("sha256:");
+        text.push_str(self.hex_digits().as_str());
+        Ok(rusqlite::types::ToSqlOutput::from(text))
     }
 }
 
