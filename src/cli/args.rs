@@ -99,6 +99,15 @@ pub struct GlobalArgs {
     /// No progress bars and no summary lines; errors and data (list, show, sql…) still print.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Threads for hashing (import, add, verify --content) [default: the cores this process may use]
+    #[arg(
+        long,
+        global = true,
+        env = "MSB_REGISTRY_THREADS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub threads: Option<u16>,
 }
 
 /// The subcommands.

@@ -37,6 +37,9 @@ fn root_of(cli: &Cli) -> Result<PathBuf> {
 
 /// Run the command; `Ok(Err(io))` is a failed write to stdout.
 pub fn run(cli: Cli) -> Result<Rendered> {
+    if let Some(n) = cli.global.threads {
+        crate::process::threads::set_limit(n.into());
+    }
     let mut p = Printer::new(cli.global.json, cli.global.quiet);
     let progress = BarProgress::new(cli.global.quiet);
     match cli.command {

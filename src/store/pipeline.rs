@@ -23,6 +23,17 @@ pub const BLOCK_BYTES: usize = 1 << 20;
 /// Blocks one file may have in flight: its bound on memory.
 pub const DEPTH: usize = 4;
 
+/// Files hashed at once, whatever the cores: each holds up to
+/// [`DEPTH`] × [`BLOCK_BYTES`] in its queue plus its reader's buffer, so
+/// this keeps the whole under 64 MiB.
+pub const MAX_FILES: usize = 8;
+
+/// How many files to hash at once here: the threads allowed, at most
+/// [`MAX_FILES`].
+pub fn files_at_once() -> usize {
+    threads::available().clamp(1, MAX_FILES)
+}
+
 /// Files smaller than this are hashed inline: a thread would cost more than
 /// the overlap gains.
 pub const OFFLOAD_FROM: u64 = 8 << 20;

@@ -39,4 +39,5 @@ mod signing;
 mod soak;
 mod storage;
 mod tarcraft;
+mod threads;
 mod util;
