@@ -26,7 +26,7 @@ pub const DEPTH: usize = 4;
 /// Files hashed at once, whatever the cores: each holds up to
 /// [`DEPTH`] × [`BLOCK_BYTES`] in its queue plus its reader's buffer, so
 /// this keeps the whole under 64 MiB.
-pub const MAX_FILES: usize = 8;
+pub const MAX_FILES: usize = 6;
 
 /// How many files to hash at once here: the threads allowed, at most
 /// [`MAX_FILES`].
