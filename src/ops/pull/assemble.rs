@@ -255,7 +255,7 @@ impl Registry {
                     progress.advance(len);
                     continue;
                 }
-                if let Some(bytes) = self.local_chunk(written, &c.chunk(), Some(len))? {
+                if let Some((bytes, _)) = self.local_chunk(written, &c.chunk(), Some(len))? {
                     staged.write(&bytes, offset)?;
                     report.chunks_local += 1;
                     report.bytes_local += len;
@@ -282,21 +282,27 @@ impl Registry {
     }
 
     /// Bases of `deltas` that are neither here nor downloaded anyway come
-    /// down too, kept in memory only until their deltas are decoded.
+    /// down too (decoded into the scratch file, never held in memory). A
+    /// base found here is checked once and its place kept in `written`,
+    /// so decoding its deltas does not hash it again.
     fn add_bases(
         &self,
         map: &ChunkMap,
         deltas: &[Wanted],
         plain: &mut Vec<Wanted>,
-        written: &Written,
+        written: &mut Written,
     ) -> Result<()> {
         let mut extra = HashSet::new();
         for d in deltas {
             let b = d.base.expect("a delta has a base");
-            if !plain.iter().any(|w| w.chunk == b)
-                && self.local_chunk(written, &b, None)?.is_none()
-                && extra.insert(b)
-            {
+            if plain.iter().any(|w| w.chunk == b) || written.contains_key(&b) {
+                continue;
+            }
+            if let Some((_, place)) = self.local_chunk(written, &b, None)? {
+                written.insert(b, place);
+                continue;
+            }
+            if extra.insert(b) {
                 let i = map
                     .chunks
                     .iter()

@@ -12,8 +12,12 @@ use crate::model::error::{IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::store::layout::SnapshotName;
 
-/// Where a chunk's bytes already are: file, offset, length.
-pub(super) type Written = HashMap<Digest, (PathBuf, u64, u64)>;
+/// Where a chunk's bytes are: file, offset, length.
+pub(super) type Place = (PathBuf, u64, u64);
+
+/// Where chunks already checked by this pull are (written by it, read
+/// back from an interrupted run of it, or read from a snapshot and hashed).
+pub(super) type Written = HashMap<Digest, Place>;
 
 /// A file in staging for the bases of deltas that no file uses: each
 /// decoded base is written there (and found there by [`Written`]) rather
@@ -62,36 +66,33 @@ impl Scratch {
 }
 
 impl Registry {
-    /// The bytes of `chunk` (`len` bytes, when known) from this pull's
-    /// files or any snapshot here. Bytes this pull wrote were checked
-    /// when they were written (decoded, or read back) and are not hashed
-    /// again; bytes from a snapshot are checked against the digest (a
-    /// changed file is not trusted: the chunk is downloaded instead).
+    /// The bytes of `chunk` (`len` bytes, when known) and where they are,
+    /// from this pull's files or any snapshot here. A place in `written`
+    /// was checked already and is not hashed again; bytes from a snapshot
+    /// are checked against the digest (a changed file is not trusted: the
+    /// chunk is downloaded instead).
     pub(super) fn local_chunk(
         &self,
         written: &Written,
         chunk: &Digest,
         len: Option<u64>,
-    ) -> Result<Option<Vec<u8>>> {
-        if let Some((path, offset, length)) = written.get(chunk)
+    ) -> Result<Option<(Vec<u8>, Place)>> {
+        if let Some(place @ (path, offset, length)) = written.get(chunk)
             && len.is_none_or(|l| l == *length)
             && let Some(buf) = read_place(path, *offset, *length)
         {
-            return Ok(Some(buf));
+            return Ok(Some((buf, place.clone())));
         }
         let conn = self.db().conn();
         if let Some(place) = db::remote::chunk_place(conn, chunk)?
             && let Ok(name) = place.name.parse::<SnapshotName>()
             && let Some(length) = db::chunks::chunk_length(conn, chunk)?
             && len.is_none_or(|l| l == length)
-            && let Some(buf) = read_place(
-                &self.layout().snapshot_file(&name, &place.path),
-                place.offset,
-                length,
-            )
+            && let path = self.layout().snapshot_file(&name, &place.path)
+            && let Some(buf) = read_place(&path, place.offset, length)
             && Digest::of(&buf) == *chunk
         {
-            return Ok(Some(buf));
+            return Ok(Some((buf, (path, place.offset, length))));
         }
         Ok(None)
     }

@@ -110,10 +110,14 @@ impl Registry {
                 let base = match &w.base {
                     Some(b) => {
                         let found = self.local_chunk(&written.borrow(), b, None)?;
-                        Some(found.ok_or_else(|| Error::Integrity {
-                            subject: format!("chunk {} in pack {pack}", w.chunk),
-                            detail: format!("its base chunk {b} is nowhere to be found"),
-                        })?)
+                        Some(
+                            found
+                                .map(|(bytes, _)| bytes)
+                                .ok_or_else(|| Error::Integrity {
+                                    subject: format!("chunk {} in pack {pack}", w.chunk),
+                                    detail: format!("its base chunk {b} is nowhere to be found"),
+                                })?,
+                        )
                     }
                     None => None,
                 };
