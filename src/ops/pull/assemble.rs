@@ -71,23 +71,7 @@ impl Registry {
                 .iter()
                 .map(|f| listed_chunks(&map, f, &s.parsed.digest))
                 .collect::<Result<Vec<_>>>()?;
-            // Earlier snapshots are whole: wait for their hashing when as
-            // many files are being hashed as there are cores.
-            while maps
-                .iter()
-                .flat_map(|a| &a.followers)
-                .filter(|f| !f.is_done())
-                .count()
-                >= most
-            {
-                if let Some(f) = maps
-                    .iter_mut()
-                    .flat_map(|a| &mut a.followers)
-                    .find(|f| !f.is_done())
-                {
-                    f.join();
-                }
-            }
+            wait_for_a_core(&mut maps, most);
             let total = map
                 .files
                 .iter()
@@ -97,23 +81,7 @@ impl Registry {
             let dir = lease.staging().join("pull").join(s.parsed.digest.hex());
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
             let files = self.open_files(&dir, &map)?;
-            let followers = files
-                .iter()
-                .zip(&map.files)
-                .map(|(staged, f)| {
-                    let upper = &s.parsed.manifest.upper;
-                    let spec = FollowSpec {
-                        size: f.size,
-                        integrity: (f.path == upper.file)
-                            .then(|| upper.integrity.clone())
-                            .flatten(),
-                        recut: map.chunk_size != CHUNK_SIZE,
-                        chunk_size: map.chunk_size,
-                        subject: format!("chunk map of {}", s.parsed.digest),
-                    };
-                    Follower::start(staged, spec)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let followers = follow(s, &map, &files)?;
             let downloaded = self
                 .assemble(
                     client,
@@ -321,4 +289,45 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Earlier snapshots of the chain are whole: wait for their hashing while
+/// `most` files are being hashed.
+fn wait_for_a_core(maps: &mut [Assembled], most: usize) {
+    let busy = |maps: &[Assembled]| {
+        maps.iter()
+            .flat_map(|a| &a.followers)
+            .filter(|f| !f.is_done())
+            .count()
+    };
+    while busy(maps) >= most {
+        if let Some(f) = maps
+            .iter_mut()
+            .flat_map(|a| &mut a.followers)
+            .find(|f| !f.is_done())
+        {
+            f.join();
+        }
+    }
+}
+
+/// Start hashing each of `files`, the files of snapshot `s`'s `map`.
+fn follow(s: &RemoteSnapshot, map: &ChunkMap, files: &[Staged]) -> Result<Vec<Follower>> {
+    let upper = &s.parsed.manifest.upper;
+    files
+        .iter()
+        .zip(&map.files)
+        .map(|(staged, f)| {
+            let spec = FollowSpec {
+                size: f.size,
+                integrity: (f.path == upper.file)
+                    .then(|| upper.integrity.clone())
+                    .flatten(),
+                recut: map.chunk_size != CHUNK_SIZE,
+                chunk_size: map.chunk_size,
+                subject: format!("chunk map of {}", s.parsed.digest),
+            };
+            Follower::start(staged, spec)
+        })
+        .collect()
 }

@@ -60,6 +60,12 @@ impl Landing {
         }
     }
 
+    /// The offset of the first chunk not written, if any.
+    fn unlanded(&self) -> Option<u64> {
+        let s = self.state.lock().expect("landing lock");
+        s.done.iter().position(|d| !d).map(|k| self.spans[k].0)
+    }
+
     /// Stop every thread waiting for a chunk.
     fn cancel(&self) {
         self.state.lock().expect("landing lock").cancelled = true;
@@ -199,6 +205,12 @@ impl Follower {
             ]
             .into_iter()
             .all(|f| f.unwrap_or(true))
+    }
+
+    /// The offset of the first chunk of its file not written, if any:
+    /// once assembly is over there is none, or waiting would never end.
+    pub(super) fn unlanded(&self) -> Option<u64> {
+        self.landing.unlanded()
     }
 
     /// Wait for its threads (every chunk has landed, or the file is

@@ -108,6 +108,13 @@ impl Registry {
 /// Wait for a file's followers, moving the bar as they hash its `size`
 /// logical bytes (in steps of at most [`PROGRESS_STEP`]).
 fn followed(follower: &mut Follower, size: u64, progress: &dyn Progress) -> Result<Followed> {
+    if let Some(offset) = follower.unlanded() {
+        return Err(crate::model::error::Error::io(
+            "assemble",
+            "a pulled file",
+            std::io::Error::other(format!("its chunk at offset {offset} was never written")),
+        ));
+    }
     let mut reported = 0u64;
     let mut report = |upto: u64| {
         while reported < upto {
