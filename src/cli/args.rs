@@ -175,6 +175,12 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = crate::ops::gc::DEFAULT_GRACE_SECS)]
         grace: u64,
     },
+    /// Damaged snapshot copies a repair (import, add, pull) moved aside into quarantine/.
+    Quarantine {
+        /// What to do.
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Check the index against the disk; exit 5 when anything is wrong.
     Verify {
         /// Check only this snapshot (name, digest or prefix) and its image.
@@ -213,6 +219,22 @@ pub enum Command {
     },
     /// Print the man page (roff) on stdout.
     Man,
+}
+
+/// `quarantine list` and `quarantine rm`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// List the entries of quarantine/ (verify lists them too).
+    List,
+    /// Remove quarantine entries (gc removes them once older than its grace period).
+    Rm {
+        /// Entries as `quarantine list` shows them (quarantine/NAME-SECONDS).
+        #[arg(value_name = "ENTRY", required_unless_present = "all")]
+        entries: Vec<String>,
+        /// Remove every entry.
+        #[arg(long, conflicts_with = "entries")]
+        all: bool,
+    },
 }
 
 /// `push`.
@@ -276,6 +298,10 @@ pub struct AddArgs {
     /// msb-registry-snapshot over its digest), recorded with it; repeatable.
     #[arg(long, value_name = "FILE")]
     pub signature: Vec<PathBuf>,
+    /// Re-hash the snapshot's copy here, when present, before calling it intact: a
+    /// damaged copy (even one of the right size) moves to quarantine/ and this one replaces it.
+    #[arg(long)]
+    pub repair: bool,
     /// Signing policy.
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -303,6 +329,10 @@ pub struct ImportArgs {
     /// in this registry: the snapshots arrive shallow.
     #[arg(long)]
     pub allow_shallow: bool,
+    /// Re-hash each snapshot already present before calling it intact: a damaged
+    /// copy (even one of the right size) moves to quarantine/ and this one replaces it.
+    #[arg(long)]
+    pub repair: bool,
     /// Signing policy.
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -375,6 +405,9 @@ impl Command {
                 | Command::Verify { .. }
                 | Command::Du { .. }
                 | Command::Export(..)
+                | Command::Quarantine {
+                    action: QuarantineAction::List
+                }
         )
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use super::args::{AddArgs, Cli, Command, ExportArgs, ImportArgs, PullArgs, PushArgs, RemoteArgs};
+use super::args::{
+    AddArgs, Cli, Command, ExportArgs, ImportArgs, PullArgs, PushArgs, QuarantineAction, RemoteArgs,
+};
 use super::printer::Printer;
 use super::progress::BarProgress;
 use super::render::{self, Rendered, emit, summary};
@@ -174,6 +176,18 @@ fn dispatch(
             gc(registry, &opts, p, progress)?
         }
         Command::Du { references } => du(registry, &references, p)?,
+        Command::Quarantine {
+            action: QuarantineAction::List,
+        } => emit(p, &registry.quarantine_list()?, |p, q| {
+            render::quarantine(p, q)
+        }),
+        Command::Quarantine {
+            action: QuarantineAction::Rm { entries, all },
+        } => summary(
+            p,
+            &registry.quarantine_remove(&entries, all)?,
+            render::quarantine_removed,
+        ),
         Command::Verify {
             reference,
             signatures: true,
@@ -221,8 +235,10 @@ fn add(
         cache_dir: args.cache_dir,
         signatures: args.signature,
         trust: args.trust.options(),
+        repair: args.repair,
     };
     let r = registry.add(&args.dir, &opts, progress)?;
+    report_repairs(&r.repaired);
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::add))
 }
@@ -358,8 +374,10 @@ fn import(
         max_hole_bytes: args.max_hole_bytes,
         allow_shallow: args.allow_shallow,
         trust: args.trust.options(),
+        repair: args.repair,
     };
     let r = registry.import(&ImportSource::from_arg(&args.archive), &opts, progress)?;
+    report_repairs(&r.repaired);
     for f in &r.name_fallbacks {
         eprintln!(
             "warning: {} came named {:?}, but {}; it is named {}",
@@ -368,6 +386,13 @@ fn import(
     }
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::import))
+}
+
+/// One line on stderr per damaged copy an install moved to the quarantine.
+fn report_repairs(repaired: &[crate::ops::repair::Repaired]) {
+    for r in repaired {
+        eprintln!("{}", r.line());
+    }
 }
 
 fn export(
@@ -472,6 +497,7 @@ fn pull(
         trust: args.trust.options(),
     };
     let r = registry.pull(&source, &opts, progress)?;
+    report_repairs(&r.repaired);
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::pull))
 }

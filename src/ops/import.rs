@@ -31,7 +31,7 @@ use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::model::image::CacheFile;
 use crate::model::manifest::{Integrity, Manifest};
-use crate::ops::install::install;
+use crate::ops::install::install_checked;
 use crate::ops::registry::Registry;
 use crate::ops::sign::{Arriving, TrustOptions, admit};
 use crate::process::failpoint;
@@ -64,6 +64,9 @@ pub struct ImportOptions {
     pub allow_shallow: bool,
     /// Which signatures the snapshots must carry.
     pub trust: TrustOptions,
+    /// Re-hash a snapshot already present before calling it intact, so a
+    /// bit flip in it is repaired too (size and manifest are always checked).
+    pub repair: bool,
 }
 
 /// What `import` did.
@@ -84,6 +87,8 @@ pub struct ImportReport {
     /// Names the archive carried that were not used (taken here, or not
     /// valid names): those snapshots landed under their archive prefix.
     pub name_fallbacks: Vec<NameFallback>,
+    /// Damaged directories the import replaced, each moved to `quarantine/`.
+    pub repaired: Vec<crate::ops::repair::Repaired>,
     /// In a shared home whose snapshots this changed: how to refresh
     /// microsandbox's view (`msb snapshot reindex`); null otherwise.
     pub microsandbox_hint: Option<String>,
@@ -168,7 +173,7 @@ impl Registry {
         crate::process::interrupt::check()?;
 
         let rename_to = self.head_rename(&head_digest, head_name)?;
-        let outcome = install(self, lease, &checked.set)?;
+        let outcome = install_checked(self, lease, &checked.set, opts.repair)?;
         if let Some(wanted) = &rename_to {
             self.rename(&head_digest.to_string(), wanted.as_str())?;
         }
@@ -188,6 +193,7 @@ impl Registry {
             cache_files_installed: outcome.cache_files_installed,
             cache_files_skipped: outcome.cache_files_skipped,
             name_fallbacks,
+            repaired: outcome.repaired,
         })
     }
 }

@@ -116,6 +116,8 @@ pub struct VerifyReport {
     pub debris: Vec<String>,
     /// Imports not finished (dead ones are cleaned by gc or the next open).
     pub unfinished_imports: Vec<UnfinishedImport>,
+    /// Damaged copies a repair moved aside: not snapshots, not problems.
+    pub quarantined: Vec<crate::store::quarantine::QuarantineEntry>,
     /// What the root shares with microsandbox (whose work files, locks and
     /// in-use artifacts are never debris).
     pub microsandbox: HomeReport,
@@ -163,7 +165,12 @@ impl Registry {
         };
 
         problems.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
+        let quarantined = match reference {
+            None => crate::store::quarantine::list(self.layout(), db::now_unix())?,
+            Some(_) => Vec::new(),
+        };
         Ok(VerifyReport {
+            quarantined,
             ok: problems.is_empty(),
             problems,
             checked_files,
@@ -353,7 +360,7 @@ impl Registry {
                 "a copy of snapshot {}, which the index holds under that name; gc keeps it: remove the copy yourself",
                 row.name
             ),
-            None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
+            None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it); if reindex leaves it unindexed it is damaged: import, add or pull a good copy of that snapshot under this name, which moves it to quarantine/".into(),
         };
         Ok(Some(Problem {
             kind: ProblemKind::Unindexed,

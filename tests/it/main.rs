@@ -33,6 +33,7 @@ mod oci_network;
 mod oci_pushpull;
 mod ociutil;
 mod reader;
+mod repair;
 mod reports;
 mod roundtrip;
 mod signing;

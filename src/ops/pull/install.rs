@@ -92,6 +92,7 @@ impl Registry {
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
+        report.repaired = outcome.repaired;
         let head = set.snapshots.last().expect("a chain is never empty");
         report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.manifest.digest())?
             .map(|r| r.name)

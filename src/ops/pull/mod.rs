@@ -75,6 +75,7 @@ impl Registry {
             skipped: Vec::new(),
             transfer,
             image_files_installed: 0,
+            repaired: Vec::new(),
             microsandbox_hint: None,
         };
         if chain.is_empty() {
