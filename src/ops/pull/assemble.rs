@@ -11,15 +11,14 @@ use super::local::{Scratch, Written, clear_unlisted, holds, open_staged};
 use super::report::Transfer;
 use super::resolve::RemoteSnapshot;
 use super::transfer::{Range, Wanted};
-use super::verify::listed_chunks;
 use crate::journal::Lease;
-use crate::model::chunk::{CHUNK_SIZE, ChunkList};
+use crate::model::chunk::{CHUNK_SIZE, Chunk, ChunkList};
 use crate::model::digest::Digest;
 use crate::model::error::{IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::Client;
-use crate::remote::format::ChunkMap;
+use crate::remote::format::{ChunkMap, MapFile, malformed};
 
 /// The most files hashed at once: one per core (two threads each), and
 /// never more than this, so their buffers stay small beside the 64 MiB
@@ -330,4 +329,37 @@ fn follow(s: &RemoteSnapshot, map: &ChunkMap, files: &[Staged]) -> Result<Vec<Fo
             Follower::start(staged, spec)
         })
         .collect()
+}
+
+/// A file's chunk list as `map` gives it. A chunk of zeros is refused: it
+/// is a hole, which a chunk list never names (the one cut here would
+/// differ from the map's).
+fn listed_chunks(map: &ChunkMap, f: &MapFile, snapshot: &Digest) -> Result<ChunkList> {
+    let mut zeros: HashMap<u64, Digest> = HashMap::new();
+    let mut chunks = Vec::with_capacity(f.extents.len());
+    for &(offset, i) in &f.extents {
+        let length = map.chunk_len(f, offset);
+        let digest = map.chunks[i as usize].chunk();
+        let zero = *zeros
+            .entry(length)
+            .or_insert_with(|| Digest::of(&vec![0u8; length as usize]));
+        if digest == zero {
+            return Err(malformed(
+                &format!("chunk map of {snapshot}"),
+                format!(
+                    "file {} assembled from it differs from it: the map lists chunk data at offset {offset}, where the file holds only zeros",
+                    crate::model::text::escape(&f.path)
+                ),
+            ));
+        }
+        chunks.push(Chunk {
+            offset,
+            length,
+            digest,
+        });
+    }
+    Ok(ChunkList {
+        chunk_size: map.chunk_size,
+        chunks,
+    })
 }

@@ -2,7 +2,6 @@
 //! its followers while it was assembled) and take its chunk list from the
 //! map, whose every chunk was checked as it was written.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,13 +9,12 @@ use super::assemble::Assembled;
 use super::follow::{Followed, Follower};
 use super::resolve::RemoteSnapshot;
 use crate::db::{ImportFileRow, SnapshotFileRow};
-use crate::model::chunk::{CHUNK_SIZE, Chunk, ChunkList};
-use crate::model::digest::Digest;
+use crate::model::chunk::CHUNK_SIZE;
 use crate::model::error::{IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::RemoteRef;
-use crate::remote::format::{ChunkMap, MapFile, malformed};
+use crate::remote::format::malformed;
 use crate::store::layout::SnapshotName;
 use crate::store::stage::PROGRESS_STEP;
 use crate::store::staged::{StagedManifest, StagedSnapshot};
@@ -134,39 +132,6 @@ fn followed(follower: &mut Follower, size: u64, progress: &dyn Progress) -> Resu
     let outcome = follower.outcome()?;
     report(size);
     Ok(outcome)
-}
-
-/// A file's chunk list as `map` gives it. A chunk of zeros is refused: it
-/// is a hole, which a chunk list never names (the one cut here would
-/// differ from the map's).
-pub(super) fn listed_chunks(map: &ChunkMap, f: &MapFile, snapshot: &Digest) -> Result<ChunkList> {
-    let mut zeros: HashMap<u64, Digest> = HashMap::new();
-    let mut chunks = Vec::with_capacity(f.extents.len());
-    for &(offset, i) in &f.extents {
-        let length = map.chunk_len(f, offset);
-        let digest = map.chunks[i as usize].chunk();
-        let zero = *zeros
-            .entry(length)
-            .or_insert_with(|| Digest::of(&vec![0u8; length as usize]));
-        if digest == zero {
-            return Err(malformed(
-                &format!("chunk map of {snapshot}"),
-                format!(
-                    "file {} assembled from it differs from it: the map lists chunk data at offset {offset}, where the file holds only zeros",
-                    crate::model::text::escape(&f.path)
-                ),
-            ));
-        }
-        chunks.push(Chunk {
-            offset,
-            length,
-            digest,
-        });
-    }
-    Ok(ChunkList {
-        chunk_size: map.chunk_size,
-        chunks,
-    })
 }
 
 /// An assembled file has the length its map (and for the upper, the
