@@ -85,7 +85,12 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         }
         command => {
             let fresh = FreshRoot::note(&root);
-            let result = Registry::open(&root)
+            // Push only reads snapshots: it works on a read-only root.
+            let open = match command {
+                Command::Push(_) => Registry::open_caching,
+                _ => Registry::open,
+            };
+            let result = open(&root)
                 .and_then(|mut registry| dispatch(&mut registry, command, &mut p, &progress));
             if result.is_err()
                 && let Some(fresh) = fresh
