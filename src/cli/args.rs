@@ -99,6 +99,15 @@ pub struct GlobalArgs {
     /// No progress bars and no summary lines; errors and data (list, show, sql…) still print.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Threads for hashing (import, add, verify --content) [default: the cores this process may use]
+    #[arg(
+        long,
+        global = true,
+        env = "MSB_REGISTRY_THREADS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub threads: Option<u16>,
 }
 
 /// The subcommands.
@@ -275,6 +284,10 @@ pub struct PullArgs {
     /// Largest file a pulled chunk map may describe, in bytes [default: 1 TiB].
     #[arg(long, value_name = "BYTES")]
     pub max_file_size: Option<u64>,
+    /// Re-hash the copies here of the chain's snapshots before calling them intact: a
+    /// damaged copy (even one of the right size) is pulled again and moves to quarantine/.
+    #[arg(long)]
+    pub repair: bool,
     /// Signing policy (signatures are found under the tag sha256-<hex>.sig).
     #[command(flatten)]
     pub trust: TrustArgs,

@@ -39,6 +39,9 @@ fn root_of(cli: &Cli) -> Result<PathBuf> {
 
 /// Run the command; `Ok(Err(io))` is a failed write to stdout.
 pub fn run(cli: Cli) -> Result<Rendered> {
+    if let Some(n) = cli.global.threads {
+        crate::process::threads::set_limit(n.into());
+    }
     let mut p = Printer::new(cli.global.json, cli.global.quiet);
     let progress = BarProgress::new(cli.global.quiet);
     match cli.command {
@@ -82,7 +85,12 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         }
         command => {
             let fresh = FreshRoot::note(&root);
-            let result = Registry::open(&root)
+            // Push only reads snapshots: it works on a read-only root.
+            let open = match command {
+                Command::Push(_) => Registry::open_caching,
+                _ => Registry::open,
+            };
+            let result = open(&root)
                 .and_then(|mut registry| dispatch(&mut registry, command, &mut p, &progress));
             if result.is_err()
                 && let Some(fresh) = fresh
@@ -488,6 +496,7 @@ fn pull(
         name: args.name,
         jobs: usize::from(args.jobs),
         max_file_bytes: args.max_file_size,
+        repair: args.repair,
         client: client_options(&source, args.remote, progress)?,
         trust: args.trust.options(),
     };

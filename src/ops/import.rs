@@ -38,7 +38,8 @@ use crate::process::failpoint;
 use crate::process::progress::Progress;
 use crate::store::files::{CHUNK, Piece};
 use crate::store::layout::{Layout, SnapshotName};
-use crate::store::stage::{PROGRESS_STEP, StagedBytes, StagingFile};
+use crate::store::pipeline;
+use crate::store::stage::{PROGRESS_STEP, PendingIntegrity, StagedBytes, StagingFile};
 use crate::trust::sshsig::Signature;
 
 pub use crate::archive::import_source::ImportSource;
@@ -343,6 +344,7 @@ async fn read_archive(
         progress,
         buf: vec![0u8; CHUNK],
         last: None,
+        hashing: std::collections::VecDeque::new(),
     };
     let outcome = tokio::select! {
         r = stager.run(&mut reader) => r,
@@ -379,6 +381,7 @@ async fn read_archive(
         Ok(_) => {
             outcome?;
             trailing.map_err(|e| tar_error(&None, e))?;
+            stager.settle(0)?;
             Ok(stager.streamed)
         }
     }
@@ -444,6 +447,9 @@ struct Stager<'a> {
     progress: &'a dyn Progress,
     buf: Vec<u8>,
     last: Option<String>,
+    /// Uppers whose integrity hash still runs beside the reader, oldest
+    /// first: (snapshot index, file index, the hash).
+    hashing: std::collections::VecDeque<(usize, usize, PendingIntegrity)>,
 }
 
 impl Stager<'_> {
@@ -622,17 +628,33 @@ impl Stager<'_> {
         } else {
             None
         };
+        let path = snapshot.dir(&self.streamed.staged).join(&file);
         if integrity.is_some() {
             let read = self.source_bytes.load(Ordering::Relaxed);
             self.holes.charge(&member, holes, read)?;
+            // Uppers hash beside each other: start this one once fewer
+            // than the allowed number are still hashing.
+            self.settle(pipeline::files_at_once() - 1)?;
         }
-        let path = snapshot.dir(&self.streamed.staged).join(&file);
-        let bytes = self
+        let (bytes, hashing) = self
             .stage(reader, &member, &path, size, integrity.as_deref(), true)
             .await?;
-        self.streamed.snapshots[index]
-            .files
-            .push((file.into_boxed_str(), bytes));
+        let files = &mut self.streamed.snapshots[index].files;
+        if let Some(hash) = hashing {
+            self.hashing.push_back((index, files.len(), hash));
+        }
+        files.push((file.into_boxed_str(), bytes));
+        Ok(())
+    }
+
+    /// Wait for the oldest integrity hashes until at most `running` remain,
+    /// recording each digest with its staged file.
+    fn settle(&mut self, running: usize) -> Result<()> {
+        while self.hashing.len() > running {
+            let (snapshot, file, hash) = self.hashing.pop_front().expect("longer than running");
+            let digest = hash.wait()?.finish();
+            self.streamed.snapshots[snapshot].files[file].1.integrity = Some(digest);
+        }
         Ok(())
     }
 
@@ -647,7 +669,7 @@ impl Stager<'_> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at("create directory", parent)?;
         }
-        let bytes = self
+        let (bytes, _) = self
             .stage(reader, &member, &path, size, None, false)
             .await?;
         self.streamed.cache.push((
@@ -662,7 +684,8 @@ impl Stager<'_> {
     }
 
     /// Stream one member's data into `path`, hashing it (and with `chunked`
-    /// cutting it into chunks) on the way; runs of zeros become holes.
+    /// cutting it into chunks) on the way; runs of zeros become holes. The
+    /// integrity hash may still be running when this returns.
     async fn stage(
         &mut self,
         reader: &mut Reader,
@@ -671,7 +694,7 @@ impl Stager<'_> {
         size: u64,
         integrity: Option<&Integrity>,
         chunked: bool,
-    ) -> Result<StagedBytes> {
+    ) -> Result<(StagedBytes, Option<PendingIntegrity>)> {
         let mut out = StagingFile::create(path, size, integrity)?;
         if chunked {
             out = out.chunked();
@@ -702,6 +725,6 @@ impl Stager<'_> {
                 }
             }
         }
-        out.finish()
+        out.finish_deferred()
     }
 }

@@ -140,13 +140,9 @@ fn same_files(
 }
 
 /// Check `set` against the index and install what is new, all or nothing;
-/// a damaged copy found in the way is repaired (see [`repair`]).
-pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Result<InstallOutcome> {
-    install_checked(registry, lease, set, false)
-}
-
-/// [`install`]; with `deep`, a snapshot already present is re-hashed
-/// (`--repair`) rather than only checked by size and manifest.
+/// a damaged copy found in the way is repaired (see [`repair`]). With
+/// `deep`, a snapshot already present is re-hashed (`--repair`) rather
+/// than only checked by size and manifest.
 pub fn install_checked(
     registry: &mut Registry,
     lease: &Lease,

@@ -40,4 +40,5 @@ mod signing;
 mod soak;
 mod storage;
 mod tarcraft;
+mod threads;
 mod util;

@@ -15,7 +15,7 @@ use crate::model::digest::Digest;
 use crate::model::error::{IoContext, Result};
 use crate::model::image::CacheFile;
 use crate::model::manifest::ParsedManifest;
-use crate::ops::install::install;
+use crate::ops::install::install_checked;
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::format::{IMAGE_CACHE_ARTIFACT, OciManifest, TITLE, malformed};
@@ -36,8 +36,9 @@ impl Registry {
         chain: &[RemoteSnapshot],
         head_name: Option<&SnapshotName>,
         images: &HashSet<Digest>,
-        maps: &[Assembled],
+        maps: &mut [Assembled],
         signatures: Vec<crate::db::signatures::SignatureRow>,
+        deep: bool,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
@@ -51,12 +52,11 @@ impl Registry {
         // Hashing a large sparse upper takes a while: the bar counts it.
         let logical = chain
             .iter()
-            .zip(maps)
+            .zip(maps.iter())
             .map(|(s, a)| s.config.len() as u64 + a.map.files.iter().map(|f| f.size).sum::<u64>());
         progress.start("verify", Some(logical.sum()));
-        for ((s, a), name) in chain.iter().zip(maps).zip(names) {
-            let staged =
-                self.check_assembled(s, &a.map, &a.dir, name, source, &mut journal, progress)?;
+        for ((s, a), name) in chain.iter().zip(maps.iter_mut()).zip(names) {
+            let staged = self.check_assembled(s, a, name, source, &mut journal, progress)?;
             set.snapshots.push(staged);
         }
         progress.finish();
@@ -88,7 +88,7 @@ impl Registry {
             db::imports::insert_import_files(&tx, lease.id(), &journal)?;
             tx.commit()?;
         }
-        let outcome = install(self, lease, &set)?;
+        let outcome = install_checked(self, lease, &set, deep)?;
         self.record_pulled(&source.registry, repo, maps)?;
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;

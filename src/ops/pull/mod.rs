@@ -15,6 +15,7 @@
 //! map) and `install` (names, image artifacts, the journaled install).
 
 mod assemble;
+mod follow;
 mod install;
 mod local;
 mod report;
@@ -61,7 +62,7 @@ impl Registry {
         let (chain, head, manifest_digest) = runtime
             .block_on(async {
                 tokio::select! {
-                    r = self.resolve_chain(&client, source, &reference, &mut transfer) => r,
+                    r = self.resolve_chain(&client, source, &reference, opts.repair, &mut transfer) => r,
                     e = crate::process::interrupt::wait() => Err(e),
                 }
             })
@@ -190,7 +191,7 @@ impl Registry {
         for image in &images {
             db::imports::insert_pin(self.db().conn(), lease.id(), image)?;
         }
-        let maps = self
+        let mut maps = self
             .assemble_chain(
                 client,
                 source.repository.as_str(),
@@ -204,7 +205,17 @@ impl Registry {
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PULL_ASSEMBLED)?;
         self.install_pulled(
-            client, source, lease, chain, head_name, &images, &maps, signatures, report, progress,
+            client,
+            source,
+            lease,
+            chain,
+            head_name,
+            &images,
+            &mut maps,
+            signatures,
+            opts.repair,
+            report,
+            progress,
         )
         .await
     }
