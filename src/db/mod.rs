@@ -362,17 +362,8 @@ fn wait_for_writer(attempts: i32) -> bool {
 fn configure(conn: &Connection) -> Result<()> {
     conn.busy_handler(Some(wait_for_writer))?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    // The default 2 MiB page cache spills an import's transaction (tens of
-    // thousands of rows) into the WAL page by page and rewrites those pages
-    // there several times; 8 MiB halves a 5,000-snapshot import's writes and
-    // adds at most 6 MiB to its peak memory.
-    conn.pragma_update(None, "cache_size", CACHE_KIB)?;
     Ok(())
 }
-
-/// The page cache of a connection, as SQLite's `cache_size` (negative:
-/// KiB): allocated as used, so small commands never reach it.
-const CACHE_KIB: i64 = -8 * 1024;
 
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> i64 {
