@@ -163,7 +163,7 @@ impl Registry {
         let bytes = snapshot.files.iter().map(|f| f.size).sum();
         let file_count = snapshot.files.len();
         set.snapshots.push(snapshot);
-        let outcome = install(self, lease, &set)?;
+        let outcome = install(self, lease, &mut set)?;
         crate::process::failpoint::hit(crate::process::failpoint::ADD_INSTALLED)?;
         let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?.ok_or_else(
             || crate::model::error::Error::NotFound {

@@ -46,7 +46,8 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
         std::collections::HashMap::new();
     for (i, s) in set.snapshots.iter().enumerate() {
         if let Some(present) = db::snapshots::snapshot_by_digest(conn, &s.manifest.digest())? {
-            same_files(conn, &present.name, &s.manifest.digest(), &s.files)?;
+            let (files, _) = set.files_of(i)?;
+            same_files(conn, &present.name, &s.manifest.digest(), &files)?;
             continue;
         }
         if let Some(other) = db::snapshots::snapshot_by_name(conn, s.name.as_str())? {
@@ -137,10 +138,17 @@ fn same_files(
 }
 
 /// Check `set` against the index and install what is new, all or nothing.
-pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Result<InstallOutcome> {
+/// The staged directories' paths are moved out of `set` into the journal's
+/// moves, not copied: an import may hold a hundred thousand.
+pub fn install(
+    registry: &mut Registry,
+    lease: &Lease,
+    set: &mut StagedSet,
+) -> Result<InstallOutcome> {
     let lock = registry.lock()?;
     let planned = plan(registry.db().conn(), set)?;
     let moves = moves(registry.layout(), set, &planned);
+    let set = &*set;
     let now = now_unix();
     let (layout, db) = registry.parts();
     promote(
@@ -180,18 +188,18 @@ pub fn install(registry: &mut Registry, lease: &Lease, set: &StagedSet) -> Resul
 
 /// The moves from staging to their places under the root of what `planned`
 /// installs, both relative to the root.
-fn moves(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
+fn moves(layout: &Layout, set: &mut StagedSet, planned: &Plan) -> Vec<Move> {
     let rel = |p: std::path::PathBuf| -> String {
         p.strip_prefix(layout.root())
             .expect("layout paths are under the root")
             .to_string_lossy()
             .into_owned()
     };
-    let mut moves = Vec::new();
+    let mut moves = Vec::with_capacity(planned.new_snapshots.len() + planned.new_cache_files.len());
     for &i in &planned.new_snapshots {
-        let s = &set.snapshots[i];
+        let s = &mut set.snapshots[i];
         moves.push(Move {
-            staged: s.staged_dir.clone(),
+            staged: std::mem::take(&mut s.staged_dir),
             target: rel(layout.snapshot(&s.name)),
         });
     }
@@ -221,7 +229,8 @@ fn insert_rows(
             StagedManifest::OnDisk(digest) => installed_manifest(layout, &s.name, digest)?,
         };
         let row = SnapshotRow::from_manifest(&parsed, s.name.as_str(), now);
-        db::chunks::insert_snapshot_with_chunks(conn, &row, &s.files, &s.chunks)?;
+        let (files, chunks) = set.files_of(i)?;
+        db::chunks::insert_snapshot_with_chunks(conn, &row, &files, &chunks)?;
     }
     for &i in &planned.new_cache_files {
         let c = &set.cache_files[i];
