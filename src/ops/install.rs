@@ -178,7 +178,8 @@ pub fn install(
             .snapshots
             .iter()
             .enumerate()
-            .filter(|(i, _)| !planned.new_snapshots.contains(i))
+            // In ascending order, as `plan` pushed them.
+            .filter(|(i, _)| planned.new_snapshots.binary_search(i).is_err())
             .map(|(_, s)| s.manifest.digest())
             .collect(),
         cache_files_installed: planned.new_cache_files.len(),
