@@ -3,7 +3,12 @@
 # `tar --sparse | zstd -T0 -3`, and msb-registry import of that archive (and of
 # a dense one, as microsandbox's save writes) against
 # `zstd -dc | tar -xSf - && sha256sum` of the extracted files.
-# Prints medians, ratios and peak RSS.
+# Prints medians, ratios and peak RSS. Then the hashing bounds: R, one core's
+# `openssl speed -evp sha256 -bytes 1048576`, measured in the same run; import
+# of the chain, of the large sparse upper, verify --content and add of the
+# chain against 1.1 x max(their CPU / cores, largest upper's logical bytes / R);
+# and, with BEFORE=path to an older binary, import on one core (taskset -c 0)
+# against it.
 #
 #   bench/archive.sh                 # full size (a few minutes, ~3 GiB of disk)
 #   UPPER_MIB=512 DATA_MIB=64 LAYER_MIB=8 bench/archive.sh   # smaller
@@ -11,6 +16,8 @@
 # Knobs (environment): UPPER_MIB (2048) logical size of each chain upper,
 # DATA_MIB (256) data in each, LAYERS (3) x LAYER_MIB (32) image layers,
 # BIG_MIB (4096) / BIG_DATA_MIB (8) the sparse-upper case, RUNS (5),
+# BEFORE (unset: no one-core comparison) an older build to compare against,
+# PHASES ("export sparse import hashing") which phases to run after the setup,
 # WORK (a temp dir; removed at the end unless KEEP=1).
 #
 # Each phase is a function; main() runs them in order.
@@ -145,12 +152,95 @@ bench_import() {
     bench_import_of dense "$WORK/dense.tar.zst"
 }
 
+# Wall and CPU (user + system) seconds of a shell command, as "WALL CPU".
+wall_cpu_of() {
+    local out
+    out=$(mktemp)
+    /usr/bin/time -f '%e %U %S' -o "$out" bash -c "$1" >/dev/null
+    awk '{ printf "%s %.2f\n", $1, $2 + $3 }' "$out"
+    rm -f "$out"
+}
+
+# Run PREP then time CMD, RUNS times: "MEDIAN_WALL MEDIAN_CPU" then the walls.
+timed_runs() {
+    local prep=$1 cmd=$2 w=() c=() r wall cpu
+    for r in $(seq "$RUNS"); do
+        bash -c "$prep"
+        read -r wall cpu < <(wall_cpu_of "$cmd")
+        w+=("$wall")
+        c+=("$cpu")
+    done
+    echo "$(printf '%s\n' "${w[@]}" | median) $(printf '%s\n' "${c[@]}" | median) ${w[*]}"
+}
+
+# One core's SHA-256 rate in bytes per second (openssl prints thousands of bytes).
+sha256_rate() {
+    openssl speed -evp sha256 -bytes 1048576 2>/dev/null |
+        awk '$1 == "sha256" { v = $NF; sub(/k$/, "", v); printf "%.0f\n", v * 1000 }'
+}
+
+# Print LABEL's median wall against 1.1 x max(CPU / cores, LOGICAL bytes / R).
+against_bound() {
+    local label=$1 logical=$2 wall cpu walls
+    read -r wall cpu walls <<<"$3"
+    awk -v l="$label" -v w="$wall" -v c="$cpu" -v n="$CORES" -v b="$logical" -v r="$R" -v runs="$walls" 'BEGIN {
+        cc = c / n; h = b / r; m = (cc > h ? cc : h); bound = 1.1 * m
+        printf "%-28s wall %6.3f s, CPU %6.3f s; bound 1.1 x max(CPU/%d %.3f, %.0f B/R %.3f) = %.3f s; wall/bound %.2f (target <= 1.0; runs: %s)\n",
+            l, w, c, n, cc, b, h, bound, w / bound, runs
+    }'
+}
+
+bench_hashing() {
+    CORES=$(nproc)
+    R=$(sha256_rate)
+    log "== hashing bounds: import, verify --content, add ($RUNS runs each)"
+    printf 'R = openssl speed -evp sha256 -bytes 1048576: %s B/s on one core; %s cores; load average %s\n' \
+        "$R" "$CORES" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    local dst=$WORK/imported adst=$WORK/added big=$WORK/big-imported
+    local upper=$((UPPER_MIB << 20))
+    [[ -f $WORK/ours.tar.zst ]] ||
+        "$BIN" --root "$ROOT" -q export app --with-parents --with-image -o "$WORK/ours.tar.zst"
+    [[ -f $WORK/big.tar.zst ]] || "$BIN" --root "$ROOT" -q export big -o "$WORK/big.tar.zst"
+    against_bound "import chain" "$upper" \
+        "$(timed_runs "rm -rf '$dst'" "'$BIN' --root '$dst' -q import '$WORK/ours.tar.zst'")"
+    # The same with everything inline: what the threads gained on this machine now.
+    against_bound "import chain --threads 1" "$upper" \
+        "$(timed_runs "rm -rf '$dst'" "'$BIN' --threads 1 --root '$dst' -q import '$WORK/ours.tar.zst'")"
+    against_bound "import ${BIG_MIB} MiB upper" "$((BIG_MIB << 20))" \
+        "$(timed_runs "rm -rf '$big'" "'$BIN' --root '$big' -q import '$WORK/big.tar.zst'")"
+    against_bound "verify --content chain" "$upper" \
+        "$(timed_runs ":" "'$BIN' --root '$dst' -q verify --content")"
+    against_bound "verify --content --threads 1" "$upper" \
+        "$(timed_runs ":" "'$BIN' --threads 1 --root '$dst' -q verify --content")"
+    local adds="" n
+    for n in base deps app; do
+        adds+="'$BIN' --root '$adst' -q add '$ROOT/snapshots/$n' --name $n && "
+    done
+    against_bound "add chain (3 adds)" "$upper" "$(timed_runs "rm -rf '$adst'" "${adds}true")"
+    printf 'peak RSS import chain: %s MiB, verify --content: %s MiB (target <= 64)\n' \
+        "$(rm -rf "$dst" && peak_rss_mib "'$BIN' --root '$dst' -q import '$WORK/ours.tar.zst'")" \
+        "$(peak_rss_mib "'$BIN' --root '$dst' -q verify --content")"
+    if [[ -n ${BEFORE:-} ]]; then
+        log "== one core (taskset -c 0): import of the chain, this build vs $BEFORE ($RUNS runs each)"
+        local a b
+        a=$(timed_runs "rm -rf '$dst'" "taskset -c 0 '$BIN' --root '$dst' -q import '$WORK/ours.tar.zst'")
+        b=$(timed_runs "rm -rf '$dst'" "taskset -c 0 '$BEFORE' --root '$dst' -q import '$WORK/ours.tar.zst'")
+        awk -v a="$a" -v b="$b" 'BEGIN {
+            split(a, x, " "); split(b, y, " ")
+            printf "one-core import chain: this build wall %.3f s CPU %.3f s; before wall %.3f s CPU %.3f s; wall ratio %.3f, CPU ratio %.3f (target <= 1.05)\n",
+                x[1], x[2], y[1], y[2], x[1] / y[1], x[2] / y[2]
+        }'
+    fi
+    rm -rf "$dst" "$adst" "$big"
+}
+
 main() {
     build
     setup_registry
-    bench_export
-    bench_sparse
-    bench_import
+    local phase
+    for phase in ${PHASES:-export sparse import hashing}; do
+        "bench_$phase"
+    done
 }
 
 main "$@"

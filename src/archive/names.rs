@@ -126,8 +126,8 @@ fn taken(
     }
     // A directory of that name without a row is not looked at: it may be a
     // dead promotion's, which this import's promotion rolls back first;
-    // real debris stops the promotion with a pointer to `gc`, as it does
-    // for a prefix name.
+    // a damaged one is repaired by the install (moved to quarantine/), an
+    // intact snapshot stops it with a pointer to `reindex`.
     Ok(None)
 }
 

@@ -99,6 +99,15 @@ pub struct GlobalArgs {
     /// No progress bars and no summary lines; errors and data (list, show, sql…) still print.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Threads for hashing (import, add, verify --content) [default: the cores this process may use]
+    #[arg(
+        long,
+        global = true,
+        env = "MSB_REGISTRY_THREADS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub threads: Option<u16>,
 }
 
 /// The subcommands.
@@ -175,6 +184,12 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = crate::ops::gc::DEFAULT_GRACE_SECS)]
         grace: u64,
     },
+    /// Damaged snapshot copies a repair (import, add, pull) moved aside into quarantine/.
+    Quarantine {
+        /// What to do.
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Check the index against the disk; exit 5 when anything is wrong.
     Verify {
         /// Check only this snapshot (name, digest or prefix) and its image.
@@ -213,6 +228,22 @@ pub enum Command {
     },
     /// Print the man page (roff) on stdout.
     Man,
+}
+
+/// `quarantine list` and `quarantine rm`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// List the entries of quarantine/ (verify lists them too).
+    List,
+    /// Remove quarantine entries (gc removes them once older than its grace period).
+    Rm {
+        /// Entries as `quarantine list` shows them (quarantine/NAME-SECONDS).
+        #[arg(value_name = "ENTRY", required_unless_present = "all")]
+        entries: Vec<String>,
+        /// Remove every entry.
+        #[arg(long, conflicts_with = "entries")]
+        all: bool,
+    },
 }
 
 /// `push`.
@@ -276,6 +307,10 @@ pub struct AddArgs {
     /// msb-registry-snapshot over its digest), recorded with it; repeatable.
     #[arg(long, value_name = "FILE")]
     pub signature: Vec<PathBuf>,
+    /// Re-hash the snapshot's copy here, when present, before calling it intact: a
+    /// damaged copy (even one of the right size) moves to quarantine/ and this one replaces it.
+    #[arg(long)]
+    pub repair: bool,
     /// Signing policy.
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -303,6 +338,10 @@ pub struct ImportArgs {
     /// in this registry: the snapshots arrive shallow.
     #[arg(long)]
     pub allow_shallow: bool,
+    /// Re-hash each snapshot already present before calling it intact: a damaged
+    /// copy (even one of the right size) moves to quarantine/ and this one replaces it.
+    #[arg(long)]
+    pub repair: bool,
     /// Signing policy.
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -375,6 +414,9 @@ impl Command {
                 | Command::Verify { .. }
                 | Command::Du { .. }
                 | Command::Export(..)
+                | Command::Quarantine {
+                    action: QuarantineAction::List
+                }
         )
     }
 }

@@ -1,6 +1,8 @@
 //! Text rendering of every report, one function per command; `--json`
 //! serializes the same reports instead (see [`emit`]).
 
+use crate::ops::quarantine::QuarantineRemoval;
+use crate::store::quarantine::QuarantineEntry;
 use std::path::Path;
 
 use serde::Serialize;
@@ -244,6 +246,11 @@ pub fn import(p: &mut Printer, r: &ImportReport) -> Rendered {
     )];
     out.extend(r.imported.iter().map(|d| format!("  new      {d}")));
     out.extend(r.skipped.iter().map(|d| format!("  present  {d}")));
+    out.extend(
+        r.repaired
+            .iter()
+            .map(|x| format!("  repaired {}", x.digest)),
+    );
     out.into_iter().try_for_each(|l| p.line(l))
 }
 
@@ -318,6 +325,11 @@ pub fn pull(p: &mut Printer, r: &crate::ops::pull::PullReport) -> Rendered {
     )];
     out.extend(r.imported.iter().map(|d| format!("  new      {d}")));
     out.extend(r.skipped.iter().map(|d| format!("  present  {d}")));
+    out.extend(
+        r.repaired
+            .iter()
+            .map(|x| format!("  repaired {}", x.digest)),
+    );
     out.into_iter().try_for_each(|l| p.line(l))
 }
 
@@ -389,12 +401,31 @@ pub fn verify(p: &mut Printer, r: &VerifyReport) -> Rendered {
         ))?;
     }
     for d in &r.debris {
-        p.line(format!(
-            "debris: {d} (no row; `msb-registry gc` removes it)"
-        ))?;
+        let lost_manifest = d
+            .strip_prefix("snapshots/")
+            .is_some_and(|name| !name.contains('/'));
+        p.line(if lost_manifest {
+            format!(
+                "debris: {d} (no row, no manifest that is JSON; `msb-registry gc` removes it; if it is a snapshot whose manifest was lost, import, add or pull a good copy under its name instead: that moves it to quarantine/)"
+            )
+        } else {
+            format!("debris: {d} (no row; `msb-registry gc` removes it)")
+        })?;
     }
     if r.microsandbox.shared {
         p.line(home_line(&r.microsandbox))?;
+    }
+    for q in &r.quarantined {
+        p.line(format!(
+            "quarantined: {} ({}{} on disk): a damaged copy a repair moved aside; `msb-registry quarantine rm {}` removes it, gc does once it is older than the grace period",
+            q.path,
+            q.name
+                .as_deref()
+                .map(|n| format!("from snapshot {n}, "))
+                .unwrap_or_default(),
+            human_bytes(q.allocated_bytes),
+            q.path
+        ))?;
     }
     for i in &r.unfinished_imports {
         let state = if i.live { "running" } else { "dead" };
@@ -448,6 +479,35 @@ pub fn signatures(p: &mut Printer, r: &SignaturesReport) -> Rendered {
     ))
 }
 
+/// `quarantine list`.
+pub fn quarantine(p: &mut Printer, entries: &[QuarantineEntry]) -> Rendered {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|q| {
+            vec![
+                q.path.clone(),
+                q.name.clone().unwrap_or_else(|| "-".into()),
+                q.quarantined_at.to_string(),
+                human_bytes(q.allocated_bytes),
+            ]
+        })
+        .collect();
+    p.table(&["ENTRY", "SNAPSHOT", "SINCE", "ON DISK"], &rows)
+}
+
+/// `quarantine rm`.
+pub fn quarantine_removed(p: &mut Printer, r: &QuarantineRemoval) -> Rendered {
+    for q in &r.removed {
+        p.line(format!("removed {}", q.path))?;
+    }
+    let n = r.removed.len();
+    p.line(format!(
+        "removed {n} quarantine {} ({} on disk)",
+        if n == 1 { "entry" } else { "entries" },
+        human_bytes(r.removed.iter().map(|q| q.allocated_bytes).sum())
+    ))
+}
+
 /// One line saying why gc kept `k` and what to do about it.
 fn kept_line(k: &Kept) -> String {
     match k.reason {
@@ -456,7 +516,7 @@ fn kept_line(k: &Kept) -> String {
             k.path
         ),
         KeptReason::Unindexed => format!(
-            "kept {}: holds a valid manifest{} but the index has no row; run `msb-registry reindex` to index it, or remove it yourself",
+            "kept {}: holds a valid manifest{} but the index has no row; run `msb-registry reindex` to index it; if reindex leaves it unindexed it is damaged: import, add or pull a good copy of it under this name, which moves it to quarantine/",
             k.path,
             k.digest.map(|d| format!(" ({d})")).unwrap_or_default()
         ),

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::CommandFactory;
 
-use super::args::{AddArgs, Cli, Command, ExportArgs, ImportArgs, PullArgs, PushArgs, RemoteArgs};
+use super::args::{
+    AddArgs, Cli, Command, ExportArgs, ImportArgs, PullArgs, PushArgs, QuarantineAction, RemoteArgs,
+};
 use super::printer::Printer;
 use super::progress::BarProgress;
 use super::render::{self, Rendered, emit, summary};
@@ -37,6 +39,9 @@ fn root_of(cli: &Cli) -> Result<PathBuf> {
 
 /// Run the command; `Ok(Err(io))` is a failed write to stdout.
 pub fn run(cli: Cli) -> Result<Rendered> {
+    if let Some(n) = cli.global.threads {
+        crate::process::threads::set_limit(n.into());
+    }
     let mut p = Printer::new(cli.global.json, cli.global.quiet);
     let progress = BarProgress::new(cli.global.quiet);
     match cli.command {
@@ -80,7 +85,12 @@ pub fn run(cli: Cli) -> Result<Rendered> {
         }
         command => {
             let fresh = FreshRoot::note(&root);
-            let result = Registry::open(&root)
+            // Push only reads snapshots: it works on a read-only root.
+            let open = match command {
+                Command::Push(_) => Registry::open_caching,
+                _ => Registry::open,
+            };
+            let result = open(&root)
                 .and_then(|mut registry| dispatch(&mut registry, command, &mut p, &progress));
             if result.is_err()
                 && let Some(fresh) = fresh
@@ -169,6 +179,18 @@ fn dispatch(
             gc(registry, &opts, p, progress)?
         }
         Command::Du { references } => du(registry, &references, p)?,
+        Command::Quarantine {
+            action: QuarantineAction::List,
+        } => emit(p, &registry.quarantine_list()?, |p, q| {
+            render::quarantine(p, q)
+        }),
+        Command::Quarantine {
+            action: QuarantineAction::Rm { entries, all },
+        } => summary(
+            p,
+            &registry.quarantine_remove(&entries, all)?,
+            render::quarantine_removed,
+        ),
         Command::Verify {
             reference,
             signatures: true,
@@ -216,8 +238,10 @@ fn add(
         cache_dir: args.cache_dir,
         signatures: args.signature,
         trust: args.trust.options(),
+        repair: args.repair,
     };
     let r = registry.add(&args.dir, &opts, progress)?;
+    report_repairs(&r.repaired);
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::add))
 }
@@ -353,8 +377,10 @@ fn import(
         max_hole_bytes: args.max_hole_bytes,
         allow_shallow: args.allow_shallow,
         trust: args.trust.options(),
+        repair: args.repair,
     };
     let r = registry.import(&ImportSource::from_arg(&args.archive), &opts, progress)?;
+    report_repairs(&r.repaired);
     for f in &r.name_fallbacks {
         eprintln!(
             "warning: {} came named {:?}, but {}; it is named {}",
@@ -363,6 +389,13 @@ fn import(
     }
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::import))
+}
+
+/// One line on stderr per damaged copy an install moved to the quarantine.
+fn report_repairs(repaired: &[crate::ops::repair::Repaired]) {
+    for r in repaired {
+        eprintln!("{}", r.line());
+    }
 }
 
 fn export(
@@ -467,6 +500,7 @@ fn pull(
         trust: args.trust.options(),
     };
     let r = registry.pull(&source, &opts, progress)?;
+    report_repairs(&r.repaired);
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::pull))
 }

@@ -243,6 +243,46 @@ pub fn chunk_place(conn: &Connection, chunk: &Digest) -> Result<Option<ChunkPlac
         .optional()?)
 }
 
+/// Whether what remote repositories hold can be recorded in the index:
+/// not when it was opened read-only (a read-only root).
+pub fn holdings_writable(conn: &Connection) -> Result<bool> {
+    let query_only: bool = conn.query_row("PRAGMA query_only", [], |r| r.get(0))?;
+    Ok(!query_only && !conn.is_readonly(rusqlite::MAIN_DB)?)
+}
+
+/// Keep what remote repositories of `registry` hold in memory for this
+/// connection: temporary tables that shadow the index's (SQLite resolves
+/// a table name in `temp` first), filled from it. Every query and record
+/// of this module then works unchanged, and nothing is written to the
+/// index: for a push from a read-only root.
+pub fn hold_in_memory(conn: &Connection, registry: &str) -> Result<()> {
+    conn.pragma_update(None, "query_only", false)?;
+    conn.execute_batch(
+        "CREATE TEMP TABLE remote_blobs (
+             registry TEXT NOT NULL, repository TEXT NOT NULL, blob TEXT NOT NULL,
+             size INTEGER NOT NULL, seen_at INTEGER NOT NULL,
+             PRIMARY KEY (registry, repository, blob)
+         ) STRICT, WITHOUT ROWID;
+         CREATE INDEX temp.remote_blobs_blob ON remote_blobs(registry, blob);
+         CREATE TEMP TABLE remote_chunks (
+             registry TEXT NOT NULL, repository TEXT NOT NULL, chunk TEXT NOT NULL,
+             pack TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL, base TEXT,
+             PRIMARY KEY (registry, repository, chunk)
+         ) STRICT, WITHOUT ROWID;
+         CREATE INDEX temp.remote_chunks_chunk ON remote_chunks(registry, chunk);
+         CREATE INDEX temp.remote_chunks_pack ON remote_chunks(registry, repository, pack);",
+    )?;
+    conn.execute(
+        "INSERT INTO temp.remote_blobs SELECT * FROM main.remote_blobs WHERE registry = ?1",
+        [registry],
+    )?;
+    conn.execute(
+        "INSERT INTO temp.remote_chunks SELECT * FROM main.remote_chunks WHERE registry = ?1",
+        [registry],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,12 +42,16 @@ pub fn promote(
     {
         let tx = db.write()?;
         check(&tx)?;
-        for m in moves {
-            if layout.resolve(&m.target).symlink_metadata().is_ok() {
-                return Err(Error::conflict(
-                    m.target.clone(),
-                    "a file or directory the index does not know is in the way: `msb-registry verify` says what it is (debris goes with `msb-registry gc --grace 0`, a snapshot without a row is indexed by `msb-registry reindex`)",
-                ));
+        for (i, m) in moves.iter().enumerate() {
+            // A repair's first move takes the damaged directory out of the way.
+            let vacated = moves[..i].iter().any(|earlier| earlier.staged == m.target);
+            if !vacated && layout.resolve(&m.target).symlink_metadata().is_ok() {
+                let detail = if m.target.starts_with("cache/") {
+                    "a cache file the index does not know is in the way (microsandbox may have written it since the last reindex): `msb-registry reindex` indexes it; then retry"
+                } else {
+                    "a file or directory the index does not know appeared in the way while the install was checked: `msb-registry verify` says what it is; retry"
+                };
+                return Err(Error::conflict(m.target.clone(), detail));
             }
         }
         db::imports::insert_moves(&tx, lease.id(), moves)?;

@@ -32,7 +32,7 @@ pub fn recover(layout: &Layout, db: &mut Db) -> Result<()> {
 /// [`recover`] under the registry lock the caller holds. A promotion also
 /// runs it first: an importer that opened the registry before another died
 /// mid-promotion would otherwise find that one's renamed files in its way.
-pub(super) fn recover_locked(layout: &Layout, db: &mut Db, _lock: &RegistryLock) -> Result<()> {
+pub fn recover_locked(layout: &Layout, db: &mut Db, _lock: &RegistryLock) -> Result<()> {
     finish_removals(layout, db)?;
     finish_renames(layout, db)?;
     for import in dead_imports(layout, db, &[ImportState::Promoting])? {

@@ -14,7 +14,7 @@ use crate::model::image::{CacheFile, ImageMetadata, MAX_METADATA_BYTES};
 use crate::model::manifest::{
     MAX_MANIFEST_BYTES, Manifest, ParsedManifest, Upper, is_normal_file_name,
 };
-use crate::ops::install::install;
+use crate::ops::install::install_checked;
 use crate::ops::registry::Registry;
 use crate::ops::sign::{Arriving, TrustOptions, admit, read_signature_files};
 use crate::process::progress::Progress;
@@ -34,6 +34,9 @@ pub struct AddOptions {
     pub signatures: Vec<PathBuf>,
     /// Which signatures the snapshot must carry.
     pub trust: TrustOptions,
+    /// Re-hash the snapshot's copy here, when present, before calling it
+    /// intact (see [`crate::ops::repair`]).
+    pub repair: bool,
 }
 
 /// What `add` did.
@@ -56,6 +59,8 @@ pub struct AddReport {
     /// In a shared home whose snapshots this changed: how to refresh
     /// microsandbox's view (`msb snapshot reindex`); null otherwise.
     pub microsandbox_hint: Option<String>,
+    /// A damaged copy this add replaced, moved to `quarantine/`.
+    pub repaired: Vec<crate::ops::repair::Repaired>,
 }
 
 /// Read and validate `<dir>/manifest.json`.
@@ -163,7 +168,7 @@ impl Registry {
         let bytes = snapshot.files.iter().map(|f| f.size).sum();
         let file_count = snapshot.files.len();
         set.snapshots.push(snapshot);
-        let outcome = install(self, lease, &mut set)?;
+        let outcome = install_checked(self, lease, &mut set, opts.repair)?;
         crate::process::failpoint::hit(crate::process::failpoint::ADD_INSTALLED)?;
         let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?.ok_or_else(
             || crate::model::error::Error::NotFound {
@@ -182,11 +187,12 @@ impl Registry {
             },
             digest: parsed.digest,
             name: row.name,
-            already_present: outcome.imported.is_empty(),
+            already_present: outcome.imported.is_empty() && outcome.repaired.is_empty(),
             files: file_count,
             bytes,
             cache_files_installed: outcome.cache_files_installed,
             cache_files_skipped: outcome.cache_files_skipped,
+            repaired: outcome.repaired,
         })
     }
 

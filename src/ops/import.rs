@@ -33,14 +33,17 @@ use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::model::image::CacheFile;
 use crate::model::manifest::{Integrity, Manifest};
-use crate::ops::install::install;
+use crate::ops::install::install_checked;
 use crate::ops::registry::Registry;
 use crate::ops::sign::{Arriving, TrustOptions, admit};
 use crate::process::failpoint;
 use crate::process::progress::Progress;
 use crate::store::files::{CHUNK, Piece};
 use crate::store::layout::{Layout, SnapshotName};
-use crate::store::stage::{PROGRESS_STEP, StagedBytes, StagingFile, check_integrity};
+use crate::store::pipeline;
+use crate::store::stage::{
+    PROGRESS_STEP, PendingIntegrity, StagedBytes, StagingFile, check_integrity,
+};
 use crate::trust::sshsig::Signature;
 
 pub use crate::archive::import_source::ImportSource;
@@ -66,6 +69,9 @@ pub struct ImportOptions {
     pub allow_shallow: bool,
     /// Which signatures the snapshots must carry.
     pub trust: TrustOptions,
+    /// Re-hash a snapshot already present before calling it intact, so a
+    /// bit flip in it is repaired too (size and manifest are always checked).
+    pub repair: bool,
 }
 
 /// What `import` did.
@@ -86,6 +92,8 @@ pub struct ImportReport {
     /// Names the archive carried that were not used (taken here, or not
     /// valid names): those snapshots landed under their archive prefix.
     pub name_fallbacks: Vec<NameFallback>,
+    /// Damaged directories the import replaced, each moved to `quarantine/`.
+    pub repaired: Vec<crate::ops::repair::Repaired>,
     /// In a shared home whose snapshots this changed: how to refresh
     /// microsandbox's view (`msb snapshot reindex`); null otherwise.
     pub microsandbox_hint: Option<String>,
@@ -177,7 +185,7 @@ impl Registry {
         crate::process::interrupt::check()?;
 
         let rename_to = self.head_rename(&head_digest, head_name)?;
-        let outcome = install(self, lease, &mut checked.set)?;
+        let outcome = install_checked(self, lease, &mut checked.set, opts.repair)?;
         if let Some(wanted) = &rename_to {
             self.rename(&head_digest.to_string(), wanted.as_str())?;
         }
@@ -197,6 +205,7 @@ impl Registry {
             cache_files_installed: outcome.cache_files_installed,
             cache_files_skipped: outcome.cache_files_skipped,
             name_fallbacks,
+            repaired: outcome.repaired,
         })
     }
 }
@@ -359,6 +368,7 @@ async fn read_archive(
         progress,
         buf: vec![0u8; CHUNK],
         last: None,
+        hashing: std::collections::VecDeque::new(),
     };
     let outcome = tokio::select! {
         r = stager.run(&mut reader) => r,
@@ -395,6 +405,7 @@ async fn read_archive(
         Ok(_) => {
             outcome?;
             trailing.map_err(|e| tar_error(&None, e))?;
+            stager.settle(0)?;
             Ok(stager.streamed)
         }
     }
@@ -471,6 +482,9 @@ struct Stager<'a> {
     progress: &'a dyn Progress,
     buf: Vec<u8>,
     last: Option<String>,
+    /// Uppers whose integrity hash still runs beside the reader, oldest
+    /// first: (snapshot index, the hash).
+    hashing: std::collections::VecDeque<(usize, PendingIntegrity)>,
 }
 
 impl Stager<'_> {
@@ -659,19 +673,22 @@ impl Stager<'_> {
         } else {
             None
         };
+        let path = snapshot.dir(&self.streamed.staged).join(&file);
         if integrity.is_some() {
             let read = self.source_bytes.load(Ordering::Relaxed);
             self.holes.charge(&member, holes, read)?;
+            // Uppers hash beside each other: start this one once fewer
+            // than the allowed number are still hashing.
+            self.settle(pipeline::files_at_once() - 1)?;
         }
-        let path = snapshot.dir(&self.streamed.staged).join(&file);
-        let bytes = self
+        let (bytes, hashing) = self
             .stage(reader, &member, &path, size, integrity.as_deref(), true)
             .await?;
-        if let Some(integrity) = &integrity {
-            check_integrity(&member, integrity, bytes.integrity)?;
-        }
         if *file == *self.streamed.snapshots[index].upper.file {
             self.streamed.snapshots[index].upper_staged = true;
+        }
+        if let Some(hash) = hashing {
+            self.hashing.push_back((index, hash));
         }
         self.spill_file(index, &file, &bytes)
     }
@@ -688,6 +705,27 @@ impl Stager<'_> {
         Ok(())
     }
 
+    /// Wait for the oldest upper integrity hashes until at most `running`
+    /// remain, checking each against its manifest's record.
+    fn settle(&mut self, running: usize) -> Result<()> {
+        while self.hashing.len() > running {
+            let (snapshot, hash) = self.hashing.pop_front().expect("longer than running");
+            let digest = hash.wait()?.finish();
+            let s = &self.streamed.snapshots[snapshot];
+            let integrity = s
+                .upper
+                .integrity
+                .as_ref()
+                .expect("hashed for its integrity");
+            check_integrity(
+                &format!("{}/{}", s.prefix(), s.upper.file),
+                integrity,
+                Some(digest),
+            )?;
+        }
+        Ok(())
+    }
+
     async fn cache_file(
         &mut self,
         reader: &mut Reader,
@@ -699,7 +737,7 @@ impl Stager<'_> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).at("create directory", parent)?;
         }
-        let bytes = self
+        let (bytes, _) = self
             .stage(reader, &member, &path, size, None, false)
             .await?;
         self.streamed.cache.push((
@@ -714,7 +752,8 @@ impl Stager<'_> {
     }
 
     /// Stream one member's data into `path`, hashing it (and with `chunked`
-    /// cutting it into chunks) on the way; runs of zeros become holes.
+    /// cutting it into chunks) on the way; runs of zeros become holes. The
+    /// integrity hash may still be running when this returns.
     async fn stage(
         &mut self,
         reader: &mut Reader,
@@ -723,7 +762,7 @@ impl Stager<'_> {
         size: u64,
         integrity: Option<&Integrity>,
         chunked: bool,
-    ) -> Result<StagedBytes> {
+    ) -> Result<(StagedBytes, Option<PendingIntegrity>)> {
         let mut out = StagingFile::create(path, size, integrity)?;
         if chunked {
             out = out.chunked();
@@ -754,6 +793,6 @@ impl Stager<'_> {
                 }
             }
         }
-        out.finish()
+        out.finish_deferred()
     }
 }

@@ -14,6 +14,7 @@ use crate::model::error::{Error, Result};
 use crate::model::image::CacheFile;
 use crate::model::manifest::{MAX_MANIFEST_BYTES, Manifest, ParsedManifest};
 use crate::ops::registry::Registry;
+use crate::ops::repair::{self, Condition, Repaired};
 use crate::store::files::read_limited;
 use crate::store::layout::{Layout, SnapshotName};
 use crate::store::staged::{StagedManifest, StagedSet};
@@ -29,6 +30,8 @@ pub struct InstallOutcome {
     pub cache_files_installed: usize,
     /// Cache files already present with the same content.
     pub cache_files_skipped: usize,
+    /// Damaged directories replaced by the good copy brought.
+    pub repaired: Vec<Repaired>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -137,19 +140,46 @@ fn same_files(
     Ok(())
 }
 
-/// Check `set` against the index and install what is new, all or nothing.
-/// The staged directories' paths are moved out of `set` into the journal's
-/// moves, not copied: an import may hold a hundred thousand.
+/// Check `set` against the index and install what is new, all or nothing;
+/// a damaged copy found in the way is repaired (see [`repair`]).
 pub fn install(
     registry: &mut Registry,
     lease: &Lease,
     set: &mut StagedSet,
 ) -> Result<InstallOutcome> {
+    install_checked(registry, lease, set, false)
+}
+
+/// [`install`]; with `deep`, a snapshot already present is re-hashed
+/// (`--repair`) rather than only checked by size and manifest. The staged
+/// directories' paths of new snapshots are moved out of `set` into the
+/// journal's moves, not copied: an import may hold a hundred thousand.
+pub fn install_checked(
+    registry: &mut Registry,
+    lease: &Lease,
+    set: &mut StagedSet,
+    deep: bool,
+) -> Result<InstallOutcome> {
     let lock = registry.lock()?;
+    {
+        let (layout, db) = registry.parts();
+        // A dead promotion's directories are its own, not damage to repair.
+        crate::journal::recovery::recover_locked(layout, db, &lock)?;
+    }
     let planned = plan(registry.db().conn(), set)?;
-    let moves = moves(registry.layout(), set, &planned);
-    let set = &*set;
     let now = now_unix();
+    let repairs = plan_repairs(registry, set, &planned, deep, now)?;
+    let mut moves = moves(registry.layout(), set, &planned);
+    let set = &*set;
+    moves.splice(0..0, repairs.iter().filter_map(|r| r.quarantine.clone()));
+    moves.extend(repairs.iter().filter_map(|r| r.reinstall.clone()));
+    let restored = restore_cache_files(registry.layout(), set, &planned);
+    let restored_count = restored.len();
+    moves.extend(restored);
+    if repairs.iter().any(|r| r.quarantine.is_some()) {
+        let dir = registry.layout().quarantine();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    }
     let (layout, db) = registry.parts();
     promote(
         layout,
@@ -168,6 +198,11 @@ pub fn install(
         },
         |conn| insert_rows(conn, layout, set, &planned, now),
     )?;
+    let reinstalled: Vec<Digest> = repairs
+        .iter()
+        .filter(|r| r.reinstall.is_some())
+        .map(|r| r.repaired.digest)
+        .collect();
     Ok(InstallOutcome {
         imported: planned
             .new_snapshots
@@ -181,10 +216,117 @@ pub fn install(
             // In ascending order, as `plan` pushed them.
             .filter(|(i, _)| planned.new_snapshots.binary_search(i).is_err())
             .map(|(_, s)| s.manifest.digest())
+            .filter(|d| !reinstalled.contains(d))
             .collect(),
-        cache_files_installed: planned.new_cache_files.len(),
-        cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len(),
+        cache_files_installed: planned.new_cache_files.len() + restored_count,
+        cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len() - restored_count,
+        repaired: repairs.into_iter().map(|r| r.repaired).collect(),
     })
+}
+
+/// The moves that put back cache files whose rows the index holds (with
+/// this content) but whose files are gone: a gc on a full disk frees space
+/// by deleting a file before its row, and a crash in between leaves such a
+/// row; its next gc deletes it, and until then an install that brings the
+/// file restores it rather than trusting the row.
+fn restore_cache_files(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
+    let new: std::collections::HashSet<usize> = planned.new_cache_files.iter().copied().collect();
+    set.cache_files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !new.contains(i))
+        .filter(|(_, c)| {
+            layout.resolve(&c.staged).is_file()
+                && matches!(
+                    layout.cache_file(&c.file).symlink_metadata(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound
+                )
+        })
+        .map(|(_, c)| Move {
+            staged: c.staged.clone(),
+            target: format!("cache/{}", c.file.rel_path()),
+        })
+        .collect()
+}
+
+/// One repair an install makes: the damaged directory's move into
+/// `quarantine/` (journaled first, so undone last) and, for a snapshot the
+/// index holds, the good copy's move into its place.
+struct RepairPlan {
+    quarantine: Option<Move>,
+    reinstall: Option<Move>,
+    repaired: Repaired,
+}
+
+/// The repairs `set` makes: every snapshot present by digest whose
+/// directory is damaged, and every new one whose name a damaged directory
+/// without a row holds. A name held by anything else is refused here with
+/// what it holds and what to do.
+fn plan_repairs(
+    registry: &Registry,
+    set: &StagedSet,
+    planned: &Plan,
+    deep: bool,
+    now: i64,
+) -> Result<Vec<RepairPlan>> {
+    let layout = registry.layout();
+    let conn = registry.db().conn();
+    let mut repairs: Vec<RepairPlan> = Vec::new();
+    let mut taken: Vec<String> = Vec::new();
+    let new: std::collections::HashSet<usize> = planned.new_snapshots.iter().copied().collect();
+    for (i, s) in set.snapshots.iter().enumerate() {
+        let digest = s.manifest.digest();
+        let (name, condition, present) = if new.contains(&i) {
+            let dir = layout.snapshot(&s.name);
+            (s.name.clone(), repair::examine_unindexed(&dir)?, false)
+        } else {
+            let Some(row) = db::snapshots::snapshot_by_digest(conn, &digest)? else {
+                continue;
+            };
+            let Ok(name) = row.name.parse::<SnapshotName>() else {
+                continue;
+            };
+            let files = db::snapshots::snapshot_files(conn, &digest)?;
+            (
+                name,
+                repair::examine_indexed(layout, &row, &files, deep)?,
+                true,
+            )
+        };
+        let why = match condition {
+            Condition::Intact => continue,
+            // A present snapshot whose directory holds something else is
+            // reported by verify; the install leaves it, as before.
+            Condition::Kept(_) if present => continue,
+            Condition::Kept(detail) => {
+                return Err(Error::conflict(format!("snapshots/{name}"), detail));
+            }
+            Condition::Damaged(why) => why,
+        };
+        let dir = format!("snapshots/{name}");
+        let quarantine = layout.resolve(&dir).symlink_metadata().is_ok().then(|| {
+            let target = repair::quarantine_target(layout, &name, now, &taken);
+            taken.push(target.clone());
+            Move {
+                staged: dir.clone(),
+                target,
+            }
+        });
+        repairs.push(RepairPlan {
+            repaired: Repaired {
+                digest,
+                name: name.to_string(),
+                quarantined: quarantine.as_ref().map(|m| m.target.clone()),
+                why,
+            },
+            quarantine,
+            reinstall: present.then(|| Move {
+                staged: s.staged_dir.clone(),
+                target: dir,
+            }),
+        });
+    }
+    Ok(repairs)
 }
 
 /// The moves from staging to their places under the root of what `planned`

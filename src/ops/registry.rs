@@ -95,6 +95,19 @@ impl Registry {
         })
     }
 
+    /// Open the registry at `root` for a command that reads snapshots and
+    /// writes nothing but a cache (push's record of what a remote
+    /// repository holds): as [`Registry::open`] where the root can be
+    /// written, else (read-only or full storage, no permission) as
+    /// [`Registry::open_read`], and the cache is kept in memory only.
+    pub fn open_caching(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        match Self::open(root.clone()) {
+            Err(e) if e.is_storage() || e.is_permission_denied() => Self::open_read(root),
+            other => other,
+        }
+    }
+
     /// Open an existing registry for reading only: nothing is created, no
     /// lock is taken (WAL gives every read transaction a consistent
     /// snapshot while writers work), and a read-only root works. A root

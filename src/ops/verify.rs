@@ -24,6 +24,7 @@ use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::store::files::read_limited;
 use crate::store::layout::SnapshotName;
+use crate::store::pipeline;
 use crate::store::shared_home::{self, HomeReport};
 use crate::store::stage::{digest_file, digest_file_chunked};
 
@@ -116,6 +117,8 @@ pub struct VerifyReport {
     pub debris: Vec<String>,
     /// Imports not finished (dead ones are cleaned by gc or the next open).
     pub unfinished_imports: Vec<UnfinishedImport>,
+    /// Damaged copies a repair moved aside: not snapshots, not problems.
+    pub quarantined: Vec<crate::store::quarantine::QuarantineEntry>,
     /// What the root shares with microsandbox (whose work files, locks and
     /// in-use artifacts are never debris).
     pub microsandbox: HomeReport,
@@ -163,7 +166,12 @@ impl Registry {
         };
 
         problems.sort_by(|a, b| (&a.path, a.kind).cmp(&(&b.path, b.kind)));
+        let quarantined = match reference {
+            None => crate::store::quarantine::list(self.layout(), db::now_unix())?,
+            Some(_) => Vec::new(),
+        };
         Ok(VerifyReport {
+            quarantined,
             ok: problems.is_empty(),
             problems,
             checked_files,
@@ -266,19 +274,66 @@ impl Registry {
             }
         }
         progress.start("verify", Some(to_hash.iter().map(|c| c.size).sum()));
-        for check in &to_hash {
-            let recorded = match check.chunks_of {
-                Some(snapshot) => Some(db::chunks::chunk_list(
+        problems.extend(self.hash_all(&to_hash, progress)?);
+        progress.finish();
+        Ok((checked_files, checked_bytes))
+    }
+
+    /// The content problems of `checks`, in their order: files hashed on as
+    /// many threads as allowed ([`pipeline::files_at_once`]), largest first
+    /// so the longest hash starts at once.
+    fn hash_all(&self, checks: &[Check], progress: &dyn Progress) -> Result<Vec<Problem>> {
+        let recorded = |check: &Check| -> Result<Option<Option<ChunkList>>> {
+            match check.chunks_of {
+                Some(snapshot) => Ok(Some(db::chunks::chunk_list(
                     self.db().conn(),
                     &snapshot,
                     &check.file,
-                )?),
-                None => None,
-            };
-            problems.extend(content_problems(check, recorded, progress));
+                )?)),
+                None => Ok(None),
+            }
+        };
+        let workers = pipeline::files_at_once().min(checks.len());
+        if workers <= 1 {
+            let mut problems = Vec::new();
+            for check in checks {
+                problems.extend(content_problems(check, recorded(check)?, progress));
+            }
+            return Ok(problems);
         }
-        progress.finish();
-        Ok((checked_files, checked_bytes))
+        let mut order: Vec<usize> = (0..checks.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(checks[i].size));
+        let mut found: Vec<Vec<Problem>> = vec![Vec::new(); checks.len()];
+        let (work_tx, work_rx) = std::sync::mpsc::sync_channel(workers);
+        let work_rx = std::sync::Mutex::new(work_rx);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| -> Result<()> {
+            for _ in 0..workers {
+                let done_tx = done_tx.clone();
+                let work_rx = &work_rx;
+                scope.spawn(move || {
+                    loop {
+                        let next = work_rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok((i, recorded))) = next else { return };
+                        let check: &Check = &checks[i];
+                        let _ = done_tx.send((i, content_problems(check, recorded, progress)));
+                    }
+                });
+            }
+            drop(done_tx);
+            // The index is read here, on this thread: its connection stays here.
+            let sent = order.iter().try_for_each(|&i| -> Result<()> {
+                let r = recorded(&checks[i])?;
+                let _ = work_tx.send((i, r));
+                Ok(())
+            });
+            drop(work_tx);
+            for (i, p) in done_rx {
+                found[i] = p;
+            }
+            sent
+        })?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// Survey the whole disk as gc does: unindexed snapshot directories are
@@ -353,7 +408,7 @@ impl Registry {
                 "a copy of snapshot {}, which the index holds under that name; gc keeps it: remove the copy yourself",
                 row.name
             ),
-            None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it)".into(),
+            None => "holds a valid manifest but the index has no row; run `msb-registry reindex` to index it (gc keeps it); if reindex leaves it unindexed it is damaged: import, add or pull a good copy of that snapshot under this name, which moves it to quarantine/".into(),
         };
         Ok(Some(Problem {
             kind: ProblemKind::Unindexed,

@@ -1,9 +1,10 @@
 //! What the whole process shares, beside the data model at the bottom:
-//! progress events, the interrupt flag set by SIGINT/SIGTERM, and the
-//! failpoints the crash tests arm.
+//! progress events, the interrupt flag set by SIGINT/SIGTERM, the
+//! failpoints the crash tests arm, and how many threads hashing may use.
 
 pub(crate) mod budget;
 #[doc(hidden)]
 pub mod failpoint;
 pub(crate) mod interrupt;
 pub(crate) mod progress;
+pub mod threads;

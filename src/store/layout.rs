@@ -80,7 +80,13 @@ impl Layout {
         let ours = |name: &str| {
             matches!(
                 name,
-                "registry.db" | "registry.lock" | "snapshots" | "cache" | "staging" | "trust"
+                "registry.db"
+                    | "registry.lock"
+                    | "snapshots"
+                    | "cache"
+                    | "staging"
+                    | "trust"
+                    | "quarantine"
             ) || name.starts_with("registry.db-")
                 || name.starts_with("registry.db.")
         };
@@ -192,6 +198,23 @@ impl Layout {
     /// `staging/`.
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")
+    }
+
+    /// `quarantine/`: damaged snapshot directories a repair moved aside
+    /// (never a snapshot; removed by `quarantine rm`, or by gc after the
+    /// grace period).
+    pub fn quarantine(&self) -> PathBuf {
+        self.root.join("quarantine")
+    }
+
+    /// `quarantine/<name>-<unix seconds>[.<n>]`, relative to the root: where
+    /// a repair moves the damaged directory of snapshot `name`; `n` (from 2)
+    /// keeps two repairs within one second apart.
+    pub fn quarantine_entry(name: &SnapshotName, unix_seconds: i64, n: u32) -> String {
+        match n {
+            0 | 1 => format!("quarantine/{name}-{unix_seconds}"),
+            n => format!("quarantine/{name}-{unix_seconds}.{n}"),
+        }
     }
 
     /// `staging/<id>/`, an import's private work area.

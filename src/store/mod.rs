@@ -6,6 +6,8 @@
 pub mod files;
 pub mod foreign;
 pub mod layout;
+pub mod pipeline;
+pub mod quarantine;
 pub mod shared_home;
 pub mod stage;
 pub mod staged;

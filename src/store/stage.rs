@@ -1,6 +1,8 @@
 //! Writing one file into staging while hashing it: the sparse writer, the
 //! extents digest every file gets, and the upper's integrity hash, all fed
-//! from the same pass so no byte is read twice.
+//! from the same pass so no byte is read twice. The integrity hash, the
+//! serial part that covers every logical byte, runs on a thread of its own
+//! when more than one is allowed ([`crate::store::pipeline`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use crate::model::error::{Error, IoContext, Result};
 use crate::model::manifest::{INTEGRITY_SHA256, INTEGRITY_SPARSE_SHA256_V1, Integrity};
 use crate::process::progress::Progress;
 use crate::store::files::{Piece, SparseWriter, read_logical, start_writeback};
+use crate::store::pipeline::{Offloaded, Pending};
 
 /// A running integrity hash of an upper file.
 pub enum IntegrityHasher {
@@ -93,7 +96,8 @@ fn digest_file_into(
     progress: &dyn Progress,
 ) -> Result<(Digest, Option<Digest>)> {
     let mut extents = ExtentsSha256::new(len);
-    let mut integrity = integrity.map(|i| IntegrityHasher::for_integrity(i, len));
+    let mut integrity =
+        integrity.map(|i| Offloaded::new(IntegrityHasher::for_integrity(i, len), len));
     read_logical(file, len, path, |piece| {
         match piece {
             Piece::Data(d) => {
@@ -118,6 +122,7 @@ fn digest_file_into(
         }
         Ok(())
     })?;
+    let integrity = integrity.map(Offloaded::finish).transpose()?;
     Ok((extents.finish().0, integrity.map(IntegrityHasher::finish)))
 }
 
@@ -142,9 +147,12 @@ pub struct StagingFile {
     path: PathBuf,
     writer: SparseWriter,
     extents: ExtentsSha256,
-    integrity: Option<IntegrityHasher>,
+    integrity: Option<Offloaded<IntegrityHasher>>,
     chunks: Option<ChunkSink>,
 }
+
+/// An upper's integrity hash still running after its file was staged.
+pub type PendingIntegrity = Pending<IntegrityHasher>;
 
 impl StagingFile {
     /// Create `path` (which must not exist) for a file of `len` logical
@@ -159,7 +167,8 @@ impl StagingFile {
             path: path.to_path_buf(),
             writer: SparseWriter::new(file),
             extents: ExtentsSha256::new(len),
-            integrity: integrity.map(|i| IntegrityHasher::for_integrity(i, len)),
+            integrity: integrity
+                .map(|i| Offloaded::new(IntegrityHasher::for_integrity(i, len), len)),
             chunks: None,
         })
     }
@@ -193,6 +202,17 @@ impl StagingFile {
     /// `syncfs` before the journal names it ([`crate::promote::promote`]),
     /// so an import's flushes do not grow with its number of files.
     pub fn finish(self) -> Result<StagedBytes> {
+        let (mut bytes, pending) = self.finish_deferred()?;
+        if let Some(pending) = pending {
+            bytes.integrity = Some(pending.wait()?.finish());
+        }
+        Ok(bytes)
+    }
+
+    /// [`StagingFile::finish`] without waiting for the integrity hash: the
+    /// bytes come back without it, and the hash still running beside.
+    pub fn finish_deferred(self) -> Result<(StagedBytes, Option<PendingIntegrity>)> {
+        let pending = self.integrity.map(Offloaded::close);
         let size = self.writer.position();
         let file = self.writer.finish().at("write", &self.path)?;
         // Large files start writing back now so the syncfs finds little
@@ -201,12 +221,13 @@ impl StagingFile {
             start_writeback(&file);
         }
         let (digest, _) = self.extents.finish();
-        Ok(StagedBytes {
+        let bytes = StagedBytes {
             size,
             digest,
-            integrity: self.integrity.map(IntegrityHasher::finish),
+            integrity: None,
             chunks: self.chunks.map(ChunkSink::finish),
-        })
+        };
+        Ok((bytes, pending))
     }
 }
 

@@ -3,7 +3,7 @@
 //! that lies to a pushing child, reserved tags, a taken `--name`, Ctrl-C,
 //! `rm` during a push, the push summary and the verification bar. Through
 //! the binary against the fake of [`crate::oci_fake`], the library where a
-//! progress recorder is needed.
+//! progress recorder is needed. Push from a read-only root.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -574,4 +574,50 @@ fn push_and_pull_bound_bytes_in_flight_not_requests() {
         assert!(kib <= 64 << 10, "pull peak RSS {kib} KiB");
     }
     dst.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_push_from_a_read_only_root_works_and_records_nothing() {
+    let fake = Fake::start();
+    let env = Env::new();
+    let src = Reg::new();
+    let Some(mount) = crate::storage::on_tmpfs(&src, "64m") else {
+        return;
+    };
+    let mut spec = sample_spec(&src, "app");
+    spec.data = vec![
+        (0, mixed_bytes(8, 300_000)),
+        (2 << 20, mixed_bytes(9, 70_000)),
+    ];
+    let digest = add(&src, "app", &spec);
+    let before = (
+        src.tree(),
+        std::fs::read(src.root().join("registry.db")).unwrap(),
+    );
+    mount.remount(&src.root(), "remount,ro");
+    let first = push(&env, &src, "app", &fake);
+    assert_eq!(first["holdings_recorded"], false);
+    assert!(first["blobs_uploaded"].as_u64().unwrap() > 0, "{first}");
+    // Nothing was recorded: the second push finds every blob by HEAD.
+    let again = push(&env, &src, "app", &fake);
+    assert_eq!(again["blobs_uploaded"], 0, "{again}");
+    assert_eq!(again["bytes_uploaded"], 0, "{again}");
+    mount.remount(&src.root(), "remount,rw");
+    let after = (
+        src.tree(),
+        std::fs::read(src.root().join("registry.db")).unwrap(),
+    );
+    assert_eq!(after, before, "a push from a read-only root changed it");
+    let dst = Reg::new();
+    let run = env.run(
+        &dst,
+        &["pull", &fake.at("app"), "--insecure", "--json"],
+        b"",
+    );
+    let pulled: Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    assert_eq!(pulled["head"], digest.to_string());
+    dst.run(&["verify", "--content"]).ok();
+    // Writable again: what the repository holds is recorded.
+    assert_eq!(push(&env, &src, "app", &fake)["holdings_recorded"], true);
+    src.run(&["verify", "--content"]).ok();
 }

@@ -409,7 +409,7 @@ fn issue_22_a_failing_command_creates_no_registry() {
 
 /// The root of `reg` on its own tmpfs, so it can be remounted read-only
 /// or filled; `None` (test skipped) without root.
-fn on_tmpfs(reg: &Reg, size: &str) -> Option<crate::diskfull::Mount> {
+pub(crate) fn on_tmpfs(reg: &Reg, size: &str) -> Option<crate::diskfull::Mount> {
     crate::diskfull::Mount::tmpfs(&reg.root(), size)
 }
 

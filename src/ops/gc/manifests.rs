@@ -73,17 +73,19 @@ pub fn judge(dir: &Path) -> (ManifestState, Result<Option<Pin>, String>) {
 }
 
 /// What a directory under `snapshots/` without a row is, and the command
-/// that clears it, for the conflict an `import`, `add` or `rename` reports
-/// when that directory is in the way of a name.
+/// that clears it, for the conflict a `rename` (or an import's rename of
+/// its head) reports when that directory is in the way of a name. A damaged
+/// one is repaired by bringing a good copy under that name (`import`, `add`
+/// or `pull`), which moves it to `quarantine/`.
 pub fn in_the_way(dir: &Path) -> String {
     match judge(dir).0 {
         ManifestState::Valid(d) => format!(
-            "snapshots/ holds snapshot {d} under that name without a row: `msb-registry reindex` indexes it (then `msb-registry rm` removes it), or move the directory away yourself"
+            "snapshots/ holds snapshot {d} under that name without a row: `msb-registry reindex` indexes it (then `msb-registry rm` removes it); if reindex leaves it without a row it is damaged: import, add or pull a good copy of it under that name, which moves the damaged one to quarantine/"
         ),
         ManifestState::Unvalidated(why) => format!(
             "snapshots/ holds a directory of that name whose manifest.json cannot be validated ({why}); gc never deletes it: move it away yourself"
         ),
-        ManifestState::Absent | ManifestState::NotJson => "snapshots/ holds a directory of that name that is not a snapshot (debris): `msb-registry gc` removes it once it is older than the grace period (`--grace 0` at once), or delete it yourself".to_string(),
+        ManifestState::Absent | ManifestState::NotJson => "snapshots/ holds a directory of that name that is not a snapshot (debris), or a snapshot whose manifest is lost: import, add or pull a good copy of that snapshot under that name, which moves the directory to quarantine/ (gc would delete it after the grace period)".to_string(),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::db::gc::{CacheEntry, ImageLayers, ImportEntry};
 use crate::model::digest::Digest;
 use crate::model::image::{CacheFile, CacheKind};
 use crate::store::foreign::{self, HELD_REASON};
+use crate::store::quarantine::QuarantineEntry;
 use crate::store::shared_home::{HomeReport, MicrosandboxRoots};
 
 /// Finished journal rows are kept this long (seconds) for `sql` queries.
@@ -36,6 +37,8 @@ pub enum RemovalKind {
     Staging,
     /// An import journal row (dead, or finished more than 7 days ago).
     Journal,
+    /// A damaged copy a repair moved to `quarantine/`, older than the grace period.
+    Quarantine,
 }
 
 impl RemovalKind {
@@ -50,6 +53,7 @@ impl RemovalKind {
             RemovalKind::Debris => "debris",
             RemovalKind::Staging => "staging",
             RemovalKind::Journal => "journal",
+            RemovalKind::Quarantine => "quarantine",
         }
     }
 
@@ -145,6 +149,8 @@ pub struct Listing {
     /// is absent or unreadable and the index does not know it): every
     /// layer without a row is kept. The text says which snapshot and why.
     pub unknown_pins: Option<String>,
+    /// Entries of `quarantine/`.
+    pub quarantine: Vec<QuarantineEntry>,
 }
 
 /// What a snapshot directory's `manifest.json` is, as gc judges it.
@@ -224,6 +230,8 @@ pub enum KeptReason {
     /// A layer file without a row while an unindexed snapshot pins an
     /// image whose layers cannot be listed.
     UnknownPins,
+    /// A damaged copy a repair moved to `quarantine/` within the grace period.
+    Quarantined,
 }
 
 impl KeptReason {
@@ -246,6 +254,9 @@ impl KeptReason {
             }
             KeptReason::UnknownPins => {
                 "an unindexed snapshot pins an image whose layers cannot be listed (run `msb-registry reindex`)"
+            }
+            KeptReason::Quarantined => {
+                "a damaged copy a repair moved aside, quarantined within the grace period (--grace); `msb-registry quarantine rm` removes it now"
             }
         }
     }
@@ -430,6 +441,7 @@ pub fn plan(
     plan_cache_rows(index, listing, &leased, &kept, &mut plan);
     plan_debris(index, listing, &leased, young_since, &mut plan);
     let resuming = plan_staging(index, listing, &protected, young_since, &mut plan);
+    plan_quarantine(listing, young_since, &mut plan);
     plan_journal(index, live, &resuming, now, &mut plan);
 
     plan.removals.sort();
@@ -439,6 +451,33 @@ pub fn plan(
     plan.import_rows.sort();
     plan.files.sort_by(|a, b| a.path.cmp(&b.path));
     plan
+}
+
+/// Quarantine entries go once quarantined longer than the grace period;
+/// younger ones are kept, and said so.
+fn plan_quarantine(listing: &Listing, young_since: i64, plan: &mut GcPlan) {
+    for q in &listing.quarantine {
+        if q.quarantined_at > young_since {
+            let since = format!("quarantined at {} (Unix seconds)", q.quarantined_at);
+            plan.kept.push(Kept::because(
+                KeptReason::Quarantined,
+                q.path.clone(),
+                since,
+            ));
+            continue;
+        }
+        plan.files.push(Doomed {
+            path: q.path.clone(),
+            dir: q.dir,
+            import: None,
+            bytes: q.allocated_bytes,
+        });
+        plan.removals.push(Removal {
+            kind: RemovalKind::Quarantine,
+            path: q.path.clone(),
+            bytes: q.allocated_bytes,
+        });
+    }
 }
 
 /// Paths leased by protected imports (live, or promoting).

@@ -211,44 +211,38 @@ pub fn survey(registry: &Registry) -> Result<Survey> {
 /// gc removes it as debris once the lock is free). Returns the paths spared.
 ///
 /// On a full file system, where the index cannot take even the deletion
-/// (its WAL cannot grow), the files go first and the rows after, once
-/// their space is free: a crash in between leaves rows of unreferenced
-/// files that are gone, which the next gc deletes.
+/// (its WAL cannot grow), [`make_room`] deletes files one at a time until
+/// the row transaction fits, those without rows first; the rest go after
+/// the rows as usual.
 pub fn apply(
     registry: &mut Registry,
     _lock: &RegistryLock,
     plan: &GcPlan,
     progress: &dyn Progress,
 ) -> Result<HashSet<String>> {
-    let files_first = match delete_rows(registry, plan) {
-        Ok(()) => false,
-        Err(e) if e.is_storage() && !plan.files.is_empty() => true,
-        Err(e) => return Err(e),
-    };
-    if !files_first {
-        crate::process::failpoint::hit(crate::process::failpoint::GC_ROWS_DELETED)?;
-    }
-    let layout = registry.layout();
     progress.start("gc", Some(plan.files.iter().map(|f| f.bytes).sum()));
-    let mut staging: BTreeMap<&str, Vec<&Doomed>> = BTreeMap::new();
+    let mut removed: HashSet<&str> = HashSet::new();
     let mut spared = HashSet::new();
+    match delete_rows(registry, plan) {
+        Ok(()) => {}
+        Err(e) if e.is_storage() && !plan.files.is_empty() => {
+            make_room(registry, plan, &mut removed, &mut spared, progress)?;
+        }
+        Err(e) => return Err(e),
+    }
+    crate::process::failpoint::hit(crate::process::failpoint::GC_ROWS_DELETED)?;
+    let layout = registry.layout();
+    let mut staging: BTreeMap<&str, Vec<&Doomed>> = BTreeMap::new();
     for doomed in &plan.files {
+        if removed.contains(doomed.path.as_str()) || spared.contains(&doomed.path) {
+            continue;
+        }
         match &doomed.import {
             Some(id) => staging.entry(id.as_str()).or_default().push(doomed),
             None => {
-                let path = layout.resolve(&doomed.path);
-                let _artifact = if doomed.path.starts_with("cache/") {
-                    let Some(lock) = ArtifactLock::try_take(&path)? else {
-                        spared.insert(doomed.path.clone());
-                        continue;
-                    };
-                    Some(lock)
-                } else {
-                    None
-                };
-                remove(&path, doomed.dir)?;
-                crate::process::failpoint::hit(crate::process::failpoint::GC_FILE_REMOVED)?;
-                progress.advance(doomed.bytes);
+                if remove_one(layout, doomed, &mut spared)? {
+                    progress.advance(doomed.bytes);
+                }
             }
         }
     }
@@ -267,10 +261,71 @@ pub fn apply(
         }
     }
     progress.finish();
-    if files_first {
-        delete_rows(registry, plan)?;
-    }
     Ok(spared)
+}
+
+/// On a full file system: free space one file at a time, retrying the row
+/// transaction after each, until it commits. Files no row names go first
+/// (debris, quarantine entries), so their deletion leaves nothing stale;
+/// only when they free too little does a cache file go before its row. A
+/// crash then leaves rows of unreferenced cache files whose files are gone:
+/// `verify` reports each (missing), the next gc deletes the rows, and an
+/// install that brings such a file puts it back under its row. Staging
+/// entries wait for the rows. Fails with the storage error when every file
+/// has gone and the rows still do not fit.
+fn make_room<'p>(
+    registry: &mut Registry,
+    plan: &'p GcPlan,
+    removed: &mut HashSet<&'p str>,
+    spared: &mut HashSet<String>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let recorded: HashSet<String> = plan
+        .cache_rows
+        .iter()
+        .map(|r| format!("cache/{r}"))
+        .collect();
+    let (rowless, rowed): (Vec<&Doomed>, Vec<&Doomed>) = plan
+        .files
+        .iter()
+        .filter(|d| d.import.is_none())
+        .partition(|d| !recorded.contains(&d.path));
+    let mut last = None;
+    for doomed in rowless.into_iter().chain(rowed) {
+        if !remove_one(registry.layout(), doomed, spared)? {
+            continue;
+        }
+        removed.insert(doomed.path.as_str());
+        progress.advance(doomed.bytes);
+        match delete_rows(registry, plan) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_storage() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => delete_rows(registry, plan),
+    }
+}
+
+/// Remove one file or directory the plan names that is not a staging
+/// entry: a cache file only while its `.lock` is taken (else it is added
+/// to `spared` and false returned).
+fn remove_one(layout: &Layout, doomed: &Doomed, spared: &mut HashSet<String>) -> Result<bool> {
+    let path = layout.resolve(&doomed.path);
+    let _artifact = if doomed.path.starts_with("cache/") {
+        let Some(lock) = ArtifactLock::try_take(&path)? else {
+            spared.insert(doomed.path.clone());
+            return Ok(false);
+        };
+        Some(lock)
+    } else {
+        None
+    };
+    remove(&path, doomed.dir)?;
+    crate::process::failpoint::hit(crate::process::failpoint::GC_FILE_REMOVED)?;
+    Ok(true)
 }
 
 /// Delete the rows `plan` names, in one committed transaction.
@@ -351,6 +406,7 @@ pub fn list_disk(layout: &Layout, index: &IndexView) -> Result<Listing> {
         unindexed_pins: judged.pins.iter().map(|p| p.digest).collect(),
         unindexed_files,
         unknown_pins: judged.unknown.or(unknown_layers),
+        quarantine: crate::store::quarantine::list(layout, now)?,
     })
 }
 

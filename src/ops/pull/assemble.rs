@@ -1,23 +1,29 @@
 //! Assemble: write every file of each snapshot's chunk map into the
 //! lease's staging: chunks already there (an interrupted pull's), then
-//! chunks found locally, then downloads. Holes stay holes.
+//! chunks found locally, then downloads. Holes stay holes. Each file's
+//! followers hash it as its chunks land, on threads of their own.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::local::{Scratch, Written, holds, open_staged};
+use super::follow::{FollowSpec, Follower, Staged};
+use super::local::{Scratch, Written, clear_unlisted, holds, open_staged};
 use super::report::Transfer;
 use super::resolve::RemoteSnapshot;
 use super::transfer::{Range, Wanted};
 use crate::journal::Lease;
+use crate::model::chunk::{CHUNK_SIZE, Chunk, ChunkList};
 use crate::model::digest::Digest;
 use crate::model::error::{IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::Client;
-use crate::remote::format::ChunkMap;
-use crate::store::files::write_at_sparse;
+use crate::remote::format::{ChunkMap, MapFile, malformed};
+
+/// The most files hashed at once: one per core (two threads each), and
+/// never more than this, so their buffers stay small beside the 64 MiB
+/// bound.
+const MAX_FOLLOWED: usize = 8;
 
 /// A snapshot assembled in staging.
 pub(super) struct Assembled {
@@ -30,6 +36,11 @@ pub(super) struct Assembled {
     /// The chunks downloaded and decoded: what the repository is known to
     /// hold (the rest of the map is its claim, unchecked).
     pub(super) downloaded: HashSet<Digest>,
+    /// Each file's chunk list as the map gives it, every chunk checked as
+    /// it was written (by `map.files`).
+    pub(super) lists: Vec<ChunkList>,
+    /// Each file's hashing threads (by `map.files`).
+    pub(super) followers: Vec<Follower>,
 }
 
 impl Registry {
@@ -48,9 +59,18 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<Vec<Assembled>> {
         let mut written = Written::new();
-        let mut maps = Vec::new();
+        let mut maps: Vec<Assembled> = Vec::new();
+        let most = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_FOLLOWED);
         for s in chain {
             let (map, pack_sizes) = self.fetch_map(client, repo, s, max_file, report).await?;
+            let lists = map
+                .files
+                .iter()
+                .map(|f| listed_chunks(&map, f, &s.parsed.digest))
+                .collect::<Result<Vec<_>>>()?;
+            wait_for_a_core(&mut maps, most);
             let total = map
                 .files
                 .iter()
@@ -59,12 +79,14 @@ impl Registry {
             progress.start("pull", Some(total * map.chunk_size));
             let dir = lease.staging().join("pull").join(s.parsed.digest.hex());
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
+            let files = self.open_files(&dir, &map)?;
+            let followers = follow(s, &map, &files)?;
             let downloaded = self
                 .assemble(
                     client,
                     repo,
-                    &dir,
                     &map,
+                    &files,
                     jobs,
                     &pack_sizes,
                     &mut written,
@@ -80,32 +102,57 @@ impl Registry {
                 dir,
                 pack_sizes,
                 downloaded,
+                lists,
+                followers,
             });
         }
         Ok(maps)
     }
 
-    /// Write every file of `map` into `dir`: chunks already there (an
+    /// Open (or reopen, to resume) each file of `map` in `dir`.
+    fn open_files(&self, dir: &Path, map: &ChunkMap) -> Result<Vec<Staged>> {
+        let mut files = Vec::new();
+        for f in &map.files {
+            let path = dir.join(&f.path);
+            let spans: Vec<(u64, u64)> = f
+                .extents
+                .iter()
+                .map(|&(offset, _)| (offset, map.chunk_len(f, offset)))
+                .collect();
+            let (file, fresh) = open_staged(&path, f.size)?;
+            // What an earlier run wrote where this map has holes (the
+            // parent's map there may have changed since) goes.
+            let resumed = !fresh && clear_unlisted(&file, &path, f.size, &spans)?;
+            files.push(Staged::new(file, path, spans, resumed));
+        }
+        Ok(files)
+    }
+
+    /// Write every file of `map` into `files`: chunks already there (an
     /// interrupted pull's), then chunks found locally, then downloads.
     #[allow(clippy::too_many_arguments)]
     async fn assemble(
         &self,
         client: &Client,
         repo: &str,
-        dir: &Path,
         map: &ChunkMap,
+        files: &[Staged],
         jobs: usize,
         pack_sizes: &[u64],
         written: &mut Written,
         report: &mut Transfer,
         progress: &dyn Progress,
     ) -> Result<HashSet<Digest>> {
-        let (files, wanted) = self.place_local(dir, map, written, report, progress)?;
+        let wanted = self.place_local(map, files, written, report, progress)?;
         let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
             wanted.into_values().partition(|w| w.base.is_some());
         self.add_bases(map, &deltas, &mut plain, written)?;
         // Plain frames first (bases among them), then the deltas.
         let cell = std::cell::RefCell::new(std::mem::take(written));
+        let dir = files[0]
+            .path
+            .parent()
+            .expect("a staged file is in a directory");
         let scratch = Scratch::create(dir.with_extension("bases"))?;
         let mut downloaded = HashSet::new();
         let mut landed = |range: &Range, received: u64| -> Result<()> {
@@ -115,7 +162,7 @@ impl Registry {
                 report.chunks_downloaded += 1;
                 let (index, offset) = w.targets[0];
                 cell.borrow_mut()
-                    .insert(w.chunk, (files[index].1.clone(), offset, w.len));
+                    .insert(w.chunk, (files[index].path.clone(), offset, w.len));
                 progress.advance(w.len * w.targets.len() as u64);
                 crate::process::failpoint::hit(crate::process::failpoint::PULL_CHUNK_WRITTEN)?;
             }
@@ -129,7 +176,7 @@ impl Registry {
                     repo,
                     map,
                     pack_sizes,
-                    &files,
+                    files,
                     &cell,
                     &scratch,
                     phase,
@@ -150,35 +197,33 @@ impl Registry {
         result.map(|()| downloaded)
     }
 
-    /// Open each file of `map` in `dir` and write the chunks already on
-    /// this machine; returns the files and the chunks left to download.
-    #[allow(clippy::type_complexity)]
+    /// Write into `files` the chunks of `map` already on this machine
+    /// (in offset order, so the followers hash right behind); returns the
+    /// chunks left to download.
     fn place_local(
         &self,
-        dir: &Path,
         map: &ChunkMap,
+        files: &[Staged],
         written: &mut Written,
         report: &mut Transfer,
         progress: &dyn Progress,
-    ) -> Result<(Vec<(File, PathBuf)>, HashMap<Digest, Wanted>)> {
-        let mut files = Vec::new();
+    ) -> Result<HashMap<Digest, Wanted>> {
         let mut wanted: HashMap<Digest, Wanted> = HashMap::new();
         let bases = map.bases();
-        for f in &map.files {
-            let path = dir.join(&f.path);
-            let (file, fresh) = open_staged(&path, f.size)?;
-            let index = files.len();
+        for (index, (f, staged)) in map.files.iter().zip(files).enumerate() {
+            let path = &staged.path;
             for &(offset, i) in &f.extents {
                 let c = map.chunks[i as usize];
                 let len = map.chunk_len(f, offset);
-                if !fresh && holds(&file, offset, len, &c.chunk())? {
+                if staged.resumed && holds(&staged.file, offset, len, &c.chunk())? {
                     report.chunks_resumed += 1;
                     written.insert(c.chunk(), (path.clone(), offset, len));
+                    staged.landing.land(offset);
                     progress.advance(len);
                     continue;
                 }
-                if let Some(bytes) = self.local_chunk(written, &c.chunk(), Some(len))? {
-                    write_at_sparse(&file, &bytes, offset).at("write", &path)?;
+                if let Some((bytes, _)) = self.local_chunk(written, &c.chunk(), Some(len))? {
+                    staged.write(&bytes, offset)?;
                     report.chunks_local += 1;
                     report.bytes_local += len;
                     written.insert(c.chunk(), (path.clone(), offset, len));
@@ -199,27 +244,32 @@ impl Registry {
                     .targets
                     .push((index, offset));
             }
-            files.push((file, path));
         }
-        Ok((files, wanted))
+        Ok(wanted)
     }
 
     /// Bases of `deltas` that are neither here nor downloaded anyway come
-    /// down too, kept in memory only until their deltas are decoded.
+    /// down too (decoded into the scratch file, never held in memory). A
+    /// base found here is checked once and its place kept in `written`,
+    /// so decoding its deltas does not hash it again.
     fn add_bases(
         &self,
         map: &ChunkMap,
         deltas: &[Wanted],
         plain: &mut Vec<Wanted>,
-        written: &Written,
+        written: &mut Written,
     ) -> Result<()> {
         let mut extra = HashSet::new();
         for d in deltas {
             let b = d.base.expect("a delta has a base");
-            if !plain.iter().any(|w| w.chunk == b)
-                && self.local_chunk(written, &b, None)?.is_none()
-                && extra.insert(b)
-            {
+            if plain.iter().any(|w| w.chunk == b) || written.contains_key(&b) {
+                continue;
+            }
+            if let Some((_, place)) = self.local_chunk(written, &b, None)? {
+                written.insert(b, place);
+                continue;
+            }
+            if extra.insert(b) {
                 let i = map
                     .chunks
                     .iter()
@@ -238,4 +288,78 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Earlier snapshots of the chain are whole: wait for their hashing while
+/// `most` files are being hashed.
+fn wait_for_a_core(maps: &mut [Assembled], most: usize) {
+    let busy = |maps: &[Assembled]| {
+        maps.iter()
+            .flat_map(|a| &a.followers)
+            .filter(|f| !f.is_done())
+            .count()
+    };
+    while busy(maps) >= most {
+        if let Some(f) = maps
+            .iter_mut()
+            .flat_map(|a| &mut a.followers)
+            .find(|f| !f.is_done())
+        {
+            f.join();
+        }
+    }
+}
+
+/// Start hashing each of `files`, the files of snapshot `s`'s `map`.
+fn follow(s: &RemoteSnapshot, map: &ChunkMap, files: &[Staged]) -> Result<Vec<Follower>> {
+    let upper = &s.parsed.manifest.upper;
+    files
+        .iter()
+        .zip(&map.files)
+        .map(|(staged, f)| {
+            let spec = FollowSpec {
+                size: f.size,
+                integrity: (f.path == upper.file)
+                    .then(|| upper.integrity.clone())
+                    .flatten(),
+                recut: map.chunk_size != CHUNK_SIZE,
+                chunk_size: map.chunk_size,
+                subject: format!("chunk map of {}", s.parsed.digest),
+            };
+            Follower::start(staged, spec)
+        })
+        .collect()
+}
+
+/// A file's chunk list as `map` gives it. A chunk of zeros is refused: it
+/// is a hole, which a chunk list never names (the one cut here would
+/// differ from the map's).
+fn listed_chunks(map: &ChunkMap, f: &MapFile, snapshot: &Digest) -> Result<ChunkList> {
+    let mut zeros: HashMap<u64, Digest> = HashMap::new();
+    let mut chunks = Vec::with_capacity(f.extents.len());
+    for &(offset, i) in &f.extents {
+        let length = map.chunk_len(f, offset);
+        let digest = map.chunks[i as usize].chunk();
+        let zero = *zeros
+            .entry(length)
+            .or_insert_with(|| Digest::of(&vec![0u8; length as usize]));
+        if digest == zero {
+            return Err(malformed(
+                &format!("chunk map of {snapshot}"),
+                format!(
+                    "file {} assembled from it differs from it: the map lists chunk data at offset {offset}, where the file holds only zeros",
+                    crate::model::text::escape(&f.path)
+                ),
+            ));
+        }
+        chunks.push(Chunk {
+            offset,
+            length,
+            digest,
+        });
+    }
+    Ok(ChunkList {
+        chunk_size: map.chunk_size,
+        chunks,
+    })
 }

@@ -36,7 +36,7 @@ impl Registry {
         chain: &[RemoteSnapshot],
         head_name: Option<&SnapshotName>,
         images: &HashSet<Digest>,
-        maps: &[Assembled],
+        maps: &mut [Assembled],
         signatures: Vec<crate::db::signatures::SignatureRow>,
         report: &mut PullReport,
         progress: &dyn Progress,
@@ -51,12 +51,11 @@ impl Registry {
         // Hashing a large sparse upper takes a while: the bar counts it.
         let logical = chain
             .iter()
-            .zip(maps)
+            .zip(maps.iter())
             .map(|(s, a)| s.config.len() as u64 + a.map.files.iter().map(|f| f.size).sum::<u64>());
         progress.start("verify", Some(logical.sum()));
-        for ((s, a), name) in chain.iter().zip(maps).zip(names) {
-            let staged =
-                self.check_assembled(s, &a.map, &a.dir, name, source, &mut journal, progress)?;
+        for ((s, a), name) in chain.iter().zip(maps.iter_mut()).zip(names) {
+            let staged = self.check_assembled(s, a, name, source, &mut journal, progress)?;
             set.snapshots.push(staged);
         }
         progress.finish();
@@ -93,6 +92,7 @@ impl Registry {
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
+        report.repaired = outcome.repaired;
         let head = set.snapshots.last().expect("a chain is never empty");
         report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.manifest.digest())?
             .map(|r| r.name)

@@ -12,8 +12,12 @@ use crate::model::error::{IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::store::layout::SnapshotName;
 
-/// Where a chunk's bytes already are: file, offset, length.
-pub(super) type Written = HashMap<Digest, (PathBuf, u64, u64)>;
+/// Where a chunk's bytes are: file, offset, length.
+pub(super) type Place = (PathBuf, u64, u64);
+
+/// Where chunks already checked by this pull are (written by it, read
+/// back from an interrupted run of it, or read from a snapshot and hashed).
+pub(super) type Written = HashMap<Digest, Place>;
 
 /// A file in staging for the bases of deltas that no file uses: each
 /// decoded base is written there (and found there by [`Written`]) rather
@@ -62,44 +66,44 @@ impl Scratch {
 }
 
 impl Registry {
-    /// The bytes of `chunk` (`len` bytes, when known) from this pull's
-    /// files or any snapshot here, checked against its digest (a changed
-    /// file is not trusted).
+    /// The bytes of `chunk` (`len` bytes, when known) and where they are,
+    /// from this pull's files or any snapshot here. A place in `written`
+    /// was checked already and is not hashed again; bytes from a snapshot
+    /// are checked against the digest (a changed file is not trusted: the
+    /// chunk is downloaded instead).
     pub(super) fn local_chunk(
         &self,
         written: &Written,
         chunk: &Digest,
         len: Option<u64>,
-    ) -> Result<Option<Vec<u8>>> {
-        let conn = self.db().conn();
-        let mut places = Vec::new();
-        if let Some((path, offset, length)) = written.get(chunk) {
-            places.push((path.clone(), *offset, *length));
+    ) -> Result<Option<(Vec<u8>, Place)>> {
+        if let Some(place @ (path, offset, length)) = written.get(chunk)
+            && len.is_none_or(|l| l == *length)
+            && let Some(buf) = read_place(path, *offset, *length)
+        {
+            return Ok(Some((buf, place.clone())));
         }
+        let conn = self.db().conn();
         if let Some(place) = db::remote::chunk_place(conn, chunk)?
             && let Ok(name) = place.name.parse::<SnapshotName>()
             && let Some(length) = db::chunks::chunk_length(conn, chunk)?
+            && len.is_none_or(|l| l == length)
+            && let path = self.layout().snapshot_file(&name, &place.path)
+            && let Some(buf) = read_place(&path, place.offset, length)
+            && Digest::of(&buf) == *chunk
         {
-            places.push((
-                self.layout().snapshot_file(&name, &place.path),
-                place.offset,
-                length,
-            ));
-        }
-        for (path, offset, length) in places {
-            if len.is_some_and(|l| l != length) {
-                continue;
-            }
-            let Ok(file) = crate::store::files::open_regular(&path) else {
-                continue;
-            };
-            let mut buf = vec![0u8; length as usize];
-            if file.read_exact_at(&mut buf, offset).is_ok() && Digest::of(&buf) == *chunk {
-                return Ok(Some(buf));
-            }
+            return Ok(Some((buf, (path, place.offset, length))));
         }
         Ok(None)
     }
+}
+
+/// `length` bytes at `offset` of the regular file at `path`, if it has them.
+fn read_place(path: &Path, offset: u64, length: u64) -> Option<Vec<u8>> {
+    let file = crate::store::files::open_regular(path).ok()?;
+    let mut buf = vec![0u8; length as usize];
+    file.read_exact_at(&mut buf, offset).ok()?;
+    Some(buf)
 }
 /// Open (or create) a staged file of `size` bytes; `true` when it is new
 /// (nothing in it to resume from).
@@ -127,6 +131,48 @@ pub(super) fn open_staged(path: &Path, size: u64) -> Result<(File, bool)> {
     file.set_len(0).at("truncate", path)?;
     file.set_len(size).at("truncate", path)?;
     Ok((file, true))
+}
+
+/// Punch holes over the ranges of `file` outside `spans` (offset, length,
+/// in order): a resumed file then holds nothing its map does not place.
+/// Where holes cannot be punched the file starts over empty (`false`:
+/// nothing kept).
+pub(super) fn clear_unlisted(
+    file: &File,
+    path: &Path,
+    size: u64,
+    spans: &[(u64, u64)],
+) -> Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pos = 0u64;
+    let gaps = spans
+        .iter()
+        .map(|&(offset, len)| {
+            let gap = (pos, offset);
+            pos = offset + len;
+            gap
+        })
+        .collect::<Vec<_>>();
+    for (start, end) in gaps.into_iter().chain(std::iter::once((pos, size))) {
+        if end <= start {
+            continue;
+        }
+        // SAFETY: fallocate on a descriptor we own; no memory is touched.
+        let punched = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                (end - start) as libc::off_t,
+            )
+        };
+        if punched != 0 {
+            file.set_len(0).at("truncate", path)?;
+            file.set_len(size).at("truncate", path)?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether `file` already holds `chunk` at `offset`.

@@ -15,6 +15,7 @@
 //! map) and `install` (names, image artifacts, the journaled install).
 
 mod assemble;
+mod follow;
 mod install;
 mod local;
 mod report;
@@ -74,6 +75,7 @@ impl Registry {
             skipped: Vec::new(),
             transfer,
             image_files_installed: 0,
+            repaired: Vec::new(),
             microsandbox_hint: None,
         };
         if chain.is_empty() {
@@ -189,7 +191,7 @@ impl Registry {
         for image in &images {
             db::imports::insert_pin(self.db().conn(), lease.id(), image)?;
         }
-        let maps = self
+        let mut maps = self
             .assemble_chain(
                 client,
                 source.repository.as_str(),
@@ -203,7 +205,8 @@ impl Registry {
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PULL_ASSEMBLED)?;
         self.install_pulled(
-            client, source, lease, chain, head_name, &images, &maps, signatures, report, progress,
+            client, source, lease, chain, head_name, &images, &mut maps, signatures, report,
+            progress,
         )
         .await
     }

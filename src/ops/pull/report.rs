@@ -41,6 +41,8 @@ pub struct PullReport {
     pub transfer: Transfer,
     /// Image cache files installed.
     pub image_files_installed: usize,
+    /// Damaged directories the pull replaced, each moved to `quarantine/`.
+    pub repaired: Vec<crate::ops::repair::Repaired>,
     /// Set when the root is a microsandbox home whose index should learn of the new snapshots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub microsandbox_hint: Option<String>,

@@ -2,19 +2,16 @@
 //! fetched `jobs` at a time, each decoded (a delta against its base),
 //! checked and written where it goes.
 
-use std::fs::File;
-use std::path::PathBuf;
-
 use futures_util::stream::{self, StreamExt};
 
+use super::follow::Staged;
 use super::local::{Scratch, Written};
 use crate::model::digest::Digest;
-use crate::model::error::{Error, IoContext, Result};
+use crate::model::error::{Error, Result};
 use crate::ops::registry::Registry;
 use crate::process::budget::{ByteBudget, MAX_IN_FLIGHT_BYTES};
 use crate::remote::Client;
 use crate::remote::format::{ChunkMap, malformed};
-use crate::store::files::write_at_sparse;
 
 /// A chunk to download: its frame in a pack, and the file offsets it goes to.
 pub(super) struct Wanted {
@@ -91,7 +88,7 @@ impl Registry {
         repo: &str,
         map: &ChunkMap,
         pack_sizes: &[u64],
-        files: &[(File, PathBuf)],
+        files: &[Staged],
         written: &std::cell::RefCell<Written>,
         scratch: &Scratch,
         wanted: Vec<Wanted>,
@@ -113,10 +110,14 @@ impl Registry {
                 let base = match &w.base {
                     Some(b) => {
                         let found = self.local_chunk(&written.borrow(), b, None)?;
-                        Some(found.ok_or_else(|| Error::Integrity {
-                            subject: format!("chunk {} in pack {pack}", w.chunk),
-                            detail: format!("its base chunk {b} is nowhere to be found"),
-                        })?)
+                        Some(
+                            found
+                                .map(|(bytes, _)| bytes)
+                                .ok_or_else(|| Error::Integrity {
+                                    subject: format!("chunk {} in pack {pack}", w.chunk),
+                                    detail: format!("its base chunk {b} is nowhere to be found"),
+                                })?,
+                        )
                     }
                     None => None,
                 };
@@ -129,8 +130,7 @@ impl Registry {
                     continue;
                 }
                 for &(index, offset) in &w.targets {
-                    let (file, path) = &files[index];
-                    write_at_sparse(file, &bytes, offset).at("write", path)?;
+                    files[index].write(&bytes, offset)?;
                 }
             }
             Ok::<_, Error>((range, len))

@@ -1,30 +1,33 @@
-//! Verify: hash the assembled files in place, as `add` hashes what it
-//! stages, and hold each to its chunk map and the upper's integrity.
+//! Verify: hold each assembled file to the upper's integrity (hashed by
+//! its followers while it was assembled) and take its chunk list from the
+//! map, whose every chunk was checked as it was written.
 
 use std::path::Path;
+use std::time::Duration;
 
+use super::assemble::Assembled;
+use super::follow::{Followed, Follower};
 use super::resolve::RemoteSnapshot;
 use crate::db::{ImportFileRow, SnapshotFileRow};
 use crate::model::chunk::CHUNK_SIZE;
-use crate::model::digest::Digest;
 use crate::model::error::{IoContext, Result};
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::RemoteRef;
-use crate::remote::format::{ChunkMap, MapFile, malformed};
+use crate::remote::format::malformed;
 use crate::store::layout::SnapshotName;
+use crate::store::stage::PROGRESS_STEP;
 use crate::store::staged::{StagedManifest, StagedSnapshot};
 
 impl Registry {
-    /// Hash the assembled files in place, as `add` hashes what it stages:
-    /// the upper's integrity must hold and every file must be what its
-    /// chunk map says; returns the staged snapshot for install.
+    /// Check an assembled snapshot: its manifest.json hashed here, each
+    /// file of its map as its followers found it (the upper's integrity
+    /// must hold); returns the staged snapshot for install.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn check_assembled(
         &self,
         s: &RemoteSnapshot,
-        map: &ChunkMap,
-        dir: &Path,
+        a: &mut Assembled,
         name: SnapshotName,
         source: &RemoteRef,
         journal: &mut Vec<ImportFileRow>,
@@ -41,29 +44,35 @@ impl Registry {
         let mut files = Vec::new();
         let mut chunks = Vec::new();
         let manifest_len = s.config.len() as u64;
-        let listed = map.files.iter().map(|f| (f.path.as_str(), f.size, Some(f)));
-        for (file_name, len, map_file) in
-            std::iter::once(("manifest.json", manifest_len, None)).chain(listed)
-        {
-            let path = dir.join(file_name);
+        let manifest_path = a.dir.join("manifest.json");
+        let file = crate::store::files::open_regular(&manifest_path)?;
+        check_length(&file, &manifest_path, manifest_len, s)?;
+        let (digest, _, list) = crate::store::stage::digest_file_chunked(
+            &file,
+            manifest_len,
+            &manifest_path,
+            None,
+            CHUNK_SIZE,
+            progress,
+        )?;
+        let mut found = vec![("manifest.json".to_string(), manifest_len, digest, list)];
+        for (i, f) in a.map.files.iter().enumerate() {
+            let path = a.dir.join(&f.path);
+            let followed = followed(&mut a.followers[i], f.size, progress)?;
             let file = crate::store::files::open_regular(&path)?;
-            check_length(&file, &path, len, s)?;
-            let integrity = (file_name == upper.file)
-                .then_some(upper.integrity.as_ref())
-                .flatten();
-            let (digest, found, list) = crate::store::stage::digest_file_chunked(
-                &file, len, &path, integrity, CHUNK_SIZE, progress,
-            )?;
-            if let Some(integrity) = integrity {
+            check_length(&file, &path, f.size, s)?;
+            if let Some(integrity) = upper.integrity.as_ref().filter(|_| f.path == upper.file) {
                 crate::store::stage::check_integrity(
-                    &format!("{source} {file_name}"),
+                    &format!("{source} {}", f.path),
                     integrity,
-                    found,
+                    followed.integrity,
                 )?;
             }
-            if let Some(f) = map_file {
-                matches_map(map, f, &list.chunks, s)?;
-            }
+            let list = followed.recut.unwrap_or_else(|| a.lists[i].clone());
+            found.push((f.path.clone(), f.size, followed.digest, list));
+        }
+        for (file_name, len, digest, list) in found {
+            let path = a.dir.join(&file_name);
             journal.push(ImportFileRow {
                 member: format!(
                     "{}@{} {file_name}",
@@ -71,27 +80,58 @@ impl Registry {
                     s.parsed.digest
                 ),
                 staged_path: rel(&path),
-                final_path: rel(&self.layout().snapshot_file(&name, file_name)),
+                final_path: rel(&self.layout().snapshot_file(&name, &file_name)),
                 kind: "snapshot".into(),
                 size: len,
                 digest,
                 promote: true,
             });
             files.push(SnapshotFileRow {
-                path: file_name.to_string(),
+                path: file_name.clone(),
                 size: len,
                 digest,
             });
-            chunks.push((file_name.to_string(), list));
+            chunks.push((file_name, list));
         }
         Ok(StagedSnapshot {
             manifest: StagedManifest::Held(Box::new(s.parsed.clone())),
             name,
-            staged_dir: rel(dir),
+            staged_dir: rel(&a.dir),
             files,
             chunks,
         })
     }
+}
+
+/// Wait for a file's followers, moving the bar as they hash its `size`
+/// logical bytes (in steps of at most [`PROGRESS_STEP`]).
+fn followed(follower: &mut Follower, size: u64, progress: &dyn Progress) -> Result<Followed> {
+    if let Some(offset) = follower.unlanded() {
+        return Err(crate::model::error::Error::io(
+            "assemble",
+            "a pulled file",
+            std::io::Error::other(format!("its chunk at offset {offset} was never written")),
+        ));
+    }
+    let mut reported = 0u64;
+    let mut report = |upto: u64| {
+        while reported < upto {
+            let step = (upto - reported).min(PROGRESS_STEP);
+            progress.advance(step);
+            reported += step;
+        }
+    };
+    loop {
+        let done = follower.is_done();
+        report(follower.hashed().min(size));
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let outcome = follower.outcome()?;
+    report(size);
+    Ok(outcome)
 }
 
 /// An assembled file has the length its map (and for the upper, the
@@ -106,54 +146,6 @@ fn check_length(file: &std::fs::File, path: &Path, len: u64, s: &RemoteSnapshot)
         format!(
             "file {} was assembled to {assembled} bytes; it has {len}",
             crate::model::text::escape(&path.file_name().unwrap_or_default().to_string_lossy())
-        ),
-    ))
-}
-
-/// The chunk list cut from an assembled file must be its chunk map's
-/// (when both are cut at the same size): nothing more, nothing less. The
-/// refusal names the first offset where they differ.
-fn matches_map(
-    map: &ChunkMap,
-    f: &MapFile,
-    found: &[crate::model::chunk::Chunk],
-    s: &RemoteSnapshot,
-) -> Result<()> {
-    if map.chunk_size != CHUNK_SIZE {
-        return Ok(());
-    }
-    let listed: Vec<(u64, Digest)> = f
-        .extents
-        .iter()
-        .map(|&(offset, i)| (offset, map.chunks[i as usize].chunk()))
-        .collect();
-    let cut: Vec<(u64, Digest)> = found.iter().map(|c| (c.offset, c.digest)).collect();
-    let Some(at) = (0..listed.len().max(cut.len())).find(|&i| listed.get(i) != cut.get(i)) else {
-        return Ok(());
-    };
-    let detail = match (listed.get(at), cut.get(at)) {
-        (Some((l, _)), Some((c, _))) if l < c => {
-            format!("the map lists chunk data at offset {l}, where the file holds only zeros")
-        }
-        (Some((l, _)), Some((c, _))) if c < l => {
-            format!("the file holds data at offset {c}, where the map lists none")
-        }
-        (Some((l, d)), Some((_, found))) => {
-            format!("the map lists chunk {d} at offset {l}, the file holds {found}")
-        }
-        (Some((l, _)), None) => {
-            format!("the map lists chunk data at offset {l}, where the file holds only zeros")
-        }
-        (None, Some((c, _))) => {
-            format!("the file holds data at offset {c}, where the map lists none")
-        }
-        (None, None) => unreachable!("a difference is at an index one of them has"),
-    };
-    Err(malformed(
-        &format!("chunk map of {}", s.parsed.digest),
-        format!(
-            "file {} assembled from it differs from it: {detail}",
-            crate::model::text::escape(&f.path)
         ),
     ))
 }

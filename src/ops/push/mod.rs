@@ -64,7 +64,13 @@ impl Registry {
         let client = Client::new(&target.registry, &opts.client)?;
         // What push writes is a cache of what the registry holds: losing
         // its last commits to a power cut costs only a HEAD or a resend.
-        self.db().relax_durability()?;
+        // On a read-only root it is kept in memory for this push only.
+        let recorded = db::remote::holdings_writable(self.db().conn())?;
+        if recorded {
+            self.db().relax_durability()?;
+        } else {
+            db::remote::hold_in_memory(self.db().conn(), &target.registry)?;
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -86,7 +92,9 @@ impl Registry {
             }
             other => other,
         };
-        result.map_err(|e| self.explain_push_failure(e, &chain))
+        let mut report = result.map_err(|e| self.explain_push_failure(e, &chain))?;
+        report.holdings_recorded = recorded;
+        Ok(report)
     }
 
     /// A push that fails because a snapshot's files went away (an `rm`
@@ -170,6 +178,7 @@ impl Registry {
             bytes_not_sent: counts.bytes_not_sent,
             image,
             warnings: warnings.into_iter().collect(),
+            holdings_recorded: true,
         })
     }
 

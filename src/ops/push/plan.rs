@@ -45,13 +45,19 @@ impl Registry {
     ) -> Result<Held> {
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
+        let lacking: Vec<Digest> = order
+            .iter()
+            .filter(|c| placed(&held, c).is_none())
+            .copied()
+            .collect();
         if let Some(p) = snapshot.parent
             && pushed_parent.is_none_or(|d| *d != p)
-            && order.iter().any(|c| placed(&held, c).is_none())
+            && !lacking.is_empty()
         {
             // Another machine may have pushed the parent: its chunk map
-            // says where the repository holds the chunks they share.
-            self.learn_from(client, target, &p, order, jobs).await?;
+            // says where the repository holds the chunks they share. Only
+            // the chunks not already known to be there are checked.
+            self.learn_from(client, target, &p, &lacking, jobs).await?;
         }
         let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
         if order.iter().any(|c| placed(&held, c).is_none()) {

@@ -77,6 +77,9 @@ pub struct PushReport {
     pub image: Option<PushedImage>,
     /// Things the user should know (a parent the repository lacks).
     pub warnings: Vec<String>,
+    /// Whether what the repository holds was recorded in the index (not
+    /// on a read-only root: the next push asks the registry again).
+    pub holdings_recorded: bool,
 }
 
 /// The chunks of a pack, at most: 4 MiB of data at the 128 KiB chunk

@@ -1,0 +1,246 @@
+//! Issue 25: hashing on several threads changes nothing but the time. The
+//! same archive and directories give the same digests, the same refusals
+//! and the same clean-up with `--threads 1` (everything inline) and
+//! `--threads 4` (each upper's integrity hash on its own thread, files of
+//! many snapshots at once); a bad thread count is a usage error.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use msb_registry::model::digest::Digest;
+use msb_registry::model::manifest::{Format, ImagePin, Integrity, Manifest, Upper};
+
+use crate::tarcraft::Tar;
+use crate::util::*;
+
+const THREADS: [&str; 2] = ["1", "4"];
+
+/// Every snapshot file's path, size and digest, and each snapshot's name.
+fn contents(reg: &Reg) -> Vec<serde_json::Value> {
+    reg.json(&[
+        "sql",
+        "SELECT s.name, f.path, f.size, f.digest FROM snapshot_files f \
+         JOIN snapshots s ON s.digest = f.snapshot ORDER BY s.name, f.path",
+    ])
+}
+
+fn staging_entries(reg: &Reg) -> Vec<String> {
+    match std::fs::read_dir(reg.root().join("staging")) {
+        Ok(dir) => dir
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn one_and_four_threads_import_add_and_verify_alike() {
+    let src = Reg::new();
+    let (digests, _) = chain_in_registry(&src);
+    let archive = src.path("chain.tar.zst");
+    src.run(&[
+        "export",
+        "app",
+        "--with-parents",
+        "--with-image",
+        "-o",
+        archive.to_str().unwrap(),
+    ])
+    .ok();
+    let expected = contents(&src);
+    assert_eq!(expected.len(), 6, "{expected:?}");
+    for threads in THREADS {
+        let reg = Reg::new();
+        reg.run(&["--threads", threads, "import", archive.to_str().unwrap()])
+            .ok();
+        assert_eq!(contents(&reg), expected, "import --threads {threads}");
+        let out = reg.run(&["--threads", threads, "verify", "--content", "--json"]);
+        let report: serde_json::Value = out.ok().json();
+        assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+
+        let added = Reg::new();
+        for name in ["base", "deps", "app"] {
+            let dir = src.path(&format!("src/{name}"));
+            added
+                .run_env(
+                    &["add", dir.to_str().unwrap(), "--name", name],
+                    &[("MSB_REGISTRY_THREADS", threads)],
+                )
+                .ok();
+        }
+        assert_eq!(contents(&added), expected, "add with {threads} threads");
+    }
+    assert_eq!(digests.len(), 3);
+}
+
+#[test]
+fn verify_finds_the_same_damage_with_one_and_four_threads() {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let upper = reg.root().join("snapshots/deps/upper.ext4");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&upper)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"X", 4096).unwrap();
+    let mut reports = Vec::new();
+    for threads in THREADS {
+        let out = reg.run(&["--threads", threads, "verify", "--content", "--json"]);
+        assert_ne!(out.code, 0, "{}", out.stderr);
+        let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        let problems = report["problems"].clone();
+        assert!(problems.to_string().contains("integrity is"), "{problems}");
+        reports.push((out.code, problems));
+    }
+    assert_eq!(reports[0], reports[1]);
+}
+
+/// A one-snapshot archive: the manifest of an upper of `len` logical bytes
+/// recording `integrity`, and the upper's first 4 KiB of data as a sparse member.
+fn sparse_archive(len: u64, integrity: Integrity, data: &[u8]) -> (Vec<u8>, Digest) {
+    let manifest = Manifest {
+        schema: 1,
+        format: Format::Raw,
+        fstype: "ext4".into(),
+        image: ImagePin {
+            reference: "python:3.12".into(),
+            manifest_digest: Digest::of(b"an image this registry does not cache"),
+        },
+        parent: None,
+        created_at: "2026-10-01T09:00:00Z".into(),
+        labels: Default::default(),
+        upper: Upper {
+            file: "upper.ext4".into(),
+            size_bytes: len,
+            integrity: Some(integrity),
+        },
+        source_sandbox: None,
+    };
+    let d = manifest.digest();
+    let prefix = d.archive_prefix();
+    let mut t = Tar::new();
+    t.file(
+        &format!("{prefix}/manifest.json"),
+        &manifest.canonical_bytes(),
+    );
+    t.sparse(&format!("{prefix}/upper.ext4"), len, &[(0, data.to_vec())]);
+    (t.finish(), d)
+}
+
+fn sha256_of_sparse(len: u64, data: &[u8]) -> String {
+    let mut logical = vec![0u8; len as usize];
+    logical[..data.len()].copy_from_slice(data);
+    Digest::of(&logical).to_string()
+}
+
+#[test]
+fn a_corrupt_or_truncated_upper_is_refused_alike_and_leaves_nothing() {
+    let data = vec![0x5a; 4096];
+    let len = 24 << 20;
+    let good = Integrity {
+        algorithm: "sha256".into(),
+        digest: sha256_of_sparse(len, &data),
+    };
+    let (archive, digest) = sparse_archive(len, good.clone(), &data);
+    let mut corrupt = data.clone();
+    corrupt[7] ^= 1;
+    let (bad, _) = sparse_archive(len, good, &corrupt);
+    for threads in THREADS {
+        let reg = Reg::new();
+        chain_in_registry(&reg);
+        let before = (reg.tree(), contents(&reg));
+        let path = reg.path("bad.tar");
+        std::fs::write(&path, &bad).unwrap();
+        reg.run(&["--threads", threads, "import", path.to_str().unwrap()])
+            .fails(5, "upper.ext4: sha256 integrity is sha256:");
+        let cut = reg.path("cut.tar");
+        std::fs::write(&cut, &archive[..archive.len() - 2048 - 1024]).unwrap();
+        reg.run(&["--threads", threads, "import", cut.to_str().unwrap()])
+            .fails(6, "truncated");
+        assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
+        assert_eq!(staging_entries(&reg), Vec::<String>::new());
+
+        let path = reg.path("good.tar");
+        std::fs::write(&path, &archive).unwrap();
+        reg.run(&["--threads", threads, "import", path.to_str().unwrap()])
+            .ok();
+        let shown: serde_json::Value = reg.json(&["show", &digest.to_string()]);
+        assert_eq!(shown["digest"], digest.to_string(), "{shown}");
+    }
+}
+
+#[test]
+fn ctrl_c_while_an_upper_is_hashed_exits_130_and_leaves_nothing() {
+    // 6 GiB of holes take SHA-256 seconds: the signal lands mid-hash.
+    let len = 6 << 30;
+    let integrity = Integrity {
+        algorithm: "sha256".into(),
+        digest: Digest::of(b"never reached").to_string(),
+    };
+    let (archive, _) = sparse_archive(len, integrity, &[0x5a; 4096]);
+    for threads in ["2", "4"] {
+        let reg = Reg::new();
+        chain_in_registry(&reg);
+        let before = (reg.tree(), contents(&reg));
+        let path = reg.path("big.tar");
+        std::fs::write(&path, &archive).unwrap();
+        let mut child = reg
+            .command(&["--threads", threads, "import", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_staged_upper(&reg.root());
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{err}");
+        assert!(err.contains("interrupted by SIGINT"), "{err}");
+        assert_eq!(staging_entries(&reg), Vec::<String>::new());
+        assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
+    }
+}
+
+/// Wait until an import has staged an upper (its data is written; its
+/// hash runs on).
+fn wait_for_staged_upper(root: &Path) {
+    for _ in 0..2000 {
+        let found = walk_files(&root.join("staging"))
+            .iter()
+            .any(|p| p.ends_with("upper.ext4"));
+        if found {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no upper was staged");
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bad_thread_count_is_a_usage_error() {
+    let reg = Reg::new();
+    for bad in ["0", "many", "100000"] {
+        reg.run(&["--threads", bad, "list"]).fails(2, "--threads");
+        reg.run_env(&["list"], &[("MSB_REGISTRY_THREADS", bad)])
+            .fails(2, "--threads");
+    }
+    reg.run_env(&["completions", "bash"], &[("MSB_REGISTRY_THREADS", "3")])
+        .ok();
+}
