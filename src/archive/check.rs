@@ -19,7 +19,7 @@ use crate::store::staged::{StagedCacheFile, StagedManifest, StagedSet, StagedSna
 
 use super::entry::MANIFEST_FILE;
 
-/// A staged archive that passed every check, ready for [`crate::ops::install::install`].
+/// A staged archive that passed every check, ready for the install.
 #[derive(Debug)]
 pub struct CheckedSet {
     /// What to install.

@@ -284,6 +284,10 @@ pub struct PullArgs {
     /// Largest file a pulled chunk map may describe, in bytes [default: 1 TiB].
     #[arg(long, value_name = "BYTES")]
     pub max_file_size: Option<u64>,
+    /// Re-hash the copies here of the chain's snapshots before calling them intact: a
+    /// damaged copy (even one of the right size) is pulled again and moves to quarantine/.
+    #[arg(long)]
+    pub repair: bool,
     /// Signing policy (signatures are found under the tag sha256-<hex>.sig).
     #[command(flatten)]
     pub trust: TrustArgs,

@@ -496,6 +496,7 @@ fn pull(
         name: args.name,
         jobs: usize::from(args.jobs),
         max_file_bytes: args.max_file_size,
+        repair: args.repair,
         client: client_options(&source, args.remote, progress)?,
         trust: args.trust.options(),
     };

@@ -385,7 +385,7 @@ async fn write_archive<W: AsyncWrite + Unpin + Send>(
 }
 
 fn workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    u32::try_from(crate::process::threads::available()).unwrap_or(u32::MAX)
 }
 
 /// Written bytes after which the kernel is asked to start writing the

@@ -141,19 +141,11 @@ fn same_files(
 }
 
 /// Check `set` against the index and install what is new, all or nothing;
-/// a damaged copy found in the way is repaired (see [`repair`]).
-pub fn install(
-    registry: &mut Registry,
-    lease: &Lease,
-    set: &mut StagedSet,
-) -> Result<InstallOutcome> {
-    install_checked(registry, lease, set, false)
-}
-
-/// [`install`]; with `deep`, a snapshot already present is re-hashed
-/// (`--repair`) rather than only checked by size and manifest. The staged
-/// directories' paths of new snapshots are moved out of `set` into the
-/// journal's moves, not copied: an import may hold a hundred thousand.
+/// a damaged copy found in the way is repaired (see [`repair`]). With
+/// `deep`, a snapshot already present is re-hashed (`--repair`) rather
+/// than only checked by size and manifest. The staged directories' paths
+/// of new snapshots are moved out of `set` into the journal's moves, not
+/// copied: an import may hold a hundred thousand.
 pub fn install_checked(
     registry: &mut Registry,
     lease: &Lease,

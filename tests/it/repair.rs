@@ -395,6 +395,35 @@ fn issue_22_a_pull_of_a_good_copy_repairs_a_snapshot_reindex_dropped() {
     assert_repaired(&s, &run, "pull");
 }
 
+#[test]
+fn issue_22_a_pull_repairs_a_damaged_snapshot_whose_row_is_still_here() {
+    if !enabled() {
+        return;
+    }
+    let remote = OciRegistry::start(Options::plain());
+    for (d, args) in [
+        (Damage::Truncated, &[][..]),
+        (Damage::BitFlip, &["--repair"][..]),
+    ] {
+        let s = Setup::new();
+        let target = format!("{}:web-{d:?}", remote.repo("snaps")).to_lowercase();
+        s.reg.run(&["push", "web", &target, "--insecure"]).ok();
+        damage(&s, d);
+        assert_eq!(names(&s.reg), ["web"], "{d:?}: the row stays");
+        if d == Damage::BitFlip {
+            // Of the right size, the flip passes the cheap check: a plain
+            // pull calls the snapshot present and changes nothing.
+            let plain = s.reg.run(&["pull", &target, "--insecure"]).ok();
+            assert!(!plain.stderr.contains("repaired"), "{}", plain.stderr);
+            assert!(quarantined(&s.reg).is_empty());
+        }
+        let mut argv = vec!["pull", target.as_str(), "--insecure"];
+        argv.extend_from_slice(args);
+        let run = s.reg.run(&argv).ok();
+        assert_repaired(&s, &run, &format!("pull {d:?}"));
+    }
+}
+
 /// Fill the file system holding `dir` to the last byte.
 fn fill(dir: &std::path::Path) {
     use std::io::Write;

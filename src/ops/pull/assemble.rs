@@ -60,9 +60,7 @@ impl Registry {
     ) -> Result<Vec<Assembled>> {
         let mut written = Written::new();
         let mut maps: Vec<Assembled> = Vec::new();
-        let most = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MAX_FOLLOWED);
+        let most = crate::process::threads::available().min(MAX_FOLLOWED);
         for s in chain {
             let (map, pack_sizes) = self.fetch_map(client, repo, s, max_file, report).await?;
             let lists = map

@@ -15,7 +15,7 @@ use crate::model::digest::Digest;
 use crate::model::error::{IoContext, Result};
 use crate::model::image::CacheFile;
 use crate::model::manifest::ParsedManifest;
-use crate::ops::install::install;
+use crate::ops::install::install_checked;
 use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::format::{IMAGE_CACHE_ARTIFACT, OciManifest, TITLE, malformed};
@@ -38,6 +38,7 @@ impl Registry {
         images: &HashSet<Digest>,
         maps: &mut [Assembled],
         signatures: Vec<crate::db::signatures::SignatureRow>,
+        deep: bool,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
@@ -87,7 +88,7 @@ impl Registry {
             db::imports::insert_import_files(&tx, lease.id(), &journal)?;
             tx.commit()?;
         }
-        let outcome = install(self, lease, &mut set)?;
+        let outcome = install_checked(self, lease, &mut set, deep)?;
         self.record_pulled(&source.registry, repo, maps)?;
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;

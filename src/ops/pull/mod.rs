@@ -62,7 +62,7 @@ impl Registry {
         let (chain, head, manifest_digest) = runtime
             .block_on(async {
                 tokio::select! {
-                    r = self.resolve_chain(&client, source, &reference, &mut transfer) => r,
+                    r = self.resolve_chain(&client, source, &reference, opts.repair, &mut transfer) => r,
                     e = crate::process::interrupt::wait() => Err(e),
                 }
             })
@@ -205,7 +205,16 @@ impl Registry {
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PULL_ASSEMBLED)?;
         self.install_pulled(
-            client, source, lease, chain, head_name, &images, &mut maps, signatures, report,
+            client,
+            source,
+            lease,
+            chain,
+            head_name,
+            &images,
+            &mut maps,
+            signatures,
+            opts.repair,
+            report,
             progress,
         )
         .await

@@ -17,6 +17,9 @@ pub struct PullOptions {
     pub jobs: usize,
     /// The largest file a chunk map may describe (default 1 TiB).
     pub max_file_bytes: Option<u64>,
+    /// Re-hash the copies here of the chain's snapshots, not only check
+    /// their manifests and sizes, before calling them present.
+    pub repair: bool,
     /// How to reach the registry.
     pub client: ClientOptions,
     /// Which signatures the pulled snapshots must carry.

@@ -12,6 +12,7 @@ use crate::model::digest::Digest;
 use crate::model::error::{Error, Result};
 use crate::model::manifest::ParsedManifest;
 use crate::ops::registry::Registry;
+use crate::ops::repair::{self, Condition};
 use crate::remote::format::{
     CHUNK_MAP, ChunkMap, MAX_CHUNK_MAP_BYTES, MAX_PACK_BYTES, OciManifest, PACK, SNAPSHOT_ARTIFACT,
     SNAPSHOT_CONFIG, malformed, parse_config,
@@ -28,13 +29,16 @@ pub(super) struct RemoteSnapshot {
 
 impl Registry {
     /// Fetch the head's manifest and config, then its parents' (through
-    /// their `sha256-<hex>` tags) until one is present here. Returns the
-    /// snapshots to pull, parents first (empty when the head is here).
+    /// their `sha256-<hex>` tags) until one is present here, intact as far
+    /// as [`repair::examine_indexed`] checks (re-hashed when `deep`): a
+    /// damaged copy is pulled again, and the install repairs it. Returns
+    /// the snapshots to pull, parents first (empty when the head is here).
     pub(super) async fn resolve_chain(
         &self,
         client: &Client,
         source: &RemoteRef,
         reference: &str,
+        deep: bool,
         transfer: &mut Transfer,
     ) -> Result<(Vec<RemoteSnapshot>, Digest, Digest)> {
         let repo = source.repository.as_str();
@@ -57,12 +61,11 @@ impl Registry {
                 detail: format!("names snapshot {head_digest}, not {named}"),
             });
         }
-        let conn = self.db().conn();
         let mut chain = Vec::new();
         let mut seen = HashSet::new();
         let mut next = Some(head);
         while let Some(s) = next.take() {
-            if db::snapshots::snapshot_by_digest(conn, &s.parsed.digest)?.is_some() {
+            if self.present_intact(&s.parsed.digest, deep)? {
                 break;
             }
             if !seen.insert(s.parsed.digest) || seen.len() > MAX_CHAIN {
@@ -72,7 +75,7 @@ impl Registry {
                 ));
             }
             if let Some(parent) = s.parsed.manifest.parent
-                && db::snapshots::snapshot_by_digest(conn, &parent)?.is_none()
+                && !self.present_intact(&parent, deep)?
             {
                 let tag = snapshot_tag(&parent);
                 let (p, _) = fetch_snapshot(client, repo, &tag, transfer)
@@ -97,6 +100,19 @@ impl Registry {
         }
         chain.reverse();
         Ok((chain, head_digest, manifest_digest))
+    }
+
+    /// Whether snapshot `digest` has a row here and a directory
+    /// [`repair::examine_indexed`] does not call damaged (one it cannot
+    /// judge counts as present: it is never replaced).
+    fn present_intact(&self, digest: &Digest, deep: bool) -> Result<bool> {
+        let conn = self.db().conn();
+        let Some(row) = db::snapshots::snapshot_by_digest(conn, digest)? else {
+            return Ok(false);
+        };
+        let files = db::snapshots::snapshot_files(conn, digest)?;
+        let condition = repair::examine_indexed(self.layout(), &row, &files, deep)?;
+        Ok(!matches!(condition, Condition::Damaged(_)))
     }
 
     /// Fetch and check the chunk map, the first layer of `s`'s manifest.
