@@ -7,7 +7,7 @@ bench/chain.sh. Writes plain tar to stdout; pipe it through zstd.
 
 With FROM, only snapshots FROM..N-1 of that same chain are written (the
 first names its parent, snapshot FROM-1, which the registry must hold):
-import caps an archive at 65,536 members, so a longer chain goes in parts.
+import caps an archive at 204,800 members, so a longer chain goes in parts.
 """
 
 import hashlib

@@ -81,24 +81,19 @@ bench_import() {
 fleet() {
     if [[ $FLEET -gt 0 ]]; then
         log "== export --with-parents of a $FLEET-snapshot chain under ulimit -n 1024"
-        # Imported in parts of 30,000 snapshots (an archive holds at most 65,536 members).
-        local from t=0 part
         rm -rf "$dst"
-        for ((from = 0; from < FLEET; from += 30000)); do
-            python3 "$HERE/chain.py" "$((from + 30000 < FLEET ? from + 30000 : FLEET))" "$from" |
-                zstd -q -3 > "$WORK/part.tar.zst"
-            part=$(time_of "'$BIN' --root '$dst' -q import '$WORK/part.tar.zst'")
-            t=$(echo "$t + $part" | bc -l)
-        done
-        printf 'import of the %d-chain in parts of 30,000: %.1f s\n' "$FLEET" "$t"
+        python3 "$HERE/chain.py" "$FLEET" | zstd -q -3 > "$WORK/fleet.tar.zst"
+        printf 'import of the %d-chain, one archive: %.1f s\n' "$FLEET" \
+            "$(time_of "'$BIN' --root '$dst' -q import '$WORK/fleet.tar.zst'")"
         local head
         head=$("$BIN" --root "$dst" sql "SELECT name FROM snapshots s WHERE NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent = s.digest)" | tail -1)
-        # Over 65,536 members the export is refused up front, naming the --base of its newest part.
+        # Over 204,800 members the export is refused up front, naming the --base of its newest part.
         local base="" refusal
         if ! refusal=$("$BIN" --root "$dst" -q export "$head" --with-parents -o "$WORK/fleet-out.tar.zst" 2>&1); then
             printf 'export --with-parents %d-chain: refused: %s\n' "$FLEET" "$refusal"
             base=$(sed -n 's/.*--base \(sha256:[0-9a-f]*\).*/\1/p' <<< "$refusal")
         fi
+        local t
         t=$(time_of "ulimit -n 1024 && '$BIN' --root '$dst' -q export '$head' ${base:+--base $base} --with-parents -o '$WORK/fleet-out.tar.zst'")
         printf 'export %s of the %d-chain under ulimit -n 1024: %.1f s, %s bytes, %s members\n' \
             "${base:+--base (newest part)}" "$FLEET" "$t" "$(stat -c %s "$WORK/fleet-out.tar.zst")" \

@@ -81,6 +81,7 @@ pub mod sample;
 mod store;
 mod trust;
 
+pub use archive::entry::MAX_MEMBERS;
 pub use archive::{Chunk as TarChunk, OpenedSource, ReadError, TarReader};
 pub use model::digest::Digest;
 pub use model::error::{Error, Result, exit};

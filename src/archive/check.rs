@@ -5,16 +5,16 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
+use std::rc::Rc;
 
 use super::streamed::{Streamed, StreamedSnapshot};
-use crate::db::SnapshotFileRow;
+use crate::db::staging::StagingIndex;
 use crate::model::digest::Digest;
 use crate::model::error::{Error, Result};
 use crate::model::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
 use crate::model::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::store::files::read_limited;
 use crate::store::layout::{Layout, SnapshotName};
-use crate::store::stage::check_integrity;
 use crate::store::staged::{StagedCacheFile, StagedManifest, StagedSet, StagedSnapshot};
 
 use super::entry::MANIFEST_FILE;
@@ -80,10 +80,12 @@ pub fn base_present(conn: &rusqlite::Connection, snapshots: &[StreamedSnapshot])
 
 /// Verify the staged archive and turn it into the set to install, each
 /// snapshot under its name in `names`.
-pub fn verify(layout: &Layout, streamed: Streamed, names: Vec<SnapshotName>) -> Result<CheckedSet> {
-    for s in &streamed.snapshots {
-        check_upper(s)?;
-    }
+pub fn verify(
+    layout: &Layout,
+    streamed: Streamed,
+    names: Vec<SnapshotName>,
+    spill: Rc<StagingIndex>,
+) -> Result<CheckedSet> {
     let images = check_cache(&streamed)?;
     let rel = |p: &Path| -> String {
         p.strip_prefix(layout.root())
@@ -91,33 +93,20 @@ pub fn verify(layout: &Layout, streamed: Streamed, names: Vec<SnapshotName>) -> 
             .to_string_lossy()
             .into_owned()
     };
-    let snapshots = streamed
+    let mut snapshots: Vec<StagedSnapshot> = streamed
         .snapshots
         .into_iter()
         .zip(names)
-        .map(|(s, name)| {
-            let staged_dir = rel(&s.dir(&streamed.staged));
-            let mut files = Vec::with_capacity(s.files.len());
-            let mut chunks = Vec::new();
-            for (file, bytes) in s.files {
-                files.push(SnapshotFileRow {
-                    path: file.to_string(),
-                    size: bytes.size,
-                    digest: bytes.digest,
-                });
-                if let Some(list) = bytes.chunks {
-                    chunks.push((file.into_string(), list));
-                }
-            }
-            StagedSnapshot {
-                manifest: StagedManifest::OnDisk(s.digest),
-                name,
-                staged_dir,
-                files,
-                chunks,
-            }
+        .map(|(s, name)| StagedSnapshot {
+            manifest: StagedManifest::OnDisk(s.digest),
+            name,
+            staged_dir: rel(&s.dir(&streamed.staged)),
+            files: Vec::new(),
+            chunks: Vec::new(),
         })
         .collect();
+    // Collected in place, they keep the larger buffer of the streamed records.
+    snapshots.shrink_to_fit();
     let cache_files = streamed
         .cache
         .iter()
@@ -134,33 +123,21 @@ pub fn verify(layout: &Layout, streamed: Streamed, names: Vec<SnapshotName>) -> 
             cache_files,
             images,
             signatures: Vec::new(),
+            spill: Some(spill),
         },
     })
 }
 
-/// The upper is present, has the manifest's size, and matches its recorded integrity.
-pub fn check_upper(s: &StreamedSnapshot) -> Result<()> {
-    let upper = &s.upper;
-    let member = format!("{}/{}", s.prefix(), upper.file);
-    let Some(staged) = s.file(&upper.file) else {
-        return Err(Error::integrity(
-            member,
+/// Every snapshot's upper is present: its size and integrity were checked
+/// against the manifest as it was staged.
+pub fn uppers_present(snapshots: &[StreamedSnapshot]) -> Result<()> {
+    match snapshots.iter().find(|s| !s.upper_staged) {
+        Some(s) => Err(Error::integrity(
+            format!("{}/{}", s.prefix(), s.upper.file),
             "the upper file named by the manifest is missing from the archive",
-        ));
-    };
-    if staged.size != upper.size_bytes {
-        return Err(Error::integrity(
-            member,
-            format!(
-                "size is {} bytes, manifest records {}",
-                staged.size, upper.size_bytes
-            ),
-        ));
+        )),
+        None => Ok(()),
     }
-    if let Some(integrity) = &upper.integrity {
-        check_integrity(&member, integrity, staged.integrity)?;
-    }
-    Ok(())
 }
 
 /// Check image metadata and the cache file set; returns each image with
@@ -171,8 +148,9 @@ pub fn check_cache(streamed: &Streamed) -> Result<Vec<(ImageMetadata, String)>> 
     let mut pins: HashMap<(CacheFile, Digest), usize> = HashMap::new();
     let mut first: HashMap<CacheFile, (Digest, usize)> = HashMap::new();
     for (i, s) in streamed.snapshots.iter().enumerate() {
-        pins.entry(s.image).or_insert(i);
-        first.entry(s.image.0).or_insert((s.image.1, i));
+        let image = streamed.images[s.image as usize];
+        pins.entry(image).or_insert(i);
+        first.entry(image.0).or_insert((image.1, i));
     }
     let reference = |i: usize| image_reference(&streamed.snapshots[i].dir(&streamed.staged));
     let mut expected = BTreeSet::new();

@@ -60,14 +60,16 @@ pub struct StreamedSnapshot {
     pub digest: Digest,
     /// The parent its manifest names.
     pub parent: Option<Digest>,
-    /// The image metadata file its image reference maps to, and the image
-    /// manifest digest it pins.
-    pub image: (CacheFile, Digest),
+    /// Its image: the position in [`Streamed::images`] of the metadata file
+    /// its image reference maps to and the image manifest digest it pins.
+    pub image: u32,
     /// The upper its manifest describes.
     pub upper: UpperFacts,
-    /// Its files by name, in archive order (the manifest first), each
-    /// staged as `dir/<name>` from member `<prefix>/<name>`.
-    pub files: Vec<(Box<str>, StagedBytes)>,
+    /// Whether its upper was staged (and checked against the manifest's
+    /// size and integrity as it was); its files, each staged as
+    /// `dir/<name>` from member `<prefix>/<name>`, are in the import's spill
+    /// database under its position in the archive.
+    pub upper_staged: bool,
     /// The name the archive carried for it (boxed: most carry none).
     pub carried_name: Option<Box<CarriedName>>,
     /// Its signatures (member, parsed), each from a distinct key; checked
@@ -77,21 +79,18 @@ pub struct StreamedSnapshot {
 
 impl StreamedSnapshot {
     /// The facts of `parsed` a staged snapshot keeps.
-    pub fn new(parsed: &ParsedManifest, carried_name: Option<CarriedName>) -> Self {
+    pub fn new(parsed: &ParsedManifest, image: u32, carried_name: Option<CarriedName>) -> Self {
         let m = &parsed.manifest;
         StreamedSnapshot {
             digest: parsed.digest,
             parent: m.parent,
-            image: (
-                CacheFile::metadata_for_ref(&m.image.reference),
-                m.image.manifest_digest,
-            ),
+            image,
             upper: UpperFacts {
                 file: m.upper.file.as_str().into(),
                 size_bytes: m.upper.size_bytes,
                 integrity: m.upper.integrity.clone().map(Box::new),
             },
-            files: Vec::with_capacity(2),
+            upper_staged: false,
             carried_name: carried_name.map(Box::new),
             signatures: Vec::new(),
         }
@@ -111,14 +110,6 @@ impl StreamedSnapshot {
     pub fn member(&self, name: &str) -> String {
         format!("{}/{name}", self.prefix())
     }
-
-    /// What staging its file `name` found.
-    pub fn file(&self, name: &str) -> Option<&StagedBytes> {
-        self.files
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, m)| m)
-    }
 }
 
 /// Everything an archive held, staged.
@@ -128,6 +119,9 @@ pub struct Streamed {
     pub staged: PathBuf,
     /// Snapshots in the order of their manifests.
     pub snapshots: Vec<StreamedSnapshot>,
+    /// The distinct images the snapshots use (metadata file, image
+    /// manifest digest), in order of first use: most archives have one.
+    pub images: Vec<(CacheFile, Digest)>,
     /// Cache files in archive order.
     pub cache: Vec<(CacheFile, StagedMember)>,
 }

@@ -11,6 +11,7 @@ pub mod remote;
 pub mod schema;
 pub mod signatures;
 pub mod snapshots;
+pub mod staging;
 
 use std::path::Path;
 use std::time::Duration;

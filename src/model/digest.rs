@@ -31,6 +31,11 @@ impl Digest {
         Digest(bytes)
     }
 
+    /// Its 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 64 lowercase hex digits, without the algorithm prefix.
     pub fn hex(&self) -> String {
         let mut out = String::with_capacity(64);

@@ -168,7 +168,7 @@ impl Registry {
         let bytes = snapshot.files.iter().map(|f| f.size).sum();
         let file_count = snapshot.files.len();
         set.snapshots.push(snapshot);
-        let outcome = install_checked(self, lease, &set, opts.repair)?;
+        let outcome = install_checked(self, lease, &mut set, opts.repair)?;
         crate::process::failpoint::hit(crate::process::failpoint::ADD_INSTALLED)?;
         let row = db::snapshots::snapshot_by_digest(self.db().conn(), &parsed.digest)?.ok_or_else(
             || crate::model::error::Error::NotFound {

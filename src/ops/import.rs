@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +25,7 @@ use crate::archive::names::{self, NameFallback};
 use crate::archive::streamed::{CarriedName, StagedMember, Streamed, StreamedSnapshot};
 use crate::archive::tar_reader::{Chunk, ReadError, TarReader};
 use crate::db;
+use crate::db::staging::StagingIndex;
 use crate::journal::Lease;
 use crate::journal::lease::clear_dead_staging;
 use crate::model::chunk::is_zero;
@@ -39,7 +41,9 @@ use crate::process::progress::Progress;
 use crate::store::files::{CHUNK, Piece};
 use crate::store::layout::{Layout, SnapshotName};
 use crate::store::pipeline;
-use crate::store::stage::{PROGRESS_STEP, PendingIntegrity, StagedBytes, StagingFile};
+use crate::store::stage::{
+    PROGRESS_STEP, PendingIntegrity, StagedBytes, StagingFile, check_integrity,
+};
 use crate::trust::sshsig::Signature;
 
 pub use crate::archive::import_source::ImportSource;
@@ -138,8 +142,10 @@ impl Registry {
     ) -> Result<ImportReport> {
         let trusts = self.trust_policy(&opts.trust)?;
         let layout = self.layout().clone();
-        let mut streamed = self.stream(lease, source, opened, opts, progress)?;
+        let spill = Rc::new(open_spill(&layout, lease.id())?);
+        let mut streamed = self.stream(lease, &spill, source, opened, opts, progress)?;
         failpoint::hit(failpoint::IMPORT_STREAMED)?;
+        check::uppers_present(&streamed.snapshots)?;
 
         let head = check::head(&streamed.snapshots)?;
         if !opts.allow_shallow {
@@ -150,31 +156,36 @@ impl Registry {
             names::decide(conn, &streamed.snapshots, head, head_name.as_ref(), |d| {
                 Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some())
             })?;
-        record(self, lease, &streamed, &names)?;
+        record(self, lease, &spill, &streamed, &names)?;
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
         let head_digest = streamed.snapshots[head].digest;
         let head_fallback = names[head].to_string();
+        // Without a trust policy only signed snapshots need looking at.
         let arrivals: Vec<_> = streamed
             .snapshots
             .iter_mut()
+            .filter(|s| !trusts.is_empty() || !s.signatures.is_empty())
             .map(|s| (s.digest, s.parent, std::mem::take(&mut s.signatures)))
             .collect();
-        let mut checked: CheckedSet = check::verify(&layout, streamed, names)?;
-        let arriving: Vec<Arriving> = arrivals
-            .iter()
-            .map(|(digest, parent, signatures)| Arriving {
-                digest: *digest,
-                parent: *parent,
-                signatures,
-            })
-            .collect();
-        checked.set.signatures = admit(self.db().conn(), &trusts, &arriving)?;
+        let mut checked: CheckedSet = check::verify(&layout, streamed, names, spill)?;
+        checked.set.signatures = {
+            let arriving: Vec<Arriving> = arrivals
+                .iter()
+                .map(|(digest, parent, signatures)| Arriving {
+                    digest: *digest,
+                    parent: *parent,
+                    signatures,
+                })
+                .collect();
+            admit(self.db().conn(), &trusts, &arriving)?
+        };
+        drop(arrivals);
         failpoint::hit(failpoint::IMPORT_VERIFIED)?;
         crate::process::interrupt::check()?;
 
         let rename_to = self.head_rename(&head_digest, head_name)?;
-        let outcome = install_checked(self, lease, &checked.set, opts.repair)?;
+        let outcome = install_checked(self, lease, &mut checked.set, opts.repair)?;
         if let Some(wanted) = &rename_to {
             self.rename(&head_digest.to_string(), wanted.as_str())?;
         }
@@ -206,6 +217,7 @@ impl Registry {
     fn stream(
         &self,
         lease: &Lease,
+        spill: &StagingIndex,
         source: &ImportSource,
         opened: OpenedSource,
         opts: &ImportOptions,
@@ -221,6 +233,7 @@ impl Registry {
             self.layout(),
             self.db().conn(),
             lease.id(),
+            spill,
             source,
             opened,
             Limits {
@@ -271,6 +284,7 @@ impl Registry {
 fn record(
     registry: &mut Registry,
     lease: &Lease,
+    spill: &StagingIndex,
     streamed: &Streamed,
     names: &[SnapshotName],
 ) -> Result<()> {
@@ -285,19 +299,22 @@ fn record(
     let insert = |row: db::ImportFileRow| {
         db::imports::insert_import_files(&tx, lease.id(), std::slice::from_ref(&row))
     };
-    for (s, name) in streamed.snapshots.iter().zip(names) {
-        for (file, bytes) in &s.files {
-            insert(db::ImportFileRow {
-                member: s.member(file),
-                staged_path: rel(&s.dir(&streamed.staged).join(&**file)),
-                final_path: rel(&layout.snapshot_file(name, file)),
-                kind: "snapshot".into(),
-                size: bytes.size,
-                digest: bytes.digest,
-                promote: true,
-            })?;
-        }
-    }
+    spill.each_file(|f| {
+        let (s, name) = (
+            &streamed.snapshots[f.snapshot as usize],
+            &names[f.snapshot as usize],
+        );
+        let file = &f.row.path;
+        insert(db::ImportFileRow {
+            member: s.member(file),
+            staged_path: rel(&s.dir(&streamed.staged).join(file)),
+            final_path: rel(&layout.snapshot_file(name, file)),
+            kind: "snapshot".into(),
+            size: f.row.size,
+            digest: f.row.digest,
+            promote: true,
+        })
+    })?;
     for (file, m) in &streamed.cache {
         insert(db::ImportFileRow {
             member: m.member.clone(),
@@ -315,10 +332,15 @@ fn record(
 
 /// Read the whole archive into staging; the decompressing worker's failure
 /// takes precedence over the tar reader's, since it is the cause.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the stores it writes to, the source and its bounds, each its own"
+)]
 async fn read_archive(
     layout: &Layout,
     conn: &rusqlite::Connection,
     id: &str,
+    spill: &StagingIndex,
     source: &ImportSource,
     opened: OpenedSource,
     limits: Limits,
@@ -335,7 +357,9 @@ async fn read_archive(
         holes: HoleBudget::new(limits.free_hole_bytes),
         source_bytes,
         pinned: HashSet::new(),
-        members: MemberSet::default(),
+        images: HashMap::new(),
+        spill,
+        members: MemberSet::new(spill),
         streamed: Streamed {
             staged: layout.staged_snapshots(id),
             ..Streamed::default()
@@ -413,6 +437,13 @@ fn tar_error(after: &Option<String>, e: ReadError) -> Error {
 
 type Reader = TarReader<tokio::io::DuplexStream>;
 
+/// The import's spill database, in its staging directory.
+fn open_spill(layout: &Layout, id: &str) -> Result<StagingIndex> {
+    let dir = layout.import_staging(id);
+    std::fs::create_dir_all(&dir).at("create directory", &dir)?;
+    StagingIndex::create(&layout.import_spill(id))
+}
+
 /// An archive prefix (`sha256-<16 hex>`, checked by the grammar) as a
 /// number: the same bits in 8 bytes instead of a 16-byte string.
 fn prefix_key(prefix: &str) -> u64 {
@@ -438,7 +469,11 @@ struct Stager<'a> {
     source_bytes: Arc<AtomicU64>,
     /// Images already recorded in `import_pins`.
     pinned: HashSet<Digest>,
-    members: MemberSet,
+    /// Each image's position in `streamed.images`.
+    images: HashMap<(CacheFile, Digest), u32>,
+    /// Member paths and staged files, spilled as they arrive.
+    spill: &'a StagingIndex,
+    members: MemberSet<'a>,
     streamed: Streamed,
     /// Each snapshot's index by its archive prefix's 16 hex digits.
     by_prefix: HashMap<u64, usize>,
@@ -448,8 +483,8 @@ struct Stager<'a> {
     buf: Vec<u8>,
     last: Option<String>,
     /// Uppers whose integrity hash still runs beside the reader, oldest
-    /// first: (snapshot index, file index, the hash).
-    hashing: std::collections::VecDeque<(usize, usize, PendingIntegrity)>,
+    /// first: (snapshot index, the hash).
+    hashing: std::collections::VecDeque<(usize, PendingIntegrity)>,
 }
 
 impl Stager<'_> {
@@ -545,9 +580,19 @@ impl Stager<'_> {
         let staged = out.finish()?;
         self.by_prefix
             .insert(prefix_key(&prefix), self.streamed.snapshots.len());
-        let mut snapshot = StreamedSnapshot::new(&parsed, carried_name);
-        snapshot.files.push((MANIFEST_FILE.into(), staged));
-        self.streamed.snapshots.push(snapshot);
+        let index = self.streamed.snapshots.len();
+        self.spill_file(index, MANIFEST_FILE, &staged)?;
+        let image = (
+            CacheFile::metadata_for_ref(&parsed.manifest.image.reference),
+            image,
+        );
+        let image = *self.images.entry(image).or_insert_with(|| {
+            self.streamed.images.push(image);
+            (self.streamed.images.len() - 1) as u32
+        });
+        self.streamed
+            .snapshots
+            .push(StreamedSnapshot::new(&parsed, image, carried_name));
         Ok(())
     }
 
@@ -639,21 +684,44 @@ impl Stager<'_> {
         let (bytes, hashing) = self
             .stage(reader, &member, &path, size, integrity.as_deref(), true)
             .await?;
-        let files = &mut self.streamed.snapshots[index].files;
-        if let Some(hash) = hashing {
-            self.hashing.push_back((index, files.len(), hash));
+        if *file == *self.streamed.snapshots[index].upper.file {
+            self.streamed.snapshots[index].upper_staged = true;
         }
-        files.push((file.into_boxed_str(), bytes));
+        if let Some(hash) = hashing {
+            self.hashing.push_back((index, hash));
+        }
+        self.spill_file(index, &file, &bytes)
+    }
+
+    /// Record a staged snapshot file in the spill database.
+    fn spill_file(&self, index: usize, file: &str, bytes: &StagedBytes) -> Result<()> {
+        let index = u32::try_from(index).expect("MAX_MEMBERS bounds the snapshots");
+        let row = db::SnapshotFileRow {
+            path: file.to_string(),
+            size: bytes.size,
+            digest: bytes.digest,
+        };
+        self.spill.insert_file(index, &row, bytes.chunks.as_ref())?;
         Ok(())
     }
 
-    /// Wait for the oldest integrity hashes until at most `running` remain,
-    /// recording each digest with its staged file.
+    /// Wait for the oldest upper integrity hashes until at most `running`
+    /// remain, checking each against its manifest's record.
     fn settle(&mut self, running: usize) -> Result<()> {
         while self.hashing.len() > running {
-            let (snapshot, file, hash) = self.hashing.pop_front().expect("longer than running");
+            let (snapshot, hash) = self.hashing.pop_front().expect("longer than running");
             let digest = hash.wait()?.finish();
-            self.streamed.snapshots[snapshot].files[file].1.integrity = Some(digest);
+            let s = &self.streamed.snapshots[snapshot];
+            let integrity = s
+                .upper
+                .integrity
+                .as_ref()
+                .expect("hashed for its integrity");
+            check_integrity(
+                &format!("{}/{}", s.prefix(), s.upper.file),
+                integrity,
+                Some(digest),
+            )?;
         }
         Ok(())
     }

@@ -49,7 +49,8 @@ fn plan(conn: &Connection, set: &StagedSet) -> Result<Plan> {
         std::collections::HashMap::new();
     for (i, s) in set.snapshots.iter().enumerate() {
         if let Some(present) = db::snapshots::snapshot_by_digest(conn, &s.manifest.digest())? {
-            same_files(conn, &present.name, &s.manifest.digest(), &s.files)?;
+            let (files, _) = set.files_of(i)?;
+            same_files(conn, &present.name, &s.manifest.digest(), &files)?;
             continue;
         }
         if let Some(other) = db::snapshots::snapshot_by_name(conn, s.name.as_str())? {
@@ -142,11 +143,13 @@ fn same_files(
 /// Check `set` against the index and install what is new, all or nothing;
 /// a damaged copy found in the way is repaired (see [`repair`]). With
 /// `deep`, a snapshot already present is re-hashed (`--repair`) rather
-/// than only checked by size and manifest.
+/// than only checked by size and manifest. The staged directories' paths
+/// of new snapshots are moved out of `set` into the journal's moves, not
+/// copied: an import may hold a hundred thousand.
 pub fn install_checked(
     registry: &mut Registry,
     lease: &Lease,
-    set: &StagedSet,
+    set: &mut StagedSet,
     deep: bool,
 ) -> Result<InstallOutcome> {
     let lock = registry.lock()?;
@@ -159,6 +162,7 @@ pub fn install_checked(
     let now = now_unix();
     let repairs = plan_repairs(registry, set, &planned, deep, now)?;
     let mut moves = moves(registry.layout(), set, &planned);
+    let set = &*set;
     moves.splice(0..0, repairs.iter().filter_map(|r| r.quarantine.clone()));
     moves.extend(repairs.iter().filter_map(|r| r.reinstall.clone()));
     let restored = restore_cache_files(registry.layout(), set, &planned);
@@ -201,7 +205,8 @@ pub fn install_checked(
             .snapshots
             .iter()
             .enumerate()
-            .filter(|(i, _)| !planned.new_snapshots.contains(i))
+            // In ascending order, as `plan` pushed them.
+            .filter(|(i, _)| planned.new_snapshots.binary_search(i).is_err())
             .map(|(_, s)| s.manifest.digest())
             .filter(|d| !reinstalled.contains(d))
             .collect(),
@@ -318,18 +323,18 @@ fn plan_repairs(
 
 /// The moves from staging to their places under the root of what `planned`
 /// installs, both relative to the root.
-fn moves(layout: &Layout, set: &StagedSet, planned: &Plan) -> Vec<Move> {
+fn moves(layout: &Layout, set: &mut StagedSet, planned: &Plan) -> Vec<Move> {
     let rel = |p: std::path::PathBuf| -> String {
         p.strip_prefix(layout.root())
             .expect("layout paths are under the root")
             .to_string_lossy()
             .into_owned()
     };
-    let mut moves = Vec::new();
+    let mut moves = Vec::with_capacity(planned.new_snapshots.len() + planned.new_cache_files.len());
     for &i in &planned.new_snapshots {
-        let s = &set.snapshots[i];
+        let s = &mut set.snapshots[i];
         moves.push(Move {
-            staged: s.staged_dir.clone(),
+            staged: std::mem::take(&mut s.staged_dir),
             target: rel(layout.snapshot(&s.name)),
         });
     }
@@ -359,7 +364,8 @@ fn insert_rows(
             StagedManifest::OnDisk(digest) => installed_manifest(layout, &s.name, digest)?,
         };
         let row = SnapshotRow::from_manifest(&parsed, s.name.as_str(), now);
-        db::chunks::insert_snapshot_with_chunks(conn, &row, &s.files, &s.chunks)?;
+        let (files, chunks) = set.files_of(i)?;
+        db::chunks::insert_snapshot_with_chunks(conn, &row, &files, &chunks)?;
     }
     for &i in &planned.new_cache_files {
         let c = &set.cache_files[i];

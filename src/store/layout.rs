@@ -222,6 +222,12 @@ impl Layout {
         self.staging().join(id)
     }
 
+    /// `staging/<id>/spill.sqlite`: an import's spill database
+    /// ([`crate::db::staging`]).
+    pub fn import_spill(&self, id: &str) -> PathBuf {
+        self.import_staging(id).join("spill.sqlite")
+    }
+
     /// `staging/<id>/snapshots/<dir>/`: a snapshot directory staged by an
     /// import; `dir` is a validated archive prefix (`sha256-<16 hex>`).
     pub fn staged_snapshot(&self, id: &str, dir: &str) -> PathBuf {

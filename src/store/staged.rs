@@ -2,10 +2,15 @@
 //! cache files in staging, with the rows to write for them. Built by `add`
 //! and by the archive check, consumed by `install`.
 
+use std::borrow::Cow;
+use std::rc::Rc;
+
 use crate::db::SnapshotFileRow;
 use crate::db::signatures::SignatureRow;
+use crate::db::staging::StagingIndex;
 use crate::model::chunk::ChunkList;
 use crate::model::digest::Digest;
+use crate::model::error::Result;
 use crate::model::image::{CacheFile, ImageMetadata};
 use crate::model::manifest::ParsedManifest;
 use crate::store::layout::SnapshotName;
@@ -41,7 +46,8 @@ pub struct StagedSnapshot {
     pub name: SnapshotName,
     /// The staged directory, relative to the root.
     pub staged_dir: String,
-    /// Its files (relative to the directory), hashed while staged.
+    /// Its files (relative to the directory), hashed while staged; empty
+    /// when the set's spill database holds them ([`StagedSet::files_of`]).
     pub files: Vec<SnapshotFileRow>,
     /// The chunk list of each file, by file name, cut in the same pass.
     pub chunks: Vec<(String, ChunkList)>,
@@ -72,4 +78,27 @@ pub struct StagedSet {
     /// Signatures recorded with the snapshots (new ones or ones already here),
     /// in the same transaction as their rows.
     pub signatures: Vec<SignatureRow>,
+    /// Where an import left the files and chunk lists of its snapshots
+    /// (keyed by their position in `snapshots`), read back one snapshot at
+    /// a time; `None` when each snapshot holds its own.
+    pub spill: Option<Rc<StagingIndex>>,
+}
+
+/// The files of one staged snapshot and their chunk lists.
+pub type StagedFiles<'a> = (Cow<'a, [SnapshotFileRow]>, Cow<'a, [(String, ChunkList)]>);
+
+impl StagedSet {
+    /// The files of snapshot `i` and their chunk lists, from the spill
+    /// database when the set has one.
+    pub fn files_of(&self, i: usize) -> Result<StagedFiles<'_>> {
+        let s = &self.snapshots[i];
+        match &self.spill {
+            Some(spill) => {
+                let index = u32::try_from(i).expect("an archive's snapshots are counted in u32");
+                let (files, chunks) = spill.files(index)?;
+                Ok((Cow::Owned(files), Cow::Owned(chunks)))
+            }
+            None => Ok((Cow::Borrowed(&s.files), Cow::Borrowed(&s.chunks))),
+        }
+    }
 }

@@ -5,14 +5,16 @@
 //! bytes an import hashes for upper integrity, charged at the header.
 //!
 //! `MSB_BOUNDS_LONG=1` adds 1,024 snapshots with 1 MiB manifests (96 in
-//! the suite), the largest chain import takes (32,767 snapshots) under
-//! 64 MiB, and the exports refused for the member bound: a chain one
-//! snapshot over it, refused with a `--base` that splits it, whose two
-//! parts import back whole, and a snapshot of 65,537 files (minutes in a
-//! debug build).
+//! the suite), the largest chain import takes (102,400 snapshots, the
+//! member bound) under 64 MiB, and the exports refused for the member
+//! bound: a chain one snapshot over it, refused with a `--base` that
+//! splits it, whose two parts import back whole, and a snapshot of 204,801
+//! files (many minutes in a debug build; bench/bounds.sh measures the
+//! same in release).
 
 use std::collections::BTreeMap;
 
+use msb_registry::MAX_MEMBERS;
 use msb_registry::model::digest::Digest;
 use msb_registry::model::manifest::{Format, ImagePin, Integrity, Manifest, Upper};
 use serde_json::Value;
@@ -124,35 +126,37 @@ fn one_mib_manifests_and_long_carried_names_import_in_bounded_memory() {
     reg.run(&["verify", "--content"]).ok();
 }
 
-/// The largest chain import takes (32,767 snapshots of two members) peaks
-/// under 64 MiB; it peaked at 197 MiB before.
+/// The largest chain import takes (102,400 snapshots of two members, the
+/// member bound) peaks under 64 MiB; 32,768 snapshots peaked at 197 MiB
+/// before the manifests stayed staged, 70 MiB before the files spilled.
 #[test]
 fn the_largest_chain_import_takes_stays_under_64_mib() {
     if !long_runs() {
         return;
     }
     let reg = Reg::new();
-    let report = import_under_limit(&reg, &chain_archive(32_767, 0, 0));
-    assert_eq!(report["imported"].as_array().unwrap().len(), 32_767);
+    let n = MAX_MEMBERS / 2;
+    let report = import_under_limit(&reg, &chain_archive(n, 0, 0));
+    assert_eq!(report["imported"].as_array().unwrap().len(), n);
 }
 
-/// Issue 23: export wrote archives import refuses ("more than 65536
-/// members"). A chain one snapshot over the bound is refused before a byte
-/// is written, naming a `--base` that splits it; both parts import back.
+/// Issue 23: export wrote archives import refuses ("more than N members").
+/// A chain one snapshot over the bound is refused before a byte is
+/// written, naming a `--base` that splits it; both parts import back.
 #[test]
 fn export_refuses_a_chain_import_would_refuse_and_names_a_base() {
     if !long_runs() {
         return;
     }
-    let n = 32_769;
+    let n = MAX_MEMBERS / 2 + 1;
     let src = Reg::new();
     // Imported in two parts, since one archive of it is over the bound.
     let all = chain_archive(n, 0, 0);
     let whole = src.path("whole.tar.zst");
     std::fs::write(&whole, &all).unwrap();
     src.run(&["import", whole.to_str().unwrap()])
-        .fails(6, "more than 65536 members");
-    let (first, rest) = split_chain(n, 30_000);
+        .fails(6, &format!("more than {MAX_MEMBERS} members"));
+    let (first, rest) = split_chain(n, n / 2);
     for (i, part) in [first, rest].iter().enumerate() {
         let path = src.path(&format!("part{i}.tar.zst"));
         std::fs::write(&path, part).unwrap();
@@ -178,7 +182,10 @@ fn export_refuses_a_chain_import_would_refuse_and_names_a_base() {
         ])
         .fails(
             2,
-            "the archive would hold 65538 members, and import takes at most 65536",
+            &format!(
+                "the archive would hold {} members, and import takes at most {MAX_MEMBERS}",
+                MAX_MEMBERS + 2
+            ),
         );
     assert!(!out.exists());
     let base = run
@@ -189,7 +196,8 @@ fn export_refuses_a_chain_import_would_refuse_and_names_a_base() {
         .unwrap()
         .to_string();
     assert!(
-        run.stderr.contains("writes the newest 32768 snapshots"),
+        run.stderr
+            .contains(&format!("writes the newest {} snapshots", MAX_MEMBERS / 2)),
         "{}",
         run.stderr
     );
@@ -248,7 +256,7 @@ fn export_refuses_a_snapshot_with_more_files_than_import_takes() {
     let (bytes, digest) = manifest(None, 0, 0, 4096, None);
     std::fs::write(dir.join("manifest.json"), bytes).unwrap();
     std::fs::write(dir.join("upper.ext4"), vec![1u8; 4096]).unwrap();
-    for i in 0..65_535 {
+    for i in 0..MAX_MEMBERS - 1 {
         std::fs::write(dir.join(format!("f{i}")), []).unwrap();
     }
     reg.run(&["add", dir.to_str().unwrap(), "--name", "wide"])
@@ -260,7 +268,9 @@ fn export_refuses_a_snapshot_with_more_files_than_import_takes() {
     assert_eq!(
         run.stderr.trim_end(),
         format!(
-            "error: the archive would hold 65537 members, and import takes at most 65536 (about 32768 snapshots of two files each); snapshot {digest} alone holds 65537 files; no archive of it can be imported"
+            "error: the archive would hold {total} members, and import takes at most {MAX_MEMBERS} (about {half} snapshots of two files each); snapshot {digest} alone holds {total} files; no archive of it can be imported",
+            total = MAX_MEMBERS + 1,
+            half = MAX_MEMBERS / 2
         )
     );
     assert!(!out.exists());

@@ -266,3 +266,55 @@ fn created_at(snapshot: &SnapshotRow) -> Result<u64> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::entry::Refusal;
+
+    fn row(i: usize) -> SnapshotRow {
+        SnapshotRow {
+            digest: Digest::of(&i.to_le_bytes()),
+            name: format!("s{i}"),
+            parent: None,
+            image_ref: "python:3.12".into(),
+            image_manifest_digest: Digest::of(b"image"),
+            format: "raw".into(),
+            fstype: "ext4".into(),
+            upper_file: "upper.ext4".into(),
+            size_bytes: 4096,
+            integrity_algorithm: None,
+            integrity_digest: None,
+            created_at: "2026-10-01T09:00:00Z".into(),
+            source_sandbox: None,
+            labels: Default::default(),
+            added_at: 0,
+        }
+    }
+
+    /// Export's bound is import's: an archive of exactly [`MAX_MEMBERS`]
+    /// members is written, one more is refused quoting the number import's
+    /// own refusal quotes, with a `--base` whose newer part fits.
+    #[test]
+    fn export_refuses_exactly_what_import_refuses() {
+        let snapshots = MAX_MEMBERS / 2;
+        let chain: Vec<SnapshotRow> = (0..snapshots).map(row).collect();
+        let per_snapshot = vec![2; snapshots];
+        within_member_bound(&chain, &per_snapshot, MAX_MEMBERS).unwrap();
+        let refused = within_member_bound(&chain, &per_snapshot, MAX_MEMBERS + 1)
+            .unwrap_err()
+            .to_string();
+        let imports = Refusal::TooManyMembers(MAX_MEMBERS).to_string();
+        let bound = format!("at most {MAX_MEMBERS}");
+        assert!(imports.ends_with(&format!("more than {MAX_MEMBERS} members")));
+        assert!(refused.contains(&bound), "{refused}");
+        assert!(
+            refused.contains(&format!(
+                "--base {} writes the newest {} snapshots",
+                chain[0].digest,
+                snapshots - 1
+            )),
+            "{refused}"
+        );
+    }
+}

@@ -88,7 +88,7 @@ impl Registry {
             db::imports::insert_import_files(&tx, lease.id(), &journal)?;
             tx.commit()?;
         }
-        let outcome = install_checked(self, lease, &set, deep)?;
+        let outcome = install_checked(self, lease, &mut set, deep)?;
         self.record_pulled(&source.registry, repo, maps)?;
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
