@@ -424,17 +424,6 @@ fn issue_22_a_pull_repairs_a_damaged_snapshot_whose_row_is_still_here() {
     }
 }
 
-/// Fill the file system holding `dir` to the last byte.
-fn fill(dir: &std::path::Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
-    let block = vec![0x5au8; 64 << 10];
-    while f.write_all(&block).is_ok() {}
-    let small = [0x5au8; 512];
-    while f.write_all(&small).is_ok() {}
-    let _ = f.sync_all();
-}
-
 /// A gc on a full disk frees room for its row deletion one file at a time,
 /// files no row names first: killed after its first deletion, it leaves
 /// either no stale row (a quarantine entry went first) or one row of an
@@ -476,7 +465,7 @@ fn issue_22_a_gc_killed_on_a_full_disk_leaves_no_unreported_stale_row() {
     s.reg.run(&["rm", "web"]).ok();
     let pinned_before = cache_files();
     assert!(pinned_before > 0);
-    fill(&s.reg.root());
+    crate::storage::fill(&s.reg.root());
     crash_at(
         &s.reg,
         &["gc", "--grace", "0"],
@@ -488,7 +477,7 @@ fn issue_22_a_gc_killed_on_a_full_disk_leaves_no_unreported_stale_row() {
     assert_eq!(cache_files(), pinned_before);
 
     // Nothing without a row to delete: one cache file goes before its row.
-    fill(&s.reg.root());
+    crate::storage::fill(&s.reg.root());
     crash_at(
         &s.reg,
         &["gc", "--grace", "0"],
@@ -520,7 +509,7 @@ fn issue_22_a_gc_killed_on_a_full_disk_leaves_no_unreported_stale_row() {
         .ok();
     let other_files = files_of(&s.reg.root().join("snapshots/other"));
     s.reg.run(&["rm", "web"]).ok();
-    fill(&s.reg.root());
+    crate::storage::fill(&s.reg.root());
     crash_at(
         &s.reg,
         &["gc", "--grace", "0"],

@@ -500,7 +500,7 @@ fn issue_22_an_older_schema_on_a_read_only_root_is_read_not_migrated() {
 }
 
 /// Fill the file system holding `dir` to the last byte.
-fn fill(dir: &Path) {
+pub(crate) fn fill(dir: &Path) {
     use std::io::Write;
     let mut f = std::fs::File::create(dir.join("filler")).unwrap();
     let block = vec![0x5au8; 64 << 10];
