@@ -485,6 +485,13 @@ fn lying_chunk_maps_are_refused_with_6() {
     );
     p.refused(5, &["upper.ext4"]);
 
+    // A chunk the map says is all zeros: a hole, which a chunk list never
+    // names; refused from the map, before any pack is read.
+    let (index, ..) = p.first_chunk();
+    let zeros = Digest::of(&vec![0u8; 131072]).to_string();
+    p.rewrite(|m| m["chunks"][index][0] = zeros.clone().into(), |_| {});
+    p.refused(6, &["upper.ext4", "holds only zeros"]);
+
     // A frame that decompresses to more than a chunk (a zstd bomb).
     p.swap_first_chunk_frame(&zstd::bulk::compress(&vec![1u8; 4 << 20], 3).unwrap());
     p.refused(6, &["decompresses to more than the chunk's 131072 bytes"]);
