@@ -1,6 +1,7 @@
 //! What the whole process shares, beside the data model at the bottom:
 //! progress events, the interrupt flag set by SIGINT/SIGTERM, the
-//! failpoints the crash tests arm, and how many threads hashing may use.
+//! failpoints the crash tests arm, how many threads hashing may use, and a
+//! timeline for finding where an operation waits.
 
 pub(crate) mod budget;
 #[doc(hidden)]
@@ -8,3 +9,4 @@ pub mod failpoint;
 pub(crate) mod interrupt;
 pub(crate) mod progress;
 pub mod threads;
+pub mod timeline;

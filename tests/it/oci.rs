@@ -500,6 +500,62 @@ fn a_pull_into_a_root_holding_the_parent_downloads_about_the_childs_changes() {
     verify_content(&b);
 }
 
+/// A chunk the index places in a snapshot whose file has changed since is
+/// not trusted: copied from there, or read there as a delta's base, it
+/// fails its check and comes down from the registry instead (pull copies
+/// and downloads at once, and checks a base only when a delta does not
+/// decode against it), and the pulled child is whole.
+#[test]
+fn a_pull_downloads_what_a_changed_local_parent_no_longer_holds() {
+    if !enabled() {
+        return;
+    }
+    let chain = ext4_chain();
+    let remote = OciRegistry::start(Options::plain());
+    let a = root_with_chain();
+    let target = format!("{}:app", remote.repo("snaps"));
+    push(&a, &["py-app", &target, "--with-parents"]);
+
+    let intact = Reg::new();
+    intact.run(&["add", chain.base.to_str().unwrap()]).ok();
+    let clean = pull(&intact, &[&target]);
+    assert!(clean.chunks_local > 0, "{clean:?}");
+
+    let b = Reg::new();
+    b.run(&["add", chain.base.to_str().unwrap()]).ok();
+    let upper = b.root().join("snapshots/py-base/upper.ext4");
+    let mut bytes = std::fs::read(&upper).unwrap();
+    let mut changed = 0;
+    for chunk in bytes.chunks_mut(128 << 10) {
+        if chunk.iter().any(|&b| b != 0) {
+            chunk[1000] ^= 0x5a;
+            changed += 1;
+        }
+    }
+    assert!(changed > 0);
+    let mut perms = std::fs::metadata(&upper).unwrap().permissions();
+    #[expect(
+        clippy::permissions_set_readonly_false,
+        reason = "the test damages a snapshot file"
+    )]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&upper, perms).unwrap();
+    std::fs::write(&upper, &bytes).unwrap();
+
+    let pulled = pull(&b, &[&target]);
+    assert_eq!(pulled.imported, [chain.app_digest.to_string().as_str()]);
+    assert_eq!(pulled.chunks_local, 0, "{pulled:?}");
+    assert!(
+        pulled.chunks_downloaded > clean.chunks_downloaded,
+        "{pulled:?} against {clean:?}"
+    );
+    same_files(
+        &a.root().join("snapshots/py-app"),
+        &b.root().join("snapshots/py-app"),
+    );
+    verify_content(&intact);
+}
+
 #[test]
 fn a_child_pushed_after_its_parent_uploads_about_its_changes() {
     if !enabled() {

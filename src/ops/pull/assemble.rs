@@ -63,6 +63,7 @@ impl Registry {
         let most = crate::process::threads::available().min(MAX_FOLLOWED);
         for s in chain {
             let (map, pack_sizes) = self.fetch_map(client, repo, s, max_file, report).await?;
+            crate::process::timeline::mark("assemble: chunk map fetched");
             let lists = map
                 .files
                 .iter()
@@ -79,6 +80,7 @@ impl Registry {
             std::fs::create_dir_all(&dir).at("create directory", &dir)?;
             let files = self.open_files(&dir, &map)?;
             let followers = follow(s, &map, &files)?;
+            crate::process::timeline::mark("assemble: followers started");
             let downloaded = self
                 .assemble(
                     client,
@@ -127,7 +129,10 @@ impl Registry {
     }
 
     /// Write every file of `map` into `files`: chunks already there (an
-    /// interrupted pull's), then chunks found locally, then downloads.
+    /// interrupted pull's), then chunks found locally while the rest
+    /// downloads, so the followers find each region landed as soon as
+    /// possible. Chunks a local file turned out not to hold, and deltas
+    /// whose base is not here, come down last.
     #[allow(clippy::too_many_arguments)]
     async fn assemble(
         &self,
@@ -141,11 +146,24 @@ impl Registry {
         report: &mut Transfer,
         progress: &dyn Progress,
     ) -> Result<HashSet<Digest>> {
-        let wanted = self.place_local(map, files, written, report, progress)?;
-        let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
+        let (copies, wanted) = self.plan_local(map, files, written, report, progress)?;
+        let (deltas, mut first): (Vec<Wanted>, Vec<Wanted>) =
             wanted.into_values().partition(|w| w.base.is_some());
-        self.add_bases(map, &deltas, &mut plain, written)?;
-        // Plain frames first (bases among them), then the deltas.
+        let mut later = Vec::new();
+        for d in deltas {
+            let base = d.base.expect("a delta has a base");
+            if self.local_candidate(written, &base, None)? {
+                first.push(d);
+            } else {
+                later.push(d);
+            }
+        }
+        crate::process::timeline::mark(&format!(
+            "assemble: {} chunks to copy, {} frames to download first, {} deltas after",
+            copies.len(),
+            first.len(),
+            later.len()
+        ));
         let cell = std::cell::RefCell::new(std::mem::take(written));
         let dir = files[0]
             .path
@@ -166,10 +184,33 @@ impl Registry {
             }
             Ok(())
         };
-        let mut result = Ok(());
-        for phase in [plain, deltas] {
-            result = self
-                .download(
+        let deferred = std::cell::RefCell::new(Vec::new());
+        let both = async {
+            let ((copied, missed), ()) = tokio::try_join!(
+                self.copy_local(files, &cell, copies, progress),
+                self.download(
+                    client,
+                    repo,
+                    map,
+                    pack_sizes,
+                    files,
+                    &cell,
+                    &scratch,
+                    first,
+                    jobs,
+                    Some(&deferred),
+                    &mut landed,
+                ),
+            )?;
+            crate::process::timeline::mark("assemble: local copies and first downloads done");
+            later.extend(merged(missed));
+            later.append(&mut deferred.borrow_mut());
+            let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
+                later.into_iter().partition(|w| w.base.is_some());
+            self.add_bases(map, &deltas, &mut plain, &mut cell.borrow_mut())?;
+            // Plain frames first (bases among them), then the deltas.
+            for phase in [plain, deltas] {
+                self.download(
                     client,
                     repo,
                     map,
@@ -179,12 +220,18 @@ impl Registry {
                     &scratch,
                     phase,
                     jobs,
+                    None,
                     &mut landed,
                 )
-                .await;
-            if result.is_err() {
-                break;
+                .await?;
             }
+            crate::process::timeline::mark("assemble: downloads done");
+            Ok::<_, crate::model::error::Error>(copied)
+        };
+        let result = both.await;
+        if let Ok((chunks, bytes)) = result {
+            report.chunks_local += chunks;
+            report.bytes_local += bytes;
         }
         // The bases' places go with the file: a later snapshot of the chain
         // finds its own bases here or downloads them again.
@@ -192,20 +239,22 @@ impl Registry {
         written_now.retain(|_, (path, ..)| *path != scratch.path());
         *written = written_now;
         scratch.remove()?;
-        result.map(|()| downloaded)
+        result.map(|_| downloaded)
     }
 
-    /// Write into `files` the chunks of `map` already on this machine
-    /// (in offset order, so the followers hash right behind); returns the
-    /// chunks left to download.
-    fn place_local(
+    /// Sort the chunks of `map` (in offset order): those an interrupted run
+    /// already wrote are kept (checked here), those the index says are on
+    /// this machine are to be copied (one target each), the rest to be
+    /// downloaded.
+    fn plan_local(
         &self,
         map: &ChunkMap,
         files: &[Staged],
         written: &mut Written,
         report: &mut Transfer,
         progress: &dyn Progress,
-    ) -> Result<HashMap<Digest, Wanted>> {
+    ) -> Result<(Vec<Wanted>, HashMap<Digest, Wanted>)> {
+        let mut copies = Vec::new();
         let mut wanted: HashMap<Digest, Wanted> = HashMap::new();
         let bases = map.bases();
         for (index, (f, staged)) in map.files.iter().zip(files).enumerate() {
@@ -220,30 +269,59 @@ impl Registry {
                     progress.advance(len);
                     continue;
                 }
-                if let Some((bytes, _)) = self.local_chunk(written, &c.chunk(), Some(len))? {
-                    staged.write(&bytes, offset)?;
-                    report.chunks_local += 1;
-                    report.bytes_local += len;
-                    written.insert(c.chunk(), (path.clone(), offset, len));
-                    progress.advance(len);
-                    crate::process::failpoint::hit(crate::process::failpoint::PULL_CHUNK_WRITTEN)?;
+                let w = Wanted {
+                    chunk: c.chunk(),
+                    pack: c.pack(),
+                    frame: (c.offset(), c.frame_len()),
+                    len,
+                    base: bases[i as usize].map(|b| map.chunks[b].chunk()),
+                    targets: vec![(index, offset)],
+                };
+                if !wanted.contains_key(&c.chunk())
+                    && self.local_candidate(written, &c.chunk(), Some(len))?
+                {
+                    copies.push(w);
                     continue;
                 }
                 wanted
                     .entry(c.chunk())
-                    .or_insert_with(|| Wanted {
-                        chunk: c.chunk(),
-                        pack: c.pack(),
-                        frame: (c.offset(), c.frame_len()),
-                        len,
-                        base: bases[i as usize].map(|b| map.chunks[b].chunk()),
-                        targets: Vec::new(),
-                    })
-                    .targets
-                    .push((index, offset));
+                    .and_modify(|e| e.targets.push((index, offset)))
+                    .or_insert(w);
             }
         }
-        Ok(wanted)
+        Ok((copies, wanted))
+    }
+
+    /// Copy `copies` (each chunk to its one target) from where they are on
+    /// this machine, checked as [`Registry::local_chunk`] does, yielding
+    /// between chunks so downloads progress meanwhile. Returns the chunks
+    /// and bytes copied, and the chunks no longer found (to download).
+    async fn copy_local(
+        &self,
+        files: &[Staged],
+        written: &std::cell::RefCell<Written>,
+        copies: Vec<Wanted>,
+        progress: &dyn Progress,
+    ) -> Result<((u64, u64), Vec<Wanted>)> {
+        let (mut chunks, mut bytes, mut missed) = (0, 0, Vec::new());
+        for w in copies {
+            let (index, offset) = w.targets[0];
+            let found = self.local_chunk(&written.borrow(), &w.chunk, Some(w.len))?;
+            let Some((buf, _)) = found else {
+                missed.push(w);
+                continue;
+            };
+            files[index].write(&buf, offset)?;
+            chunks += 1;
+            bytes += w.len;
+            written
+                .borrow_mut()
+                .insert(w.chunk, (files[index].path.clone(), offset, w.len));
+            progress.advance(w.len);
+            crate::process::failpoint::hit(crate::process::failpoint::PULL_CHUNK_WRITTEN)?;
+            tokio::task::yield_now().await;
+        }
+        Ok(((chunks, bytes), missed))
     }
 
     /// Bases of `deltas` that are neither here nor downloaded anyway come
@@ -286,6 +364,22 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The same chunk wanted at several places, as one download.
+fn merged(missed: Vec<Wanted>) -> Vec<Wanted> {
+    let mut by_chunk: HashMap<Digest, Wanted> = HashMap::new();
+    for w in missed {
+        match by_chunk.entry(w.chunk) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.get_mut().targets.extend(w.targets)
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(w);
+            }
+        }
+    }
+    by_chunk.into_values().collect()
 }
 
 /// Earlier snapshots of the chain are whole: wait for their hashing while

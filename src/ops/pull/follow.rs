@@ -277,11 +277,13 @@ fn hash_integrity(
     integrity: &Integrity,
     hashed: &AtomicU64,
 ) -> Result<Option<Digest>> {
+    crate::process::timeline::mark("integrity: start");
     let mut h = IntegrityHasher::for_integrity(integrity, size);
     let done = walk(landing, file, path, size, &mut |piece, _| {
         feed(&mut h, piece, Some(hashed));
         Ok(())
     })?;
+    crate::process::timeline::mark("integrity: done");
     Ok(done.then(|| h.finish()))
 }
 
@@ -368,10 +370,13 @@ fn walk(
     let mut buf = vec![0u8; READ_BUF];
     let mut pos = 0u64;
     let mut k = 0;
+    let mut waited = std::time::Duration::ZERO;
     while k < landing.spans.len() {
+        let t = std::time::Instant::now();
         let Some(upto) = landing.ready_from(k) else {
             return Ok(false);
         };
+        waited += t.elapsed();
         for &(offset, len) in &landing.spans[k..upto] {
             read_range(file, path, pos, offset, &mut buf, &mut |p| sink(p, false))?;
             read_range(file, path, offset, offset + len, &mut buf, &mut |p| {
@@ -382,6 +387,10 @@ fn walk(
         k = upto;
     }
     read_range(file, path, pos, size, &mut buf, &mut |p| sink(p, false))?;
+    crate::process::timeline::mark(&format!(
+        "walk: waited {:.1} ms for chunks",
+        waited.as_secs_f64() * 1000.0
+    ));
     Ok(true)
 }
 

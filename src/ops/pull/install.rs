@@ -60,6 +60,7 @@ impl Registry {
             set.snapshots.push(staged);
         }
         progress.finish();
+        crate::process::timeline::mark("install: every file hashed");
         // What an interrupted run of this pull staged of the image is redone.
         crate::store::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
         for image in images {
@@ -88,8 +89,11 @@ impl Registry {
             db::imports::insert_import_files(&tx, lease.id(), &journal)?;
             tx.commit()?;
         }
+        crate::process::timeline::mark("install: journal written");
         let outcome = install_checked(self, lease, &mut set, deep)?;
+        crate::process::timeline::mark("install: installed");
         self.record_pulled(&source.registry, repo, maps)?;
+        crate::process::timeline::mark("install: holdings recorded");
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;

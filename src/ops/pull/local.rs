@@ -98,6 +98,60 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The bytes of `base`, to decode a delta against: from this pull's
+    /// files (checked already: `true`), else from any snapshot here,
+    /// unchecked (`false`). A delta decoded against wrong bytes fails its
+    /// own chunk's check, and that check is what protects the file: the
+    /// base is checked only when that happens, never made a place this
+    /// pull trusts by it.
+    pub(super) fn base_bytes(
+        &self,
+        written: &Written,
+        base: &Digest,
+    ) -> Result<Option<(Vec<u8>, bool)>> {
+        if let Some((path, offset, length)) = written.get(base)
+            && let Some(buf) = read_place(path, *offset, *length)
+        {
+            return Ok(Some((buf, true)));
+        }
+        let conn = self.db().conn();
+        if let Some(place) = db::remote::chunk_place(conn, base)?
+            && let Ok(name) = place.name.parse::<SnapshotName>()
+            && let Some(length) = db::chunks::chunk_length(conn, base)?
+            && let Some(buf) = read_place(
+                &self.layout().snapshot_file(&name, &place.path),
+                place.offset,
+                length,
+            )
+        {
+            return Ok(Some((buf, false)));
+        }
+        Ok(None)
+    }
+
+    /// Whether `chunk` (`len` bytes) is probably on this machine: placed by
+    /// this pull, or recorded for a snapshot here. Only the index is asked;
+    /// [`Registry::local_chunk`] reads and checks the bytes when they are used.
+    pub(super) fn local_candidate(
+        &self,
+        written: &Written,
+        chunk: &Digest,
+        len: Option<u64>,
+    ) -> Result<bool> {
+        if written
+            .get(chunk)
+            .is_some_and(|(_, _, length)| len.is_none_or(|l| l == *length))
+        {
+            return Ok(true);
+        }
+        let conn = self.db().conn();
+        Ok(db::remote::chunk_place(conn, chunk)?.is_some()
+            && db::chunks::chunk_length(conn, chunk)?
+                .is_some_and(|length| len.is_none_or(|l| l == length)))
+    }
+}
+
 /// `length` bytes at `offset` of the regular file at `path`, if it has them.
 fn read_place(path: &Path, offset: u64, length: u64) -> Option<Vec<u8>> {
     let file = crate::store::files::open_regular(path).ok()?;

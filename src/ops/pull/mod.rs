@@ -47,6 +47,7 @@ impl Registry {
         opts: &PullOptions,
         progress: &dyn Progress,
     ) -> Result<PullReport> {
+        crate::process::timeline::mark("pull: start");
         let reference = source.manifest_reference().ok_or_else(|| {
             Error::Usage(format!(
                 "{source}: give the snapshot to pull as REPOSITORY:TAG or REPOSITORY@sha256:HEX"
@@ -54,6 +55,7 @@ impl Registry {
         })?;
         let head_name = opts.name.as_deref().map(SnapshotName::chosen).transpose()?;
         let client = Client::new(&source.registry, &opts.client)?;
+        crate::process::timeline::mark("pull: client ready");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -67,6 +69,7 @@ impl Registry {
                 }
             })
             .map_err(explain_interrupt)?;
+        crate::process::timeline::mark("pull: chain resolved");
         let mut report = PullReport {
             head,
             name: String::new(),
@@ -90,7 +93,9 @@ impl Registry {
             db::gc::PULL_SOURCE_PREFIX,
             source.repository_name()
         );
+        crate::process::timeline::mark("pull: signatures checked");
         let mut lease = self.pull_lease(&key)?;
+        crate::process::timeline::mark("pull: lease held");
         let result = runtime.block_on(async {
             tokio::select! {
                 r = self.pull_leased(
@@ -117,6 +122,7 @@ impl Registry {
             }
         }
         result.map_err(explain_interrupt)?;
+        crate::process::timeline::mark("pull: done");
         Ok(report)
     }
 

@@ -43,6 +43,7 @@ impl Registry {
     ) -> Result<(Vec<RemoteSnapshot>, Digest, Digest)> {
         let repo = source.repository.as_str();
         client.ping(repo, Access::Pull).await?;
+        crate::process::timeline::mark("resolve: pinged");
         let (head, manifest_digest) = fetch_snapshot(client, repo, reference, transfer)
             .await?
             .ok_or_else(|| Error::NotFound {
@@ -61,6 +62,7 @@ impl Registry {
                 detail: format!("names snapshot {head_digest}, not {named}"),
             });
         }
+        crate::process::timeline::mark("resolve: head fetched");
         let mut chain = Vec::new();
         let mut seen = HashSet::new();
         let mut next = Some(head);

@@ -80,7 +80,10 @@ impl Registry {
     /// most; decode each (a delta against its base, found on
     /// this machine) and write it where it goes, calling `landed` as each
     /// range is done. Decoded chunks with no place to go (bases no file
-    /// uses) are written to `scratch`, never held in memory.
+    /// uses) are written to `scratch`, never held in memory. A delta whose
+    /// base is not found here, or does not decode against an unchecked one,
+    /// is put in `defer` when given (left out of its range, for a later
+    /// phase to check or fetch its base), else refused.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn download(
         &self,
@@ -93,46 +96,63 @@ impl Registry {
         scratch: &Scratch,
         wanted: Vec<Wanted>,
         jobs: usize,
+        defer: Option<&std::cell::RefCell<Vec<Wanted>>>,
         landed: &mut dyn FnMut(&Range, u64) -> Result<()>,
     ) -> Result<()> {
         let ranges = coalesce(wanted);
         let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
         let budget = &budget;
-        let mut results = stream::iter(ranges.into_iter().map(|range| async move {
+        let mut results = stream::iter(ranges.into_iter().map(|mut range| async move {
             let pack = map.packs[range.pack];
             let (start, len) = range.span();
             let _taken = budget.take(len).await;
             let body = client
                 .get_range(repo, &pack, pack_sizes[range.pack], start, len)
                 .await?;
-            for w in &range.chunks {
+            let mut decoded = Vec::with_capacity(range.chunks.len());
+            for w in std::mem::take(&mut range.chunks) {
                 let frame = &body[(w.frame.0 - start) as usize..][..w.frame.1 as usize];
-                let base = match &w.base {
+                let (base, checked) = match &w.base {
                     Some(b) => {
-                        let found = self.local_chunk(&written.borrow(), b, None)?;
-                        Some(
-                            found
-                                .map(|(bytes, _)| bytes)
-                                .ok_or_else(|| Error::Integrity {
+                        let found = self.base_bytes(&written.borrow(), b)?;
+                        match (found, defer) {
+                            (Some((bytes, checked)), _) => (Some(bytes), checked),
+                            (None, Some(defer)) => {
+                                defer.borrow_mut().push(w);
+                                continue;
+                            }
+                            (None, None) => {
+                                return Err(Error::Integrity {
                                     subject: format!("chunk {} in pack {pack}", w.chunk),
                                     detail: format!("its base chunk {b} is nowhere to be found"),
-                                })?,
-                        )
+                                });
+                            }
+                        }
                     }
-                    None => None,
+                    None => (None, true),
                 };
                 let exact = !w.targets.is_empty();
                 let bytes =
-                    decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, &pack)?;
+                    match decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, &pack) {
+                        // The base was not checked: a later phase checks it
+                        // (or downloads it) and decodes again.
+                        Err(_) if !checked && let Some(defer) = defer => {
+                            defer.borrow_mut().push(w);
+                            continue;
+                        }
+                        decoded => decoded?,
+                    };
                 if w.targets.is_empty() {
                     let place = scratch.keep(&bytes)?;
                     written.borrow_mut().insert(w.chunk, place);
-                    continue;
+                } else {
+                    for &(index, offset) in &w.targets {
+                        files[index].write(&bytes, offset)?;
+                    }
                 }
-                for &(index, offset) in &w.targets {
-                    files[index].write(&bytes, offset)?;
-                }
+                decoded.push(w);
             }
+            range.chunks = decoded;
             Ok::<_, Error>((range, len))
         }))
         .buffer_unordered(jobs);
