@@ -151,6 +151,9 @@ impl Registry {
                     }
                 }
                 decoded.push(w);
+                // Local copies and other ranges go on between chunks, so
+                // the followers find each file's regions written in order.
+                tokio::task::yield_now().await;
             }
             range.chunks = decoded;
             Ok::<_, Error>((range, len))
