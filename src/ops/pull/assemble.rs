@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::follow::{FollowSpec, Follower, Staged};
-use super::local::{Scratch, Written, clear_unlisted, holds, open_staged};
+use super::local::{Scratch, Written, clear_unlisted, holds, open_staged, read_source};
 use super::report::Transfer;
 use super::resolve::RemoteSnapshot;
 use super::transfer::{Range, Wanted};
@@ -24,6 +24,11 @@ use crate::remote::format::{ChunkMap, MapFile, malformed};
 /// never more than this, so their buffers stay small beside the 64 MiB
 /// bound.
 const MAX_FOLLOWED: usize = 8;
+
+/// Local chunks read and checked at once, each on a blocking thread, beside
+/// the hashing threads: the thread that writes them then has only the
+/// writes, and a core the hashing leaves idle is used.
+const COPIES_IN_FLIGHT: usize = 2;
 
 /// A snapshot assembled in staging.
 pub(super) struct Assembled {
@@ -293,9 +298,10 @@ impl Registry {
     }
 
     /// Copy `copies` (each chunk to its one target) from where they are on
-    /// this machine, checked as [`Registry::local_chunk`] does, yielding
-    /// between chunks so downloads progress meanwhile. Returns the chunks
-    /// and bytes copied, and the chunks no longer found (to download).
+    /// this machine, each read and checked on a blocking thread
+    /// ([`COPIES_IN_FLIGHT`] at a time) and written here in offset order,
+    /// while downloads go on. Returns the chunks and bytes copied, and the
+    /// chunks no longer found (to download).
     async fn copy_local(
         &self,
         files: &[Staged],
@@ -303,14 +309,28 @@ impl Registry {
         copies: Vec<Wanted>,
         progress: &dyn Progress,
     ) -> Result<((u64, u64), Vec<Wanted>)> {
+        use futures_util::stream::{self, StreamExt};
         let (mut chunks, mut bytes, mut missed) = (0, 0, Vec::new());
-        for w in copies {
-            let (index, offset) = w.targets[0];
-            let found = self.local_chunk(&written.borrow(), &w.chunk, Some(w.len))?;
-            let Some((buf, _)) = found else {
+        let mut read = stream::iter(copies)
+            .map(|w| {
+                let sources = self.chunk_sources(&written.borrow(), &w.chunk, w.len);
+                async move {
+                    let sources = sources?;
+                    let chunk = w.chunk;
+                    let buf = tokio::task::spawn_blocking(move || read_source(&sources, &chunk))
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    Ok::<_, crate::model::error::Error>((w, buf))
+                }
+            })
+            .buffered(COPIES_IN_FLIGHT);
+        while let Some(done) = read.next().await {
+            let (w, buf) = done?;
+            let Some(buf) = buf else {
                 missed.push(w);
                 continue;
             };
+            let (index, offset) = w.targets[0];
             files[index].write(&buf, offset)?;
             chunks += 1;
             bytes += w.len;
@@ -319,7 +339,6 @@ impl Registry {
                 .insert(w.chunk, (files[index].path.clone(), offset, w.len));
             progress.advance(w.len);
             crate::process::failpoint::hit(crate::process::failpoint::PULL_CHUNK_WRITTEN)?;
-            tokio::task::yield_now().await;
         }
         Ok(((chunks, bytes), missed))
     }

@@ -99,6 +99,30 @@ impl Registry {
 }
 
 impl Registry {
+    /// Where `chunk` (`len` bytes) may be read here, best first, each with
+    /// whether it was checked already: this pull's place for it, then the
+    /// place the index records in a snapshot (to be hashed before use).
+    pub(super) fn chunk_sources(
+        &self,
+        written: &Written,
+        chunk: &Digest,
+        len: u64,
+    ) -> Result<Vec<(Place, bool)>> {
+        let mut sources = Vec::new();
+        if let Some(place) = written.get(chunk).filter(|p| p.2 == len) {
+            sources.push((place.clone(), true));
+        }
+        let conn = self.db().conn();
+        if let Some(place) = db::remote::chunk_place(conn, chunk)?
+            && let Ok(name) = place.name.parse::<SnapshotName>()
+            && db::chunks::chunk_length(conn, chunk)? == Some(len)
+        {
+            let path = self.layout().snapshot_file(&name, &place.path);
+            sources.push(((path, place.offset, len), false));
+        }
+        Ok(sources)
+    }
+
     /// The bytes of `base`, to decode a delta against: from this pull's
     /// files (checked already: `true`), else from any snapshot here,
     /// unchecked (`false`). A delta decoded against wrong bytes fails its
@@ -150,6 +174,16 @@ impl Registry {
             && db::chunks::chunk_length(conn, chunk)?
                 .is_some_and(|length| len.is_none_or(|l| l == length)))
     }
+}
+
+/// The bytes of `chunk` from the first of `sources` that holds them
+/// (hashed unless checked already: a changed file is not trusted).
+pub(super) fn read_source(sources: &[(Place, bool)], chunk: &Digest) -> Option<Vec<u8>> {
+    sources
+        .iter()
+        .find_map(|((path, offset, length), checked)| {
+            read_place(path, *offset, *length).filter(|buf| *checked || Digest::of(buf) == *chunk)
+        })
 }
 
 /// `length` bytes at `offset` of the regular file at `path`, if it has them.
