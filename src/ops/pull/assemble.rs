@@ -1,7 +1,8 @@
 //! Assemble: write every file of each snapshot's chunk map into the
 //! lease's staging: chunks already there (an interrupted pull's), then
-//! chunks found locally, then downloads. Holes stay holes. Each file's
-//! followers hash it as its chunks land, on threads of their own.
+//! chunks found locally and downloads at the same time. Holes stay holes.
+//! Each file's followers hash it as its chunks land, on threads of their
+//! own.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
