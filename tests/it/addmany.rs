@@ -272,3 +272,73 @@ fn kill_9_during_a_multi_add_leaves_nothing() {
     reg.run(&args).ok();
     reg.run(&["verify", "--content"]).ok();
 }
+
+#[test]
+fn ctrl_c_while_the_uppers_are_hashed_exits_130_and_leaves_nothing() {
+    let reg = Reg::new();
+    let image = make_image_cache(&reg.path("src-cache"), "python:3.12", 7, &[4096]);
+    // Three 6 GiB uppers of holes whose recorded sha256 is never reached:
+    // hashing them takes seconds, so the signal lands mid-hash.
+    let mut dirs = Vec::new();
+    for name in ["one", "two", "three"] {
+        let dir = reg.path(&format!("src/{name}"));
+        make_snapshot(&dir, &SnapSpec::new(&image).label("name", name));
+        let len: u64 = 6 << 30;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("upper.ext4"))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let path = dir.join("manifest.json");
+        let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["upper"]["size_bytes"] = len.into();
+        manifest["upper"]["integrity"] = serde_json::json!({
+            "algorithm": "sha256",
+            "digest": Digest::of(b"never reached").to_string(),
+        });
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        dirs.push(dir);
+    }
+    // Something already here, so "unchanged" is not merely "empty".
+    let lone = reg.path("other/lone");
+    make_snapshot(&lone, &SnapSpec::new(&image).label("lone", "1"));
+    reg.run(&["add", s(&lone)]).ok();
+    let before = (reg.tree(), reg.dump());
+    assert!(before.0.contains_key("snapshots/lone/"), "{:?}", before.0);
+    let mut child = reg
+        .command(&[
+            "--threads",
+            "2",
+            "add",
+            s(&dirs[0]),
+            s(&dirs[1]),
+            s(&dirs[2]),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staged = |dir: &std::path::Path| -> bool {
+        std::fs::read_dir(dir).into_iter().flatten().any(|lease| {
+            let snapshots = lease.unwrap().path().join("snapshots");
+            std::fs::read_dir(snapshots)
+                .into_iter()
+                .flatten()
+                .any(|s| s.unwrap().path().join("upper.ext4").exists())
+        })
+    };
+    let mut waited = 0;
+    while !staged(&reg.root().join("staging")) {
+        assert!(waited < 2000, "no upper was staged");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 1;
+    }
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_eq!((reg.tree(), reg.dump()), before);
+}
