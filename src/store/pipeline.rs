@@ -110,6 +110,8 @@ struct Written {
     closed: bool,
     /// The hasher sleeps until `upto` moves.
     waiting: bool,
+    /// The hashing thread has ended.
+    ended: bool,
 }
 
 /// How long a waiting hasher sleeps before it looks for an interrupt.
@@ -123,9 +125,33 @@ impl Gate {
                 upto: 0,
                 closed: false,
                 waiting: false,
+                ended: false,
             }),
             changed: Condvar::new(),
         })
+    }
+
+    /// Run `f` as the hashing thread, saying when it ends (however it ends).
+    fn run<T>(self: Arc<Self>, f: impl FnOnce(&Gate) -> T) -> T {
+        struct Ends(Arc<Gate>);
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                let mut w = self.0.written.lock().unwrap_or_else(|p| p.into_inner());
+                w.ended = true;
+                self.0.changed.notify_all();
+            }
+        }
+        let ends = Ends(self);
+        f(&ends.0)
+    }
+
+    /// Wait until the hashing thread ends, at most `nap`.
+    fn wait_end(&self, nap: Duration) {
+        let w = self.written.lock().expect("gate lock");
+        let _ = self
+            .changed
+            .wait_timeout_while(w, nap, |w| !w.ended)
+            .expect("gate lock");
     }
 
     fn halted(&self) -> bool {
@@ -233,33 +259,35 @@ impl<S: LogicalSink + Send + 'static> Feed<S> {
         let (free_tx, free) = channel::<Vec<u8>>();
         let gate = Gate::new();
         let stopped = Arc::clone(&gate);
-        let halt = move || stopped.halted();
         let handle = std::thread::Builder::new()
             .name("msb-hash".into())
             .spawn(move || {
-                for msg in rx {
-                    if halt() {
-                        return Ok(None);
-                    }
-                    match msg {
-                        Msg::Data(mut block) => {
-                            sink.data(&block);
-                            block.clear();
-                            let _ = free_tx.send(block);
+                stopped.run(|gate| {
+                    let halt = || gate.halted();
+                    for msg in rx {
+                        if halt() {
+                            return Ok(None);
                         }
-                        Msg::Zeros(mut n) => {
-                            while n > 0 {
-                                let step = n.min(STEP);
-                                sink.zeros(step);
-                                n -= step;
-                                if n > 0 && halt() {
-                                    return Ok(None);
+                        match msg {
+                            Msg::Data(mut block) => {
+                                sink.data(&block);
+                                block.clear();
+                                let _ = free_tx.send(block);
+                            }
+                            Msg::Zeros(mut n) => {
+                                while n > 0 {
+                                    let step = n.min(STEP);
+                                    sink.zeros(step);
+                                    n -= step;
+                                    if n > 0 && halt() {
+                                        return Ok(None);
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                Ok(Some(sink))
+                    Ok(Some(sink))
+                })
             })
             .expect("start a hashing thread");
         Feed {
@@ -400,7 +428,7 @@ impl<S: LogicalSink + Send + 'static> Followed<S> {
         let follows = Arc::clone(&gate);
         let handle = std::thread::Builder::new()
             .name("msb-follow".into())
-            .spawn(move || follow(sink, &file, &path, &follows))
+            .spawn(move || follows.run(|gate| follow(sink, &file, &path, gate)))
             .map_err(|e| Error::io("start", "a hashing thread", e))?;
         Ok(Followed {
             state: Following::Thread(Worker {
@@ -490,6 +518,21 @@ enum PendingState<S> {
 }
 
 impl<S> Pending<S> {
+    /// Whether the hash has ended ([`Pending::wait`] would not block).
+    pub fn is_done(&self) -> bool {
+        match &self.0 {
+            PendingState::Done(_) => true,
+            PendingState::Running(w) => w.handle.as_ref().is_none_or(JoinHandle::is_finished),
+        }
+    }
+
+    /// Block until the hash ends, or at most `nap`.
+    pub fn wait_a_while(&self, nap: Duration) {
+        if let PendingState::Running(w) = &self.0 {
+            w.gate.wait_end(nap);
+        }
+    }
+
     /// The sink once it has hashed everything; an interrupt (SIGINT,
     /// SIGTERM) stops it early and is the error.
     pub fn wait(self) -> Result<S> {
