@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 
+use super::Dest;
 use super::report::{CHUNK_ZSTD_LEVEL, Counts, PACK_CHUNKS, Stored};
 use super::resolve::ChunkSource;
 use crate::db::{self, remote::PackedChunk};
@@ -15,7 +16,6 @@ use crate::ops::registry::Registry;
 use crate::process::budget::{ByteBudget, MAX_IN_FLIGHT_BYTES};
 use crate::process::progress::Progress;
 use crate::remote::format::{Descriptor, PACK};
-use crate::remote::{Client, RemoteRef};
 
 /// A chunk's zstd frame in a pack.
 struct Frame {
@@ -40,17 +40,18 @@ impl Registry {
     /// them on the blocking pool, and store each pack the repository
     /// lacks, `jobs` at a time and [`MAX_IN_FLIGHT_BYTES`] of packs in
     /// memory at most; each stored pack is recorded (blob and
-    /// chunk places) in its own transaction as it lands.
+    /// chunk places) in its own transaction as it lands. Returns what
+    /// was stored.
     pub(super) async fn store_packs(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         unplaced: Vec<Unplaced>,
-        jobs: usize,
-        counts: &mut Counts,
         progress: &dyn Progress,
-    ) -> Result<()> {
-        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+    ) -> Result<Counts> {
+        let (registry, repo) = (
+            dest.target.registry.as_str(),
+            dest.target.repository.as_str(),
+        );
         let batches: Vec<Vec<Unplaced>> = unplaced.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
         let conn = self.db().conn();
         let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
@@ -63,11 +64,12 @@ impl Registry {
                 .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
             taken.shrink_to(body.len() as u64);
             let desc = Descriptor::of(PACK, &body);
-            let stored = store_one(conn, client, registry, repo, &desc, Body::Memory(body)).await?;
+            let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
             drop(taken);
             Ok::<_, Error>((desc, stored, frames, logical))
         }))
-        .buffer_unordered(jobs);
+        .buffer_unordered(dest.jobs);
+        let mut counts = Counts::default();
         while let Some(done) = results.next().await {
             let (desc, stored, frames, logical) = done?;
             counts.add(&stored, desc.size);
@@ -90,25 +92,26 @@ impl Registry {
             progress.advance(logical);
             crate::process::failpoint::hit(crate::process::failpoint::PUSH_BLOB_STORED)?;
         }
-        Ok(())
+        Ok(counts)
     }
 
-    /// Store one blob held in memory unless the repository holds it.
+    /// Store one blob this push made (a config, a chunk map) unless the
+    /// repository holds it; asked by HEAD only of a repository not fresh.
     pub(super) async fn store_blob(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         desc: &Descriptor,
         body: Bytes,
-        counts: &mut Counts,
-    ) -> Result<()> {
-        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+    ) -> Result<Stored> {
+        let (registry, repo) = (
+            dest.target.registry.as_str(),
+            dest.target.repository.as_str(),
+        );
         let conn = self.db().conn();
-        let stored = store_one(conn, client, registry, repo, desc, Body::Memory(body)).await?;
-        counts.add(&stored, desc.size);
+        let stored = store_one(conn, dest, desc, Body::Memory(body), !dest.fresh).await?;
         db::remote::record_remote(conn, registry, repo, &desc.digest, desc.size)?;
         crate::process::failpoint::hit(crate::process::failpoint::PUSH_BLOB_STORED)?;
-        Ok(())
+        Ok(stored)
     }
 }
 /// What a blob's body comes from.
@@ -117,19 +120,21 @@ pub(super) enum Body<'a> {
     File(&'a std::path::Path),
 }
 
-/// Store one blob unless the repository holds it (recorded, or found by
-/// a HEAD); mounted from another repository of the registry when one is
-/// known to hold it; else uploaded, a file streamed from disk.
+/// Store one blob unless the repository holds it (recorded, or, when
+/// `ask`, found by a HEAD); mounted from another repository of the
+/// registry when one is known to hold it; else uploaded, a file streamed
+/// from disk.
 pub(super) async fn store_one(
     conn: &rusqlite::Connection,
-    client: &Client,
-    registry: &str,
-    repo: &str,
+    dest: &Dest<'_>,
     desc: &Descriptor,
     body: Body<'_>,
+    ask: bool,
 ) -> Result<Stored> {
+    let (client, registry) = (dest.client, dest.target.registry.as_str());
+    let repo = dest.target.repository.as_str();
     if db::remote::remote_has(conn, registry, repo, &desc.digest)?
-        || client.head_blob(repo, &desc.digest).await?.is_some()
+        || (ask && client.head_blob(repo, &desc.digest).await?.is_some())
     {
         return Ok(Stored::Present);
     }
