@@ -262,12 +262,9 @@ impl Registry {
         let unplaced = self.unplaced(snapshot, &order, &places, &held, counts, progress)?;
         let config_desc = Descriptor::of(SNAPSHOT_CONFIG, &config);
         let config_body = Bytes::from(config);
-        let (packs, config_stored) = tokio::try_join!(
-            self.store_packs(dest, unplaced, progress),
-            self.store_blob(dest, &config_desc, config_body),
-        )?;
-        packs.add_to(counts);
-        counts.add(&config_stored, config_desc.size);
+        self.store_packs(dest, unplaced, (config_desc.clone(), config_body), progress)
+            .await?
+            .add_to(counts);
         let map = self.chunk_map(target, snapshot, files, &order)?;
         let map_bytes = Bytes::from(map.to_bytes());
         let map_desc = Descriptor::of(CHUNK_MAP, &map_bytes);
