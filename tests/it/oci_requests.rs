@@ -117,3 +117,31 @@ fn a_blob_left_in_a_repository_without_tags_is_only_sent_again() {
     assert_eq!(run.ok().json::<Value>()["head"], digest.to_string());
     dst.run(&["verify", "--content"]).ok();
 }
+
+#[test]
+fn a_tag_listing_refused_or_unknown_means_asking_about_each_blob() {
+    for status in [403, 404, 405] {
+        let fake = Fake::start();
+        let env = Env::new();
+        let (src, digest) = source("base");
+        fake.config(json!({"inject": [
+            {"method": "GET", "path": "/tags/list", "action": "status", "status": status},
+        ]}));
+        let report = push(&env, &src, "base", &fake);
+        assert!(report["blobs_uploaded"].as_u64().unwrap() > 0, "{report}");
+        let seen = kinds(&fake.log());
+        assert_eq!(seen.get("GET tags"), Some(&1), "{status}: {seen:?}");
+        assert_eq!(
+            seen.get("HEAD blob"),
+            seen.get("POST upload"),
+            "{status}: {seen:?}"
+        );
+        let dst = populated();
+        let run = env.run(
+            &dst,
+            &["pull", &fake.at("base"), "--insecure", "--json"],
+            b"",
+        );
+        assert_eq!(run.ok().json::<Value>()["head"], digest.to_string());
+    }
+}

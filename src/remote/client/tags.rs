@@ -3,16 +3,24 @@
 
 use reqwest::{Method, StatusCode};
 
-use super::body::read_body;
+use super::body::{error_text, read_body};
 use super::{Access, Client, MAX_SMALL_BODY, scope};
-use crate::model::error::Result;
+use crate::model::error::{Error, Result};
 
 impl Client {
     /// `Ok(true)` when `repository` lists no tag (the registry does not
     /// know it, or its tag list is empty); `Ok(false)` when it lists one,
-    /// or answers in any way that does not say so plainly (no tag listing,
-    /// a body too large or not the distribution API's).
+    /// or answers in any way that does not say so plainly (listing refused
+    /// to our credentials, as ECR does without `ecr:ListImages`, no such
+    /// route, a body too large or not the distribution API's).
     pub async fn lists_no_tags(&self, repository: &str) -> Result<bool> {
+        match self.list_tags(repository).await {
+            Err(Error::RemoteAuth { .. }) => Ok(false),
+            other => other,
+        }
+    }
+
+    async fn list_tags(&self, repository: &str) -> Result<bool> {
         let mut url = self.url(&format!("v2/{repository}/tags/list"));
         url.query_pairs_mut().append_pair("n", "1");
         let scope = scope(repository, Access::Pull);
@@ -22,7 +30,11 @@ impl Client {
                 .send_once(&Method::GET, &url, &[&scope], &|r| r)
                 .await?;
             match res.status() {
-                StatusCode::NOT_FOUND => return Ok(true),
+                // The distribution API's answer for a repository it does
+                // not know; a bare 404 may be a registry without the route.
+                StatusCode::NOT_FOUND => {
+                    return Ok(error_text(res).await.starts_with("NAME_UNKNOWN:"));
+                }
                 StatusCode::OK => {}
                 _ => return Ok(false),
             }
