@@ -1,6 +1,7 @@
 //! Integration tests: the real `msb-registry` binary against temporary
 //! registries, plus library-level checks. One binary, one module per area.
 
+mod addmany;
 mod archives;
 mod chaos;
 mod chunks;
