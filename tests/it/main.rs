@@ -32,6 +32,7 @@ mod oci_fake;
 mod oci_hostile;
 mod oci_network;
 mod oci_pushpull;
+mod oci_requests;
 mod ociutil;
 mod reader;
 mod repair;
