@@ -219,9 +219,7 @@ impl Db {
     /// This connection's page cache, in `PRAGMA cache_size` terms
     /// (negative: KiB), to put back after [`Db::set_cache_kib`].
     pub fn cache_size(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA cache_size", [], |r| r.get(0))?)
+        Ok(self.conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?)
     }
 
     /// Set this connection's page cache to `kib` KiB, or back to what
