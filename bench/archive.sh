@@ -212,14 +212,19 @@ bench_hashing() {
         "$(timed_runs ":" "'$BIN' --root '$dst' -q verify --content")"
     against_bound "verify --content --threads 1" "$upper" \
         "$(timed_runs ":" "'$BIN' --threads 1 --root '$dst' -q verify --content")"
+    # One command, the directories in any order: the uppers hashed at once.
+    local add_all="'$BIN' --root '$adst' -q add '$ROOT/snapshots/app' '$ROOT/snapshots/base' '$ROOT/snapshots/deps'"
+    against_bound "add chain (one command)" "$upper" "$(timed_runs "rm -rf '$adst'" "$add_all")"
+    # The old way, for comparison: three commands, one upper after another.
     local adds="" n
     for n in base deps app; do
         adds+="'$BIN' --root '$adst' -q add '$ROOT/snapshots/$n' --name $n && "
     done
     against_bound "add chain (3 adds)" "$upper" "$(timed_runs "rm -rf '$adst'" "${adds}true")"
-    printf 'peak RSS import chain: %s MiB, verify --content: %s MiB (target <= 64)\n' \
+    printf 'peak RSS import chain: %s MiB, verify --content: %s MiB, add chain: %s MiB (target <= 64)\n' \
         "$(rm -rf "$dst" && peak_rss_mib "'$BIN' --root '$dst' -q import '$WORK/ours.tar.zst'")" \
-        "$(peak_rss_mib "'$BIN' --root '$dst' -q verify --content")"
+        "$(peak_rss_mib "'$BIN' --root '$dst' -q verify --content")" \
+        "$(rm -rf "$adst" && peak_rss_mib "$add_all")"
     if [[ -n ${BEFORE:-} ]]; then
         log "== one core (taskset -c 0): import of the chain, this build vs $BEFORE ($RUNS runs each)"
         local a b

@@ -299,8 +299,10 @@ pub struct PullArgs {
 /// `add`.
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// The snapshot directory (holding manifest.json and the upper file).
-    pub dir: PathBuf,
+    /// The snapshot directories (each holding manifest.json and the upper file); several
+    /// are installed all or nothing, in any order: parents are found by their digests.
+    #[arg(required = true, value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
     /// Name in the registry [default: the directory's name].
     #[arg(long)]
     pub name: Option<String>,
@@ -315,6 +317,10 @@ pub struct AddArgs {
     /// damaged copy (even one of the right size) moves to quarantine/ and this one replaces it.
     #[arg(long)]
     pub repair: bool,
+    /// With several directories: accept a snapshot whose parent is neither among them nor
+    /// in this registry (it arrives shallow, as a single directory always may).
+    #[arg(long)]
+    pub allow_shallow: bool,
     /// Signing policy.
     #[command(flatten)]
     pub trust: TrustArgs,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::printer::{Printer, aligned, human_bytes, plural};
 use crate::model::text::escape;
 use crate::ops::add::AddReport;
+use crate::ops::add_many::AddManyReport;
 use crate::ops::demo::DemoReport;
 use crate::ops::du::DuReport;
 use crate::ops::export::ExportReport;
@@ -71,6 +72,30 @@ pub fn add(p: &mut Printer, report: &AddReport) -> Rendered {
             report.cache_files_skipped
         ))
     }
+}
+
+/// `add` of several directories: a line per snapshot, parents first, then the cache.
+pub fn add_many(p: &mut Printer, report: &AddManyReport) -> Rendered {
+    for s in &report.snapshots {
+        if s.already_present {
+            p.line(format!(
+                "{} ({}) is already in the registry",
+                s.name, s.digest
+            ))?;
+        } else {
+            p.line(format!(
+                "added {} ({}): {}, {}",
+                s.name,
+                s.digest,
+                plural(s.files, "file"),
+                human_bytes(s.bytes)
+            ))?;
+        }
+    }
+    p.line(format!(
+        "cache: {} installed, {} already present",
+        report.cache_files_installed, report.cache_files_skipped
+    ))
 }
 
 /// `list`.

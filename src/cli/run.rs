@@ -239,11 +239,18 @@ fn add(
         signatures: args.signature,
         trust: args.trust.options(),
         repair: args.repair,
+        allow_shallow: args.allow_shallow,
     };
-    let r = registry.add(&args.dir, &opts, progress)?;
+    if let [dir] = args.dirs.as_slice() {
+        let r = registry.add(dir, &opts, progress)?;
+        report_repairs(&r.repaired);
+        p.hint(r.microsandbox_hint.as_deref());
+        return Ok(summary(p, &r, render::add));
+    }
+    let r = registry.add_many(&args.dirs, &opts, progress)?;
     report_repairs(&r.repaired);
     p.hint(r.microsandbox_hint.as_deref());
-    Ok(summary(p, &r, render::add))
+    Ok(summary(p, &r, render::add_many))
 }
 
 /// `sign`: the signature on stdout; a key that had already signed is said on stderr.

@@ -134,6 +134,33 @@ pub fn copy_pack_holdings(
     Ok(())
 }
 
+/// Whether anything is recorded as held by `repository` of `registry`.
+pub fn remote_holds_any(conn: &Connection, registry: &str, repository: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM remote_blobs WHERE registry = ?1 AND repository = ?2 LIMIT 1",
+        )?
+        .query_row(params![registry, repository], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Whether any repository of `registry` but `repository` is recorded as
+/// holding chunks (a mount could then bring some of them).
+pub fn remote_chunks_elsewhere_any(
+    conn: &Connection,
+    registry: &str,
+    repository: &str,
+) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM remote_chunks WHERE registry = ?1 AND repository <> ?2 LIMIT 1",
+        )?
+        .query_row(params![registry, repository], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Whether `repository` of `registry` is known to hold `blob`.
 pub fn remote_has(
     conn: &Connection,

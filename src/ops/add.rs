@@ -12,7 +12,7 @@ use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::model::image::{CacheFile, ImageMetadata, MAX_METADATA_BYTES};
 use crate::model::manifest::{
-    MAX_MANIFEST_BYTES, Manifest, ParsedManifest, Upper, is_normal_file_name,
+    ImagePin, MAX_MANIFEST_BYTES, Manifest, ParsedManifest, Upper, is_normal_file_name,
 };
 use crate::ops::install::install_checked;
 use crate::ops::registry::Registry;
@@ -37,6 +37,9 @@ pub struct AddOptions {
     /// Re-hash the snapshot's copy here, when present, before calling it
     /// intact (see [`crate::ops::repair`]).
     pub repair: bool,
+    /// With several directories: accept a snapshot whose parent is neither
+    /// among them nor in the registry (it lands shallow, as one directory does).
+    pub allow_shallow: bool,
 }
 
 /// What `add` did.
@@ -277,10 +280,26 @@ impl Registry {
         journal: &mut Vec<ImportFileRow>,
         set: &mut StagedSet,
     ) -> Result<()> {
+        let pin = &parsed.manifest.image;
+        self.stage_cache_in(lease, "cache", cache_dir, pin, progress, journal, set)
+    }
+
+    /// [`Registry::stage_cache`] into the staging subdirectory `subdir`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn stage_cache_in(
+        &self,
+        lease: &Lease,
+        subdir: &str,
+        cache_dir: &Path,
+        pin: &ImagePin,
+        progress: &dyn Progress,
+        journal: &mut Vec<ImportFileRow>,
+        set: &mut StagedSet,
+    ) -> Result<()> {
         let root = self.layout().root();
-        let staged_cache = lease.staging().join("cache");
+        let staged_cache = lease.staging().join(subdir);
         std::fs::create_dir(&staged_cache).at("create directory", &staged_cache)?;
-        let (meta, cache_files) = stage_image(cache_dir, parsed, &staged_cache, progress)?;
+        let (meta, cache_files) = stage_image(cache_dir, pin, &staged_cache, progress)?;
         for (file, path, bytes) in cache_files {
             journal.push(ImportFileRow {
                 member: cache_dir.join(file.rel_path()).display().to_string(),
@@ -298,14 +317,13 @@ impl Registry {
                 digest: bytes.digest,
             });
         }
-        set.images
-            .push((meta, parsed.manifest.image.reference.clone()));
+        set.images.push((meta, pin.reference.clone()));
         Ok(())
     }
 }
 
 /// `path` relative to the registry root (staging is under the root).
-fn under_root(root: &Path, path: &Path) -> String {
+pub(crate) fn under_root(root: &Path, path: &Path) -> String {
     path.strip_prefix(root)
         .expect("staging is under the root")
         .to_string_lossy()
@@ -313,15 +331,18 @@ fn under_root(root: &Path, path: &Path) -> String {
 }
 
 /// A regular file of a snapshot directory to add.
-struct SourceFile {
-    name: String,
-    path: PathBuf,
-    len: u64,
+pub(crate) struct SourceFile {
+    /// Its name in the directory.
+    pub name: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its apparent size.
+    pub len: u64,
 }
 
 /// The files of the snapshot directory `dir`, sorted by name: regular files
 /// only, the upper among them with the size its manifest records.
-fn source_files(dir: &Path, upper: &Upper) -> Result<Vec<SourceFile>> {
+pub(crate) fn source_files(dir: &Path, upper: &Upper) -> Result<Vec<SourceFile>> {
     let mut sources = Vec::new();
     for entry in std::fs::read_dir(dir).at("read directory", dir)? {
         let entry = entry.at("read directory", dir)?;
@@ -371,6 +392,19 @@ fn copy_into(
     chunked: bool,
     progress: &dyn Progress,
 ) -> Result<crate::store::stage::StagedBytes> {
+    copy_until(src, len, target, integrity, chunked, progress, &|| Ok(()))
+}
+
+/// [`copy_into`], calling `go_on` before each piece: its error ends the copy.
+pub(crate) fn copy_until(
+    src: &Path,
+    len: u64,
+    target: &Path,
+    integrity: Option<&crate::model::manifest::Integrity>,
+    chunked: bool,
+    progress: &dyn Progress,
+    go_on: &dyn Fn() -> Result<()>,
+) -> Result<crate::store::stage::StagedBytes> {
     let file = crate::store::files::open_regular(src)?;
     let mut out = StagingFile::create(target, len, integrity)?;
     if chunked {
@@ -378,6 +412,7 @@ fn copy_into(
     }
     read_logical(&file, len, src, |piece| {
         crate::process::interrupt::check()?;
+        go_on()?;
         progress.advance(match piece {
             crate::store::files::Piece::Data(d) => d.len() as u64,
             crate::store::files::Piece::Zeros(n) => n,
@@ -393,11 +428,10 @@ type StagedCache = Vec<(CacheFile, PathBuf, crate::store::stage::StagedBytes)>;
 /// Stage the pinned image's metadata and artifacts from a microsandbox cache directory.
 fn stage_image(
     cache_dir: &Path,
-    parsed: &ParsedManifest,
+    pin: &ImagePin,
     staged_cache: &Path,
     progress: &dyn Progress,
 ) -> Result<(ImageMetadata, StagedCache)> {
-    let pin = &parsed.manifest.image;
     let meta_file = CacheFile::metadata_for_ref(&pin.reference);
     let meta_path = cache_dir.join(meta_file.rel_path());
     if !meta_path.exists() {

@@ -479,6 +479,10 @@ const LARGE_CACHE_KIB: i64 = 8 * 1024;
 /// with 8 MiB), so the default is kept.
 const LARGE_CACHE_UP_TO: usize = 50_000;
 
+/// How long [`Stager::settle`] waits on the oldest hash before it looks
+/// whether another has ended.
+const SETTLE_NAP: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The import's bounds on what one archive may cost.
 struct Limits {
     max_file_bytes: u64,
@@ -733,25 +737,38 @@ impl Stager<'_> {
         Ok(())
     }
 
-    /// Wait for the oldest upper integrity hashes until at most `running`
-    /// remain, checking each against its manifest's record.
+    /// Wait for upper integrity hashes until at most `running` remain,
+    /// checking each against its manifest's record as soon as it ends,
+    /// whichever ends first: a bad upper is refused while the hashes of
+    /// uppers before it still run.
     fn settle(&mut self, running: usize) -> Result<()> {
-        while self.hashing.len() > running {
-            let (snapshot, hash) = self.hashing.pop_front().expect("longer than running");
-            let digest = hash.wait()?.finish();
-            let s = &self.streamed.snapshots[snapshot];
-            let integrity = s
-                .upper
-                .integrity
-                .as_ref()
-                .expect("hashed for its integrity");
-            check_integrity(
-                &format!("{}/{}", s.prefix(), s.upper.file),
-                integrity,
-                Some(digest),
-            )?;
+        loop {
+            if let Some(k) = self.hashing.iter().position(|(_, h)| h.is_done()) {
+                let (snapshot, hash) = self.hashing.remove(k).expect("found");
+                self.check_upper(snapshot, hash)?;
+                continue;
+            }
+            if self.hashing.len() <= running {
+                return Ok(());
+            }
+            self.hashing[0].1.wait_a_while(SETTLE_NAP);
         }
-        Ok(())
+    }
+
+    /// Check one upper's finished integrity hash against its manifest.
+    fn check_upper(&self, snapshot: usize, hash: PendingIntegrity) -> Result<()> {
+        let digest = hash.wait()?.finish();
+        let s = &self.streamed.snapshots[snapshot];
+        let integrity = s
+            .upper
+            .integrity
+            .as_ref()
+            .expect("hashed for its integrity");
+        check_integrity(
+            &format!("{}/{}", s.prefix(), s.upper.file),
+            integrity,
+            Some(digest),
+        )
     }
 
     async fn cache_file(

@@ -4,6 +4,7 @@
 //! and `remote`, then `db` and `store`, then `model` and `process`.
 
 pub mod add;
+pub mod add_many;
 pub mod demo;
 pub mod du;
 pub mod export;

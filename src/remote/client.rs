@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 mod auth;
 mod body;
+mod tags;
 
 use self::auth::AuthState;
 use self::body::{

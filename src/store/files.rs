@@ -88,6 +88,53 @@ pub fn read_logical(
     Ok(())
 }
 
+/// The logical content of `[pos, end)` of `file` as data and holes, found
+/// with SEEK_DATA / SEEK_HOLE (holes are not read). Everything past the
+/// file's end counts as a hole, so a region a writer has passed without
+/// writing (it extends the size only at the end) reads as zeros.
+pub fn read_range(
+    file: &File,
+    path: &Path,
+    mut pos: u64,
+    end: u64,
+    buf: &mut [u8],
+    f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
+) -> Result<()> {
+    while pos < end {
+        let (data, hole) = match seek(file, pos, libc::SEEK_DATA) {
+            Ok(data) if data >= end => (end, end),
+            Ok(data) => (data, seek(file, data, libc::SEEK_HOLE).at("seek", path)?),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => (end, end),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                (pos, end)
+            }
+            Err(e) => return Err(Error::io("seek", path, e)),
+        };
+        if data > pos {
+            f(Piece::Zeros(data - pos))?;
+            pos = data;
+        }
+        let hole = hole.min(end);
+        while pos < hole {
+            let n = ((hole - pos) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], pos).at("read", path)?;
+            f(Piece::Data(&buf[..n]))?;
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+fn seek(file: &File, pos: u64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: lseek on a descriptor we own; no memory is touched.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, whence) };
+    if at < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(at as u64)
+    }
+}
+
 /// Writes a file from its logical content, leaving every 4 KiB block that is
 /// all zeros (by absolute offset) as a hole.
 pub struct SparseWriter {

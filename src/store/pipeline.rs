@@ -1,21 +1,34 @@
-//! A hash fed on a thread of its own. SHA-256 of one file is serial, so a
+//! Hashes fed on threads of their own. SHA-256 of one file is serial, so a
 //! file's integrity hash runs beside whatever reads, decompresses, writes and
-//! computes the other digests: the reader hands it blocks through a bounded
-//! queue (at most [`DEPTH`] blocks of [`BLOCK_BYTES`] in flight, reused) and
-//! runs of zeros as lengths, so a hole costs the reader nothing and the hash
-//! never waits for the reader's other work.
+//! computes the other digests, in one of two ways:
+//!
+//! - [`Followed`], for a file being written (import's staging): the hash
+//!   follows the staged file. The writer only publishes how far it has
+//!   written; the hasher finds the data extents below that offset with
+//!   SEEK_DATA / SEEK_HOLE, reads them back (from the page cache) with pread
+//!   and hashes holes as zeros without reading. What is hashed is what was
+//!   written, the very file that will be promoted, and the writer never
+//!   waits for the hasher: memory is one read buffer per file, however far
+//!   behind the hash runs.
+//! - [`Offloaded`], for a file read from elsewhere (add, verify): the reader
+//!   hands blocks through a bounded queue (at most [`DEPTH`] blocks of
+//!   [`BLOCK_BYTES`] in flight, reused) and runs of zeros as lengths.
 //!
 //! With one thread allowed ([`crate::process::threads`]), or for a small
 //! file, the sink is fed inline instead: no handoff costs anything there.
 
-use std::sync::Arc;
+use std::fs::File;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, channel, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::model::digest::LogicalSink;
-use crate::model::error::{Error, Result};
+use crate::model::error::{Error, IoContext, Result};
 use crate::process::{interrupt, threads};
+use crate::store::files::{CHUNK, Piece, read_range};
 
 /// Size of the blocks handed to the hashing thread.
 pub const BLOCK_BYTES: usize = 1 << 20;
@@ -24,8 +37,9 @@ pub const BLOCK_BYTES: usize = 1 << 20;
 pub const DEPTH: usize = 4;
 
 /// Files hashed at once, whatever the cores: each holds up to
-/// [`DEPTH`] × [`BLOCK_BYTES`] in its queue plus its reader's buffer, so
-/// this keeps the whole under 64 MiB.
+/// [`DEPTH`] × [`BLOCK_BYTES`] in its queue plus its reader's buffer (a
+/// [`Followed`] hash only its read buffer), so this keeps the whole under
+/// 64 MiB.
 pub const MAX_FILES: usize = 6;
 
 /// How many files to hash at once here: the threads allowed, at most
@@ -74,10 +88,108 @@ struct Feed<S> {
     worker: Worker<S>,
 }
 
-/// A hashing thread and the flag that stops it.
+/// A hashing thread and the gate that stops it.
 struct Worker<S> {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Option<S>>>,
+    gate: Arc<Gate>,
+    /// The sink once done, `None` when stopped early.
+    handle: Option<JoinHandle<Result<Option<S>>>>,
+}
+
+/// What a hashing thread is told: to stop, and for a [`Followed`] hash how
+/// far its file is written.
+struct Gate {
+    stop: AtomicBool,
+    written: Mutex<Written>,
+    changed: Condvar,
+}
+
+struct Written {
+    /// Every byte below this is in the file (holes are never written).
+    upto: u64,
+    /// `upto` is the file's final size.
+    closed: bool,
+    /// The hasher sleeps until `upto` moves.
+    waiting: bool,
+    /// The hashing thread has ended.
+    ended: bool,
+}
+
+/// How long a waiting hasher sleeps before it looks for an interrupt.
+const NAP: Duration = Duration::from_millis(100);
+
+impl Gate {
+    fn new() -> Arc<Gate> {
+        Arc::new(Gate {
+            stop: AtomicBool::new(false),
+            written: Mutex::new(Written {
+                upto: 0,
+                closed: false,
+                waiting: false,
+                ended: false,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Run `f` as the hashing thread, saying when it ends (however it ends).
+    fn run<T>(self: Arc<Self>, f: impl FnOnce(&Gate) -> T) -> T {
+        struct Ends(Arc<Gate>);
+        impl Drop for Ends {
+            fn drop(&mut self) {
+                let mut w = self.0.written.lock().unwrap_or_else(|p| p.into_inner());
+                w.ended = true;
+                self.0.changed.notify_all();
+            }
+        }
+        let ends = Ends(self);
+        f(&ends.0)
+    }
+
+    /// Wait until the hashing thread ends, at most `nap`.
+    fn wait_end(&self, nap: Duration) {
+        let w = self.written.lock().expect("gate lock");
+        let _ = self
+            .changed
+            .wait_timeout_while(w, nap, |w| !w.ended)
+            .expect("gate lock");
+    }
+
+    fn halted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || interrupt::pending().is_some()
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _guard = self.written.lock().expect("gate lock");
+        self.changed.notify_all();
+    }
+
+    /// The writer has written everything below `upto`; `closed`: that is all.
+    fn publish(&self, upto: u64, closed: bool) {
+        let mut w = self.written.lock().expect("gate lock");
+        w.upto = upto;
+        w.closed |= closed;
+        if w.waiting {
+            w.waiting = false;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Wait until more than `pos` bytes are written or the file is closed:
+    /// how far it is written and whether that is all, `None` once stopped.
+    fn beyond(&self, pos: u64) -> Option<(u64, bool)> {
+        let mut w = self.written.lock().expect("gate lock");
+        loop {
+            if self.halted() {
+                return None;
+            }
+            if w.upto > pos || w.closed {
+                return Some((w.upto, w.closed));
+            }
+            w.waiting = true;
+            w = self.changed.wait_timeout(w, NAP).expect("gate lock").0;
+        }
+    }
 }
 
 impl<S: LogicalSink + Send + 'static> Offloaded<S> {
@@ -104,7 +216,7 @@ impl<S: LogicalSink + Send + 'static> Offloaded<S> {
                 let worker = std::mem::replace(
                     &mut feed.worker,
                     Worker {
-                        stop: Arc::new(AtomicBool::new(false)),
+                        gate: Gate::new(),
                         handle: None,
                     },
                 );
@@ -145,35 +257,37 @@ impl<S: LogicalSink + Send + 'static> Feed<S> {
         // by `unallocated`, not by the slots.
         let (tx, rx) = sync_channel::<Msg>(DEPTH * 2);
         let (free_tx, free) = channel::<Vec<u8>>();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let halt = move || stopped.load(Ordering::Relaxed) || interrupt::pending().is_some();
+        let gate = Gate::new();
+        let stopped = Arc::clone(&gate);
         let handle = std::thread::Builder::new()
             .name("msb-hash".into())
             .spawn(move || {
-                for msg in rx {
-                    if halt() {
-                        return None;
-                    }
-                    match msg {
-                        Msg::Data(mut block) => {
-                            sink.data(&block);
-                            block.clear();
-                            let _ = free_tx.send(block);
+                stopped.run(|gate| {
+                    let halt = || gate.halted();
+                    for msg in rx {
+                        if halt() {
+                            return Ok(None);
                         }
-                        Msg::Zeros(mut n) => {
-                            while n > 0 {
-                                let step = n.min(STEP);
-                                sink.zeros(step);
-                                n -= step;
-                                if n > 0 && halt() {
-                                    return None;
+                        match msg {
+                            Msg::Data(mut block) => {
+                                sink.data(&block);
+                                block.clear();
+                                let _ = free_tx.send(block);
+                            }
+                            Msg::Zeros(mut n) => {
+                                while n > 0 {
+                                    let step = n.min(STEP);
+                                    sink.zeros(step);
+                                    n -= step;
+                                    if n > 0 && halt() {
+                                        return Ok(None);
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                Some(sink)
+                    Ok(Some(sink))
+                })
             })
             .expect("start a hashing thread");
         Feed {
@@ -184,7 +298,7 @@ impl<S: LogicalSink + Send + 'static> Feed<S> {
             zeros: 0,
             gone: false,
             worker: Worker {
-                stop,
+                gate,
                 handle: Some(handle),
             },
         }
@@ -260,14 +374,16 @@ impl<S: LogicalSink + Send + 'static> Feed<S> {
 impl<S> Drop for Feed<S> {
     fn drop(&mut self) {
         // Dropped before `close`: the file was abandoned.
-        self.worker.stop.store(true, Ordering::Relaxed);
+        self.worker.gate.stop();
         self.tx = None;
     }
 }
 
 impl<S> Worker<S> {
-    fn join(&mut self) -> Option<S> {
-        let handle = self.handle.take()?;
+    fn join(&mut self) -> Result<Option<S>> {
+        let Some(handle) = self.handle.take() else {
+            return Ok(None);
+        };
         match handle.join() {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -278,8 +394,117 @@ impl<S> Worker<S> {
 impl<S> Drop for Worker<S> {
     fn drop(&mut self) {
         if self.handle.is_some() {
-            self.stop.store(true, Ordering::Relaxed);
+            self.gate.stop();
             let _ = self.join();
+        }
+    }
+}
+
+/// A [`LogicalSink`] `S` fed from a file as it is written: on a thread of
+/// its own that reads the staged file back behind the writer when more
+/// than one thread is allowed and the file is large enough, inline from
+/// the writer's pieces otherwise. Either way it hashes what was written.
+pub struct Followed<S: LogicalSink + Send + 'static> {
+    state: Following<S>,
+}
+
+enum Following<S: LogicalSink + Send + 'static> {
+    Inline(S),
+    Thread(Worker<S>),
+}
+
+impl<S: LogicalSink + Send + 'static> Followed<S> {
+    /// Feed `sink` with the logical bytes of `file` at `path`, being written
+    /// from its start to `len` bytes; `file` must be open for reading.
+    pub fn new(sink: S, file: &File, path: &Path, len: u64) -> Result<Self> {
+        if len < OFFLOAD_FROM || threads::available() < 2 {
+            return Ok(Followed {
+                state: Following::Inline(sink),
+            });
+        }
+        let file = file.try_clone().at("open", path)?;
+        let gate = Gate::new();
+        let path = path.to_path_buf();
+        let follows = Arc::clone(&gate);
+        let handle = std::thread::Builder::new()
+            .name("msb-follow".into())
+            .spawn(move || follows.run(|gate| follow(sink, &file, &path, gate)))
+            .map_err(|e| Error::io("start", "a hashing thread", e))?;
+        Ok(Followed {
+            state: Following::Thread(Worker {
+                gate,
+                handle: Some(handle),
+            }),
+        })
+    }
+
+    /// `piece` was written, and everything below `written` is in the file.
+    pub fn written(&mut self, piece: Piece<'_>, written: u64) {
+        match &mut self.state {
+            Following::Inline(s) => match piece {
+                Piece::Data(d) => s.data(d),
+                Piece::Zeros(n) => s.zeros(n),
+            },
+            Following::Thread(w) => w.gate.publish(written, false),
+        }
+    }
+
+    /// The file is complete at `len` bytes: let the hash finish in the
+    /// background.
+    pub fn close(self, len: u64) -> Pending<S> {
+        match self.state {
+            Following::Inline(s) => Pending(PendingState::Done(s)),
+            Following::Thread(w) => {
+                w.gate.publish(len, true);
+                Pending(PendingState::Running(w))
+            }
+        }
+    }
+}
+
+/// Hash `file` in order as the writer publishes it, holes as zeros;
+/// `None` once stopped.
+fn follow<S: LogicalSink>(mut sink: S, file: &File, path: &Path, gate: &Gate) -> Result<Option<S>> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    let mut halted = false;
+    loop {
+        let Some((upto, closed)) = gate.beyond(pos) else {
+            return Ok(None);
+        };
+        let walked = read_range(file, path, pos, upto, &mut buf, &mut |piece| {
+            let mut n = match piece {
+                Piece::Data(d) => {
+                    sink.data(d);
+                    0
+                }
+                Piece::Zeros(n) => n,
+            };
+            while n > 0 {
+                let step = n.min(STEP);
+                sink.zeros(step);
+                n -= step;
+                if n > 0 && gate.halted() {
+                    break;
+                }
+            }
+            if gate.halted() {
+                halted = true;
+                // Ends the walk; the caller sees `halted`, not this.
+                return Err(Error::Interrupted {
+                    signal: libc::SIGINT,
+                    cleaned: String::new(),
+                });
+            }
+            Ok(())
+        });
+        if halted {
+            return Ok(None);
+        }
+        walked?;
+        pos = pos.max(upto);
+        if closed {
+            return Ok(Some(sink));
         }
     }
 }
@@ -293,12 +518,27 @@ enum PendingState<S> {
 }
 
 impl<S> Pending<S> {
+    /// Whether the hash has ended ([`Pending::wait`] would not block).
+    pub fn is_done(&self) -> bool {
+        match &self.0 {
+            PendingState::Done(_) => true,
+            PendingState::Running(w) => w.handle.as_ref().is_none_or(JoinHandle::is_finished),
+        }
+    }
+
+    /// Block until the hash ends, or at most `nap`.
+    pub fn wait_a_while(&self, nap: Duration) {
+        if let PendingState::Running(w) = &self.0 {
+            w.gate.wait_end(nap);
+        }
+    }
+
     /// The sink once it has hashed everything; an interrupt (SIGINT,
     /// SIGTERM) stops it early and is the error.
     pub fn wait(self) -> Result<S> {
         match self.0 {
             PendingState::Done(s) => Ok(s),
-            PendingState::Running(mut w) => match w.join() {
+            PendingState::Running(mut w) => match w.join()? {
                 Some(s) => Ok(s),
                 None => {
                     interrupt::check()?;
@@ -351,6 +591,89 @@ mod tests {
         assert!(matches!(off.state, State::Thread(_)));
         let bytes = feed(&mut off, &pattern);
         assert_eq!(off.finish().unwrap().finish(), Digest::of(&bytes));
+    }
+
+    /// Write `pattern` through a [`SparseWriter`] into a new file while a
+    /// [`Followed`] hash follows it: the bytes written and the hash.
+    fn write_followed(
+        path: &Path,
+        pattern: &[(u8, usize)],
+        len: u64,
+    ) -> (Vec<u8>, Pending<PlainSha256>) {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        let mut hash = Followed::new(PlainSha256::default(), &file, path, len).unwrap();
+        assert!(matches!(hash.state, Following::Thread(_)));
+        let mut writer = crate::store::files::SparseWriter::new(file);
+        let mut all = Vec::new();
+        for &(byte, n) in pattern {
+            // Zero data written as data (zero blocks become holes), and
+            // holes as runs: both must hash as zeros.
+            let data: Vec<u8> = (0..n)
+                .map(|i| if byte == 0 { 0 } else { byte ^ (i as u8) })
+                .collect();
+            for piece in data.chunks(300_001) {
+                let piece = if byte == 0 && piece.len() % 2 == 0 {
+                    Piece::Zeros(piece.len() as u64)
+                } else {
+                    Piece::Data(piece)
+                };
+                writer.piece(piece).unwrap();
+                hash.written(piece, writer.position());
+            }
+            all.extend(data);
+        }
+        let pending = hash.close(writer.position());
+        writer.finish().unwrap();
+        (all, pending)
+    }
+
+    #[test]
+    fn a_followed_hash_is_the_hash_of_what_was_written() {
+        threads::set_limit(4);
+        let dir = tempfile::tempdir().unwrap();
+        let pattern = [
+            (7, 10),
+            (0, 3 << 20),
+            (9, 5 << 20),
+            (0, 17),
+            (0, 1 << 20),
+            (3, 1),
+            (5, (2 << 20) + 5),
+            // Ends in a hole: the file's size is only set after the close.
+            (0, (4 << 20) + 3),
+        ];
+        let len: usize = pattern.iter().map(|p| p.1).sum();
+        let path = dir.path().join("f");
+        let (bytes, pending) = write_followed(&path, &pattern, len as u64);
+        assert_eq!(bytes.len(), len);
+        assert_eq!(pending.wait().unwrap().finish(), Digest::of(&bytes));
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn an_abandoned_follow_stops_its_thread() {
+        threads::set_limit(4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let mut hash = Followed::new(PlainSha256::default(), &file, &path, 1 << 40).unwrap();
+        // A terabyte hole written: dropping the hash must not hash it all,
+        // nor wait for the rest of the file.
+        hash.written(Piece::Zeros(1 << 40), 1 << 40);
+        drop(hash);
+        let mut waiting = Followed::new(PlainSha256::default(), &file, &path, 1 << 40).unwrap();
+        waiting.written(Piece::Data(&[1; 4096]), 4096);
+        drop(waiting);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! extents digest every file gets, and the upper's integrity hash, all fed
 //! from the same pass so no byte is read twice. The integrity hash, the
 //! serial part that covers every logical byte, runs on a thread of its own
-//! when more than one is allowed ([`crate::store::pipeline`]).
+//! when more than one is allowed ([`crate::store::pipeline`]): for a staged
+//! file it follows the file as it is written and hashes what was written,
+//! read back from the staged file itself, so it hashes exactly what will be
+//! promoted and the writer never waits for it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,7 @@ use crate::model::error::{Error, IoContext, Result};
 use crate::model::manifest::{INTEGRITY_SHA256, INTEGRITY_SPARSE_SHA256_V1, Integrity};
 use crate::process::progress::Progress;
 use crate::store::files::{Piece, SparseWriter, read_logical, start_writeback};
-use crate::store::pipeline::{Offloaded, Pending};
+use crate::store::pipeline::{Followed, Offloaded, Pending};
 
 /// A running integrity hash of an upper file.
 pub enum IntegrityHasher {
@@ -147,7 +150,7 @@ pub struct StagingFile {
     path: PathBuf,
     writer: SparseWriter,
     extents: ExtentsSha256,
-    integrity: Option<Offloaded<IntegrityHasher>>,
+    integrity: Option<Followed<IntegrityHasher>>,
     chunks: Option<ChunkSink>,
 }
 
@@ -158,17 +161,21 @@ impl StagingFile {
     /// Create `path` (which must not exist) for a file of `len` logical
     /// bytes, hashing its integrity too when `integrity` is given.
     pub fn create(path: &Path, len: u64, integrity: Option<&Integrity>) -> Result<Self> {
+        // Readable too: the integrity hash may read it back as it is written.
         let file = File::options()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(path)
             .at("create", path)?;
+        let integrity = integrity
+            .map(|i| Followed::new(IntegrityHasher::for_integrity(i, len), &file, path, len))
+            .transpose()?;
         Ok(StagingFile {
             path: path.to_path_buf(),
             writer: SparseWriter::new(file),
             extents: ExtentsSha256::new(len),
-            integrity: integrity
-                .map(|i| Offloaded::new(IntegrityHasher::for_integrity(i, len), len)),
+            integrity,
             chunks: None,
         })
     }
@@ -184,16 +191,18 @@ impl StagingFile {
         match piece {
             Piece::Data(d) => {
                 self.extents.data(d);
-                self.integrity.data(d);
                 self.chunks.data(d);
             }
             Piece::Zeros(n) => {
                 self.extents.zeros(n);
-                self.integrity.zeros(n);
                 self.chunks.zeros(n);
             }
         }
-        self.writer.piece(piece).at("write", &self.path)
+        self.writer.piece(piece).at("write", &self.path)?;
+        if let Some(integrity) = &mut self.integrity {
+            integrity.written(piece, self.writer.position());
+        }
+        Ok(())
     }
 
     /// Fix the size, start writing the file back, and return the digests.
@@ -212,8 +221,8 @@ impl StagingFile {
     /// [`StagingFile::finish`] without waiting for the integrity hash: the
     /// bytes come back without it, and the hash still running beside.
     pub fn finish_deferred(self) -> Result<(StagedBytes, Option<PendingIntegrity>)> {
-        let pending = self.integrity.map(Offloaded::close);
         let size = self.writer.position();
+        let pending = self.integrity.map(|i| i.close(size));
         let file = self.writer.finish().at("write", &self.path)?;
         // Large files start writing back now so the syncfs finds little
         // left; small ones are left for it to write in one batch.

@@ -1,6 +1,7 @@
 //! Integration tests: the real `msb-registry` binary against temporary
 //! registries, plus library-level checks. One binary, one module per area.
 
+mod addmany;
 mod archives;
 mod chaos;
 mod chunks;
@@ -31,6 +32,7 @@ mod oci_fake;
 mod oci_hostile;
 mod oci_network;
 mod oci_pushpull;
+mod oci_requests;
 mod ociutil;
 mod reader;
 mod repair;

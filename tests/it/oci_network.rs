@@ -13,8 +13,9 @@ use crate::oci_fake::*;
 use crate::util::Reg;
 
 /// The kinds of request a push and a pull make, as (method, path regex).
-const KINDS: [(&str, &str); 8] = [
+const KINDS: [(&str, &str); 9] = [
     ("GET", "^/v2/$"),
+    ("GET", "/tags/list"),
     ("HEAD", "/manifests/"),
     ("HEAD", "/blobs/sha256:"),
     ("POST", "/blobs/uploads/$"),

@@ -4,10 +4,11 @@
 //! `--threads 4` (each upper's integrity hash on its own thread, files of
 //! many snapshots at once); a bad thread count is a usage error.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-use msb_registry::model::digest::Digest;
+use msb_registry::model::digest::{Digest, LogicalSink, PlainSha256};
 use msb_registry::model::manifest::{Format, ImagePin, Integrity, Manifest, Upper};
 
 use crate::tarcraft::Tar;
@@ -22,6 +23,15 @@ fn contents(reg: &Reg) -> Vec<serde_json::Value> {
         "SELECT s.name, f.path, f.size, f.digest FROM snapshot_files f \
          JOIN snapshots s ON s.digest = f.snapshot ORDER BY s.name, f.path",
     ])
+}
+
+/// [`contents`] without the snapshots' names, in a stable order.
+fn unnamed(mut rows: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    for r in &mut rows {
+        r.as_object_mut().unwrap().remove("name");
+    }
+    rows.sort_by_key(|r| r.to_string());
+    rows
 }
 
 fn staging_entries(reg: &Reg) -> Vec<String> {
@@ -47,9 +57,30 @@ fn one_and_four_threads_import_add_and_verify_alike() {
         archive.to_str().unwrap(),
     ])
     .ok();
+    // microsandbox writes dense uppers: their zeros arrive as data.
+    let dense = src.path("dense.tar.zst");
+    src.run(&[
+        "export",
+        "app",
+        "--with-parents",
+        "--with-image",
+        "--dense",
+        "-o",
+        dense.to_str().unwrap(),
+    ])
+    .ok();
     let expected = contents(&src);
     assert_eq!(expected.len(), 6, "{expected:?}");
     for threads in THREADS {
+        let reg = Reg::new();
+        reg.run(&["--threads", threads, "import", dense.to_str().unwrap()])
+            .ok();
+        // A dense archive carries no names: the same files, by digest.
+        assert_eq!(
+            unnamed(contents(&reg)),
+            unnamed(expected.clone()),
+            "dense import --threads {threads}"
+        );
         let reg = Reg::new();
         reg.run(&["--threads", threads, "import", archive.to_str().unwrap()])
             .ok();
@@ -98,6 +129,21 @@ fn verify_finds_the_same_damage_with_one_and_four_threads() {
 /// A one-snapshot archive: the manifest of an upper of `len` logical bytes
 /// recording `integrity`, and the upper's first 4 KiB of data as a sparse member.
 fn sparse_archive(len: u64, integrity: Integrity, data: &[u8]) -> (Vec<u8>, Digest) {
+    let mut t = Tar::new();
+    let d = sparse_snapshot(&mut t, None, len, integrity, &[(0, data.to_vec())]);
+    (t.finish(), d)
+}
+
+/// Add a snapshot to `t`: its manifest (child of `parent`) recording an
+/// upper of `len` logical bytes with `integrity`, and the upper holding
+/// `extents` as a sparse member. Its digest.
+fn sparse_snapshot(
+    t: &mut Tar,
+    parent: Option<Digest>,
+    len: u64,
+    integrity: Integrity,
+    extents: &[(u64, Vec<u8>)],
+) -> Digest {
     let manifest = Manifest {
         schema: 1,
         format: Format::Raw,
@@ -106,7 +152,7 @@ fn sparse_archive(len: u64, integrity: Integrity, data: &[u8]) -> (Vec<u8>, Dige
             reference: "python:3.12".into(),
             manifest_digest: Digest::of(b"an image this registry does not cache"),
         },
-        parent: None,
+        parent,
         created_at: "2026-10-01T09:00:00Z".into(),
         labels: Default::default(),
         upper: Upper {
@@ -118,13 +164,24 @@ fn sparse_archive(len: u64, integrity: Integrity, data: &[u8]) -> (Vec<u8>, Dige
     };
     let d = manifest.digest();
     let prefix = d.archive_prefix();
-    let mut t = Tar::new();
     t.file(
         &format!("{prefix}/manifest.json"),
         &manifest.canonical_bytes(),
     );
-    t.sparse(&format!("{prefix}/upper.ext4"), len, &[(0, data.to_vec())]);
-    (t.finish(), d)
+    t.sparse(&format!("{prefix}/upper.ext4"), len, extents);
+    d
+}
+
+/// `sha256` integrity of an upper of `len` bytes holding `data` at 0,
+/// hashed without holding the zeros in memory.
+fn sha256_streamed(len: u64, data: &[u8]) -> Integrity {
+    let mut h = PlainSha256::default();
+    h.data(data);
+    h.zeros(len - data.len() as u64);
+    Integrity {
+        algorithm: "sha256".into(),
+        digest: h.finish().to_string(),
+    }
 }
 
 fn sha256_of_sparse(len: u64, data: &[u8]) -> String {
@@ -196,6 +253,102 @@ fn ctrl_c_while_an_upper_is_hashed_exits_130_and_leaves_nothing() {
         let mut err = String::new();
         std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
         let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{err}");
+        assert!(err.contains("interrupted by SIGINT"), "{err}");
+        assert_eq!(staging_entries(&reg), Vec::<String>::new());
+        assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
+    }
+}
+
+#[test]
+fn a_chain_whose_second_upper_hashes_wrong_is_refused_naming_it() {
+    // The first upper (1 GiB, right) still hashes when the second (16 MiB,
+    // one byte changed after its integrity was taken) is staged and hashed.
+    let first_len = 1 << 30;
+    let data = vec![0x5a; 4096];
+    let mut t = Tar::new();
+    let base = sparse_snapshot(
+        &mut t,
+        None,
+        first_len,
+        sha256_streamed(first_len, &data),
+        &[(0, data.clone())],
+    );
+    let second_len = 16 << 20;
+    let mut corrupt = data.clone();
+    corrupt[7] ^= 1;
+    let child = sparse_snapshot(
+        &mut t,
+        Some(base),
+        second_len,
+        sha256_streamed(second_len, &data),
+        &[(0, corrupt)],
+    );
+    let archive = t.finish();
+    let named = format!(
+        "{}/upper.ext4: sha256 integrity is sha256:",
+        child.archive_prefix()
+    );
+    for threads in THREADS {
+        let reg = Reg::new();
+        chain_in_registry(&reg);
+        let before = (reg.tree(), contents(&reg));
+        let path = reg.path("chain.tar");
+        std::fs::write(&path, &archive).unwrap();
+        let out = reg
+            .run(&["--threads", threads, "import", path.to_str().unwrap()])
+            .fails(5, &named);
+        assert!(
+            !out.stderr.contains(&base.archive_prefix()),
+            "{}",
+            out.stderr
+        );
+        assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
+        assert_eq!(staging_entries(&reg), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn ctrl_c_while_a_hash_follows_a_half_written_upper_exits_130_and_leaves_nothing() {
+    // The archive arrives on a pipe that stops inside the upper's last
+    // extent and stays open: the upper is half written, its hash follows
+    // it (through the 512 MiB hole, then waiting for more) when SIGINT lands.
+    let len = 1 << 30;
+    let integrity = Integrity {
+        algorithm: "sha256".into(),
+        digest: Digest::of(b"never reached").to_string(),
+    };
+    let mut t = Tar::new();
+    sparse_snapshot(
+        &mut t,
+        None,
+        len,
+        integrity,
+        &[(0, vec![0x5a; 4096]), (512 << 20, vec![0xa5; 1 << 20])],
+    );
+    let archive = t.finish();
+    let half = &archive[..archive.len() - 1024 - (512 << 10)];
+    for threads in THREADS {
+        let reg = Reg::new();
+        chain_in_registry(&reg);
+        let before = (reg.tree(), contents(&reg));
+        let mut child = reg
+            .command(&["--threads", threads, "import", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(half).unwrap();
+        stdin.flush().unwrap();
+        wait_for_staged_upper(&reg.root());
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        let status = child.wait().unwrap();
+        drop(stdin);
         assert_eq!(status.code(), Some(130), "{err}");
         assert!(err.contains("interrupted by SIGINT"), "{err}");
         assert_eq!(staging_entries(&reg), Vec::<String>::new());

@@ -9,8 +9,6 @@
 //! after them, and no byte of the file is read by the same hash twice.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,7 +19,7 @@ use crate::model::digest::{Digest, ExtentsSha256, LogicalSink};
 use crate::model::error::{Error, IoContext, Result};
 use crate::model::manifest::Integrity;
 use crate::remote::format::malformed;
-use crate::store::files::{Piece, write_at_sparse};
+use crate::store::files::{Piece, read_range, write_at_sparse};
 use crate::store::stage::{IntegrityHasher, PROGRESS_STEP};
 
 /// Bytes each hashing thread reads at a time.
@@ -383,49 +381,4 @@ fn walk(
     }
     read_range(file, path, pos, size, &mut buf, &mut |p| sink(p, false))?;
     Ok(true)
-}
-
-/// The logical content of `[pos, end)` of `file` as data and holes
-/// (SEEK_DATA / SEEK_HOLE; holes are not read).
-fn read_range(
-    file: &File,
-    path: &Path,
-    mut pos: u64,
-    end: u64,
-    buf: &mut [u8],
-    f: &mut dyn FnMut(Piece<'_>) -> Result<()>,
-) -> Result<()> {
-    while pos < end {
-        let (data, hole) = match seek(file, pos, libc::SEEK_DATA) {
-            Ok(data) if data >= end => (end, end),
-            Ok(data) => (data, seek(file, data, libc::SEEK_HOLE).at("seek", path)?),
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => (end, end),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
-                (pos, end)
-            }
-            Err(e) => return Err(Error::io("seek", path, e)),
-        };
-        if data > pos {
-            f(Piece::Zeros(data - pos))?;
-            pos = data;
-        }
-        let hole = hole.min(end);
-        while pos < hole {
-            let n = ((hole - pos) as usize).min(buf.len());
-            file.read_exact_at(&mut buf[..n], pos).at("read", path)?;
-            f(Piece::Data(&buf[..n]))?;
-            pos += n as u64;
-        }
-    }
-    Ok(())
-}
-
-fn seek(file: &File, pos: u64, whence: libc::c_int) -> std::io::Result<u64> {
-    // SAFETY: lseek on a descriptor we own; no memory is touched.
-    let at = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, whence) };
-    if at < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(at as u64)
-    }
 }

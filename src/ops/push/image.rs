@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 
+use super::Dest;
 use super::report::{Counts, PushedImage};
 use super::transfer::{Body, store_one};
 use crate::db::{self, SnapshotRow};
@@ -19,19 +20,17 @@ use crate::remote::format::{
     TITLE,
 };
 use crate::remote::reference::image_tag;
-use crate::remote::{Client, RemoteRef};
 use crate::store::files::open_regular;
 
 impl Registry {
     /// Store the cache artifacts of `snapshot`'s image as one manifest.
     pub(super) async fn push_image(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         snapshot: &SnapshotRow,
-        jobs: usize,
         counts: &mut Counts,
     ) -> Result<PushedImage> {
+        let (client, target) = (dest.client, dest.target);
         let conn = self.db().conn();
         let image = db::images::image_by_digest(conn, &snapshot.image_manifest_digest)?.ok_or_else(|| {
             Error::NotFound {
@@ -62,10 +61,11 @@ impl Registry {
         }
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let mut results = stream::iter(files.into_iter().map(|(desc, path)| async move {
-            let stored = store_one(conn, client, registry, repo, &desc, Body::File(&path)).await?;
+            // Not built by this push: asked about even in a fresh repository.
+            let stored = store_one(conn, dest, &desc, Body::File(&path), true).await?;
             Ok::<_, Error>((stored, desc))
         }))
-        .buffer_unordered(jobs);
+        .buffer_unordered(dest.jobs);
         while let Some(done) = results.next().await {
             let (stored, desc) = done?;
             counts.add(&stored, desc.size);
@@ -75,8 +75,8 @@ impl Registry {
         drop(results);
         let empty = Bytes::from_static(b"{}");
         let config = Descriptor::of(EMPTY_CONFIG, &empty);
-        self.store_blob(client, target, &config, empty, counts)
-            .await?;
+        let stored = self.store_blob(dest, &config, empty).await?;
+        counts.add(&stored, config.size);
         let mut annotations = BTreeMap::new();
         annotations.insert(TITLE.to_string(), snapshot.image_ref.clone());
         let manifest = OciManifest {

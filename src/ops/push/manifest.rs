@@ -15,7 +15,6 @@ use crate::remote::format::{
     CREATED, ChunkMap, Descriptor, MAX_OCI_MANIFEST_BYTES, MapChunk, OCI_MANIFEST, OciManifest,
     PACK, SNAPSHOT_ARTIFACT, SNAPSHOT_DIGEST, SNAPSHOT_PARENT, TITLE,
 };
-use crate::remote::reference::snapshot_tag;
 use crate::remote::{Client, RemoteRef};
 
 impl Registry {
@@ -109,11 +108,10 @@ impl Registry {
 
     /// The OCI manifest of `snapshot` over `config` and `layers` (the map
     /// first), its `subject` the parent's manifest when the repository
-    /// holds it; refused when it would be larger than registries accept.
-    pub(super) async fn snapshot_manifest(
+    /// holds it (`parent`: pushed along, or found there at the start);
+    /// refused when it would be larger than registries accept.
+    pub(super) fn snapshot_manifest(
         &self,
-        client: &Client,
-        target: &RemoteRef,
         snapshot: &SnapshotRow,
         parent: Option<&(Digest, Descriptor)>,
         config: Descriptor,
@@ -126,20 +124,9 @@ impl Registry {
         let mut subject = None;
         if let Some(p) = snapshot.parent {
             annotations.insert(SNAPSHOT_PARENT.to_string(), p.to_string());
-            subject = match parent {
-                Some((digest, desc)) if *digest == p => Some(desc.clone()),
-                _ => client
-                    .head_manifest(&target.repository, &snapshot_tag(&p))
-                    .await?
-                    .and_then(|found| {
-                        Some(Descriptor {
-                            media_type: OCI_MANIFEST.into(),
-                            digest: found.digest?,
-                            size: found.size,
-                            annotations: BTreeMap::new(),
-                        })
-                    }),
-            };
+            subject = parent
+                .filter(|(digest, _)| *digest == p)
+                .map(|(_, desc)| desc.clone());
         }
         let packs = layers.len() - 1;
         let manifest = OciManifest {

@@ -142,17 +142,26 @@ impl Registry {
             opts.jobs
         };
         let mut counts = Counts::default();
-        let warnings = parent_warning(client, target, &chain[0]).await?;
+        let fresh = self.fresh_repository(client, target).await?;
+        let (there, parent_there) = parent_manifest(client, target, &chain[0], fresh).await?;
+        let warnings = parent_warning(target, &chain[0], there);
+        let dest = Dest {
+            client,
+            target,
+            jobs,
+            fresh,
+            parent_there,
+        };
         let image = if opts.with_image {
             Some(
-                self.push_image(client, target, &chain[chain.len() - 1], jobs, &mut counts)
+                self.push_image(&dest, &chain[chain.len() - 1], &mut counts)
                     .await?,
             )
         } else {
             None
         };
         let manifests = self
-            .push_manifests(client, target, chain, jobs, &mut counts, progress)
+            .push_manifests(&dest, chain, &mut counts, progress)
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PUSH_MANIFESTS_STORED)?;
         let mut snapshots = set_tags(client, &target.repository, chain, tag, &manifests).await?;
@@ -182,14 +191,25 @@ impl Registry {
         })
     }
 
+    /// Whether the repository is fresh: nothing is recorded as held there
+    /// and it lists no tag. Blobs this push builds are then uploaded
+    /// without a HEAD each: only an interrupted push from elsewhere (one
+    /// that stored no manifest) can have left one there, and a wrong guess
+    /// costs that blob's upload, never a skipped one.
+    async fn fresh_repository(&self, client: &Client, target: &RemoteRef) -> Result<bool> {
+        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+        if db::remote::remote_holds_any(self.db().conn(), registry, repo)? {
+            return Ok(false);
+        }
+        client.lists_no_tags(repo).await
+    }
+
     /// Store every snapshot of `chain` (parents first) by manifest digest;
     /// returns each manifest's bytes and digest.
     async fn push_manifests(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         chain: &[SnapshotRow],
-        jobs: usize,
         counts: &mut Counts,
         progress: &dyn Progress,
     ) -> Result<Vec<(Bytes, Digest)>> {
@@ -202,15 +222,7 @@ impl Registry {
         let mut previous: Option<(Digest, Descriptor)> = None;
         for snapshot in chain {
             let manifest = self
-                .push_snapshot(
-                    client,
-                    target,
-                    snapshot,
-                    previous.as_ref(),
-                    jobs,
-                    counts,
-                    progress,
-                )
+                .push_snapshot(dest, snapshot, previous.as_ref(), counts, progress)
                 .await?;
             let digest = Digest::of(&manifest);
             previous = Some((
@@ -229,57 +241,59 @@ impl Registry {
     }
 
     /// Store one snapshot's packs, chunk map, config and manifest (by
-    /// digest); returns the manifest's bytes.
-    #[allow(clippy::too_many_arguments)]
+    /// digest); returns the manifest's bytes. `pushed` is the parent when
+    /// this push stored it just before. The config goes up alongside the
+    /// packs; the chunk map, which says where they are, after them.
     async fn push_snapshot(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         snapshot: &SnapshotRow,
-        parent: Option<&(Digest, Descriptor)>,
-        jobs: usize,
+        pushed: Option<&(Digest, Descriptor)>,
         counts: &mut Counts,
         progress: &dyn Progress,
     ) -> Result<Bytes> {
+        let (client, target) = (dest.client, dest.target);
         let name = SnapshotName::chosen(&snapshot.name)?;
         let config = self.read_config(snapshot, &name)?;
         let (files, order, places) = self.cut_files(snapshot, &name)?;
-        let pushed_parent = parent.map(|(d, _)| d);
         let held = self
-            .find_held(
-                client,
-                target,
-                snapshot,
-                pushed_parent,
-                &order,
-                jobs,
-                counts,
-            )
+            .find_held(dest, snapshot, pushed.map(|(d, _)| d), &order, counts)
             .await?;
         let unplaced = self.unplaced(snapshot, &order, &places, &held, counts, progress)?;
-        self.store_packs(client, target, unplaced, jobs, counts, progress)
-            .await?;
+        let config_desc = Descriptor::of(SNAPSHOT_CONFIG, &config);
+        let config_body = Bytes::from(config);
+        self.store_packs(dest, unplaced, (config_desc.clone(), config_body), progress)
+            .await?
+            .add_to(counts);
         let map = self.chunk_map(target, snapshot, files, &order)?;
         let map_bytes = Bytes::from(map.to_bytes());
         let map_desc = Descriptor::of(CHUNK_MAP, &map_bytes);
-        let config_desc = Descriptor::of(SNAPSHOT_CONFIG, &config);
         let mut layers = vec![map_desc.clone()];
         layers.extend(self.pack_layers(client, target, &map.packs).await?);
-        for (desc, body) in [
-            (map_desc, map_bytes),
-            (config_desc.clone(), Bytes::from(config)),
-        ] {
-            self.store_blob(client, target, &desc, body, counts).await?;
-        }
-        let bytes = self
-            .snapshot_manifest(client, target, snapshot, parent, config_desc, layers)
-            .await?;
+        let map_stored = self.store_blob(dest, &map_desc, map_bytes).await?;
+        counts.add(&map_stored, map_desc.size);
+        let parent = pushed.or(dest.parent_there.as_ref());
+        let bytes = self.snapshot_manifest(snapshot, parent, config_desc, layers)?;
         let digest = Digest::of(&bytes);
         client
             .put_manifest(&target.repository, &digest.to_string(), bytes.clone())
             .await?;
         Ok(bytes)
     }
+}
+
+/// Where a push goes, and what it learnt of the repository at the start.
+pub(super) struct Dest<'a> {
+    pub(super) client: &'a Client,
+    pub(super) target: &'a RemoteRef,
+    /// Blob transfers in flight.
+    pub(super) jobs: usize,
+    /// Nothing recorded there and no tag listed: blobs built by this push
+    /// are uploaded without asking first (see `fresh_repository`).
+    pub(super) fresh: bool,
+    /// The first snapshot's parent's manifest in the repository, when
+    /// that parent is not pushed along and the repository has it.
+    pub(super) parent_there: Option<(Digest, Descriptor)>,
 }
 
 /// Refuse a tag that names something else by its identity:
@@ -297,27 +311,52 @@ fn check_tag_free(tag: &str, head: &Digest, target: &RemoteRef) -> Result<()> {
     )))
 }
 
-/// A warning when the first snapshot's parent is not in the repository.
-async fn parent_warning(
+/// Whether the repository has `first`'s parent (asked once, and not at
+/// all of a fresh repository, which has no tag), and its manifest's
+/// descriptor when the registry says its digest.
+async fn parent_manifest(
     client: &Client,
     target: &RemoteRef,
     first: &SnapshotRow,
-) -> Result<Option<String>> {
+    fresh: bool,
+) -> Result<(bool, Option<(Digest, Descriptor)>)> {
     let Some(parent) = first.parent else {
-        return Ok(None);
+        return Ok((false, None));
     };
-    if client
+    if fresh {
+        return Ok((false, None));
+    }
+    let Some(found) = client
         .head_manifest(&target.repository, &snapshot_tag(&parent))
         .await?
-        .is_some()
-    {
-        return Ok(None);
+    else {
+        return Ok((false, None));
+    };
+    let descriptor = found.digest.map(|digest| {
+        (
+            parent,
+            Descriptor {
+                media_type: OCI_MANIFEST.into(),
+                digest,
+                size: found.size,
+                annotations: BTreeMap::new(),
+            },
+        )
+    });
+    Ok((true, descriptor))
+}
+
+/// A warning when the first snapshot's parent is not in the repository.
+fn parent_warning(target: &RemoteRef, first: &SnapshotRow, there: bool) -> Option<String> {
+    let parent = first.parent?;
+    if there {
+        return None;
     }
-    Ok(Some(format!(
+    Some(format!(
         "parent {parent} of {} is not in {}; a pull elsewhere needs it there (push --with-parents) or locally",
         first.name,
         target.repository_name()
-    )))
+    ))
 }
 
 /// Tag each pushed manifest `sha256-<hex>` of its snapshot, and the head

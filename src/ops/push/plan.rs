@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::Dest;
 use super::report::Counts;
 use super::resolve::ChunkSource;
 use super::transfer::Unplaced;
@@ -32,19 +33,18 @@ pub(super) fn placed(held: &Held, chunk: &Digest) -> Option<PackedChunk> {
 impl Registry {
     /// Learn and mount what the repository may hold of `order` beyond what
     /// is recorded; returns what it is then known to hold.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn find_held(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         snapshot: &SnapshotRow,
         pushed_parent: Option<&Digest>,
         order: &[Digest],
-        jobs: usize,
         counts: &mut Counts,
     ) -> Result<Held> {
+        let (client, target) = (dest.client, dest.target);
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
-        let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
+        let conn = self.db().conn();
+        let mut held = db::remote::remote_chunks_of(conn, registry, repo)?;
         let lacking: Vec<Digest> = order
             .iter()
             .filter(|c| placed(&held, c).is_none())
@@ -53,18 +53,23 @@ impl Registry {
         if let Some(p) = snapshot.parent
             && pushed_parent.is_none_or(|d| *d != p)
             && !lacking.is_empty()
+            && !dest.fresh
         {
             // Another machine may have pushed the parent: its chunk map
             // says where the repository holds the chunks they share. Only
             // the chunks not already known to be there are checked.
-            self.learn_from(client, target, &p, &lacking, jobs).await?;
+            self.learn_from(client, target, &p, &lacking, dest.jobs)
+                .await?;
+            held = db::remote::remote_chunks_of(conn, registry, repo)?;
         }
-        let held = db::remote::remote_chunks_of(self.db().conn(), registry, repo)?;
-        if order.iter().any(|c| placed(&held, c).is_none()) {
+        if order.iter().any(|c| placed(&held, c).is_none())
+            && db::remote::remote_chunks_elsewhere_any(conn, registry, repo)?
+        {
             self.mount_packs(client, target, order, &held, counts)
                 .await?;
+            held = db::remote::remote_chunks_of(conn, registry, repo)?;
         }
-        db::remote::remote_chunks_of(self.db().conn(), registry, repo)
+        Ok(held)
     }
 
     /// The chunks of `order` the repository lacks, each with its delta

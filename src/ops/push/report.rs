@@ -109,6 +109,18 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Add these counts to `total`.
+    pub fn add_to(self, total: &mut Counts) {
+        total.uploaded += self.uploaded;
+        total.bytes_uploaded += self.bytes_uploaded;
+        total.present += self.present;
+        total.bytes_present += self.bytes_present;
+        total.mounted += self.mounted;
+        total.chunks_uploaded += self.chunks_uploaded;
+        total.chunks_present += self.chunks_present;
+        total.bytes_not_sent += self.bytes_not_sent;
+    }
+
     /// Count one blob stored as `stored`.
     pub fn add(&mut self, stored: &Stored, size: u64) {
         match stored {

@@ -4,8 +4,10 @@
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::stream::{self, StreamExt};
 
+use super::Dest;
 use super::report::{CHUNK_ZSTD_LEVEL, Counts, PACK_CHUNKS, Stored};
 use super::resolve::ChunkSource;
 use crate::db::{self, remote::PackedChunk};
@@ -15,7 +17,6 @@ use crate::ops::registry::Registry;
 use crate::process::budget::{ByteBudget, MAX_IN_FLIGHT_BYTES};
 use crate::process::progress::Progress;
 use crate::remote::format::{Descriptor, PACK};
-use crate::remote::{Client, RemoteRef};
 
 /// A chunk's zstd frame in a pack.
 struct Frame {
@@ -38,36 +39,46 @@ pub(super) struct Unplaced {
 impl Registry {
     /// Pack `unplaced` chunks (in order, [`PACK_CHUNKS`] a pack), compress
     /// them on the blocking pool, and store each pack the repository
-    /// lacks, `jobs` at a time and [`MAX_IN_FLIGHT_BYTES`] of packs in
-    /// memory at most; each stored pack is recorded (blob and
-    /// chunk places) in its own transaction as it lands.
+    /// lacks, and `along` (a small blob, the config) with them: `jobs`
+    /// transfers at a time and [`MAX_IN_FLIGHT_BYTES`] of packs in memory
+    /// at most; each stored pack is recorded (blob and chunk places) in its
+    /// own transaction as it lands. Returns what was stored.
     pub(super) async fn store_packs(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         unplaced: Vec<Unplaced>,
-        jobs: usize,
-        counts: &mut Counts,
+        along: (Descriptor, Bytes),
         progress: &dyn Progress,
-    ) -> Result<()> {
-        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
-        let batches: Vec<Vec<Unplaced>> = unplaced.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
+    ) -> Result<Counts> {
+        let (registry, repo) = (
+            dest.target.registry.as_str(),
+            dest.target.repository.as_str(),
+        );
         let conn = self.db().conn();
         let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
         let budget = &budget;
-        let mut results = stream::iter(batches.into_iter().map(|batch| async move {
-            let logical: u64 = batch.iter().map(|u| u.source.2).sum();
-            let mut taken = budget.take(pack_bound(&batch)).await;
-            let (body, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
-                .await
-                .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
-            taken.shrink_to(body.len() as u64);
-            let desc = Descriptor::of(PACK, &body);
-            let stored = store_one(conn, client, registry, repo, &desc, Body::Memory(body)).await?;
-            drop(taken);
-            Ok::<_, Error>((desc, stored, frames, logical))
-        }))
-        .buffer_unordered(jobs);
+        let blob = async move {
+            let (desc, body) = along;
+            let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
+            Ok::<_, Error>((desc, stored, Vec::new(), 0))
+        };
+        let packs = unplaced
+            .chunks(PACK_CHUNKS)
+            .map(<[_]>::to_vec)
+            .map(|batch| async move {
+                let logical: u64 = batch.iter().map(|u| u.source.2).sum();
+                let mut taken = budget.take(pack_bound(&batch)).await;
+                let (body, desc, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
+                    .await
+                    .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
+                taken.shrink_to(body.len() as u64);
+                let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
+                drop(taken);
+                Ok::<_, Error>((desc, stored, frames, logical))
+            });
+        let jobs = std::iter::once(blob.boxed_local()).chain(packs.map(FutureExt::boxed_local));
+        let mut results = stream::iter(jobs).buffer_unordered(dest.jobs);
+        let mut counts = Counts::default();
         while let Some(done) = results.next().await {
             let (desc, stored, frames, logical) = done?;
             counts.add(&stored, desc.size);
@@ -90,25 +101,26 @@ impl Registry {
             progress.advance(logical);
             crate::process::failpoint::hit(crate::process::failpoint::PUSH_BLOB_STORED)?;
         }
-        Ok(())
+        Ok(counts)
     }
 
-    /// Store one blob held in memory unless the repository holds it.
+    /// Store one blob this push made (a config, a chunk map) unless the
+    /// repository holds it; asked by HEAD only of a repository not fresh.
     pub(super) async fn store_blob(
         &self,
-        client: &Client,
-        target: &RemoteRef,
+        dest: &Dest<'_>,
         desc: &Descriptor,
         body: Bytes,
-        counts: &mut Counts,
-    ) -> Result<()> {
-        let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
+    ) -> Result<Stored> {
+        let (registry, repo) = (
+            dest.target.registry.as_str(),
+            dest.target.repository.as_str(),
+        );
         let conn = self.db().conn();
-        let stored = store_one(conn, client, registry, repo, desc, Body::Memory(body)).await?;
-        counts.add(&stored, desc.size);
+        let stored = store_one(conn, dest, desc, Body::Memory(body), !dest.fresh).await?;
         db::remote::record_remote(conn, registry, repo, &desc.digest, desc.size)?;
         crate::process::failpoint::hit(crate::process::failpoint::PUSH_BLOB_STORED)?;
-        Ok(())
+        Ok(stored)
     }
 }
 /// What a blob's body comes from.
@@ -117,19 +129,21 @@ pub(super) enum Body<'a> {
     File(&'a std::path::Path),
 }
 
-/// Store one blob unless the repository holds it (recorded, or found by
-/// a HEAD); mounted from another repository of the registry when one is
-/// known to hold it; else uploaded, a file streamed from disk.
+/// Store one blob unless the repository holds it (recorded, or, when
+/// `ask`, found by a HEAD); mounted from another repository of the
+/// registry when one is known to hold it; else uploaded, a file streamed
+/// from disk.
 pub(super) async fn store_one(
     conn: &rusqlite::Connection,
-    client: &Client,
-    registry: &str,
-    repo: &str,
+    dest: &Dest<'_>,
     desc: &Descriptor,
     body: Body<'_>,
+    ask: bool,
 ) -> Result<Stored> {
+    let (client, registry) = (dest.client, dest.target.registry.as_str());
+    let repo = dest.target.repository.as_str();
     if db::remote::remote_has(conn, registry, repo, &desc.digest)?
-        || client.head_blob(repo, &desc.digest).await?.is_some()
+        || (ask && client.head_blob(repo, &desc.digest).await?.is_some())
     {
         return Ok(Stored::Present);
     }
@@ -151,37 +165,48 @@ pub(super) async fn store_one(
 
 /// Read, check and compress each chunk of a batch into one pack: zstd
 /// frames one after another. A chunk with a base is compressed with the
-/// base's bytes as its prefix when that makes it smaller. Returns the pack
-/// and each chunk's frame.
-fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Vec<Frame>)> {
+/// base's bytes as its prefix when that makes it smaller. Returns the pack,
+/// its descriptor (its digest taken here, off the async thread) and each
+/// chunk's frame.
+fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Descriptor, Vec<Frame>)> {
     let mut pack = Vec::with_capacity(pack_bound(batch) as usize);
     let mut frames = Vec::with_capacity(batch.len());
     let mut compressor =
         zstd::bulk::Compressor::new(CHUNK_ZSTD_LEVEL).map_err(|e| Error::io("start", "zstd", e))?;
+    // Chunks and bases (the parent's) are read from different files.
+    let (mut chunks, mut bases) = (ChunkReader::default(), ChunkReader::default());
     for u in batch {
-        let bytes = read_chunk(&u.chunk, &u.source)?;
-        let plain = compressor
-            .compress(&bytes)
+        let bytes = chunks.read(&u.chunk, &u.source)?;
+        let offset = pack.len();
+        // The plain frame goes straight into the pack (room for the worst
+        // case is reserved), replaced by the delta when that is smaller.
+        let mut end = std::io::Cursor::new(&mut pack);
+        end.set_position(offset as u64);
+        compressor
+            .compress_to_buffer(bytes, &mut end)
             .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
-        let mut frame = (plain, None);
-        if let Some((base, source)) = &u.base
-            && let Ok(reference) = read_chunk(base, source)
+        let mut base = None;
+        if let Some((b, source)) = &u.base
+            && let Ok(reference) = bases.read(b, source)
         {
-            let delta = delta_frame(&bytes, &reference)
+            let delta = delta_frame(bytes, reference)
                 .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
-            if delta.len() < frame.0.len() {
-                frame = (delta, Some(*base));
+            if delta.len() < pack.len() - offset {
+                pack.truncate(offset);
+                pack.extend_from_slice(&delta);
+                base = Some(*b);
             }
         }
         frames.push(Frame {
             chunk: u.chunk,
-            offset: pack.len() as u64,
-            length: frame.0.len() as u64,
-            base: frame.1,
+            offset: offset as u64,
+            length: (pack.len() - offset) as u64,
+            base,
         });
-        pack.extend_from_slice(&frame.0);
     }
-    Ok((Bytes::from(pack), frames))
+    let body = Bytes::from(pack);
+    let desc = Descriptor::of(PACK, &body);
+    Ok((body, desc, frames))
 }
 
 /// The most bytes the pack of `batch` may take: zstd's bound for
@@ -203,20 +228,38 @@ fn delta_frame(bytes: &[u8], reference: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The bytes of `chunk` at its source, checked against its digest.
-fn read_chunk(chunk: &Digest, (path, offset, len): &ChunkSource) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; *len as usize];
-    let file = crate::store::files::open_regular(path.as_path())?;
-    file.read_exact_at(&mut buf, *offset)
-        .at("read", path.as_path())?;
-    let found = Digest::of(&buf);
-    if found != *chunk {
-        return Err(Error::integrity(
-            path.display().to_string(),
-            format!(
-                "the {len} bytes at offset {offset} hash to {found}, not the indexed chunk {chunk}; run `msb-registry verify --content`"
-            ),
-        ));
+/// Reads chunks, keeping the last file it read open.
+#[derive(Default)]
+struct ChunkReader {
+    open: Option<(std::sync::Arc<std::path::PathBuf>, std::fs::File)>,
+    buf: Vec<u8>,
+}
+
+impl ChunkReader {
+    /// The bytes of `chunk` at its source, checked against its digest: a
+    /// file changed behind our back must not reach the registry under the
+    /// chunk's name. Valid until the next read.
+    fn read(&mut self, chunk: &Digest, (path, offset, len): &ChunkSource) -> Result<&[u8]> {
+        let file = match &self.open {
+            Some((p, file)) if p == path => file,
+            _ => {
+                let file = crate::store::files::open_regular(path.as_path())?;
+                &self.open.insert((path.clone(), file)).1
+            }
+        };
+        // Only bytes beyond the buffer's last length are zeroed; all are read over.
+        self.buf.resize(*len as usize, 0);
+        file.read_exact_at(&mut self.buf, *offset)
+            .at("read", path.as_path())?;
+        let found = Digest::of(&self.buf);
+        if found != *chunk {
+            return Err(Error::integrity(
+                path.display().to_string(),
+                format!(
+                    "the {len} bytes at offset {offset} hash to {found}, not the indexed chunk {chunk}; run `msb-registry verify --content`"
+                ),
+            ));
+        }
+        Ok(&self.buf)
     }
-    Ok(buf)
 }
