@@ -18,7 +18,8 @@
 # BIG_MIB (4096) / BIG_DATA_MIB (8) the sparse-upper case, RUNS (5),
 # BEFORE (unset: no one-core comparison) an older build to compare against,
 # PHASES ("export sparse import hashing") which phases to run after the setup,
-# WORK (a temp dir; removed at the end unless KEEP=1).
+# WORK (a temp dir; removed at the end unless KEEP=1), BUILD (1; 0 uses the
+# release binary already built).
 #
 # Each phase is a function; main() runs them in order.
 
@@ -47,6 +48,7 @@ source "$(dirname "$0")/common.sh"
 
 
 build() {
+    [[ ${BUILD:-1} == 1 ]] || return 0
     log "== build (release)"
     (cd "$REPO" && cargo build --release --quiet)
 }

@@ -2,13 +2,23 @@
 # Many small snapshots: import of an N-snapshot chain of 4 KiB uppers (one
 # archive, for each N of the list) against `zstd -dc | tar -x && sync` of the same archive, RUNS runs
 # each, alternating: the ratio of the medians and the ratio on the quietest pair
-# (fastest of ours / fastest of tar's), each against its target (<= 1.5). Then the flushes one import
-# makes (strace), and, with FLEET=N, `export --with-parents` of an N-snapshot
-# chain under `ulimit -n 1024`.
+# (fastest of ours / fastest of tar's), each against its target (<= 1.5), and
+# the same for CPU time (user + sys, children included). Then the flushes one
+# import makes (strace), and, with FLEET=N, `export --with-parents` of an
+# N-snapshot chain under `ulimit -n 1024`.
 #
 #   bench/chain.sh                  # 5,000 and 10,000 snapshots, 5 runs each
 #   N=2000 RUNS=3 bench/chain.sh    # smaller (N="2000 4000": several)
 #   FLEET=100000 bench/chain.sh     # also the fleet-scale export (N=0: only that)
+#   BUILD=0 bench/chain.sh          # the release binary as it is, no build
+#
+# Every timed run writes into a directory of its own that nothing used
+# before, and nothing is deleted while runs are timed: ext4 without a journal
+# skips inodes freed in the last dirty_expire_centisecs (+ 5 s) when it
+# allocates, one by one, so a run that follows the deletion of the previous
+# run's 15,000 inodes pays for them, and which side pays depended on the
+# order. The trees of one N are deleted after its last run, then the next N
+# waits out that window (SETTLE seconds; default the kernel's window).
 #
 # The disk of a shared machine swings widely; compare the ratio, not the times.
 
@@ -38,44 +48,78 @@ flushes() {
 }
 
 main() {
-    log "== build (release)"
-    (cd "$REPO" && cargo build --release --quiet)
-    local dst=$WORK/imported out=$WORK/extracted
-    local N
+    if [[ ${BUILD:-1} == 1 ]]; then
+        log "== build (release)"
+        (cd "$REPO" && cargo build --release --quiet)
+    fi
+    local dst=$WORK/imported
+    local N deleted=0
     for N in $NS; do
-        [[ $N -gt 0 ]] && bench_import
+        if [[ $N -gt 0 ]]; then
+            [[ $deleted == 1 ]] && settle
+            bench_import
+            deleted=1
+        fi
     done
+    [[ $FLEET -gt 0 && $deleted == 1 ]] && settle
     fleet
+}
+
+# Wait until inodes freed before now no longer slow ext4's allocation.
+settle() {
+    local window
+    window=${SETTLE:-$(( $(cat /proc/sys/vm/dirty_expire_centisecs) / 100 + 5 ))}
+    log "== sync, then ${window} s for the deleted trees' inodes to age out"
+    sync
+    sleep "$window"
 }
 
 bench_import() {
     log "== archive: a chain of $N snapshots with 4 KiB uppers"
     python3 "$HERE/chain.py" "$N" | zstd -q -3 > "$WORK/chain.tar.zst"
-    local ours="rm -rf '$dst' && '$BIN' --root '$dst' -q import '$WORK/chain.tar.zst'"
-    local theirs="rm -rf '$out' && mkdir '$out' && zstd -dc '$WORK/chain.tar.zst' | tar -xf - -C '$out' && sync"
-    log "== import vs zstd -dc | tar -x && sync ($RUNS runs each, alternating)"
-    local a=() b=() r
+    log "== import vs zstd -dc | tar -x && sync ($RUNS runs each, alternating, each into a new directory)"
+    local a=() b=() ca=() cb=() r t
     for r in $(seq "$RUNS"); do
-        a+=("$(time_of "$ours")")
-        b+=("$(time_of "$theirs")")
+        t=$(cpu_time_of "'$BIN' --root '$WORK/ours.$N.$r' -q import '$WORK/chain.tar.zst'")
+        a+=("${t% *}") ca+=("${t#* }")
+        t=$(cpu_time_of "mkdir '$WORK/tar.$N.$r' && zstd -dc '$WORK/chain.tar.zst' | tar -xf - -C '$WORK/tar.$N.$r' && sync")
+        b+=("${t% *}") cb+=("${t#* }")
     done
-    local ma mb qa qb
-    ma=$(printf '%s\n' "${a[@]}" | median)
-    mb=$(printf '%s\n' "${b[@]}" | median)
-    qa=$(printf '%s\n' "${a[@]}" | sort -g | head -1)
-    qb=$(printf '%s\n' "${b[@]}" | sort -g | head -1)
-    printf 'import %d-chain        median %7.3f s  min %7.3f s  (runs: %s)\n' "$N" "$ma" "$qa" "${a[*]}"
-    printf 'tar -x && sync         median %7.3f s  min %7.3f s  (runs: %s)\n' "$mb" "$qb" "${b[*]}"
-    printf 'ratio import / tar -x && sync, %d-chain, medians:       %.2f  (target <= 1.5)\n' \
-        "$N" "$(echo "$ma / $mb" | bc -l)"
-    printf 'ratio import / tar -x && sync, %d-chain, quietest pair: %.2f  (target <= 1.5)\n' \
-        "$N" "$(echo "$qa / $qb" | bc -l)"
-    rm -rf "$dst" "$out"
+    report "import $N-chain" "${a[@]}"
+    report "tar -x && sync" "${b[@]}"
+    report "import CPU" "${ca[@]}"
+    report "tar -x CPU" "${cb[@]}"
+    ratios "" "${a[*]}" "${b[*]}"
+    ratios "CPU (user + sys) " "${ca[*]}" "${cb[*]}"
     if command -v strace >/dev/null; then
         printf 'flushes (fsync, fdatasync, syncfs) of one import of %d snapshots: %s\n' \
-            "$N" "$(flushes "'$BIN' --root '$dst' -q import '$WORK/chain.tar.zst'")"
-        rm -rf "$dst"
+            "$N" "$(flushes "'$BIN' --root '$WORK/ours.$N.strace' -q import '$WORK/chain.tar.zst'")"
     fi
+    rm -rf "$WORK"/ours.* "$WORK"/tar.*
+}
+
+# One side's median and fastest of the figures given, with every run.
+report() {
+    local what=$1
+    shift
+    printf '%-22s median %7.3f s  min %7.3f s  (runs: %s)\n' "$what" \
+        "$(printf '%s\n' "$@" | median)" "$(printf '%s\n' "$@" | sort -g | head -1)" "$*"
+}
+
+# The ratios of two sides' medians and fastest runs against the target.
+ratios() {
+    local what=$1 ma mb qa qb
+    # shellcheck disable=SC2086
+    {
+        ma=$(printf '%s\n' $2 | median)
+        mb=$(printf '%s\n' $3 | median)
+        qa=$(printf '%s\n' $2 | sort -g | head -1)
+        qb=$(printf '%s\n' $3 | sort -g | head -1)
+    }
+    printf 'ratio import / tar -x && sync, %s%d-chain, medians:       %.2f  (target <= 1.5)\n' \
+        "$what" "$N" "$(echo "$ma / $mb" | bc -l)"
+    printf 'ratio import / tar -x && sync, %s%d-chain, quietest pair: %.2f  (target <= 1.5)\n' \
+        "$what" "$N" "$(echo "$qa / $qb" | bc -l)"
 }
 
 fleet() {

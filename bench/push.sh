@@ -30,7 +30,8 @@
 # PARENT_DIRS (24) directories of 40 files (up to 1 MiB each) the parent
 # writes, CHILD_DIRS (1) and REWRITES (10) the child's new directories and
 # rewritten parent files, SEED (1), RUNS (3), JOBS (--jobs; default the client's 8),
-# WORK (a temp dir; removed at the end unless KEEP=1).
+# WORK (a temp dir; removed at the end unless KEEP=1), BUILD (1; 0 uses the
+# release binary and example already built).
 
 set -euo pipefail
 
@@ -62,6 +63,7 @@ trap cleanup EXIT
 source "$(dirname "$0")/common.sh"
 
 build() {
+    [[ ${BUILD:-1} == 1 ]] || return 0
     log "== build (release)"
     (cd "$REPO" && cargo build --release --quiet --bin msb-registry --example ext4_chain)
 }

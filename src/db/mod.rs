@@ -216,6 +216,23 @@ impl Db {
         Ok(())
     }
 
+    /// This connection's page cache, in `PRAGMA cache_size` terms
+    /// (negative: KiB), to put back after [`Db::set_cache_kib`].
+    pub fn cache_size(&self) -> Result<i64> {
+        Ok(self.conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?)
+    }
+
+    /// Set this connection's page cache to `kib` KiB, or back to what
+    /// [`Db::cache_size`] returned. For one command's long transactions
+    /// only: the default 2 MiB cache spills an import's tens of thousands
+    /// of rows into the WAL page by page and rewrites those pages there,
+    /// while a larger cache on every connection made gc on a full disk fail
+    /// (tests/it/diskfull.rs). Lowering it frees the pages above the new size.
+    pub fn set_cache_size(&self, cache_size: i64) -> Result<()> {
+        self.conn.pragma_update(None, "cache_size", cache_size)?;
+        Ok(())
+    }
+
     /// Start a write transaction that takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so check-then-insert sequences cannot interleave.
     pub fn write(&mut self) -> Result<Transaction<'_>> {
@@ -364,6 +381,13 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.busy_handler(Some(wait_for_writer))?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(())
+}
+
+/// `PRAGMA data_version`: it differs between two reads on one connection
+/// exactly when another connection committed in between, so a check made
+/// in one transaction still holds in a later one while it is unchanged.
+pub fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
 }
 
 /// Seconds since the Unix epoch.

@@ -158,7 +158,12 @@ pub fn install_checked(
         // A dead promotion's directories are its own, not damage to repair.
         crate::journal::recovery::recover_locked(layout, db, &lock)?;
     }
-    let planned = plan(registry.db().conn(), set)?;
+    // One read transaction: every query sees the same index, and the
+    // thousands of them do not each take the WAL's read lock.
+    let planned = {
+        let read = registry.db().read()?;
+        plan(&read, set)?
+    };
     let now = now_unix();
     let repairs = plan_repairs(registry, set, &planned, deep, now)?;
     let mut moves = moves(registry.layout(), set, &planned);
@@ -173,6 +178,10 @@ pub fn install_checked(
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
     }
     let (layout, db) = registry.parts();
+    // The index as the last check found it: between the journal's commit
+    // and the rows' this connection changes no snapshot or cache row, so an
+    // unchanged data version means the plan still holds.
+    let checked_at = std::cell::Cell::new(None);
     promote(
         layout,
         db,
@@ -180,12 +189,17 @@ pub fn install_checked(
         lease,
         &moves,
         |conn| {
+            let version = db::data_version(conn)?;
+            if checked_at.get() == Some(version) {
+                return Ok(());
+            }
             if plan(conn, set)? != planned {
                 return Err(Error::conflict(
                     "registry",
                     "changed while the import was being checked; retry",
                 ));
             }
+            checked_at.set(Some(version));
             Ok(())
         },
         |conn| insert_rows(conn, layout, set, &planned, now),

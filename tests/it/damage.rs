@@ -865,3 +865,38 @@ fn issue_17_gc_after_any_damage_keeps_every_snapshot_with_a_valid_manifest() {
         assert_eq!(v.code, 0, "{what}: after reindex: {}{}", v.stdout, v.stderr);
     }
 }
+
+#[test]
+fn a_snapshot_another_connection_commits_while_an_import_promotes_is_a_conflict() {
+    let src = Reg::new();
+    chain_in_registry(&src);
+    let archive = src.path("app.tar.zst");
+    let out = archive.to_str().unwrap();
+    src.run(&["export", "app", "--with-parents", "--with-image", "-o", out])
+        .ok();
+    let reg = Reg::new();
+    // Between the journal's commit and the rows', a writer outside the
+    // registry's lock takes one of the incoming names: the final check must
+    // see it even though this import's own connection changed nothing.
+    let import = Stopped::at(&reg, &["import", out], "promote.renamed");
+    sql(&reg)
+        .execute(
+            "INSERT INTO snapshots (digest, name, image_ref, image_manifest_digest, format,
+             fstype, upper_file, size_bytes, created_at, added_at)
+             VALUES ('sha256:' || printf('%064d', 0), 'base', 'python:3.12',
+             'sha256:' || printf('%064d', 1), 'raw', 'ext4', 'upper.ext4', 0,
+             '2026-10-01T09:00:00Z', 0)",
+            [],
+        )
+        .unwrap();
+    let (code, stderr) = import.resume();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("changed while the import was being checked")
+            || stderr.contains("already names"),
+        "{stderr}"
+    );
+    // Every rename was undone, and the registry this first command created
+    // went with it: nothing of the import is left.
+    assert!(!reg.root().exists(), "{:?}", reg.tree());
+}
