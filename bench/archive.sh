@@ -148,7 +148,14 @@ bench_import_of() {
     rm -rf "$dst" "$out"
 }
 
+# The chain's archive, exported here when the export phase did not run.
+ensure_ours() {
+    [[ -f $WORK/ours.tar.zst ]] ||
+        "$BIN" --root "$ROOT" -q export app --with-parents --with-image -o "$WORK/ours.tar.zst"
+}
+
 bench_import() {
+    ensure_ours
     bench_import_of sparse "$WORK/ours.tar.zst"
     "$BIN" --root "$ROOT" -q export app --with-parents --with-image --dense -o "$WORK/dense.tar.zst"
     bench_import_of dense "$WORK/dense.tar.zst"
@@ -200,8 +207,7 @@ bench_hashing() {
         "$R" "$CORES" "$(cut -d' ' -f1-3 /proc/loadavg)"
     local dst=$WORK/imported adst=$WORK/added big=$WORK/big-imported
     local upper=$((UPPER_MIB << 20))
-    [[ -f $WORK/ours.tar.zst ]] ||
-        "$BIN" --root "$ROOT" -q export app --with-parents --with-image -o "$WORK/ours.tar.zst"
+    ensure_ours
     [[ -f $WORK/big.tar.zst ]] || "$BIN" --root "$ROOT" -q export big -o "$WORK/big.tar.zst"
     against_bound "import chain" "$upper" \
         "$(timed_runs "rm -rf '$dst'" "'$BIN' --root '$dst' -q import '$WORK/ours.tar.zst'")"
