@@ -392,8 +392,10 @@ impl Registry {
     }
 
     /// Hash every job into staging, largest first, on up to
-    /// [`pipeline::files_at_once`] threads; the first failure stops the rest
-    /// and is the error. Results are recorded here, on this thread, which
+    /// [`pipeline::files_at_once`] threads, or up to
+    /// [`pipeline::large_files_at_once`] while large files' integrity
+    /// hashes run on threads of their own (every hash holds a hash slot);
+    /// the first failure stops the rest and is the error. Results are recorded here, on this thread, which
     /// holds the index and the spill.
     #[allow(clippy::too_many_arguments)]
     fn stage_files(
@@ -408,7 +410,12 @@ impl Registry {
     ) -> Result<()> {
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].len));
-        let workers = pipeline::files_at_once().min(jobs.len()).max(1);
+        let offloaded = |job: &Job| job.integrity.is_some() && pipeline::offloads(job.len);
+        let large = jobs.iter().filter(|j| offloaded(j)).count();
+        let workers = pipeline::files_at_once()
+            .max(large.min(pipeline::large_files_at_once()))
+            .min(jobs.len())
+            .max(1);
         let stop = AtomicBool::new(false);
         let next = AtomicUsize::new(0);
         let go_on = || -> Result<()> {
@@ -418,7 +425,7 @@ impl Registry {
                 Ok(())
             }
         };
-        let run = |job: &Job| -> Result<StagedBytes> {
+        let copy = |job: &Job| -> Result<StagedBytes> {
             let staged = copy_until(
                 &job.src,
                 job.len,
@@ -432,6 +439,19 @@ impl Registry {
                 check_integrity(&job.src.display().to_string(), integrity, staged.integrity)?;
             }
             Ok(staged)
+        };
+        let run = |job: &Job| -> Result<StagedBytes> {
+            if offloaded(job) {
+                return copy(job);
+            }
+            match pipeline::hash_inline(&|| stop.load(Ordering::Relaxed), || copy(job)) {
+                Some(staged) => staged,
+                None => {
+                    crate::process::interrupt::check()?;
+                    go_on()?;
+                    Err(Error::conflict("add", "stopped: another file failed"))
+                }
+            }
         };
         let mut failed: Option<Error> = None;
         std::thread::scope(|scope| {

@@ -709,9 +709,10 @@ impl Stager<'_> {
         if integrity.is_some() {
             let read = self.source_bytes.load(Ordering::Relaxed);
             self.holes.charge(&member, holes, read)?;
-            // Uppers hash beside each other: start this one once fewer
-            // than the allowed number are still hashing.
-            self.settle(pipeline::files_at_once() - 1)?;
+            // Uppers hash beside each other, taking turns on the hash
+            // slots: start this one once fewer than the large files
+            // allowed in flight are still hashing.
+            self.settle(pipeline::large_files_at_once() - 1)?;
         }
         let (bytes, hashing) = self
             .stage(reader, &member, &path, size, integrity.as_deref(), true)

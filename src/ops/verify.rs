@@ -279,9 +279,12 @@ impl Registry {
         Ok((checked_files, checked_bytes))
     }
 
-    /// The content problems of `checks`, in their order: files hashed on as
-    /// many threads as allowed ([`pipeline::files_at_once`]), largest first
-    /// so the longest hash starts at once.
+    /// The content problems of `checks`, in their order, largest first so
+    /// the longest hash starts at once: as many files at once as threads
+    /// allowed ([`pipeline::files_at_once`]), or up to
+    /// [`pipeline::large_files_at_once`] while integrity hashes of large
+    /// files run on threads of their own; every hash holds a hash slot, so
+    /// no more than the threads allowed hash at once.
     fn hash_all(&self, checks: &[Check], progress: &dyn Progress) -> Result<Vec<Problem>> {
         let recorded = |check: &Check| -> Result<Option<Option<ChunkList>>> {
             match check.chunks_of {
@@ -293,7 +296,11 @@ impl Registry {
                 None => Ok(None),
             }
         };
-        let workers = pipeline::files_at_once().min(checks.len());
+        let offloaded = |c: &Check| c.integrity.is_some() && pipeline::offloads(c.size);
+        let large = checks.iter().filter(|c| offloaded(c)).count();
+        let workers = pipeline::files_at_once()
+            .max(large.min(pipeline::large_files_at_once()))
+            .min(checks.len());
         if workers <= 1 {
             let mut problems = Vec::new();
             for check in checks {
@@ -316,7 +323,17 @@ impl Registry {
                         let next = work_rx.lock().map(|rx| rx.recv());
                         let Ok(Ok((i, recorded))) = next else { return };
                         let check: &Check = &checks[i];
-                        let _ = done_tx.send((i, content_problems(check, recorded, progress)));
+                        let problems = if offloaded(check) {
+                            content_problems(check, recorded, progress)
+                        } else {
+                            let hash = || content_problems(check, recorded, progress);
+                            match pipeline::hash_inline(&|| false, hash) {
+                                Some(p) => p,
+                                // Interrupted: the caller's check reports it.
+                                None => return,
+                            }
+                        };
+                        let _ = done_tx.send((i, problems));
                     }
                 });
             }
@@ -333,6 +350,8 @@ impl Registry {
             }
             sent
         })?;
+        // A worker interrupted while waiting for a slot left its files out.
+        crate::process::interrupt::check()?;
         Ok(found.into_iter().flatten().collect())
     }
 

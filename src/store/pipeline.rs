@@ -16,6 +16,12 @@
 //!
 //! With one thread allowed ([`crate::process::threads`]), or for a small
 //! file, the sink is fed inline instead: no handoff costs anything there.
+//!
+//! A hashing thread hashes only while it holds one of the process's hash
+//! slots ([`crate::process::slots`]), as many as the threads allowed: it
+//! gives the slot back whenever it runs out of input and takes its turn
+//! again after every [`SLICE`] bytes, so more files than threads may be in
+//! flight ([`large_files_at_once`]) and share the cores evenly.
 
 use std::fs::File;
 use std::path::Path;
@@ -27,6 +33,7 @@ use std::time::Duration;
 
 use crate::model::digest::LogicalSink;
 use crate::model::error::{Error, IoContext, Result};
+use crate::process::slots::{Slot, hash_slots};
 use crate::process::{interrupt, threads};
 use crate::store::files::{CHUNK, Piece, read_range};
 
@@ -48,12 +55,85 @@ pub fn files_at_once() -> usize {
     threads::available().clamp(1, MAX_FILES)
 }
 
+/// How many large files (from [`OFFLOAD_FROM`]) to have in flight: with
+/// more than one thread allowed [`MAX_FILES`], their hashes sharing the
+/// threads through the hash slots; else one.
+pub fn large_files_at_once() -> usize {
+    if threads::available() < 2 {
+        1
+    } else {
+        MAX_FILES
+    }
+}
+
+/// Whether a file of `len` bytes is hashed on a thread of its own.
+pub fn offloads(len: u64) -> bool {
+    len >= OFFLOAD_FROM && threads::available() >= 2
+}
+
+/// Run `f`, which hashes inline on this thread, holding a hash slot when
+/// more than one thread is allowed; `None` when `stopped` (or an interrupt)
+/// ends the wait for a slot.
+pub fn hash_inline<T>(stopped: &dyn Fn() -> bool, f: impl FnOnce() -> T) -> Option<T> {
+    if threads::available() < 2 {
+        return Some(f());
+    }
+    let _slot = hash_slots().take(&|| stopped() || interrupt::pending().is_some())?;
+    Some(f())
+}
+
+/// Logical bytes a hashing thread hashes before it lets waiting files
+/// have their turn.
+pub const SLICE: u64 = 48 << 20;
+
 /// Files smaller than this are hashed inline: a thread would cost more than
 /// the overlap gains.
 pub const OFFLOAD_FROM: u64 = 8 << 20;
 
 /// The most zero bytes hashed between two looks at the stop flag.
 const STEP: u64 = 8 << 20;
+
+/// A hashing thread's hold on a hash slot.
+struct Turns {
+    slot: Option<Slot<'static>>,
+    /// Bytes hashed since the slot was taken.
+    sliced: u64,
+}
+
+impl Turns {
+    fn new() -> Turns {
+        Turns {
+            slot: None,
+            sliced: 0,
+        }
+    }
+
+    /// Hold a slot before hashing; `false` once halted while waiting.
+    fn hold(&mut self, gate: &Gate) -> bool {
+        if self.slot.is_none() {
+            self.slot = hash_slots().take(&|| gate.halted());
+            self.sliced = 0;
+        }
+        self.slot.is_some()
+    }
+
+    /// `n` more bytes hashed: after a slice, let waiting files go first;
+    /// `false` once halted while waiting.
+    fn hashed(&mut self, n: u64, gate: &Gate) -> bool {
+        self.sliced += n;
+        if self.sliced < SLICE {
+            return true;
+        }
+        self.sliced = 0;
+        self.slot = self.slot.take().and_then(|s| s.turn(&|| gate.halted()));
+        self.slot.is_some()
+    }
+
+    /// Nothing to hash for now: give the slot back.
+    fn release(&mut self) {
+        self.slot = None;
+    }
+}
 
 /// Messages to the hashing thread, in logical order.
 enum Msg {
@@ -175,6 +255,12 @@ impl Gate {
         }
     }
 
+    /// Whether more than `pos` bytes are written or the file is closed.
+    fn ready(&self, pos: u64) -> bool {
+        let w = self.written.lock().expect("gate lock");
+        w.upto > pos || w.closed
+    }
+
     /// Wait until more than `pos` bytes are written or the file is closed:
     /// how far it is written and whether that is all, `None` once stopped.
     fn beyond(&self, pos: u64) -> Option<(u64, bool)> {
@@ -196,7 +282,7 @@ impl<S: LogicalSink + Send + 'static> Offloaded<S> {
     /// Feed `sink` with the logical bytes of a file of `len` bytes: on its
     /// own thread when that can pay.
     pub fn new(sink: S, len: u64) -> Self {
-        if len < OFFLOAD_FROM || threads::available() < 2 {
+        if !offloads(len) {
             return Offloaded {
                 state: State::Inline(sink),
             };
@@ -263,23 +349,38 @@ impl<S: LogicalSink + Send + 'static> Feed<S> {
             .name("msb-hash".into())
             .spawn(move || {
                 stopped.run(|gate| {
-                    let halt = || gate.halted();
-                    for msg in rx {
-                        if halt() {
+                    let mut turns = Turns::new();
+                    loop {
+                        let msg = match rx.try_recv() {
+                            Ok(msg) => msg,
+                            Err(TryRecvError::Empty) => {
+                                turns.release();
+                                match rx.recv() {
+                                    Ok(msg) => msg,
+                                    Err(_) => break,
+                                }
+                            }
+                            Err(TryRecvError::Disconnected) => break,
+                        };
+                        if gate.halted() || !turns.hold(gate) {
                             return Ok(None);
                         }
                         match msg {
                             Msg::Data(mut block) => {
                                 sink.data(&block);
+                                let n = block.len() as u64;
                                 block.clear();
                                 let _ = free_tx.send(block);
+                                if !turns.hashed(n, gate) {
+                                    return Ok(None);
+                                }
                             }
                             Msg::Zeros(mut n) => {
                                 while n > 0 {
                                     let step = n.min(STEP);
                                     sink.zeros(step);
                                     n -= step;
-                                    if n > 0 && halt() {
+                                    if !turns.hashed(step, gate) || (n > 0 && gate.halted()) {
                                         return Ok(None);
                                     }
                                 }
@@ -417,7 +518,7 @@ impl<S: LogicalSink + Send + 'static> Followed<S> {
     /// Feed `sink` with the logical bytes of `file` at `path`, being written
     /// from its start to `len` bytes; `file` must be open for reading.
     pub fn new(sink: S, file: &File, path: &Path, len: u64) -> Result<Self> {
-        if len < OFFLOAD_FROM || threads::available() < 2 {
+        if !offloads(len) {
             return Ok(Followed {
                 state: Following::Inline(sink),
             });
@@ -468,27 +569,36 @@ fn follow<S: LogicalSink>(mut sink: S, file: &File, path: &Path, gate: &Gate) ->
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     let mut halted = false;
+    let mut turns = Turns::new();
     loop {
+        if !gate.ready(pos) {
+            turns.release();
+        }
         let Some((upto, closed)) = gate.beyond(pos) else {
             return Ok(None);
         };
+        if !turns.hold(gate) {
+            return Ok(None);
+        }
         let walked = read_range(file, path, pos, upto, &mut buf, &mut |piece| {
             let mut n = match piece {
                 Piece::Data(d) => {
                     sink.data(d);
+                    halted |= !turns.hashed(d.len() as u64, gate);
                     0
                 }
                 Piece::Zeros(n) => n,
             };
-            while n > 0 {
+            while n > 0 && !halted {
                 let step = n.min(STEP);
                 sink.zeros(step);
                 n -= step;
+                halted |= !turns.hashed(step, gate);
                 if n > 0 && gate.halted() {
                     break;
                 }
             }
-            if gate.halted() {
+            if halted || gate.halted() {
                 halted = true;
                 // Ends the walk; the caller sees `halted`, not this.
                 return Err(Error::Interrupted {
