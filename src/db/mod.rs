@@ -286,6 +286,25 @@ fn too_new(conn: &Connection, path: &Path, version: i64, what: &'static str) -> 
     }
 }
 
+/// Whether the index at `path` names any snapshot, read without writing.
+/// An index that is absent names none; one that cannot be read counts as
+/// naming some: a caller deciding whether the index may go keeps it.
+pub fn names_any_snapshot(path: &Path) -> bool {
+    if path
+        .symlink_metadata()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return false;
+    }
+    let Ok(conn) = open_read_only(path) else {
+        return true;
+    };
+    conn.query_row("SELECT EXISTS (SELECT 1 FROM snapshots)", [], |r| {
+        r.get::<_, bool>(0)
+    })
+    .unwrap_or(true)
+}
+
 /// A read-only connection to `path`, refusing writes.
 fn open_read_only(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;

@@ -341,9 +341,11 @@ impl FreshRoot {
     }
 
     /// After the command failed: when every directory it created is still
-    /// empty (nothing was installed or staged), remove the index, its side
-    /// files and the lock it made, then those directories. Anything else
-    /// found there is kept, and so is everything when it is not empty.
+    /// empty (nothing was installed or staged) and the index names no
+    /// snapshot (a failed command leaves none, so one there is another
+    /// writer's), remove the index, its side files and the lock it made,
+    /// then those directories. Anything else found there is kept, and so is
+    /// everything when it is not empty.
     pub fn undo(self) {
         let Ok(Some(lock)) = crate::store::files::open_lock(&self.layout.lock_file(), false) else {
             return;
@@ -364,6 +366,7 @@ impl FreshRoot {
             .iter()
             .filter(|d| d.as_path() != root)
             .all(|d| holds_only_created(d))
+            || crate::db::names_any_snapshot(&self.layout.db())
         {
             return;
         }

@@ -896,7 +896,19 @@ fn a_snapshot_another_connection_commits_while_an_import_promotes_is_a_conflict(
             || stderr.contains("already names"),
         "{stderr}"
     );
-    // Every rename was undone, and the registry this first command created
-    // went with it: nothing of the import is left.
-    assert!(!reg.root().exists(), "{:?}", reg.tree());
+    // Every rename was undone. The index this first command created stays:
+    // it now names the other writer's snapshot (deletion fails closed), and
+    // only that one.
+    let names: Vec<String> = sql(&reg)
+        .prepare("SELECT name FROM snapshots")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(names, ["base"]);
+    let left: Vec<_> = std::fs::read_dir(reg.root().join("snapshots"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{:?}", reg.tree());
 }

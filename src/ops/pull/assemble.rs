@@ -11,7 +11,7 @@ use super::follow::{FollowSpec, Follower, Staged};
 use super::local::{Scratch, Written, clear_unlisted, holds, open_staged, read_source};
 use super::report::Transfer;
 use super::resolve::RemoteSnapshot;
-use super::transfer::{Range, Wanted};
+use super::transfer::{Range, Source, Wanted};
 use crate::journal::Lease;
 use crate::model::chunk::{CHUNK_SIZE, Chunk, ChunkList};
 use crate::model::digest::Digest;
@@ -153,17 +153,7 @@ impl Registry {
         progress: &dyn Progress,
     ) -> Result<HashSet<Digest>> {
         let (copies, wanted) = self.plan_local(map, files, written, report, progress)?;
-        let (deltas, mut first): (Vec<Wanted>, Vec<Wanted>) =
-            wanted.into_values().partition(|w| w.base.is_some());
-        let mut later = Vec::new();
-        for d in deltas {
-            let base = d.base.expect("a delta has a base");
-            if self.local_candidate(written, &base, None)? {
-                first.push(d);
-            } else {
-                later.push(d);
-            }
-        }
+        let (first, later) = self.first_and_later(wanted, written)?;
         crate::process::timeline::mark(&format!(
             "assemble: {} chunks to copy, {} frames to download first, {} deltas after",
             copies.len(),
@@ -176,6 +166,16 @@ impl Registry {
             .parent()
             .expect("a staged file is in a directory");
         let scratch = Scratch::create(dir.with_extension("bases"))?;
+        let source = Source {
+            client,
+            repo,
+            map,
+            pack_sizes,
+            files,
+            written: &cell,
+            scratch: &scratch,
+            jobs,
+        };
         let mut downloaded = HashSet::new();
         let mut landed = |range: &Range, received: u64| -> Result<()> {
             report.bytes_downloaded += received;
@@ -190,51 +190,9 @@ impl Registry {
             }
             Ok(())
         };
-        let deferred = std::cell::RefCell::new(Vec::new());
-        let both = async {
-            let ((copied, missed), ()) = tokio::try_join!(
-                self.copy_local(files, &cell, copies, progress),
-                self.download(
-                    client,
-                    repo,
-                    map,
-                    pack_sizes,
-                    files,
-                    &cell,
-                    &scratch,
-                    first,
-                    jobs,
-                    Some(&deferred),
-                    &mut landed,
-                ),
-            )?;
-            crate::process::timeline::mark("assemble: local copies and first downloads done");
-            later.extend(merged(missed));
-            later.append(&mut deferred.borrow_mut());
-            let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
-                later.into_iter().partition(|w| w.base.is_some());
-            self.add_bases(map, &deltas, &mut plain, &mut cell.borrow_mut())?;
-            // Plain frames first (bases among them), then the deltas.
-            for phase in [plain, deltas] {
-                self.download(
-                    client,
-                    repo,
-                    map,
-                    pack_sizes,
-                    files,
-                    &cell,
-                    &scratch,
-                    phase,
-                    jobs,
-                    None,
-                    &mut landed,
-                )
-                .await?;
-            }
-            crate::process::timeline::mark("assemble: downloads done");
-            Ok::<_, crate::model::error::Error>(copied)
-        };
-        let result = both.await;
+        let result = self
+            .fetch_all(&source, copies, first, later, &mut landed, progress)
+            .await;
         if let Ok((chunks, bytes)) = result {
             report.chunks_local += chunks;
             report.bytes_local += bytes;
@@ -246,6 +204,63 @@ impl Registry {
         *written = written_now;
         scratch.remove()?;
         result.map(|_| downloaded)
+    }
+
+    /// The frames to download: those wanted first (plain frames, and deltas
+    /// whose base is here), and the deltas whose base must come down first.
+    fn first_and_later(
+        &self,
+        wanted: HashMap<Digest, Wanted>,
+        written: &Written,
+    ) -> Result<(Vec<Wanted>, Vec<Wanted>)> {
+        let (deltas, mut first): (Vec<Wanted>, Vec<Wanted>) =
+            wanted.into_values().partition(|w| w.base.is_some());
+        let mut later = Vec::new();
+        for d in deltas {
+            let base = d.base.expect("a delta has a base");
+            if self.local_candidate(written, &base, None)? {
+                first.push(d);
+            } else {
+                later.push(d);
+            }
+        }
+        Ok((first, later))
+    }
+
+    /// Copy the local chunks `copies` while `first` downloads, then
+    /// download what that left: the chunks a local file no longer held and
+    /// the deltas `later`, plain frames (their bases among them) before
+    /// deltas. The chunks and bytes copied locally.
+    async fn fetch_all(
+        &self,
+        source: &Source<'_>,
+        copies: Vec<Wanted>,
+        first: Vec<Wanted>,
+        mut later: Vec<Wanted>,
+        landed: &mut dyn FnMut(&Range, u64) -> Result<()>,
+        progress: &dyn Progress,
+    ) -> Result<(u64, u64)> {
+        let deferred = std::cell::RefCell::new(Vec::new());
+        let ((copied, missed), ()) = tokio::try_join!(
+            self.copy_local(source.files, source.written, copies, progress),
+            self.download(source, first, Some(&deferred), landed),
+        )?;
+        crate::process::timeline::mark("assemble: local copies and first downloads done");
+        later.extend(merged(missed));
+        later.append(&mut deferred.borrow_mut());
+        let (deltas, mut plain): (Vec<Wanted>, Vec<Wanted>) =
+            later.into_iter().partition(|w| w.base.is_some());
+        self.add_bases(
+            source.map,
+            &deltas,
+            &mut plain,
+            &mut source.written.borrow_mut(),
+        )?;
+        for phase in [plain, deltas] {
+            self.download(source, phase, None, landed).await?;
+        }
+        crate::process::timeline::mark("assemble: downloads done");
+        Ok(copied)
     }
 
     /// Sort the chunks of `map` (in offset order): those an interrupted run

@@ -27,6 +27,23 @@ pub(super) struct Wanted {
     pub(super) targets: Vec<(usize, u64)>,
 }
 
+/// What every download phase of one snapshot works with: where its packs
+/// are, the files they are written to, and where chunks already are.
+#[derive(Clone, Copy)]
+pub(super) struct Source<'a> {
+    pub(super) client: &'a Client,
+    pub(super) repo: &'a str,
+    pub(super) map: &'a ChunkMap,
+    pub(super) pack_sizes: &'a [u64],
+    pub(super) files: &'a [Staged],
+    /// Where each chunk already on this machine is (bases included).
+    pub(super) written: &'a std::cell::RefCell<Written>,
+    /// Where decoded bases no file uses go.
+    pub(super) scratch: &'a Scratch,
+    /// Range requests at once.
+    pub(super) jobs: usize,
+}
+
 /// Frames of one pack fetched with one range request.
 pub(super) struct Range {
     pub(super) pack: usize,
@@ -84,21 +101,23 @@ impl Registry {
     /// base is not found here, or does not decode against an unchecked one,
     /// is put in `defer` when given (left out of its range, for a later
     /// phase to check or fetch its base), else refused.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn download(
         &self,
-        client: &Client,
-        repo: &str,
-        map: &ChunkMap,
-        pack_sizes: &[u64],
-        files: &[Staged],
-        written: &std::cell::RefCell<Written>,
-        scratch: &Scratch,
+        source: &Source<'_>,
         wanted: Vec<Wanted>,
-        jobs: usize,
         defer: Option<&std::cell::RefCell<Vec<Wanted>>>,
         landed: &mut dyn FnMut(&Range, u64) -> Result<()>,
     ) -> Result<()> {
+        let Source {
+            client,
+            repo,
+            map,
+            pack_sizes,
+            files,
+            written,
+            scratch,
+            jobs,
+        } = *source;
         let ranges = coalesce(wanted);
         let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
         let budget = &budget;
