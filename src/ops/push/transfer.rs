@@ -178,23 +178,38 @@ fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Descriptor, Vec<Frame>)> {
     for u in batch {
         let bytes = chunks.read(&u.chunk, &u.source)?;
         let offset = pack.len();
-        // The plain frame goes straight into the pack (room for the worst
-        // case is reserved), replaced by the delta when that is smaller.
-        let mut end = std::io::Cursor::new(&mut pack);
-        end.set_position(offset as u64);
-        compressor
-            .compress_to_buffer(bytes, &mut end)
-            .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
+        let compress_error = |e| Error::io("compress", u.source.0.as_path(), e);
+        let delta = match &u.base {
+            Some((b, source)) => match bases.read(b, source) {
+                Ok(reference) => Some((*b, delta_frame(bytes, reference).map_err(compress_error)?)),
+                Err(_) => None,
+            },
+            None => None,
+        };
         let mut base = None;
-        if let Some((b, source)) = &u.base
-            && let Ok(reference) = bases.read(b, source)
-        {
-            let delta = delta_frame(bytes, reference)
-                .map_err(|e| Error::io("compress", u.source.0.as_path(), e))?;
-            if delta.len() < pack.len() - offset {
-                pack.truncate(offset);
+        match delta {
+            // Small enough that no plain frame could be worth a second
+            // compression of the chunk to compare.
+            Some((b, delta)) if delta.len() <= bytes.len() / SURE_DELTA => {
                 pack.extend_from_slice(&delta);
-                base = Some(*b);
+                base = Some(b);
+            }
+            delta => {
+                // The plain frame goes straight into the pack (room for the
+                // worst case is reserved), replaced by the delta when that
+                // is smaller.
+                let mut end = std::io::Cursor::new(&mut pack);
+                end.set_position(offset as u64);
+                compressor
+                    .compress_to_buffer(bytes, &mut end)
+                    .map_err(compress_error)?;
+                if let Some((b, delta)) = delta
+                    && delta.len() < pack.len() - offset
+                {
+                    pack.truncate(offset);
+                    pack.extend_from_slice(&delta);
+                    base = Some(b);
+                }
             }
         }
         frames.push(Frame {
@@ -208,6 +223,11 @@ fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Descriptor, Vec<Frame>)> {
     let desc = Descriptor::of(PACK, &body);
     Ok((body, desc, frames))
 }
+
+/// A delta of at most 1/`SURE_DELTA` of its chunk's length is taken without
+/// also compressing the chunk plainly to compare: a child's chunk that
+/// changed a few blocks of its parent's deltas to about those blocks.
+const SURE_DELTA: usize = 16;
 
 /// The most bytes the pack of `batch` may take: zstd's bound for
 /// incompressible chunks.
