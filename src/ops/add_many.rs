@@ -92,6 +92,63 @@ struct Job {
     integrity: Option<Integrity>,
 }
 
+impl Job {
+    /// Its integrity hash runs on a thread of its own.
+    fn offloaded(&self) -> bool {
+        self.integrity.is_some() && pipeline::offloads(self.len)
+    }
+}
+
+/// Threads staging `jobs`: as many as may hash at once, or up to the
+/// large files in flight when their hashes run on threads of their own
+/// (those take turns on the hash slots).
+fn workers_for(jobs: &[Job]) -> usize {
+    let large = jobs.iter().filter(|j| j.offloaded()).count();
+    pipeline::files_at_once()
+        .max(large.min(pipeline::large_files_at_once()))
+        .min(jobs.len())
+        .max(1)
+}
+
+/// Copy `job`'s file into staging, hashed on the way and checked against
+/// its integrity; hashed inline, it waits for a hash slot first. Ends
+/// early once `stop` is set.
+fn stage_one(job: &Job, stop: &AtomicBool, progress: &dyn Progress) -> Result<StagedBytes> {
+    let stopped = || Error::conflict("add", "stopped: another file failed");
+    let go_on = || -> Result<()> {
+        if stop.load(Ordering::Relaxed) {
+            Err(stopped())
+        } else {
+            Ok(())
+        }
+    };
+    let copy = || -> Result<StagedBytes> {
+        let staged = copy_until(
+            &job.src,
+            job.len,
+            &job.target,
+            job.integrity.as_ref(),
+            true,
+            progress,
+            &go_on,
+        )?;
+        if let Some(integrity) = &job.integrity {
+            check_integrity(&job.src.display().to_string(), integrity, staged.integrity)?;
+        }
+        Ok(staged)
+    };
+    if job.offloaded() {
+        return copy();
+    }
+    match pipeline::hash_inline(&|| stop.load(Ordering::Relaxed), copy) {
+        Some(staged) => staged,
+        None => {
+            crate::process::interrupt::check()?;
+            Err(stopped())
+        }
+    }
+}
+
 /// Refuse what makes no sense for several directories at once.
 fn refuse_options(count: usize, opts: &AddOptions) -> Result<()> {
     if count > MAX_DIRS {
@@ -229,21 +286,7 @@ impl Registry {
         opts: &AddOptions,
         progress: &dyn Progress,
     ) -> Result<AddManyReport> {
-        let trusts = self.trust_policy(&opts.trust)?;
-        let arriving: Vec<Arriving> = planned
-            .iter()
-            .map(|p| Arriving {
-                digest: p.digest,
-                parent: p.parent,
-                signatures: &[],
-            })
-            .collect();
-        let signatures = admit(self.db().conn(), &trusts, &arriving)?;
-        drop(arriving);
-        let pins: HashSet<Digest> = planned.iter().map(|p| p.image.manifest_digest).collect();
-        for pin in &pins {
-            db::imports::insert_pin(self.db().conn(), lease.id(), pin)?;
-        }
+        let signatures = self.admit_and_pin(lease, planned, opts)?;
         let layout = self.layout().clone();
         let spill = StagingIndex::create(&layout.import_spill(lease.id()))?;
         let mut journal = Journal::default();
@@ -318,6 +361,42 @@ impl Registry {
         interrupt::check()?;
         let outcome = install_checked(self, lease, &mut set, opts.repair)?;
         failpoint::hit(failpoint::ADD_INSTALLED)?;
+        self.added_report(planned, totals, outcome)
+    }
+
+    /// The trust policy's verdict on the snapshots (none carries a
+    /// signature here: a policy may still refuse them), and the images they
+    /// pin held for the lease so gc leaves them be meanwhile.
+    fn admit_and_pin(
+        &mut self,
+        lease: &Lease,
+        planned: &[Planned],
+        opts: &AddOptions,
+    ) -> Result<Vec<crate::db::signatures::SignatureRow>> {
+        let trusts = self.trust_policy(&opts.trust)?;
+        let arriving: Vec<Arriving> = planned
+            .iter()
+            .map(|p| Arriving {
+                digest: p.digest,
+                parent: p.parent,
+                signatures: &[],
+            })
+            .collect();
+        let signatures = admit(self.db().conn(), &trusts, &arriving)?;
+        let pins: HashSet<Digest> = planned.iter().map(|p| p.image.manifest_digest).collect();
+        for pin in &pins {
+            db::imports::insert_pin(self.db().conn(), lease.id(), pin)?;
+        }
+        Ok(signatures)
+    }
+
+    /// What the add did, snapshot by snapshot, as the index now has it.
+    fn added_report(
+        &self,
+        planned: &[Planned],
+        totals: Vec<(usize, u64)>,
+        outcome: crate::ops::install::InstallOutcome,
+    ) -> Result<AddManyReport> {
         let imported: HashSet<Digest> = outcome.imported.iter().copied().collect();
         let mut snapshots = Vec::with_capacity(planned.len());
         for (p, (files, bytes)) in planned.iter().zip(totals) {
@@ -410,49 +489,10 @@ impl Registry {
     ) -> Result<()> {
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].len));
-        let offloaded = |job: &Job| job.integrity.is_some() && pipeline::offloads(job.len);
-        let large = jobs.iter().filter(|j| offloaded(j)).count();
-        let workers = pipeline::files_at_once()
-            .max(large.min(pipeline::large_files_at_once()))
-            .min(jobs.len())
-            .max(1);
+        let workers = workers_for(jobs);
         let stop = AtomicBool::new(false);
         let next = AtomicUsize::new(0);
-        let go_on = || -> Result<()> {
-            if stop.load(Ordering::Relaxed) {
-                Err(Error::conflict("add", "stopped: another file failed"))
-            } else {
-                Ok(())
-            }
-        };
-        let copy = |job: &Job| -> Result<StagedBytes> {
-            let staged = copy_until(
-                &job.src,
-                job.len,
-                &job.target,
-                job.integrity.as_ref(),
-                true,
-                progress,
-                &go_on,
-            )?;
-            if let Some(integrity) = &job.integrity {
-                check_integrity(&job.src.display().to_string(), integrity, staged.integrity)?;
-            }
-            Ok(staged)
-        };
-        let run = |job: &Job| -> Result<StagedBytes> {
-            if offloaded(job) {
-                return copy(job);
-            }
-            match pipeline::hash_inline(&|| stop.load(Ordering::Relaxed), || copy(job)) {
-                Some(staged) => staged,
-                None => {
-                    crate::process::interrupt::check()?;
-                    go_on()?;
-                    Err(Error::conflict("add", "stopped: another file failed"))
-                }
-            }
-        };
+        let run = |job: &Job| stage_one(job, &stop, progress);
         let mut failed: Option<Error> = None;
         std::thread::scope(|scope| {
             let (done_tx, done_rx) = std::sync::mpsc::sync_channel(workers);
