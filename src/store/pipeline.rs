@@ -684,22 +684,25 @@ mod tests {
         all
     }
 
+    /// (byte, run length) runs of a test file: data, zeros and odd sizes
+    /// across block boundaries.
+    const PATTERN: [(u8, usize); 7] = [
+        (7, 10),
+        (0, 3 << 20),
+        (9, 5 << 20),
+        (0, 17),
+        (0, 1 << 20),
+        (3, 1),
+        (5, (2 << 20) + 5),
+    ];
+
     #[test]
     fn offloaded_hash_matches_inline() {
         threads::set_limit(4);
-        let pattern = [
-            (7, 10),
-            (0, 3 << 20),
-            (9, 5 << 20),
-            (0, 17),
-            (0, 1 << 20),
-            (3, 1),
-            (5, (2 << 20) + 5),
-        ];
-        let len: usize = pattern.iter().map(|p| p.1).sum();
+        let len: usize = PATTERN.iter().map(|p| p.1).sum();
         let mut off = Offloaded::new(PlainSha256::default(), len as u64);
         assert!(matches!(off.state, State::Thread(_)));
-        let bytes = feed(&mut off, &pattern);
+        let bytes = feed(&mut off, &PATTERN);
         assert_eq!(off.finish().unwrap().finish(), Digest::of(&bytes));
     }
 
@@ -746,17 +749,12 @@ mod tests {
     fn a_followed_hash_is_the_hash_of_what_was_written() {
         threads::set_limit(4);
         let dir = tempfile::tempdir().unwrap();
-        let pattern = [
-            (7, 10),
-            (0, 3 << 20),
-            (9, 5 << 20),
-            (0, 17),
-            (0, 1 << 20),
-            (3, 1),
-            (5, (2 << 20) + 5),
-            // Ends in a hole: the file's size is only set after the close.
-            (0, (4 << 20) + 3),
-        ];
+        // Ends in a hole: the file's size is only set after the close.
+        let pattern: Vec<(u8, usize)> = PATTERN
+            .iter()
+            .copied()
+            .chain([(0, (4 << 20) + 3)])
+            .collect();
         let len: usize = pattern.iter().map(|p| p.1).sum();
         let path = dir.path().join("f");
         let (bytes, pending) = write_followed(&path, &pattern, len as u64);

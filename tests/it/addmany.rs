@@ -3,7 +3,7 @@
 //! result equals adding them one by one; any one bad directory refuses the
 //! whole command and changes nothing; a kill leaves nothing behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use msb_registry::model::digest::Digest;
 use msb_registry::process::failpoint;
@@ -39,6 +39,14 @@ fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `add` of the chain's directories in `order`, with its image cache.
+fn add_args<'a>(dirs: &'a [PathBuf], order: [usize; 3], cache: &'a Path) -> Vec<&'a str> {
+    let mut args = vec!["add"];
+    args.extend(order.map(|i| s(&dirs[i])));
+    args.extend(["--cache-dir", s(cache)]);
+    args
+}
+
 /// What the index says of every snapshot, its files and its chunks.
 fn rows(reg: &Reg) -> Vec<Value> {
     let mut out: Vec<Value> = reg.json(&[
@@ -72,16 +80,13 @@ fn a_shuffled_chain_in_one_command_equals_adding_one_by_one() {
     for threads in ["1", "4"] {
         let at_once = Reg::new();
         let out = at_once
-            .run(&[
-                "--threads",
-                threads,
-                "add",
-                s(&dirs[2]),
-                s(&dirs[0]),
-                s(&dirs[1]),
-                "--cache-dir",
-                s(&cache),
-            ])
+            .run(
+                &[
+                    &["--threads", threads][..],
+                    &add_args(&dirs, [2, 0, 1], &cache),
+                ]
+                .concat(),
+            )
             .ok();
         let lines: Vec<&str> = out.stdout.lines().collect();
         assert_eq!(lines.len(), 4, "{}", out.stdout);
@@ -112,14 +117,7 @@ fn a_shuffled_chain_in_one_command_equals_adding_one_by_one() {
 fn json_reports_each_snapshot_parents_first_and_a_second_add_changes_nothing() {
     let reg = Reg::new();
     let (dirs, digests, cache) = chain_dirs(&reg);
-    let args = [
-        "add",
-        s(&dirs[1]),
-        s(&dirs[2]),
-        s(&dirs[0]),
-        "--cache-dir",
-        s(&cache),
-    ];
+    let args = add_args(&dirs, [1, 2, 0], &cache);
     let first: Value = reg.json(&args);
     let snapshots = first["snapshots"].as_array().unwrap();
     assert_eq!(snapshots.len(), 3);
@@ -168,16 +166,13 @@ fn one_bad_upper_among_three_refuses_all_and_changes_nothing() {
 
     let before = (reg.tree(), reg.dump());
     for threads in ["1", "4"] {
-        reg.run(&[
-            "--threads",
-            threads,
-            "add",
-            s(&dirs[0]),
-            s(&dirs[1]),
-            s(&dirs[2]),
-            "--cache-dir",
-            s(&cache),
-        ])
+        reg.run(
+            &[
+                &["--threads", threads][..],
+                &add_args(&dirs, [0, 1, 2], &cache),
+            ]
+            .concat(),
+        )
         .fails(5, s(&upper));
         assert_eq!((reg.tree(), reg.dump()), before, "threads {threads}");
     }
@@ -241,14 +236,7 @@ fn combinations_that_make_no_sense_are_usage_errors() {
 fn kill_9_during_a_multi_add_leaves_nothing() {
     let reg = Reg::new();
     let (dirs, _, cache) = chain_dirs(&reg);
-    let args = [
-        "add",
-        s(&dirs[0]),
-        s(&dirs[1]),
-        s(&dirs[2]),
-        "--cache-dir",
-        s(&cache),
-    ];
+    let args = add_args(&dirs, [0, 1, 2], &cache);
     let before = reg.dump();
     // Staged but not promoted; then halfway through the promotion's renames.
     for point in [
