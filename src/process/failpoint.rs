@@ -51,15 +51,16 @@ pub const ALL: &[&str] = &[
 /// registry (`tests/it/oci.rs`) rather than the local crash walk.
 pub const REMOTE: &[&str] = &[
     PUSH_BLOB_STORED,
-    PUSH_MANIFESTS_STORED,
+    PUSH_MANIFEST_STORED,
     PULL_CHUNK_WRITTEN,
     PULL_ASSEMBLED,
 ];
 
 /// push: after each blob is stored in the registry (before it is recorded).
 pub const PUSH_BLOB_STORED: &str = "push.blob-stored";
-/// push: every manifest stored by digest, no tag written yet.
-pub const PUSH_MANIFESTS_STORED: &str = "push.manifests-stored";
+/// push: after each snapshot's manifest is stored under its `sha256-<hex>`
+/// tag (parents first), before the user's tag.
+pub const PUSH_MANIFEST_STORED: &str = "push.manifest-stored";
 /// pull: after each chunk is written into its staged file.
 pub const PULL_CHUNK_WRITTEN: &str = "pull.chunk-written";
 /// pull: every file assembled, before verification and install.

@@ -374,7 +374,14 @@ fn ctrl_c_and_sigterm_end_push_and_pull_with_one_line_and_130_or_143() {
     fake.config(json!({"stall": 30}));
     let push = ["push", "base", &fake.at("base"), "--insecure"];
     let run = interrupted(&env, &src, &fake, &push, libc::SIGINT);
-    failed(&run, 130, &["interrupted by SIGINT", "no tag was set"]);
+    failed(
+        &run,
+        130,
+        &[
+            "interrupted by SIGINT",
+            "no tag names an incomplete snapshot",
+        ],
+    );
     let tags = fake.control(json!({"op": "tags", "repo": REPO}));
     assert!(tags["tags"].get("base").is_none(), "{tags}");
     fake.config(json!({"stall": 0}));

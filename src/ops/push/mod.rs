@@ -1,7 +1,10 @@
 //! `push`: a snapshot (and with `--with-parents` its ancestors) into an OCI
 //! registry, sending only the blobs the repository lacks (docs/oci.md).
-//! Blobs first, in parallel; then each snapshot's manifest by digest; tags
-//! last, so no tag ever names a half-pushed snapshot.
+//! Every snapshot of the chain is planned first; then the whole chain's
+//! packs go up in one stream, in parallel, then the chunk maps; then each
+//! snapshot's manifest under its `sha256-<hex>` tag, parents first, and the
+//! user's tag last. A tag is set only on a snapshot whose every blob and
+//! ancestor manifest is stored, the user's tag only on the whole chain.
 //!
 //! By step: `resolve` (the chain, configs and chunk lists), `plan` (what
 //! the repository holds, what it lacks; `learn` checks what a chunk map
@@ -20,8 +23,11 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use self::plan::Pending;
 use self::report::Counts;
 pub use self::report::{DEFAULT_JOBS, PushOptions, PushReport, PushedImage, PushedSnapshot};
+use self::resolve::MapFiles;
+use self::transfer::Unplaced;
 use crate::db::{self, SnapshotRow};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
@@ -104,7 +110,7 @@ impl Registry {
         match e {
             Error::Interrupted { signal, .. } => Error::Interrupted {
                 signal,
-                cleaned: "no tag was set; a rerun sends only what the registry lacks".into(),
+                cleaned: "no tag names an incomplete snapshot; a rerun sends only what the registry lacks".into(),
             },
             Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 let conn = self.db().conn();
@@ -160,11 +166,8 @@ impl Registry {
         } else {
             None
         };
-        let manifests = self
-            .push_manifests(&dest, chain, &mut counts, progress)
-            .await?;
-        crate::process::failpoint::hit(crate::process::failpoint::PUSH_MANIFESTS_STORED)?;
-        let mut snapshots = set_tags(client, &target.repository, chain, tag, &manifests).await?;
+        let documents = self.push_blobs(&dest, chain, &mut counts, progress).await?;
+        let mut snapshots = self.put_manifests(&dest, chain, tag, documents).await?;
         for pushed in &mut snapshots {
             let rows = db::signatures::signatures_of(self.db().conn(), &pushed.digest)?;
             if !rows.is_empty() {
@@ -204,82 +207,167 @@ impl Registry {
         client.lists_no_tags(repo).await
     }
 
-    /// Store every snapshot of `chain` (parents first) by manifest digest;
-    /// returns each manifest's bytes and digest.
-    async fn push_manifests(
+    /// Plan every snapshot of `chain` (parents first), then store the
+    /// whole chain's packs and configs in one stream, then each chunk map;
+    /// returns each snapshot's config and layers (the map first).
+    async fn push_blobs(
         &self,
         dest: &Dest<'_>,
         chain: &[SnapshotRow],
         counts: &mut Counts,
         progress: &dyn Progress,
-    ) -> Result<Vec<(Bytes, Digest)>> {
+    ) -> Result<Vec<(Descriptor, Vec<Descriptor>)>> {
         let total: u64 = chain
             .iter()
             .map(|s| self.data_bytes(s))
             .sum::<Result<u64>>()?;
         progress.start("push", Some(total));
-        let mut manifests: Vec<(Bytes, Digest)> = Vec::new();
-        let mut previous: Option<(Digest, Descriptor)> = None;
-        for snapshot in chain {
-            let manifest = self
-                .push_snapshot(dest, snapshot, previous.as_ref(), counts, progress)
+        let mut pending = Pending::new();
+        let mut planned = Vec::with_capacity(chain.len());
+        for (i, snapshot) in chain.iter().enumerate() {
+            let pushed_parent = i.checked_sub(1).map(|p| &chain[p].digest);
+            let plan = self
+                .plan_snapshot(
+                    dest,
+                    snapshot,
+                    pushed_parent,
+                    &mut pending,
+                    counts,
+                    progress,
+                )
                 .await?;
-            let digest = Digest::of(&manifest);
+            planned.push(plan);
+        }
+        let configs = planned.iter().map(|p| p.config.clone()).collect();
+        let unplaced = planned.iter_mut().map(|p| std::mem::take(&mut p.unplaced));
+        self.store_packs(dest, unplaced.collect(), configs, progress)
+            .await?
+            .add_to(counts);
+        let maps = chain
+            .iter()
+            .zip(planned)
+            .map(|(snapshot, plan)| self.store_map(dest, snapshot, plan));
+        let mut out = Vec::with_capacity(chain.len());
+        for (stored, size, config, layers) in futures_util::future::try_join_all(maps).await? {
+            counts.add(&stored, size);
+            out.push((config, layers));
+        }
+        progress.finish();
+        Ok(out)
+    }
+
+    /// What one snapshot sends: its config, map files and the chunks
+    /// neither the repository nor an earlier snapshot of this push holds.
+    /// `pushed_parent` is the parent when this push stores it too.
+    async fn plan_snapshot(
+        &self,
+        dest: &Dest<'_>,
+        snapshot: &SnapshotRow,
+        pushed_parent: Option<&Digest>,
+        pending: &mut Pending,
+        counts: &mut Counts,
+        progress: &dyn Progress,
+    ) -> Result<Planned> {
+        let name = SnapshotName::chosen(&snapshot.name)?;
+        let config = self.read_config(snapshot, &name)?;
+        let (files, order, places) = self.cut_files(snapshot, &name)?;
+        let held = self
+            .find_held(dest, snapshot, pushed_parent, &order, pending, counts)
+            .await?;
+        let unplaced = self.unplaced(
+            snapshot,
+            (&order, &places),
+            &held,
+            pending,
+            counts,
+            progress,
+        )?;
+        let config_desc = Descriptor::of(SNAPSHOT_CONFIG, &config);
+        Ok(Planned {
+            config: (config_desc, Bytes::from(config)),
+            files,
+            order,
+            unplaced,
+        })
+    }
+
+    /// Store `snapshot`'s chunk map, once every pack it names is stored;
+    /// returns how it was stored, its size, the config and the layers.
+    async fn store_map(
+        &self,
+        dest: &Dest<'_>,
+        snapshot: &SnapshotRow,
+        plan: Planned,
+    ) -> Result<(report::Stored, u64, Descriptor, Vec<Descriptor>)> {
+        let (client, target) = (dest.client, dest.target);
+        let map = self.chunk_map(target, snapshot, plan.files, &plan.order)?;
+        let map_bytes = Bytes::from(map.to_bytes());
+        let map_desc = Descriptor::of(CHUNK_MAP, &map_bytes);
+        let mut layers = vec![map_desc.clone()];
+        layers.extend(self.pack_layers(client, target, &map.packs).await?);
+        let stored = self.store_blob(dest, &map_desc, map_bytes).await?;
+        Ok((stored, map_desc.size, plan.config.0, layers))
+    }
+
+    /// Store each snapshot's manifest under its `sha256-<hex>` tag, parents
+    /// first, then the user's `tag` on the head. A snapshot's tag is set
+    /// only once its every blob and its parent's manifest are stored, and
+    /// the user's tag only on the whole chain: no tag ever names a
+    /// snapshot a pull could not complete.
+    async fn put_manifests(
+        &self,
+        dest: &Dest<'_>,
+        chain: &[SnapshotRow],
+        tag: &str,
+        documents: Vec<(Descriptor, Vec<Descriptor>)>,
+    ) -> Result<Vec<PushedSnapshot>> {
+        let (client, repo) = (dest.client, dest.target.repository.as_str());
+        let mut pushed: Vec<PushedSnapshot> = Vec::with_capacity(chain.len());
+        let mut previous: Option<(Digest, Descriptor)> = None;
+        let mut head = Bytes::new();
+        for (snapshot, (config, layers)) in chain.iter().zip(documents) {
+            let parent = previous.as_ref().or(dest.parent_there.as_ref());
+            let bytes = self.snapshot_manifest(snapshot, parent, config, layers)?;
+            let identity = snapshot_tag(&snapshot.digest);
+            client.put_manifest(repo, &identity, bytes.clone()).await?;
+            crate::process::failpoint::hit(crate::process::failpoint::PUSH_MANIFEST_STORED)?;
+            let digest = Digest::of(&bytes);
             previous = Some((
                 snapshot.digest,
                 Descriptor {
                     media_type: OCI_MANIFEST.into(),
                     digest,
-                    size: manifest.len() as u64,
+                    size: bytes.len() as u64,
                     annotations: BTreeMap::new(),
                 },
             ));
-            manifests.push((manifest, digest));
+            pushed.push(PushedSnapshot {
+                digest: snapshot.digest,
+                name: snapshot.name.clone(),
+                manifest_digest: digest,
+                tags: vec![identity],
+                signatures: 0,
+            });
+            head = bytes;
         }
-        progress.finish();
-        Ok(manifests)
+        let last = pushed.last_mut().expect("a chain has a snapshot");
+        if !last.tags.iter().any(|t| t == tag) {
+            client.put_manifest(repo, tag, head).await?;
+            last.tags.push(tag.to_string());
+        }
+        Ok(pushed)
     }
+}
 
-    /// Store one snapshot's packs, chunk map, config and manifest (by
-    /// digest); returns the manifest's bytes. `pushed` is the parent when
-    /// this push stored it just before. The config goes up alongside the
-    /// packs; the chunk map, which says where they are, after them.
-    async fn push_snapshot(
-        &self,
-        dest: &Dest<'_>,
-        snapshot: &SnapshotRow,
-        pushed: Option<&(Digest, Descriptor)>,
-        counts: &mut Counts,
-        progress: &dyn Progress,
-    ) -> Result<Bytes> {
-        let (client, target) = (dest.client, dest.target);
-        let name = SnapshotName::chosen(&snapshot.name)?;
-        let config = self.read_config(snapshot, &name)?;
-        let (files, order, places) = self.cut_files(snapshot, &name)?;
-        let held = self
-            .find_held(dest, snapshot, pushed.map(|(d, _)| d), &order, counts)
-            .await?;
-        let unplaced = self.unplaced(snapshot, &order, &places, &held, counts, progress)?;
-        let config_desc = Descriptor::of(SNAPSHOT_CONFIG, &config);
-        let config_body = Bytes::from(config);
-        self.store_packs(dest, unplaced, (config_desc.clone(), config_body), progress)
-            .await?
-            .add_to(counts);
-        let map = self.chunk_map(target, snapshot, files, &order)?;
-        let map_bytes = Bytes::from(map.to_bytes());
-        let map_desc = Descriptor::of(CHUNK_MAP, &map_bytes);
-        let mut layers = vec![map_desc.clone()];
-        layers.extend(self.pack_layers(client, target, &map.packs).await?);
-        let map_stored = self.store_blob(dest, &map_desc, map_bytes).await?;
-        counts.add(&map_stored, map_desc.size);
-        let parent = pushed.or(dest.parent_there.as_ref());
-        let bytes = self.snapshot_manifest(snapshot, parent, config_desc, layers)?;
-        let digest = Digest::of(&bytes);
-        client
-            .put_manifest(&target.repository, &digest.to_string(), bytes.clone())
-            .await?;
-        Ok(bytes)
-    }
+/// One snapshot of the chain, planned before any of its blobs is sent.
+struct Planned {
+    /// The config's descriptor and bytes.
+    config: (Descriptor, Bytes),
+    files: MapFiles,
+    /// Its distinct chunks in order of first use.
+    order: Vec<Digest>,
+    /// What it sends.
+    unplaced: Vec<Unplaced>,
 }
 
 /// Where a push goes, and what it learnt of the repository at the start.
@@ -357,33 +445,4 @@ fn parent_warning(target: &RemoteRef, first: &SnapshotRow, there: bool) -> Optio
         first.name,
         target.repository_name()
     ))
-}
-
-/// Tag each pushed manifest `sha256-<hex>` of its snapshot, and the head
-/// `tag` too: tags last, so none names a half-pushed snapshot.
-async fn set_tags(
-    client: &Client,
-    repo: &str,
-    chain: &[SnapshotRow],
-    tag: &str,
-    manifests: &[(Bytes, Digest)],
-) -> Result<Vec<PushedSnapshot>> {
-    let mut pushed = Vec::new();
-    for (snapshot, (bytes, digest)) in chain.iter().zip(manifests) {
-        let mut tags = vec![snapshot_tag(&snapshot.digest)];
-        if snapshot.digest == chain[chain.len() - 1].digest && !tags.iter().any(|t| t == tag) {
-            tags.push(tag.to_string());
-        }
-        for t in &tags {
-            client.put_manifest(repo, t, bytes.clone()).await?;
-        }
-        pushed.push(PushedSnapshot {
-            digest: snapshot.digest,
-            name: snapshot.name.clone(),
-            manifest_digest: *digest,
-            tags,
-            signatures: 0,
-        });
-    }
-    Ok(pushed)
 }

@@ -20,6 +20,13 @@ use crate::store::layout::SnapshotName;
 /// What a repository is known to hold, by chunk.
 pub(super) type Held = HashMap<Digest, PackedChunk>;
 
+/// The chunks earlier snapshots of this push will store, each with the
+/// chunk a later snapshot's delta against it takes as its base (itself,
+/// sent plainly, or the plain base it is itself sent as a delta of) and
+/// where that base is read. Packs all land before any chunk map, so a
+/// chunk here is held by the time a map names it.
+pub(super) type Pending = HashMap<Digest, (Digest, ChunkSource)>;
+
 /// Where the repository holds `chunk`, when it can be decoded there: a
 /// plain frame, or a delta whose base it holds as a plain frame.
 pub(super) fn placed(held: &Held, chunk: &Digest) -> Option<PackedChunk> {
@@ -32,62 +39,69 @@ pub(super) fn placed(held: &Held, chunk: &Digest) -> Option<PackedChunk> {
 
 impl Registry {
     /// Learn and mount what the repository may hold of `order` beyond what
-    /// is recorded; returns what it is then known to hold.
+    /// is recorded and what this push stores for earlier snapshots
+    /// (`pending`); returns what it is then known to hold.
     pub(super) async fn find_held(
         &self,
         dest: &Dest<'_>,
         snapshot: &SnapshotRow,
         pushed_parent: Option<&Digest>,
         order: &[Digest],
+        pending: &Pending,
         counts: &mut Counts,
     ) -> Result<Held> {
         let (client, target) = (dest.client, dest.target);
         let (registry, repo) = (target.registry.as_str(), target.repository.as_str());
         let conn = self.db().conn();
         let mut held = db::remote::remote_chunks_of(conn, registry, repo)?;
-        let lacking: Vec<Digest> = order
-            .iter()
-            .filter(|c| placed(&held, c).is_none())
-            .copied()
-            .collect();
+        let lacking = |held: &Held| -> Vec<Digest> {
+            order
+                .iter()
+                .filter(|c| placed(held, c).is_none() && !pending.contains_key(*c))
+                .copied()
+                .collect()
+        };
+        let lacking_now = lacking(&held);
         if let Some(p) = snapshot.parent
             && pushed_parent.is_none_or(|d| *d != p)
-            && !lacking.is_empty()
+            && !lacking_now.is_empty()
             && !dest.fresh
         {
             // Another machine may have pushed the parent: its chunk map
             // says where the repository holds the chunks they share. Only
             // the chunks not already known to be there are checked.
-            self.learn_from(client, target, &p, &lacking, dest.jobs)
+            self.learn_from(client, target, &p, &lacking_now, dest.jobs)
                 .await?;
             held = db::remote::remote_chunks_of(conn, registry, repo)?;
         }
-        if order.iter().any(|c| placed(&held, c).is_none())
-            && db::remote::remote_chunks_elsewhere_any(conn, registry, repo)?
+        let lacking_now = lacking(&held);
+        if !lacking_now.is_empty() && db::remote::remote_chunks_elsewhere_any(conn, registry, repo)?
         {
-            self.mount_packs(client, target, order, &held, counts)
+            self.mount_packs(client, target, &lacking_now, &held, counts)
                 .await?;
             held = db::remote::remote_chunks_of(conn, registry, repo)?;
         }
         Ok(held)
     }
 
-    /// The chunks of `order` the repository lacks, each with its delta
-    /// base when the parent's chunk at the same offset is held there;
-    /// chunks it holds are counted present.
+    /// The chunks of `order` the repository lacks and no earlier snapshot
+    /// of this push stores, each with its delta base when the parent's
+    /// chunk at the same offset is held there or stored by this push;
+    /// the others are counted present. What is returned is added to
+    /// `pending`.
     pub(super) fn unplaced(
         &self,
         snapshot: &SnapshotRow,
-        order: &[Digest],
-        places: &[ChunkSource],
+        (order, places): (&[Digest], &[ChunkSource]),
         held: &Held,
+        pending: &mut Pending,
         counts: &mut Counts,
         progress: &dyn Progress,
     ) -> Result<Vec<Unplaced>> {
         let parent_chunks = self.parent_chunks(snapshot)?;
         let mut unplaced = Vec::new();
         for (i, chunk) in order.iter().enumerate() {
-            if placed(held, chunk).is_some() {
+            if placed(held, chunk).is_some() || pending.contains_key(chunk) {
                 counts.chunks_present += 1;
                 counts.bytes_not_sent += places[i].2;
                 progress.advance(places[i].2);
@@ -96,7 +110,10 @@ impl Registry {
             let (path, offset, _) = &places[i];
             let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let base = match parent_chunks.get(&(file.to_string(), *offset)) {
-                Some(r) if r != chunk => self.delta_base(held, r)?,
+                Some(r) if r != chunk => match pending.get(r) {
+                    Some(base) => Some(base.clone()),
+                    None => self.delta_base(held, r)?,
+                },
                 _ => None,
             };
             unplaced.push(Unplaced {
@@ -104,6 +121,10 @@ impl Registry {
                 source: places[i].clone(),
                 base,
             });
+        }
+        for u in &unplaced {
+            let base = u.base.clone().unwrap_or((u.chunk, u.source.clone()));
+            pending.insert(u.chunk, base);
         }
         Ok(unplaced)
     }

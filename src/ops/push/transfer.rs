@@ -37,17 +37,19 @@ pub(super) struct Unplaced {
 }
 
 impl Registry {
-    /// Pack `unplaced` chunks (in order, [`PACK_CHUNKS`] a pack), compress
-    /// them on the blocking pool, and store each pack the repository
-    /// lacks, and `along` (a small blob, the config) with them: `jobs`
-    /// transfers at a time and [`MAX_IN_FLIGHT_BYTES`] of packs in memory
-    /// at most; each stored pack is recorded (blob and chunk places) in its
-    /// own transaction as it lands. Returns what was stored.
+    /// Pack the chunks of each snapshot of `unplaced` (in order,
+    /// [`PACK_CHUNKS`] a pack, never two snapshots' chunks in one pack),
+    /// compress them on the blocking pool, and store each pack the
+    /// repository lacks, and `along` (small blobs, the configs) with them:
+    /// one stream for the whole chain, `jobs` transfers at a time and
+    /// [`MAX_IN_FLIGHT_BYTES`] of packs in memory at most; each stored pack
+    /// is recorded (blob and chunk places) in its own transaction as it
+    /// lands. Returns what was stored.
     pub(super) async fn store_packs(
         &self,
         dest: &Dest<'_>,
-        unplaced: Vec<Unplaced>,
-        along: (Descriptor, Bytes),
+        unplaced: Vec<Vec<Unplaced>>,
+        along: Vec<(Descriptor, Bytes)>,
         progress: &dyn Progress,
     ) -> Result<Counts> {
         let (registry, repo) = (
@@ -57,26 +59,28 @@ impl Registry {
         let conn = self.db().conn();
         let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
         let budget = &budget;
-        let blob = async move {
-            let (desc, body) = along;
+        let blobs = along.into_iter().map(|(desc, body)| async move {
             let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
             Ok::<_, Error>((desc, stored, Vec::new(), 0))
-        };
-        let packs = unplaced
-            .chunks(PACK_CHUNKS)
-            .map(<[_]>::to_vec)
-            .map(|batch| async move {
-                let logical: u64 = batch.iter().map(|u| u.source.2).sum();
-                let mut taken = budget.take(pack_bound(&batch)).await;
-                let (body, desc, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
-                    .await
-                    .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
-                taken.shrink_to(body.len() as u64);
-                let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
-                drop(taken);
-                Ok::<_, Error>((desc, stored, frames, logical))
-            });
-        let jobs = std::iter::once(blob.boxed_local()).chain(packs.map(FutureExt::boxed_local));
+        });
+        let batches: Vec<Vec<Unplaced>> = unplaced
+            .iter()
+            .flat_map(|u| u.chunks(PACK_CHUNKS).map(<[_]>::to_vec))
+            .collect();
+        let packs = batches.into_iter().map(|batch| async move {
+            let logical: u64 = batch.iter().map(|u| u.source.2).sum();
+            let mut taken = budget.take(pack_bound(&batch)).await;
+            let (body, desc, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
+                .await
+                .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
+            taken.shrink_to(body.len() as u64);
+            let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
+            drop(taken);
+            Ok::<_, Error>((desc, stored, frames, logical))
+        });
+        let jobs = blobs
+            .map(FutureExt::boxed_local)
+            .chain(packs.map(FutureExt::boxed_local));
         let mut results = stream::iter(jobs).buffer_unordered(dest.jobs);
         let mut counts = Counts::default();
         while let Some(done) = results.next().await {
