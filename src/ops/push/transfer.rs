@@ -1,6 +1,7 @@
 //! Transfer: pack and compress the chunks a repository lacks and store
 //! them, and store single blobs, each recorded as it lands.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
@@ -169,25 +170,32 @@ pub(super) async fn store_one(
 
 /// Read, check and compress each chunk of a batch into one pack: zstd
 /// frames one after another. A chunk with a base is compressed with the
-/// base's bytes as its prefix when that makes it smaller. Returns the pack,
-/// its descriptor (its digest taken here, off the async thread) and each
-/// chunk's frame.
+/// base's bytes as its prefix when that makes it smaller. Returns the
+/// pack, its descriptor (its digest taken here, off the async thread) and
+/// each chunk's frame.
 fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Descriptor, Vec<Frame>)> {
-    let mut pack = Vec::with_capacity(pack_bound(batch) as usize);
+    let (bases, base_of) = gather_bases(batch);
+    let mut pack = Vec::with_capacity(frames_bound(batch) as usize);
     let mut frames = Vec::with_capacity(batch.len());
     let mut compressor =
         zstd::bulk::Compressor::new(CHUNK_ZSTD_LEVEL).map_err(|e| Error::io("start", "zstd", e))?;
-    // Chunks and bases (the parent's) are read from different files.
-    let (mut chunks, mut bases) = (ChunkReader::default(), ChunkReader::default());
-    for u in batch {
+    // One context for every delta of the pack, each against its base.
+    let mut deltas = zstd::zstd_safe::CCtx::create();
+    deltas
+        .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(
+            CHUNK_ZSTD_LEVEL,
+        ))
+        .map_err(|e| Error::io("start", "zstd", zstd_error(e)))?;
+    let mut chunks = ChunkReader::default();
+    for (u, base) in batch.iter().zip(base_of) {
         let bytes = chunks.read(&u.chunk, &u.source)?;
         let offset = pack.len();
         let compress_error = |e| Error::io("compress", u.source.0.as_path(), e);
-        let delta = match &u.base {
-            Some((b, source)) => match bases.read(b, source) {
-                Ok(reference) => Some((*b, delta_frame(bytes, reference).map_err(compress_error)?)),
-                Err(_) => None,
-            },
+        let delta = match base {
+            Some((b, range)) => Some((
+                b,
+                delta_frame(&mut deltas, bytes, &bases[range]).map_err(compress_error)?,
+            )),
             None => None,
         };
         let mut base = None;
@@ -233,23 +241,66 @@ fn build_pack(batch: &[Unplaced]) -> Result<(Bytes, Descriptor, Vec<Frame>)> {
 /// changed a few blocks of its parent's deltas to about those blocks.
 const SURE_DELTA: usize = 16;
 
-/// The most bytes the pack of `batch` may take: zstd's bound for
-/// incompressible chunks.
+/// The most bytes building the pack of `batch` takes: its frames and its
+/// bases.
 fn pack_bound(batch: &[Unplaced]) -> u64 {
+    let mut bases: Vec<(&Digest, u64)> = batch
+        .iter()
+        .filter_map(|u| u.base.as_ref().map(|(b, s)| (b, s.2)))
+        .collect();
+    bases.sort_unstable();
+    bases.dedup();
+    frames_bound(batch) + bases.iter().map(|(_, len)| len).sum::<u64>()
+}
+
+/// The most bytes the frames of `batch` may take: zstd's bound for
+/// incompressible chunks.
+fn frames_bound(batch: &[Unplaced]) -> u64 {
     let data: u64 = batch.iter().map(|u| u.source.2).sum();
     data + batch.len() as u64 * crate::remote::format::max_chunk_frame(0) + data / 128
 }
 
-/// zstd of `bytes` with `reference` as its prefix (`zstd --patch-from`).
-fn delta_frame(bytes: &[u8], reference: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut encoder =
-        zstd::stream::write::Encoder::with_ref_prefix(&mut out, CHUNK_ZSTD_LEVEL, reference)?;
-    encoder.include_contentsize(true)?;
-    encoder.set_pledged_src_size(Some(bytes.len() as u64))?;
-    std::io::Write::write_all(&mut encoder, bytes)?;
-    encoder.finish()?;
+/// The bases of the deltas of `batch`, each read and checked once, one
+/// after another in one buffer (so that one zstd context serves the whole
+/// pack), and where each chunk's base is in it. A base that cannot be read
+/// is no base: its chunk goes plainly.
+fn gather_bases(batch: &[Unplaced]) -> (Vec<u8>, Vec<Option<(Digest, Range)>>) {
+    let mut buf = Vec::new();
+    let mut seen: HashMap<Digest, Range> = HashMap::new();
+    let mut reader = ChunkReader::default();
+    let mut place = |u: &Unplaced| {
+        let (b, source) = u.base.as_ref()?;
+        if let Some(range) = seen.get(b) {
+            return Some((*b, range.clone()));
+        }
+        let start = buf.len();
+        buf.extend_from_slice(reader.read(b, source).ok()?);
+        seen.insert(*b, start..buf.len());
+        Some((*b, start..buf.len()))
+    };
+    let at = batch.iter().map(&mut place).collect();
+    (buf, at)
+}
+
+/// A range of bytes in a buffer.
+type Range = std::ops::Range<usize>;
+
+/// zstd of `bytes` with `reference` as its prefix (`zstd --patch-from`),
+/// in `cctx` (its level set; the prefix serves this frame only).
+fn delta_frame<'a>(
+    cctx: &mut zstd::zstd_safe::CCtx<'a>,
+    bytes: &[u8],
+    reference: &'a [u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(bytes.len()));
+    cctx.ref_prefix(reference).map_err(zstd_error)?;
+    cctx.compress2(&mut out, bytes).map_err(zstd_error)?;
     Ok(out)
+}
+
+/// A zstd error code as an I/O error.
+fn zstd_error(code: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(code))
 }
 
 /// Reads chunks, keeping the last file it read open.
