@@ -397,3 +397,83 @@ fn a_bad_thread_count_is_a_usage_error() {
     reg.run_env(&["completions", "bash"], &[("MSB_REGISTRY_THREADS", "3")])
         .ok();
 }
+
+/// The most hash slots held at once according to the timeline marks in
+/// `stderr` (made in the order the slots changed hands), and how many
+/// times a hash waited for one.
+fn slots_at_once(stderr: &str) -> (usize, usize) {
+    let (mut held, mut most, mut waits) = (0usize, 0usize, 0usize);
+    for line in stderr.lines().filter(|l| l.starts_with("timeline ")) {
+        if line.ends_with("hash slot: take") {
+            held += 1;
+            most = most.max(held);
+        } else if line.ends_with("hash slot: give") {
+            held = held.checked_sub(1).expect("a slot given back was taken");
+        } else if line.ends_with("hash slot: wait") {
+            waits += 1;
+        }
+    }
+    assert_eq!(held, 0, "every slot taken is given back:\n{stderr}");
+    (most, waits)
+}
+
+#[test]
+fn no_more_than_threads_uppers_hash_at_once_in_add_verify_and_import() {
+    // Four uppers of 160 MiB (mostly holes, hashed as zeros) hashed on
+    // threads of their own, more of them than the two threads allowed:
+    // they wait for the hash slots and take turns after every slice.
+    let src = Reg::new();
+    let cache = src.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 7, &[32768, 16384]);
+    let mut dirs = Vec::new();
+    let mut parent = None;
+    for i in 0..4u8 {
+        let mut spec = SnapSpec::new(&image).label("stage", &i.to_string());
+        spec.len = 160 << 20;
+        spec.data.push((64 << 20, vec![i + 1; 4096]));
+        if let Some(p) = parent {
+            spec = spec.parent(p);
+        }
+        let dir = src.path(&format!("src/{i}"));
+        parent = Some(make_snapshot(&dir, &spec));
+        dirs.push(dir);
+    }
+    let timeline = [("MSB_REGISTRY_TIMELINE", "1")];
+    let within_two = |what: &str, run: Run| {
+        let (most, waits) = slots_at_once(&run.stderr);
+        assert!(most <= 2, "{what}: {most} hashes at once with --threads 2");
+        assert!(waits >= 1, "{what}: no hash waited for a slot");
+    };
+
+    let mut add = vec!["--threads", "2", "add"];
+    add.extend(dirs.iter().rev().map(|d| d.to_str().unwrap()));
+    add.extend(["--cache-dir", cache.to_str().unwrap()]);
+    within_two("add", src.run_env(&add, &timeline).ok());
+    within_two(
+        "verify --content",
+        src.run_env(&["--threads", "2", "verify", "--content"], &timeline)
+            .ok(),
+    );
+
+    let archive = src.path("chain.tar.zst");
+    let head = parent.unwrap().to_string();
+    src.run(&[
+        "export",
+        &head,
+        "--with-parents",
+        "-o",
+        archive.to_str().unwrap(),
+    ])
+    .ok();
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    within_two(
+        "import",
+        reg.run_env(
+            &["--threads", "2", "import", archive.to_str().unwrap()],
+            &timeline,
+        )
+        .ok(),
+    );
+    reg.run(&["verify"]).ok();
+}
