@@ -236,28 +236,55 @@ fn ctrl_c_while_an_upper_is_hashed_exits_130_and_leaves_nothing() {
     };
     let (archive, _) = sparse_archive(len, integrity, &[0x5a; 4096]);
     for threads in ["2", "4"] {
-        let reg = Reg::new();
-        chain_in_registry(&reg);
-        let before = (reg.tree(), contents(&reg));
-        let path = reg.path("big.tar");
-        std::fs::write(&path, &archive).unwrap();
-        let mut child = reg
-            .command(&["--threads", threads, "import", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_staged_upper(&reg.root());
-        // SAFETY: kill(2) on a child this test spawned and has not reaped.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(130), "{err}");
-        assert!(err.contains("interrupted by SIGINT"), "{err}");
-        assert_eq!(staging_entries(&reg), Vec::<String>::new());
-        assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
+        import_interrupted_mid_hash(&archive, threads);
     }
+}
+
+#[test]
+fn ctrl_c_while_one_thread_hashes_a_huge_hole_exits_130_promptly() {
+    // With one thread the hole is hashed inline, on the thread that reads
+    // the archive: 64 GiB of zeros take SHA-256 a minute or more, and the
+    // interrupt must not wait for them.
+    let len = 64 << 30;
+    let integrity = Integrity {
+        algorithm: "sha256".into(),
+        digest: Digest::of(b"never reached").to_string(),
+    };
+    let (archive, _) = sparse_archive(len, integrity, &[0x5a; 4096]);
+    let started = std::time::Instant::now();
+    import_interrupted_mid_hash(&archive, "1");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the interrupted import took {took:?}"
+    );
+}
+
+/// Import `archive` with `--threads threads`, SIGINT it once its upper is
+/// staged (the hash still running): it exits 130 and leaves the registry
+/// as it was.
+fn import_interrupted_mid_hash(archive: &[u8], threads: &str) {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let before = (reg.tree(), contents(&reg));
+    let path = reg.path("big.tar");
+    std::fs::write(&path, archive).unwrap();
+    let mut child = reg
+        .command(&["--threads", threads, "import", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_staged_upper(&reg.root());
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_eq!(staging_entries(&reg), Vec::<String>::new());
+    assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
 }
 
 #[test]
