@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+use crate::failclosed::files_of;
 use crate::tarcraft::Tar;
 use crate::util::{Reg, Run, SnapSpec, bin, chain_in_registry, make_image_cache, make_snapshot};
 
@@ -219,6 +220,103 @@ fn a_carried_name_taken_by_other_content_falls_back_to_the_prefix_and_says_so() 
     assert!(after.contains(&(prefix, digests[1].to_string())));
     assert!(after.contains(&("base".into(), digests[0].to_string())));
     assert!(after.contains(&("app".into(), digests[2].to_string())));
+    dst.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_carried_name_held_by_a_kept_unindexed_directory_falls_back_and_leaves_it() {
+    let src = Reg::new();
+    let (digests, image) = chain_in_registry(&src);
+    let archive = src.path("chain.tar.zst");
+    src.run(&[
+        "export",
+        "app",
+        "--with-parents",
+        "-o",
+        archive.to_str().unwrap(),
+    ])
+    .ok();
+
+    // Without rows here: an intact snapshot under "deps", and under "base"
+    // a manifest.json this msb-registry cannot validate. Neither is moved.
+    let dst = Reg::new();
+    dst.run(&["gc"]).ok();
+    let snapshots = dst.root().join("snapshots");
+    let lost = make_snapshot(
+        &snapshots.join("deps"),
+        &SnapSpec::new(&image).label("lost", "yes"),
+    );
+    let mine = make_snapshot(
+        &snapshots.join("mine"),
+        &SnapSpec::new(&image).label("mine", "yes"),
+    );
+    std::fs::create_dir_all(snapshots.join("base")).unwrap();
+    std::fs::write(snapshots.join("base/manifest.json"), br#"{"schema": 2}"#).unwrap();
+    let before = dst.tree();
+    let kept = || {
+        (
+            files_of(&snapshots.join("deps")),
+            files_of(&snapshots.join("base")),
+        )
+    };
+    let kept_before = kept();
+
+    // A name someone chose is still refused.
+    dst.run(&["import", archive.to_str().unwrap(), "--name", "mine"])
+        .fails(4, "intact snapshot");
+    assert_eq!(dst.tree(), before);
+
+    let r = dst
+        .run(&["import", archive.to_str().unwrap(), "--json"])
+        .ok();
+    let report: Value = r.json();
+    let prefix = |d: &msb_registry::model::digest::Digest| d.archive_prefix();
+    let fallbacks = report["name_fallbacks"].as_array().unwrap();
+    assert_eq!(fallbacks.len(), 2, "{report}");
+    for (f, (i, carried, why)) in fallbacks.iter().zip([
+        (0, "base", "cannot validate"),
+        (1, "deps", "msb-registry reindex"),
+    ]) {
+        assert_eq!(f["digest"], digests[i].to_string(), "{report}");
+        assert_eq!(f["carried"], carried, "{report}");
+        assert_eq!(f["name"], prefix(&digests[i]), "{report}");
+        assert!(f["reason"].as_str().unwrap().contains(why), "{report}");
+        let warning = format!(
+            "came named \"{carried}\", but {}; it is named {}",
+            f["reason"].as_str().unwrap(),
+            prefix(&digests[i])
+        );
+        assert!(r.stderr.contains(&warning), "{}", r.stderr);
+    }
+    assert!(
+        fallbacks[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("intact snapshot {lost}")),
+        "{report}"
+    );
+    assert_eq!(report["name"], "app");
+    assert_eq!(kept(), kept_before, "the kept directories are untouched");
+    let mut want = vec![
+        ("app".to_string(), digests[2].to_string()),
+        (prefix(&digests[0]), digests[0].to_string()),
+        (prefix(&digests[1]), digests[1].to_string()),
+    ];
+    want.sort();
+    assert_eq!(listed(&dst), want);
+
+    // The intact one is what reindex indexes; the other stays a problem.
+    std::fs::remove_dir_all(snapshots.join("base")).unwrap();
+    dst.run(&["reindex"]).ok();
+    let listed = listed(&dst);
+    assert!(
+        listed.contains(&("deps".into(), lost.to_string())),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&("mine".into(), mine.to_string())),
+        "{listed:?}"
+    );
     dst.run(&["verify", "--content"]).ok();
 }
 
