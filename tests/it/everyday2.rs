@@ -67,15 +67,7 @@ fn names_travel_through_a_pipe_and_gnu_tar_reads_the_archive_silently() {
 
     // --name still wins for the head; the parents keep their carried names.
     let other = Reg::new();
-    let archive = src.path("chain.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain("app", "chain.tar.zst", &[]);
     other
         .run(&["import", archive.to_str().unwrap(), "--name", "py-app"])
         .ok();
@@ -113,17 +105,7 @@ fn names_travel_through_a_pipe_and_gnu_tar_reads_the_archive_silently() {
 fn dense_archives_carry_no_names() {
     let src = Reg::new();
     chain_in_registry(&src);
-    let dense = src.path("dense.tar");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--dense",
-        "--plain-tar",
-        "-o",
-        dense.to_str().unwrap(),
-    ])
-    .ok();
+    let dense = src.export_chain("app", "dense.tar", &["--dense", "--plain-tar"]);
     let bytes = std::fs::read(&dense).unwrap();
     let types: Vec<u8> = headers(&bytes).iter().map(|h| h[156]).collect();
     assert!(
@@ -167,15 +149,7 @@ fn headers(bytes: &[u8]) -> Vec<&[u8]> {
 fn a_carried_name_taken_by_other_content_falls_back_to_the_prefix_and_says_so() {
     let src = Reg::new();
     let (digests, _) = chain_in_registry(&src);
-    let archive = src.path("chain.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain("app", "chain.tar.zst", &[]);
 
     let dst = Reg::new();
     let image = make_image_cache(&dst.path("cache"), "python:3.12", 3, &[8192]);
@@ -227,15 +201,7 @@ fn a_carried_name_taken_by_other_content_falls_back_to_the_prefix_and_says_so() 
 fn a_carried_name_held_by_a_kept_unindexed_directory_falls_back_and_leaves_it() {
     let src = Reg::new();
     let (digests, image) = chain_in_registry(&src);
-    let archive = src.path("chain.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain("app", "chain.tar.zst", &[]);
 
     // Without rows here: an intact snapshot under "deps", and under "base"
     // a manifest.json this msb-registry cannot validate. Neither is moved.

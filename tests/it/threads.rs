@@ -47,28 +47,9 @@ fn staging_entries(reg: &Reg) -> Vec<String> {
 fn one_and_four_threads_import_add_and_verify_alike() {
     let src = Reg::new();
     let (digests, _) = chain_in_registry(&src);
-    let archive = src.path("chain.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--with-image",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain("app", "chain.tar.zst", &["--with-image"]);
     // microsandbox writes dense uppers: their zeros arrive as data.
-    let dense = src.path("dense.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--with-image",
-        "--dense",
-        "-o",
-        dense.to_str().unwrap(),
-    ])
-    .ok();
+    let dense = src.export_chain("app", "dense.tar.zst", &["--with-image", "--dense"]);
     let expected = contents(&src);
     assert_eq!(expected.len(), 6, "{expected:?}");
     for threads in THREADS {
@@ -184,6 +165,15 @@ fn sha256_streamed(len: u64, data: &[u8]) -> Integrity {
     }
 }
 
+/// A `sha256` integrity no upper hashes to: the hash of an import
+/// interrupted mid-way never gets to compare it.
+fn never_reached() -> Integrity {
+    Integrity {
+        algorithm: "sha256".into(),
+        digest: Digest::of(b"never reached").to_string(),
+    }
+}
+
 fn sha256_of_sparse(len: u64, data: &[u8]) -> String {
     let mut logical = vec![0u8; len as usize];
     logical[..data.len()].copy_from_slice(data);
@@ -230,11 +220,7 @@ fn a_corrupt_or_truncated_upper_is_refused_alike_and_leaves_nothing() {
 fn ctrl_c_while_an_upper_is_hashed_exits_130_and_leaves_nothing() {
     // 6 GiB of holes take SHA-256 seconds: the signal lands mid-hash.
     let len = 6 << 30;
-    let integrity = Integrity {
-        algorithm: "sha256".into(),
-        digest: Digest::of(b"never reached").to_string(),
-    };
-    let (archive, _) = sparse_archive(len, integrity, &[0x5a; 4096]);
+    let (archive, _) = sparse_archive(len, never_reached(), &[0x5a; 4096]);
     for threads in ["2", "4"] {
         import_interrupted_mid_hash(&archive, threads);
     }
@@ -246,11 +232,7 @@ fn ctrl_c_while_one_thread_hashes_a_huge_hole_exits_130_promptly() {
     // the archive: 64 GiB of zeros take SHA-256 a minute or more, and the
     // interrupt must not wait for them.
     let len = 64 << 30;
-    let integrity = Integrity {
-        algorithm: "sha256".into(),
-        digest: Digest::of(b"never reached").to_string(),
-    };
-    let (archive, _) = sparse_archive(len, integrity, &[0x5a; 4096]);
+    let (archive, _) = sparse_archive(len, never_reached(), &[0x5a; 4096]);
     let started = std::time::Instant::now();
     import_interrupted_mid_hash(&archive, "1");
     let took = started.elapsed();
@@ -341,16 +323,12 @@ fn ctrl_c_while_a_hash_follows_a_half_written_upper_exits_130_and_leaves_nothing
     // extent and stays open: the upper is half written, its hash follows
     // it (through the 512 MiB hole, then waiting for more) when SIGINT lands.
     let len = 1 << 30;
-    let integrity = Integrity {
-        algorithm: "sha256".into(),
-        digest: Digest::of(b"never reached").to_string(),
-    };
     let mut t = Tar::new();
     sparse_snapshot(
         &mut t,
         None,
         len,
-        integrity,
+        never_reached(),
         &[(0, vec![0x5a; 4096]), (512 << 20, vec![0xa5; 1 << 20])],
     );
     let archive = t.finish();
@@ -482,16 +460,8 @@ fn no_more_than_threads_uppers_hash_at_once_in_add_verify_and_import() {
             .ok(),
     );
 
-    let archive = src.path("chain.tar.zst");
     let head = parent.unwrap().to_string();
-    src.run(&[
-        "export",
-        &head,
-        "--with-parents",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain(&head, "chain.tar.zst", &[]);
     let reg = Reg::new();
     chain_in_registry(&reg);
     within_two(
