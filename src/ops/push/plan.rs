@@ -37,6 +37,17 @@ pub(super) fn placed(held: &Held, chunk: &Digest) -> Option<PackedChunk> {
     }
 }
 
+/// Whether the repository holds `chunk` as a delta against a chunk an
+/// earlier snapshot of this push sends plainly: placed once that lands (a
+/// push stopped part way may have stored a child's pack before its
+/// parent's).
+fn delta_on_pending(held: &Held, pending: &Pending, chunk: &Digest) -> bool {
+    let Some(base) = held.get(chunk).and_then(|at| at.base) else {
+        return false;
+    };
+    pending.get(&base).is_some_and(|(plain, _)| *plain == base)
+}
+
 impl Registry {
     /// Learn and mount what the repository may hold of `order` beyond what
     /// is recorded and what this push stores for earlier snapshots
@@ -101,7 +112,10 @@ impl Registry {
         let parent_chunks = self.parent_chunks(snapshot)?;
         let mut unplaced = Vec::new();
         for (i, chunk) in order.iter().enumerate() {
-            if placed(held, chunk).is_some() || pending.contains_key(chunk) {
+            if placed(held, chunk).is_some()
+                || pending.contains_key(chunk)
+                || delta_on_pending(held, pending, chunk)
+            {
                 counts.chunks_present += 1;
                 counts.bytes_not_sent += places[i].2;
                 progress.advance(places[i].2);

@@ -41,7 +41,8 @@ impl Registry {
     /// Pack the chunks of each snapshot of `unplaced` (in order,
     /// [`PACK_CHUNKS`] a pack, never two snapshots' chunks in one pack),
     /// compress them on the blocking pool, and store each pack the
-    /// repository lacks, and `along` (small blobs, the configs) with them:
+    /// repository lacks, each snapshot's config (`along`, one a snapshot)
+    /// just before its packs:
     /// one stream for the whole chain, `jobs` transfers at a time and
     /// [`MAX_IN_FLIGHT_BYTES`] of packs in memory at most; each stored pack
     /// is recorded (blob and chunk places) in its own transaction as it
@@ -60,28 +61,37 @@ impl Registry {
         let conn = self.db().conn();
         let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
         let budget = &budget;
-        let blobs = along.into_iter().map(|(desc, body)| async move {
-            let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
-            Ok::<_, Error>((desc, stored, Vec::new(), 0))
-        });
-        let batches: Vec<Vec<Unplaced>> = unplaced
-            .iter()
-            .flat_map(|u| u.chunks(PACK_CHUNKS).map(<[_]>::to_vec))
-            .collect();
-        let packs = batches.into_iter().map(|batch| async move {
-            let logical: u64 = batch.iter().map(|u| u.source.2).sum();
-            let mut taken = budget.take(pack_bound(&batch)).await;
-            let (body, desc, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
-                .await
-                .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
-            taken.shrink_to(body.len() as u64);
-            let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
-            drop(taken);
-            Ok::<_, Error>((desc, stored, frames, logical))
-        });
-        let jobs = blobs
-            .map(FutureExt::boxed_local)
-            .chain(packs.map(FutureExt::boxed_local));
+        let blob = |(desc, body): (Descriptor, Bytes)| {
+            async move {
+                let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
+                Ok::<_, Error>((desc, stored, Vec::new(), 0))
+            }
+            .boxed_local()
+        };
+        let pack = |batch: Vec<Unplaced>| {
+            async move {
+                let logical: u64 = batch.iter().map(|u| u.source.2).sum();
+                let mut taken = budget.take(pack_bound(&batch)).await;
+                let (body, desc, frames) = tokio::task::spawn_blocking(move || build_pack(&batch))
+                    .await
+                    .map_err(|e| Error::io("compress", "a pack", std::io::Error::other(e)))??;
+                taken.shrink_to(body.len() as u64);
+                let stored = store_one(conn, dest, &desc, Body::Memory(body), !dest.fresh).await?;
+                drop(taken);
+                Ok::<_, Error>((desc, stored, frames, logical))
+            }
+            .boxed_local()
+        };
+        // Each snapshot's config just before its packs, as when snapshots
+        // went one at a time: small blobs at the head of the stream are
+        // the ones a stopped push has sent in full without recording.
+        let jobs = along
+            .into_iter()
+            .zip(unplaced)
+            .flat_map(|(config, chunks)| {
+                let packs: Vec<_> = chunks.chunks(PACK_CHUNKS).map(<[_]>::to_vec).collect();
+                std::iter::once(blob(config)).chain(packs.into_iter().map(pack))
+            });
         let mut results = stream::iter(jobs).buffer_unordered(dest.jobs);
         let mut counts = Counts::default();
         while let Some(done) = results.next().await {
