@@ -111,9 +111,11 @@ impl Registry {
     /// Record what the repository holds, from the maps of an installed
     /// pull (a refused one teaches nothing), and of each only the chunks
     /// it downloaded and decoded: the rest is the map's claim, and push
-    /// skips what is recorded.
+    /// skips what is recorded. Only a cache of the repository: committed
+    /// without waiting for the disk (the lease's end, next, does).
     fn record_pulled(&self, registry: &str, repo: &str, maps: &[Assembled]) -> Result<()> {
-        for a in maps {
+        self.db().relax_durability()?;
+        let recorded = maps.iter().try_for_each(|a| {
             crate::remote::holdings::record_map(
                 self.db().conn(),
                 registry,
@@ -121,9 +123,10 @@ impl Registry {
                 &a.map,
                 &a.pack_sizes,
                 &|c| a.downloaded.contains(c),
-            )?;
-        }
-        Ok(())
+            )
+        });
+        self.db().restore_durability()?;
+        recorded
     }
 
     /// The names the chain's snapshots are installed under: the head's
