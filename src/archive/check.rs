@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::rc::Rc;
 
+use super::names::Named;
 use super::streamed::{Streamed, StreamedSnapshot};
 use crate::db::staging::StagingIndex;
 use crate::model::digest::Digest;
@@ -14,7 +15,7 @@ use crate::model::error::{Error, Result};
 use crate::model::image::{CacheFile, CacheKind, EROFS_ALIGN, ImageMetadata, MAX_METADATA_BYTES};
 use crate::model::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::store::files::read_limited;
-use crate::store::layout::{Layout, SnapshotName};
+use crate::store::layout::Layout;
 use crate::store::staged::{StagedCacheFile, StagedManifest, StagedSet, StagedSnapshot};
 
 use super::entry::MANIFEST_FILE;
@@ -83,7 +84,7 @@ pub fn base_present(conn: &rusqlite::Connection, snapshots: &[StreamedSnapshot])
 pub fn verify(
     layout: &Layout,
     streamed: Streamed,
-    names: Vec<SnapshotName>,
+    names: Vec<Named>,
     spill: Rc<StagingIndex>,
 ) -> Result<CheckedSet> {
     let images = check_cache(&streamed)?;
@@ -97,9 +98,10 @@ pub fn verify(
         .snapshots
         .into_iter()
         .zip(names)
-        .map(|(s, name)| StagedSnapshot {
+        .map(|(s, named)| StagedSnapshot {
             manifest: StagedManifest::OnDisk(s.digest),
-            name,
+            name: named.name,
+            fallback: named.fallback,
             staged_dir: rel(&s.dir(&streamed.staged)),
             files: Vec::new(),
             chunks: Vec::new(),

@@ -3,7 +3,9 @@
 //! see [`super::entry::NAME_COMMENT`]) when it is a valid chosen name that
 //! is free here, else the archive prefix. A carried name that cannot be used
 //! is not an error: the snapshot lands under its prefix and the import says
-//! why in a [`NameFallback`].
+//! why in a [`NameFallback`]. The same holds, at install, for a carried
+//! name that a directory without a row holds and the install never moves
+//! ([`Named::fallback`]).
 
 use std::collections::HashSet;
 
@@ -35,6 +37,16 @@ pub struct NameFallback {
     pub reason: String,
 }
 
+/// The name a snapshot is to be installed under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// The name.
+    pub name: SnapshotName,
+    /// For a carried name, the archive prefix: the install takes it instead
+    /// when a directory without a row that it never moves holds `name`.
+    pub fallback: Option<SnapshotName>,
+}
+
 /// Names for `snapshots` (in archive order) and the carried names not used.
 /// `present` tells which snapshots the registry already holds: they keep
 /// the name they have, so their carried names are not looked at.
@@ -44,13 +56,14 @@ pub fn decide(
     head: usize,
     head_name: Option<&SnapshotName>,
     present: impl Fn(&Digest) -> Result<bool>,
-) -> Result<(Vec<SnapshotName>, Vec<NameFallback>)> {
+) -> Result<(Vec<Named>, Vec<NameFallback>)> {
     let mut names = Vec::with_capacity(snapshots.len());
     let mut fallbacks = Vec::new();
     let mut used: HashSet<String> = HashSet::new();
     for (i, s) in snapshots.iter().enumerate() {
         let prefix: SnapshotName = s.prefix().parse()?;
         let digest = s.digest;
+        let mut fallback = None;
         let name = match (head_name, i == head, &s.carried_name) {
             (Some(n), true, _) => n.clone(),
             (_, _, Some(carried)) if !present(&digest)? => {
@@ -62,7 +75,10 @@ pub fn decide(
                     CarriedName::Refused { shown, reason } => Some((shown.clone(), reason.clone())),
                 };
                 match (carried, refused) {
-                    (CarriedName::Valid(name), None) => name.clone(),
+                    (CarriedName::Valid(name), None) => {
+                        fallback = Some(prefix);
+                        name.clone()
+                    }
                     (_, refused) => {
                         let (carried, reason) = refused.unwrap_or_default();
                         fallbacks.push(NameFallback {
@@ -78,7 +94,7 @@ pub fn decide(
             _ => prefix,
         };
         used.insert(name.to_string());
-        names.push(name);
+        names.push(Named { name, fallback });
     }
     Ok((names, fallbacks))
 }
@@ -127,7 +143,7 @@ fn taken(
     // A directory of that name without a row is not looked at: it may be a
     // dead promotion's, which this import's promotion rolls back first;
     // a damaged one is repaired by the install (moved to quarantine/), an
-    // intact snapshot stops it with a pointer to `reindex`.
+    // intact snapshot makes the install take the fallback.
     Ok(None)
 }
 

@@ -7,6 +7,13 @@
 
 use super::tar_reader::*;
 
+/// The integration tests' raw tar writer: both suites build their headers
+/// with it.
+#[path = "../../tests/it/tarcraft.rs"]
+mod tarcraft;
+
+use tarcraft::{Flavour, Tar, header, pax_record, seal};
+
 const GNU: &[u8] = b"ustar  \0";
 const USTAR: &[u8] = b"ustar\x0000";
 
@@ -17,58 +24,33 @@ fn block_with(
     size: u64,
     edit: impl FnOnce(&mut [u8; BLOCK]),
 ) -> [u8; BLOCK] {
-    let mut b = [0u8; BLOCK];
-    b[..name.len()].copy_from_slice(name);
-    b[100..108].copy_from_slice(b"0000644\0");
-    b[108..116].copy_from_slice(b"0000000\0");
-    b[116..124].copy_from_slice(b"0000000\0");
-    b[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    b[136..148].copy_from_slice(b"14524155400\0");
-    b[156] = b'0';
+    let mut b = header(Flavour::Gnu, b'0', name, size, b"");
+    b[257..265].fill(0);
     b[257..257 + magic.len()].copy_from_slice(magic);
     edit(&mut b);
     seal(&mut b);
     b
 }
 
-fn seal(b: &mut [u8; BLOCK]) {
-    b[148..156].fill(b' ');
-    let sum: u64 = b.iter().map(|&x| u64::from(x)).sum();
-    b[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-}
-
 fn gnu(name: &[u8], size: u64) -> [u8; BLOCK] {
     block_with(GNU, name, size, |_| {})
 }
 
+/// `header` (sealed again) followed by `data`, padded to a block.
 fn with_data(header: [u8; BLOCK], data: &[u8]) -> Vec<u8> {
-    let mut out = header.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
-    out
+    Tar::new().raw(header, data).bytes.clone()
 }
 
 /// A pax header (`x`) holding `records` as they are.
 fn pax(records: &[u8]) -> Vec<u8> {
-    let mut h = block_with(USTAR, b"PaxHeaders/f", records.len() as u64, |_| {});
-    h[156] = b'x';
-    seal(&mut h);
+    let h = header(
+        Flavour::Ustar,
+        b'x',
+        b"PaxHeaders/f",
+        records.len() as u64,
+        b"",
+    );
     with_data(h, records)
-}
-
-/// A record with its length computed: `<len><sep><key>=<value>\n`.
-fn record(sep: &str, key: &[u8], value: &[u8]) -> Vec<u8> {
-    let body_len = sep.len() + key.len() + value.len() + 2;
-    let mut len = body_len + 1;
-    while len.to_string().len() + body_len != len {
-        len += 1;
-    }
-    let mut out = format!("{len}{sep}").into_bytes();
-    out.extend_from_slice(key);
-    out.push(b'=');
-    out.extend_from_slice(value);
-    out.push(b'\n');
-    out
 }
 
 /// Read every member of `archive` (end marker appended): its header and
@@ -327,11 +309,11 @@ fn metadata_fields_are_numbers_or_refused() {
 
 #[test]
 fn pax_records_read_as_gnu_tar_and_bsdtar_both_read_them() {
-    let applied = pax_records(&record(" ", b"path", b"evil.bin")).unwrap();
+    let applied = pax_records(&pax_record(" ", b"path", b"evil.bin")).unwrap();
     assert_eq!(applied.path.as_deref(), Some(&b"evil.bin"[..]));
     // Later records win, as in GNU tar and bsdtar.
-    let mut two = record(" ", b"path", b"a");
-    two.extend(record(" ", b"path", b"b"));
+    let mut two = pax_record(" ", b"path", b"a");
+    two.extend(pax_record(" ", b"path", b"b"));
     assert_eq!(pax_records(&two).unwrap().path.as_deref(), Some(&b"b"[..]));
     // Leading zeros in the length are digits like any other.
     assert_eq!(
@@ -340,46 +322,52 @@ fn pax_records_read_as_gnu_tar_and_bsdtar_both_read_them() {
     );
     for (what, bytes) in [
         // GNU tar applies `path` after several blanks; bsdtar ignores " path".
-        ("two blanks", record("  ", b"path", b"evil.bin")),
-        ("a blank and a tab", record(" \t", b"size", b"0")),
-        ("a tab", record("\t", b"path", b"x")),
+        ("two blanks", pax_record("  ", b"path", b"evil.bin")),
+        ("a blank and a tab", pax_record(" \t", b"size", b"0")),
+        ("a tab", pax_record("\t", b"path", b"x")),
         ("a leading blank", {
             let mut r = b" ".to_vec();
-            r.extend(record(" ", b"path", b"x"));
+            r.extend(pax_record(" ", b"path", b"x"));
             r
         }),
         // GNU tar stops decoding the header at the bad record and exits 2.
         ("a NUL in the keyword", {
-            let mut r = record(" ", b"fo\0o", b"bar");
-            r.extend(record(" ", b"path", b"evil.bin"));
+            let mut r = pax_record(" ", b"fo\0o", b"bar");
+            r.extend(pax_record(" ", b"path", b"evil.bin"));
             r
         }),
-        ("a NUL in the value", record(" ", b"path", b"ab\0cd")),
+        ("a NUL in the value", pax_record(" ", b"path", b"ab\0cd")),
         ("no newline", b"9 path=ab".to_vec()),
         ("a short length", b"8 path=ab\n".to_vec()),
         ("a long length", b"12 path=ab\n".to_vec()),
         ("no '='", b"8 pathab\n".to_vec()),
         ("an empty key", b"6 =ab\n".to_vec()),
         ("NUL padding after the records", {
-            let mut r = record(" ", b"path", b"ab");
+            let mut r = pax_record(" ", b"path", b"ab");
             r.extend([0, 0, 0]);
             r
         }),
-        ("an empty path", record(" ", b"path", b"")),
-        ("a signed size", record(" ", b"size", b"+1")),
-        ("a spaced size", record(" ", b"size", b" 1")),
-        ("a size with a blank after it", record(" ", b"size", b"1 ")),
+        ("an empty path", pax_record(" ", b"path", b"")),
+        ("a signed size", pax_record(" ", b"size", b"+1")),
+        ("a spaced size", pax_record(" ", b"size", b" 1")),
+        (
+            "a size with a blank after it",
+            pax_record(" ", b"size", b"1 "),
+        ),
         (
             "a size over 2^63 - 1",
-            record(" ", b"size", b"9223372036854775808"),
+            pax_record(" ", b"size", b"9223372036854775808"),
         ),
-        ("a malformed mtime", record(" ", b"mtime", b"abc")),
-        ("a malformed atime", record(" ", b"atime", b"1.5x")),
-        ("a malformed uid", record(" ", b"uid", b"abc")),
-        ("a uid over 2^32 - 1", record(" ", b"gid", b"4294967296")),
+        ("a malformed mtime", pax_record(" ", b"mtime", b"abc")),
+        ("a malformed atime", pax_record(" ", b"atime", b"1.5x")),
+        ("a malformed uid", pax_record(" ", b"uid", b"abc")),
+        (
+            "a uid over 2^32 - 1",
+            pax_record(" ", b"gid", b"4294967296"),
+        ),
         (
             "a uname that is not UTF-8",
-            record(" ", b"uname", b"\xff\x01"),
+            pax_record(" ", b"uname", b"\xff\x01"),
         ),
     ] {
         assert!(
@@ -388,17 +376,17 @@ fn pax_records_read_as_gnu_tar_and_bsdtar_both_read_them() {
         );
     }
     for good in [
-        record(" ", b"mtime", b"1700000000.123456789"),
-        record(" ", b"atime", b"-1.5"),
-        record(" ", b"ctime", b"0"),
-        record(" ", b"uid", b"4294967295"),
-        record(" ", b"uname", b"root"),
-        record(" ", b"charset", b"ISO-IR 10646 2000 UTF-8"),
-        record(" ", b"comment", b"anything at all"),
-        record(" ", b"linkpath", b""),
-        record(" ", b"SCHILY.xattr.user.a", b"1"),
-        record(" ", b"SCHILY.acl.access", b"user::rw-"),
-        record(" ", b"RHT.security.selinux", b"x"),
+        pax_record(" ", b"mtime", b"1700000000.123456789"),
+        pax_record(" ", b"atime", b"-1.5"),
+        pax_record(" ", b"ctime", b"0"),
+        pax_record(" ", b"uid", b"4294967295"),
+        pax_record(" ", b"uname", b"root"),
+        pax_record(" ", b"charset", b"ISO-IR 10646 2000 UTF-8"),
+        pax_record(" ", b"comment", b"anything at all"),
+        pax_record(" ", b"linkpath", b""),
+        pax_record(" ", b"SCHILY.xattr.user.a", b"1"),
+        pax_record(" ", b"SCHILY.acl.access", b"user::rw-"),
+        pax_record(" ", b"RHT.security.selinux", b"x"),
     ] {
         assert!(
             pax_records(&good).is_ok(),
@@ -421,7 +409,7 @@ fn pax_keywords_gnu_tar_warns_about_or_uses_elsewhere_are_refused() {
         b"GNU.volume.label",
     ] {
         assert!(
-            matches!(pax_records(&record(" ", key, b"1")), Err(ReadError::PaxKeyword(k)) if k == key),
+            matches!(pax_records(&pax_record(" ", key, b"1")), Err(ReadError::PaxKeyword(k)) if k == key),
             "{}",
             String::from_utf8_lossy(key)
         );
@@ -439,7 +427,7 @@ fn pax_keywords_gnu_tar_warns_about_or_uses_elsewhere_are_refused() {
         b"GNU.sparse.realsize",
     ] {
         assert!(matches!(
-            pax_records(&record(" ", key, b"1")),
+            pax_records(&pax_record(" ", key, b"1")),
             Err(ReadError::PaxSparse)
         ));
     }
@@ -450,19 +438,19 @@ fn pax_keywords_gnu_tar_warns_about_or_uses_elsewhere_are_refused() {
 
 #[test]
 fn pax_path_and_size_apply_to_the_next_member() {
-    let mut archive = pax(&record(" ", b"path", b"evil.bin"));
+    let mut archive = pax(&pax_record(" ", b"path", b"evil.bin"));
     archive.extend(with_data(gnu(b"benign.bin", 5), b"hello"));
     assert_eq!(paths(archive).unwrap(), one("evil.bin", b"hello"));
     // size=0 over a 1,024-byte header size: GNU tar reads an empty file and
     // the next header where the 1,024 bytes were.
-    let mut archive = pax(&record(" ", b"size", b"0"));
+    let mut archive = pax(&pax_record(" ", b"size", b"0"));
     archive.extend(gnu(b"decoy.bin", 1024));
     archive.extend(with_data(gnu(b"next.bin", 1), b"n"));
     assert_eq!(
         paths(archive).unwrap(),
         [one("decoy.bin", b""), one("next.bin", b"n")].concat()
     );
-    let mut archive = pax(&record("  ", b"path", b"evil.bin"));
+    let mut archive = pax(&pax_record("  ", b"path", b"evil.bin"));
     archive.extend(with_data(gnu(b"benign.bin", 5), b"hello"));
     assert!(matches!(paths(archive), Err(ReadError::Pax(_))));
 }
@@ -480,13 +468,8 @@ fn typeflag_is_read_as_is_and_extension_types_are_consumed() {
 // GNU long names (L) and link names (K) ----------------------------------------
 
 fn long(typeflag: u8, data: &[u8], size: usize) -> Vec<u8> {
-    let mut h = block_with(GNU, b"././@LongLink", size as u64, |_| {});
-    h[156] = typeflag;
-    seal(&mut h);
-    let mut out = h.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(BLOCK) * BLOCK, 0);
-    out
+    let h = header(Flavour::Gnu, typeflag, b"././@LongLink", size as u64, b"");
+    with_data(h, data)
 }
 
 #[test]
@@ -542,17 +525,10 @@ fn gnu_long_names_read_as_gnu_tar_and_bsdtar_both_read_them() {
 /// A GNU sparse member `sp.bin` of `real` bytes with `map` (in the header's
 /// four slots) storing `data`.
 fn sparse(map: &[(u64, u64)], real: u64, data: &[u8], stored: u64) -> Vec<u8> {
-    let mut h = block_with(GNU, b"sp.bin", stored, |b| {
-        b[156] = b'S';
-        for (i, (off, len)) in map.iter().enumerate() {
-            let at = 386 + 24 * i;
-            b[at..at + 12].copy_from_slice(format!("{off:011o}\0").as_bytes());
-            b[at + 12..at + 24].copy_from_slice(format!("{len:011o}\0").as_bytes());
-        }
-        b[483..495].copy_from_slice(format!("{real:011o}\0").as_bytes());
-    });
-    seal(&mut h);
-    with_data(h, data)
+    Tar::new()
+        .sparse_raw("sp.bin", real, map, data, stored)
+        .bytes
+        .clone()
 }
 
 #[test]

@@ -127,6 +127,37 @@ impl SnapshotRow {
     }
 }
 
+#[cfg(test)]
+impl SnapshotRow {
+    /// A row for unit tests: `digest` named `name`, a raw ext4 upper of
+    /// `size_bytes` without integrity, pinning `python:3.12` at `image`.
+    pub(crate) fn fixture(
+        digest: Digest,
+        name: &str,
+        parent: Option<Digest>,
+        image: Digest,
+        size_bytes: u64,
+    ) -> SnapshotRow {
+        SnapshotRow {
+            digest,
+            name: name.into(),
+            parent,
+            image_ref: "python:3.12".into(),
+            image_manifest_digest: image,
+            format: "raw".into(),
+            fstype: "ext4".into(),
+            upper_file: "upper.ext4".into(),
+            size_bytes,
+            integrity_algorithm: None,
+            integrity_digest: None,
+            created_at: "2026-10-01T09:00:00Z".into(),
+            source_sandbox: None,
+            labels: Default::default(),
+            added_at: 0,
+        }
+    }
+}
+
 /// Insert a snapshot and its files (inside the caller's transaction).
 pub fn insert_snapshot(
     conn: &Connection,
@@ -394,23 +425,7 @@ mod tests {
     }
 
     fn row(n: u8, name: &str, parent: Option<Digest>) -> SnapshotRow {
-        SnapshotRow {
-            digest: d(n),
-            name: name.into(),
-            parent,
-            image_ref: "python:3.12".into(),
-            image_manifest_digest: d(200),
-            format: "raw".into(),
-            fstype: "ext4".into(),
-            upper_file: "upper.ext4".into(),
-            size_bytes: 1 << 20,
-            integrity_algorithm: None,
-            integrity_digest: None,
-            created_at: "2026-10-01T09:00:00Z".into(),
-            source_sandbox: None,
-            labels: Default::default(),
-            added_at: 0,
-        }
+        SnapshotRow::fixture(d(n), name, parent, d(200), 1 << 20)
     }
 
     /// base ← mid ← top, base ← side, and `orphan` whose parent (9) is absent.

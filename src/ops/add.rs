@@ -263,6 +263,7 @@ impl Registry {
         Ok(StagedSnapshot {
             manifest: StagedManifest::Held(Box::new(parsed.clone())),
             name: name.clone(),
+            fallback: None,
             staged_dir: under_root(root, &staged_dir),
             files,
             chunks,

@@ -335,6 +335,7 @@ impl Registry {
             set.snapshots.push(StagedSnapshot {
                 manifest: StagedManifest::OnDisk(p.digest),
                 name: p.name.clone(),
+                fallback: None,
                 staged_dir: under_root(layout.root(), &dir),
                 files: Vec::new(),
                 chunks: Vec::new(),

@@ -21,7 +21,7 @@ use crate::archive::entry::{
 };
 use crate::archive::hole_budget::{DEFAULT_FREE_HOLE_BYTES, HoleBudget};
 use crate::archive::import_source::{self, OpenedSource, Pump, PumpError};
-use crate::archive::names::{self, NameFallback};
+use crate::archive::names::{self, NameFallback, Named};
 use crate::archive::streamed::{CarriedName, StagedMember, Streamed, StreamedSnapshot};
 use crate::archive::tar_reader::{Chunk, ReadError, TarReader};
 use crate::db;
@@ -156,7 +156,7 @@ impl Registry {
             check::base_present(self.db().conn(), &streamed.snapshots)?;
         }
         let conn = self.db().conn();
-        let (names, name_fallbacks) =
+        let (names, mut name_fallbacks) =
             names::decide(conn, &streamed.snapshots, head, head_name.as_ref(), |d| {
                 Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some())
             })?;
@@ -167,7 +167,7 @@ impl Registry {
         failpoint::hit(failpoint::IMPORT_RECORDED)?;
 
         let head_digest = streamed.snapshots[head].digest;
-        let head_fallback = names[head].to_string();
+        let head_fallback = names[head].name.to_string();
         // Without a trust policy only signed snapshots need looking at.
         let arrivals: Vec<_> = streamed
             .snapshots
@@ -193,6 +193,7 @@ impl Registry {
 
         let rename_to = self.head_rename(&head_digest, head_name)?;
         let outcome = install_checked(self, lease, &mut checked.set, opts.repair)?;
+        name_fallbacks.extend(outcome.name_fallbacks);
         if let Some(wanted) = &rename_to {
             self.rename(&head_digest.to_string(), wanted.as_str())?;
         }
@@ -293,7 +294,7 @@ fn record(
     lease: &Lease,
     spill: &StagingIndex,
     streamed: &Streamed,
-    names: &[SnapshotName],
+    names: &[Named],
 ) -> Result<()> {
     let layout = registry.layout().clone();
     let rel = |p: &Path| -> String {
@@ -309,7 +310,7 @@ fn record(
     spill.each_file(|f| {
         let (s, name) = (
             &streamed.snapshots[f.snapshot as usize],
-            &names[f.snapshot as usize],
+            &names[f.snapshot as usize].name,
         );
         let file = &f.row.path;
         insert(db::ImportFileRow {

@@ -6,6 +6,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::archive::entry::MANIFEST_FILE;
+use crate::archive::names::NameFallback;
 use crate::db::{self, SnapshotFileRow, SnapshotRow, now_unix};
 use crate::journal::Lease;
 use crate::journal::promote::{Move, promote};
@@ -32,6 +33,9 @@ pub struct InstallOutcome {
     pub cache_files_skipped: usize,
     /// Damaged directories replaced by the good copy brought.
     pub repaired: Vec<Repaired>,
+    /// Carried names held by a directory without a row that is kept: those
+    /// snapshots took their fallback name.
+    pub name_fallbacks: Vec<NameFallback>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -165,7 +169,7 @@ pub fn install_checked(
         plan(&read, set)?
     };
     let now = now_unix();
-    let repairs = plan_repairs(registry, set, &planned, deep, now)?;
+    let (repairs, name_fallbacks) = plan_repairs(registry, set, &planned, deep, now)?;
     let mut moves = moves(registry.layout(), set, &planned);
     let set = &*set;
     moves.splice(0..0, repairs.iter().filter_map(|r| r.quarantine.clone()));
@@ -227,6 +231,7 @@ pub fn install_checked(
         cache_files_installed: planned.new_cache_files.len() + restored_count,
         cache_files_skipped: set.cache_files.len() - planned.new_cache_files.len() - restored_count,
         repaired: repairs.into_iter().map(|r| r.repaired).collect(),
+        name_fallbacks,
     })
 }
 
@@ -266,25 +271,40 @@ struct RepairPlan {
 
 /// The repairs `set` makes: every snapshot present by digest whose
 /// directory is damaged, and every new one whose name a damaged directory
-/// without a row holds. A name held by anything else is refused here with
+/// without a row holds. A new snapshot whose name a kept directory without
+/// a row holds takes its fallback name when it has one (said in the
+/// returned fallbacks); a name held by anything else is refused here with
 /// what it holds and what to do.
 fn plan_repairs(
     registry: &Registry,
-    set: &StagedSet,
+    set: &mut StagedSet,
     planned: &Plan,
     deep: bool,
     now: i64,
-) -> Result<Vec<RepairPlan>> {
+) -> Result<(Vec<RepairPlan>, Vec<NameFallback>)> {
     let layout = registry.layout();
     let conn = registry.db().conn();
     let mut repairs: Vec<RepairPlan> = Vec::new();
+    let mut fallbacks: Vec<NameFallback> = Vec::new();
     let mut taken: Vec<String> = Vec::new();
     let new: std::collections::HashSet<usize> = planned.new_snapshots.iter().copied().collect();
-    for (i, s) in set.snapshots.iter().enumerate() {
+    for (i, s) in set.snapshots.iter_mut().enumerate() {
         let digest = s.manifest.digest();
         let (name, condition, present) = if new.contains(&i) {
-            let dir = layout.snapshot(&s.name);
-            (s.name.clone(), repair::examine_unindexed(&dir)?, false)
+            let mut condition = repair::examine_unindexed(&layout.snapshot(&s.name))?;
+            if let Condition::Kept(detail) = &condition
+                && let Some(fallback) = s.fallback.take()
+            {
+                fallbacks.push(NameFallback {
+                    digest,
+                    carried: s.name.to_string(),
+                    name: fallback.to_string(),
+                    reason: detail.clone(),
+                });
+                s.name = fallback;
+                condition = repair::examine_unindexed(&layout.snapshot(&s.name))?;
+            }
+            (s.name.clone(), condition, false)
         } else {
             let Some(row) = db::snapshots::snapshot_by_digest(conn, &digest)? else {
                 continue;
@@ -332,7 +352,7 @@ fn plan_repairs(
             }),
         });
     }
-    Ok(repairs)
+    Ok((repairs, fallbacks))
 }
 
 /// The moves from staging to their places under the root of what `planned`

@@ -14,7 +14,8 @@
 //! upper against the manifest's size and integrity), since nothing else
 //! would tell a damaged snapshot from an intact one the index lost. An
 //! intact directory is never moved: the install leaves a present snapshot
-//! as it is and refuses a name an intact unindexed one holds.
+//! as it is and refuses a chosen name an intact unindexed one holds (a
+//! carried name falls back to the archive prefix instead).
 
 use std::path::Path;
 

@@ -3,12 +3,17 @@
 //! many files are in flight. A holder gives its slot back and queues again
 //! after each slice of work ([`Slot::turn`]), so files take turns on the
 //! cores and none runs alone at the end while the others wait.
+//!
+//! With the timeline on ([`timeline`]), each wait, take and give-back is a
+//! mark made under the queue's lock, so the marks come in the order the
+//! slots changed hands and the threads hashing at once can be counted
+//! from them.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::process::threads;
+use crate::process::{threads, timeline};
 
 /// How long a waiter sleeps before it looks at its stop condition again.
 const NAP: Duration = Duration::from_millis(100);
@@ -61,10 +66,12 @@ impl Slots {
         let ticket = q.next;
         q.next += 1;
         q.waiting.push_back(ticket);
+        let mut waited = false;
         loop {
             if q.waiting.front() == Some(&ticket) && q.held < (self.size)().max(1) {
                 q.waiting.pop_front();
                 q.held += 1;
+                timeline::mark("hash slot: take");
                 // The next in line may fit too.
                 self.changed.notify_all();
                 return Some(Slot { slots: self });
@@ -73,6 +80,10 @@ impl Slots {
                 q.waiting.retain(|&t| t != ticket);
                 self.changed.notify_all();
                 return None;
+            }
+            if !waited {
+                waited = true;
+                timeline::mark("hash slot: wait");
             }
             q = self
                 .changed
@@ -85,6 +96,7 @@ impl Slots {
     fn give_back(&self) {
         let mut q = self.state.lock().unwrap_or_else(|p| p.into_inner());
         q.held -= 1;
+        timeline::mark("hash slot: give");
         self.changed.notify_all();
     }
 

@@ -540,14 +540,24 @@ impl<S: LogicalSink + Send + 'static> Followed<S> {
     }
 
     /// `piece` was written, and everything below `written` is in the file.
-    pub fn written(&mut self, piece: Piece<'_>, written: u64) {
+    /// Hashed inline, a run of zeros is hashed in steps that each look for
+    /// an interrupt first: a hole of many GiB takes minutes to hash.
+    pub fn written(&mut self, piece: Piece<'_>, written: u64) -> Result<()> {
         match &mut self.state {
             Following::Inline(s) => match piece {
                 Piece::Data(d) => s.data(d),
-                Piece::Zeros(n) => s.zeros(n),
+                Piece::Zeros(mut n) => {
+                    while n > 0 {
+                        interrupt::check()?;
+                        let step = n.min(STEP);
+                        s.zeros(step);
+                        n -= step;
+                    }
+                }
             },
             Following::Thread(w) => w.gate.publish(written, false),
         }
+        Ok(())
     }
 
     /// The file is complete at `len` bytes: let the hash finish in the
@@ -736,7 +746,7 @@ mod tests {
                     Piece::Data(piece)
                 };
                 writer.piece(piece).unwrap();
-                hash.written(piece, writer.position());
+                hash.written(piece, writer.position()).unwrap();
             }
             all.extend(data);
         }
@@ -777,10 +787,10 @@ mod tests {
         let mut hash = Followed::new(PlainSha256::default(), &file, &path, 1 << 40).unwrap();
         // A terabyte hole written: dropping the hash must not hash it all,
         // nor wait for the rest of the file.
-        hash.written(Piece::Zeros(1 << 40), 1 << 40);
+        hash.written(Piece::Zeros(1 << 40), 1 << 40).unwrap();
         drop(hash);
         let mut waiting = Followed::new(PlainSha256::default(), &file, &path, 1 << 40).unwrap();
-        waiting.written(Piece::Data(&[1; 4096]), 4096);
+        waiting.written(Piece::Data(&[1; 4096]), 4096).unwrap();
         drop(waiting);
     }
 

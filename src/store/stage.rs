@@ -200,7 +200,7 @@ impl StagingFile {
         }
         self.writer.piece(piece).at("write", &self.path)?;
         if let Some(integrity) = &mut self.integrity {
-            integrity.written(piece, self.writer.position());
+            integrity.written(piece, self.writer.position())?;
         }
         Ok(())
     }

@@ -44,6 +44,11 @@ pub struct StagedSnapshot {
     pub manifest: StagedManifest,
     /// The name it is installed under.
     pub name: SnapshotName,
+    /// The name to take instead when a directory without a row that the
+    /// install never moves (an intact snapshot the index lost) holds
+    /// `name`: an archive's prefix for the name it carried. `None` for a
+    /// name someone chose, which such a directory refuses.
+    pub fallback: Option<SnapshotName>,
     /// The staged directory, relative to the root.
     pub staged_dir: String,
     /// Its files (relative to the directory), hashed while staged; empty

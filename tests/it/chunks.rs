@@ -90,16 +90,7 @@ fn chunk_lists_exist_after_add_import_and_reindex() {
     let added = assert_lists_match_disk(&reg, &names);
     reg.run(&["verify", "--content"]).ok();
 
-    let archive = reg.path("chain.tar.zst");
-    reg.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--with-image",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = reg.export_chain("app", "chain.tar.zst", &["--with-image"]);
     let other = Reg::new();
     other
         .run(&["import", archive.to_str().unwrap(), "--name", "app"])

@@ -192,16 +192,7 @@ pub fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let src = Reg::new();
         chain_in_registry(&src);
-        let main = src.path("main.tar.zst");
-        src.run(&[
-            "export",
-            "app",
-            "--with-parents",
-            "--with-image",
-            "-o",
-            main.to_str().unwrap(),
-        ])
-        .ok();
+        let main = src.export_chain("app", "main.tar.zst", &["--with-image"]);
         let cache = src.path("other-cache");
         let image = make_image_cache(&cache, "alpine:3", 9, &[12288]);
         let mut spec = SnapSpec::new(&image).label("stage", "other");

@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+use crate::failclosed::files_of;
 use crate::tarcraft::Tar;
 use crate::util::{Reg, Run, SnapSpec, bin, chain_in_registry, make_image_cache, make_snapshot};
 
@@ -66,15 +67,7 @@ fn names_travel_through_a_pipe_and_gnu_tar_reads_the_archive_silently() {
 
     // --name still wins for the head; the parents keep their carried names.
     let other = Reg::new();
-    let archive = src.path("chain.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain("app", "chain.tar.zst", &[]);
     other
         .run(&["import", archive.to_str().unwrap(), "--name", "py-app"])
         .ok();
@@ -112,17 +105,7 @@ fn names_travel_through_a_pipe_and_gnu_tar_reads_the_archive_silently() {
 fn dense_archives_carry_no_names() {
     let src = Reg::new();
     chain_in_registry(&src);
-    let dense = src.path("dense.tar");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--dense",
-        "--plain-tar",
-        "-o",
-        dense.to_str().unwrap(),
-    ])
-    .ok();
+    let dense = src.export_chain("app", "dense.tar", &["--dense", "--plain-tar"]);
     let bytes = std::fs::read(&dense).unwrap();
     let types: Vec<u8> = headers(&bytes).iter().map(|h| h[156]).collect();
     assert!(
@@ -166,15 +149,7 @@ fn headers(bytes: &[u8]) -> Vec<&[u8]> {
 fn a_carried_name_taken_by_other_content_falls_back_to_the_prefix_and_says_so() {
     let src = Reg::new();
     let (digests, _) = chain_in_registry(&src);
-    let archive = src.path("chain.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain("app", "chain.tar.zst", &[]);
 
     let dst = Reg::new();
     let image = make_image_cache(&dst.path("cache"), "python:3.12", 3, &[8192]);
@@ -219,6 +194,95 @@ fn a_carried_name_taken_by_other_content_falls_back_to_the_prefix_and_says_so() 
     assert!(after.contains(&(prefix, digests[1].to_string())));
     assert!(after.contains(&("base".into(), digests[0].to_string())));
     assert!(after.contains(&("app".into(), digests[2].to_string())));
+    dst.run(&["verify", "--content"]).ok();
+}
+
+#[test]
+fn a_carried_name_held_by_a_kept_unindexed_directory_falls_back_and_leaves_it() {
+    let src = Reg::new();
+    let (digests, image) = chain_in_registry(&src);
+    let archive = src.export_chain("app", "chain.tar.zst", &[]);
+
+    // Without rows here: an intact snapshot under "deps", and under "base"
+    // a manifest.json this msb-registry cannot validate. Neither is moved.
+    let dst = Reg::new();
+    dst.run(&["gc"]).ok();
+    let snapshots = dst.root().join("snapshots");
+    let lost = make_snapshot(
+        &snapshots.join("deps"),
+        &SnapSpec::new(&image).label("lost", "yes"),
+    );
+    let mine = make_snapshot(
+        &snapshots.join("mine"),
+        &SnapSpec::new(&image).label("mine", "yes"),
+    );
+    std::fs::create_dir_all(snapshots.join("base")).unwrap();
+    std::fs::write(snapshots.join("base/manifest.json"), br#"{"schema": 2}"#).unwrap();
+    let before = dst.tree();
+    let kept = || {
+        (
+            files_of(&snapshots.join("deps")),
+            files_of(&snapshots.join("base")),
+        )
+    };
+    let kept_before = kept();
+
+    // A name someone chose is still refused.
+    dst.run(&["import", archive.to_str().unwrap(), "--name", "mine"])
+        .fails(4, "intact snapshot");
+    assert_eq!(dst.tree(), before);
+
+    let r = dst
+        .run(&["import", archive.to_str().unwrap(), "--json"])
+        .ok();
+    let report: Value = r.json();
+    let prefix = |d: &msb_registry::model::digest::Digest| d.archive_prefix();
+    let fallbacks = report["name_fallbacks"].as_array().unwrap();
+    assert_eq!(fallbacks.len(), 2, "{report}");
+    for (f, (i, carried, why)) in fallbacks.iter().zip([
+        (0, "base", "cannot validate"),
+        (1, "deps", "msb-registry reindex"),
+    ]) {
+        assert_eq!(f["digest"], digests[i].to_string(), "{report}");
+        assert_eq!(f["carried"], carried, "{report}");
+        assert_eq!(f["name"], prefix(&digests[i]), "{report}");
+        assert!(f["reason"].as_str().unwrap().contains(why), "{report}");
+        let warning = format!(
+            "came named \"{carried}\", but {}; it is named {}",
+            f["reason"].as_str().unwrap(),
+            prefix(&digests[i])
+        );
+        assert!(r.stderr.contains(&warning), "{}", r.stderr);
+    }
+    assert!(
+        fallbacks[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("intact snapshot {lost}")),
+        "{report}"
+    );
+    assert_eq!(report["name"], "app");
+    assert_eq!(kept(), kept_before, "the kept directories are untouched");
+    let mut want = vec![
+        ("app".to_string(), digests[2].to_string()),
+        (prefix(&digests[0]), digests[0].to_string()),
+        (prefix(&digests[1]), digests[1].to_string()),
+    ];
+    want.sort();
+    assert_eq!(listed(&dst), want);
+
+    // The intact one is what reindex indexes; the other stays a problem.
+    std::fs::remove_dir_all(snapshots.join("base")).unwrap();
+    dst.run(&["reindex"]).ok();
+    let listed = listed(&dst);
+    assert!(
+        listed.contains(&("deps".into(), lost.to_string())),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&("mine".into(), mine.to_string())),
+        "{listed:?}"
+    );
     dst.run(&["verify", "--content"]).ok();
 }
 

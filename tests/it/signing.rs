@@ -90,6 +90,38 @@ fn keygen_sign(key: &Path, namespace: &str, digest: &Digest) -> Vec<u8> {
     out.stdout
 }
 
+/// `ssh-keygen -Y verify` of `sig` over `digest` as `principal`'s, against
+/// the trust file `allowed`, in this crate's namespace.
+fn keygen_verify(
+    allowed: &Path,
+    principal: &str,
+    sig: &Path,
+    digest: &Digest,
+) -> std::process::Output {
+    ssh_keygen_y(
+        &[
+            "verify",
+            "-f",
+            s(allowed),
+            "-I",
+            principal,
+            "-n",
+            NS,
+            "-s",
+            s(sig),
+        ],
+        &digest.to_string(),
+    )
+}
+
+/// Alice's ed25519 key made under `reg`'s scratch directory, and the trust
+/// file `allowed` naming her `alice`.
+fn alice_trusted(reg: &Reg) -> (PathBuf, PathBuf) {
+    let alice = ed25519(reg.dir.path(), "alice");
+    let allowed = trust(reg, "allowed", &[("alice", &alice)]);
+    (alice, allowed)
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -168,20 +200,7 @@ fn signed_chain_travels_and_ssh_keygen_verifies_it() {
 
     // OpenSSH's own tool checks it, with no msb-registry involved.
     let sig_file = write(&src, "app.sig", sig.as_bytes());
-    let verified = ssh_keygen_y(
-        &[
-            "verify",
-            "-f",
-            s(&allowed),
-            "-I",
-            "alice@example.com",
-            "-n",
-            NS,
-            "-s",
-            s(&sig_file),
-        ],
-        &digests[2].to_string(),
-    );
+    let verified = keygen_verify(&allowed, "alice@example.com", &sig_file, &digests[2]);
     assert!(
         verified.status.success(),
         "{}",
@@ -190,20 +209,7 @@ fn signed_chain_travels_and_ssh_keygen_verifies_it() {
     // ... and our signature is byte for byte the one ssh-keygen makes (ed25519 is deterministic).
     assert_eq!(keygen_sign(&alice, NS, &digests[2]), sig.as_bytes());
     // Over another digest it does not verify.
-    let other = ssh_keygen_y(
-        &[
-            "verify",
-            "-f",
-            s(&allowed),
-            "-I",
-            "alice@example.com",
-            "-n",
-            NS,
-            "-s",
-            s(&sig_file),
-        ],
-        &digests[1].to_string(),
-    );
+    let other = keygen_verify(&allowed, "alice@example.com", &sig_file, &digests[1]);
     assert!(!other.status.success());
 
     let show: serde_json::Value = src.json(&["show", "app"]);
@@ -216,16 +222,7 @@ fn signed_chain_travels_and_ssh_keygen_verifies_it() {
         "one signature per key"
     );
 
-    let tarball = src.path("app.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--with-image",
-        "-o",
-        s(&tarball),
-    ])
-    .ok();
+    let tarball = src.export_chain("app", "app.tar.zst", &["--with-image"]);
     let dst = Reg::new();
     dst.run(&[
         "import",
@@ -256,17 +253,7 @@ fn signed_chain_travels_and_ssh_keygen_verifies_it() {
     dst.run(&["verify", "--content"]).ok();
 
     // --dense stays the seed-era format: no signature member, so a policy refuses it.
-    let dense = src.path("dense.tar");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--dense",
-        "--plain-tar",
-        "-o",
-        s(&dense),
-    ])
-    .ok();
+    let dense = src.export_chain("app", "dense.tar", &["--dense", "--plain-tar"]);
     let members = Command::new("tar").arg("-tf").arg(&dense).output().unwrap();
     assert!(!String::from_utf8_lossy(&members.stdout).contains("signatures/"));
     let other = Reg::new();
@@ -299,8 +286,7 @@ fn signed_chain_travels_and_ssh_keygen_verifies_it() {
 #[test]
 fn tampered_head_or_swapped_parent_is_refused() {
     let reg = Reg::new();
-    let alice = ed25519(reg.dir.path(), "alice");
-    let allowed = trust(&reg, "allowed", &[("alice", &alice)]);
+    let (alice, allowed) = alice_trusted(&reg);
     let parent = snap(&reg, "p", None, "base");
     let head = snap(&reg, "h", Some(parent.digest), "app");
     let sig = keygen_sign(&alice, NS, &head.digest);
@@ -362,12 +348,11 @@ fn refused_unchanged(archive: &Path, extra: &[&str], text: &str) {
 #[test]
 fn hostile_signatures_are_refused_and_change_nothing() {
     let reg = Reg::new();
-    let alice = ed25519(reg.dir.path(), "alice");
+    let (alice, allowed) = alice_trusted(&reg);
     let bob = ed25519(reg.dir.path(), "bob");
     let one = snap(&reg, "one", None, "one");
     let two = snap(&reg, "two", None, "two");
     let good = keygen_sign(&alice, NS, &one.digest);
-    let allowed = trust(&reg, "allowed", &[("alice", &alice)]);
     let policy = ["--require-signed", "--trust", s(&allowed)];
     let case = |name: &str, sigs: &[(Digest, usize, Vec<u8>)], extra: &[&str], text: &str| {
         let path = write(&reg, name, &archive(&[&one], sigs));
@@ -502,20 +487,7 @@ fn keys_we_take_and_keys_we_refuse() {
     let sig = reg.run(&["sign", "base", "--key", s(&ecdsa)]).ok().stdout;
     let allowed = trust(&reg, "allowed", &[("ops", &ecdsa)]);
     let sig_file = write(&reg, "base.sig", sig.as_bytes());
-    let out = ssh_keygen_y(
-        &[
-            "verify",
-            "-f",
-            s(&allowed),
-            "-I",
-            "ops",
-            "-n",
-            NS,
-            "-s",
-            s(&sig_file),
-        ],
-        &digests[0].to_string(),
-    );
+    let out = keygen_verify(&allowed, "ops", &sig_file, &digests[0]);
     assert!(
         out.status.success(),
         "{}",
@@ -559,10 +531,9 @@ fn signatures_travel_through_a_registry_and_pull_holds_the_policy() {
     let remote = OciRegistry::start(Options::plain());
     let src = Reg::new();
     let (digests, _) = chain_in_registry(&src);
-    let alice = ed25519(src.dir.path(), "alice");
+    let (alice, allowed) = alice_trusted(&src);
     src.run(&["sign", "app", "--key", s(&alice), "--principal", "alice"])
         .ok();
-    let allowed = trust(&src, "allowed", &[("alice", &alice)]);
     let target = format!("{}:app", remote.repo("team/snaps"));
     let pushed: serde_json::Value = src
         .run(&[

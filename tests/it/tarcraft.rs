@@ -20,15 +20,25 @@ pub struct Tar {
     pub bytes: Vec<u8>,
 }
 
+/// A numeric field in octal and a NUL, or in GNU base-256 (high bit set,
+/// big-endian value) when the octal does not fit, as GNU tar writes sizes
+/// and offsets of 8 GiB and more.
 fn octal(field: &mut [u8], value: u64) {
     let digits = field.len() - 1;
     let s = format!("{value:0digits$o}");
+    if s.len() <= digits {
+        field[..digits].copy_from_slice(s.as_bytes());
+        field[digits] = 0;
+        return;
+    }
     assert!(
-        s.len() <= digits,
+        field.len() >= 9,
         "{value} does not fit in {digits} octal digits"
     );
-    field[..digits].copy_from_slice(s.as_bytes());
-    field[digits] = 0;
+    field.fill(0);
+    let n = field.len();
+    field[n - 8..].copy_from_slice(&value.to_be_bytes());
+    field[0] |= 0x80;
 }
 
 /// A blank header of `flavour` with type, path, size and link name set; the checksum is not yet set.

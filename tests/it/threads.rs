@@ -47,28 +47,9 @@ fn staging_entries(reg: &Reg) -> Vec<String> {
 fn one_and_four_threads_import_add_and_verify_alike() {
     let src = Reg::new();
     let (digests, _) = chain_in_registry(&src);
-    let archive = src.path("chain.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--with-image",
-        "-o",
-        archive.to_str().unwrap(),
-    ])
-    .ok();
+    let archive = src.export_chain("app", "chain.tar.zst", &["--with-image"]);
     // microsandbox writes dense uppers: their zeros arrive as data.
-    let dense = src.path("dense.tar.zst");
-    src.run(&[
-        "export",
-        "app",
-        "--with-parents",
-        "--with-image",
-        "--dense",
-        "-o",
-        dense.to_str().unwrap(),
-    ])
-    .ok();
+    let dense = src.export_chain("app", "dense.tar.zst", &["--with-image", "--dense"]);
     let expected = contents(&src);
     assert_eq!(expected.len(), 6, "{expected:?}");
     for threads in THREADS {
@@ -184,6 +165,15 @@ fn sha256_streamed(len: u64, data: &[u8]) -> Integrity {
     }
 }
 
+/// A `sha256` integrity no upper hashes to: the hash of an import
+/// interrupted mid-way never gets to compare it.
+fn never_reached() -> Integrity {
+    Integrity {
+        algorithm: "sha256".into(),
+        digest: Digest::of(b"never reached").to_string(),
+    }
+}
+
 fn sha256_of_sparse(len: u64, data: &[u8]) -> String {
     let mut logical = vec![0u8; len as usize];
     logical[..data.len()].copy_from_slice(data);
@@ -230,34 +220,53 @@ fn a_corrupt_or_truncated_upper_is_refused_alike_and_leaves_nothing() {
 fn ctrl_c_while_an_upper_is_hashed_exits_130_and_leaves_nothing() {
     // 6 GiB of holes take SHA-256 seconds: the signal lands mid-hash.
     let len = 6 << 30;
-    let integrity = Integrity {
-        algorithm: "sha256".into(),
-        digest: Digest::of(b"never reached").to_string(),
-    };
-    let (archive, _) = sparse_archive(len, integrity, &[0x5a; 4096]);
+    let (archive, _) = sparse_archive(len, never_reached(), &[0x5a; 4096]);
     for threads in ["2", "4"] {
-        let reg = Reg::new();
-        chain_in_registry(&reg);
-        let before = (reg.tree(), contents(&reg));
-        let path = reg.path("big.tar");
-        std::fs::write(&path, &archive).unwrap();
-        let mut child = reg
-            .command(&["--threads", threads, "import", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_staged_upper(&reg.root());
-        // SAFETY: kill(2) on a child this test spawned and has not reaped.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-        let mut err = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(130), "{err}");
-        assert!(err.contains("interrupted by SIGINT"), "{err}");
-        assert_eq!(staging_entries(&reg), Vec::<String>::new());
-        assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
+        import_interrupted_mid_hash(&archive, threads);
     }
+}
+
+#[test]
+fn ctrl_c_while_one_thread_hashes_a_huge_hole_exits_130_promptly() {
+    // With one thread the hole is hashed inline, on the thread that reads
+    // the archive: 64 GiB of zeros take SHA-256 a minute or more, and the
+    // interrupt must not wait for them.
+    let len = 64 << 30;
+    let (archive, _) = sparse_archive(len, never_reached(), &[0x5a; 4096]);
+    let started = std::time::Instant::now();
+    import_interrupted_mid_hash(&archive, "1");
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "the interrupted import took {took:?}"
+    );
+}
+
+/// Import `archive` with `--threads threads`, SIGINT it once its upper is
+/// staged (the hash still running): it exits 130 and leaves the registry
+/// as it was.
+fn import_interrupted_mid_hash(archive: &[u8], threads: &str) {
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    let before = (reg.tree(), contents(&reg));
+    let path = reg.path("big.tar");
+    std::fs::write(&path, archive).unwrap();
+    let mut child = reg
+        .command(&["--threads", threads, "import", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_staged_upper(&reg.root());
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_eq!(staging_entries(&reg), Vec::<String>::new());
+    assert_eq!((reg.tree(), contents(&reg)), before, "--threads {threads}");
 }
 
 #[test]
@@ -314,16 +323,12 @@ fn ctrl_c_while_a_hash_follows_a_half_written_upper_exits_130_and_leaves_nothing
     // extent and stays open: the upper is half written, its hash follows
     // it (through the 512 MiB hole, then waiting for more) when SIGINT lands.
     let len = 1 << 30;
-    let integrity = Integrity {
-        algorithm: "sha256".into(),
-        digest: Digest::of(b"never reached").to_string(),
-    };
     let mut t = Tar::new();
     sparse_snapshot(
         &mut t,
         None,
         len,
-        integrity,
+        never_reached(),
         &[(0, vec![0x5a; 4096]), (512 << 20, vec![0xa5; 1 << 20])],
     );
     let archive = t.finish();
@@ -396,4 +401,76 @@ fn a_bad_thread_count_is_a_usage_error() {
     }
     reg.run_env(&["completions", "bash"], &[("MSB_REGISTRY_THREADS", "3")])
         .ok();
+}
+
+/// The most hash slots held at once according to the timeline marks in
+/// `stderr` (made in the order the slots changed hands), and how many
+/// times a hash waited for one.
+fn slots_at_once(stderr: &str) -> (usize, usize) {
+    let (mut held, mut most, mut waits) = (0usize, 0usize, 0usize);
+    for line in stderr.lines().filter(|l| l.starts_with("timeline ")) {
+        if line.ends_with("hash slot: take") {
+            held += 1;
+            most = most.max(held);
+        } else if line.ends_with("hash slot: give") {
+            held = held.checked_sub(1).expect("a slot given back was taken");
+        } else if line.ends_with("hash slot: wait") {
+            waits += 1;
+        }
+    }
+    assert_eq!(held, 0, "every slot taken is given back:\n{stderr}");
+    (most, waits)
+}
+
+#[test]
+fn no_more_than_threads_uppers_hash_at_once_in_add_verify_and_import() {
+    // Four uppers of 160 MiB (mostly holes, hashed as zeros) hashed on
+    // threads of their own, more of them than the two threads allowed:
+    // they wait for the hash slots and take turns after every slice.
+    let src = Reg::new();
+    let cache = src.path("src-cache");
+    let image = make_image_cache(&cache, "python:3.12", 7, &[32768, 16384]);
+    let mut dirs = Vec::new();
+    let mut parent = None;
+    for i in 0..4u8 {
+        let mut spec = SnapSpec::new(&image).label("stage", &i.to_string());
+        spec.len = 160 << 20;
+        spec.data.push((64 << 20, vec![i + 1; 4096]));
+        if let Some(p) = parent {
+            spec = spec.parent(p);
+        }
+        let dir = src.path(&format!("src/{i}"));
+        parent = Some(make_snapshot(&dir, &spec));
+        dirs.push(dir);
+    }
+    let timeline = [("MSB_REGISTRY_TIMELINE", "1")];
+    let within_two = |what: &str, run: Run| {
+        let (most, waits) = slots_at_once(&run.stderr);
+        assert!(most <= 2, "{what}: {most} hashes at once with --threads 2");
+        assert!(waits >= 1, "{what}: no hash waited for a slot");
+    };
+
+    let mut add = vec!["--threads", "2", "add"];
+    add.extend(dirs.iter().rev().map(|d| d.to_str().unwrap()));
+    add.extend(["--cache-dir", cache.to_str().unwrap()]);
+    within_two("add", src.run_env(&add, &timeline).ok());
+    within_two(
+        "verify --content",
+        src.run_env(&["--threads", "2", "verify", "--content"], &timeline)
+            .ok(),
+    );
+
+    let head = parent.unwrap().to_string();
+    let archive = src.export_chain(&head, "chain.tar.zst", &[]);
+    let reg = Reg::new();
+    chain_in_registry(&reg);
+    within_two(
+        "import",
+        reg.run_env(
+            &["--threads", "2", "import", archive.to_str().unwrap()],
+            &timeline,
+        )
+        .ok(),
+    );
+    reg.run(&["verify"]).ok();
 }

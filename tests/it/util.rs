@@ -138,6 +138,17 @@ impl Reg {
         self.run_env(args, &[])
     }
 
+    /// Export `head` with its parents and `args` (`--with-image`, `--dense`,
+    /// …) to `file` in the scratch directory; the archive's path.
+    pub fn export_chain(&self, head: &str, file: &str, args: &[&str]) -> PathBuf {
+        let path = self.path(file);
+        let mut all = vec!["export", head, "--with-parents"];
+        all.extend(args);
+        all.extend(["-o", path.to_str().unwrap()]);
+        self.run(&all).ok();
+        path
+    }
+
     /// Run the binary with `--root` set to this registry and `env` added.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = self.command(args);

@@ -273,23 +273,8 @@ mod tests {
     use crate::archive::entry::Refusal;
 
     fn row(i: usize) -> SnapshotRow {
-        SnapshotRow {
-            digest: Digest::of(&i.to_le_bytes()),
-            name: format!("s{i}"),
-            parent: None,
-            image_ref: "python:3.12".into(),
-            image_manifest_digest: Digest::of(b"image"),
-            format: "raw".into(),
-            fstype: "ext4".into(),
-            upper_file: "upper.ext4".into(),
-            size_bytes: 4096,
-            integrity_algorithm: None,
-            integrity_digest: None,
-            created_at: "2026-10-01T09:00:00Z".into(),
-            source_sandbox: None,
-            labels: Default::default(),
-            added_at: 0,
-        }
+        let digest = Digest::of(&i.to_le_bytes());
+        SnapshotRow::fixture(digest, &format!("s{i}"), None, Digest::of(b"image"), 4096)
     }
 
     /// Export's bound is import's: an archive of exactly [`MAX_MEMBERS`]

@@ -96,6 +96,7 @@ impl Registry {
         Ok(StagedSnapshot {
             manifest: StagedManifest::Held(Box::new(s.parsed.clone())),
             name,
+            fallback: None,
             staged_dir: rel(&a.dir),
             files,
             chunks,
