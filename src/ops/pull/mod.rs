@@ -79,6 +79,7 @@ impl Registry {
             skipped: Vec::new(),
             transfer,
             image_files_installed: 0,
+            name_fallbacks: Vec::new(),
             repaired: Vec::new(),
             microsandbox_hint: None,
         };
