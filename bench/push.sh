@@ -31,7 +31,13 @@
 # writes, CHILD_DIRS (1) and REWRITES (10) the child's new directories and
 # rewritten parent files, SEED (1), RUNS (3), JOBS (--jobs; default the client's 8),
 # WORK (a temp dir; removed at the end unless KEEP=1), BUILD (1; 0 uses the
-# release binary and example already built).
+# release binary and examples already built), PHASES ("push child pull": which
+# parts to run; without push, the chain is pushed once untimed for the pulls).
+#
+# The pull part also prints the child's floor: the integrity hash of its
+# pulled upper alone (examples/integrity_floor: SHA-256 over every logical
+# byte, holes fed as zeros, as the pull's integrity thread computes it,
+# checked against the manifest's digest), and the child's pull over it.
 
 set -euo pipefail
 
@@ -47,6 +53,7 @@ REPO=$(dirname "$HERE")
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=$TARGET_DIR/release/msb-registry
 GEN=$TARGET_DIR/release/examples/ext4_chain
+FLOOR_BIN=$TARGET_DIR/release/examples/integrity_floor
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/msb-push-bench.XXXXXX")}
 SRC=$WORK/src-root
 JOBS_FLAG=${JOBS:+--jobs $JOBS}
@@ -65,7 +72,7 @@ source "$(dirname "$0")/common.sh"
 build() {
     [[ ${BUILD:-1} == 1 ]] || return 0
     log "== build (release)"
-    (cd "$REPO" && cargo build --release --quiet --bin msb-registry --example ext4_chain)
+    (cd "$REPO" && cargo build --release --quiet --bin msb-registry --example ext4_chain --example integrity_floor)
 }
 
 # Start a docker-registry with empty storage on a free port; sets REG_PID and REG_ADDR.
@@ -262,13 +269,15 @@ bench_pull() {
     ratio "pull chain / bare GET (for scale: transfer alone, nothing written)" "${ours%$'\n'}" "${direct%$'\n'}"
     echo
 
-    ours="" theirs=""
+    ours="" theirs="" floor=""
     for r in $(seq "$RUNS"); do
         rm -rf "$dp" "$di"
         "$BIN" --root "$dp" -q import "$WORK/parent.tar.zst"
         "$BIN" --root "$di" -q import "$WORK/parent.tar.zst"
         ours+="$(timed "$pull")"$'\n'
-        [[ $r == 1 ]] && cp "$WORK/out" "$WORK/pull.json" && verified "$dp"
+        cp "$WORK/out" "$WORK/pull.json"
+        [[ $r == 1 ]] && verified "$dp"
+        floor+="$("$FLOOR_BIN" "$dp/snapshots/$(json_field "$WORK/pull.json" name)" | cut -d' ' -f1)"$'\n'
         theirs+="$(timed "'$BIN' --root '$di' -q import '$WORK/child.tar.zst'")"$'\n'
     done
     printf 'pull child onto parent: %d bytes downloaded, %d chunks (%d local)\n' \
@@ -276,6 +285,12 @@ bench_pull() {
         "$(json_field "$WORK/pull.json" chunks_local)"
     report "pull child (parent held)" "import child" "<= 0.7" "${ours%$'\n'}" "${theirs%$'\n'}"
     rss "pull child (parent held)" "${ours%$'\n'}"
+    local f
+    f=$(median <<< "${floor%$'\n'}")
+    printf 'floor: the integrity hash of the child'"'"'s upper alone, median %.3f s (runs: %s); ÷ import child %.2f\n' \
+        "$f" "$(tr '\n' ' ' <<< "${floor%$'\n'}")" "$(echo "$f / $(col_median "${theirs%$'\n'}" 1)" | bc -l)"
+    printf 'ratio pull child / floor: %.2f wall (the rest is transfer, install and process start)\n' \
+        "$(echo "$(col_median "${ours%$'\n'}" 1) / $f" | bc -l)"
     echo
     rm -rf "$dp" "$di"
 }
@@ -285,12 +300,26 @@ verified() {
     "$BIN" --root "$1" -q verify --content >/dev/null || { log "verify --content failed in $1"; exit 1; }
 }
 
+# The chain pushed once, untimed, for a run without the push part: the
+# registry, blobs and archive the pull part uses.
+push_once() {
+    log "== push of the chain (untimed, for the pulls)"
+    start_registry
+    timed "$(push_cmd child bench/chain:child --with-parents)" >/dev/null
+    keep_blobs bench/chain
+    "$BIN" --root "$SRC" -q export child --with-parents -o "$WORK/chain.tar.zst"
+}
+
 main() {
+    local phases=" ${PHASES:-push child pull} "
     build
     setup
-    bench_fresh_push
-    bench_child_push
-    bench_pull
+    [[ $phases == *" push "* ]] && bench_fresh_push
+    [[ $phases == *" child "* ]] && bench_child_push
+    if [[ $phases == *" pull "* ]]; then
+        [[ $phases == *" push "* ]] || push_once
+        bench_pull
+    fi
 }
 
 main "$@"

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::streamed::{CarriedName, StreamedSnapshot};
+use super::streamed::CarriedName;
 use crate::db;
 use crate::model::digest::Digest;
 use crate::model::error::Result;
@@ -47,12 +47,14 @@ pub struct Named {
     pub fallback: Option<SnapshotName>,
 }
 
-/// Names for `snapshots` (in archive order) and the carried names not used.
-/// `present` tells which snapshots the registry already holds: they keep
-/// the name they have, so their carried names are not looked at.
+/// Names for `snapshots` (each a digest and the name it carried, parents
+/// first: an archive's, or a registry's title annotation) and the carried
+/// names not used. `present` tells which snapshots the registry already
+/// holds: they keep the name they have, so their carried names are not
+/// looked at.
 pub fn decide(
     conn: &rusqlite::Connection,
-    snapshots: &[StreamedSnapshot],
+    snapshots: &[(Digest, Option<&CarriedName>)],
     head: usize,
     head_name: Option<&SnapshotName>,
     present: impl Fn(&Digest) -> Result<bool>,
@@ -60,14 +62,12 @@ pub fn decide(
     let mut names = Vec::with_capacity(snapshots.len());
     let mut fallbacks = Vec::new();
     let mut used: HashSet<String> = HashSet::new();
-    for (i, s) in snapshots.iter().enumerate() {
-        let prefix: SnapshotName = s.prefix().parse()?;
-        let digest = s.digest;
+    for (i, &(digest, carried)) in snapshots.iter().enumerate() {
+        let prefix: SnapshotName = digest.archive_prefix().parse()?;
         let mut fallback = None;
-        let name = match (head_name, i == head, &s.carried_name) {
+        let name = match (head_name, i == head, carried) {
             (Some(n), true, _) => n.clone(),
             (_, _, Some(carried)) if !present(&digest)? => {
-                let carried: &CarriedName = carried;
                 let refused = match carried {
                     CarriedName::Valid(name) => {
                         taken(conn, &digest, name, &used)?.map(|reason| (name.to_string(), reason))

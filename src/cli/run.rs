@@ -388,14 +388,19 @@ fn import(
     };
     let r = registry.import(&ImportSource::from_arg(&args.archive), &opts, progress)?;
     report_repairs(&r.repaired);
-    for f in &r.name_fallbacks {
+    report_name_fallbacks(&r.name_fallbacks);
+    p.hint(r.microsandbox_hint.as_deref());
+    Ok(summary(p, &r, render::import))
+}
+
+/// Say on stderr which carried names were not used, and why.
+fn report_name_fallbacks(fallbacks: &[crate::archive::names::NameFallback]) {
+    for f in fallbacks {
         eprintln!(
             "warning: {} came named {:?}, but {}; it is named {}",
             f.digest, f.carried, f.reason, f.name
         );
     }
-    p.hint(r.microsandbox_hint.as_deref());
-    Ok(summary(p, &r, render::import))
 }
 
 /// One line on stderr per damaged copy an install moved to the quarantine.
@@ -509,6 +514,7 @@ fn pull(
     };
     let r = registry.pull(&source, &opts, progress)?;
     report_repairs(&r.repaired);
+    report_name_fallbacks(&r.name_fallbacks);
     p.hint(r.microsandbox_hint.as_deref());
     Ok(summary(p, &r, render::pull))
 }

@@ -216,6 +216,13 @@ impl Db {
         Ok(())
     }
 
+    /// Commit waiting for the disk again (`synchronous = FULL`, as opened),
+    /// after [`Db::relax_durability`] for writes that are only a cache.
+    pub fn restore_durability(&self) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(())
+    }
+
     /// This connection's page cache, in `PRAGMA cache_size` terms
     /// (negative: KiB), to put back after [`Db::set_cache_kib`].
     pub fn cache_size(&self) -> Result<i64> {

@@ -26,6 +26,17 @@ impl Lease {
     /// the staging directory without a held lock), then the staging
     /// directory, then the committed journal row.
     pub fn acquire(layout: &Layout, db: &mut Db, source: &str) -> Result<Lease> {
+        Lease::acquire_pinned(layout, db, source, &[])
+    }
+
+    /// [`Lease::acquire`], pinning `images` for the import in the same
+    /// commit as its row (one sync of the index instead of one each).
+    pub fn acquire_pinned(
+        layout: &Layout,
+        db: &mut Db,
+        source: &str,
+        images: &[crate::model::digest::Digest],
+    ) -> Result<Lease> {
         let (id, lock, lock_path) = loop {
             let id = random_id()?;
             let lock_path = layout.import_lock(&id);
@@ -49,6 +60,9 @@ impl Lease {
             .and_then(|()| {
                 let tx = db.write()?;
                 db::imports::create_import(&tx, &id, source, now_unix())?;
+                for image in images {
+                    db::imports::insert_pin(&tx, &id, image)?;
+                }
                 Ok(tx.commit()?)
             });
         if let Err(e) = journaled {

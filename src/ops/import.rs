@@ -156,8 +156,13 @@ impl Registry {
             check::base_present(self.db().conn(), &streamed.snapshots)?;
         }
         let conn = self.db().conn();
+        let carried: Vec<_> = streamed
+            .snapshots
+            .iter()
+            .map(|s| (s.digest, s.carried_name.as_deref()))
+            .collect();
         let (names, mut name_fallbacks) =
-            names::decide(conn, &streamed.snapshots, head, head_name.as_ref(), |d| {
+            names::decide(conn, &carried, head, head_name.as_ref(), |d| {
                 Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some())
             })?;
         if streamed.snapshots.len() <= LARGE_CACHE_UP_TO {

@@ -1121,3 +1121,78 @@ fn skopeo_reads_what_we_push() {
     }
     verify_content(&a);
 }
+
+#[test]
+fn a_pulled_title_held_here_falls_back_to_the_prefix_and_says_why() {
+    if !enabled() {
+        return;
+    }
+    let chain = ext4_chain();
+    let a = root_with_chain();
+    let remote = OciRegistry::start(Options::plain());
+    let target = remote.repo("snaps:app");
+    push(&a, &["py-app", &target, "--with-parents"]);
+
+    // Here "py-app" names another indexed snapshot, and "py-base" is held
+    // by an intact snapshot the index lost: a directory without a row,
+    // which the install never moves.
+    let b = Reg::new();
+    let cache = b.path("other-cache");
+    let image = make_image_cache(&cache, "other:1", 9, &[4096]);
+    add_pinned(&b, "py-app", &image, "other:1", &cache);
+    let lost_dir = b.root().join("snapshots/py-base");
+    let lost = make_snapshot(&lost_dir, &SnapSpec::new(&image).label("lost", "yes"));
+    let lost_files = crate::failclosed::files_of(&lost_dir);
+
+    // A name someone chose is still refused before anything is fetched.
+    failed(
+        &run(&b, &["pull", &target, "--insecure", "--name", "py-app"]),
+        4,
+        "py-app",
+    );
+
+    let r = run(&b, &["pull", &target, "--insecure", "--json"]).ok();
+    let report: serde_json::Value = r.json();
+    assert_eq!(report["head"], chain.app_digest.to_string(), "{report}");
+    let fallbacks = report["name_fallbacks"].as_array().unwrap();
+    assert_eq!(fallbacks.len(), 2, "{report}");
+    for (f, (digest, carried, why)) in fallbacks.iter().zip([
+        (
+            chain.app_digest,
+            "py-app",
+            "it is taken by snapshot".to_string(),
+        ),
+        (
+            chain.base_digest,
+            "py-base",
+            format!("intact snapshot {lost}"),
+        ),
+    ]) {
+        let prefix = digest.archive_prefix();
+        assert_eq!(f["digest"], digest.to_string(), "{report}");
+        assert_eq!(f["carried"], carried, "{report}");
+        assert_eq!(f["name"], prefix, "{report}");
+        let reason = f["reason"].as_str().unwrap();
+        assert!(reason.contains(&why), "{report}");
+        let warning = format!("came named \"{carried}\", but {reason}; it is named {prefix}");
+        assert!(r.stderr.contains(&warning), "{}", r.stderr);
+    }
+    assert_eq!(
+        report["name"],
+        chain.app_digest.archive_prefix(),
+        "{report}"
+    );
+    assert_eq!(crate::failclosed::files_of(&lost_dir), lost_files);
+    for digest in [chain.base_digest, chain.app_digest] {
+        let dir = b.root().join("snapshots").join(digest.archive_prefix());
+        assert_eq!(
+            std::fs::read(dir.join("upper.ext4")).unwrap(),
+            std::fs::read(a.root().join(if digest == chain.app_digest {
+                "snapshots/py-app/upper.ext4"
+            } else {
+                "snapshots/py-base/upper.ext4"
+            }))
+            .unwrap()
+        );
+    }
+}

@@ -9,6 +9,8 @@ use std::os::unix::fs::FileExt;
 use super::assemble::Assembled;
 use super::report::PullReport;
 use super::resolve::RemoteSnapshot;
+use crate::archive::names::{self, NameFallback, Named};
+use crate::archive::streamed::CarriedName;
 use crate::db::{self, ImportFileRow};
 use crate::journal::Lease;
 use crate::model::digest::Digest;
@@ -48,7 +50,8 @@ impl Registry {
             ..StagedSet::default()
         };
         let mut journal = Vec::new();
-        let names = self.pull_names(chain, head_name)?;
+        let (names, fallbacks) = self.pull_names(chain, head_name)?;
+        report.name_fallbacks = fallbacks;
         // Hashing a large sparse upper takes a while: the bar counts it.
         let logical = chain
             .iter()
@@ -97,6 +100,7 @@ impl Registry {
         report.image_files_installed = outcome.cache_files_installed;
         report.imported = outcome.imported;
         report.skipped = outcome.skipped;
+        report.name_fallbacks.extend(outcome.name_fallbacks);
         report.repaired = outcome.repaired;
         let head = set.snapshots.last().expect("a chain is never empty");
         report.name = db::snapshots::snapshot_by_digest(self.db().conn(), &head.manifest.digest())?
@@ -111,9 +115,11 @@ impl Registry {
     /// Record what the repository holds, from the maps of an installed
     /// pull (a refused one teaches nothing), and of each only the chunks
     /// it downloaded and decoded: the rest is the map's claim, and push
-    /// skips what is recorded.
+    /// skips what is recorded. Only a cache of the repository: committed
+    /// without waiting for the disk (the lease's end, next, does).
     fn record_pulled(&self, registry: &str, repo: &str, maps: &[Assembled]) -> Result<()> {
-        for a in maps {
+        self.db().relax_durability()?;
+        let recorded = maps.iter().try_for_each(|a| {
             crate::remote::holdings::record_map(
                 self.db().conn(),
                 registry,
@@ -121,45 +127,39 @@ impl Registry {
                 &a.map,
                 &a.pack_sizes,
                 &|c| a.downloaded.contains(c),
-            )?;
-        }
-        Ok(())
+            )
+        });
+        self.db().restore_durability()?;
+        recorded
     }
 
-    /// The names the chain's snapshots are installed under: the head's
-    /// `--name`, else the name each was pushed under (its title) when it is
-    /// valid and free, else its digest prefix, as import names them.
+    /// The names the chain's snapshots are installed under, as import
+    /// names them: the head's `--name`, else the name each was pushed under
+    /// (its title) when it is valid and free, else its digest prefix; and
+    /// the titles not used, said as import says an archive's.
     fn pull_names(
         &self,
         chain: &[RemoteSnapshot],
         head_name: Option<&SnapshotName>,
-    ) -> Result<Vec<SnapshotName>> {
+    ) -> Result<(Vec<Named>, Vec<NameFallback>)> {
+        let titles: Vec<Option<CarriedName>> = chain
+            .iter()
+            .map(|s| {
+                s.manifest
+                    .annotations
+                    .get(TITLE)
+                    .map(|t| names::judge(t.as_bytes()))
+            })
+            .collect();
+        let carried: Vec<_> = chain
+            .iter()
+            .zip(&titles)
+            .map(|(s, t)| (s.parsed.digest, t.as_ref()))
+            .collect();
         let conn = self.db().conn();
-        let mut used = HashSet::new();
-        let mut names = Vec::new();
-        for (i, s) in chain.iter().enumerate() {
-            let digest = s.parsed.digest;
-            let carried = s
-                .manifest
-                .annotations
-                .get(TITLE)
-                .and_then(|t| SnapshotName::chosen_for(t, &digest).ok())
-                .filter(|n| !used.contains(n.as_str()))
-                .filter(|n| {
-                    db::snapshots::snapshot_by_name(conn, n.as_str())
-                        .ok()
-                        .flatten()
-                        .is_none_or(|other| other.digest == digest)
-                });
-            let name = match (head_name, i + 1 == chain.len(), carried) {
-                (Some(n), true, _) => n.clone(),
-                (_, _, Some(n)) => n,
-                _ => digest.archive_prefix().parse()?,
-            };
-            used.insert(name.to_string());
-            names.push(name);
-        }
-        Ok(names)
+        names::decide(conn, &carried, chain.len() - 1, head_name, |d| {
+            Ok(db::snapshots::snapshot_by_digest(conn, d)?.is_some())
+        })
     }
 
     /// Download the image cache artifacts tagged for `parsed`'s image, if

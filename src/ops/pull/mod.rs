@@ -61,14 +61,15 @@ impl Registry {
             .build()
             .at("start", "the async runtime")?;
         let mut transfer = Transfer::default();
-        let (chain, head, manifest_digest) = runtime
-            .block_on(async {
-                tokio::select! {
-                    r = self.resolve_chain(&client, source, &reference, opts.repair, &mut transfer) => r,
-                    e = crate::process::interrupt::wait() => Err(e),
-                }
-            })
-            .map_err(explain_interrupt)?;
+        let resolve = self.resolve_chain(
+            &client,
+            source,
+            &reference,
+            head_name.as_ref(),
+            opts.repair,
+            &mut transfer,
+        );
+        let (chain, head, manifest_digest) = interruptible(&runtime, resolve)?;
         crate::process::timeline::mark("pull: chain resolved");
         let mut report = PullReport {
             head,
@@ -78,6 +79,7 @@ impl Registry {
             skipped: Vec::new(),
             transfer,
             image_files_installed: 0,
+            name_fallbacks: Vec::new(),
             repaired: Vec::new(),
             microsandbox_hint: None,
         };
@@ -86,32 +88,46 @@ impl Registry {
             report.skipped.push(head);
             return Ok(report);
         }
-        self.check_name_free(&head, head_name.as_ref())?;
         let signatures = runtime.block_on(self.pulled_signatures(&client, source, &chain, opts))?;
-        let key = format!(
-            "{}{}@{manifest_digest}",
-            db::gc::PULL_SOURCE_PREFIX,
-            source.repository_name()
-        );
         crate::process::timeline::mark("pull: signatures checked");
-        let mut lease = self.pull_lease(&key)?;
+        let pulled = Pulled {
+            client: &client,
+            source,
+            chain: &chain,
+            head_name: head_name.as_ref(),
+            opts,
+        };
+        self.pull_chain(&runtime, &pulled, signatures, &mut report, progress)?;
+        crate::process::timeline::mark("pull: done");
+        Ok(report)
+    }
+
+    /// Assemble and install `pulled.chain` under a lease (an interrupted
+    /// pull's of the same manifest, adopted, or a new one), which keeps
+    /// what was downloaded when the failure is one a rerun can get past.
+    fn pull_chain(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        pulled: &Pulled<'_>,
+        signatures: Vec<SignatureRow>,
+        report: &mut PullReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let key = format!(
+            "{}{}@{}",
+            db::gc::PULL_SOURCE_PREFIX,
+            pulled.source.repository_name(),
+            report.manifest_digest
+        );
+        let images: HashSet<Digest> = pulled
+            .chain
+            .iter()
+            .map(|s| s.parsed.manifest.image.manifest_digest)
+            .collect();
+        let mut lease = self.pull_lease(&key, &images)?;
         crate::process::timeline::mark("pull: lease held");
-        let result = runtime.block_on(async {
-            tokio::select! {
-                r = self.pull_leased(
-                    &client,
-                    source,
-                    &mut lease,
-                    &chain,
-                    head_name.as_ref(),
-                    opts,
-                    signatures,
-                    &mut report,
-                    progress,
-                ) => r,
-                e = crate::process::interrupt::wait() => Err(e),
-            }
-        });
+        let leased = self.pull_leased(pulled, &mut lease, &images, signatures, report, progress);
+        let result = interruptible(runtime, leased);
         match &result {
             // What was downloaded stays for the rerun to resume from.
             Err(e) if resumable(e) => lease.release(),
@@ -121,9 +137,7 @@ impl Registry {
                 lease.finish(self.db_mut(), ImportState::Failed, Some(&message))?;
             }
         }
-        result.map_err(explain_interrupt)?;
-        crate::process::timeline::mark("pull: done");
-        Ok(report)
+        result
     }
 
     /// The name of `head`, already here: the one asked for (as import
@@ -142,7 +156,8 @@ impl Registry {
     }
 
     /// A `--name` taken by another snapshot is refused before any chunk
-    /// map or pack is downloaded (install would refuse it after).
+    /// map or pack is downloaded (install would refuse it after): checked
+    /// while the chain is resolved.
     fn check_name_free(&self, head: &Digest, head_name: Option<&SnapshotName>) -> Result<()> {
         if let Some(n) = head_name
             && let Some(other) = db::snapshots::snapshot_by_name(self.db().conn(), n.as_str())?
@@ -156,32 +171,36 @@ impl Registry {
         Ok(())
     }
 
-    /// The lease of an interrupted pull of the same manifest, or a new one.
-    fn pull_lease(&mut self, key: &str) -> Result<Lease> {
+    /// The lease of an interrupted pull of the same manifest, or a new one,
+    /// pinning `images` (in the same commit as a new lease's row).
+    fn pull_lease(&mut self, key: &str, images: &HashSet<Digest>) -> Result<Lease> {
         let (layout, db) = self.parts();
+        let images: Vec<Digest> = images.iter().copied().collect();
         for row in db::imports::imports_in_states(db.conn(), &[ImportState::Staging])? {
             if row.source == key
                 && let Some(lease) = Lease::adopt(layout, db, &row.id)?
             {
+                for image in &images {
+                    db::imports::insert_pin(db.conn(), lease.id(), image)?;
+                }
                 return Ok(lease);
             }
         }
-        Lease::acquire(layout, db, key)
+        Lease::acquire_pinned(layout, db, key, &images)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Assemble every snapshot of the chain in the lease's staging, then
+    /// check and install them.
     async fn pull_leased(
         &mut self,
-        client: &Client,
-        source: &RemoteRef,
+        pulled: &Pulled<'_>,
         lease: &mut Lease,
-        chain: &[RemoteSnapshot],
-        head_name: Option<&SnapshotName>,
-        opts: &PullOptions,
+        images: &HashSet<Digest>,
         signatures: Vec<SignatureRow>,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<()> {
+        let opts = pulled.opts;
         let jobs = if opts.jobs == 0 {
             crate::ops::push::DEFAULT_JOBS
         } else {
@@ -190,19 +209,12 @@ impl Registry {
         let max_file = opts
             .max_file_bytes
             .unwrap_or(crate::archive::entry::DEFAULT_MAX_FILE_BYTES);
-        let images: HashSet<Digest> = chain
-            .iter()
-            .map(|s| s.parsed.manifest.image.manifest_digest)
-            .collect();
-        for image in &images {
-            db::imports::insert_pin(self.db().conn(), lease.id(), image)?;
-        }
         let mut maps = self
             .assemble_chain(
-                client,
-                source.repository.as_str(),
+                pulled.client,
+                pulled.source.repository.as_str(),
                 lease,
-                chain,
+                pulled.chain,
                 jobs,
                 max_file,
                 &mut report.transfer,
@@ -211,12 +223,12 @@ impl Registry {
             .await?;
         crate::process::failpoint::hit(crate::process::failpoint::PULL_ASSEMBLED)?;
         self.install_pulled(
-            client,
-            source,
+            pulled.client,
+            pulled.source,
             lease,
-            chain,
-            head_name,
-            &images,
+            pulled.chain,
+            pulled.head_name,
+            images,
             &mut maps,
             signatures,
             opts.repair,
@@ -253,6 +265,33 @@ impl Registry {
             .collect();
         admit(self.db().conn(), &trusts, &arriving)
     }
+}
+
+/// What a pull fetches and from where, as the command gave it.
+struct Pulled<'a> {
+    client: &'a Client,
+    source: &'a RemoteRef,
+    /// The snapshots to pull, parents first.
+    chain: &'a [RemoteSnapshot],
+    /// `--name` for the head.
+    head_name: Option<&'a SnapshotName>,
+    opts: &'a PullOptions,
+}
+
+/// Run `work` on `runtime` until it ends or the process is interrupted
+/// (Ctrl-C, SIGTERM), saying what an interruption left.
+fn interruptible<T>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    runtime
+        .block_on(async {
+            tokio::select! {
+                r = work => r,
+                e = crate::process::interrupt::wait() => Err(e),
+            }
+        })
+        .map_err(explain_interrupt)
 }
 
 /// An interrupted pull says what is left: nothing installed, and what

@@ -44,6 +44,10 @@ pub struct PullReport {
     pub transfer: Transfer,
     /// Image cache files installed.
     pub image_files_installed: usize,
+    /// Names the repository carried (titles) that were not used (taken
+    /// here, or not valid names): those snapshots landed under their
+    /// digest prefix.
+    pub name_fallbacks: Vec<crate::archive::names::NameFallback>,
     /// Damaged directories the pull replaced, each moved to `quarantine/`.
     pub repaired: Vec<crate::ops::repair::Repaired>,
     /// Set when the root is a microsandbox home whose index should learn of the new snapshots.

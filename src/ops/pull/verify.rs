@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::assemble::Assembled;
 use super::follow::{Followed, Follower};
 use super::resolve::RemoteSnapshot;
+use crate::archive::names::Named;
 use crate::db::{ImportFileRow, SnapshotFileRow};
 use crate::model::chunk::CHUNK_SIZE;
 use crate::model::error::{IoContext, Result};
@@ -15,7 +16,6 @@ use crate::ops::registry::Registry;
 use crate::process::progress::Progress;
 use crate::remote::RemoteRef;
 use crate::remote::format::malformed;
-use crate::store::layout::SnapshotName;
 use crate::store::stage::PROGRESS_STEP;
 use crate::store::staged::{StagedManifest, StagedSnapshot};
 
@@ -28,7 +28,7 @@ impl Registry {
         &self,
         s: &RemoteSnapshot,
         a: &mut Assembled,
-        name: SnapshotName,
+        named: Named,
         source: &RemoteRef,
         journal: &mut Vec<ImportFileRow>,
         progress: &dyn Progress,
@@ -80,7 +80,7 @@ impl Registry {
                     s.parsed.digest
                 ),
                 staged_path: rel(&path),
-                final_path: rel(&self.layout().snapshot_file(&name, &file_name)),
+                final_path: rel(&self.layout().snapshot_file(&named.name, &file_name)),
                 kind: "snapshot".into(),
                 size: len,
                 digest,
@@ -95,8 +95,8 @@ impl Registry {
         }
         Ok(StagedSnapshot {
             manifest: StagedManifest::Held(Box::new(s.parsed.clone())),
-            name,
-            fallback: None,
+            name: named.name,
+            fallback: named.fallback,
             staged_dir: rel(&a.dir),
             files,
             chunks,
