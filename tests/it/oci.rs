@@ -313,7 +313,7 @@ fn uploaded_exactly_the_new_blobs(
         .chain(report.image.iter().map(|i| i.manifest_digest.as_str()))
         .collect();
     let new: Vec<String> = remote
-        .blobs()
+        .linked_blobs()
         .into_iter()
         .filter(|b| !before.contains(b) && !manifests.contains(b.as_str()))
         .collect();
@@ -572,7 +572,7 @@ fn a_child_pushed_after_its_parent_uploads_about_its_changes() {
         first.bytes_uploaded
     );
 
-    let before: BTreeSet<String> = remote.blobs().into_iter().collect();
+    let before: BTreeSet<String> = remote.linked_blobs().into_iter().collect();
     let second = push(&a, &["py-app", &format!("{repo}:app"), "--with-parents"]);
     uploaded_exactly_the_new_blobs(&remote, &before, &second);
     let (data, new) = usage(&a, "py-app");
@@ -681,7 +681,7 @@ fn a_push_killed_part_way_is_finished_by_running_it_again() {
             verify_content(&b);
         }
         assert_eq!(present, tagged, "{point}");
-        let stored: BTreeSet<String> = remote.blobs().into_iter().collect();
+        let stored: BTreeSet<String> = remote.linked_blobs().into_iter().collect();
         assert!(!stored.is_empty(), "{point}");
 
         let again = push(&a, &["py-app", &target, "--with-parents"]);
@@ -978,7 +978,7 @@ fn a_registry_that_goes_away_mid_transfer_fails_cleanly_and_the_rerun_finishes()
     remote.restart();
     assert!(!tag_exists(&remote, "snaps", "app"));
     assert_eq!(rows(&a), a_before);
-    let stored: BTreeSet<String> = remote.blobs().into_iter().collect();
+    let stored: BTreeSet<String> = remote.linked_blobs().into_iter().collect();
     assert!(!stored.is_empty());
     let again = push(&a, &["py-app", &target, "--with-parents"]);
     uploaded_exactly_the_new_blobs(&remote, &stored, &again);

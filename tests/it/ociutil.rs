@@ -214,6 +214,39 @@ impl OciRegistry {
         out
     }
 
+    /// The blobs some repository links as uploaded (`_layers`): what a
+    /// HEAD in that repository finds, unlike [`Self::blobs`], which also
+    /// lists a blob whose commit a crash cut short before the link.
+    pub fn linked_blobs(&self) -> Vec<String> {
+        fn walk(dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten() {
+                let path = e.unwrap().path();
+                if path.file_name().is_some_and(|n| n == "_layers") {
+                    for b in std::fs::read_dir(path.join("sha256")).into_iter().flatten() {
+                        let b = b.unwrap();
+                        if b.path().join("link").is_file() {
+                            out.push(format!("sha256:{}", b.file_name().to_string_lossy()));
+                        }
+                    }
+                } else if path.is_dir()
+                    && !path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+                {
+                    walk(&path, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(
+            &self.storage().join("docker/registry/v2/repositories"),
+            &mut out,
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Kill the registry (SIGKILL, as a crash) and reap it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -222,10 +255,30 @@ impl OciRegistry {
         }
     }
 
-    /// Start the registry again on the same port with the same storage.
+    /// Stop the registry as an operator would (SIGTERM: requests in
+    /// flight finish, within the configured drain time), else kill it.
+    fn shut_down(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Start the registry again on the same port with the same storage,
+    /// once what it was storing is stored (a SIGKILL could cut a blob's
+    /// commit short, leaving storage a later HEAD answers 500 about).
     #[track_caller]
     pub fn restart(&mut self) {
-        self.stop();
+        self.shut_down();
         // The old listener's port is free once its process is reaped; retry
         // briefly in case the kernel is slower to let it go.
         for _ in 0..20 {
@@ -312,7 +365,7 @@ impl OciRegistry {
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {dir}/storage\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{}\n  secret: msb-registry-tests\n",
+             http:\n  addr: 127.0.0.1:{}\n  secret: msb-registry-tests\n  draintimeout: 10s\n",
             self.port
         );
         if self.opts.tls {
