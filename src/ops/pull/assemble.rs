@@ -314,11 +314,10 @@ impl Registry {
     }
 
     /// Copy `copies` (each chunk to its one target) from where they are on
-    /// this machine, each read, checked and written on a blocking thread
-    /// ([`COPIES_IN_FLIGHT`] at a time, in offset order), while downloads
-    /// go on: the thread that runs the transfers only keeps the account.
-    /// Returns the chunks and bytes copied, and the chunks no longer found
-    /// (to download).
+    /// this machine, each read and checked on a blocking thread
+    /// ([`COPIES_IN_FLIGHT`] at a time) and written here in offset order,
+    /// while downloads go on. Returns the chunks and bytes copied, and the
+    /// chunks no longer found (to download).
     async fn copy_local(
         &self,
         files: &[Staged],
@@ -328,32 +327,27 @@ impl Registry {
     ) -> Result<((u64, u64), Vec<Wanted>)> {
         use futures_util::stream::{self, StreamExt};
         let (mut chunks, mut bytes, mut missed) = (0, 0, Vec::new());
-        let mut copied = stream::iter(copies)
+        let mut read = stream::iter(copies)
             .map(|w| {
                 let sources = self.chunk_sources(&written.borrow(), &w.chunk, w.len);
-                let (index, offset) = w.targets[0];
-                let target = files[index].target();
                 async move {
                     let sources = sources?;
                     let chunk = w.chunk;
-                    let done = tokio::task::spawn_blocking(move || {
-                        read_source(&sources, &chunk)
-                            .map(|buf| target.write(&buf, offset))
-                            .transpose()
-                    })
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-                    Ok::<_, crate::model::error::Error>((w, done.is_some()))
+                    let buf = tokio::task::spawn_blocking(move || read_source(&sources, &chunk))
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    Ok::<_, crate::model::error::Error>((w, buf))
                 }
             })
             .buffered(COPIES_IN_FLIGHT);
-        while let Some(done) = copied.next().await {
-            let (w, done) = done?;
-            if !done {
+        while let Some(done) = read.next().await {
+            let (w, buf) = done?;
+            let Some(buf) = buf else {
                 missed.push(w);
                 continue;
-            }
+            };
             let (index, offset) = w.targets[0];
+            files[index].write(&buf, offset)?;
             chunks += 1;
             bytes += w.len;
             written

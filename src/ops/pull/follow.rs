@@ -90,10 +90,10 @@ impl Landing {
     }
 }
 
-/// A file being assembled: written only through a [`Target`] of it, so
+/// A file being assembled: written only through [`Staged::write`], so
 /// its followers learn what landed.
 pub(super) struct Staged {
-    pub(super) file: Arc<File>,
+    pub(super) file: File,
     pub(super) path: PathBuf,
     pub(super) landing: Arc<Landing>,
     /// Whether an earlier run of the pull wrote it (chunks may be there).
@@ -104,32 +104,13 @@ impl Staged {
     /// `file` at `path`, whose map places chunks at `spans` (offset, length).
     pub(super) fn new(file: File, path: PathBuf, spans: Vec<(u64, u64)>, resumed: bool) -> Staged {
         Staged {
-            file: Arc::new(file),
+            file,
             path,
             landing: Arc::new(Landing::new(spans)),
             resumed,
         }
     }
 
-    /// A handle that writes into this file from another thread.
-    pub(super) fn target(&self) -> Target {
-        Target {
-            file: self.file.clone(),
-            path: self.path.clone(),
-            landing: self.landing.clone(),
-        }
-    }
-}
-
-/// A staged file to write chunks into (from any thread): each write lands
-/// for the file's followers.
-pub(super) struct Target {
-    file: Arc<File>,
-    path: PathBuf,
-    landing: Arc<Landing>,
-}
-
-impl Target {
     /// Write the chunk at `offset` (zero blocks stay holes).
     pub(super) fn write(&self, bytes: &[u8], offset: u64) -> Result<()> {
         write_at_sparse(&self.file, bytes, offset).at("write", &self.path)?;

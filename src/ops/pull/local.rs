@@ -123,31 +123,35 @@ impl Registry {
         Ok(sources)
     }
 
-    /// Where the bytes of `base` may be read, to decode a delta against,
-    /// best first, each with whether it was checked already: this pull's
-    /// place for it, then the place the index records in a snapshot,
-    /// unchecked. A delta decoded against wrong bytes fails its own
-    /// chunk's check, and that check is what protects the file: the base
-    /// is checked only when that happens, never made a place this pull
-    /// trusts by it.
-    pub(super) fn base_sources(
+    /// The bytes of `base`, to decode a delta against: from this pull's
+    /// files (checked already: `true`), else from any snapshot here,
+    /// unchecked (`false`). A delta decoded against wrong bytes fails its
+    /// own chunk's check, and that check is what protects the file: the
+    /// base is checked only when that happens, never made a place this
+    /// pull trusts by it.
+    pub(super) fn base_bytes(
         &self,
         written: &Written,
         base: &Digest,
-    ) -> Result<Vec<(Place, bool)>> {
-        let mut sources = Vec::new();
-        if let Some(place) = written.get(base) {
-            sources.push((place.clone(), true));
+    ) -> Result<Option<(Vec<u8>, bool)>> {
+        if let Some((path, offset, length)) = written.get(base)
+            && let Some(buf) = read_place(path, *offset, *length)
+        {
+            return Ok(Some((buf, true)));
         }
         let conn = self.db().conn();
         if let Some(place) = db::remote::chunk_place(conn, base)?
             && let Ok(name) = place.name.parse::<SnapshotName>()
             && let Some(length) = db::chunks::chunk_length(conn, base)?
+            && let Some(buf) = read_place(
+                &self.layout().snapshot_file(&name, &place.path),
+                place.offset,
+                length,
+            )
         {
-            let path = self.layout().snapshot_file(&name, &place.path);
-            sources.push(((path, place.offset, length), false));
+            return Ok(Some((buf, false)));
         }
-        Ok(sources)
+        Ok(None)
     }
 
     /// Whether `chunk` (`len` bytes) is probably on this machine: placed by
@@ -179,16 +183,6 @@ pub(super) fn read_source(sources: &[(Place, bool)], chunk: &Digest) -> Option<V
         .iter()
         .find_map(|((path, offset, length), checked)| {
             read_place(path, *offset, *length).filter(|buf| *checked || Digest::of(buf) == *chunk)
-        })
-}
-
-/// The bytes at the first of `sources` that can be read, and whether that
-/// place was checked already.
-pub(super) fn read_first(sources: &[(Place, bool)]) -> Option<(Vec<u8>, bool)> {
-    sources
-        .iter()
-        .find_map(|((path, offset, length), checked)| {
-            read_place(path, *offset, *length).map(|buf| (buf, *checked))
         })
 }
 

@@ -4,8 +4,8 @@
 
 use futures_util::stream::{self, StreamExt};
 
-use super::follow::{Staged, Target};
-use super::local::{Place, Scratch, Written, read_first};
+use super::follow::Staged;
+use super::local::{Scratch, Written};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, Result};
 use crate::ops::registry::Registry;
@@ -61,11 +61,6 @@ impl Range {
 
 /// The most bytes one range request asks for.
 const MAX_RANGE: u64 = 4 << 20;
-/// The most bytes the first range asks for; each next one may ask for
-/// twice as many, up to [`MAX_RANGE`]. A range is decoded once it has all
-/// arrived, so the first chunks land (and the hashing that follows them
-/// starts) after a small request, not a full one.
-const FIRST_RANGE: u64 = 256 << 10;
 /// Bytes of frames not needed that a range may span rather than split.
 const MAX_GAP: u64 = 64 << 10;
 
@@ -75,7 +70,6 @@ fn coalesce(mut wanted: Vec<Wanted>) -> Vec<Range> {
     wanted.sort_by_key(|w| (w.pack, w.frame.0));
     let mut ranges: Vec<Range> = Vec::new();
     for w in wanted {
-        let most = (FIRST_RANGE << ranges.len().saturating_sub(1).min(8)).min(MAX_RANGE);
         if let Some(r) = ranges.last_mut()
             && r.pack == w.pack
         {
@@ -83,7 +77,7 @@ fn coalesce(mut wanted: Vec<Wanted>) -> Vec<Range> {
             let end = start + len;
             if w.frame.0 >= end
                 && w.frame.0 - end <= MAX_GAP
-                && w.frame.0 + w.frame.1 - start <= most
+                && w.frame.0 + w.frame.1 - start <= MAX_RANGE
             {
                 r.chunks.push(w);
                 continue;
@@ -114,192 +108,83 @@ impl Registry {
         defer: Option<&std::cell::RefCell<Vec<Wanted>>>,
         landed: &mut dyn FnMut(&Range, u64) -> Result<()>,
     ) -> Result<()> {
-        let limits = Limits {
-            budget: ByteBudget::new(MAX_IN_FLIGHT_BYTES),
-            decoding: tokio::sync::Semaphore::new(DECODES_IN_FLIGHT),
-        };
-        let mut results = stream::iter(coalesce(wanted))
-            .map(|range| self.fetch_range(source, range, &limits, defer))
-            .buffer_unordered(source.jobs);
+        let Source {
+            client,
+            repo,
+            map,
+            pack_sizes,
+            files,
+            written,
+            scratch,
+            jobs,
+        } = *source;
+        let ranges = coalesce(wanted);
+        let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
+        let budget = &budget;
+        let mut results = stream::iter(ranges.into_iter().map(|mut range| async move {
+            let pack = map.packs[range.pack];
+            let (start, len) = range.span();
+            let _taken = budget.take(len).await;
+            let body = client
+                .get_range(repo, &pack, pack_sizes[range.pack], start, len)
+                .await?;
+            let mut decoded = Vec::with_capacity(range.chunks.len());
+            for w in std::mem::take(&mut range.chunks) {
+                let frame = &body[(w.frame.0 - start) as usize..][..w.frame.1 as usize];
+                let (base, checked) = match &w.base {
+                    Some(b) => {
+                        let found = self.base_bytes(&written.borrow(), b)?;
+                        match (found, defer) {
+                            (Some((bytes, checked)), _) => (Some(bytes), checked),
+                            (None, Some(defer)) => {
+                                defer.borrow_mut().push(w);
+                                continue;
+                            }
+                            (None, None) => {
+                                return Err(Error::Integrity {
+                                    subject: format!("chunk {} in pack {pack}", w.chunk),
+                                    detail: format!("its base chunk {b} is nowhere to be found"),
+                                });
+                            }
+                        }
+                    }
+                    None => (None, true),
+                };
+                let exact = !w.targets.is_empty();
+                let bytes =
+                    match decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, &pack) {
+                        // The base was not checked: a later phase checks it
+                        // (or downloads it) and decodes again.
+                        Err(_) if !checked && let Some(defer) = defer => {
+                            defer.borrow_mut().push(w);
+                            continue;
+                        }
+                        decoded => decoded?,
+                    };
+                if w.targets.is_empty() {
+                    let place = scratch.keep(&bytes)?;
+                    written.borrow_mut().insert(w.chunk, place);
+                } else {
+                    for &(index, offset) in &w.targets {
+                        files[index].write(&bytes, offset)?;
+                    }
+                }
+                decoded.push(w);
+                // Local copies and other ranges go on between chunks, so
+                // the followers find each file's regions written in order.
+                tokio::task::yield_now().await;
+            }
+            range.chunks = decoded;
+            Ok::<_, Error>((range, len))
+        }))
+        .buffer_unordered(jobs);
         while let Some(done) = results.next().await {
             let (range, received) = done?;
             landed(&range, received)?;
         }
         Ok(())
     }
-
-    /// Fetch one range and decode its frames, [`DECODES_IN_FLIGHT`] at a
-    /// time on blocking threads, in order; returns the range with the
-    /// chunks decoded (those deferred left out) and the bytes received.
-    async fn fetch_range(
-        &self,
-        source: &Source<'_>,
-        mut range: Range,
-        limits: &Limits,
-        defer: Option<&std::cell::RefCell<Vec<Wanted>>>,
-    ) -> Result<(Range, u64)> {
-        let pack = source.map.packs[range.pack];
-        let (start, len) = range.span();
-        let _taken = limits.budget.take(len).await;
-        let body = source
-            .client
-            .get_range(
-                source.repo,
-                &pack,
-                source.pack_sizes[range.pack],
-                start,
-                len,
-            )
-            .await?;
-        let mut decoding = stream::iter(std::mem::take(&mut range.chunks))
-            .map(|w| {
-                let job = self.decode_job(source, &body, start, &pack, &w);
-                async move {
-                    let _permit = limits.decoding.acquire().await.expect("never closed");
-                    let job = job?;
-                    let done = tokio::task::spawn_blocking(move || job.run())
-                        .await
-                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-                    Ok::<_, Error>((w, done))
-                }
-            })
-            .buffered(DECODES_IN_FLIGHT);
-        let mut decoded = Vec::new();
-        while let Some(next) = decoding.next().await {
-            let (w, done) = next?;
-            match (done, defer) {
-                (Decoded::Written, _) => {}
-                (Decoded::Kept(bytes), _) => {
-                    let place = source.scratch.keep(&bytes)?;
-                    source.written.borrow_mut().insert(w.chunk, place);
-                }
-                // A base not here, or not checked and the frame does not
-                // decode against it: a later phase checks it (or downloads
-                // it) and decodes again.
-                (Decoded::NoBase | Decoded::Retry(_), Some(defer)) => {
-                    defer.borrow_mut().push(w);
-                    continue;
-                }
-                (Decoded::NoBase, None) => {
-                    return Err(Error::Integrity {
-                        subject: format!("chunk {} in pack {pack}", w.chunk),
-                        detail: format!(
-                            "its base chunk {} is nowhere to be found",
-                            w.base.expect("a delta has a base")
-                        ),
-                    });
-                }
-                (Decoded::Retry(e) | Decoded::Refused(e), _) => return Err(e),
-            }
-            decoded.push(w);
-        }
-        range.chunks = decoded;
-        Ok((range, len))
-    }
-
-    /// What decoding `w` (its frame in `body`, a range of `pack` from
-    /// `start`) needs: where its base may be read, and its targets.
-    fn decode_job(
-        &self,
-        source: &Source<'_>,
-        body: &bytes::Bytes,
-        start: u64,
-        pack: &Digest,
-        w: &Wanted,
-    ) -> Result<Decode> {
-        let at = (w.frame.0 - start) as usize;
-        Ok(Decode {
-            frame: body.slice(at..at + w.frame.1 as usize),
-            len: w.len,
-            chunk: w.chunk,
-            pack: *pack,
-            bases: w
-                .base
-                .as_ref()
-                .map(|b| self.base_sources(&source.written.borrow(), b))
-                .transpose()?,
-            targets: w
-                .targets
-                .iter()
-                .map(|&(index, offset)| (source.files[index].target(), offset))
-                .collect(),
-        })
-    }
 }
-
-/// What bounds one download phase: bytes of ranges in memory, and frames
-/// being decoded.
-struct Limits {
-    budget: ByteBudget,
-    decoding: tokio::sync::Semaphore,
-}
-
-/// Frames decoded at once, each on a blocking thread (read its base,
-/// decompress, check, write): the thread that runs the transfers only
-/// plans them, and the followers find each file's regions landed in order.
-const DECODES_IN_FLIGHT: usize = 2;
-
-/// One frame to decode on a blocking thread, with everything it needs.
-struct Decode {
-    frame: bytes::Bytes,
-    len: u64,
-    chunk: Digest,
-    pack: Digest,
-    /// Where its base may be read, best first (`None`: not a delta).
-    bases: Option<Vec<(Place, bool)>>,
-    /// Where it is written (none: a base no file uses, kept by the caller).
-    targets: Vec<(Target, u64)>,
-}
-
-/// What became of a frame.
-enum Decoded {
-    /// Checked and written to its targets.
-    Written,
-    /// Checked; no file holds it (a base for other deltas).
-    Kept(Vec<u8>),
-    /// A delta whose base is nowhere here.
-    NoBase,
-    /// It did not decode against a base not checked: worth retrying once
-    /// the base is checked or downloaded.
-    Retry(Error),
-    /// It does not decode, or is not the chunk it claims to be.
-    Refused(Error),
-}
-
-impl Decode {
-    fn run(self) -> Decoded {
-        let (base, checked) = match &self.bases {
-            None => (None, true),
-            Some(sources) => match read_first(sources) {
-                Some((bytes, checked)) => (Some(bytes), checked),
-                None => return Decoded::NoBase,
-            },
-        };
-        let exact = !self.targets.is_empty();
-        let bytes = match decompress_chunk(
-            &self.frame,
-            self.len,
-            exact,
-            base.as_deref(),
-            &self.chunk,
-            &self.pack,
-        ) {
-            Ok(bytes) => bytes,
-            Err(e) if !checked => return Decoded::Retry(e),
-            Err(e) => return Decoded::Refused(e),
-        };
-        if self.targets.is_empty() {
-            return Decoded::Kept(bytes);
-        }
-        for (target, offset) in &self.targets {
-            if let Err(e) = target.write(&bytes, *offset) {
-                return Decoded::Refused(e);
-            }
-        }
-        Decoded::Written
-    }
-}
-
 /// Decompress a downloaded chunk frame (against `base` as its zstd prefix
 /// when it is a delta), bounded by the chunk's length (exactly `len` when
 /// `exact`, else at most), and check it is the chunk the map names.
