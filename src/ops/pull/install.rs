@@ -64,28 +64,18 @@ impl Registry {
         }
         progress.finish();
         crate::process::timeline::mark("install: every file hashed");
-        // What an interrupted run of this pull staged of the image is redone.
-        crate::store::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
-        for image in images {
-            let parsed = &chain
-                .iter()
-                .find(|s| s.parsed.manifest.image.manifest_digest == *image)
-                .expect("every image comes from the chain")
-                .parsed;
-            if db::images::image_by_digest(self.db().conn(), image)?.is_none() {
-                self.pull_image(
-                    client,
-                    repo,
-                    lease,
-                    parsed,
-                    report,
-                    &mut journal,
-                    &mut set,
-                    progress,
-                )
-                .await?;
-            }
-        }
+        self.stage_images(
+            client,
+            repo,
+            lease,
+            chain,
+            images,
+            report,
+            &mut journal,
+            &mut set,
+            progress,
+        )
+        .await?;
         {
             let tx = self.db_mut().write()?;
             db::imports::delete_import_files(&tx, lease.id())?;
@@ -108,6 +98,37 @@ impl Registry {
             .unwrap_or_else(|| head.name.to_string());
         if !report.imported.is_empty() {
             report.microsandbox_hint = crate::store::shared_home::reindex_hint(self.layout());
+        }
+        Ok(())
+    }
+
+    /// Stage the cache artifacts of each image of `images` (pinned by
+    /// `chain`) not here, when the repository has them.
+    #[allow(clippy::too_many_arguments)]
+    async fn stage_images(
+        &self,
+        client: &Client,
+        repo: &str,
+        lease: &Lease,
+        chain: &[RemoteSnapshot],
+        images: &HashSet<Digest>,
+        report: &mut PullReport,
+        journal: &mut Vec<ImportFileRow>,
+        set: &mut StagedSet,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        // What an interrupted run of this pull staged of the image is redone.
+        crate::store::files::remove_dir_if_exists(&lease.staging().join("cache"))?;
+        for image in images {
+            let parsed = &chain
+                .iter()
+                .find(|s| s.parsed.manifest.image.manifest_digest == *image)
+                .expect("every image comes from the chain")
+                .parsed;
+            if db::images::image_by_digest(self.db().conn(), image)?.is_none() {
+                self.pull_image(client, repo, lease, parsed, report, journal, set, progress)
+                    .await?;
+            }
         }
         Ok(())
     }

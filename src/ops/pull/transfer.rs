@@ -113,10 +113,8 @@ impl Registry {
             repo,
             map,
             pack_sizes,
-            files,
-            written,
-            scratch,
             jobs,
+            ..
         } = *source;
         let ranges = coalesce(wanted);
         let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
@@ -131,45 +129,9 @@ impl Registry {
             let mut decoded = Vec::with_capacity(range.chunks.len());
             for w in std::mem::take(&mut range.chunks) {
                 let frame = &body[(w.frame.0 - start) as usize..][..w.frame.1 as usize];
-                let (base, checked) = match &w.base {
-                    Some(b) => {
-                        let found = self.base_bytes(&written.borrow(), b)?;
-                        match (found, defer) {
-                            (Some((bytes, checked)), _) => (Some(bytes), checked),
-                            (None, Some(defer)) => {
-                                defer.borrow_mut().push(w);
-                                continue;
-                            }
-                            (None, None) => {
-                                return Err(Error::Integrity {
-                                    subject: format!("chunk {} in pack {pack}", w.chunk),
-                                    detail: format!("its base chunk {b} is nowhere to be found"),
-                                });
-                            }
-                        }
-                    }
-                    None => (None, true),
-                };
-                let exact = !w.targets.is_empty();
-                let bytes =
-                    match decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, &pack) {
-                        // The base was not checked: a later phase checks it
-                        // (or downloads it) and decodes again.
-                        Err(_) if !checked && let Some(defer) = defer => {
-                            defer.borrow_mut().push(w);
-                            continue;
-                        }
-                        decoded => decoded?,
-                    };
-                if w.targets.is_empty() {
-                    let place = scratch.keep(&bytes)?;
-                    written.borrow_mut().insert(w.chunk, place);
-                } else {
-                    for &(index, offset) in &w.targets {
-                        files[index].write(&bytes, offset)?;
-                    }
+                if let Some(w) = self.decode_frame(source, &pack, frame, w, defer)? {
+                    decoded.push(w);
                 }
-                decoded.push(w);
                 // Local copies and other ranges go on between chunks, so
                 // the followers find each file's regions written in order.
                 tokio::task::yield_now().await;
@@ -183,6 +145,56 @@ impl Registry {
             landed(&range, received)?;
         }
         Ok(())
+    }
+
+    /// Decode one downloaded `frame` of `pack` and write it where `w`
+    /// says (or keep it in the scratch file when no file uses it); returns
+    /// it, or `None` when it went to `defer`: its base is not here yet, or
+    /// was not checked and the decoded chunk failed its check.
+    fn decode_frame(
+        &self,
+        source: &Source<'_>,
+        pack: &Digest,
+        frame: &[u8],
+        w: Wanted,
+        defer: Option<&std::cell::RefCell<Vec<Wanted>>>,
+    ) -> Result<Option<Wanted>> {
+        let (files, written, scratch) = (source.files, source.written, source.scratch);
+        let (base, checked) = match &w.base {
+            Some(b) => match (self.base_bytes(&written.borrow(), b)?, defer) {
+                (Some((bytes, checked)), _) => (Some(bytes), checked),
+                (None, Some(defer)) => {
+                    defer.borrow_mut().push(w);
+                    return Ok(None);
+                }
+                (None, None) => {
+                    return Err(Error::Integrity {
+                        subject: format!("chunk {} in pack {pack}", w.chunk),
+                        detail: format!("its base chunk {b} is nowhere to be found"),
+                    });
+                }
+            },
+            None => (None, true),
+        };
+        let exact = !w.targets.is_empty();
+        let bytes = match decompress_chunk(frame, w.len, exact, base.as_deref(), &w.chunk, pack) {
+            // The base was not checked: a later phase checks it (or
+            // downloads it) and decodes again.
+            Err(_) if !checked && let Some(defer) = defer => {
+                defer.borrow_mut().push(w);
+                return Ok(None);
+            }
+            decoded => decoded?,
+        };
+        if w.targets.is_empty() {
+            let place = scratch.keep(&bytes)?;
+            written.borrow_mut().insert(w.chunk, place);
+        } else {
+            for &(index, offset) in &w.targets {
+                files[index].write(&bytes, offset)?;
+            }
+        }
+        Ok(Some(w))
     }
 }
 /// Decompress a downloaded chunk frame (against `base` as its zstd prefix
