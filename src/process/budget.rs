@@ -7,9 +7,16 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Bytes in flight at most for push and pull (packs and ranges held in
-/// memory at once).
+/// Bytes in flight at most for a pull (ranges held in memory at once).
 pub const MAX_IN_FLIGHT_BYTES: u64 = 16 << 20;
+
+/// Bytes in flight at most for a push (packs being built or sent, and the
+/// bases their deltas are made against). Packs are up to 4 MiB before
+/// compression, so 16 MiB let about three be in flight and the next one
+/// wait to be compressed while they were sent; 24 MiB keeps the registry
+/// busy on two cores (push ÷ bare upload 1.19–1.23 → 1.12–1.16 in the
+/// same runs) at a peak RSS of about 50 MiB.
+pub const PUSH_IN_FLIGHT_BYTES: u64 = 24 << 20;
 
 /// The unit the budget counts in.
 const UNIT: u64 = 64 << 10;

@@ -15,7 +15,7 @@ use crate::db::{self, remote::PackedChunk};
 use crate::model::digest::Digest;
 use crate::model::error::{Error, IoContext, Result};
 use crate::ops::registry::Registry;
-use crate::process::budget::{ByteBudget, MAX_IN_FLIGHT_BYTES};
+use crate::process::budget::{ByteBudget, PUSH_IN_FLIGHT_BYTES};
 use crate::process::progress::Progress;
 use crate::remote::format::{Descriptor, PACK};
 
@@ -44,7 +44,7 @@ impl Registry {
     /// repository lacks, each snapshot's config (`along`, one a snapshot)
     /// just before its packs:
     /// one stream for the whole chain, `jobs` transfers at a time and
-    /// [`MAX_IN_FLIGHT_BYTES`] of packs in memory at most; each stored pack
+    /// [`PUSH_IN_FLIGHT_BYTES`] of packs in memory at most; each stored pack
     /// is recorded (blob and chunk places) in its own transaction as it
     /// lands. Returns what was stored.
     pub(super) async fn store_packs(
@@ -59,7 +59,7 @@ impl Registry {
             dest.target.repository.as_str(),
         );
         let conn = self.db().conn();
-        let budget = ByteBudget::new(MAX_IN_FLIGHT_BYTES);
+        let budget = ByteBudget::new(PUSH_IN_FLIGHT_BYTES);
         let budget = &budget;
         let blob = |(desc, body): (Descriptor, Bytes)| {
             async move {
