@@ -56,46 +56,56 @@ pub fn summary<T: Serialize>(
 
 /// `add`.
 pub fn add(p: &mut Printer, report: &AddReport) -> Rendered {
-    if report.already_present {
-        p.line(format!(
-            "{} ({}) is already in the registry",
-            report.name, report.digest
-        ))
-    } else {
-        p.line(format!(
-            "added {} ({}): {}, {}; cache: {} installed, {} already present",
-            report.name,
-            report.digest,
-            plural(report.files, "file"),
-            human_bytes(report.bytes),
-            report.cache_files_installed,
-            report.cache_files_skipped
-        ))
+    let mut line = added(
+        &report.name,
+        &report.digest,
+        report.already_present,
+        report.files,
+        report.bytes,
+    );
+    if !report.already_present {
+        line += &format!(
+            "; cache: {} installed, {} already present",
+            report.cache_files_installed, report.cache_files_skipped
+        );
     }
+    p.line(line)
 }
 
 /// `add` of several directories: a line per snapshot, parents first, then the cache.
 pub fn add_many(p: &mut Printer, report: &AddManyReport) -> Rendered {
     for s in &report.snapshots {
-        if s.already_present {
-            p.line(format!(
-                "{} ({}) is already in the registry",
-                s.name, s.digest
-            ))?;
-        } else {
-            p.line(format!(
-                "added {} ({}): {}, {}",
-                s.name,
-                s.digest,
-                plural(s.files, "file"),
-                human_bytes(s.bytes)
-            ))?;
-        }
+        p.line(added(
+            &s.name,
+            &s.digest,
+            s.already_present,
+            s.files,
+            s.bytes,
+        ))?;
     }
     p.line(format!(
         "cache: {} installed, {} already present",
         report.cache_files_installed, report.cache_files_skipped
     ))
+}
+
+/// What `add` says of one snapshot.
+fn added(
+    name: &str,
+    digest: &crate::model::digest::Digest,
+    already_present: bool,
+    files: usize,
+    bytes: u64,
+) -> String {
+    if already_present {
+        format!("{name} ({digest}) is already in the registry")
+    } else {
+        format!(
+            "added {name} ({digest}): {}, {}",
+            plural(files, "file"),
+            human_bytes(bytes)
+        )
+    }
 }
 
 /// `list`.

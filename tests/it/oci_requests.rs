@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 
+use msb_registry::model::digest::Digest;
 use msb_registry::sample::mixed_bytes;
 use serde_json::{Value, json};
 
 use crate::oci_fake::*;
+use crate::util::Reg;
 
 /// Requests in `log` by kind: `METHOD /v2/…/<what>` with `what` one of
 /// `blob`, `upload`, `manifest`, `tags`, `base` (`/v2/`), `other`.
@@ -35,6 +37,15 @@ fn kinds(log: &[Value]) -> BTreeMap<String, usize> {
         *out.entry(format!("{method} {what}")).or_default() += 1;
     }
     out
+}
+
+/// Pull `target` into a fresh root; asserts it brings `head`.
+#[track_caller]
+fn pulled_into_fresh_root(env: &Env, target: &str, head: &Digest) -> Reg {
+    let dst = populated();
+    let run = env.run(&dst, &["pull", target, "--insecure", "--json"], b"");
+    assert_eq!(run.ok().json::<Value>()["head"], head.to_string());
+    dst
 }
 
 #[test]
@@ -79,9 +90,7 @@ fn a_fresh_chain_push_makes_one_post_and_one_put_per_blob_and_no_head() {
     .collect();
     assert_eq!(kinds(&fake.log()), want);
 
-    let dst = populated();
-    let run = env.run(&dst, &["pull", &target, "--insecure", "--json"], b"");
-    assert_eq!(run.ok().json::<Value>()["head"], child.to_string());
+    let dst = pulled_into_fresh_root(&env, &target, &child);
     dst.run(&["verify", "--content"]).ok();
 
     // The repository has tags now: a push from a root that recorded
@@ -108,13 +117,7 @@ fn a_blob_left_in_a_repository_without_tags_is_only_sent_again() {
     assert_eq!(report["blobs_present"], 0, "{report}");
     let seen = kinds(&fake.log());
     assert!(!seen.contains_key("HEAD blob"), "{seen:?}");
-    let dst = populated();
-    let run = env.run(
-        &dst,
-        &["pull", &fake.at("base"), "--insecure", "--json"],
-        b"",
-    );
-    assert_eq!(run.ok().json::<Value>()["head"], digest.to_string());
+    let dst = pulled_into_fresh_root(&env, &fake.at("base"), &digest);
     dst.run(&["verify", "--content"]).ok();
 }
 
@@ -136,12 +139,6 @@ fn a_tag_listing_refused_or_unknown_means_asking_about_each_blob() {
             seen.get("POST upload"),
             "{status}: {seen:?}"
         );
-        let dst = populated();
-        let run = env.run(
-            &dst,
-            &["pull", &fake.at("base"), "--insecure", "--json"],
-            b"",
-        );
-        assert_eq!(run.ok().json::<Value>()["head"], digest.to_string());
+        pulled_into_fresh_root(&env, &fake.at("base"), &digest);
     }
 }
