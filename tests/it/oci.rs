@@ -1144,12 +1144,15 @@ fn a_pulled_title_held_here_falls_back_to_the_prefix_and_says_why() {
     let lost = make_snapshot(&lost_dir, &SnapSpec::new(&image).label("lost", "yes"));
     let lost_files = crate::failclosed::files_of(&lost_dir);
 
-    // A name someone chose is still refused before anything is fetched.
+    // A name someone chose is still refused before anything is fetched,
+    // and nothing here changes.
+    let before = b.tree();
     failed(
         &run(&b, &["pull", &target, "--insecure", "--name", "py-app"]),
         4,
         "py-app",
     );
+    assert_eq!(b.tree(), before);
 
     let r = run(&b, &["pull", &target, "--insecure", "--json"]).ok();
     let report: serde_json::Value = r.json();
